@@ -1,0 +1,1 @@
+"""SOLLOL plugin: llamacpp_rpc."""

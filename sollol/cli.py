@@ -1,0 +1,169 @@
+"""The `sollol` command line. Plugin commands are attached in `main()`, never at import time."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from sollol import __version__
+from sollol.config import config_path, parse_text, read_file, write_file
+from sollol.errors import ConfigError, PluginError, SollolError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UsageFailure(click.ClickException):
+    """A one-line error with exit code 2 (bad config, bad plugin set-up)."""
+
+    exit_code = 2
+
+
+def handle_errors(func: F) -> F:
+    """Turn SOLLOL's errors into one-line CLI messages; config and plugin errors exit 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (ConfigError, PluginError) as exc:
+            raise UsageFailure(str(exc)) from None
+        except SollolError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def config_option(func: F) -> F:
+    """The `--config FILE` option shared by commands that read the configuration."""
+    return click.option(
+        "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+        help="Config file to use instead of the default (also SOLLOL_CONFIG).",
+    )(func)
+
+
+def load_for_cli(config_file: Path | None = None, overrides: dict[str, Any] | None = None):
+    """(config, plugin manager) for a command, with errors as one-line CLI messages."""
+    from sollol.cluster import load
+
+    try:
+        return load(path=config_file, overrides=overrides)
+    except (ConfigError, PluginError) as exc:
+        raise UsageFailure(str(exc)) from None
+
+
+@click.group()
+@click.version_option(__version__, prog_name="sollol")
+def cli() -> None:
+    """SOLLOL: one endpoint over a pool of LLM nodes and llama.cpp RPC sharding."""
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@config_option
+@handle_errors
+def plugins(as_json: bool, config_file: Path | None) -> None:
+    """List installed plugins: name, version, hooks, and whether they are enabled."""
+    from sollol.config import plugin_lists
+    from sollol.plugins import get_plugin_manager, implemented_hooks
+
+    allow, block = plugin_lists(path=config_file)
+    pm = get_plugin_manager(allow, block)
+    rows = []
+    for name, info in sorted(pm.plugin_info.items()):
+        plugin = pm.get_plugin(name)
+        hooks = implemented_hooks(pm, plugin) if plugin is not None else []
+        rows.append({"name": name, "version": info.version, "distribution": info.distribution,
+                     "status": info.status, "entry_point": info.entry_point, "hooks": hooks})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['name']} {row['version'] or '?'} ({row['status']})")
+        for hook in row["hooks"]:
+            click.echo(f"  {hook}")
+
+
+@cli.group()
+def config() -> None:
+    """Show, change and locate the configuration."""
+
+
+@config.command("path")
+def config_path_command() -> None:
+    """Print the config file's path."""
+    click.echo(str(config_path()))
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@config_option
+def config_show(as_json: bool, config_file: Path | None) -> None:
+    """Print every key with its value and where the value came from."""
+    cfg, _pm = load_for_cli(config_file)
+    if as_json:
+        click.echo(json.dumps({"path": str(cfg.path), "values": dict(cfg.values),
+                               "sources": dict(cfg.sources)}, indent=2, default=str))
+        return
+    click.echo(f"# {cfg.path}")
+    for key in sorted(cfg.values):
+        click.echo(f"{key} = {json.dumps(cfg.values[key], default=str)}  # {cfg.sources[key]}")
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+@config_option
+def config_set(key: str, value: str, config_file: Path | None) -> None:
+    """Set KEY to VALUE in the config file (lists: comma-separated; tables: JSON)."""
+    from sollol.config import check_value
+
+    _cfg, pm = load_for_cli(config_file)
+    from sollol.plugins import collect_named
+
+    settings = {n: s for n, (s, _) in
+                collect_named(pm, "sollol_register_settings", "config key").items()}
+    if key not in settings:
+        raise UsageFailure(f"config key {key!r}: unknown key; known keys: "
+                           + ", ".join(sorted(settings)))
+    setting = settings[key]
+    try:
+        typed = check_value(setting, parse_text(setting, value), "command line")
+    except ValueError:
+        raise UsageFailure(str(ConfigError(key, value, setting.expected()))) from None
+    except ConfigError as exc:
+        raise UsageFailure(str(exc)) from None
+    path = config_file or config_path()
+    data = read_file(path)
+    data[key] = typed
+    if typed is None:
+        data.pop(key)
+    write_file(path, data)
+    click.echo(f"{key} = {json.dumps(typed)}  (written to {path})")
+
+
+def build_cli() -> click.Group:
+    """The CLI with every enabled plugin's commands attached."""
+    from sollol.config import plugin_lists
+    from sollol.plugins import get_plugin_manager
+
+    try:
+        allow, block = plugin_lists()
+        pm = get_plugin_manager(allow, block)
+    except (ConfigError, PluginError) as exc:
+        # Keep core commands usable (config path/show) so the user can fix the problem.
+        click.echo(f"warning: plugins not loaded: {exc}", err=True)
+        return cli
+    pm.hook.sollol_register_commands(cli=cli)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    group = build_cli()
+    group.main(args=argv if argv is not None else sys.argv[1:], prog_name="sollol")

@@ -1,0 +1,216 @@
+"""The running cluster: config, plugins, routes and policy, shared by the gateway and the library."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+from collections.abc import Collection
+from typing import Any
+
+import attrs
+
+from sollol.config import Config, Setting, load_config, plugin_lists
+from sollol.errors import ConfigError, NoRouteAvailable, PluginError
+from sollol.events import EventLog
+from sollol.models import (
+    Backend,
+    BackendKind,
+    ModelInfo,
+    ResolvedModel,
+    RouteDecision,
+    RouteEvent,
+    RouteRequest,
+    RouteState,
+)
+from sollol.plugins import SollolPluginManager, collect_named, get_plugin_manager
+from sollol.router import choose_route
+from sollol.routes import Lease, Policy, RouteProvider
+
+log = logging.getLogger("sollol")
+
+
+def load(
+    *, path: os.PathLike[str] | str | None = None, overrides: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[Config, SollolPluginManager]:
+    """Load the plugin manager (honouring allow/block lists) and the full, validated config."""
+    from pathlib import Path
+
+    file = Path(path) if path else None
+    allow, block = plugin_lists(path=file, env=env, overrides=overrides)
+    pm = get_plugin_manager(allow, block)
+    settings = collect_named(pm, "sollol_register_settings", "config key")
+    config = load_config([s for s, _ in settings.values()], path=file, env=env,
+                         overrides=overrides)
+    return config, pm
+
+
+@attrs.define
+class Cluster:
+    """Routes, policy and events for one gateway or one embedded `sollol.Cluster` user."""
+
+    config: Config
+    pm: SollolPluginManager
+    events: EventLog = attrs.field(factory=EventLog)
+    routes: dict[str, RouteProvider] = attrs.field(factory=dict)
+    kinds: dict[str, BackendKind] = attrs.field(factory=dict)
+    policy: Policy | None = None
+    started: bool = False
+    _model_info: dict[str, tuple[tuple[Any, ...], ModelInfo | None]] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_config(
+        cls, *, path: os.PathLike[str] | str | None = None, overrides: dict[str, Any] | None = None,
+    ) -> Cluster:
+        config, pm = load(path=path, overrides=overrides)
+        return cls(config=config, pm=pm)
+
+    async def start(self) -> None:
+        """Collect kinds, policy and routes from plugins, then start every route."""
+        self.kinds = {n: k for n, (k, _) in
+                      collect_named(self.pm, "sollol_register_backend_kinds", "backend kind").items()}
+        self.policy = self._make_policy()
+        providers = collect_named(self.pm, "sollol_register_routes", "route", cluster=self)
+        self.routes = {name: provider for name, (provider, _) in providers.items()}
+        started: list[RouteProvider] = []
+        try:
+            for provider in self.routes.values():
+                await provider.start()
+                started.append(provider)
+            await _await_all(self.pm.hook.sollol_startup(cluster=self))
+        except BaseException:
+            for provider in reversed(started):
+                await provider.stop()
+            raise
+        self.started = True
+
+    async def stop(self) -> None:
+        """Run shutdown hooks, then stop every route (each even if another fails)."""
+        if not self.started:
+            return
+        self.started = False
+        try:
+            await _await_all(self.pm.hook.sollol_shutdown(cluster=self))
+        finally:
+            for provider in reversed(list(self.routes.values())):
+                try:
+                    await provider.stop()
+                except Exception:
+                    log.exception("route %s failed to stop cleanly", provider.name)
+
+    async def __aenter__(self) -> Cluster:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _make_policy(self) -> Policy | None:
+        policies = collect_named(self.pm, "sollol_register_policies", "routing policy")
+        name = self.config["routing_policy"]
+        if name not in policies:
+            if self.config["model_sharding_enabled"] and self.config["task_distribution_enabled"]:
+                known = ", ".join(sorted(policies)) or "none (is the policies plugin disabled?)"
+                raise ConfigError("routing_policy", name, f"a registered policy: {known}")
+            return None
+        factory, _plugin = policies[name]
+        settings = dict(self.config["policy_settings"].get(name, {}))
+        return factory(settings)
+
+    def discover(self, kinds: Collection[str] | None = None) -> list[Backend]:
+        """Backends from every discovery hook, merged by id, optionally only of some kinds."""
+        found: dict[str, Backend] = {}
+        for result in self.pm.hook.sollol_discover_backends(config=self.config):
+            for backend in result or ():
+                if self.kinds and backend.kind not in self.kinds:
+                    msg = f"backend {backend.id} has kind {backend.kind!r}, which no plugin registers"
+                    raise PluginError(msg)
+                found.setdefault(backend.id, backend)
+        return [b for b in found.values() if kinds is None or b.kind in kinds]
+
+    def route_states(self) -> dict[str, RouteState]:
+        return {name: provider.state() for name, provider in self.routes.items()}
+
+    async def resolve_gguf(self, model: str) -> ResolvedModel | None:
+        """The GGUF file behind `model`, from the first resolution hook that knows it."""
+        return await asyncio.to_thread(
+            self.pm.hook.sollol_resolve_gguf, model=model, config=self.config
+        )
+
+    async def model_info(self, model: str) -> ModelInfo | None:
+        """Size facts for `model`: GGUF metadata when a file resolves, else what a route reports.
+
+        Cached while the file (path, size, mtime) is unchanged; a miss is never cached, so a
+        transient failure does not stick.
+        """
+        from sollol.gguf_info import read_model_info
+
+        resolved = await self.resolve_gguf(model)
+        if resolved is not None:
+            stat = resolved.path.stat()
+            key = (str(resolved.path), stat.st_size, stat.st_mtime_ns)
+            cached = self._model_info.get(model)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            info = await asyncio.to_thread(read_model_info, resolved.path, model)
+            self._model_info[model] = (key, info)
+            return info
+        for provider in self.routes.values():
+            info = await provider.model_info(model)
+            if info is not None:
+                return info
+        return None
+
+    async def decide(self, request: RouteRequest) -> RouteDecision:
+        """Pick the route for a request by the mode matrix and the configured policy."""
+        needs_model = (self.config["model_sharding_enabled"]
+                       and self.config["task_distribution_enabled"])
+        model = await self.model_info(request.model) if needs_model else None
+        return choose_route(
+            request,
+            sharding=self.config["model_sharding_enabled"],
+            distribution=self.config["task_distribution_enabled"],
+            policy=self.policy,
+            model=model,
+            routes=self.route_states(),
+        )
+
+    async def acquire(
+        self, request: RouteRequest, decision: RouteDecision, *, exclude: Collection[str] = ()
+    ) -> Lease:
+        """A lease on an upstream of the decided route."""
+        provider = self.routes.get(decision.route)
+        if provider is None:
+            raise NoRouteAvailable(f"route {decision.route!r} is not available")
+        return await provider.acquire(request, backend=decision.backend, exclude=exclude)
+
+    def record(self, event: RouteEvent) -> None:
+        """Log a finished request and tell `sollol_request_routed` implementations."""
+        self.events.append(event)
+        try:
+            self.pm.hook.sollol_request_routed(event=event)
+        except Exception:
+            log.exception("a sollol_request_routed hook failed")
+
+    def snapshot(self) -> dict[str, Any]:
+        """The cluster's state as plain data."""
+        return {
+            "modes": {
+                "model_sharding_enabled": self.config["model_sharding_enabled"],
+                "task_distribution_enabled": self.config["task_distribution_enabled"],
+            },
+            "policy": self.policy.name if self.policy else None,
+            "routes": {name: dict(p.snapshot()) for name, p in self.routes.items()},
+            "recent": [e.as_dict() for e in self.events.recent(50)],
+        }
+
+
+async def _await_all(results: list[Any]) -> None:
+    for result in results:
+        if inspect.isawaitable(result):
+            await result
+
+
+__all__ = ["Cluster", "Setting", "load"]

@@ -1,0 +1,291 @@
+"""Configuration: TOML in the user config dir, `SOLLOL_<KEY>` env overrides, CLI overrides on top.
+
+Keys are declared as `Setting`s, by the core here and by plugins through
+`sollol_register_settings`; a key nobody declared is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import platformdirs
+import tomli_w
+
+from sollol.errors import ConfigError
+from sollol.models import split_host_port
+
+Kind = Literal["bool", "int", "float", "str", "list", "table"]
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@attrs.frozen
+class Setting:
+    """One config key: its type, default, help text and an optional extra check."""
+
+    name: str
+    kind: Kind
+    default: Any
+    help: str
+    optional: bool = False
+    choices: tuple[str, ...] = ()
+    check: Callable[[Any], Any] | None = None
+    """Takes the typed value, returns it (possibly normalised) or raises ValueError(expected)."""
+
+    @property
+    def env_var(self) -> str:
+        return "SOLLOL_" + self.name.upper()
+
+    def expected(self) -> str:
+        text = {"bool": "true or false", "int": "an integer", "float": "a number",
+                "str": "a string", "list": "a list (comma-separated in env)",
+                "table": "a table (JSON in env)"}[self.kind]
+        if self.choices:
+            text = "one of " + ", ".join(self.choices)
+        return text + (" or nothing" if self.optional else "")
+
+
+@attrs.frozen
+class Config:
+    """Validated configuration values, with where each came from."""
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, str] = attrs.field(factory=dict)
+    path: Path | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def evolve(self, **changes: Any) -> Config:
+        """A copy with some values replaced (marked as coming from code)."""
+        values = {**self.values, **changes}
+        sources = {**self.sources, **dict.fromkeys(changes, "override")}
+        return Config(values=values, sources=sources, path=self.path)
+
+
+def _host_port(value: Any) -> str:
+    if isinstance(value, Mapping):
+        value = f"{value.get('host', '')}:{value.get('port', '')}"
+    host, port = split_host_port(str(value))
+    if not host:
+        raise ValueError("host:port with a host")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _host_port_list(values: list[Any]) -> list[str]:
+    try:
+        return [_host_port(v) for v in values]
+    except ValueError:
+        raise ValueError("a list of host:port entries (e.g. 10.0.0.2:50052)") from None
+
+
+def _node_list(values: list[Any]) -> list[str]:
+    for value in values:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("a list of node addresses (host:port or http://host:port)")
+    return [v.strip() for v in values]
+
+
+def _port(value: int) -> int:
+    if not 0 < value < 65536:
+        raise ValueError("a port number from 1 to 65535")
+    return value
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("a number above 0")
+    return value
+
+
+CORE_SETTINGS: tuple[Setting, ...] = (
+    Setting("model_sharding_enabled", "bool", False,
+            "Serve models through llama.cpp RPC sharding."),
+    Setting("task_distribution_enabled", "bool", True,
+            "Balance requests over the pool of nodes."),
+    Setting("rpc_backends", "list", [], "rpc-servers for sharding, as host:port.",
+            check=_host_port_list),
+    Setting("ollama_nodes", "list", [],
+            "Pool nodes (Ollama or OpenAI-compatible), as host:port or URL. "
+            "OLLAMA_HOSTS is read too.", check=_node_list),
+    Setting("routing_policy", "str", "size-threshold",
+            "Policy that picks a route when sharding and distribution are both on."),
+    Setting("policy_settings", "table", {},
+            "Settings per policy, e.g. {\"size-threshold\": {\"min_parameters\": 13e9}}."),
+    Setting("gateway_host", "str", "127.0.0.1", "Address the gateway binds to."),
+    Setting("gateway_port", "int", 11435, "Port the gateway listens on.", check=_port),
+    Setting("plugins", "list", None, "Allow-list of plugin names (unset: all installed).",
+            optional=True),
+    Setting("disabled_plugins", "list", [], "Plugin names never to load."),
+    Setting("max_body_bytes", "int", 16 * 1024 * 1024, "Largest request body accepted.",
+            check=_positive),
+    Setting("request_timeout", "float", 600.0,
+            "Seconds a request may take upstream before it is cut.", check=_positive),
+    Setting("connect_timeout", "float", 5.0, "Seconds to connect to an upstream.",
+            check=_positive),
+    Setting("health_interval", "float", 5.0, "Seconds between active health probes.",
+            check=_positive),
+    Setting("llama_cpp_dir", "str", None, "Folder holding llama-server and ggml-rpc-server.",
+            optional=True),
+)
+
+
+def config_path(env: Mapping[str, str] | None = None) -> Path:
+    """The config file: `SOLLOL_CONFIG`, else `config.toml` in the platformdirs user config dir."""
+    env = os.environ if env is None else env
+    if env.get("SOLLOL_CONFIG"):
+        return Path(env["SOLLOL_CONFIG"])
+    return Path(platformdirs.user_config_dir("sollol")) / "config.toml"
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """The raw TOML table in `path` ({} when the file does not exist)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("(file)", str(path), f"valid TOML ({exc})") from None
+
+
+def write_file(path: Path, values: Mapping[str, Any]) -> None:
+    """Write the TOML atomically: a temp file in the same folder, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = tomli_w.dumps({k: v for k, v in values.items() if v is not None})
+    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def parse_text(setting: Setting, text: str) -> Any:
+    """Turn an env or command-line string into a value of the setting's kind (unchecked)."""
+    text = text.strip()
+    if setting.optional and text == "":
+        return None
+    if setting.kind == "bool":
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError(text)
+    if setting.kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            number = float(text)  # accepts "13e9"
+            if not number.is_integer():
+                raise
+            return int(number)
+    if setting.kind == "float":
+        return float(text)
+    if setting.kind == "list":
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if setting.kind == "table":
+        return json.loads(text or "{}")
+    return text
+
+
+def check_value(setting: Setting, value: Any, source: str) -> Any:
+    """Validate a typed value; raise ConfigError naming the key, the value and what is expected."""
+    if value is None:
+        if setting.optional:
+            return None
+        raise ConfigError(setting.name, value, setting.expected(), source)
+    types = {"bool": bool, "int": int, "float": (int, float), "str": str, "list": list,
+             "table": dict}[setting.kind]
+    wrong_bool = setting.kind in ("int", "float") and isinstance(value, bool)
+    if not isinstance(value, types) or wrong_bool:
+        raise ConfigError(setting.name, value, setting.expected(), source)
+    if setting.kind == "float":
+        value = float(value)
+    if setting.choices and value not in setting.choices:
+        raise ConfigError(setting.name, value, setting.expected(), source)
+    if setting.check is not None:
+        try:
+            value = setting.check(value)
+        except ValueError as exc:
+            raise ConfigError(setting.name, value, str(exc), source) from None
+    return value
+
+
+def _from_text(setting: Setting, text: str, source: str) -> Any:
+    try:
+        value = parse_text(setting, text)
+    except ValueError:
+        raise ConfigError(setting.name, text, setting.expected(), source) from None
+    return check_value(setting, value, source)
+
+
+def load_config(
+    settings: Iterable[Setting] = CORE_SETTINGS,
+    *,
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    ignore_unknown: bool = False,
+) -> Config:
+    """Defaults, then the file, then `OLLAMA_HOSTS` and `SOLLOL_<KEY>`, then `overrides`."""
+    env = os.environ if env is None else env
+    path = path or config_path(env)
+    by_name = {s.name: s for s in settings}
+    values = {name: s.default for name, s in by_name.items()}
+    sources = dict.fromkeys(by_name, "default")
+    for key, value in read_file(path).items():
+        if key not in by_name:
+            if ignore_unknown:
+                continue
+            raise ConfigError(key, value, "a known key (see `sollol config show`)", str(path))
+        values[key] = check_value(by_name[key], value, str(path))
+        sources[key] = str(path)
+    if env.get("OLLAMA_HOSTS") and "ollama_nodes" in by_name:
+        values["ollama_nodes"] = _from_text(by_name["ollama_nodes"], env["OLLAMA_HOSTS"],
+                                            "OLLAMA_HOSTS")
+        sources["ollama_nodes"] = "OLLAMA_HOSTS"
+    for name, setting in by_name.items():
+        if setting.env_var in env:
+            values[name] = _from_text(setting, env[setting.env_var], setting.env_var)
+            sources[name] = setting.env_var
+    for key, value in (overrides or {}).items():
+        if key not in by_name:
+            raise ConfigError(key, value, "a known key (see `sollol config show`)", "command line")
+        if isinstance(value, str) and by_name[key].kind != "str":
+            values[key] = _from_text(by_name[key], value, "command line")
+        else:
+            values[key] = check_value(by_name[key], value, "command line")
+        sources[key] = "command line"
+    return Config(values=values, sources=sources, path=path)
+
+
+def plugin_lists(
+    *, path: Path | None = None, env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[list[str] | None, list[str]]:
+    """Read only the plugin allow- and block-lists, before any plugin is loaded."""
+    names = ("plugins", "disabled_plugins")
+    config = load_config(
+        [s for s in CORE_SETTINGS if s.name in names], path=path, env=env,
+        overrides={k: v for k, v in (overrides or {}).items() if k in names},
+        ignore_unknown=True,
+    )
+    return config["plugins"], config["disabled_plugins"]

@@ -1,0 +1,93 @@
+"""SOLLOL's exceptions. Library code raises these; only the CLI and the gateway translate them.
+
+SollolError
+├── ConfigError            a config key has a bad value, or is unknown
+├── PluginError            a plugin failed to load, or broke the hook contract
+│   └── DuplicateNameError two plugins registered the same name
+├── BinaryNotFound         a llama.cpp binary is missing
+├── RequestError           the client's request is wrong (HTTP 400)
+│   ├── ModelNotFound      no route knows the model (HTTP 404)
+│   └── PayloadTooLarge    the body is over the limit (HTTP 413)
+├── Overloaded             queues are full; try again later (HTTP 429)
+├── NoRouteAvailable       nothing can serve the request now (HTTP 503)
+└── BackendError           a backend failed while serving (HTTP 502)
+"""
+
+from __future__ import annotations
+
+
+class SollolError(Exception):
+    """Base class of every error SOLLOL raises on purpose."""
+
+    status = 500
+
+
+class ConfigError(SollolError):
+    """A configuration value is invalid; the message names key, value and what is expected."""
+
+    def __init__(self, key: str, value: object, expected: str, source: str = "") -> None:
+        self.key, self.value, self.expected, self.source = key, value, expected, source
+        where = f" (from {source})" if source else ""
+        super().__init__(f"config key {key!r}{where}: got {value!r}, expected {expected}")
+
+
+class PluginError(SollolError):
+    """A plugin could not be loaded or does not follow the hook contract."""
+
+
+class DuplicateNameError(PluginError):
+    """Two plugins registered something under the same name."""
+
+    def __init__(self, what: str, name: str, first: str, second: str) -> None:
+        self.what, self.name, self.first, self.second = what, name, first, second
+        super().__init__(
+            f"{what} {name!r} is registered by both plugin {first!r} and plugin {second!r}"
+        )
+
+
+class BinaryNotFound(SollolError):
+    """A llama.cpp binary could not be found anywhere SOLLOL looks."""
+
+
+class RequestError(SollolError):
+    """The client's request is invalid."""
+
+    status = 400
+
+
+class ModelNotFound(RequestError):
+    """No route can serve the requested model."""
+
+    status = 404
+
+
+class PayloadTooLarge(RequestError):
+    """The request body is larger than `max_body_bytes`."""
+
+    status = 413
+
+
+class Overloaded(SollolError):
+    """Every queue is full; the client should retry after `retry_after` seconds."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class NoRouteAvailable(SollolError):
+    """Nothing healthy can serve the request now; the message names what is down."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: float = 5.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class BackendError(SollolError):
+    """A backend failed while serving a request."""
+
+    status = 502

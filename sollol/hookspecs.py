@@ -1,0 +1,108 @@
+"""The contract between SOLLOL's core and its plugins: every hook a plugin may implement.
+
+Hooks may gain arguments later; pluggy passes a hook implementation only the arguments it names
+("opt-in arguments"), so a plugin written today keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import click
+import pluggy
+
+from sollol.models import Backend, BackendKind, HealthReport, ResolvedModel, RouteEvent
+
+if TYPE_CHECKING:
+    from sollol.cluster import Cluster
+    from sollol.config import Config, Setting
+    from sollol.routes import Policy, RouteProvider
+
+PolicyFactory = Callable[[dict[str, Any]], "Policy"]
+"""Builds a policy from its settings (`policy_settings[name]` in the config)."""
+
+hookspec = pluggy.HookspecMarker("sollol")
+hookimpl = pluggy.HookimplMarker("sollol")
+
+
+@hookspec
+def sollol_register_settings(register: Callable[[Setting], None]) -> None:
+    """Declare config keys a plugin reads. Called when the config is validated.
+
+    Each key can then be set in the config file and as `SOLLOL_<KEY>`; unknown keys are errors.
+    """
+
+
+@hookspec
+def sollol_register_backend_kinds(register: Callable[[BackendKind], None]) -> None:
+    """Declare the backend kinds a plugin can talk to. A kind registered twice is an error."""
+
+
+@hookspec
+def sollol_discover_backends(config: Config) -> Iterable[Backend] | None:
+    """Return the backends a plugin finds (from config, env or an explicit scan).
+
+    Called at cluster start and on refresh; the results of all plugins are merged by backend id.
+    Never scan a network the user did not name.
+    """
+
+
+@hookspec(firstresult=True)
+def sollol_check_health(backend: Backend, timeout: float) -> HealthReport | None:
+    """Probe one backend and report its health; return None when the kind is not yours.
+
+    firstresult: the first non-None report wins. The core's default (trylast) only tries a TCP
+    connect. Called from a worker thread, never while a lock is held.
+    """
+
+
+@hookspec(firstresult=True)
+def sollol_resolve_gguf(model: str, config: Config) -> ResolvedModel | None:
+    """Find the GGUF file for a model name; return None for "not mine".
+
+    firstresult: the first non-None result wins. The core's default (trylast) accepts a path to
+    an existing GGUF file.
+    """
+
+
+@hookspec
+def sollol_register_policies(register: Callable[[str, PolicyFactory], None]) -> None:
+    """Register routing policies by name: `register(name, factory)`; factory(settings) -> Policy.
+
+    Config's `routing_policy` chooses one by name; a name registered twice is an error.
+    """
+
+
+@hookspec
+def sollol_register_routes(register: Callable[[RouteProvider], None], cluster: Cluster) -> None:
+    """Register route providers (such as "pool" or "sharding") for a starting cluster.
+
+    Called once per cluster start. A route name registered twice is an error.
+    """
+
+
+@hookspec
+def sollol_register_commands(cli: click.Group) -> None:
+    """Add click commands or groups to the `sollol` CLI. Called once, in `main()`."""
+
+
+@hookspec
+def sollol_startup(cluster: Cluster) -> Awaitable[None] | None:
+    """The cluster (gateway or embedded) has started its routes; start background work here.
+
+    Called inside the running event loop; an awaitable result is awaited.
+    """
+
+
+@hookspec
+def sollol_shutdown(cluster: Cluster) -> Awaitable[None] | None:
+    """The cluster is stopping; stop background work. An awaitable result is awaited."""
+
+
+@hookspec
+def sollol_request_routed(event: RouteEvent) -> None:
+    """Called after each routed request finishes (success or not), for metrics and dashboards.
+
+    Must be quick and must not raise: it runs on the request path.
+    """

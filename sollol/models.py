@@ -1,0 +1,209 @@
+"""Value types shared by the core and its plugins: frozen attrs classes, no I/O."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+Api = Literal["ollama", "openai"]
+"""The HTTP dialect a backend or a client speaks."""
+
+Endpoint = Literal["chat", "generate", "embed"]
+"""What a routed request asks for."""
+
+
+def _frozen_dict(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return dict(value or {})
+
+
+@attrs.frozen
+class Backend:
+    """One machine-side server SOLLOL can send work to (a pool node or an rpc-server)."""
+
+    id: str
+    kind: str
+    address: str
+    capabilities: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    labels: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_dict)
+
+    @property
+    def host(self) -> str:
+        return split_host_port(self.address)[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.address)[1]
+
+
+@attrs.frozen
+class BackendKind:
+    """A kind of backend a plugin knows how to talk to; `api` is the dialect it speaks."""
+
+    name: str
+    api: str
+    description: str = ""
+
+
+@attrs.frozen
+class HealthReport:
+    """The outcome of one health probe of one backend."""
+
+    backend_id: str
+    healthy: bool
+    detail: str = ""
+    latency_s: float | None = None
+    version: str | None = None
+    models: tuple[str, ...] = ()
+    loaded_models: tuple[str, ...] = ()
+    memory_total: int | None = None
+    memory_free: int | None = None
+    checked_at: float = attrs.field(factory=time.time)
+    extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
+
+
+@attrs.frozen
+class ResolvedModel:
+    """Where a model's GGUF weights live on disk, as found by a `sollol_resolve_gguf` hook."""
+
+    name: str
+    path: Path = attrs.field(converter=Path)
+    size: int
+    source: str
+    digest: str | None = None
+    projectors: tuple[Path, ...] = ()
+    adapters: tuple[Path, ...] = ()
+
+
+@attrs.frozen
+class ModelInfo:
+    """What routing needs to know about a model's size, read from GGUF metadata or a node."""
+
+    name: str
+    file_size: int | None = None
+    parameter_count: int | None = None
+    layer_count: int | None = None
+    quantization: str | None = None
+    context_length: int | None = None
+    embedding_length: int | None = None
+    architecture: str | None = None
+    kv_bytes_per_token: int | None = None
+    source: str = ""
+
+    def memory_estimate(self, context: int | None = None) -> int | None:
+        """Bytes to hold the weights plus the KV cache for `context` tokens (None if unknown)."""
+        if self.file_size is None:
+            return None
+        tokens = context if context is not None else (self.context_length or 0)
+        return self.file_size + (self.kv_bytes_per_token or 0) * tokens
+
+
+@attrs.frozen
+class RouteRequest:
+    """One client request, reduced to what the router needs."""
+
+    model: str
+    endpoint: Endpoint = "chat"
+    api: Api = "ollama"
+    context_length: int | None = None
+    stream: bool = False
+    conversation_key: str | None = None
+
+
+@attrs.frozen
+class BackendState:
+    """A backend as a route sees it right now: health, models and memory."""
+
+    backend: Backend
+    healthy: bool
+    models: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    loaded: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    memory_total: int | None = None
+    memory_free: int | None = None
+    in_flight: int = 0
+    detail: str = ""
+
+
+@attrs.frozen
+class RouteState:
+    """A snapshot of one route (for example "pool" or "sharding") for routing decisions."""
+
+    name: str
+    backends: tuple[BackendState, ...] = ()
+    detail: str = ""
+
+    @property
+    def healthy(self) -> tuple[BackendState, ...]:
+        return tuple(b for b in self.backends if b.healthy)
+
+    @property
+    def available(self) -> bool:
+        return bool(self.healthy)
+
+    def serves(self, model: str) -> bool:
+        """True when some healthy backend lists `model` (routes with no listing return False)."""
+        return any(model in b.models for b in self.healthy)
+
+
+@attrs.frozen
+class RouteDecision:
+    """Which route serves a request, chosen by which policy, and why (with the numbers)."""
+
+    route: str
+    policy: str
+    reason: str
+    backend: str | None = None
+    numbers: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class RouteEvent:
+    """Emitted after each routed request: what was asked, where it went and how it ended."""
+
+    model: str
+    endpoint: str
+    api: str
+    route: str
+    policy: str
+    reason: str
+    backend: str | None
+    status: int
+    ok: bool
+    duration_s: float
+    attempts: int = 1
+    tokens: int | None = None
+    error: str | None = None
+    time: float = attrs.field(factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def split_host_port(address: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split "host:port", "[v6]:port" or a URL's authority into (host, port)."""
+    text = address.strip()
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    text = text.split("/", 1)[0]
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    if not port_text:
+        if default_port is None:
+            msg = f"{address!r} has no port (expected host:port)"
+            raise ValueError(msg)
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        msg = f"{address!r} has a bad port (expected 1-65535)"
+        raise ValueError(msg)
+    return host, int(port_text)

@@ -1,0 +1,159 @@
+"""Start real processes for tests and demos, and always stop them (no orphans, no leaked ports)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import attrs
+import httpx
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on `host`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def die_with_parent() -> None:
+    """preexec_fn: ask Linux to SIGKILL the child when the process that started it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@attrs.define
+class ManagedProcess:
+    """A child process in its own session, with its output in a log file."""
+
+    name: str
+    args: list[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM the whole process group, then SIGKILL it if it lingers; reap it."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        else:  # the leader is gone; make sure nothing it spawned survives
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        """SIGKILL at once (a crash, for fault tests)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+
+
+@attrs.define
+class ProcessGroup:
+    """Owns the processes it starts; `stop_all()` (or leaving the `with`) ends every one."""
+
+    log_dir: Path
+    processes: list[ManagedProcess] = attrs.field(factory=list)
+
+    def start(
+        self, name: str, args: Sequence[str | os.PathLike[str]], *,
+        env: dict[str, str] | None = None, cwd: Path | None = None,
+    ) -> ManagedProcess:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        argv = [str(a) for a in args]
+        with log_path.open("ab") as log:
+            popen = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, cwd=cwd, start_new_session=True, preexec_fn=die_with_parent,
+            )
+        proc = ManagedProcess(name=name, args=argv, log_path=log_path, popen=popen)
+        self.processes.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+        self.processes.clear()
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+
+def wait_http(
+    url: str, *, process: ManagedProcess | None = None, timeout: float = 60.0,
+    status: int = 200,
+) -> None:
+    """Poll `url` until it answers `status`; fail early with the log if `process` dies."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if process is not None and not process.alive():
+            msg = (f"{process.name} exited with {process.popen.returncode} before {url} was "
+                   f"ready; log:\n{process.log_text()[-4000:]}")
+            raise RuntimeError(msg)
+        try:
+            response = httpx.get(url, timeout=2.0)
+            if response.status_code == status:
+                return
+            last = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f}s ({last})")
+
+
+def wait_port(host: str, port: int, *, process: ManagedProcess | None = None,
+              timeout: float = 30.0) -> None:
+    """Wait until something accepts TCP connections on host:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and not process.alive():
+            msg = f"{process.name} exited before {host}:{port} opened:\n{process.log_text()[-4000:]}"
+            raise RuntimeError(msg)
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{host}:{port} not open after {timeout:.0f}s")
+
+
+@contextlib.contextmanager
+def process_group(log_dir: Path) -> Iterator[ProcessGroup]:
+    """A ProcessGroup that is always stopped, even on errors."""
+    group = ProcessGroup(log_dir=log_dir)
+    try:
+        yield group
+    finally:
+        group.stop_all()

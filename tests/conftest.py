@@ -43,7 +43,7 @@ def pm() -> SollolPluginManager:
     return get_plugin_manager()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def isolated_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point SOLLOL at an empty config file and clear SOLLOL_* / OLLAMA_HOSTS from the env."""
     import os

@@ -1,0 +1,5 @@
+"""`python -m sollol` runs the CLI."""
+
+from sollol.cli import main
+
+main()

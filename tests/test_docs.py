@@ -1,0 +1,54 @@
+"""Guard tests that keep the docs and the code in step."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from sollol import hookspecs
+from sollol.plugins import collect_named, get_plugin_manager
+
+ROOT = Path(__file__).resolve().parent.parent
+HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("sollol_"))
+
+
+def hook_signature(name: str) -> str:
+    """The hook's signature as the docs write it: `name(arg: Type, ...) -> Return`."""
+    sig = inspect.signature(getattr(hookspecs, name))
+    params = ", ".join(f"{p.name}: {p.annotation}" for p in sig.parameters.values())
+    return f"{name}({params}) -> {sig.return_annotation}"
+
+
+def test_there_are_hooks() -> None:
+    assert len(HOOKS) >= 9
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_every_hook_is_documented_with_its_exact_signature(name: str) -> None:
+    docs = (ROOT / "docs" / "plugins.md").read_text()
+    assert hook_signature(name) in docs, f"docs/plugins.md lacks `{hook_signature(name)}`"
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_every_hook_is_exercised_by_a_test(name: str) -> None:
+    this = Path(__file__).resolve()
+    users = [p for p in (ROOT / "tests").rglob("*.py")
+             if p.resolve() != this and re.search(rf"\b{name}\b", p.read_text())]
+    assert users, f"no test implements or calls {name}"
+
+
+def test_every_config_key_is_documented() -> None:
+    docs = (ROOT / "docs" / "configuration.md").read_text()
+    settings = collect_named(get_plugin_manager(), "sollol_register_settings", "config key")
+    missing = [name for name in settings if f"`{name}`" not in docs]
+    assert not missing, f"docs/configuration.md lacks {missing}"
+
+
+def test_readme_names_the_test_command_that_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "scripts/test" in readme
+    assert "scripts/test" in ci

@@ -5,6 +5,8 @@ SollolError
 ├── PluginError            a plugin failed to load, or broke the hook contract
 │   └── DuplicateNameError two plugins registered the same name
 ├── BinaryNotFound         a llama.cpp binary is missing
+├── BuildError             building the llama.cpp binaries failed
+├── ModelFileError         a GGUF file or a model-store entry is malformed
 ├── RequestError           the client's request is wrong (HTTP 400)
 │   ├── ModelNotFound      no route knows the model (HTTP 404)
 │   └── PayloadTooLarge    the body is over the limit (HTTP 413)
@@ -14,6 +16,9 @@ SollolError
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 
 class SollolError(Exception):
@@ -49,6 +54,14 @@ class BinaryNotFound(SollolError):
     """A llama.cpp binary could not be found anywhere SOLLOL looks."""
 
 
+class BuildError(SollolError):
+    """Downloading or building the llama.cpp binaries failed; the message ends with the log tail."""
+
+
+class ModelFileError(SollolError):
+    """A model file is not valid GGUF, or a store's manifest or digest is malformed or unsafe."""
+
+
 class RequestError(SollolError):
     """The client's request is invalid."""
 
@@ -82,8 +95,11 @@ class NoRouteAvailable(SollolError):
 
     status = 503
 
-    def __init__(self, message: str, retry_after: float = 5.0) -> None:
+    def __init__(
+        self, message: str, retry_after: float = 5.0, numbers: Mapping[str, Any] | None = None
+    ) -> None:
         self.retry_after = retry_after
+        self.numbers = dict(numbers or {})  # the figures behind the message, as data
         super().__init__(message)
 
 

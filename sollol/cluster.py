@@ -115,9 +115,7 @@ class Cluster:
                 known = ", ".join(sorted(policies)) or "none (is the policies plugin disabled?)"
                 raise ConfigError("routing_policy", name, f"a registered policy: {known}")
             return None
-        factory, _plugin = policies[name]
-        settings = dict(self.config["policy_settings"].get(name, {}))
-        return factory(settings)
+        return _build_policy(name, policies, self.config["policy_settings"], ())
 
     def discover(self, kinds: Collection[str] | None = None) -> list[Backend]:
         """Backends from every discovery hook, merged by id, optionally only of some kinds."""
@@ -205,6 +203,36 @@ class Cluster:
             "routes": {name: dict(p.snapshot()) for name, p in self.routes.items()},
             "recent": [e.as_dict() for e in self.events.recent(50)],
         }
+
+
+def _build_policy(
+    name: str, policies: dict[str, tuple[Any, str]], settings: dict[str, Any],
+    chain: tuple[str, ...],
+) -> Policy:
+    """Build policy `name` from `policy_settings[name]`.
+
+    A factory that takes a `policies` keyword gets a function building another policy by name,
+    for policies that delegate (such as "pinned" falling through); cycles are config errors.
+    """
+    factory, _plugin = policies[name]
+    table = settings.get(name, {})
+    table = dict(table) if isinstance(table, dict) else table  # a factory reports a non-table
+
+    def build(other: str) -> Policy:
+        key = f"policy_settings.{name}"
+        if other not in policies:
+            known = ", ".join(sorted(policies))
+            raise ConfigError(key, other, f"the name of a registered policy ({known})")
+        if other in (*chain, name):
+            loop = " -> ".join((*chain, name, other))
+            raise ConfigError(key, other, f"a policy that does not lead back to itself ({loop})")
+        return _build_policy(other, policies, settings, (*chain, name))
+
+    try:
+        delegates = "policies" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a callable Python cannot introspect takes settings only
+        delegates = False
+    return factory(table, policies=build) if delegates else factory(table)
 
 
 async def _await_all(results: list[Any]) -> None:

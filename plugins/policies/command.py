@@ -1,0 +1,114 @@
+"""`sollol route MODEL`: which route would serve a model now, and why, with the numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+from sollol.cli import UsageFailure
+from sollol.errors import ConfigError, NoRouteAvailable, PluginError, SollolError
+from sollol.models import RouteRequest
+
+from .units import format_bytes
+
+
+@click.command("route")
+@click.argument("model")
+@click.option("--ctx", "context", type=click.IntRange(min=1), default=None,
+              help="Context length to plan for (default: the policy's default_context).")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@click.option("--gateway", metavar="URL", default=None,
+              help="Ask a running gateway (GET URL/sollol/route) instead of starting routes here.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Config file to use instead of the default (also SOLLOL_CONFIG).")
+def route_command(
+    model: str, context: int | None, as_json: bool, gateway: str | None, config_file: Path | None,
+) -> None:
+    """Explain which route would serve MODEL now, and why."""
+    try:
+        if gateway:
+            answer = ask_gateway(gateway, model, context)
+        else:
+            answer = asyncio.run(decide_here(model, context, config_file))
+    except NoRouteAvailable as exc:
+        answer = {"error": str(exc), "status": exc.status, "numbers": exc.numbers}
+    except (ConfigError, PluginError) as exc:
+        raise UsageFailure(str(exc)) from None
+    except SollolError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(answer, indent=2, default=str))
+    else:
+        click.echo(render(model, answer))
+    if "error" in answer:
+        raise SystemExit(1)
+
+
+async def decide_here(model: str, context: int | None, config_file: Path | None) -> dict[str, Any]:
+    """Start a cluster from config (routes probe their backends), decide, stop."""
+    from sollol.cluster import Cluster
+
+    cluster = Cluster.from_config(path=config_file)
+    async with cluster:
+        decision = await cluster.decide(RouteRequest(model=model, context_length=context))
+    return decision.as_dict()
+
+
+def ask_gateway(
+    url: str, model: str, context: int | None, transport: httpx.BaseTransport | None = None,
+) -> dict[str, Any]:
+    """The decision from a running gateway's `GET /sollol/route` (200 or 503, both JSON)."""
+    params: dict[str, Any] = {"model": model}
+    if context is not None:
+        params["ctx"] = context
+    try:
+        with httpx.Client(transport=transport, timeout=30.0) as client:
+            response = client.get(url.rstrip("/") + "/sollol/route", params=params)
+    except httpx.HTTPError as exc:
+        raise SollolError(f"cannot reach the gateway at {url}: {exc}") from None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        text = response.text[:200]
+        raise SollolError(f"the gateway at {url} answered {response.status_code}: {text}")
+    if response.status_code != 200 and "error" not in body:
+        body = {"error": f"HTTP {response.status_code}", **body}
+    if "error" in body:
+        body.setdefault("status", response.status_code)
+    return body
+
+
+def render(model: str, answer: Mapping[str, Any]) -> str:
+    """A decision (or a 503) as lines a person reads: the verdict, the reason, the numbers."""
+    if "error" in answer:
+        lines = [f"{model}: no route ({answer.get('status', 503)})", f"  {answer['error']}"]
+    else:
+        backend = f" (backend {answer['backend']})" if answer.get("backend") else ""
+        lines = [f"{model} -> {answer['route']}{backend}, by policy {answer['policy']}",
+                 f"  {answer['reason']}"]
+    numbers = answer.get("numbers") or {}
+    if numbers:
+        lines.append("  numbers:")
+        lines.extend(_number_lines(numbers, "    "))
+    return "\n".join(lines)
+
+
+def _number_lines(numbers: Mapping[str, Any], indent: str) -> list[str]:
+    lines = []
+    for key, value in numbers.items():
+        if isinstance(value, Mapping):
+            lines.append(f"{indent}{key}:" + ("" if value else " {}"))
+            lines.extend(_number_lines(value, indent + "  "))
+        elif key.endswith("_bytes") and isinstance(value, int):
+            lines.append(f"{indent}{key}: {value} ({format_bytes(value)})")
+        else:
+            lines.append(f"{indent}{key}: {json.dumps(value, default=str)}")
+    return lines

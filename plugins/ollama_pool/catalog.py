@@ -1,0 +1,122 @@
+"""What the pool's nodes hold: `/api/tags` and `/api/ps` entries, and size facts per model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from sollol.models import ModelInfo
+
+from .discovery import OPENAI, base_url
+from .node import Node, model_names
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _openai_entry(model_id: str, meta: dict[str, Any], loaded: bool) -> dict[str, Any]:
+    """An Ollama-style model entry for a model an OpenAI-compatible server lists."""
+    params = meta.get("n_params")
+    details = {"parent_model": "", "format": "gguf", "family": "", "families": None,
+               "parameter_size": f"{params / 1e9:.1f}B" if isinstance(params, int) else "",
+               "quantization_level": ""}
+    entry = {"name": model_id, "model": model_id, "modified_at": _iso(time.time()),
+             "size": int(meta.get("size") or 0), "digest": "", "details": details}
+    if loaded:
+        entry.update(expires_at=_iso(time.time() + 3650 * 86400),
+                     size_vram=int(meta.get("size") or 0))
+    return entry
+
+
+def _collect(nodes: Iterable[Node], key: str) -> list[dict[str, Any]]:
+    seen: dict[str, dict[str, Any]] = {}
+    for node in nodes:
+        report = node.report
+        if report is None or not node.healthy:
+            continue
+        if report.extra.get("api") == OPENAI:
+            meta = report.extra.get("meta") or {}
+            entries = [_openai_entry(m, meta.get(m) or {}, key == "ps") for m in report.models]
+        else:
+            entries = list(report.extra.get(key) or [])
+        for entry in entries:
+            name = entry.get("name") or entry.get("model")
+            if name and name not in seen:
+                seen[name] = dict(entry)
+    return list(seen.values())
+
+
+def tags(nodes: Iterable[Node]) -> list[dict[str, Any]]:
+    """The union of `/api/tags` over healthy nodes, one entry per model name."""
+    return _collect(nodes, "tags")
+
+
+def running(nodes: Iterable[Node]) -> list[dict[str, Any]]:
+    """The union of `/api/ps` over healthy nodes, one entry per model name."""
+    return _collect(nodes, "ps")
+
+
+def _file_size(node: Node, model: str) -> int | None:
+    names = model_names(model)
+    for entry in (node.report.extra.get("tags") or []) if node.report else []:
+        if {entry.get("name"), entry.get("model")} & names:
+            return int(entry.get("size") or 0) or None
+    return None
+
+
+async def model_info(nodes: Iterable[Node], model: str, *, timeout: float) -> ModelInfo | None:
+    """Size facts from the first healthy node holding `model` that can tell."""
+    for node in nodes:
+        if not (node.healthy and node.has_model(model)):
+            continue
+        if node.api == OPENAI:
+            meta = (node.report.extra.get("meta") or {}) if node.report else {}
+            for name in model_names(model):
+                if name in meta:
+                    return _from_openai_meta(model, meta[name], node.id)
+            continue
+        try:
+            async with httpx.AsyncClient(base_url=base_url(node.backend), timeout=timeout,
+                                         trust_env=False) as client:
+                reply = await client.post("/api/show", json={"model": model})
+        except httpx.HTTPError:
+            continue
+        if reply.status_code == 200:
+            return from_show(model, reply.json(), _file_size(node, model), node.id)
+    return None
+
+
+def from_show(model: str, body: dict[str, Any], file_size: int | None, node_id: str,
+              ) -> ModelInfo:
+    """ModelInfo from an Ollama `/api/show` reply."""
+    info = body.get("model_info") or {}
+    details = body.get("details") or {}
+    arch = info.get("general.architecture") or details.get("family")
+
+    def arch_key(suffix: str) -> int | None:
+        value = info.get(f"{arch}.{suffix}") if arch else None
+        return value if isinstance(value, int) else None
+
+    count = info.get("general.parameter_count")
+    return ModelInfo(
+        name=model, file_size=file_size,
+        parameter_count=count if isinstance(count, int) else None,
+        layer_count=arch_key("block_count"), quantization=details.get("quantization_level"),
+        context_length=arch_key("context_length"), embedding_length=arch_key("embedding_length"),
+        architecture=arch, source=f"/api/show on pool node {node_id}",
+    )
+
+
+def _from_openai_meta(model: str, meta: dict[str, Any], node_id: str) -> ModelInfo:
+    def number(key: str) -> int | None:
+        value = meta.get(key)
+        return value if isinstance(value, int) else None
+
+    return ModelInfo(name=model, file_size=number("size"), parameter_count=number("n_params"),
+                     context_length=number("n_ctx_train"), embedding_length=number("n_embd"),
+                     source=f"/v1/models on pool node {node_id}")

@@ -1,0 +1,171 @@
+"""One pool node's live state: health, ejection, load, models and measured speed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from sollol.models import Backend, BackendState, HealthReport
+from sollol.routes import Outcome
+
+from .settings import PoolSettings
+
+SPEED_WEIGHT = 0.3
+"""Weight of the newest sample in the moving averages (about the last 5 requests count)."""
+
+
+def model_names(name: str) -> set[str]:
+    """The spellings that mean one model: "llama3" and "llama3:latest" are the same."""
+    name = name.strip()
+    last = name.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return {name, f"{name}:latest"}
+    return {name, name.removesuffix(":latest")} if name.endswith(":latest") else {name}
+
+
+def all_names(names: Iterable[str]) -> frozenset[str]:
+    out: set[str] = set()
+    for name in names:
+        out |= model_names(name)
+    return frozenset(out)
+
+
+def _ewma(old: float | None, new: float) -> float:
+    return new if old is None else old + SPEED_WEIGHT * (new - old)
+
+
+@attrs.define(eq=False)
+class Node:
+    """A pool node as the balancer sees it. Only touched on the event loop's thread."""
+
+    backend: Backend
+    limit: int
+    memory_total: int | None = None
+    api: str = attrs.field(init=False)
+    healthy: bool = False
+    probed: bool = False
+    detail: str = "not probed yet"
+    report: HealthReport | None = None
+    models: frozenset[str] = frozenset()
+    loaded: frozenset[str] = frozenset()
+    in_flight: int = 0
+    failures: int = 0
+    probe_failures: int = 0
+    ejections: int = 0
+    ejected_until: float = 0.0
+    readmit_pending: bool = False
+    next_probe: float = 0.0
+    sec_per_token: float | None = None
+    request_seconds: float | None = None
+    served: int = 0
+    failed: int = 0
+    last_pick: int = 0
+    """Sequence number of the last request placed here (ties go to the least recent)."""
+
+    def __attrs_post_init__(self) -> None:
+        self.api = self.backend.kind
+
+    @property
+    def id(self) -> str:
+        return self.backend.id
+
+    def ejected(self, now: float) -> bool:
+        return now < self.ejected_until
+
+    def available(self, now: float) -> bool:
+        return self.healthy and not self.readmit_pending and not self.ejected(now)
+
+    def has_model(self, model: str) -> bool:
+        return bool(model_names(model) & self.models)
+
+    def is_loaded(self, model: str) -> bool:
+        return bool(model_names(model) & self.loaded)
+
+    def memory_free(self) -> int | None:
+        if self.memory_total is None:
+            return None
+        used = int((self.report.extra.get("vram_used") if self.report else 0) or 0)
+        return max(0, self.memory_total - used)
+
+    def apply(self, report: HealthReport, now: float, settings: PoolSettings) -> None:
+        """Take a probe's result; a good probe readmits an ejected node, a bad one backs off."""
+        self.probed, self.detail = True, report.detail
+        if report.healthy:
+            self.report, self.healthy = report, True
+            self.api = str(report.extra.get("api") or self.backend.kind)
+            self.models = all_names(report.models)
+            self.loaded = all_names(report.loaded_models)
+            self.probe_failures = 0
+            if not self.ejected(now):
+                self.readmit_pending = False
+            self.next_probe = now + settings.health_interval
+            slots = report.extra.get("slots")
+            if isinstance(slots, int) and slots > 0:
+                self.limit = slots  # llama-server says how many requests it serves at once
+            return
+        self.healthy = False
+        self.probe_failures += 1
+        pause = settings.health_interval * 2 ** (self.probe_failures - 1)
+        self.next_probe = now + min(pause, settings.backoff_max)
+
+    def record(self, outcome: Outcome, now: float, settings: PoolSettings,
+               may_eject: bool) -> bool:
+        """Account a finished request; return True when it ejected the node."""
+        if outcome.ok:
+            self.served += 1
+            self.failures = 0
+            if outcome.seconds:
+                self.request_seconds = _ewma(self.request_seconds, outcome.seconds)
+                if outcome.tokens:
+                    self.sec_per_token = _ewma(self.sec_per_token,
+                                               outcome.seconds / outcome.tokens)
+            return False
+        if not (outcome.connect_failed or outcome.status >= 500):
+            return False  # a 4xx or a client that left (499): not the node's fault
+        self.failed += 1
+        self.failures += 1
+        threshold = 1 if outcome.connect_failed else settings.eject_failures
+        if self.failures < threshold or not may_eject:
+            return False
+        if now - self.ejected_until > settings.eject_max_seconds:
+            self.ejections = 0  # long healthy since the last ejection: start small again
+        seconds = min(settings.eject_seconds * 2 ** self.ejections, settings.eject_max_seconds)
+        self.ejections += 1
+        self.failures = 0
+        self.ejected_until = now + seconds
+        self.readmit_pending = True
+        self.next_probe = self.ejected_until  # a good probe after the ejection readmits it
+        self.detail = f"ejected for {seconds:g}s: {outcome.error or f'HTTP {outcome.status}'}"
+        return True
+
+    def state(self, now: float) -> BackendState:
+        return BackendState(
+            backend=self.backend, healthy=self.available(now), models=self.models,
+            loaded=self.loaded, memory_total=self.memory_total, memory_free=self.memory_free(),
+            in_flight=self.in_flight, detail=self.detail, capacity=self.limit,
+        )
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """Plain data for `sollol nodes` and `/sollol/nodes`."""
+        ejected = self.ejected(now)
+        report = self.report
+        return {
+            "id": self.id, "address": self.backend.address, "kind": self.backend.kind,
+            "api": self.api, "source": self.backend.labels.get("source", ""),
+            "health": "ejected" if ejected else ("healthy" if self.healthy else
+                                                 ("unknown" if not self.probed else "down")),
+            "detail": self.detail,
+            "ejected_until": time.time() + (self.ejected_until - now) if ejected else None,
+            "ejections": self.ejections, "in_flight": self.in_flight, "limit": self.limit,
+            "models": sorted(report.models) if report else [],
+            "loaded": sorted(report.loaded_models) if report else [],
+            "memory_total": self.memory_total, "memory_free": self.memory_free(),
+            "vram_used": report.extra.get("vram_used") if report else None,
+            "tokens_per_second": 1 / self.sec_per_token if self.sec_per_token else None,
+            "request_seconds": self.request_seconds, "served": self.served,
+            "failed": self.failed, "version": report.version if report else None,
+            "probe_latency_s": report.latency_s if report else None,
+        }

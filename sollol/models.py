@@ -125,6 +125,8 @@ class BackendState:
     memory_free: int | None = None
     in_flight: int = 0
     detail: str = ""
+    capacity: int | None = None
+    """Requests this backend serves at once, if the route knows (sizes fan-out concurrency)."""
 
 
 @attrs.frozen
@@ -134,6 +136,9 @@ class RouteState:
     name: str
     backends: tuple[BackendState, ...] = ()
     detail: str = ""
+    capacity: int | None = None
+    """Requests the whole route serves at once, when that is not the sum of its backends'
+    capacities (sharding: a coordinator's slots, however many rpc-servers it spans)."""
 
     @property
     def healthy(self) -> tuple[BackendState, ...]:

@@ -38,6 +38,12 @@ class Lease:
     api: Api
     on_release: Callable[[Outcome], None] | None = None
     released: bool = False
+    explain: Callable[[], str | None] | None = None
+    """Optional: why the upstream failed, in words, if the route knows (for error messages)."""
+
+    def failure_detail(self) -> str | None:
+        """The route's explanation of a failed upstream, or None."""
+        return self.explain() if self.explain is not None else None
 
     def release(self, outcome: Outcome) -> None:
         if self.released:

@@ -1,1 +1,69 @@
-"""SOLLOL plugin: llamacpp_rpc."""
+"""SOLLOL plugin: model sharding with llama.cpp's `llama-server --rpc` over `ggml-rpc-server`s.
+
+Registered only through the `sollol` entry point `llamacpp_rpc`; it uses the core's public API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+import click
+
+from sollol.hookspecs import hookimpl
+from sollol.models import Backend, BackendKind, HealthReport
+
+from .discovery import KIND
+from .settings import SETTINGS
+
+if TYPE_CHECKING:
+    from sollol.cluster import Cluster
+    from sollol.config import Config, Setting
+    from sollol.routes import RouteProvider
+
+
+@hookimpl
+def sollol_register_settings(register: Callable[[Setting], None]) -> None:
+    for setting in SETTINGS:
+        register(setting)
+
+
+@hookimpl
+def sollol_register_backend_kinds(register: Callable[[BackendKind], None]) -> None:
+    register(BackendKind(KIND, api="ggml-rpc",
+                         description="llama.cpp ggml-rpc-server (a shard for model sharding)"))
+
+
+@hookimpl
+def sollol_discover_backends(config: Config) -> Iterable[Backend] | None:
+    from .discovery import discover
+
+    if not config["model_sharding_enabled"] and not config["rpc_backends"]:
+        return None  # sharding is off and nothing is configured: don't touch the network
+    return discover(config)
+
+
+@hookimpl
+def sollol_check_health(backend: Backend, timeout: float) -> HealthReport | None:
+    if backend.kind != KIND:
+        return None
+    from .health import check
+
+    return check(backend, timeout)
+
+
+@hookimpl
+def sollol_register_routes(register: Callable[[RouteProvider], None], cluster: Cluster) -> None:
+    if not cluster.config["model_sharding_enabled"]:
+        return
+    from .route import ShardingRoute
+
+    register(ShardingRoute(cluster))
+
+
+@hookimpl
+def sollol_register_commands(cli: click.Group) -> None:
+    from .cli import rpc, shard
+
+    cli.add_command(shard)
+    cli.add_command(rpc)

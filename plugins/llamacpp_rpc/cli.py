@@ -1,0 +1,195 @@
+"""`sollol shard status|logs` and `sollol rpc serve|install-service`."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sollol.cli import config_option, handle_errors, load_for_cli
+
+GIB = 1024**3
+
+
+@click.group()
+def shard() -> None:
+    """Model sharding: layer distribution and coordinator logs."""
+
+
+@shard.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--url", help="Gateway to ask (default: gateway_host:gateway_port from the config).")
+@click.option("--local", is_flag=True, help="Do not ask a gateway; read pid files and probe.")
+@config_option
+@handle_errors
+def status(as_json: bool, url: str | None, local: bool, config_file: Path | None) -> None:
+    """Show rpc-servers and each coordinator's layer distribution.
+
+    Asks the running gateway first (GET /sollol/routes/sharding): it knows live health and
+    in-flight requests. Without one, it reads the coordinators' pid files and saved reports and
+    probes only the rpc-servers no live coordinator holds (a probe must never reach a held one).
+    """
+    config, _pm = load_for_cli(config_file)
+    data = None if local else _from_gateway(url or _gateway_url(config))
+    if data is None:
+        from .status import local_status
+
+        data = local_status(config)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    from .status import render
+
+    click.echo(render(data))
+
+
+def _gateway_url(config: Any) -> str:
+    host = config["gateway_host"]
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{host}:{config['gateway_port']}"
+
+
+def _from_gateway(url: str) -> dict[str, Any] | None:
+    import httpx
+
+    try:
+        response = httpx.get(url.rstrip("/") + "/sollol/routes/sharding", timeout=3.0)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    return {**data, "source": f"gateway {url}"} if isinstance(data, dict) else None
+
+
+@shard.command("logs")
+@click.argument("model")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
+@click.option("-n", "--lines", default=100, show_default=True, help="Lines of history to show.")
+@config_option
+@handle_errors
+def logs(model: str, follow: bool, lines: int, config_file: Path | None) -> None:
+    """Print (and follow) the coordinator log of MODEL."""
+    from .manager import slug
+    from .route import state_dir
+
+    config, _pm = load_for_cli(config_file)
+    path = state_dir(config) / "logs" / f"{slug(model)}.log"
+    if not path.exists():
+        known = sorted(p.stem.rsplit("-", 1)[0] for p in path.parent.glob("*.log"))
+        hint = f" (logs exist for: {', '.join(known)})" if known else ""
+        raise click.ClickException(f"no coordinator log for {model!r} at {path}{hint}")
+    with path.open("rb") as handle:
+        text = handle.read().decode(errors="replace")
+        click.echo("\n".join(text.splitlines()[-lines:]) if lines else "", nl=bool(lines))
+        while follow:
+            chunk = handle.read()
+            if chunk:
+                click.echo(chunk.decode(errors="replace"), nl=False)
+            else:
+                try:
+                    time.sleep(0.25)
+                except KeyboardInterrupt:
+                    return
+
+
+@click.group()
+def rpc() -> None:
+    """Run a llama.cpp rpc-server on this machine (a shard for model sharding)."""
+
+
+def _warn_if_open(host: str) -> None:
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        click.secho(f"warning: binding to {host}: ggml-rpc-server has no authentication; anyone "
+                    "who can reach this port can run code on its devices. Use a trusted network "
+                    "only.", fg="yellow", err=True)
+
+
+def _rpc_binary(config: Any) -> Path:
+    from sollol.llamacpp import find_binaries
+
+    return find_binaries(config).rpc_server
+
+
+@rpc.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=50052, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: llama.cpp's).")
+@click.option("--cache", "cache", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep a tensor cache in DIR/rpc (helps reloads over slow links).")
+@config_option
+@handle_errors
+def serve(host: str, port: int, threads: int | None, cache: Path | None,
+          config_file: Path | None) -> None:
+    """Run ggml-rpc-server in the foreground (it replaces this process)."""
+    config, _pm = load_for_cli(config_file)
+    binary = _rpc_binary(config)
+    _warn_if_open(host)
+    argv = [str(binary), "-H", host, "-p", str(port)]
+    if threads:
+        argv += ["-t", str(threads)]
+    env = dict(os.environ)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        env["LLAMA_CACHE"] = str(cache.resolve())  # rpc-server's -c takes no folder
+        argv.append("-c")
+    click.echo(f"starting {' '.join(argv)}", err=True)
+    sys.stdout.flush()
+    os.execve(argv[0], argv, env)
+
+
+@rpc.command("install-service")
+@click.option("--dry-run", is_flag=True, help="Print the unit instead of writing it.")
+@click.option("--user", "user_unit", is_flag=True, help="A systemd user unit (no root needed).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=50052, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--threads", type=click.IntRange(1))
+@click.option("--cache", is_flag=True, help="Enable the rpc-server tensor cache.")
+@click.option("--name", default="sollol-rpc", show_default=True, help="Unit name.")
+@click.option("--run-as", help="Account for a system unit (default: $SUDO_USER, else a "
+                               "DynamicUser).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the unit here instead of systemd's folder.")
+@config_option
+@handle_errors
+def install_service(dry_run: bool, user_unit: bool, host: str, port: int, threads: int | None,
+                    cache: bool, name: str, run_as: str | None, output: Path | None,
+                    config_file: Path | None) -> None:
+    """Write a hardened systemd unit that runs ggml-rpc-server."""
+    from .service import ServiceSpec, render, unit_path
+
+    config, _pm = load_for_cli(config_file)
+    binary = _rpc_binary(config).resolve()
+    _warn_if_open(host)
+    run_as = None if user_unit else (run_as or os.environ.get("SUDO_USER") or None)
+    spec = ServiceSpec(binary, host, port, threads, cache, user_unit, run_as)
+    text = render(spec)
+    if dry_run:
+        click.echo(text, nl=False)
+        return
+    if not user_unit and run_as is None and str(binary).startswith(("/root/", "/home/")):
+        click.secho(f"warning: {binary} is in a home folder, which a DynamicUser cannot read; "
+                    "pass --run-as USER or install the binaries system-wide", fg="yellow",
+                    err=True)
+    path = output or unit_path(name, user_unit)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except PermissionError:
+        raise click.ClickException(f"cannot write {path}: run as root, or use --user") from None
+    scope = "--user " if user_unit else ""
+    click.echo(f"wrote {path}\nnext: systemctl {scope}daemon-reload && "
+               f"systemctl {scope}enable --now {path.stem}")

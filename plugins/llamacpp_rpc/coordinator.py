@@ -1,0 +1,175 @@
+"""One llama-server `--rpc` process: its command line, its start-up, its log and why it died."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+
+from sollol.models import Backend, ResolvedModel
+
+from . import layers, procs
+from .plan import Plan
+
+STARTING, READY, FAILED, STOPPED = "starting", "ready", "failed", "stopped"
+_LOADED = re.compile(r"llama_server: model loaded|main: model loaded")
+_REASONS = (
+    (re.compile(r"Failed to connect to (\S+)"), "could not connect to rpc-server {0}"),
+    (re.compile(r"Remote RPC server crashed or returned malformed response"),
+     "an rpc-server crashed or dropped the connection"),
+    (re.compile(r"RPC server version mismatch: (\S+)"),
+     "an rpc-server speaks RPC protocol {0}, which this llama-server does not"),
+    (re.compile(r"(failed to load model.*|error loading model.*)"), "{0}"),
+    (re.compile(r"(unable to allocate .*|failed to allocate .*)", re.IGNORECASE), "{0}"),
+)
+
+
+class CoordinatorFailed(Exception):
+    """The coordinator exited or never became ready; the message says why, with its log's hint."""
+
+
+@attrs.define
+class Coordinator:
+    """A llama-server that serves one model over a set of rpc-servers."""
+
+    model: str
+    resolved: ResolvedModel
+    plan: Plan
+    port: int
+    log_path: Path
+    generation: int
+    proc: subprocess.Popen | None = None
+    state: str = STARTING
+    started_at: float = attrs.field(factory=time.time)
+    ready_at: float | None = None
+    last_used: float = attrs.field(factory=time.monotonic)
+    in_flight: int = 0
+    served: int = 0
+    report: layers.LayerReport | None = None
+    error: str | None = None
+    log_offset: int = 0
+    ready: asyncio.Future[None] = attrs.field(factory=lambda: asyncio.get_running_loop()
+                                              .create_future())
+
+    @property
+    def id(self) -> str:
+        return f"llama-server:{self.model}@127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def backend(self) -> Backend:
+        """The coordinator as a lease's backend (a new port per restart, so a new id)."""
+        return Backend(id=self.id, kind="llama-server", address=f"127.0.0.1:{self.port}",
+                       labels={"model": self.model, "rpc": ",".join(self.plan.addresses)})
+
+    def argv(self, llama_server: Path, ctx_size: int, extra: list[str],
+             verbose: bool = False) -> list[str]:
+        args = [str(llama_server), "-m", str(self.resolved.path),
+                "--rpc", ",".join(self.plan.addresses),
+                "-ngl", "99",  # every layer on the rpc-servers; -ngl 0 would keep them here
+                "--tensor-split", self.plan.tensor_split,
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--alias", self.model,
+                # buffer sizes per rpc-server are info (4); per-layer lines are debug (-v)
+                "-v" if verbose else "-lv", *([] if verbose else ["4"])]
+        if ctx_size:
+            args += ["-c", str(ctx_size)]
+        return args + list(extra)
+
+    def start(self, llama_server: Path, ctx_size: int, extra: list[str],
+              verbose: bool = False) -> None:
+        """Spawn the process (from the event loop's thread: see `procs.spawn`)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("a") as out:
+            out.write(f"\n==== sollol: starting coordinator #{self.generation} for {self.model} "
+                      f"on {', '.join(self.plan.addresses)} at {time.ctime()} ====\n")
+        self.log_offset = self.log_path.stat().st_size
+        self.proc = procs.spawn(self.argv(llama_server, ctx_size, extra, verbose), self.log_path)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        """This run's part of the log file."""
+        try:
+            with self.log_path.open("rb") as handle:
+                handle.seek(self.log_offset)
+                return handle.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def progress(self) -> str:
+        """The last meaningful log line, to show while a model loads."""
+        for line in reversed(self.log_text().splitlines()[-40:]):
+            text = line.strip()
+            if text and set(text) != {"."}:
+                return text[:200]
+        return ""
+
+    def exit_reason(self) -> str:
+        """Why the process ended, from its exit status and the telling lines of its log."""
+        code = self.proc.returncode if self.proc else None
+        status = f"exit status {code}"
+        if code is not None and code < 0:
+            with contextlib.suppress(ValueError):
+                status = f"killed by {signal.Signals(-code).name}"
+        elif code == 134:
+            status = "aborted (exit 134, SIGABRT)"
+        text = self.log_text()
+        for pattern, template in _REASONS:
+            if m := pattern.search(text):
+                return f"llama-server {status}: {template.format(*m.groups())}"
+        tail = " | ".join(line.strip() for line in text.splitlines()[-3:] if line.strip())
+        return f"llama-server {status}" + (f"; log ends: {tail[-300:]}" if tail else "")
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Poll `/health` until 200; parse the layer report. Raise CoordinatorFailed otherwise."""
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if not self.alive():
+                    raise CoordinatorFailed(self.exit_reason())
+                try:
+                    response = await client.get(self.base_url + "/health")
+                    if response.status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass  # not listening yet
+                await asyncio.sleep(0.1)
+            else:
+                msg = (f"llama-server did not become ready within {timeout:g}s "
+                       f"(last log line: {self.progress()!r})")
+                raise CoordinatorFailed(msg)
+        # llama-server writes its log from a separate thread, which lags on a busy machine: wait
+        # for the line it logs after loading, so the report sees every buffer line.
+        for _ in range(100):
+            if _LOADED.search(self.log_text()):
+                break
+            await asyncio.sleep(0.05)
+        self.report = layers.parse(self.log_text().splitlines(), self.plan.addresses)
+        self.ready_at = time.time()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "id": self.id, "state": self.state, "generation": self.generation,
+            "pid": self.proc.pid if self.proc else None, "url": self.base_url,
+            "gguf": str(self.resolved.path), "backends": self.plan.addresses,
+            "tensor_split": self.plan.tensor_split, "in_flight": self.in_flight,
+            "served": self.served, "started_at": self.started_at,
+            "load_seconds": round(self.ready_at - self.started_at, 2) if self.ready_at else None,
+            "idle_seconds": round(time.monotonic() - self.last_used, 1),
+            "progress": self.progress() if self.state == STARTING else None,
+            "error": self.error, "log": str(self.log_path),
+            "layers": self.report.as_dict() if self.report else None,
+        }

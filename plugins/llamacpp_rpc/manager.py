@@ -1,0 +1,329 @@
+"""Coordinators: start one per model on free rpc-servers, share it, keep it warm or stop it.
+
+All state changes happen on the event loop's thread. Probes and file reads go to worker threads;
+processes are spawned on the loop's thread (the parent-death signal follows the forking thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from sollol.errors import ModelNotFound, NoRouteAvailable, Overloaded
+from sollol.models import ResolvedModel
+
+from . import procs
+from .coordinator import FAILED, READY, STARTING, STOPPED, Coordinator, CoordinatorFailed
+from .plan import DoesNotFit, make_plan, needed_bytes
+from .shards import ShardRegistry
+
+log = logging.getLogger("sollol.sharding")
+Resolver = Callable[[str], Awaitable[tuple[ResolvedModel | None, int | None]]]
+"""model -> (its GGUF, KV bytes per token if known)."""
+
+
+@attrs.frozen
+class Options:
+    """The settings a manager runs with (from the config)."""
+
+    mode: str
+    idle_timeout: float
+    max_coordinators: int
+    startup_timeout: float
+    wait_timeout: float
+    ctx_size: int
+    extra_args: tuple[str, ...]
+    state_dir: Path
+    verbose_log: bool = False
+
+
+def slug(model: str) -> str:
+    """A file-name-safe, collision-free name for a model."""
+    text = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_.")[:60] or "model"
+    return f"{text}-{hashlib.sha256(model.encode()).hexdigest()[:8]}"
+
+
+@attrs.define
+class CoordinatorManager:
+    """Owns every coordinator of one gateway; at most one per model."""
+
+    options: Options
+    shards: ShardRegistry
+    resolve: Resolver
+    llama_server: Path | None
+    missing_binary: str | None = None
+    coordinators: dict[str, Coordinator] = attrs.field(factory=dict)
+    unservable: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    warnings: list[str] = attrs.field(factory=list)
+    _lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
+    _generation: int = 0
+    _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set)
+
+    @property
+    def pid_dir(self) -> Path:
+        return self.options.state_dir / "coordinators"
+
+    def log_path(self, model: str) -> Path:
+        return self.options.state_dir / "logs" / f"{slug(model)}.log"
+
+    def warn(self, text: str) -> None:
+        log.warning("%s", text)
+        self.warnings = [*self.warnings[-19:], f"{time.strftime('%H:%M:%S')} {text}"]
+
+    # ----------------------------------------------------------------------------- acquiring
+
+    async def checkout(self, model: str) -> Coordinator:
+        """A ready coordinator for `model` with one more request in flight (start it if needed)."""
+        deadline = time.monotonic() + self.options.wait_timeout
+        while True:
+            async with self._lock:
+                coord = self.coordinators.get(model)
+                if coord is not None and coord.state == READY and not coord.alive():
+                    # died since the supervisor last looked: handle it now, not next pass
+                    await self._failed_locked(coord, coord.exit_reason())
+                    coord = self.coordinators.get(model)
+                if coord is None or coord.state in (FAILED, STOPPED):
+                    coord = await self._start_locked(model)
+            if coord is None:  # every rpc-server is busy with another model
+                if time.monotonic() > deadline:
+                    busy = ", ".join(f"{c.model} ({c.in_flight} in flight)"
+                                     for c in self.coordinators.values())
+                    msg = (f"sharding: every rpc-server is busy ({busy}); waited "
+                           f"{self.options.wait_timeout:g}s for {model!r}")
+                    raise Overloaded(msg, retry_after=5.0)
+                await asyncio.sleep(0.25)
+                continue
+            try:
+                await asyncio.shield(coord.ready)
+            except CoordinatorFailed as exc:
+                if self.coordinators.get(model) not in (None, coord):
+                    continue  # the supervisor already restarted it
+                raise NoRouteAvailable(f"sharding {model!r}: {exc}") from None
+            if coord.state != READY or not coord.alive():
+                await asyncio.sleep(0.05)
+                continue
+            coord.in_flight += 1
+            coord.last_used = time.monotonic()
+            return coord
+
+    def checkin(self, coord: Coordinator, served: bool = True) -> None:
+        """One request on `coord` ended (or was never sent, with `served=False`)."""
+        coord.in_flight = max(0, coord.in_flight - 1)
+        coord.served += served
+        coord.last_used = time.monotonic()
+        if self.options.mode == "ephemeral" and coord.in_flight == 0 and coord.state == READY:
+            self._spawn_task(self._stop_if_idle(coord))
+
+    async def _stop_if_idle(self, coord: Coordinator) -> None:
+        async with self._lock:
+            if coord.in_flight == 0 and coord.state == READY:
+                await self._stop_locked(coord, "ephemeral mode: request finished")
+
+    async def _start_locked(self, model: str) -> Coordinator | None:
+        """Plan and spawn a coordinator; None when rpc-servers are busy and we should wait."""
+        if self.llama_server is None:
+            raise NoRouteAvailable(f"sharding: {self.missing_binary}")
+        resolved, kv_per_token = await self.resolve(model)
+        if resolved is None:
+            raise ModelNotFound(f"model {model!r} not found: no GGUF file resolves for it "
+                                "(an Ollama store name or a path to a .gguf file)")
+        needed = needed_bytes(resolved.size, kv_per_token, self.options.ctx_size)
+        active = [c for c in self.coordinators.values() if c.state in (STARTING, READY)]
+        everything = [s.candidate() for s in self.shards.shards.values()
+                      if s.healthy and s.incompatible is None]
+        try:  # could it fit even if every other coordinator stopped?
+            make_plan(model, needed, everything)
+        except DoesNotFit as exc:
+            self._unservable(model, exc)
+            raise NoRouteAvailable(f"sharding: {exc}") from None
+        while True:
+            free = [s for s in self.shards.shards.values() if s.usable]
+            await asyncio.gather(*(self.shards.probe(s) for s in free))  # fresh, right before use
+            for shard in free:
+                if not shard.usable:
+                    self.warn(f"leaving out rpc-server {shard.address} for {model!r}: "
+                              f"{shard.incompatible or shard.detail}")
+            candidates = [s.candidate() for s in free if s.usable]
+            room = len(active) < self.options.max_coordinators
+            try:
+                plan = make_plan(model, needed, candidates) if room else None
+            except DoesNotFit:
+                plan = None
+            if plan is not None:
+                break
+            idle = sorted((c for c in active if c.state == READY and c.in_flight == 0),
+                          key=lambda c: c.last_used)
+            if not idle and not active:  # nothing to wait for: the free rpc-servers are it
+                try:
+                    make_plan(model, needed, candidates)
+                except DoesNotFit as exc:
+                    self._unservable(model, exc)
+                    raise NoRouteAvailable(f"sharding: {exc}") from None
+            if not idle:
+                return None
+            await self._stop_locked(idle[0], f"least recently used; its rpc-servers are "
+                                             f"needed for {model!r}")
+            active.remove(idle[0])
+        self.unservable.pop(model, None)
+        return self._spawn_locked(model, resolved, plan)
+
+    def _spawn_locked(self, model: str, resolved: ResolvedModel, plan) -> Coordinator:
+        assert self.llama_server is not None
+        self._generation += 1
+        coord = Coordinator(model=model, resolved=resolved, plan=plan, port=procs.free_port(),
+                            log_path=self.log_path(model), generation=self._generation)
+        self.shards.hold(plan.addresses, coord.id)
+        try:
+            coord.start(self.llama_server, self.options.ctx_size, list(self.options.extra_args),
+                        self.options.verbose_log)
+        except OSError as exc:
+            self.shards.release(plan.addresses)
+            raise NoRouteAvailable(f"sharding: cannot start llama-server: {exc}") from None
+        procs.write_pid_file(self.pid_dir, coord.proc,
+                             {"model": model, "backends": plan.addresses, "port": coord.port,
+                              "log": str(coord.log_path)})
+        self.coordinators[model] = coord
+        log.info("starting coordinator for %s on %s (tensor split %s, pid %s)", model,
+                 ", ".join(plan.addresses), plan.tensor_split, coord.proc.pid)
+        self._spawn_task(self._bring_up(coord))
+        return coord
+
+    async def _bring_up(self, coord: Coordinator) -> None:
+        try:
+            await coord.wait_ready(self.options.startup_timeout)
+        except CoordinatorFailed as exc:
+            async with self._lock:
+                await self._failed_locked(coord, str(exc))
+            return
+        if coord.state != STARTING:
+            return  # stopped while it loaded
+        coord.state = READY
+        log.info("coordinator for %s ready in %.1fs", coord.model,
+                 (coord.ready_at or time.time()) - coord.started_at)
+        self._save_report(coord)
+        if not coord.ready.done():
+            coord.ready.set_result(None)
+
+    # --------------------------------------------------------------------------- supervision
+
+    async def supervise(self) -> None:
+        """One supervision pass: dead processes, lost shards, idle timeouts."""
+        from . import sockets
+
+        for coord in list(self.coordinators.values()):
+            if coord.state in (STARTING, READY) and not coord.alive():
+                async with self._lock:
+                    if coord.state in (STARTING, READY):
+                        await self._failed_locked(coord, coord.exit_reason())
+                continue
+            if coord.state != READY:
+                continue
+            if coord.proc is not None:
+                peers = await asyncio.to_thread(sockets.established_peers, coord.proc.pid)
+                lost = [a for a in coord.plan.addresses
+                        if peers is not None and not (sockets.resolve(a) & peers)]
+                if lost and coord.alive():
+                    async with self._lock:
+                        if coord.state == READY:
+                            # llama-server would abort on the next request; restart it first.
+                            reason = f"rpc-server(s) {', '.join(lost)} closed the connection"
+                            coord.error = reason
+                            self.warn(f"coordinator for {coord.model!r}: {reason}")
+                            await self._stop_locked(coord, reason)
+                            await self._after_failure(coord, reason)
+                    continue
+            idle = time.monotonic() - coord.last_used
+            if coord.in_flight == 0 and idle > self.options.idle_timeout:
+                async with self._lock:
+                    if coord.in_flight == 0 and coord.state == READY:
+                        await self._stop_locked(coord, f"idle for {idle:.0f}s")
+
+    async def _failed_locked(self, coord: Coordinator, reason: str) -> None:
+        if coord.state not in (STARTING, READY):
+            return  # already handled (the supervisor and a request can both notice)
+        was = coord.state
+        coord.state, coord.error = FAILED, reason
+        self.warn(f"coordinator for {coord.model!r} failed ({was}): {reason}")
+        self._forget(coord)
+        await self._after_failure(coord, reason)
+        if not coord.ready.done():
+            coord.ready.set_exception(CoordinatorFailed(
+                self.unservable.get(coord.model, {}).get("reason") or reason))
+            coord.ready.exception()  # retrieved: a failure nobody awaits is not an error
+
+    async def _after_failure(self, coord: Coordinator, reason: str) -> None:
+        """Find the dead shards, then restart on the survivors or report the model unservable."""
+        await asyncio.gather(*(self.shards.probe(self.shards.shards[a])
+                               for a in coord.plan.addresses if a in self.shards.shards))
+        dead = [a for a in coord.plan.addresses if not self.shards.shards[a].usable]
+        if dead:
+            self.warn(f"rpc-server(s) {', '.join(dead)} unusable after {coord.model!r} failed")
+        if coord.ready_at is None and not dead:
+            return  # it failed to load on healthy backends: restarting would loop
+        if self.options.mode == "ephemeral" and coord.ready_at is not None:
+            return  # nothing is waiting; the next request starts a fresh one
+        try:
+            replacement = await self._start_locked(coord.model)
+        except (NoRouteAvailable, ModelNotFound) as exc:
+            self.unservable.setdefault(coord.model, {"reason": str(exc), "numbers": {}})
+            self.unservable[coord.model]["after"] = reason
+            return
+        if replacement is not None:
+            log.info("restarting %s on %s", coord.model, ", ".join(replacement.plan.addresses))
+
+    def _unservable(self, model: str, exc: DoesNotFit) -> None:
+        self.unservable[model] = {"reason": str(exc), "numbers": exc.numbers,
+                                  "since": time.time()}
+        self.warn(f"model {model!r} is unservable: {exc}")
+
+    async def _stop_locked(self, coord: Coordinator, why: str) -> None:
+        log.info("stopping coordinator for %s: %s", coord.model, why)
+        coord.state = STOPPED
+        if coord.proc is not None:
+            await asyncio.to_thread(procs.terminate, coord.proc)
+        self._forget(coord)
+        if not coord.ready.done():
+            coord.ready.set_exception(CoordinatorFailed(f"stopped: {why}"))
+            coord.ready.exception()
+
+    def _forget(self, coord: Coordinator) -> None:
+        self.shards.release(coord.plan.addresses)
+        if coord.proc is not None:
+            (self.pid_dir / f"{coord.proc.pid}.json").unlink(missing_ok=True)
+        if self.coordinators.get(coord.model) is coord and coord.state == STOPPED:
+            del self.coordinators[coord.model]
+
+    async def stop_all(self) -> None:
+        async with self._lock:
+            for coord in list(self.coordinators.values()):
+                if coord.state in (STARTING, READY):
+                    await self._stop_locked(coord, "the route is stopping")
+            self.coordinators.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _spawn_task(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _save_report(self, coord: Coordinator) -> None:
+        """Keep the layer report on disk too, so `sollol shard status` works without a gateway."""
+        folder = self.options.state_dir / "reports"
+        with contextlib.suppress(OSError):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{slug(coord.model)}.json").write_text(
+                json.dumps(coord.as_dict(), indent=2, default=str))

@@ -1,0 +1,227 @@
+"""The "sharding" route: leases on llama-server coordinators spread over rpc-servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import platformdirs
+
+from sollol.errors import BinaryNotFound
+from sollol.models import ModelInfo, ResolvedModel, RouteRequest, RouteState
+from sollol.router import SHARDING
+from sollol.routes import Lease, Outcome
+
+from . import procs
+from .coordinator import READY, STARTING
+from .discovery import KIND
+from .manager import CoordinatorManager, Options
+from .probe import format_version
+from .shards import ShardRegistry
+
+if TYPE_CHECKING:
+    from sollol.cluster import Cluster
+
+log = logging.getLogger("sollol.sharding")
+SUPERVISE_EVERY = 0.5
+"""Seconds between checks of coordinator processes and their connections (cheap: /proc reads)."""
+REDISCOVER_EVERY = 60.0
+
+
+def state_dir(config: Mapping[str, Any] | Any) -> Path:
+    """Where coordinator logs, pid files and reports live."""
+    configured = config.get("rpc_state_dir")
+    if configured:
+        return Path(configured).expanduser()
+    return Path(platformdirs.user_state_dir("sollol")) / "sharding"
+
+
+def options_from(config: Any) -> Options:
+    return Options(
+        mode=config["rpc_coordinator_mode"], idle_timeout=config["rpc_idle_timeout"],
+        max_coordinators=config["rpc_max_coordinators"],
+        startup_timeout=config["rpc_startup_timeout"], wait_timeout=config["rpc_wait_timeout"],
+        ctx_size=config["rpc_ctx_size"], extra_args=tuple(config["rpc_coordinator_args"]),
+        state_dir=state_dir(config), verbose_log=config["rpc_verbose_log"],
+    )
+
+
+@attrs.define
+class ShardingRoute:
+    """RouteProvider for model sharding (see sollol/routes.py for the contract)."""
+
+    cluster: Cluster
+    name: str = SHARDING
+    shards: ShardRegistry = attrs.field(init=False)
+    manager: CoordinatorManager = attrs.field(init=False)
+    _task: asyncio.Task[None] | None = None
+    _last_health: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        config = self.cluster.config
+        self.shards = ShardRegistry(timeout=config["rpc_probe_timeout"])
+        self.manager = CoordinatorManager(options_from(config), self.shards, self._resolve,
+                                          llama_server=None)
+
+    async def start(self) -> None:
+        reaped = procs.reap_orphans(self.manager.pid_dir)
+        if reaped:
+            self.manager.warn(f"stopped {len(reaped)} orphaned coordinator(s) from an earlier "
+                              f"gateway: pids {reaped}")
+        await self._find_binaries()
+        await self._refresh_backends()
+        await self.shards.probe_free()
+        self._last_health = time.monotonic()
+        self._task = asyncio.create_task(self._loop(), name="sollol-sharding-supervisor")
+
+    async def _find_binaries(self) -> None:
+        from sollol.llamacpp import find_binaries
+
+        from .version import coordinator_version
+
+        try:
+            binaries = await asyncio.to_thread(find_binaries, self.cluster.config)
+        except BinaryNotFound as exc:
+            self.manager.missing_binary = str(exc)
+            self.manager.warn(f"sharding is unavailable: {exc}")
+            return
+        self.manager.llama_server = binaries.llama_server
+        self.shards.client_version = await asyncio.to_thread(coordinator_version, binaries)
+        if self.shards.client_version is None:
+            self.manager.warn(f"could not learn the RPC protocol version of {binaries.rpc_server}"
+                              "; rpc-servers are not version-checked")
+
+    async def _refresh_backends(self) -> None:
+        backends = await asyncio.to_thread(self.cluster.discover, [KIND])
+        self.shards.update_backends(backends)
+        if not backends and not self.shards.shards:
+            self.manager.warn("no rpc-servers: set rpc_backends (host:port list) or start one "
+                              "with `sollol rpc serve`")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.manager.stop_all()
+
+    async def _loop(self) -> None:
+        interval = self.cluster.config["health_interval"]
+        last_discovery = time.monotonic()
+        while True:
+            await asyncio.sleep(SUPERVISE_EVERY)
+            try:
+                await self.manager.supervise()
+                if time.monotonic() - last_discovery >= REDISCOVER_EVERY:
+                    last_discovery = time.monotonic()
+                    await self._refresh_backends()  # e.g. an rpc-server started on loopback
+                if time.monotonic() - self._last_health >= interval:
+                    self._last_health = time.monotonic()
+                    await self.shards.probe_free()
+            except Exception:
+                log.exception("sharding supervisor pass failed")
+
+    async def _resolve(self, model: str) -> tuple[ResolvedModel | None, int | None]:
+        resolved = await self.cluster.resolve_gguf(model)
+        if resolved is None:
+            return None, None
+        try:
+            info = await self.cluster.model_info(model)
+        except Exception as exc:  # sizes are an estimate; a header we can't read is not fatal
+            log.warning("could not read GGUF metadata of %s: %s", model, exc)
+            info = None
+        return resolved, info.kv_bytes_per_token if info else None
+
+    # ------------------------------------------------------------------------ the contract
+
+    def state(self) -> RouteState:
+        held = {c.id: c for c in self.manager.coordinators.values()
+                if c.state in (STARTING, READY)}
+        backends = []
+        for shard in self.shards.shards.values():
+            coord = held.get(shard.owner or "")
+            if coord is not None:
+                # health follows the coordinator that holds it (we must not probe it)
+                state = attrs.evolve(shard.state(coord.in_flight, frozenset({coord.model})),
+                                     healthy=coord.alive(),
+                                     detail=f"held by {coord.id} ({coord.state})")
+            else:
+                state = shard.state()
+            backends.append(state)
+        detail = self.manager.missing_binary or ""
+        return RouteState(self.name, tuple(backends), detail=detail)
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        """Running models, plus every GGUF the resolution hooks can name (e.g. Ollama's store)."""
+        entries = {c.model: _tag(c.model, c.resolved) for c in self.manager.coordinators.values()
+                   if c.state in (STARTING, READY)}
+        config, hook = self.cluster.config, self.cluster.pm.hook.sollol_gguf_names
+        names = await asyncio.to_thread(
+            lambda: sorted({n for found in hook(config=config) for n in found or ()}))
+        for name in names:
+            if name not in entries and (resolved := await self.cluster.resolve_gguf(name)):
+                entries[name] = _tag(name, resolved)
+        return list(entries.values())
+
+    async def running(self) -> list[dict[str, Any]]:
+        return [{**_tag(c.model, c.resolved), "size_vram": 0,
+                 "details": {"sharded_over": c.plan.addresses}}
+                for c in self.manager.coordinators.values() if c.state == READY]
+
+    async def model_info(self, model: str) -> ModelInfo | None:
+        return None  # the cluster reads the GGUF header itself
+
+    async def acquire(
+        self, request: RouteRequest, *, backend: str | None = None, exclude: Collection[str] = ()
+    ) -> Lease:
+        coord = await self.manager.checkout(request.model)
+        if coord.id in exclude:
+            # A retry after this coordinator failed: give the supervisor a moment to notice and
+            # replace it. A model has one coordinator, so a live one is returned all the same.
+            self.manager.checkin(coord, served=False)
+            deadline = time.monotonic() + 5
+            while coord.alive() and coord.state == READY and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            coord = await self.manager.checkout(request.model)
+
+        def release(outcome: Outcome) -> None:
+            if not outcome.ok and not coord.alive():
+                log.warning("request to %s failed: %s", coord.id, coord.exit_reason())
+            self.manager.checkin(coord)
+
+        def explain() -> str | None:
+            # llama-server aborts the moment a shard fails: by the time a client's connection
+            # drops, the process has exited and its log says why.
+            if coord.alive():
+                return coord.error
+            return coord.error or coord.exit_reason()
+
+        return Lease(route=self.name, backend=coord.backend, base_url=coord.base_url,
+                     api="openai", on_release=release, explain=explain)
+
+    def snapshot(self) -> Mapping[str, Any]:
+        options = self.manager.options
+        return {
+            "mode": options.mode, "idle_timeout": options.idle_timeout,
+            "max_coordinators": options.max_coordinators,
+            "coordinator_protocol": format_version(self.shards.client_version),
+            "llama_server": str(self.manager.llama_server) if self.manager.llama_server else None,
+            "unavailable": self.manager.missing_binary,
+            "backends": [s.as_dict() for s in self.shards.shards.values()],
+            "coordinators": [c.as_dict() for c in self.manager.coordinators.values()],
+            "unservable": dict(self.manager.unservable),
+            "warnings": list(self.manager.warnings),
+            "state_dir": str(options.state_dir),
+        }
+
+
+def _tag(model: str, resolved: ResolvedModel) -> dict[str, Any]:
+    return {"name": model, "model": model, "size": resolved.size,
+            "digest": resolved.digest or "", "details": {"format": "gguf"}}

@@ -1,0 +1,138 @@
+"""The registry of rpc-servers: health by RPC probe while free, by its coordinator while held."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import attrs
+
+from sollol.models import Backend, BackendState
+
+from . import attached
+from .plan import Candidate
+from .probe import (
+    DeviceMemory,
+    ProbeError,
+    ProtocolMismatch,
+    Version,
+    compatible,
+    format_version,
+    probe,
+)
+
+log = logging.getLogger("sollol.sharding")
+
+
+@attrs.define
+class Shard:
+    """One rpc-server and what we last learned about it."""
+
+    backend: Backend
+    healthy: bool = False
+    detail: str = "not probed yet"
+    version: Version | None = None
+    devices: tuple[DeviceMemory, ...] = ()
+    checked_at: float | None = None
+    incompatible: str | None = None
+    owner: str | None = None
+    """The coordinator id holding this rpc-server; while set, it is never probed."""
+    lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
+
+    @property
+    def address(self) -> str:
+        return self.backend.address
+
+    @property
+    def usable(self) -> bool:
+        return self.healthy and self.incompatible is None and self.owner is None
+
+    def candidate(self) -> Candidate:
+        return Candidate(self.address, tuple(d.free for d in self.devices))
+
+    def state(self, in_flight: int = 0, loaded: frozenset[str] = frozenset()) -> BackendState:
+        return BackendState(
+            self.backend, healthy=self.healthy and self.incompatible is None,
+            loaded=loaded, in_flight=in_flight, detail=self.incompatible or self.detail,
+            memory_total=sum(d.total for d in self.devices) if self.devices else None,
+            memory_free=sum(d.free for d in self.devices) if self.devices else None,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.backend.id, "address": self.address, "healthy": self.healthy,
+            "detail": self.detail, "version": format_version(self.version),
+            "incompatible": self.incompatible, "attached_to": self.owner,
+            "checked_at": self.checked_at,
+            "devices": [attrs.asdict(d) for d in self.devices],
+            "memory_free": sum(d.free for d in self.devices) if self.devices else None,
+            "memory_total": sum(d.total for d in self.devices) if self.devices else None,
+        }
+
+
+@attrs.define
+class ShardRegistry:
+    """All rpc-servers of the route, keyed by address."""
+
+    timeout: float
+    client_version: Version | None = None
+    shards: dict[str, Shard] = attrs.field(factory=dict)
+
+    def update_backends(self, backends: list[Backend]) -> None:
+        for backend in backends:
+            self.shards.setdefault(backend.address, Shard(backend))
+
+    async def probe(self, shard: Shard) -> None:
+        """Probe one free rpc-server; a held one is skipped (its coordinator speaks for it)."""
+        async with shard.lock:
+            if shard.owner is not None or attached.owner_of(shard.address):
+                return
+            try:
+                result = await asyncio.to_thread(probe, shard.backend.host, shard.backend.port,
+                                                 self.timeout)
+            except ProtocolMismatch as exc:
+                self._mark(shard, False, str(exc), exc.version)
+                shard.incompatible = self._incompatibility(exc.version)
+                return
+            except ProbeError as exc:
+                self._mark(shard, False, str(exc), shard.version)
+                return
+            shard.devices = result.devices
+            self._mark(shard, True, f"RPC {result.version_text}, {len(result.devices)} "
+                                    f"device(s), probe {result.latency_s * 1000:.1f} ms",
+                       result.version)
+            shard.incompatible = self._incompatibility(result.version)
+
+    async def probe_free(self) -> None:
+        """Probe every rpc-server no coordinator of ours holds, in parallel."""
+        free = [s for s in self.shards.values() if s.owner is None]
+        await asyncio.gather(*(self.probe(s) for s in free))
+
+    def _mark(self, shard: Shard, healthy: bool, detail: str, version: Version | None) -> None:
+        if shard.healthy and not healthy:
+            log.warning("rpc-server %s is down: %s", shard.address, detail)
+        elif not shard.healthy and healthy and shard.checked_at is not None:
+            log.info("rpc-server %s is back: %s", shard.address, detail)
+        shard.healthy, shard.detail, shard.version = healthy, detail, version
+        shard.checked_at = time.time()
+
+    def _incompatibility(self, version: Version | None) -> str | None:
+        if self.client_version is None:
+            return None
+        if version is None or not compatible(version, self.client_version):
+            return (f"incompatible: rpc-server speaks RPC protocol {format_version(version)}, "
+                    f"the coordinator (llama-server) speaks {format_version(self.client_version)}")
+        return None
+
+    def hold(self, addresses: list[str], owner: str) -> None:
+        for address in addresses:
+            self.shards[address].owner = owner
+        attached.attach(addresses, owner)
+
+    def release(self, addresses: list[str]) -> None:
+        attached.detach(addresses)
+        for address in addresses:
+            if address in self.shards:
+                self.shards[address].owner = None

@@ -1,0 +1,192 @@
+"""Shard failures with real processes: mid-request, while idle, and orphans of a dead gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sollol_plugins.llamacpp_rpc import procs
+
+from sollol.models import RouteRequest
+from sollol.routes import Outcome
+
+pytestmark = [pytest.mark.llamacpp, pytest.mark.slow]
+PROMPT = [{"role": "user", "content": "write a long story about memory and layers"}]
+
+
+async def chat(base_url: str, tokens: int = 16) -> str:
+    async with httpx.AsyncClient(timeout=120) as client:
+        response = await client.post(base_url + "/v1/chat/completions", json={
+            "messages": PROMPT, "max_tokens": tokens, "temperature": 0})
+    response.raise_for_status()
+    return response.json()["choices"][0]["message"]["content"]
+
+
+async def wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_killing_a_shard_mid_request_fails_it_and_restarts_on_survivors(
+    rpc_servers, sharding_route, tiny_model: Path,
+) -> None:
+    servers = rpc_servers(3)
+    route = await sharding_route([a for a, _ in servers])
+    model = str(tiny_model)
+    lease = await route.acquire(RouteRequest(model=model))
+    first = route.manager.coordinators[model]
+    victim, victim_proc = servers[1]
+    error: Exception | None = None
+    done = False
+    try:
+        body = {"messages": PROMPT, "max_tokens": 100000, "temperature": 0, "stream": True}
+        async with httpx.AsyncClient(timeout=httpx.Timeout(60, read=30)) as client, \
+                client.stream("POST", lease.base_url + "/v1/chat/completions",
+                              json=body) as response:
+            chunks = 0
+            async for line in response.aiter_lines():
+                chunks += 1
+                if chunks == 3:
+                    victim_proc.kill()
+                done = done or line.strip() == "data: [DONE]"
+    except httpx.HTTPError as exc:  # the connection drops: never a hang (the read timeout
+        error = exc                 # above would fail the test instead)
+    lease.release(Outcome(ok=False, error=str(error), first_byte_sent=True))
+    assert error is not None or not done, "the stream should not complete normally"
+
+    await wait_for(lambda: first.error is not None)
+    # Either the supervisor saw the dropped connection first, or llama-server's abort.
+    assert "rpc-server" in first.error
+
+    lease = await route.acquire(RouteRequest(model=model))
+    try:
+        second = route.manager.coordinators[model]
+        assert second is not first and second.proc.pid != first.proc.pid
+        assert second.plan.addresses == [a for a, _ in servers if a != victim]
+        assert await chat(lease.base_url)
+    finally:
+        lease.release(Outcome(ok=True))
+    snap = route.snapshot()
+    assert any(victim in w for w in snap["warnings"])
+    down = {b["address"]: b for b in snap["backends"]}[victim]
+    assert not down["healthy"]
+
+
+async def test_a_shard_killed_while_idle_is_noticed_without_probing_it(
+    rpc_servers, sharding_route, tiny_model: Path,
+) -> None:
+    servers = rpc_servers(2)
+    route = await sharding_route([a for a, _ in servers])
+    model = str(tiny_model)
+    lease = await route.acquire(RouteRequest(model=model))
+    await chat(lease.base_url, 4)
+    lease.release(Outcome(ok=True))
+    first = route.manager.coordinators[model]
+
+    # llama-server's /health would still say ok; the supervisor reads the dropped connection.
+    servers[0][1].kill()
+    await wait_for(lambda: route.manager.coordinators.get(model) not in (None, first))
+    lease = await route.acquire(RouteRequest(model=model))
+    try:
+        assert route.manager.coordinators[model].plan.addresses == [servers[1][0]]
+        assert await chat(lease.base_url, 4)  # served, no error: restarted before it was asked
+    finally:
+        lease.release(Outcome(ok=True))
+    assert not first.alive()
+
+
+async def test_stopping_the_route_leaves_no_process(
+    rpc_servers, sharding_route, tiny_model: Path,
+) -> None:
+    route = await sharding_route([a for a, _ in rpc_servers(1)])
+    lease = await route.acquire(RouteRequest(model=str(tiny_model)))
+    lease.release(Outcome(ok=True))
+    coord = route.manager.coordinators[str(tiny_model)]
+    pid_files = list(route.manager.pid_dir.glob("*.json"))
+    assert [p.stem for p in pid_files] == [str(coord.proc.pid)]
+    await route.stop()
+    assert coord.proc.poll() is not None
+    assert not list(route.manager.pid_dir.glob("*.json"))
+
+
+ORPHAN_MAKER = """
+import json, subprocess, sys, time
+from pathlib import Path
+from sollol_plugins.llamacpp_rpc import procs
+folder, binary, model = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+proc = procs.spawn([binary, "-m", model, "--port", sys.argv[4], "--host", "127.0.0.1"],
+                   folder / "orphan.log")
+procs.write_pid_file(folder / "coordinators", proc, {"model": "orphan"})
+print(proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_gateway_leaves_no_coordinator(
+    tmp_path: Path, llama_binaries, tiny_model: Path,
+) -> None:
+    """Parent-death signal: SIGKILL the "gateway"; its coordinator dies with it."""
+    port = procs.free_port()
+    gateway = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_MAKER, str(tmp_path), str(llama_binaries.llama_server),
+         str(tiny_model), str(port)], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        child = int(gateway.stdout.readline())
+        assert procs.read_pid_files(tmp_path / "coordinators")
+    finally:
+        os.killpg(gateway.pid, signal.SIGKILL)
+        gateway.wait()
+    deadline = time.monotonic() + 30
+    while procs._alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not procs._alive(child)
+    assert procs.reap_orphans(tmp_path / "coordinators") == []  # gone already; file removed
+    assert not list((tmp_path / "coordinators").glob("*.json"))
+
+
+def test_reap_orphans_stops_a_coordinator_whose_gateway_is_gone(
+    tmp_path: Path, llama_binaries, tiny_model: Path,
+) -> None:
+    """The pid-file path, for a coordinator that survived its gateway some other way."""
+    folder = tmp_path / "coordinators"
+    proc = subprocess.Popen(
+        [str(llama_binaries.llama_server), "-m", str(tiny_model), "--host", "127.0.0.1",
+         "--port", str(procs.free_port())],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        path = procs.write_pid_file(folder, proc, {"model": "m"})
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps({**data, "owner_pid": 2**22 + 1}))  # a gateway that is gone
+        assert procs.reap_orphans(folder) == [proc.pid]
+        assert proc.wait(10) is not None
+        assert not path.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_reap_orphans_spares_a_live_gateways_coordinator(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                            start_new_session=True)
+    try:
+        path = procs.write_pid_file(tmp_path, proc, {"model": "m"})  # owner: this live process
+        assert procs.reap_orphans(tmp_path) == []
+        assert proc.poll() is None and path.exists()
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps({**data, "start_ticks": data["start_ticks"] + 1}))
+        assert procs.reap_orphans(tmp_path) == []  # a recycled pid is never killed
+        assert proc.poll() is None and not path.exists()
+    finally:
+        proc.kill()
+        proc.wait()

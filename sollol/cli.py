@@ -167,3 +167,19 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     group = build_cli()
     group.main(args=argv if argv is not None else sys.argv[1:], prog_name="sollol")
+
+
+# Core command groups kept in their own modules (they import the helpers above).
+from sollol.cli_batch import batch  # noqa: E402
+from sollol.cli_demo import demo  # noqa: E402
+from sollol.cli_doctor import doctor  # noqa: E402
+from sollol.cli_llamacpp import llamacpp  # noqa: E402
+from sollol.cli_models import models  # noqa: E402
+from sollol.cli_run import run  # noqa: E402
+
+cli.add_command(llamacpp)
+cli.add_command(models)
+cli.add_command(run)
+cli.add_command(doctor)
+cli.add_command(demo)
+cli.add_command(batch)

@@ -1,0 +1,66 @@
+"""`sollol run`: serve the gateway in the foreground until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import click
+
+from sollol.cli import UsageFailure, config_option, handle_errors, load_for_cli
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+@click.command()
+@click.option("--plugin", "plugins", multiple=True, metavar="NAME",
+              help="Load only these plugins (repeatable); overrides the `plugins` allow-list.")
+@click.option("--host", default=None, help="Address to bind (default: gateway_host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port to listen on (default: gateway_port, 11435).")
+@click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds in-flight requests may take to finish on shutdown.")
+@click.option("--local", "local_size", type=click.IntRange(1, 16), default=None, metavar="N",
+              help="Serve a local cluster started for this run: N pool nodes and N "
+                   "rpc-servers on loopback, with generated models (see `sollol demo`).")
+@config_option
+@handle_errors
+def run(plugins: tuple[str, ...], host: str | None, port: int | None, grace: float,
+        local_size: int | None, config_file: Path | None) -> None:
+    """Serve the Ollama- and OpenAI-compatible gateway (Ctrl-C or SIGTERM stops it)."""
+    from sollol.cluster import Cluster
+    from sollol.gateway.server import serve
+
+    overrides: dict[str, object] = {}
+    if plugins:
+        overrides["plugins"] = list(plugins)
+    if host is not None:
+        overrides["gateway_host"] = host
+    if port is not None:
+        overrides["gateway_port"] = port
+    if local_size is not None:  # stopped when the command ends, after the gateway
+        from sollol.local.run import start_local
+
+        overrides.update(start_local(local_size))
+    config, pm = load_for_cli(config_file, overrides)
+    unknown = sorted(set(plugins) - set(pm.plugin_info))
+    if unknown:
+        installed = ", ".join(sorted(pm.plugin_info)) or "none"
+        raise UsageFailure(f"unknown plugin(s) {', '.join(unknown)} (installed: {installed})")
+    bind_host, bind_port = config["gateway_host"], config["gateway_port"]
+    if not is_loopback(bind_host):
+        click.echo(f"warning: binding {bind_host}: the gateway has no authentication yet; "
+                   "anyone who can reach this address can use every backend.", err=True)
+    loaded = [name for name, info in sorted(pm.plugin_info.items()) if info.status == "enabled"]
+    click.echo(f"sollol gateway on http://{bind_host}:{bind_port} "
+               f"(plugins: {', '.join(loaded) or 'none'})", err=True)
+    serve(Cluster(config=config, pm=pm), bind_host, bind_port, grace=grace)
+    click.echo("sollol gateway stopped", err=True)

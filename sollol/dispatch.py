@@ -1,0 +1,316 @@
+"""Forward one request: decide its route, lease an upstream, send it in the backend's dialect.
+
+Retries happen only before the first byte reaches the client: a connect error, a timeout or a
+5xx on one backend sends the request to another (at most `max_retries` more). After the first
+byte a failure ends the stream with an error object in the client's dialect. Every lease is
+released once with an `Outcome`, and every request is recorded as a `RouteEvent`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+
+from sollol.errors import BackendError, NoRouteAvailable, SollolError
+from sollol.gateway.errors import stream_error
+from sollol.gateway.translate import (
+    JSON_TYPE,
+    STREAM_TYPES,
+    Plan,
+    Stream,
+    convert_error,
+    convert_reply,
+    new_stream,
+    plan,
+    tokens_in,
+)
+from sollol.gateway.translate_replies import error_message, load_reply, show_from_info
+from sollol.gateway.upstream import ConnectFailed, Response, UpstreamError, UpstreamPool
+from sollol.models import Api, RouteDecision, RouteEvent, RouteRequest
+from sollol.routes import Lease, Outcome
+
+if TYPE_CHECKING:
+    from sollol.cluster import Cluster
+
+Op = Literal["chat", "generate", "completions", "embed", "embeddings", "show"]
+_NETWORK_ERRORS = (UpstreamError, TimeoutError, OSError)
+
+
+@attrs.frozen
+class Call:
+    """One validated client request: its dialect, operation, parsed body and original bytes."""
+
+    api: Api
+    op: Op
+    body: Mapping[str, Any]
+    raw: bytes
+    request: RouteRequest
+
+
+@attrs.define(eq=False)
+class Reply:
+    """A finished reply in the client's dialect, with where it was routed."""
+
+    status: int
+    content_type: str
+    route: dict[str, str]
+    body: bytes = b""
+
+
+@attrs.define(eq=False)
+class StreamReply(Reply):
+    """A streamed reply whose first upstream chunk has arrived; iterate it, then `aclose()`."""
+
+    _finish: Any = None  # Callable[[Outcome], None], set by the dispatcher
+    _response: Response | None = None
+    _stream: Stream | None = None
+    _first: bytes = b""
+    _api: Api = "ollama"
+    _backend: str = ""
+    _started: float = 0.0
+    _done: bool = False
+    _explain: Any = None  # Callable[[str], str]: adds the route's explanation of a failure
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        assert self._response is not None and self._stream is not None
+        stream, first = self._stream, self._stream.feed(self._first)
+        if first:
+            yield first
+        try:
+            while chunk := await self._response.next_chunk():
+                out = stream.feed(chunk)
+                if out:
+                    yield out
+        except _NETWORK_ERRORS as exc:
+            message = self._explain(
+                f"stream cut: backend {self._backend} failed mid-stream ({_describe(exc)})")
+            self._end(Outcome(False, 504 if isinstance(exc, TimeoutError) else 502, message,
+                              seconds=self._elapsed(), first_byte_sent=True))
+            yield stream_error(self._api, message, at_line_start=stream.at_boundary)
+            return
+        tail = stream.finish()
+        if tail:
+            yield tail
+        if stream.complete:
+            self._end(Outcome(stream.error is None, 200, stream.error, tokens=stream.tokens,
+                              seconds=self._elapsed(), first_byte_sent=True))
+            return
+        message = self._explain(
+            f"stream cut: backend {self._backend} closed the stream before it was complete")
+        self._end(Outcome(False, 502, message, seconds=self._elapsed(), first_byte_sent=True))
+        yield stream_error(self._api, message, at_line_start=stream.at_boundary)
+
+    async def aclose(self, reason: str = "client disconnected") -> None:
+        """Stop the stream (cancelling the upstream request) if it has not ended yet."""
+        if self._response is not None:
+            if self._done:
+                self._response.release()
+            else:
+                self._response.close()  # closing the socket is how the backend learns to stop
+        self._end(Outcome(False, 499, reason, seconds=self._elapsed(), first_byte_sent=True))
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self._started
+
+    def _end(self, outcome: Outcome) -> None:
+        if not self._done:
+            self._done = True
+            self._finish(outcome)
+
+
+@attrs.define
+class _Failure:
+    """An attempt that failed before the first byte; `reply` is the upstream's error, if any."""
+
+    message: str
+    reply: Reply | None = None
+
+
+@attrs.define
+class Dispatcher:
+    """Sends calls upstream for one cluster over one pool of keep-alive connections."""
+
+    cluster: Cluster
+    pool: UpstreamPool
+    max_retries: int = 2
+
+    @classmethod
+    def create(cls, cluster: Cluster, *, max_retries: int = 2) -> Dispatcher:
+        """A dispatcher with its own connection pool (no Accept-Encoding is sent: upstream
+        bytes are forwarded as they come, so they must be plain)."""
+        pool = UpstreamPool(connect_timeout=float(cluster.config["connect_timeout"]))
+        return cls(cluster=cluster, pool=pool, max_retries=max_retries)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def open(self, call: Call) -> Reply:
+        """Route and send `call`; raise SollolError when no backend could take it."""
+        started = time.perf_counter()
+        try:
+            decision = await self.cluster.decide(call.request)
+        except SollolError as exc:
+            self._record(call, None, None, int(getattr(exc, "status", 500)), started, 0, str(exc))
+            raise
+        tried: list[str] = []
+        failures: list[str] = []
+        last: Reply | None = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(self.cluster.config["request_timeout"])
+        while len(tried) <= self.max_retries and loop.time() < deadline:
+            try:
+                lease = await self.cluster.acquire(call.request, decision, exclude=tried)
+            except SollolError as exc:
+                if not failures:
+                    self._record(call, decision, None, int(getattr(exc, "status", 500)),
+                                 started, 0, str(exc))
+                    raise
+                failures.append(f"no other backend ({exc})")
+                break
+            tried.append(lease.backend.id)
+            result = await self._attempt(call, decision, lease, started, len(tried), deadline)
+            if isinstance(result, Reply):
+                return result
+            failures.append(result.message)
+            last = result.reply or last
+            if decision.backend is not None:
+                break  # the decision pinned one backend: there is nowhere else to go
+        message = "; ".join(failures) or "request timed out"
+        if last is not None:
+            self._record(call, decision, tried[-1], last.status, started, len(tried), message)
+            return last
+        self._record(call, decision, tried[-1] if tried else None, 503, started, len(tried),
+                     message)
+        raise NoRouteAvailable(f"no backend could serve {call.request.model!r}: {message}")
+
+    async def _attempt(self, call: Call, decision: RouteDecision, lease: Lease, started: float,
+                       attempts: int, deadline: float) -> Reply | _Failure:
+        """One try on one leased backend; releases the lease unless it hands back a stream."""
+        t0 = time.perf_counter()
+        route = _route_headers(decision, lease)
+        try:
+            upstream = plan(call, lease.api)
+        except BaseException as exc:
+            lease.release(Outcome(False, 400, str(exc)))
+            raise
+        if upstream.path is None:
+            return await self._answer_locally(call, decision, lease, started, attempts)
+        response: Response | None = None
+        handed_off = False
+        try:
+            response = await self.pool.post(_root(lease.base_url), upstream.path,
+                                            upstream.payload, deadline)
+            if response.status >= 400:
+                raw = await response.read()
+                message = f"{lease.backend.id}: HTTP {response.status}: {error_message(raw)}"
+                if response.status >= 500:
+                    message = _explained(lease, message)
+                lease.release(Outcome(False, response.status, message,
+                                      seconds=time.perf_counter() - t0))
+                reply = Reply(response.status, JSON_TYPE, route,
+                              convert_error(call, upstream, raw, response.status))
+                if response.status >= 500:
+                    return _Failure(message, reply)
+                self._record(call, decision, lease.backend.id, response.status, started,
+                             attempts, message)
+                return reply
+            if call.request.stream:
+                first = await response.next_chunk()
+                if not first:
+                    raise BackendError("closed the stream before sending anything")
+                handed_off = True
+                return self._stream_reply(call, decision, lease, upstream, response, first,
+                                          started, attempts, route)
+            raw = await response.read()
+            body = convert_reply(call, upstream, raw, time.perf_counter() - t0)
+            tokens = tokens_in(raw, lease.api)
+            lease.release(Outcome(True, 200, tokens=tokens, seconds=time.perf_counter() - t0))
+            self._record(call, decision, lease.backend.id, 200, started, attempts, None, tokens)
+            content_type = response.content_type or JSON_TYPE
+            return Reply(200, JSON_TYPE if upstream.translated else content_type, route, body)
+        except (*_NETWORK_ERRORS, BackendError) as exc:
+            connect = isinstance(exc, ConnectFailed)
+            status = 504 if isinstance(exc, TimeoutError) else 502
+            message = _explained(lease, f"{lease.backend.id}: {_describe(exc)}")
+            lease.release(Outcome(False, status, message, connect_failed=connect,
+                                  seconds=time.perf_counter() - t0))
+            return _Failure(message)
+        except BaseException:
+            lease.release(Outcome(False, 499, "cancelled", seconds=time.perf_counter() - t0))
+            raise
+        finally:
+            if response is not None and not handed_off:
+                response.release()  # keeps the connection only if the reply was read in full
+
+    def _stream_reply(self, call: Call, decision: RouteDecision, lease: Lease, upstream: Plan,
+                      response: Response, first: bytes, started: float,
+                      attempts: int, route: dict[str, str]) -> StreamReply:
+        def finish(outcome: Outcome) -> None:
+            lease.release(outcome)
+            self._record(call, decision, lease.backend.id, outcome.status, started, attempts,
+                         outcome.error, outcome.tokens)
+
+        content_type = STREAM_TYPES[call.api]
+        return StreamReply(200, content_type, route, finish=finish, response=response,
+                           stream=new_stream(call, upstream), first=first, api=call.api,
+                           backend=lease.backend.id, started=time.perf_counter(),
+                           explain=lambda message: _explained(lease, message))
+
+    async def _answer_locally(self, call: Call, decision: RouteDecision, lease: Lease,
+                              started: float, attempts: int) -> Reply:
+        """What an OpenAI-compatible backend has no endpoint for: `/api/show` (from the model's
+        metadata) and Ollama's load request (the server has its model loaded already)."""
+        try:
+            if call.op == "show":
+                data = show_from_info(await self.cluster.model_info(call.request.model))
+            else:
+                data = load_reply(call.op, call.request.model)
+        finally:
+            lease.release(Outcome(True, 200))
+        self._record(call, decision, lease.backend.id, 200, started, attempts, None)
+        body = json.dumps(data).encode()
+        return Reply(200, JSON_TYPE, _route_headers(decision, lease), body)
+
+    def _record(self, call: Call, decision: RouteDecision | None, backend: str | None,
+                status: int, started: float, attempts: int, error: str | None,
+                tokens: int | None = None) -> None:
+        self.cluster.record(RouteEvent(
+            model=call.request.model, endpoint=call.request.endpoint, api=call.api,
+            route=decision.route if decision else "", policy=decision.policy if decision else "",
+            reason=decision.reason if decision else (error or ""), backend=backend,
+            status=status, ok=status < 400, duration_s=time.perf_counter() - started,
+            attempts=attempts, tokens=tokens, error=error,
+        ))
+
+
+def _explained(lease: Lease, message: str) -> str:
+    """`message` plus the route's own account of the failure, when it has one."""
+    try:
+        detail = lease.failure_detail()
+    except Exception:  # an explanation must never turn a failure into a crash
+        return message
+    return f"{message} ({detail})" if detail and detail not in message else message
+
+
+def _route_headers(decision: RouteDecision, lease: Lease) -> dict[str, str]:
+    return {"route": decision.route, "backend": lease.backend.id, "policy": decision.policy,
+            "reason": decision.reason}
+
+
+def _root(base_url: str) -> str:
+    """A lease's base URL as a server root (tolerating a trailing `/v1`)."""
+    return base_url.rstrip("/").removesuffix("/v1")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, UpstreamError):
+        return str(exc)
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, SollolError) else text

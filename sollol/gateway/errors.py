@@ -1,0 +1,81 @@
+"""Error bodies in each client dialect: Ollama's `{"error": "..."}` and OpenAI's error object."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from sollol.errors import (
+    BackendError,
+    ModelNotFound,
+    NoRouteAvailable,
+    Overloaded,
+    PayloadTooLarge,
+    SollolError,
+)
+from sollol.models import Api
+
+# OpenAI clients branch on `type` and `code`; these follow what api.openai.com sends.
+_OPENAI_TYPES = {400: "invalid_request_error", 404: "invalid_request_error",
+                 413: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def error_body(api: Api, status: int, message: str, code: str | None = None,
+               numbers: Mapping[str, Any] | None = None) -> bytes:
+    """The JSON body of an error response for a client speaking `api`.
+
+    `numbers` (the figures behind a routing refusal) are added as a field of their own.
+    """
+    payload: dict[str, Any]
+    if api == "openai":
+        fallback = "server_error" if status >= 500 else "invalid_request_error"
+        kind = _OPENAI_TYPES.get(status, fallback)
+        payload = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+        if numbers:
+            payload["error"]["numbers"] = dict(numbers)
+    else:
+        payload = {"error": message}
+        if numbers:
+            payload["numbers"] = dict(numbers)
+    return json.dumps(payload, default=str).encode()
+
+
+def error_code(exc: SollolError) -> str | None:
+    """A short machine-readable code for OpenAI error objects."""
+    if isinstance(exc, ModelNotFound):
+        return "model_not_found"
+    if isinstance(exc, PayloadTooLarge):
+        return "request_too_large"
+    if isinstance(exc, Overloaded):
+        return "overloaded"
+    if isinstance(exc, NoRouteAvailable):
+        return "no_backend_available"
+    if isinstance(exc, BackendError):
+        return "backend_error"
+    return None
+
+
+def error_status(exc: SollolError) -> int:
+    """The HTTP status for an exception (instances may carry their own, e.g. an upstream's)."""
+    return int(getattr(exc, "status", 500))
+
+
+def retry_after(exc: SollolError) -> str | None:
+    """The `Retry-After` header value (whole seconds) for errors that ask the client to wait."""
+    seconds = getattr(exc, "retry_after", None)
+    if seconds is None:
+        return None
+    return str(max(1, math.ceil(seconds)))
+
+
+def stream_error(api: Api, message: str, *, at_line_start: bool) -> bytes:
+    """The error object that ends a stream cut after its first byte (never a silent truncation)."""
+    if api == "openai":
+        event = json.dumps({"error": {"message": message, "type": "server_error",
+                                      "param": None, "code": "stream_interrupted"}})
+        lead = b"" if at_line_start else b"\n\n"
+        return lead + b"data: " + event.encode() + b"\n\n"
+    lead = b"" if at_line_start else b"\n"
+    return lead + json.dumps({"error": message}).encode() + b"\n"

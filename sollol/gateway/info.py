@@ -1,0 +1,131 @@
+"""Endpoints that answer from the cluster itself: model lists, versions and SOLLOL's state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from sollol import __version__
+from sollol.errors import ModelNotFound, NoRouteAvailable, RequestError
+from sollol.models import RouteRequest
+from sollol.router import POOL
+
+log = logging.getLogger("sollol.gateway")
+
+OLLAMA_API_VERSION = "0.6.3"
+"""The Ollama API level the gateway speaks (what `GET /api/version` reports)."""
+
+if TYPE_CHECKING:
+    from sollol.cluster import Cluster
+
+
+async def _gather(cluster: Cluster, method: str) -> list[dict[str, Any]]:
+    """`list_models()` or `running()` from every route, de-duplicated by model name."""
+    providers = list(cluster.routes.values())
+    results = await asyncio.gather(*(getattr(p, method)() for p in providers),
+                                   return_exceptions=True)
+    seen: dict[str, dict[str, Any]] = {}
+    for provider, result in zip(providers, results, strict=True):
+        if isinstance(result, BaseException):
+            log.warning("route %s failed to list models: %s", provider.name, result)
+            continue
+        for entry in result:
+            name = entry.get("name") or entry.get("model")
+            if name and name not in seen:
+                seen[name] = entry
+    return list(seen.values())
+
+
+async def tags(cluster: Cluster, scope: dict[str, Any]) -> Any:
+    return {"models": await _gather(cluster, "list_models")}
+
+
+async def ps(cluster: Cluster, scope: dict[str, Any]) -> Any:
+    return {"models": await _gather(cluster, "running")}
+
+
+async def version(cluster: Cluster, scope: dict[str, Any]) -> Any:
+    return {"version": OLLAMA_API_VERSION, "sollol": __version__}
+
+
+async def openai_models(cluster: Cluster, scope: dict[str, Any]) -> Any:
+    now = int(time.time())
+    data = [{"id": entry.get("name") or entry.get("model"), "object": "model", "created": now,
+             "owned_by": "sollol"} for entry in await _gather(cluster, "list_models")]
+    return {"object": "list", "data": data}
+
+
+async def openai_model(cluster: Cluster, scope: dict[str, Any]) -> Any:
+    name = scope["path"].removeprefix("/v1/models/")
+    for entry in (await openai_models(cluster, scope))["data"]:
+        if name in (entry["id"], str(entry["id"]).removesuffix(":latest")):
+            return entry
+    raise ModelNotFound(f"model {name!r} not found")
+
+
+async def state(cluster: Cluster, scope: dict[str, Any]) -> Any:
+    return cluster.snapshot()
+
+
+async def nodes(cluster: Cluster, scope: dict[str, Any]) -> Any:
+    provider = cluster.routes.get(POOL)
+    if provider is None:
+        raise NoRouteAvailable("no pool route is running (is the ollama_pool plugin enabled?)")
+    return dict(provider.snapshot())
+
+
+async def route_snapshot(cluster: Cluster, scope: dict[str, Any]) -> Any:
+    name = scope["path"].removeprefix("/sollol/routes/")
+    provider = cluster.routes.get(name)
+    if provider is None:
+        known = ", ".join(sorted(cluster.routes)) or "none"
+        raise ModelNotFound(f"no route named {name!r} (routes: {known})")
+    return dict(provider.snapshot())
+
+
+async def route_decision(cluster: Cluster, scope: dict[str, Any]) -> Any:
+    """The decision for a model and context, with its reason and numbers; nothing is sent."""
+    query = _query(scope)
+    model = query.get("model")
+    if not model:
+        raise RequestError("query parameter 'model' is required, e.g. /sollol/route?model=llama3")
+    ctx = _int(query, "ctx")
+    endpoint = query.get("endpoint", "chat")
+    if endpoint not in ("chat", "generate", "embed"):
+        raise RequestError("query parameter 'endpoint' must be chat, generate or embed")
+    request = RouteRequest(model=model, endpoint=endpoint, context_length=ctx)  # type: ignore[arg-type]
+    decision = await cluster.decide(request)
+    return {"model": model, "context_length": ctx, **decision.as_dict()}
+
+
+async def events(cluster: Cluster, scope: dict[str, Any]) -> Any:
+    limit = _int(_query(scope), "limit") or 100
+    return {"events": [e.as_dict() for e in cluster.events.recent(limit)]}
+
+
+def _query(scope: dict[str, Any]) -> dict[str, str]:
+    parsed = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    return {key: values[-1] for key, values in parsed.items()}
+
+
+def _int(query: dict[str, str], name: str) -> int | None:
+    text = query.get(name)
+    if text is None or text == "":
+        return None
+    if not text.isdigit():
+        raise RequestError(f"query parameter {name!r} must be a whole number, not {text!r}")
+    return int(text)
+
+
+Handler = Callable[["Cluster", dict[str, Any]], Awaitable[Any]]
+GET_HANDLERS: dict[str, Handler] = {
+    "/api/tags": tags, "/api/ps": ps, "/api/version": version, "/v1/models": openai_models,
+    "/sollol/state": state, "/sollol/nodes": nodes, "/sollol/route": route_decision,
+    "/sollol/events": events,
+}
+PREFIX_HANDLERS: dict[str, Handler] = {"/sollol/routes/": route_snapshot,
+                                       "/v1/models/": openai_model}

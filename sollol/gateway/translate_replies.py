@@ -1,0 +1,200 @@
+"""Rewrite whole (non-streamed) replies and error bodies from one dialect to the other."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import struct
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+_FINISH_TO_OLLAMA = {"stop": "stop", "length": "length", "tool_calls": "stop",
+                     "function_call": "stop", "content_filter": "stop"}
+
+
+def iso_now() -> str:
+    """An RFC 3339 timestamp like Ollama's `created_at`."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def error_message(raw: bytes) -> str:
+    """The human message inside an error body of either dialect (or the text itself)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace").strip()[:2000] or "(empty body)"
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    if error is not None:
+        return str(error)
+    return json.dumps(data)[:2000]
+
+
+# ------------------------------------------------------------------ OpenAI server -> Ollama client
+
+
+def openai_reply_to_ollama(op: str, data: dict[str, Any], model: str, seconds: float,
+                           raw_generate: bool = False) -> dict[str, Any]:
+    """An Ollama reply for `op` from an OpenAI-compatible server's JSON reply."""
+    usage = data.get("usage") or {}
+    if op in ("embed", "embeddings"):
+        vectors = [item["embedding"] for item in
+                   sorted(data.get("data") or [], key=lambda item: item.get("index", 0))]
+        if op == "embeddings":
+            return {"embedding": vectors[0] if vectors else []}
+        return {"model": model, "embeddings": vectors, "total_duration": _ns(seconds),
+                "load_duration": 0, "prompt_eval_count": usage.get("prompt_tokens", 0)}
+    choice = (data.get("choices") or [{}])[0]
+    out: dict[str, Any] = {"model": model, "created_at": iso_now()}
+    if op == "chat":
+        message = choice.get("message") or {}
+        out["message"] = ollama_message(message.get("content"), message.get("tool_calls"),
+                                        message.get("reasoning_content"))
+    else:
+        text = choice.get("text") if raw_generate else (choice.get("message") or {}).get("content")
+        out["response"] = text or ""
+    out.update(done=True, done_reason=_FINISH_TO_OLLAMA.get(choice.get("finish_reason"), "stop"))
+    out.update(ollama_stats(usage, data.get("timings"), seconds))
+    return out
+
+
+def ollama_message(content: Any, tool_calls: Any = None, thinking: Any = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content or ""}
+    if thinking:
+        message["thinking"] = thinking
+    if tool_calls:
+        message["tool_calls"] = [
+            {"function": {"name": (c.get("function") or {}).get("name", ""),
+                          "arguments": _arguments((c.get("function") or {}).get("arguments"))}}
+            for c in tool_calls
+        ]
+    return message
+
+
+def ollama_stats(usage: dict[str, Any], timings: dict[str, Any] | None,
+                 seconds: float) -> dict[str, Any]:
+    """Ollama's final-chunk counters, from OpenAI usage and llama.cpp's `timings` if present."""
+    timings = timings or {}
+    return {
+        "total_duration": _ns(seconds),
+        "load_duration": 0,
+        "prompt_eval_count": usage.get("prompt_tokens", timings.get("prompt_n", 0)),
+        "prompt_eval_duration": _ns((timings.get("prompt_ms") or 0) / 1000),
+        "eval_count": usage.get("completion_tokens", timings.get("predicted_n", 0)),
+        "eval_duration": _ns((timings.get("predicted_ms") or 0) / 1000),
+    }
+
+
+def _arguments(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value or "{}")
+        except ValueError:
+            return {"_raw": value}
+    return value or {}
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+# ------------------------------------------------------------------ Ollama server -> OpenAI client
+
+
+def ollama_reply_to_openai(op: str, data: dict[str, Any], model: str,
+                           encoding: str = "float") -> dict[str, Any]:
+    """An OpenAI reply for `op` from an Ollama server's JSON reply."""
+    prompt_tokens = int(data.get("prompt_eval_count") or 0)
+    if op == "embed":
+        items = [{"object": "embedding", "index": i, "embedding": encode_vector(v, encoding)}
+                 for i, v in enumerate(data.get("embeddings") or [])]
+        return {"object": "list", "data": items, "model": model,
+                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+    finish = finish_reason(data)
+    if op == "chat":
+        message = data.get("message") or {}
+        out_message: dict[str, Any] = {"role": "assistant", "content": message.get("content", "")}
+        if message.get("thinking"):
+            out_message["reasoning_content"] = message["thinking"]
+        if message.get("tool_calls"):
+            out_message["tool_calls"] = openai_tool_calls(message["tool_calls"])
+            finish = "tool_calls"
+        choice: dict[str, Any] = {"index": 0, "message": out_message, "logprobs": None,
+                                  "finish_reason": finish}
+        kind, prefix = "chat.completion", "chatcmpl"
+    else:
+        choice = {"index": 0, "text": data.get("response", ""), "logprobs": None,
+                  "finish_reason": finish}
+        kind, prefix = "text_completion", "cmpl"
+    return {"id": new_id(prefix), "object": kind, "created": int(time.time()), "model": model,
+            "system_fingerprint": "sollol", "choices": [choice], "usage": openai_usage(data)}
+
+
+def openai_usage(data: dict[str, Any]) -> dict[str, int]:
+    prompt, completion = int(data.get("prompt_eval_count") or 0), int(data.get("eval_count") or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+def finish_reason(data: dict[str, Any]) -> str:
+    return "length" if data.get("done_reason") == "length" else "stop"
+
+
+def openai_tool_calls(calls: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {"index": i, "id": c.get("id") or f"call_{i}", "type": "function",
+         "function": {"name": (c.get("function") or {}).get("name", ""),
+                      "arguments": json.dumps((c.get("function") or {}).get("arguments") or {})}}
+        for i, c in enumerate(calls)
+    ]
+
+
+def encode_vector(vector: list[float], encoding: str) -> Any:
+    """OpenAI's `encoding_format`: a float list, or base64 of little-endian float32s."""
+    if encoding == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
+
+
+def load_reply(op: str, model: str) -> dict[str, Any]:
+    """Ollama's answer to a request that only loads the model."""
+    out: dict[str, Any] = {"model": model, "created_at": iso_now()}
+    if op == "chat":
+        out["message"] = {"role": "assistant", "content": ""}
+    else:
+        out["response"] = ""
+    return {**out, "done": True, "done_reason": "load"}
+
+
+def show_from_info(info: Any) -> dict[str, Any]:
+    """An Ollama `/api/show` reply built from GGUF metadata (for backends with no `/api/show`)."""
+    arch = getattr(info, "architecture", None) or ""
+    params = getattr(info, "parameter_count", None)
+    details = {"parent_model": "", "format": "gguf", "family": arch,
+               "families": [arch] if arch else None,
+               "parameter_size": _human_count(params) if params else "",
+               "quantization_level": getattr(info, "quantization", None) or ""}
+    model_info: dict[str, Any] = {"general.architecture": arch}
+    if params:
+        model_info["general.parameter_count"] = params
+    for key, attr in (("context_length", "context_length"), ("block_count", "layer_count"),
+                      ("embedding_length", "embedding_length")):
+        value = getattr(info, attr, None)
+        if value is not None and arch:
+            model_info[f"{arch}.{key}"] = value
+    return {"modelfile": "", "parameters": "", "template": "", "details": details,
+            "model_info": model_info, "capabilities": ["completion"], "modified_at": iso_now()}
+
+
+def _human_count(count: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f}{unit}".replace(".0", "")
+    return str(count)

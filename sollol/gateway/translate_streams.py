@@ -1,0 +1,283 @@
+"""Streaming: pass-through watchers and translators between NDJSON (Ollama) and SSE (OpenAI).
+
+Every stream object takes upstream bytes with `feed()` and returns what the client should get
+now; `finish()` returns the closing bytes at upstream EOF. `complete` says whether the upstream
+stream ended properly (Ollama: a `done: true` object; OpenAI: `data: [DONE]`), `tokens` the
+generated token count when the backend reported it, and `error` an error object it sent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sollol.gateway.translate_replies import (
+    finish_reason,
+    iso_now,
+    new_id,
+    ollama_message,
+    ollama_stats,
+    openai_tool_calls,
+    openai_usage,
+)
+
+
+class Passthrough:
+    """Same dialect on both sides: forward bytes untouched, remember the last lines."""
+
+    def __init__(self, sse: bool) -> None:
+        self.sse = sse
+        self.pending: list[bytes] = []  # bytes after the last newline
+        self.last: list[bytes] = []  # the last two non-empty complete lines
+        self.end = b""
+        self.tokens: int | None = None
+        self.error: str | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        self.end = (self.end + chunk[-2:])[-2:]
+        cut = chunk.rfind(b"\n")
+        if cut < 0:
+            self.pending.append(chunk)
+            return chunk
+        head = chunk[:cut]
+        if self.pending:
+            head = b"".join(self.pending) + head
+            self.pending = []
+        if cut + 1 < len(chunk):
+            self.pending.append(chunk[cut + 1:])
+        self._remember(head)
+        return chunk
+
+    def _remember(self, head: bytes) -> None:
+        lines = [line.strip() for line in head.rsplit(b"\n", 3)[-3:] if line.strip()]
+        self.last = (self.last + lines)[-2:]
+
+    def finish(self) -> bytes:
+        return b""
+
+    @property
+    def at_boundary(self) -> bool:
+        return not self.end or self.end.endswith(b"\n\n" if self.sse else b"\n")
+
+    @property
+    def complete(self) -> bool:
+        lines = self.last
+        tail = b"".join(self.pending).strip()  # a last line without its newline still counts
+        if tail:
+            lines = [*lines, tail][-2:]
+        if not lines:
+            return False
+        last = lines[-1]
+        if self.sse:
+            if last.removeprefix(b"data:").strip() != b"[DONE]":
+                return False
+            usage = _json(lines[0].removeprefix(b"data:")) if len(lines) > 1 else None
+            if usage and isinstance(usage.get("usage"), dict):
+                self.tokens = usage["usage"].get("completion_tokens")
+            return True
+        data = _json(last)
+        if data is None:
+            return False
+        if "error" in data:  # the backend ended the stream with its own error object
+            self.error = str(data["error"])
+            return True
+        self.tokens = data.get("eval_count")
+        return bool(data.get("done"))
+
+
+class _Lines:
+    """Split a byte stream into complete lines."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def split(self, chunk: bytes) -> list[bytes]:
+        self.buffer += chunk
+        if b"\n" not in self.buffer:
+            return []
+        *lines, self.buffer = self.buffer.split(b"\n")
+        return [line.strip() for line in lines if line.strip()]
+
+    def rest(self) -> list[bytes]:
+        rest, self.buffer = self.buffer.strip(), b""
+        return [rest] if rest else []
+
+
+class SseToNdjson:
+    """An OpenAI-compatible server's SSE stream as Ollama NDJSON (chat or generate)."""
+
+    at_boundary = True  # we only ever emit whole lines
+
+    def __init__(self, op: str, model: str, raw_generate: bool = False) -> None:
+        self.op, self.model, self.raw_generate = op, model, raw_generate
+        self.lines = _Lines()
+        self.started = time.perf_counter()
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] = {}
+        self.timings: dict[str, Any] | None = None
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.complete = False
+        self.tokens: int | None = None
+        self.error: str | None = None
+        self.done_sent = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        return b"".join(self._line(line) for line in self.lines.split(chunk))
+
+    def finish(self) -> bytes:
+        out = b"".join(self._line(line) for line in self.lines.rest())
+        if self.complete or self.finish_reason is not None:
+            out += self._done()
+        return out
+
+    def _line(self, line: bytes) -> bytes:
+        if not line.startswith(b"data:") or self.done_sent:
+            return b""  # comments, event names and anything after the end
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            return self._done()
+        data = _json(payload)
+        if data is None:
+            return b""
+        if data.get("error") is not None:
+            error = data["error"]
+            self.error = str(error.get("message") if isinstance(error, dict) else error)
+            self.done_sent = self.complete = True  # the error object is the stream's end
+            return _ndjson({"error": self.error})
+        self.usage = data.get("usage") or self.usage
+        self.timings = data.get("timings") or self.timings
+        out = b""
+        for choice in data.get("choices") or []:
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+            if self.op == "chat" or not self.raw_generate:
+                delta = choice.get("delta") or {}
+                for call in delta.get("tool_calls") or []:
+                    self._merge_tool_call(call)
+                text, thinking = delta.get("content"), delta.get("reasoning_content")
+            else:
+                text, thinking = choice.get("text"), None
+            if text or thinking:
+                out += _ndjson(self._piece(text or "", thinking))
+        return out
+
+    def _piece(self, text: str, thinking: str | None = None, tool_calls: Any = None,
+               ) -> dict[str, Any]:
+        base: dict[str, Any] = {"model": self.model, "created_at": iso_now()}
+        if self.op == "chat":
+            base["message"] = ollama_message(text, tool_calls, thinking)
+        else:
+            base["response"] = text
+            if thinking:
+                base["thinking"] = thinking
+        base["done"] = False
+        return base
+
+    def _merge_tool_call(self, call: dict[str, Any]) -> None:
+        slot = self.tool_calls.setdefault(call.get("index", 0),
+                                          {"id": None, "function": {"name": "", "arguments": ""}})
+        slot["id"] = call.get("id") or slot["id"]
+        function = call.get("function") or {}
+        slot["function"]["name"] += function.get("name") or ""
+        slot["function"]["arguments"] += function.get("arguments") or ""
+
+    def _done(self) -> bytes:
+        if self.done_sent:
+            return b""
+        self.done_sent = self.complete = True
+        out = b""
+        if self.tool_calls:
+            calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+            out += _ndjson(self._piece("", tool_calls=calls))
+        final = self._piece("")
+        stats = ollama_stats(self.usage, self.timings, time.perf_counter() - self.started)
+        self.tokens = stats["eval_count"] or None
+        reason = "length" if self.finish_reason == "length" else "stop"
+        final.update(done=True, done_reason=reason, **stats)
+        return out + _ndjson(final)
+
+
+class NdjsonToSse:
+    """An Ollama server's NDJSON stream as OpenAI SSE (chat or completions)."""
+
+    at_boundary = True
+
+    def __init__(self, op: str, model: str, include_usage: bool = False) -> None:
+        self.op, self.model, self.include_usage = op, model, include_usage
+        self.lines = _Lines()
+        chat = op == "chat"
+        self.id = new_id("chatcmpl" if chat else "cmpl")
+        self.object = "chat.completion.chunk" if chat else "text_completion"
+        self.created = int(time.time())
+        self.role_sent = False
+        self.saw_tool_calls = False
+        self.complete = False
+        self.tokens: int | None = None
+        self.error: str | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        return b"".join(self._line(line) for line in self.lines.split(chunk))
+
+    def finish(self) -> bytes:
+        return b"".join(self._line(line) for line in self.lines.rest())
+
+    def _line(self, line: bytes) -> bytes:
+        data = _json(line)
+        if data is None or self.complete:
+            return b""
+        if data.get("error") is not None:
+            self.error = str(data["error"])
+            self.complete = True  # the error event is the stream's end
+            event = {"error": {"message": self.error, "type": "server_error", "param": None,
+                               "code": "backend_error"}}
+            return _sse(event)
+        out = b""
+        if self.op == "chat":
+            message = data.get("message") or {}
+            delta: dict[str, Any] = {}
+            if not self.role_sent:
+                delta["role"] = "assistant"
+                self.role_sent = True
+            if message.get("content"):
+                delta["content"] = message["content"]
+            if message.get("thinking"):
+                delta["reasoning_content"] = message["thinking"]
+            if message.get("tool_calls"):
+                delta["tool_calls"] = openai_tool_calls(message["tool_calls"])
+                self.saw_tool_calls = True
+            if any(key != "role" for key in delta) or ("role" in delta and not data.get("done")):
+                out += _sse(self._chunk({"delta": delta, "finish_reason": None}))
+        elif data.get("response"):
+            out += _sse(self._chunk({"text": data["response"], "finish_reason": None}))
+        if data.get("done"):
+            reason = "tool_calls" if self.saw_tool_calls else finish_reason(data)
+            ending = {"delta": {}} if self.op == "chat" else {"text": ""}
+            out += _sse(self._chunk({**ending, "finish_reason": reason}))
+            usage = openai_usage(data)
+            self.tokens = usage["completion_tokens"] or None
+            if self.include_usage:
+                out += _sse({**self._chunk(None), "usage": usage})
+            out += b"data: [DONE]\n\n"
+            self.complete = True
+        return out
+
+    def _chunk(self, choice: dict[str, Any] | None) -> dict[str, Any]:
+        choices = [] if choice is None else [{"index": 0, "logprobs": None, **choice}]
+        return {"id": self.id, "object": self.object, "created": self.created,
+                "model": self.model, "system_fingerprint": "sollol", "choices": choices}
+
+
+def _json(raw: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _ndjson(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"

@@ -1,0 +1,184 @@
+"""Check a client's request body before anything reaches a backend, and reduce it to a `Call`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from sollol.dispatch import Call, Op
+from sollol.errors import RequestError
+from sollol.models import Api, Endpoint, RouteRequest
+
+_NUMBER = (int, float)
+_TEXT_OR_LIST = (str, list)
+
+# Field -> accepted JSON types. Fields not listed pass through unchecked (backends may know them).
+_OLLAMA_COMMON: dict[str, tuple[type, ...] | type] = {
+    "model": str, "stream": bool, "options": dict, "keep_alive": (str, int, float),
+    "format": (str, dict), "think": (bool, str), "truncate": bool,
+}
+_SCHEMAS: dict[tuple[Api, Op], dict[str, Any]] = {
+    ("ollama", "chat"): {**_OLLAMA_COMMON, "messages": list, "tools": list},
+    ("ollama", "generate"): {**_OLLAMA_COMMON, "prompt": str, "suffix": str, "system": str,
+                             "template": str, "context": list, "raw": bool, "images": list},
+    ("ollama", "embed"): {**_OLLAMA_COMMON, "input": _TEXT_OR_LIST, "dimensions": int},
+    ("ollama", "embeddings"): {**_OLLAMA_COMMON, "prompt": str},
+    ("ollama", "show"): {"model": str, "verbose": bool},
+    ("openai", "chat"): {"model": str, "messages": list, "stream": bool, "n": int,
+                         "max_tokens": int, "max_completion_tokens": int,
+                         "temperature": _NUMBER, "top_p": _NUMBER, "seed": int,
+                         "stop": _TEXT_OR_LIST, "tools": list, "stream_options": dict,
+                         "response_format": dict, "frequency_penalty": _NUMBER,
+                         "presence_penalty": _NUMBER},
+    ("openai", "completions"): {"model": str, "prompt": _TEXT_OR_LIST, "stream": bool, "n": int,
+                                "max_tokens": int, "temperature": _NUMBER, "top_p": _NUMBER,
+                                "seed": int, "stop": _TEXT_OR_LIST, "stream_options": dict,
+                                "suffix": str, "echo": bool},
+    ("openai", "embed"): {"model": str, "input": _TEXT_OR_LIST, "encoding_format": str,
+                          "dimensions": int},
+}
+_REQUIRED: dict[tuple[Api, Op], tuple[str, ...]] = {
+    ("openai", "chat"): ("messages",),
+    ("openai", "completions"): ("prompt",),
+    ("openai", "embed"): ("input",),
+}
+_ENDPOINTS: dict[Op, Endpoint] = {"chat": "chat", "generate": "generate", "completions": "generate",
+                                  "embed": "embed", "embeddings": "embed", "show": "chat"}
+_STREAM_DEFAULT = {("ollama", "chat"): True, ("ollama", "generate"): True}
+_JSON_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+               list: "an array", dict: "an object"}
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or a RequestError saying what is wrong with it."""
+    if not raw.strip():
+        raise RequestError("request body is empty; expected a JSON object")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(f"invalid JSON in request body: {exc}") from None
+    if not isinstance(body, dict):
+        raise RequestError(f"request body must be a JSON object, not {_json_type(body)}")
+    return body
+
+
+def validate(api: Api, op: Op, raw: bytes) -> Call:
+    """Parse and check a request for `op` in dialect `api`; raise RequestError when it is bad."""
+    body = parse_json(raw)
+    schema = _SCHEMAS[(api, op)]
+    if op == "show" and "model" not in body and isinstance(body.get("name"), str):
+        body["model"] = body["name"]  # older Ollama clients send `name`
+    model = body.get("model")
+    if model is None or model == "":
+        raise RequestError("model is required")
+    for name, value in body.items():  # bodies have fewer keys than the schema
+        types = schema.get(name)
+        if types is not None and value is not None and not _is(value, types):
+            raise RequestError(f"field {name!r} must be {_describe(types)}, "
+                               f"not {_json_type(value)}")
+    for name in _REQUIRED.get((api, op), ()):
+        if body.get(name) is None:
+            raise RequestError(f"field {name!r} is required")
+    if op == "chat":
+        _check_messages(body.get("messages") or [], api)
+    if api == "ollama" and isinstance(body.get("options"), dict):
+        _check_options(body["options"])
+    _check_lists(api, op, body)
+    stream = body.get("stream")
+    if stream is None:
+        stream = _STREAM_DEFAULT.get((api, op), False)
+    ctx = (body.get("options") or {}).get("num_ctx") if api == "ollama" else None
+    request = RouteRequest(
+        model=model, endpoint=_ENDPOINTS[op], api=api,
+        context_length=ctx if isinstance(ctx, int) and ctx > 0 else None,
+        stream=bool(stream) and op in ("chat", "generate", "completions"),
+        conversation_key=conversation_key(body.get("messages")) if op == "chat" else None,
+    )
+    return Call(api=api, op=op, body=body, raw=raw, request=request)
+
+
+def conversation_key(messages: Any) -> str | None:
+    """A stable hash of the system messages and the first user message (shared by later turns)."""
+    if not isinstance(messages, list):
+        return None
+    prefix = []
+    for message in messages:
+        if not isinstance(message, Mapping):
+            continue
+        role = message.get("role")
+        if role in ("system", "developer"):
+            prefix.append(["system", message.get("content")])
+        elif role == "user":
+            prefix.append(["user", message.get("content"), message.get("images")])
+            break
+    else:
+        return None  # no user message yet: nothing identifies a conversation
+    data = json.dumps(prefix, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+def _check_messages(messages: list[Any], api: Api) -> None:
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise RequestError(f"{where} must be an object, not {_json_type(message)}")
+        if not isinstance(message.get("role"), str):
+            raise RequestError(f"{where}.role must be a string")
+        content = message.get("content")
+        allowed: tuple[type, ...] = (str,) if api == "ollama" else (str, list)
+        if content is not None and not isinstance(content, allowed):
+            raise RequestError(f"{where}.content must be {_describe(allowed)}, "
+                               f"not {_json_type(content)}")
+        images = message.get("images")
+        if images is not None and not (isinstance(images, list)
+                                       and all(isinstance(i, str) for i in images)):
+            raise RequestError(f"{where}.images must be an array of base64 strings")
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    for name, value in options.items():
+        if name == "stop":
+            if not (isinstance(value, list) and all(isinstance(s, str) for s in value)):
+                raise RequestError("options.stop must be an array of strings")
+        elif isinstance(value, (dict, list)):
+            raise RequestError(f"options.{name} must be a number, string or boolean")
+
+
+def _check_lists(api: Api, op: Op, body: dict[str, Any]) -> None:
+    """Arrays whose items must be strings (embedding inputs, generate images)."""
+    field = {"embed": "input", "generate": "images"}.get(op)
+    if op == "completions":
+        field = "prompt"
+    value = body.get(field) if field else None
+    if not isinstance(value, list):
+        return
+    ok_tokens = api == "openai" and op in ("embed", "completions") and all(
+        isinstance(v, int) or (isinstance(v, list) and all(isinstance(t, int) for t in v))
+        for v in value
+    )
+    if not ok_tokens and not all(isinstance(v, str) for v in value):
+        raise RequestError(f"field {field!r} must be a string or an array of strings")
+
+
+def _is(value: Any, types: tuple[type, ...] | type) -> bool:
+    wanted = types if isinstance(types, tuple) else (types,)
+    if isinstance(value, bool) and bool not in wanted:
+        return False  # JSON true is not a number
+    return isinstance(value, wanted)
+
+
+def _describe(types: tuple[type, ...] | type) -> str:
+    wanted = types if isinstance(types, tuple) else (types,)
+    names = list(dict.fromkeys(_JSON_NAMES[t] for t in wanted))
+    return " or ".join(names)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    for kind, name in _JSON_NAMES.items():
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__

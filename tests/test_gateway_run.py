@@ -1,0 +1,116 @@
+"""`sollol run` as a process, and clean shutdown: in-flight requests finish within the grace
+period or are told why they were cut, and plugin shutdown hooks run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from sollol.cli import cli
+from sollol.cli_run import is_loopback
+from sollol.cluster import Cluster
+from sollol.config import load_config
+from sollol.gateway import GatewayThread
+from sollol.hookspecs import hookimpl
+from sollol.plugins import get_plugin_manager
+from sollol.testing.processes import free_port, wait_http
+from sollol.testing.scripted_node import ScriptedNode
+from sollol.testing.static_route import RoutesPlugin, StaticRoute, Upstream
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_run_serves_then_stops_cleanly_on_a_signal(processes, isolated_config, stop_signal):
+    isolated_config.parent.mkdir(parents=True, exist_ok=True)
+    isolated_config.write_text("plugins = []\n")  # no plugins: the gateway alone
+    port = free_port()
+    proc = processes.start("sollol-run", [sys.executable, "-m", "sollol", "run", "--port",
+                                          str(port)], env={**os.environ})
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/api/version", process=proc, timeout=60)
+    assert httpx.get(url).text == "Ollama is running"
+    reply = httpx.post(url + "/api/chat", json=CHAT)
+    assert reply.status_code == 503 and "no plugin provides it" in reply.json()["error"]
+    os.kill(proc.pid, stop_signal)
+    assert proc.popen.wait(timeout=30) == 0
+    log = proc.log_text()
+    assert "sollol gateway on http://127.0.0.1" in log and "sollol gateway stopped" in log
+    assert "Traceback" not in log
+
+
+def test_run_rejects_unknown_plugins_and_bad_ports():
+    runner = CliRunner()
+    result = runner.invoke(cli, ["run", "--plugin", "no-such-plugin"])
+    assert result.exit_code == 2 and "unknown plugin(s) no-such-plugin" in result.output
+    result = runner.invoke(cli, ["run", "--port", "70000"])
+    assert result.exit_code == 2
+
+
+def test_loopback_detection_for_the_bind_warning():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert is_loopback("127.0.0.2") and is_loopback("[::1]")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+    assert not is_loopback("myhost.example")
+
+
+class ShutdownRecorder:
+    def __init__(self):
+        self.calls = []
+
+    @hookimpl
+    def sollol_shutdown(self, cluster):
+        self.calls.append(cluster)
+
+
+def _gateway(node, grace):
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register(RoutesPlugin([StaticRoute("pool", [Upstream("n", node.url, node.api, ("m",))])]))
+    recorder = ShutdownRecorder()
+    pm.register(recorder)
+    cluster = Cluster(config=load_config(), pm=pm)
+    return GatewayThread(cluster, grace=grace).start(), recorder
+
+
+def _stream_while_stopping(gw):
+    """Start a stream, stop the gateway once its first chunk is in; return all lines."""
+    lines = []
+    with httpx.stream("POST", gw.url + "/api/chat", json=CHAT, timeout=30) as reply:
+        stopper = None
+        for line in reply.iter_lines():
+            if line.strip():
+                lines.append(json.loads(line))
+            if stopper is None:
+                stopper = threading.Thread(target=gw.stop)
+                stopper.start()
+    stopper.join(30)
+    return lines
+
+
+def test_in_flight_stream_finishes_within_the_grace_period():
+    node = ScriptedNode(api="ollama", pause_after_first=1.0).start()
+    try:
+        gw, recorder = _gateway(node, grace=20.0)
+        lines = _stream_while_stopping(gw)
+    finally:
+        node.stop()
+    assert lines[-1]["done"] is True and "error" not in lines[-1]
+    assert len(recorder.calls) == 1  # plugin shutdown hooks ran
+
+
+def test_stream_past_the_grace_period_is_told_why_it_was_cut():
+    node = ScriptedNode(api="ollama", pause_after_first=5.0).start()
+    try:
+        gw, recorder = _gateway(node, grace=0.5)
+        lines = _stream_while_stopping(gw)
+    finally:
+        node.stop()
+    assert lines[-1] == {"error": "stream cut: the gateway is shutting down"}
+    assert len(recorder.calls) == 1

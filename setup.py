@@ -1,4 +1,4 @@
-"""Map the `plugins/` folder to the `sollol_plugins` import package; everything else is in pyproject."""
+"""Map the `plugins/` folder to the `sollol_plugins` import package; the rest is in pyproject."""
 
 from setuptools import find_packages, setup
 

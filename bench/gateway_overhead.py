@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sollol.testing.processes import ProcessGroup, free_port, wait_http
+from sollol.processes import ProcessGroup, free_port, wait_http
 
 MODEL = "bench:latest"
 WORKLOADS = {

@@ -33,8 +33,8 @@ from sollol.cluster import Cluster, load
 from sollol.llamacpp import find_binaries
 from sollol.models import RouteRequest
 from sollol.plugins import get_plugin_manager
+from sollol.processes import ProcessGroup, free_port, wait_http
 from sollol.routes import Outcome
-from sollol.testing.processes import ProcessGroup, free_port, wait_http
 from sollol.testing.tiny_models import make_preset, make_tiny_model
 
 PROMPT = [{"role": "user", "content": "describe how a model is split into layers over machines"}]

@@ -147,11 +147,25 @@ def config_set(key: str, value: str, config_file: Path | None) -> None:
     click.echo(f"{key} = {json.dumps(typed)}  (written to {path})")
 
 
+def add_core_commands(group: click.Group) -> None:
+    """Attach the core's commands that live in their own modules."""
+    from sollol.cli_batch import batch
+    from sollol.cli_demo import demo
+    from sollol.cli_doctor import doctor
+    from sollol.cli_llamacpp import llamacpp
+    from sollol.cli_models import models
+    from sollol.cli_run import run
+
+    for command in (run, demo, doctor, batch, llamacpp, models):
+        group.add_command(command)
+
+
 def build_cli() -> click.Group:
-    """The CLI with every enabled plugin's commands attached."""
+    """The CLI with the core's and every enabled plugin's commands attached."""
     from sollol.config import plugin_lists
     from sollol.plugins import get_plugin_manager
 
+    add_core_commands(cli)
     try:
         allow, block = plugin_lists()
         pm = get_plugin_manager(allow, block)
@@ -167,19 +181,3 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     group = build_cli()
     group.main(args=argv if argv is not None else sys.argv[1:], prog_name="sollol")
-
-
-# Core command groups kept in their own modules (they import the helpers above).
-from sollol.cli_batch import batch  # noqa: E402
-from sollol.cli_demo import demo  # noqa: E402
-from sollol.cli_doctor import doctor  # noqa: E402
-from sollol.cli_llamacpp import llamacpp  # noqa: E402
-from sollol.cli_models import models  # noqa: E402
-from sollol.cli_run import run  # noqa: E402
-
-cli.add_command(llamacpp)
-cli.add_command(models)
-cli.add_command(run)
-cli.add_command(doctor)
-cli.add_command(demo)
-cli.add_command(batch)

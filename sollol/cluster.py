@@ -1,4 +1,4 @@
-"""The running cluster: config, plugins, routes and policy, shared by the gateway and the library."""
+"""The running cluster: config, plugins, routes and policy; shared by gateway and library."""
 
 from __future__ import annotations
 
@@ -62,15 +62,16 @@ class Cluster:
 
     @classmethod
     def from_config(
-        cls, *, path: os.PathLike[str] | str | None = None, overrides: dict[str, Any] | None = None,
+        cls, *, path: os.PathLike[str] | str | None = None,
+        overrides: dict[str, Any] | None = None,
     ) -> Cluster:
         config, pm = load(path=path, overrides=overrides)
         return cls(config=config, pm=pm)
 
     async def start(self) -> None:
         """Collect kinds, policy and routes from plugins, then start every route."""
-        self.kinds = {n: k for n, (k, _) in
-                      collect_named(self.pm, "sollol_register_backend_kinds", "backend kind").items()}
+        kinds = collect_named(self.pm, "sollol_register_backend_kinds", "backend kind")
+        self.kinds = {name: kind for name, (kind, _plugin) in kinds.items()}
         self.policy = self._make_policy()
         providers = collect_named(self.pm, "sollol_register_routes", "route", cluster=self)
         self.routes = {name: provider for name, (provider, _) in providers.items()}
@@ -123,7 +124,8 @@ class Cluster:
         for result in self.pm.hook.sollol_discover_backends(config=self.config):
             for backend in result or ():
                 if self.kinds and backend.kind not in self.kinds:
-                    msg = f"backend {backend.id} has kind {backend.kind!r}, which no plugin registers"
+                    msg = (f"backend {backend.id} has kind {backend.kind!r}, "
+                           "which no plugin registers")
                     raise PluginError(msg)
                 found.setdefault(backend.id, backend)
         return [b for b in found.values() if kinds is None or b.kind in kinds]

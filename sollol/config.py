@@ -20,6 +20,7 @@ import tomli_w
 
 from sollol.errors import ConfigError
 from sollol.models import split_host_port
+from sollol.units import port_number, positive
 
 Kind = Literal["bool", "int", "float", "str", "list", "table"]
 _TRUE = {"1", "true", "yes", "on"}
@@ -96,18 +97,6 @@ def _node_list(values: list[Any]) -> list[str]:
     return [v.strip() for v in values]
 
 
-def _port(value: int) -> int:
-    if not 0 < value < 65536:
-        raise ValueError("a port number from 1 to 65535")
-    return value
-
-
-def _positive(value: float) -> float:
-    if value <= 0:
-        raise ValueError("a number above 0")
-    return value
-
-
 CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("model_sharding_enabled", "bool", False,
             "Serve models through llama.cpp RPC sharding."),
@@ -123,18 +112,18 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("policy_settings", "table", {},
             "Settings per policy, e.g. {\"size-threshold\": {\"min_parameters\": 13e9}}."),
     Setting("gateway_host", "str", "127.0.0.1", "Address the gateway binds to."),
-    Setting("gateway_port", "int", 11435, "Port the gateway listens on.", check=_port),
+    Setting("gateway_port", "int", 11435, "Port the gateway listens on.", check=port_number),
     Setting("plugins", "list", None, "Allow-list of plugin names (unset: all installed).",
             optional=True),
     Setting("disabled_plugins", "list", [], "Plugin names never to load."),
     Setting("max_body_bytes", "int", 16 * 1024 * 1024, "Largest request body accepted.",
-            check=_positive),
+            check=positive),
     Setting("request_timeout", "float", 600.0,
-            "Seconds a request may take upstream before it is cut.", check=_positive),
+            "Seconds a request may take upstream before it is cut.", check=positive),
     Setting("connect_timeout", "float", 5.0, "Seconds to connect to an upstream.",
-            check=_positive),
+            check=positive),
     Setting("health_interval", "float", 5.0, "Seconds between active health probes.",
-            check=_positive),
+            check=positive),
     Setting("llama_cpp_dir", "str", None, "Folder holding llama-server and ggml-rpc-server.",
             optional=True),
 )

@@ -111,7 +111,7 @@ def _binaries(cluster: Cluster | None) -> list[Finding]:
 
 def _local_rpc_version(cluster: Cluster, timeout: float) -> str | None:
     """The RPC protocol our llama-server speaks: ask its sibling rpc-server (same build)."""
-    from sollol.testing.processes import ProcessGroup, free_port, wait_port
+    from sollol.processes import ProcessGroup, free_port, wait_port
 
     kind = _rpc_kind(cluster)
     if kind is None:

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from sollol.plugins import SollolPluginManager, get_plugin_manager
-from sollol.testing.processes import ProcessGroup
+from sollol.processes import ProcessGroup
 
 if TYPE_CHECKING:
     from sollol.llamacpp import Binaries
+    from sollol.processes import ManagedProcess
     from sollol.testing.emulator import EmulatorNode
     from sollol.testing.ollama_store import OllamaStoreBuilder
-    from sollol.testing.processes import ManagedProcess
 
 # ---------------------------------------------------------------------------------------- core
 
@@ -115,7 +115,7 @@ def llama_server(
 
     Waits for /health to answer 200; the server stops with the test's process group.
     """
-    from sollol.testing.processes import free_port, wait_http
+    from sollol.processes import free_port, wait_http
 
     def start(model: Path, *extra: str, threads: int = 1) -> tuple[str, ManagedProcess]:
         port = free_port()
@@ -164,7 +164,7 @@ def emulator_process(processes: ProcessGroup) -> Callable[..., str]:
     """
     import sys
 
-    from sollol.testing.processes import free_port, wait_http
+    from sollol.processes import free_port, wait_http
 
     def start(*models: str, flags: Sequence[str] = ()) -> str:
         port = free_port()
@@ -256,7 +256,7 @@ def rpc_servers(
 
     from sollol_plugins.llamacpp_rpc.probe import ProbeError, probe
 
-    from sollol.testing.processes import free_port
+    from sollol.processes import free_port
 
     def start(count: int, *extra: str) -> list[tuple[str, ManagedProcess]]:
         started = []

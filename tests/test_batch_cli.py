@@ -12,7 +12,9 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from sollol.cli import cli
+from sollol.cli import build_cli
+
+cli = build_cli()
 
 MODEL = "llama3.2:1b"
 

@@ -93,7 +93,9 @@ def test_bad_env_value_is_an_error() -> None:
         load_config(path=Path(os.devnull), env={"SOLLOL_MODEL_SHARDING_ENABLED": "maybe"})
 
 
-def test_config_path_follows_xdg_config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_path_follows_xdg_config_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("SOLLOL_CONFIG")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     assert config_path() == tmp_path / "xdg" / "sollol" / "config.toml"

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from sollol.testing.processes import ManagedProcess, ProcessGroup
+from sollol.processes import ManagedProcess, ProcessGroup
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.slow]
 DEMO_TIMEOUT = 600.0
@@ -186,7 +186,7 @@ def test_run_local_serves_until_sigterm(
     """`sollol run --local 1`: the gateway serves both routes; SIGTERM stops every process."""
     import httpx
 
-    from sollol.testing.processes import free_port, wait_http
+    from sollol.processes import free_port, wait_http
 
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_DATA_HOME": str(tmp_path / "data"),

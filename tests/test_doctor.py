@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from sollol.cli import cli
+from sollol.cli import build_cli
 from sollol.config import write_file
 from sollol.doctor import _compatible, _rpc_server
 from sollol.models import Backend, HealthReport
-from sollol.testing.processes import free_port
+from sollol.processes import free_port
+
+cli = build_cli()
 
 pytestmark = pytest.mark.llamacpp
 

@@ -13,16 +13,18 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from sollol.cli import cli
+from sollol.cli import build_cli
 from sollol.cli_run import is_loopback
 from sollol.cluster import Cluster
 from sollol.config import load_config
 from sollol.gateway import GatewayThread
 from sollol.hookspecs import hookimpl
 from sollol.plugins import get_plugin_manager
-from sollol.testing.processes import free_port, wait_http
+from sollol.processes import free_port, wait_http
 from sollol.testing.scripted_node import ScriptedNode
 from sollol.testing.static_route import RoutesPlugin, StaticRoute, Upstream
+
+cli = build_cli()
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sollol_plugins.policies.names import canonical, glob_matches, listed
 from sollol_plugins.policies.settings import SettingsReader, positive_int
-from sollol_plugins.policies.units import format_bytes, format_count, parse_bytes, parse_count
 
 from sollol.errors import ConfigError
+from sollol.units import format_bytes, format_count, parse_bytes, parse_count
 
 
 @pytest.mark.parametrize(("text", "count"), [

@@ -6,11 +6,12 @@ import pytest
 from sollol_plugins.ollama_pool.balance import choose
 from sollol_plugins.ollama_pool.discovery import base_url, parse_node
 from sollol_plugins.ollama_pool.node import Node, model_names
-from sollol_plugins.ollama_pool.settings import PoolSettings, parse_size
+from sollol_plugins.ollama_pool.settings import PoolSettings
 
 from sollol.errors import ConfigError
 from sollol.models import Backend, HealthReport
 from sollol.routes import Outcome
+from sollol.units import parse_bytes
 
 SETTINGS = PoolSettings(eject_failures=2, eject_seconds=5, eject_max_seconds=20,
                         health_interval=5, backoff_max=40)
@@ -61,7 +62,8 @@ def test_settings_are_validated(pm):
         load(overrides={"pool_node_concurrency": 0})
     with pytest.raises(ConfigError, match="size"):
         load(overrides={"pool_node_memory": {"a:1": "lots"}})
-    assert parse_size("24 GB") == 24 * 10**9 and parse_size("512M") == 512 * 10**6
+    # one size syntax everywhere: GB is decimal, G and GiB are binary (as in policy settings)
+    assert parse_bytes("24 GB") == 24 * 10**9 and parse_bytes("512M") == 512 * 2**20
 
 
 def test_model_name_spellings():
@@ -174,7 +176,7 @@ def test_llama_server_slots_set_the_limit():
 def test_hooks_through_the_plugin_manager(pm, emulator):
     from sollol.config import load_config
     from sollol.plugins import collect_named
-    from sollol.testing.processes import free_port
+    from sollol.processes import free_port
 
     kinds = collect_named(pm, "sollol_register_backend_kinds", "backend kind")
     assert kinds["ollama"][0].api == "ollama" and kinds["openai"][0].api == "openai"

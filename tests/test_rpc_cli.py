@@ -17,8 +17,8 @@ from sollol_plugins.llamacpp_rpc.probe import ProbeError, probe
 
 from sollol.cli import build_cli
 from sollol.models import RouteRequest
+from sollol.processes import free_port
 from sollol.routes import Outcome
-from sollol.testing.processes import free_port
 
 ONLY_US = ["llamacpp_rpc"]
 """Config files here load only this plugin: the tests exercise its commands alone."""

@@ -8,29 +8,18 @@ parent-death signal, and `reap_orphans()` at the next start catches anything tha
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
+from sollol.processes import die_with_parent, free_port, terminate
+
+__all__ = ["free_port", "read_pid_files", "reap_orphans", "spawn", "terminate", "write_pid_file"]
+
 log = logging.getLogger("sollol.sharding")
-_PR_SET_PDEATHSIG = 1
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -43,22 +32,8 @@ def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None) ->
     with log_path.open("ab") as out:
         return subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            start_new_session=True, preexec_fn=die_with_parent,
         )
-
-
-def terminate(proc: subprocess.Popen, timeout: float = 5.0) -> int | None:
-    """SIGTERM the child's process group, SIGKILL it if it lingers, and reap it."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode
 
 
 def write_pid_file(folder: Path, proc: subprocess.Popen, record: dict) -> Path:

@@ -2,108 +2,58 @@
 
 from __future__ import annotations
 
-import ipaddress
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from sollol.config import Config, Setting
-
-MAX_SCAN_HOSTS = 1024
-"""A named CIDR larger than this is refused: discovery is for a rack, not a network."""
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.I)
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "t": 10**12, "tb": 10**12, "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20,
-          "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40}
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from an integer or a string such as "16GiB", "24 GB", "512M"."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    match = _SIZE.match(str(value)) if isinstance(value, str) else None
-    if not match:
-        raise ValueError(f"a size such as 16GiB or 24GB, not {value!r}")
-    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+from sollol.units import at_least, cidr, parse_bytes, port_number, positive
 
 
 def _memory_table(value: dict[str, Any]) -> dict[str, int]:
     try:
-        return {str(k): parse_size(v) for k, v in value.items()}
+        return {str(k): parse_bytes(v) for k, v in value.items()}
     except ValueError as exc:
         raise ValueError(f"a table of node address -> memory size ({exc})") from None
-
-
-def _cidr(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        net = ipaddress.ip_network(value.strip(), strict=False)
-    except ValueError:
-        raise ValueError("a CIDR such as 192.168.1.0/24") from None
-    if net.num_addresses > MAX_SCAN_HOSTS:
-        raise ValueError(f"a CIDR of at most {MAX_SCAN_HOSTS} addresses (e.g. a /22 or smaller)")
-    return str(net)
-
-
-def _positive(value: float) -> float:
-    if value <= 0:
-        raise ValueError("a number above 0")
-    return value
-
-
-def _at_least(low: int) -> Callable[[int], int]:
-    def check(value: int) -> int:
-        if value < low:
-            raise ValueError(f"an integer of at least {low}")
-        return value
-    return check
-
-
-def _port(value: int) -> int:
-    if not 0 < value < 65536:
-        raise ValueError("a port number from 1 to 65535")
-    return value
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("pool_node_concurrency", "int", 4,
             "Requests one pool node serves at once (match the node's OLLAMA_NUM_PARALLEL or "
-            "llama-server --parallel); more wait in the gateway's queue.", check=_at_least(1)),
+            "llama-server --parallel); more wait in the gateway's queue.", check=at_least(1)),
     Setting("pool_queue_size", "int", 256,
             "Requests that may wait for a free pool node; beyond it clients get 429.",
-            check=_at_least(0)),
+            check=at_least(0)),
     Setting("pool_queue_timeout", "float", 60.0,
             "Seconds a request may wait for a free pool node before it gets 429.",
-            check=_positive),
+            check=positive),
     Setting("pool_health_timeout", "float", 2.0,
-            "Seconds one health probe of a pool node may take.", check=_positive),
+            "Seconds one health probe of a pool node may take.", check=positive),
     Setting("pool_probe_backoff_max", "float", 60.0,
             "Longest pause between probes of a dead node (the pause doubles per failure).",
-            check=_positive),
+            check=positive),
     Setting("pool_eject_failures", "int", 3,
             "Consecutive failed requests (5xx, timeouts) that eject a node; a refused "
-            "connection ejects at once.", check=_at_least(1)),
+            "connection ejects at once.", check=at_least(1)),
     Setting("pool_eject_seconds", "float", 5.0,
-            "First ejection time; it doubles with each further ejection.", check=_positive),
+            "First ejection time; it doubles with each further ejection.", check=positive),
     Setting("pool_eject_max_seconds", "float", 300.0, "Longest ejection time.",
-            check=_positive),
+            check=positive),
     Setting("pool_cold_penalty", "float", 5.0,
             "Seconds the balancer charges for a node that must load the model first.",
-            check=_positive),
+            check=positive),
     Setting("pool_affinity_seconds", "float", 1800.0,
             "How long a conversation stays tied to the node that served its last turn.",
-            check=_positive),
+            check=positive),
     Setting("pool_node_memory", "table", {},
             "Memory per node, which Ollama does not report: {\"10.0.0.5:11434\": \"24GiB\"}.",
             check=_memory_table),
     Setting("pool_discovery_cidr", "str", None,
             "Subnet to scan for Ollama nodes (only when set; at most 1024 addresses).",
-            optional=True, check=_cidr),
+            optional=True, check=cidr),
     Setting("pool_discovery_port", "int", 11434, "Port probed by the subnet scan.",
-            check=_port),
+            check=port_number),
 )
 
 

@@ -14,8 +14,7 @@ import httpx
 from sollol.cli import UsageFailure
 from sollol.errors import ConfigError, NoRouteAvailable, PluginError, SollolError
 from sollol.models import RouteRequest
-
-from .units import format_bytes
+from sollol.units import format_bytes
 
 
 @click.command("route")

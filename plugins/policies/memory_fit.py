@@ -10,11 +10,11 @@ import attrs
 from sollol.errors import NoRouteAvailable
 from sollol.models import BackendState, ModelInfo, RouteDecision, RouteRequest, RouteState
 from sollol.router import POOL, SHARDING
+from sollol.units import format_bytes
 
 from .common import UNKNOWN_CHOICES, decided, route_down, unknown_size
 from .names import listed
 from .settings import SettingsReader, fraction, positive_int
-from .units import format_bytes
 
 F16_BYTES = 2
 

@@ -10,10 +10,10 @@ import attrs
 from sollol.errors import ConfigError
 from sollol.models import ModelInfo, RouteDecision, RouteRequest, RouteState
 from sollol.router import POOL, SHARDING
+from sollol.units import format_bytes, format_count, parse_bytes, parse_count
 
 from .common import UNKNOWN_CHOICES, decided, unknown_size
 from .settings import SettingsReader
-from .units import format_bytes, format_count, parse_bytes, parse_count
 
 DEFAULT_MIN_PARAMETERS = 13 * 10**9
 

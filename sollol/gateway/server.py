@@ -81,7 +81,7 @@ class GatewayThread:
 
     def __init__(self, cluster: Cluster, host: str = "127.0.0.1", port: int = 0, *,
                  grace: float = 2.0) -> None:
-        from sollol.testing.processes import free_port
+        from sollol.processes import free_port
 
         self.host = host
         self.port = port or free_port(host)

@@ -22,7 +22,7 @@ from sollol.errors import BinaryNotFound
 from sollol.llamacpp import ENV_VAR, Binaries, ProgressCallback, find_binaries, install
 from sollol.local.models import THRESHOLD, ModelSet, ensure_models
 from sollol.local.signals import termination_as_interrupt, uninterrupted
-from sollol.testing.processes import ManagedProcess, ProcessGroup, free_port, wait_http, wait_port
+from sollol.processes import ManagedProcess, ProcessGroup, free_port, wait_http, wait_port
 
 HOST = "127.0.0.1"
 POLICY = "size-threshold"

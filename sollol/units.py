@@ -1,8 +1,11 @@
-"""Reading and printing sizes: parameter counts ("13B") and byte sizes ("8 GiB")."""
+"""Sizes and checks shared by the core and plugins: "13B", "8 GiB", ports, CIDRs, bounds."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Callable
+from typing import Any
 
 _COUNT = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
 _BYTES = {
@@ -61,3 +64,58 @@ def format_bytes(size: int | None) -> str:
         if abs(size) >= scale:
             return f"{size / scale:.1f} {unit}"
     return f"{size} B"
+
+
+# Config checks: each takes a typed value and returns it, or raises ValueError(what is expected).
+
+MAX_SCAN_HOSTS = 1024
+"""A named CIDR larger than this is refused: discovery is for a rack, not a network."""
+
+
+def positive(value: float) -> float:
+    """A number above 0."""
+    if value <= 0:
+        raise ValueError("a number above 0")
+    return value
+
+
+def at_least(low: int) -> Callable[[int], int]:
+    """A check for integers of at least `low`."""
+
+    def check(value: int) -> int:
+        if value < low:
+            raise ValueError(f"an integer of at least {low}")
+        return value
+
+    return check
+
+
+def port_number(value: int) -> int:
+    """A TCP port, 1 to 65535."""
+    if not 0 < value < 65536:
+        raise ValueError("a port number from 1 to 65535")
+    return value
+
+
+def port_list(values: list[Any]) -> list[int]:
+    """A list of TCP ports."""
+    try:
+        ports = [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError("a list of port numbers") from None
+    if not all(0 < p < 65536 for p in ports):
+        raise ValueError("a list of port numbers from 1 to 65535")
+    return ports
+
+
+def cidr(value: str | None) -> str | None:
+    """A subnet to scan, at most MAX_SCAN_HOSTS addresses (None: no scan)."""
+    if value is None:
+        return None
+    try:
+        network = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError("a CIDR such as 192.168.1.0/24") from None
+    if network.num_addresses > MAX_SCAN_HOSTS:
+        raise ValueError(f"a CIDR of at most {MAX_SCAN_HOSTS} addresses (a /22 or smaller)")
+    return str(network)

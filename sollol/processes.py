@@ -1,4 +1,4 @@
-"""Start real processes for tests and demos, and always stop them (no orphans, no leaked ports)."""
+"""Start and stop child processes: own sessions, death with the parent, no orphans."""
 
 from __future__ import annotations
 
@@ -32,6 +32,26 @@ def die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def terminate(popen: subprocess.Popen[bytes], timeout: float = 5.0) -> int | None:
+    """SIGTERM a child's process group, SIGKILL it if it lingers, and reap it.
+
+    The child must lead its own session (`start_new_session=True`), so the group is its own.
+    """
+    if popen.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGTERM)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+    else:  # the leader is gone; make sure nothing it spawned survives
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(popen.pid, signal.SIGKILL)
+    return popen.returncode
+
+
 @attrs.define
 class ManagedProcess:
     """A child process in its own session, with its output in a log file."""
@@ -56,19 +76,7 @@ class ManagedProcess:
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM the whole process group, then SIGKILL it if it lingers; reap it."""
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
-        else:  # the leader is gone; make sure nothing it spawned survives
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-        return self.popen.returncode
+        return terminate(self.popen, timeout)
 
     def kill(self) -> None:
         """SIGKILL at once (a crash, for fault tests)."""
@@ -141,7 +149,8 @@ def wait_port(host: str, port: int, *, process: ManagedProcess | None = None,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and not process.alive():
-            msg = f"{process.name} exited before {host}:{port} opened:\n{process.log_text()[-4000:]}"
+            tail = process.log_text()[-4000:]
+            msg = f"{process.name} exited before {host}:{port} opened:\n{tail}"
             raise RuntimeError(msg)
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
             return

@@ -52,3 +52,31 @@ def test_readme_names_the_test_command_that_ci_runs() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "scripts/test" in readme
     assert "scripts/test" in ci
+
+
+def _leaf_commands():
+    import click
+
+    from sollol.cli import build_cli
+
+    def walk(group: click.Group, prefix: str):
+        for name, command in sorted(group.commands.items()):
+            if isinstance(command, click.Group):
+                yield from walk(command, f"{prefix} {name}")
+            else:
+                yield f"{prefix} {name}", command
+
+    return list(walk(build_cli(), "sollol"))
+
+
+def test_every_command_and_option_is_in_the_cli_docs() -> None:
+    import click
+
+    docs = (ROOT / "docs" / "cli.md").read_text()
+    commands = _leaf_commands()
+    assert len(commands) >= 15
+    for name, command in commands:
+        assert f"`{name}`" in docs, f"docs/cli.md lacks {name}"
+        for option in command.params:
+            if isinstance(option, click.Option):
+                assert f"`{', '.join(option.opts)}`" in docs, f"{name}: {option.opts} undocumented"

@@ -141,4 +141,4 @@ def _name(item: Any) -> str:
 
 def implemented_hooks(pm: pluggy.PluginManager, plugin: object) -> list[str]:
     """Names of the hooks a registered plugin implements."""
-    return sorted(caller.name for caller in pm.get_hookcallers(plugin) or ())
+    return sorted({caller.name for caller in pm.get_hookcallers(plugin) or ()})

@@ -38,6 +38,7 @@ def test_bundled_plugins_are_listed_with_their_hooks() -> None:
         assert rows[name]["distribution"] == "sollol"
         assert rows[name]["hooks"], f"{name} implements no hook"
         assert all(hook.startswith("sollol_") for hook in rows[name]["hooks"])
+        assert len(set(rows[name]["hooks"])) == len(rows[name]["hooks"]), rows[name]["hooks"]
 
 
 def test_disabled_plugins_env_blocks_a_plugin() -> None:

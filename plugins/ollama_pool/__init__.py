@@ -9,7 +9,5 @@ from .hooks import sollol_register_routes as sollol_register_routes
 from .hooks import sollol_register_settings as sollol_register_settings
 
 # Ollama's model store (GGUF resolution, `sollol models list`): hooks kept in their own module.
-from .resolve import register_store_commands as register_store_commands
-from .resolve import register_store_settings as register_store_settings
 from .resolve import resolve_from_store as resolve_from_store
 from .resolve import store_model_names as store_model_names

@@ -11,6 +11,7 @@ from sollol.hookspecs import hookimpl
 from sollol.models import Backend, BackendKind, HealthReport
 
 from .discovery import KINDS, OLLAMA, OPENAI
+from .resolve import register_store_commands, register_store_settings
 from .settings import SETTINGS
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 def sollol_register_settings(register: Callable[[Setting], None]) -> None:
     for setting in SETTINGS:
         register(setting)
+    register_store_settings(register)
 
 
 @hookimpl
@@ -61,3 +63,4 @@ def sollol_register_commands(cli: click.Group) -> None:
 
     cli.add_command(nodes)
     cli.add_command(pull)
+    register_store_commands(cli)

@@ -1,7 +1,8 @@
 """Hook implementations that expose Ollama's model store: GGUF resolution, names, `models list`.
 
 They carry their own function names (with `specname`) so that they can sit in the package
-namespace beside the pool's own hook implementations without clashing.
+namespace beside the pool's own hook implementations without clashing; the settings and the
+`models list` command are registered by the pool's hooks in `hooks.py`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ STORE_SETTINGS = (
 )
 
 
-@hookimpl(specname="sollol_register_settings")
 def register_store_settings(register: Callable[[Setting], None]) -> None:
     for setting in STORE_SETTINGS:
         register(setting)
@@ -41,7 +41,6 @@ def store_model_names(config: Config) -> Iterable[str]:
             stored_names(store_roots(config.get("ollama_models_dir")))]
 
 
-@hookimpl(specname="sollol_register_commands")
 def register_store_commands(cli: click.Group) -> None:
     from .store_cli import list_models
 

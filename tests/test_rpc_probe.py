@@ -32,6 +32,7 @@ class FakeRpcServer:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(1)
+        self.sock.settimeout(0.2)  # before the thread starts: a quick stop() may close it first
         self.port = self.sock.getsockname()[1]
         self.after_close: list[str] = []
         self.commands: list[int] = []
@@ -40,7 +41,6 @@ class FakeRpcServer:
         self.thread.start()
 
     def _serve(self) -> None:
-        self.sock.settimeout(0.2)
         while not self._stop.is_set():
             try:
                 conn, _ = self.sock.accept()

@@ -131,6 +131,7 @@ def drop_failed(path: Path) -> int:
     """Rewrite `path` without its failed results (so they run again); return how many."""
     if not path.exists():
         return 0
+    read_done(path)  # refuse a foreign file, drop a half-written last line (a killed run)
     kept, dropped = [], 0
     for _number, line in _lines(path.read_bytes()):
         if json.loads(line).get("ok") is True:

@@ -74,13 +74,18 @@ def _load(
         status = "blocked"
     elif allow is not None and ep.name not in allow:
         status = "not allowed"
-    pm.plugin_info[ep.name] = PluginInfo(
+    info = PluginInfo(
         name=ep.name,
         entry_point=f"{ep.name} = {ep.value}",
         distribution=dist.name if dist else None,
         version=dist.version if dist else None,
         status=status,
     )
+    first = pm.plugin_info.get(ep.name)
+    if first is not None and status == "enabled":
+        raise PluginError(f"plugin name {ep.name!r} is used by two entry points: "
+                          f"{_where(first)} and {_where(info)}; uninstall or rename one")
+    pm.plugin_info[ep.name] = info
     if status == "blocked":
         pm.set_blocked(ep.name)
     if status != "enabled":
@@ -90,11 +95,22 @@ def _load(
     except Exception as exc:
         msg = f"plugin {ep.name!r} (entry point {ep.value}) failed to import: {exc}"
         raise PluginError(msg) from None
+    other = pm.get_name(plugin)
+    if other is not None:  # pluggy refuses one object under two names, with a bare ValueError
+        first = pm.plugin_info.get(other)
+        msg = (f"plugin {ep.name!r} (entry point {ep.value}) loads the same object as plugin "
+               f"{other!r}" + (f" ({_where(first)})" if first else ""))
+        raise PluginError(msg)
     try:
         pm.register(plugin, name=ep.name)
     except pluggy.PluginValidationError as exc:
         msg = f"plugin {ep.name!r} (entry point {ep.value}) breaks the hook contract: {exc}"
         raise PluginError(msg) from None
+
+
+def _where(info: PluginInfo) -> str:
+    """An entry point and the distribution that declares it, for error messages."""
+    return f"`{info.entry_point}` from {info.distribution or 'an unknown distribution'}"
 
 
 def call_each(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:

@@ -133,7 +133,7 @@ def wait_http(
                    f"ready; log:\n{process.log_text()[-4000:]}")
             raise RuntimeError(msg)
         try:
-            response = httpx.get(url, timeout=2.0)
+            response = httpx.get(url, timeout=2.0, trust_env=False)  # not via $http_proxy
             if response.status_code == status:
                 return
             last = f"HTTP {response.status_code}"

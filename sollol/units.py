@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -39,9 +40,10 @@ def _parse(value: object, units: dict[str, int], expected: str) -> int:
         number, scale = float(match.group(1)), units[unit]
     else:
         raise ValueError(expected)
-    if number < 0 or number != number:
+    total = number * scale
+    if not 0 <= total < math.inf:  # also refuses NaN, and what overflows ("1e999")
         raise ValueError(expected)
-    return round(number * scale)
+    return round(total)
 
 
 def format_count(count: int | None) -> str:
@@ -73,8 +75,8 @@ MAX_SCAN_HOSTS = 1024
 
 
 def positive(value: float) -> float:
-    """A number above 0."""
-    if value <= 0:
+    """A number above 0 (NaN is not)."""
+    if not value > 0:
         raise ValueError("a number above 0")
     return value
 

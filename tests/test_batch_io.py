@@ -90,6 +90,23 @@ def test_plan_skips_done_ids_and_retries_failed_on_request(tmp_path: Path) -> No
     assert drop_failed(tmp_path / "absent.jsonl") == 0
 
 
+def test_retry_failed_after_a_kill_mid_write_and_on_a_foreign_file(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(_line(id=i, model="m", prompt=str(i)) + b"\n" for i in range(3)))
+    items = read_input(src)
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(_line(id=0, ok=False) + b"\n" + _line(id=1, ok=True) + b"\n"
+                    + b'{"id": 2, "ok": tr')
+    again = plan(items, out, retry_failed=True)
+    assert [i.id for i in again.pending] == [0, 2] and again.retried == 1
+    assert read_done(out) == {"1": True}
+    foreign = tmp_path / "notes.jsonl"
+    foreign.write_text('["not a result"]\n')
+    with pytest.raises(BatchInputError, match="not a `sollol batch` result"):
+        plan(items, foreign, retry_failed=True)
+    assert foreign.read_text() == '["not a result"]\n'
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True

@@ -75,6 +75,7 @@ def test_rpc_backends_accept_tables_in_toml(isolated_config: Path) -> None:
         ("model_sharding_enabled = 3\n", "model_sharding_enabled", "true or false"),
         ("no_such_key = 1\n", "no_such_key", "a known key"),
         ('rpc_backends = ["nohost"]\n', "rpc_backends", "host:port"),
+        ("request_timeout = nan\n", "request_timeout", "above 0"),
     ],
 )
 def test_bad_values_name_key_value_and_expectation(

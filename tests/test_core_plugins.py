@@ -110,6 +110,25 @@ def test_wrong_hook_arguments_are_a_clear_error(
         get_plugin_manager()
 
 
+def test_two_entry_points_with_one_plugin_name_are_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for module in ("fake_plugin_one", "fake_plugin_two"):
+        (tmp_path / f"{module}.py").write_text('"""A plugin implementing no hook."""\n')
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    same_name = [importlib.metadata.EntryPoint(name="fake", value=module, group="sollol")
+                 for module in ("fake_plugin_one", "fake_plugin_two")]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: same_name)
+    with pytest.raises(PluginError, match=r"'fake'.*fake_plugin_one.*fake_plugin_two"):
+        get_plugin_manager()
+    same_object = [importlib.metadata.EntryPoint(name=name, value="fake_plugin_one",
+                                                 group="sollol") for name in ("one", "two")]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: same_object)
+    with pytest.raises(PluginError, match=r"'two'.*fake_plugin_one.*'one'"):
+        get_plugin_manager()
+
+
 def test_duplicate_policy_names_fail_naming_both_plugins() -> None:
     class First:
         @hookimpl

@@ -125,6 +125,13 @@ def test_cold_model_loads_then_shows_in_ps(client):
     assert loaded.done_reason == "load"
 
 
+def test_keep_alive_zero_unloads_after_an_embedding_too(client):
+    client.embed(model="cold:7b", input="x", keep_alive=0)
+    assert "cold:7b" not in {m.model for m in client.ps().models}
+    client.embed(model="cold:7b", input="x")
+    assert "cold:7b" in {m.model for m in client.ps().models}
+
+
 def test_errors_are_ollama_shaped(node, client):
     with pytest.raises(ollama.ResponseError) as err:
         client.chat(model="missing", messages=[{"role": "user", "content": "x"}])

@@ -156,3 +156,12 @@ def test_bad_input_raises_the_clients_errors(oclient, aclient):
     with pytest.raises(ollama.ResponseError) as caught:
         oclient.generate(model="tiny:1b", prompt="x", options={"stop": "not-a-list"})
     assert caught.value.status_code == 400 and "options.stop" in caught.value.error
+
+
+def test_head_is_answered_wherever_get_is(gw):
+    # Ollama answers HEAD on /, /api/version and /api/tags (clients use it as a liveness probe).
+    for path in ("/", "/api/version", "/api/tags", "/v1/models"):
+        reply = httpx.head(gw.url + path)
+        assert reply.status_code == 200 and reply.content == b"", path
+        assert int(reply.headers["content-length"]) > 0, path
+    assert httpx.head(gw.url + "/api/chat").status_code == 405

@@ -4,6 +4,7 @@ period or are told why they were cut, and plugin shutdown hooks run."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -81,6 +82,22 @@ def _gateway(node, grace):
     return GatewayThread(cluster, grace=grace).start(), recorder
 
 
+class ErrorLog(logging.Handler):
+    """uvicorn's error log while attached (uvicorn's own logging config bypasses caplog)."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.messages = []
+        logging.getLogger("uvicorn.error").addHandler(self)
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    def close(self):
+        logging.getLogger("uvicorn.error").removeHandler(self)
+        super().close()
+
+
 def _stream_while_stopping(gw):
     """Start a stream, stop the gateway once its first chunk is in; return all lines."""
     lines = []
@@ -111,8 +128,43 @@ def test_stream_past_the_grace_period_is_told_why_it_was_cut():
     node = ScriptedNode(api="ollama", pause_after_first=5.0).start()
     try:
         gw, recorder = _gateway(node, grace=0.5)
+        errors = ErrorLog()
         lines = _stream_while_stopping(gw)
+        errors.close()
     finally:
         node.stop()
     assert lines[-1] == {"error": "stream cut: the gateway is shutting down"}
     assert len(recorder.calls) == 1
+    # A request cut on purpose is not a crash: no "Exception in ASGI application" traceback.
+    assert not [m for m in errors.messages if m.startswith("Exception in")]
+
+
+def test_second_stop_signal_cuts_streams_at_once_and_still_runs_shutdown_hooks():
+    from sollol.gateway.server import _ForegroundServer
+
+    node = ScriptedNode(api="ollama", pause_after_first=5.0).start()
+    try:
+        pm = get_plugin_manager(load_entry_points=False)
+        pm.register(RoutesPlugin([StaticRoute("pool", [Upstream("n", node.url, "ollama",
+                                                                ("m",))])]))
+        recorder = ShutdownRecorder()
+        pm.register(recorder)
+        gw = GatewayThread(Cluster(config=load_config(), pm=pm), grace=30.0)
+        gw.server = _ForegroundServer(gw.server.config, gw.gateway)  # what `sollol run` serves with
+        gw.start()
+        errors = ErrorLog()
+        lines = []
+        with httpx.stream("POST", gw.url + "/api/chat", json=CHAT, timeout=30) as reply:
+            for line in reply.iter_lines():
+                if line.strip():
+                    lines.append(json.loads(line))
+                if len(lines) == 1:
+                    gw.server.handle_exit(signal.SIGINT, None)
+                    gw.server.handle_exit(signal.SIGINT, None)  # the impatient second Ctrl-C
+        gw.stop()
+        errors.close()
+    finally:
+        node.stop()
+    assert lines[-1] == {"error": "stream cut: the gateway is shutting down"}
+    assert len(recorder.calls) == 1  # shutdown hooks ran although the stop was forced
+    assert not [m for m in errors.messages if m.startswith("Exception in")]

@@ -163,3 +163,17 @@ def test_failures_carry_the_routes_explanation(emulator, gateway):
     assert last["error"].endswith("(shard of d died)")
     refused = httpx.post(gw.url + "/api/chat", json={**CHAT, "model": "r"}, timeout=30)
     assert refused.status_code == 503 and "shard of r died" in refused.json()["error"]
+
+
+def test_client_leaving_a_non_streamed_request_cancels_it_upstream(emulator, gateway):
+    node = emulator(models=["m"])
+    node.set_faults(hang=True)
+    route = StaticRoute("pool", [Upstream("hang", node.url, "ollama", ("m",))])
+    gw = gateway([route])  # request_timeout stays at its default (minutes)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(gw.url + "/api/generate", json={"model": "m", "prompt": "x", "stream": False},
+                   timeout=1.0)
+    _wait(lambda: route.outcomes)
+    backend, outcome = route.outcomes[0]
+    assert backend == "hang" and not outcome.ok and outcome.status == 499
+    assert route.in_flight["hang"] == 0

@@ -146,3 +146,32 @@ def test_a_clean_stop_removes_the_run_logs(tmp_path: Path, llama_binaries: Binar
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_servers_are_awaited_directly_despite_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local cluster waits for its loopback servers; an http_proxy must not intercept."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from sollol.processes import free_port, wait_http
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with ThreadingHTTPServer(("127.0.0.1", 0), Health) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            wait_http(f"http://127.0.0.1:{server.server_port}/health", timeout=10)
+        finally:
+            server.shutdown()
+            thread.join()

@@ -26,10 +26,20 @@ def test_byte_sizes(text: object, size: int) -> None:
     assert parse_bytes(text) == size
 
 
-@pytest.mark.parametrize("bad", ["13 apples", "-1B", "", True, None, [13], "B"])
+@pytest.mark.parametrize("bad", ["13 apples", "-1B", "", True, None, [13], "B",
+                                 float("inf"), float("nan"), "1e999"])
 def test_bad_sizes_say_what_is_expected(bad: object) -> None:
     with pytest.raises(ValueError, match="parameter count"):
         parse_count(bad)
+    with pytest.raises(ValueError, match="byte size"):
+        parse_bytes(bad)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, float("inf"), float("nan"), True, "4096"])
+def test_positive_int_refuses_non_integers_with_its_message(bad: object) -> None:
+    with pytest.raises(ConfigError, match="an integer above 0"):
+        SettingsReader("memory-fit", {"default_context": bad}).get(
+            "default_context", 4096, positive_int)
 
 
 def test_formatting() -> None:

@@ -60,6 +60,27 @@ def test_requests_spread_over_the_nodes(emulator, pool_gateway):
     assert sum(counts) == 12 and all(count >= 2 for count in counts)
 
 
+def test_later_turns_of_a_conversation_stay_on_its_node(emulator, pool_gateway):
+    nodes = {n.address: n for n in (emulator(models=["m"]), emulator(models=["m"]))}
+    gw = pool_gateway(*nodes)
+
+    def turn(messages):
+        reply = httpx.post(gw.url + "/api/chat", timeout=30,
+                           json={"model": "m", "messages": messages, "stream": False})
+        assert reply.status_code == 200
+        return reply.headers["x-sollol-backend"], reply.json()["message"]
+
+    history = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    home, answer = turn(history)
+    (other,) = set(nodes) - {home}
+    nodes[home].set_faults(extra_latency=0.2)  # balancing alone now prefers the other node
+    for i in range(3):
+        history += [answer, {"role": "user", "content": f"and then {i}?"}]
+        backend, answer = turn(history)
+        assert backend == home  # the conversation stays where its KV cache is...
+        assert turn([{"role": "user", "content": f"unrelated {i}"}])[0] == other  # ...others move
+
+
 def test_refusing_node_is_skipped_and_ejected(emulator, pool_gateway):
     bad = emulator(models=["m"])
     good = emulator(models=["m"])

@@ -104,6 +104,22 @@ async def test_concurrency_limit_queue_and_overload(emulator):
         second.release(OK)
 
 
+async def test_full_queue_still_uses_a_free_slower_node(emulator):
+    fast, slow = emulator(models=["m"]), emulator(models=["m"])
+    async with pool(fast, slow, pool_node_concurrency=1, pool_queue_size=0) as route:
+        route.nodes[fast.address].sec_per_token = 0.01
+        route.nodes[slow.address].sec_per_token = 0.04
+        held = await route.acquire(RouteRequest("m"))
+        assert held.backend.id == fast.address
+        # the balancer would rather wait for the fast node, but there is no room to wait
+        lease = await route.acquire(RouteRequest("m"))
+        assert lease.backend.id == slow.address
+        with pytest.raises(Overloaded, match="queue is full"):
+            await route.acquire(RouteRequest("m"))
+        for done in (held, lease):
+            done.release(OK)
+
+
 async def test_queue_timeout_is_overloaded(emulator):
     a = emulator(models=["m"])
     async with pool(a, pool_node_concurrency=1, pool_queue_timeout=0.2) as route:
@@ -149,7 +165,8 @@ async def test_conversation_affinity(emulator):
         first = await route.acquire(RouteRequest("m", conversation_key="conv"))
         home = first.backend.id
         first.release(OK)
-        busy = await route.acquire(RouteRequest("m"))  # now the other node is less loaded...
+        busy = await route.acquire(RouteRequest("m"), backend=home)  # the other node is now
+        # less loaded, so balancing alone would send the next request there...
         for _ in range(3):
             again = await route.acquire(RouteRequest("m", conversation_key="conv"))
             assert again.backend.id == home  # ...but the conversation stays put
@@ -193,10 +210,39 @@ async def test_active_health_notices_a_dead_node_and_its_return(emulator):
         await wait_for(lambda: route.nodes[a.address].healthy)
 
 
+async def test_a_hanging_probe_blocks_neither_routing_nor_stop(emulator):
+    hung = emulator(models=["m"], faults=Faults(hang=True, scope="all"))
+    good = emulator(models=["m"])
+    cluster = Cluster.from_config(overrides={"ollama_nodes": [hung.address, good.address],
+                                             "health_interval": 30, "pool_health_timeout": 2})
+    await cluster.start()
+    route = cluster.routes[POOL]
+    loop_task = route._task
+    route.nodes[hung.address].next_probe = 0.0  # probe now (the next round was 30 s away)
+    route._wake.set()
+    await wait_for(lambda: hung.stats()["in_flight"] == 1)  # the probe waits for an answer
+    lease = await route.acquire(RouteRequest("m"))
+    assert lease.backend.id == good.address
+    assert hung.stats()["in_flight"] == 1  # routing did not wait for the probe to end
+    lease.release(OK)
+    await cluster.stop()
+    # the loop saw the stop when the probe ended; it was not left waiting for its next round
+    assert loop_task.done() and not loop_task.cancelled()
+
+
 async def test_no_healthy_node_is_503_naming_the_cause(emulator):
     a = emulator(models=["m"], faults=Faults(refuse=True))
     async with pool(a) as route:
         with pytest.raises(NoRouteAvailable, match="connection failed"):
+            await route.acquire(RouteRequest("m"))
+
+
+async def test_a_pool_without_nodes_says_so():
+    from sollol.processes import free_port
+
+    async with pool(pool_discovery_cidr="127.0.0.1/32", pool_discovery_port=free_port()) as route:
+        assert route.nodes == {}  # the scan found nobody: not a missing model but no nodes
+        with pytest.raises(NoRouteAvailable, match="no nodes"):
             await route.acquire(RouteRequest("m"))
 
 
@@ -230,8 +276,30 @@ async def test_management_fan_out(emulator):
         assert gone["http_status"] == 404
 
 
+async def test_management_on_a_hanging_node_ends_at_the_request_timeout(emulator):
+    a, b = emulator(models=["m"]), emulator(models=["m"])
+    async with pool(a, b, request_timeout=1.0) as route:
+        a.set_faults(hang=True, scope="all")  # accepts every request, never answers
+        events = await asyncio.wait_for(_collect(route.pull("new")), 60)
+        assert events[-1]["nodes"][b.address] == "success"
+        assert "Timeout" in events[-1]["nodes"][a.address]
+        assert not route.nodes[a.address].healthy  # re-probed after the pull...
+        named = [a.address, b.address]  # ...so it is a target only when named
+        copied = await asyncio.wait_for(route.copy("m", "m2", nodes=named), 60)
+        assert copied["nodes"][b.address] == {"status": "success"}
+        assert copied["nodes"][a.address]["status"] == 504
+
+
+async def _collect(events):
+    return [e async for e in events]
+
+
 async def test_discovery_scan_and_default(emulator, monkeypatch):
+    from sollol.processes import free_port
+
     a = emulator(models=["m"])
+    # a proxy in the environment must not take the scan's probes (it cannot reach the LAN)
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
     async with pool(pool_discovery_cidr="127.0.0.1/32", pool_discovery_port=a.port) as route:
         assert list(route.nodes) == [a.address]
         assert route.nodes[a.address].backend.labels["source"] == "scan 127.0.0.1/32"

@@ -118,3 +118,21 @@ async def test_shard_status_and_logs_without_a_gateway(
     assert logs.returncode == 0 and "model buffer size" in logs.stdout
     missing = run_cli("shard", "logs", "no-such-model")
     assert missing.returncode != 0 and "no coordinator log" in missing.stderr
+
+
+def test_install_service_dry_run_warns_when_a_dynamic_user_cannot_run_the_binary(
+    isolated_config: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The printed unit is what a user pastes: it must not silently fail with 203/EXEC."""
+    monkeypatch.setattr("sollol_plugins.llamacpp_rpc.cli._rpc_binary",
+                        lambda config: Path("/home/someone/bin/ggml-rpc-server"))
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    isolated_config.parent.mkdir(parents=True, exist_ok=True)
+    isolated_config.write_text(tomli_w.dumps({"plugins": ONLY_US}))
+    result = CliRunner().invoke(build_cli(), ["rpc", "install-service", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "DynamicUser=yes" in result.stdout
+    assert "a DynamicUser cannot read" in result.stderr
+    with_account = CliRunner().invoke(build_cli(), ["rpc", "install-service", "--dry-run",
+                                                    "--run-as", "someone"])
+    assert "User=someone" in with_account.stdout and "DynamicUser" not in with_account.stderr

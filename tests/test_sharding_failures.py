@@ -190,3 +190,22 @@ def test_reap_orphans_spares_a_live_gateways_coordinator(tmp_path: Path) -> None
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_a_coordinator_too_slow_to_start_is_stopped_and_frees_its_shards(
+    rpc_servers, sharding_route, tiny_model: Path,
+) -> None:
+    """Past rpc_startup_timeout the llama-server is still running: it must be stopped, or it
+    stays attached to rpc-servers we would then probe and hand to another coordinator."""
+    from sollol.errors import NoRouteAvailable
+
+    ((address, rpc_proc),) = rpc_servers(1)
+    route = await sharding_route([address], rpc_startup_timeout=0.01)
+    model = str(tiny_model)
+    with pytest.raises(NoRouteAvailable, match="did not become ready within"):
+        await route.acquire(RouteRequest(model=model))
+    coord = route.manager.coordinators[model]
+    assert coord.proc.poll() is not None, "the slow llama-server was left running"
+    assert not list(route.manager.pid_dir.glob("*.json"))
+    shard = route.shards.shards[address]
+    assert shard.healthy and shard.owner is None and rpc_proc.alive()

@@ -115,3 +115,20 @@ def test_killed_shard_mid_request_is_a_clear_error_then_survivors_serve(
     (coord,) = snap["coordinators"]
     assert coord["backends"] == [a for a, _ in servers[1:]]
     assert coord["generation"] == 2
+
+
+def test_shard_status_asks_the_gateway_directly_despite_a_proxy(
+    sharding_gateway, isolated_config: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sollol.processes import free_port
+
+    gateway = sharding_gateway([f"127.0.0.1:{free_port()}"])
+    isolated_config.parent.mkdir(parents=True, exist_ok=True)
+    isolated_config.write_text('plugins = ["llamacpp_rpc"]\n')
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(build_cli(), ["shard", "status", "--url", gateway.url])
+    assert result.exit_code == 0, result.output
+    assert f"source: gateway {gateway.url}" in result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import httpx
@@ -185,3 +186,57 @@ async def test_an_idle_coordinator_stops_after_the_idle_timeout(
             break
         await asyncio.sleep(0.05)
     assert proc.poll() is not None and not route.manager.coordinators
+
+
+async def test_a_request_cancelled_during_an_eviction_leaves_no_rpc_server_held(
+    rpc_servers, sharding_route, tiny_model: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gateway cancels a request whose client went away: the manager's bookkeeping
+    (stop the least recently used coordinator, release its rpc-servers) must still finish."""
+    from sollol_plugins.llamacpp_rpc import procs
+
+    from sollol.testing.tiny_models import make_tiny_model
+
+    other = str(make_tiny_model(tmp_path / "other.gguf", seed=7))
+    route = await sharding_route([a for a, _ in rpc_servers(2)])
+    first = await route.acquire(RouteRequest(model=str(tiny_model)))
+    first.release(Outcome(ok=True))
+    old = route.manager.coordinators[str(tiny_model)]
+
+    terminate = procs.terminate
+    monkeypatch.setattr(procs, "terminate", lambda proc: (time.sleep(0.5), terminate(proc))[1])
+    request = asyncio.create_task(route.acquire(RouteRequest(model=other)))
+    for _ in range(2000):
+        if old.state == "stopped":
+            break
+        await asyncio.sleep(0.005)
+    assert old.state == "stopped"  # the eviction is under way, its process being stopped
+    request.cancel()  # the client went away
+    with pytest.raises(asyncio.CancelledError):
+        await request
+
+    lease = await route.acquire(RouteRequest(model=other))
+    try:
+        assert old.proc.poll() is not None
+        assert sorted(route.manager.coordinators) == [other]
+        assert await chat(lease.base_url, 4)
+    finally:
+        lease.release(Outcome(ok=True))
+
+
+async def test_a_proxy_in_the_environment_is_not_used_to_reach_a_coordinator(
+    rpc_servers, sharding_route, tiny_model: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Homelab machines often set http_proxy; the coordinator's /health is on loopback."""
+    from sollol.processes import free_port
+
+    dead_proxy = f"http://127.0.0.1:{free_port()}"
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, dead_proxy)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    route = await sharding_route([a for a, _ in rpc_servers(1)], rpc_startup_timeout=60)
+    lease = await route.acquire(RouteRequest(model=str(tiny_model)))
+    lease.release(Outcome(ok=True))
+    assert route.manager.coordinators[str(tiny_model)].report is not None

@@ -59,7 +59,8 @@ def _from_gateway(url: str) -> dict[str, Any] | None:
     import httpx
 
     try:
-        response = httpx.get(url.rstrip("/") + "/sollol/routes/sharding", timeout=3.0)
+        response = httpx.get(url.rstrip("/") + "/sollol/routes/sharding", timeout=3.0,
+                             trust_env=False)  # our own gateway: never via $http_proxy
     except httpx.HTTPError:
         return None
     if response.status_code != 200:
@@ -177,13 +178,14 @@ def install_service(dry_run: bool, user_unit: bool, host: str, port: int, thread
     run_as = None if user_unit else (run_as or os.environ.get("SUDO_USER") or None)
     spec = ServiceSpec(binary, host, port, threads, cache, user_unit, run_as)
     text = render(spec)
-    if dry_run:
-        click.echo(text, nl=False)
-        return
     if not user_unit and run_as is None and str(binary).startswith(("/root/", "/home/")):
+        # also with --dry-run: the unit printed would fail to start (status 203/EXEC)
         click.secho(f"warning: {binary} is in a home folder, which a DynamicUser cannot read; "
                     "pass --run-as USER or install the binaries system-wide", fg="yellow",
                     err=True)
+    if dry_run:
+        click.echo(text, nl=False)
+        return
     path = output or unit_path(name, user_unit)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -136,7 +136,7 @@ class Coordinator:
     async def wait_ready(self, timeout: float) -> None:
         """Poll `/health` until 200; parse the layer report. Raise CoordinatorFailed otherwise."""
         deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=2.0) as client:
+        async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:  # not via $http_proxy
             while time.monotonic() < deadline:
                 if not self.alive():
                     raise CoordinatorFailed(self.exit_reason())

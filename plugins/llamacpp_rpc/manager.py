@@ -86,14 +86,11 @@ class CoordinatorManager:
         """A ready coordinator for `model` with one more request in flight (start it if needed)."""
         deadline = time.monotonic() + self.options.wait_timeout
         while True:
-            async with self._lock:
-                coord = self.coordinators.get(model)
-                if coord is not None and coord.state == READY and not coord.alive():
-                    # died since the supervisor last looked: handle it now, not next pass
-                    await self._failed_locked(coord, coord.exit_reason())
-                    coord = self.coordinators.get(model)
-                if coord is None or coord.state in (FAILED, STOPPED):
-                    coord = await self._start_locked(model)
+            # A client that goes away cancels its request; stopping and starting coordinators
+            # must finish all the same, or rpc-servers would stay marked as held.
+            task = self._spawn_task(self._current(model))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
+            coord = await asyncio.shield(task)
             if coord is None:  # every rpc-server is busy with another model
                 if time.monotonic() > deadline:
                     busy = ", ".join(f"{c.model} ({c.in_flight} in flight)"
@@ -114,6 +111,18 @@ class CoordinatorManager:
                 continue
             coord.in_flight += 1
             coord.last_used = time.monotonic()
+            return coord
+
+    async def _current(self, model: str) -> Coordinator | None:
+        """The model's coordinator, started if needed; None while every rpc-server is busy."""
+        async with self._lock:
+            coord = self.coordinators.get(model)
+            if coord is not None and coord.state == READY and not coord.alive():
+                # died since the supervisor last looked: handle it now, not next pass
+                await self._failed_locked(coord, coord.exit_reason())
+                coord = self.coordinators.get(model)
+            if coord is None or coord.state in (FAILED, STOPPED):
+                coord = await self._start_locked(model)
             return coord
 
     def checkin(self, coord: Coordinator, served: bool = True) -> None:
@@ -254,6 +263,10 @@ class CoordinatorManager:
         was = coord.state
         coord.state, coord.error = FAILED, reason
         self.warn(f"coordinator for {coord.model!r} failed ({was}): {reason}")
+        if coord.proc is not None:
+            # e.g. past the startup timeout it still runs, attached to its rpc-servers: stop it
+            # before they are released (and probed, or handed to another coordinator)
+            await asyncio.to_thread(procs.terminate, coord.proc)
         self._forget(coord)
         await self._after_failure(coord, reason)
         if not coord.ready.done():
@@ -315,10 +328,11 @@ class CoordinatorManager:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    def _spawn_task(self, coro: Awaitable[Any]) -> None:
+    def _spawn_task(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _save_report(self, coord: Coordinator) -> None:
         """Keep the layer report on disk too, so `sollol shard status` works without a gateway."""

@@ -14,10 +14,10 @@ A missing port means 11434 (Ollama's default).
 from __future__ import annotations
 
 import ipaddress
-import json
 import socket
 from concurrent.futures import ThreadPoolExecutor
-from urllib.request import urlopen
+
+import httpx
 
 from sollol.config import Config
 from sollol.models import Backend, split_host_port
@@ -91,17 +91,18 @@ def scan(cidr: str, port: int, *, timeout: float = 0.5, workers: int = 64) -> li
     hosts = [str(h) for h in (network.hosts() if network.num_addresses > 2 else network)]
 
     def probe(host: str) -> Backend | None:
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
             with socket.create_connection((host, port), timeout=timeout):
                 pass
-            url = f"http://{host}:{port}/api/version"
-            with urlopen(url, timeout=timeout) as response:
-                version = json.loads(response.read(4096)).get("version")
-        except (OSError, ValueError, AttributeError):
+            # trust_env=False: a proxy from the environment must not answer for the LAN
+            reply = httpx.get(f"http://{address}/api/version", timeout=timeout,
+                              trust_env=False)
+            version = reply.json().get("version")
+        except (OSError, httpx.HTTPError, ValueError, AttributeError):
             return None
         if not isinstance(version, str):
             return None
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return Backend(id=address, kind=OLLAMA, address=address,
                        labels={"scheme": "http", "source": f"scan {cidr}"})
 

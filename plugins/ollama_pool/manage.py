@@ -22,8 +22,14 @@ from .node import Node
 if TYPE_CHECKING:
     from .route import PoolRoute
 
-TIMEOUT = httpx.Timeout(30.0, read=None)  # a pull may go quiet for long; connecting may not
 _DONE = object()
+
+
+def _timeout(route: PoolRoute) -> httpx.Timeout:
+    """A node may stay silent up to `request_timeout` (a pull verifying a big blob says nothing
+    for a while), never forever: one hung node must not hang the whole fan-out."""
+    settings = route.settings
+    return httpx.Timeout(settings.request_timeout, connect=settings.connect_timeout)
 
 
 def targets(route: PoolRoute, names: Collection[str] | None) -> list[Node]:
@@ -51,10 +57,10 @@ def targets(route: PoolRoute, names: Collection[str] | None) -> list[Node]:
 
 
 async def _node_progress(node: Node, path: str, body: Mapping[str, Any],
-                         queue: asyncio.Queue[Any]) -> str | None:
+                         queue: asyncio.Queue[Any], timeout: httpx.Timeout) -> str | None:
     """Stream one node's progress into `queue`; return its error message, or None."""
     try:
-        async with httpx.AsyncClient(base_url=base_url(node.backend), timeout=TIMEOUT,
+        async with httpx.AsyncClient(base_url=base_url(node.backend), timeout=timeout,
                                      trust_env=False) as client, \
                 client.stream("POST", path, json=dict(body)) as reply:
             if reply.status_code >= 400:
@@ -91,7 +97,7 @@ async def progress(route: PoolRoute, path: str, body: Mapping[str, Any],
     results: dict[str, str] = {}
 
     async def run(node: Node) -> None:
-        error = await _node_progress(node, path, body, queue)
+        error = await _node_progress(node, path, body, queue, _timeout(route))
         results[node.id] = "success" if error is None else error
         if error is not None:
             await queue.put({"node": node.id, "error": error})
@@ -126,11 +132,12 @@ async def fan_out(route: PoolRoute, method: str, path: str, body: Mapping[str, A
 
     async def one(node: Node) -> tuple[str, int, str | None]:
         try:
-            async with httpx.AsyncClient(base_url=base_url(node.backend), timeout=TIMEOUT,
-                                         trust_env=False) as client:
+            async with httpx.AsyncClient(base_url=base_url(node.backend),
+                                         timeout=_timeout(route), trust_env=False) as client:
                 reply = await client.request(method, path, json=dict(body))
         except httpx.HTTPError as exc:
-            return node.id, 502, f"{type(exc).__name__}: {exc}"
+            status = 504 if isinstance(exc, httpx.TimeoutException) else 502
+            return node.id, status, f"{type(exc).__name__}: {exc}"
         error = None if reply.status_code < 400 else _error_text(reply.content,
                                                                  reply.status_code)
         return node.id, reply.status_code, error

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Mapping
@@ -111,13 +112,13 @@ class PoolRoute:
 
     async def _health_loop(self) -> None:
         while not self._stopping:
+            self._wake.clear()  # before probing: a stop or a failure reported meanwhile counts
             now = time.monotonic()
             due = [n for n in self.nodes.values() if now >= n.next_probe]
             if due:
                 await self.probe(due)
             upcoming = min((n.next_probe for n in self.nodes.values()), default=now + 1.0)
             pause = min(max(upcoming - time.monotonic(), 0.02), self.settings.health_interval)
-            self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(pause):
@@ -142,6 +143,10 @@ class PoolRoute:
             if node is not None:
                 return self._lease(node, request)
         if len(self._waiters) >= self.settings.queue_size:
+            # no room to wait for a faster node: a free slot anywhere beats a 429
+            node = self._place(waiter, time.monotonic(), queued=math.inf)
+            if node is not None:
+                return self._lease(node, request)
             limit = self.settings.queue_size
             raise Overloaded(f"the pool's queue is full ({limit} requests may wait and every "
                              f"node holding {request.model!r} is busy)",
@@ -203,7 +208,7 @@ class PoolRoute:
         model = waiter.request.model
         scope = [self.nodes[waiter.backend]] if waiter.backend else list(self.nodes.values())
         holders = [n for n in scope if n.has_model(model)]
-        if not holders and all(n.probed and n.healthy for n in scope):
+        if scope and not holders and all(n.probed and n.healthy for n in scope):
             where = f"node {waiter.backend}" if waiter.backend else "any pool node"
             raise ModelNotFound(f"model '{model}' not found on {where}")
         if holders and all(n.id in waiter.exclude for n in holders if n.available(now)) \

@@ -66,6 +66,8 @@ class PoolSettings:
     queue_timeout: float = 60.0
     health_interval: float = 5.0
     health_timeout: float = 2.0
+    connect_timeout: float = 5.0
+    request_timeout: float = 600.0
     backoff_max: float = 60.0
     eject_failures: int = 3
     eject_seconds: float = 5.0
@@ -82,6 +84,8 @@ class PoolSettings:
             queue_timeout=get("pool_queue_timeout", 60.0),
             health_interval=get("health_interval", 5.0),
             health_timeout=get("pool_health_timeout", 2.0),
+            connect_timeout=get("connect_timeout", 5.0),
+            request_timeout=get("request_timeout", 600.0),
             backoff_max=get("pool_probe_backoff_max", 60.0),
             eject_failures=get("pool_eject_failures", 3),
             eject_seconds=get("pool_eject_seconds", 5.0),

@@ -57,12 +57,12 @@ class SettingsReader:
 
 
 def positive_int(value: Any) -> int:
-    """An integer above 0 (floats like 4096.0 are accepted)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    """An integer above 0 (floats like 4096.0 are accepted; inf and NaN are not)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError("an integer above 0")
-    if float(value) != int(value):
-        raise ValueError("an integer above 0")
-    return int(value)
+    return value
 
 
 def fraction(value: Any) -> float:

@@ -125,10 +125,11 @@ class Gateway:
                 (h for prefix, h in info.PREFIX_HANDLERS.items() if path.startswith(prefix)), None)
             if handler is None:
                 await self._error(send, api, 404, f"no such endpoint: {method} {path}")
-            elif method != "GET":
+            elif method not in ("GET", "HEAD"):
                 await self._error(send, api, 405, f"{path} takes GET, not {method}")
             else:
-                await send_json(send, 200, await handler(self.cluster, scope))
+                await send_json(send, 200, await handler(self.cluster, scope),
+                                head=method == "HEAD")
         except SollolError as exc:
             await self._fail(send, api, exc)
 
@@ -164,7 +165,8 @@ class Gateway:
                 task.uncancel()
                 return  # nobody is listening; the finally below cuts the upstream request
             await self._tell_shutdown(send, api, started, reply)
-            raise
+            task.uncancel()  # the request is over and the client knows why: end it normally
+            return  # (re-raising only made uvicorn log a traceback for every cut request)
         finally:
             watch.stop()
             if isinstance(reply, StreamReply):

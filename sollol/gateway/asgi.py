@@ -73,5 +73,6 @@ async def send_body(send: Send, status: int, body: bytes, content_type: bytes = 
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
-async def send_json(send: Send, status: int, data: Any, headers: Headers | None = None) -> None:
-    await send_body(send, status, json.dumps(data, default=str).encode(), JSON, headers)
+async def send_json(send: Send, status: int, data: Any, headers: Headers | None = None,
+                    head: bool = False) -> None:
+    await send_body(send, status, json.dumps(data, default=str).encode(), JSON, headers, head)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,21 @@ class _ForegroundServer(uvicorn.Server):
     status 143; a requested stop that went well should exit 0.)
     """
 
+    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        if self.force_exit and self.gateway.dispatcher is not None:
+            # A forced stop makes uvicorn skip both cancelling the in-flight requests and the
+            # app's lifespan shutdown, so plugin shutdown hooks would never run and routes
+            # would not stop their processes. Cut the requests (each is told why), then stop.
+            for task in self.server_state.tasks:
+                if not task.cancelling():  # those past the grace period are being told already
+                    task.cancel()
+            await self.lifespan.shutdown()
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit:
             log.warning("second stop signal: cutting in-flight requests now")
@@ -57,7 +73,7 @@ def serve(cluster: Cluster, host: str, port: int, *, grace: float = DEFAULT_GRAC
     """Run the gateway until SIGINT/SIGTERM; in-flight requests get `grace` s to finish."""
     gateway = Gateway(cluster, tune_gc=True)  # the process is ours: tune its collector
     server = _ForegroundServer(uvicorn_config(gateway, host, port, grace=grace,
-                                              log_level=log_level))
+                                              log_level=log_level), gateway)
     server.run()
     if not server.started:
         raise GatewayError(f"the gateway could not start on {host}:{port} (see the log above)")

@@ -38,6 +38,7 @@ class _Connection(asyncio.Protocol):
         self.content_type = ""
         self.keep_alive = False
         self.headers_done = False
+        self.framed = False  # Content-Length or Transfer-Encoding: the body's end is marked
         self.complete = False
         self.received = False
         self.error: BaseException | None = None
@@ -61,6 +62,11 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamError(f"bad HTTP from backend: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.complete and exc is None and self.headers_done and not self.framed:
+            # A body with neither Content-Length nor chunked framing ends where the server
+            # closes the connection (HTTP/1.0 servers, some `Connection: close` replies).
+            self.complete = True
+            self._wake()
         if not self.complete:
             what = "closed the connection" if exc is None else f"connection lost ({exc})"
             self._fail(UpstreamError(f"backend {what} before the response was complete"))
@@ -68,8 +74,11 @@ class _Connection(asyncio.Protocol):
     # ---- httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"content-type":
+        name = name.lower()
+        if name == b"content-type":
             self.content_type = value.decode("latin-1")
+        elif name in (b"content-length", b"transfer-encoding"):
+            self.framed = True
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -136,7 +145,7 @@ class _Connection(asyncio.Protocol):
         """Ready for the next request on this connection."""
         self.parser = httptools.HttpResponseParser(self)
         self.status, self.content_type = 0, ""
-        self.headers_done = self.complete = self.received = False
+        self.headers_done = self.framed = self.complete = self.received = False
         self.error = None
 
     def reusable(self) -> bool:

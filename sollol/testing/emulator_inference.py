@@ -224,6 +224,8 @@ async def embed(app: EmulatorApp, call: Call, body: dict[str, Any], legacy: bool
         wait = speed.latency * faults.slowdown + faults.extra_latency
         if wait:
             await asyncio.sleep(wait)
+        if keep_alive == 0:  # as for generation: unload once the request is done
+            app.store.unload(slot.model.name)
     if legacy:
         vector = embedding(slot.model.name, texts[0], dims, normalize=False) if texts[0] else []
         reply: dict[str, Any] = {"embedding": vector}

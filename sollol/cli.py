@@ -162,6 +162,11 @@ def add_core_commands(group: click.Group) -> None:
 
 def build_cli() -> click.Group:
     """The CLI with the core's and every enabled plugin's commands attached."""
+    return _build_cli()[0]
+
+
+def _build_cli() -> tuple[click.Group, SollolError | None]:
+    """The CLI, and the error that kept plugin commands out of it (if any)."""
     from sollol.config import plugin_lists
     from sollol.plugins import get_plugin_manager
 
@@ -171,13 +176,17 @@ def build_cli() -> click.Group:
         pm = get_plugin_manager(allow, block)
     except (ConfigError, PluginError) as exc:
         # Keep core commands usable (config path/show) so the user can fix the problem.
-        click.echo(f"warning: plugins not loaded: {exc}", err=True)
-        return cli
+        return cli, exc
     pm.hook.sollol_register_commands(cli=cli)
-    return cli
+    return cli, None
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    group = build_cli()
-    group.main(args=argv if argv is not None else sys.argv[1:], prog_name="sollol")
+    args = argv if argv is not None else sys.argv[1:]
+    group, error = _build_cli()
+    if error is not None and (not args or args[0] not in group.commands):
+        # Core commands report a bad config themselves; for a plugin's command (now missing)
+        # or the command list, say why plugin commands are not there.
+        click.echo(f"warning: plugin commands not loaded: {error}", err=True)
+    group.main(args=args, prog_name="sollol")

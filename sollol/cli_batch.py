@@ -72,10 +72,6 @@ def batch(input_file: Path, output: Path | None, concurrency: int | None, model:
     summary = runner.BatchSummary(todo.total, done, failed_before=todo.done_failed)
     if todo.pending:
         cluster = Cluster(config_file, nodes=nodes or None, plugins=plugins or None)
-        unknown = sorted(set(plugins) - set(cluster.runtime.pm.plugin_info))
-        if unknown:
-            installed = ", ".join(sorted(cluster.runtime.pm.plugin_info)) or "none"
-            raise UsageFailure(f"unknown plugin(s) {', '.join(unknown)} (installed: {installed})")
         progress = Progress(len(todo.pending), enabled=not no_progress)
 
         async def main() -> runner.BatchSummary:

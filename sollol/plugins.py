@@ -10,7 +10,7 @@ import attrs
 import pluggy
 
 from sollol import defaults, hookspecs
-from sollol.errors import DuplicateNameError, PluginError
+from sollol.errors import ConfigError, DuplicateNameError, PluginError
 
 ENTRY_POINT_GROUP = "sollol"
 CORE_NAME = "sollol.defaults"
@@ -51,6 +51,10 @@ def get_plugin_manager(
     if load_entry_points:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             _load(pm, ep, allow, block)
+        unknown = sorted(set(allow or ()) - set(pm.plugin_info))
+        if unknown:  # a typo in an allow-list would otherwise silently load nothing
+            installed = ", ".join(sorted(pm.plugin_info)) or "none"
+            raise ConfigError("plugins", unknown, f"names of installed plugins ({installed})")
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:

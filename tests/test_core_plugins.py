@@ -59,6 +59,13 @@ def test_allow_list_loads_only_named_plugins() -> None:
     assert rows["ollama_pool"]["status"] == "not allowed"
 
 
+def test_allow_list_with_an_unknown_name_is_a_config_error() -> None:
+    result = sollol_cli("plugins", env={"SOLLOL_PLUGINS": "policies,olama_pool"})
+    assert result.returncode == 2
+    assert "'plugins'" in result.stderr and "olama_pool" in result.stderr
+    assert "ollama_pool" in result.stderr  # names what is installed
+
+
 def fake_entry_points(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, source: str) -> None:
     """Make the only `sollol` entry point a module written from `source`."""
     module = tmp_path / "fake_sollol_plugin.py"

@@ -197,6 +197,17 @@ async def test_last_healthy_node_is_never_ejected(emulator):
         assert route.state().available
 
 
+async def test_the_last_node_holding_a_model_is_never_ejected(emulator):
+    a, b = emulator(models=["m"]), emulator(models=["other"])
+    async with pool(a, b, pool_eject_failures=1) as route:
+        for _ in range(3):
+            lease = await route.acquire(RouteRequest("m"))
+            lease.release(Outcome(False, 500, "boom"))
+        # b is up, but cannot serve "m": ejecting a would only turn 500s into 503s
+        assert route.nodes[a.address].available(time.monotonic())
+        assert route.snapshot()["nodes"][0]["health"] == "healthy"
+
+
 async def test_active_health_notices_a_dead_node_and_its_return(emulator):
     a, b = emulator(models=["m"]), emulator(models=["m"])
     async with pool(a, b, pool_health_timeout=0.5) as route:

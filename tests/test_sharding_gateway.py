@@ -107,6 +107,7 @@ def test_killed_shard_mid_request_is_a_clear_error_then_survivors_serve(
                 servers[0][1].kill()
     assert time.monotonic() - started < 60  # an error, not a hang
     print("client saw:", info.value)
+    assert "rpc-server" in str(info.value)  # says why, not just "connection closed"
 
     reply = client.chat(model=model, messages=MESSAGES,
                         options={"temperature": 0, "num_predict": 8})

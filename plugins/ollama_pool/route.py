@@ -265,7 +265,9 @@ class PoolRoute:
     def _released(self, node: Node, request: RouteRequest, outcome: Outcome) -> None:
         now = time.monotonic()
         node.in_flight = max(0, node.in_flight - 1)
-        others_up = any(n.available(now) for n in self.nodes.values() if n is not node)
+        # the last node that can serve this model stays: ejecting it turns its errors into 503s
+        others_up = any(n.available(now) and n.has_model(request.model)
+                        for n in self.nodes.values() if n is not node)
         if node.record(outcome, now, self.settings, may_eject=others_up):
             log.warning("pool node %s ejected: %s", node.id, node.detail)
         elif outcome.connect_failed:

@@ -65,3 +65,30 @@ def test_pull_failure_and_unknown_node(emulator):
     assert result.exit_code == 1 and "file does not exist" in result.output
     result = run("pull", "m", "--node", "10.1.1.1:1", env=env)
     assert result.exit_code == 1 and "not configured" in result.output
+
+
+def test_a_non_gateway_answering_on_the_gateway_port_is_not_trusted() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from sollol_plugins.ollama_pool.cli import _gateway_nodes
+
+    class NotJson(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html>some other web server</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotJson)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert _gateway_nodes(f"http://127.0.0.1:{server.server_port}") is None
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -43,7 +43,13 @@ def _gateway_nodes(url: str) -> dict[str, Any] | None:
         reply = httpx.get(url.rstrip("/") + "/sollol/nodes", timeout=2.0, trust_env=False)
     except httpx.HTTPError:
         return None
-    return reply.json() if reply.status_code == 200 else None
+    if reply.status_code != 200:
+        return None
+    try:
+        data = reply.json()
+    except ValueError:  # something else listens there, not a SOLLOL gateway
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _size(value: Any) -> str:

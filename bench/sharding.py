@@ -200,8 +200,30 @@ async def main() -> None:
                                                       args.scale_tokens, 1))
     text = json.dumps(results, indent=2)
     print(text)
+    print(ratios(results), file=sys.stderr)
     if args.out:
         args.out.write_text(text + "\n")
+
+
+def ratios(results: dict[str, Any]) -> str:
+    """The side-by-side ratios of one run, as lines for people."""
+    sharded = results["sharded_2_backends"]
+    lines = ["ratios (sharded over 2 rpc-servers / one llama-server, same run):"]
+    for name in ("direct_1_thread", "direct_2_threads"):
+        direct = results[name]
+        lines.append(
+            f"  vs {name.replace('_', ' ')}: tokens/s {_ratio(sharded, direct, 'tokens_per_s')}, "
+            f"cold start {_ratio(sharded, direct, 'cold_first_token_s')}, "
+            f"warm first token {_ratio(sharded, direct, 'warm_first_token_s')}")
+    if "cache" in results:
+        cache = results["cache"]
+        lines.append("  rpc-server cache, reload with / without: "
+                     f"{cache['with_cache']['reload_s'] / cache['without_cache']['reload_s']:.2f}x")
+    return "\n".join(lines)
+
+
+def _ratio(top: dict[str, Any], bottom: dict[str, Any], key: str) -> str:
+    return f"{top[key] / bottom[key]:.2f}x" if bottom.get(key) else "n/a"
 
 
 if __name__ == "__main__":

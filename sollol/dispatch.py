@@ -162,24 +162,30 @@ class Dispatcher:
         last: Reply | None = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + float(self.cluster.config["request_timeout"])
-        while len(tried) <= self.max_retries and loop.time() < deadline:
-            try:
-                lease = await self.cluster.acquire(call.request, decision, exclude=tried)
-            except SollolError as exc:
-                if not failures:
-                    self._record(call, decision, None, int(getattr(exc, "status", 500)),
-                                 started, 0, str(exc))
-                    raise
-                failures.append(f"no other backend ({exc})")
-                break
-            tried.append(lease.backend.id)
-            result = await self._attempt(call, decision, lease, started, len(tried), deadline)
-            if isinstance(result, Reply):
-                return result
-            failures.append(result.message)
-            last = result.reply or last
-            if decision.backend is not None:
-                break  # the decision pinned one backend: there is nowhere else to go
+        try:
+            while len(tried) <= self.max_retries and loop.time() < deadline:
+                try:
+                    lease = await self.cluster.acquire(call.request, decision, exclude=tried)
+                except SollolError as exc:
+                    if not failures:
+                        self._record(call, decision, None, int(getattr(exc, "status", 500)),
+                                     started, 0, str(exc))
+                        raise
+                    failures.append(f"no other backend ({exc})")
+                    break
+                tried.append(lease.backend.id)
+                result = await self._attempt(call, decision, lease, started, len(tried), deadline)
+                if isinstance(result, Reply):
+                    return result
+                failures.append(result.message)
+                last = result.reply or last
+                if decision.backend is not None:
+                    break  # the decision pinned one backend: there is nowhere else to go
+        except asyncio.CancelledError:
+            # the client left (or the gateway is stopping) before the first byte: still an event
+            self._record(call, decision, tried[-1] if tried else None, 499, started, len(tried),
+                         "cancelled before the first byte (client gone or gateway stopping)")
+            raise
         message = "; ".join(failures) or "request timed out"
         if last is not None:
             self._record(call, decision, tried[-1], last.status, started, len(tried), message)

@@ -177,3 +177,6 @@ def test_client_leaving_a_non_streamed_request_cancels_it_upstream(emulator, gat
     backend, outcome = route.outcomes[0]
     assert backend == "hang" and not outcome.ok and outcome.status == 499
     assert route.in_flight["hang"] == 0
+    events = httpx.get(gw.url + "/sollol/events").json()["events"]  # dashboards see it too
+    cut = [e for e in events if e["status"] == 499]
+    assert [(e["backend"], e["model"], e["ok"]) for e in cut] == [("hang", "m", False)]

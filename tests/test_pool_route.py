@@ -225,13 +225,18 @@ async def test_a_hanging_probe_blocks_neither_routing_nor_stop(emulator):
     hung = emulator(models=["m"], faults=Faults(hang=True, scope="all"))
     good = emulator(models=["m"])
     cluster = Cluster.from_config(overrides={"ollama_nodes": [hung.address, good.address],
-                                             "health_interval": 30, "pool_health_timeout": 2})
+                                             "health_interval": 30, "pool_health_timeout": 4})
     await cluster.start()
     route = cluster.routes[POOL]
     loop_task = route._task
+    # the start-up probe timed out on the client side; wait until the node has seen it go, so
+    # that the in-flight request counted below is the new probe's
+    await wait_for(lambda: hung.stats()["in_flight"] == 0)
+    seen = sum(hung.stats()["requests"].values())
     route.nodes[hung.address].next_probe = 0.0  # probe now (the next round was 30 s away)
     route._wake.set()
-    await wait_for(lambda: hung.stats()["in_flight"] == 1)  # the probe waits for an answer
+    await wait_for(lambda: hung.stats()["in_flight"] == 1  # the probe waits for an answer
+                   and sum(hung.stats()["requests"].values()) > seen)
     lease = await route.acquire(RouteRequest("m"))
     assert lease.backend.id == good.address
     assert hung.stats()["in_flight"] == 1  # routing did not wait for the probe to end

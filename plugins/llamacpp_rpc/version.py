@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from sollol.llamacpp import Binaries
+from sollol.processes import die_with_parent
 
 from .probe import ProbeError, Version, probe
 from .procs import free_port
@@ -34,7 +35,9 @@ def _ask(path: Path, timeout: float) -> Version | None:
     proc = subprocess.Popen(
         [str(path), "-H", "127.0.0.1", "-p", str(port), "-t", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        start_new_session=True,
+        # the parent-death signal fires when the forking *thread* ends; that is fine here, as
+        # this short-lived server is stopped before the function returns anyway
+        start_new_session=True, preexec_fn=die_with_parent,
     )
     try:
         deadline = time.monotonic() + timeout

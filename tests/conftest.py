@@ -209,6 +209,28 @@ def pool_gateway() -> Iterator[Callable[..., Any]]:
 
 
 @pytest.fixture
+def scripted_node() -> Iterator[Callable[..., Any]]:
+    """Factory: `scripted_node(api=..., pause_after_first=...)` -> a started ScriptedNode.
+
+    Every node it started is stopped when the test ends.
+    """
+    from sollol.testing.scripted_node import ScriptedNode
+
+    nodes: list[ScriptedNode] = []
+
+    def start(**kwargs: Any) -> ScriptedNode:
+        node = ScriptedNode(**kwargs).start()
+        nodes.append(node)
+        return node
+
+    try:
+        yield start
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture
 def gateway() -> Iterator[Callable[..., Any]]:
     """Factory: `gateway(routes=[...], policies={...}, **config)` -> a running GatewayThread.
 

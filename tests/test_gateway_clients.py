@@ -11,7 +11,6 @@ import ollama
 import openai
 import pytest
 
-from sollol.testing.scripted_node import ScriptedNode
 from sollol.testing.static_route import StaticRoute, Upstream
 
 
@@ -24,10 +23,8 @@ WORDS = ("Hello", " from", " a", " scripted", " node")
 
 
 @pytest.fixture
-def scripted():
-    node = ScriptedNode(api="openai").start()
-    yield node
-    node.stop()
+def scripted(scripted_node):
+    return scripted_node(api="openai")
 
 
 @pytest.fixture

@@ -9,24 +9,19 @@ import httpx
 import pytest
 
 from sollol.errors import Overloaded
-from sollol.testing.scripted_node import ScriptedNode
 from sollol.testing.static_route import StaticRoute, Upstream
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
-def node():
-    started = ScriptedNode(api="ollama").start()
-    yield started
-    started.stop()
+def node(scripted_node):
+    return scripted_node(api="ollama")
 
 
 @pytest.fixture
-def openai_node():
-    started = ScriptedNode(api="openai").start()
-    yield started
-    started.stop()
+def openai_node(scripted_node):
+    return scripted_node(api="openai")
 
 
 @pytest.fixture

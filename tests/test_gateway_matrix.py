@@ -11,7 +11,6 @@ import pytest
 from sollol.errors import NoRouteAvailable
 from sollol.models import RouteDecision
 from sollol.router import POOL, SHARDING
-from sollol.testing.scripted_node import ScriptedNode
 from sollol.testing.static_route import StaticRoute, Upstream
 
 MODELS = ("small", "big")
@@ -37,11 +36,10 @@ class BySize:
 
 
 @pytest.fixture
-def cluster_nodes(emulator):
+def cluster_nodes(emulator, scripted_node):
     first, second = emulator(models=list(MODELS)), emulator(models=list(MODELS))
-    shard = ScriptedNode(api="openai").start()  # llama-server speaks the OpenAI dialect
-    yield first, second, shard
-    shard.stop()
+    shard = scripted_node(api="openai")  # llama-server speaks the OpenAI dialect
+    return first, second, shard
 
 
 @pytest.fixture

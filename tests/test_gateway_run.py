@@ -22,7 +22,6 @@ from sollol.gateway import GatewayThread
 from sollol.hookspecs import hookimpl
 from sollol.plugins import get_plugin_manager
 from sollol.processes import free_port, wait_http
-from sollol.testing.scripted_node import ScriptedNode
 from sollol.testing.static_route import RoutesPlugin, StaticRoute, Upstream
 
 cli = build_cli()
@@ -114,58 +113,49 @@ def _stream_while_stopping(gw):
     return lines
 
 
-def test_in_flight_stream_finishes_within_the_grace_period():
-    node = ScriptedNode(api="ollama", pause_after_first=1.0).start()
-    try:
-        gw, recorder = _gateway(node, grace=20.0)
-        lines = _stream_while_stopping(gw)
-    finally:
-        node.stop()
+def test_in_flight_stream_finishes_within_the_grace_period(scripted_node):
+    node = scripted_node(api="ollama", pause_after_first=1.0)
+    gw, recorder = _gateway(node, grace=20.0)
+    lines = _stream_while_stopping(gw)
     assert lines[-1]["done"] is True and "error" not in lines[-1]
     assert len(recorder.calls) == 1  # plugin shutdown hooks ran
 
 
-def test_stream_past_the_grace_period_is_told_why_it_was_cut():
-    node = ScriptedNode(api="ollama", pause_after_first=5.0).start()
-    try:
-        gw, recorder = _gateway(node, grace=0.5)
-        errors = ErrorLog()
-        lines = _stream_while_stopping(gw)
-        errors.close()
-    finally:
-        node.stop()
+def test_stream_past_the_grace_period_is_told_why_it_was_cut(scripted_node):
+    node = scripted_node(api="ollama", pause_after_first=5.0)
+    gw, recorder = _gateway(node, grace=0.5)
+    errors = ErrorLog()
+    lines = _stream_while_stopping(gw)
+    errors.close()
     assert lines[-1] == {"error": "stream cut: the gateway is shutting down"}
     assert len(recorder.calls) == 1
     # A request cut on purpose is not a crash: no "Exception in ASGI application" traceback.
     assert not [m for m in errors.messages if m.startswith("Exception in")]
 
 
-def test_second_stop_signal_cuts_streams_at_once_and_still_runs_shutdown_hooks():
+def test_second_stop_signal_cuts_streams_at_once_and_still_runs_shutdown_hooks(scripted_node):
     from sollol.gateway.server import _ForegroundServer
 
-    node = ScriptedNode(api="ollama", pause_after_first=5.0).start()
-    try:
-        pm = get_plugin_manager(load_entry_points=False)
-        pm.register(RoutesPlugin([StaticRoute("pool", [Upstream("n", node.url, "ollama",
-                                                                ("m",))])]))
-        recorder = ShutdownRecorder()
-        pm.register(recorder)
-        gw = GatewayThread(Cluster(config=load_config(), pm=pm), grace=30.0)
-        gw.server = _ForegroundServer(gw.server.config, gw.gateway)  # what `sollol run` serves with
-        gw.start()
-        errors = ErrorLog()
-        lines = []
-        with httpx.stream("POST", gw.url + "/api/chat", json=CHAT, timeout=30) as reply:
-            for line in reply.iter_lines():
-                if line.strip():
-                    lines.append(json.loads(line))
-                if len(lines) == 1:
-                    gw.server.handle_exit(signal.SIGINT, None)
-                    gw.server.handle_exit(signal.SIGINT, None)  # the impatient second Ctrl-C
-        gw.stop()
-        errors.close()
-    finally:
-        node.stop()
+    node = scripted_node(api="ollama", pause_after_first=5.0)
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register(RoutesPlugin([StaticRoute("pool", [Upstream("n", node.url, "ollama",
+                                                            ("m",))])]))
+    recorder = ShutdownRecorder()
+    pm.register(recorder)
+    gw = GatewayThread(Cluster(config=load_config(), pm=pm), grace=30.0)
+    gw.server = _ForegroundServer(gw.server.config, gw.gateway)  # what `sollol run` serves with
+    gw.start()
+    errors = ErrorLog()
+    lines = []
+    with httpx.stream("POST", gw.url + "/api/chat", json=CHAT, timeout=30) as reply:
+        for line in reply.iter_lines():
+            if line.strip():
+                lines.append(json.loads(line))
+            if len(lines) == 1:
+                gw.server.handle_exit(signal.SIGINT, None)
+                gw.server.handle_exit(signal.SIGINT, None)  # the impatient second Ctrl-C
+    gw.stop()
+    errors.close()
     assert lines[-1] == {"error": "stream cut: the gateway is shutting down"}
     assert len(recorder.calls) == 1  # shutdown hooks ran although the stop was forced
     assert not [m for m in errors.messages if m.startswith("Exception in")]

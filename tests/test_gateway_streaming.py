@@ -12,7 +12,6 @@ import ollama
 import openai
 import pytest
 
-from sollol.testing.scripted_node import ScriptedNode
 from sollol.testing.static_route import StaticRoute, Upstream
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -27,26 +26,12 @@ def _wait(predicate, timeout=20.0):
         time.sleep(0.02)
 
 
-@pytest.fixture
-def scripted_factory():
-    nodes = []
-
-    def start(**kwargs):
-        node = ScriptedNode(**kwargs).start()
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        node.stop()
-
-
 @pytest.mark.parametrize(("backend_api", "path"), [
     ("ollama", "/api/chat"), ("openai", "/api/chat"),
     ("openai", "/v1/chat/completions"), ("ollama", "/v1/chat/completions"),
 ])
-def test_first_chunk_arrives_before_the_pause_ends(scripted_factory, gateway, backend_api, path):
-    node = scripted_factory(api=backend_api, pause_after_first=2.0)
+def test_first_chunk_arrives_before_the_pause_ends(scripted_node, gateway, backend_api, path):
+    node = scripted_node(api=backend_api, pause_after_first=2.0)
     gw = gateway([StaticRoute("pool", [Upstream("slow", node.url, backend_api, ("m",))])])
     with httpx.stream("POST", gw.url + path, json={**CHAT, "stream": True}, timeout=30) as reply:
         assert reply.status_code == 200
@@ -62,8 +47,8 @@ def test_first_chunk_arrives_before_the_pause_ends(scripted_factory, gateway, ba
 
 
 @pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
-def test_client_disconnect_cancels_the_upstream_request(scripted_factory, gateway, path):
-    node = scripted_factory(api="ollama", pause_after_first=1.0)
+def test_client_disconnect_cancels_the_upstream_request(scripted_node, gateway, path):
+    node = scripted_node(api="ollama", pause_after_first=1.0)
     route = StaticRoute("pool", [Upstream("node", node.url, "ollama", ("m",))])
     gw = gateway([route])
     with httpx.stream("POST", gw.url + path, json={**CHAT, "stream": True}, timeout=30) as reply:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from sollol import aggregate
 from sollol.cluster import Cluster as Runtime
 from sollol.cluster import load
+from sollol.dialects.replies import error_message
 from sollol.dispatch import Dispatcher, StreamReply
 from sollol.errors import (
     BackendError,
@@ -36,7 +37,6 @@ from sollol.errors import (
     SollolError,
 )
 from sollol.fanout import FanOut, capacity
-from sollol.gateway.translate_replies import error_message
 from sollol.gateway.validate import validate
 from sollol.loop_thread import LoopThread
 from sollol.tasks import Response, Task, TaskResult

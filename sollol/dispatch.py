@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from sollol.errors import BackendError, NoRouteAvailable, SollolError
-from sollol.gateway.errors import stream_error
-from sollol.gateway.translate import (
+from sollol.calls import Call, Op
+from sollol.dialects.errors import stream_error
+from sollol.dialects.replies import error_message, load_reply, show_from_info
+from sollol.dialects.translate import (
     JSON_TYPE,
     STREAM_TYPES,
     Plan,
@@ -29,27 +30,16 @@ from sollol.gateway.translate import (
     plan,
     tokens_in,
 )
-from sollol.gateway.translate_replies import error_message, load_reply, show_from_info
-from sollol.gateway.upstream import ConnectFailed, Response, UpstreamError, UpstreamPool
-from sollol.models import Api, RouteDecision, RouteEvent, RouteRequest
+from sollol.errors import BackendError, NoRouteAvailable, SollolError
+from sollol.models import Api, RouteDecision, RouteEvent
 from sollol.routes import Lease, Outcome
+from sollol.upstream import ConnectFailed, Response, UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
     from sollol.cluster import Cluster
 
-Op = Literal["chat", "generate", "completions", "embed", "embeddings", "show"]
+__all__ = ["Call", "Dispatcher", "Op", "Reply", "StreamReply"]
 _NETWORK_ERRORS = (UpstreamError, TimeoutError, OSError)
-
-
-@attrs.frozen
-class Call:
-    """One validated client request: its dialect, operation, parsed body and original bytes."""
-
-    api: Api
-    op: Op
-    body: Mapping[str, Any]
-    raw: bytes
-    request: RouteRequest
 
 
 @attrs.define(eq=False)

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from sollol.cli import build_cli
-from sollol.cli_run import is_loopback
+from sollol.cli.run import is_loopback
 from sollol.cluster import Cluster
 from sollol.config import load_config
 from sollol.gateway import GatewayThread

@@ -8,13 +8,13 @@ import struct
 
 import pytest
 
+from sollol.dialects.errors import error_body, stream_error
+from sollol.dialects.replies import ollama_reply_to_openai, openai_reply_to_ollama
+from sollol.dialects.requests import ollama_to_openai, openai_to_ollama
+from sollol.dialects.streams import NdjsonToSse, Passthrough, SseToNdjson
+from sollol.dialects.translate import plan
 from sollol.errors import RequestError
 from sollol.gateway.asgi import route_headers
-from sollol.gateway.errors import error_body, stream_error
-from sollol.gateway.translate import plan
-from sollol.gateway.translate_replies import ollama_reply_to_openai, openai_reply_to_ollama
-from sollol.gateway.translate_requests import ollama_to_openai, openai_to_ollama
-from sollol.gateway.translate_streams import NdjsonToSse, Passthrough, SseToNdjson
 from sollol.gateway.validate import conversation_key, validate
 
 

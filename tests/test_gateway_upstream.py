@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from sollol.gateway.upstream import ConnectFailed, UpstreamError, UpstreamPool
 from sollol.processes import free_port
+from sollol.upstream import ConnectFailed, UpstreamError, UpstreamPool
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[bool]]
 """Answers request number n on one connection; False closes the connection."""

@@ -10,8 +10,7 @@ if TYPE_CHECKING:
     from sollol.gateway.server import GatewayThread, serve
 
 __all__ = ["Gateway", "GatewayThread", "serve"]
-# Imported on first use: `sollol.dispatch` imports gateway submodules, and an eager import of
-# `app` here (which imports `sollol.dispatch`) made `import sollol.dispatch` fail when it ran first.
+# Imported on first use: the library (`sollol.Cluster`) must not pay for uvicorn at import time.
 _LAZY = {"Gateway": "sollol.gateway.app", "GatewayThread": "sollol.gateway.server",
          "serve": "sollol.gateway.server"}
 

@@ -11,7 +11,9 @@ import gc
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sollol.dispatch import Dispatcher, Op, StreamReply
+from sollol.calls import Op
+from sollol.dialects.errors import error_body, error_code, error_status, retry_after, stream_error
+from sollol.dispatch import Dispatcher, StreamReply
 from sollol.errors import SollolError
 from sollol.gateway import info, manage
 from sollol.gateway.asgi import (
@@ -23,7 +25,6 @@ from sollol.gateway.asgi import (
     send_body,
     send_json,
 )
-from sollol.gateway.errors import error_body, error_code, error_status, retry_after, stream_error
 from sollol.gateway.validate import validate
 from sollol.models import Api
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from sollol.dispatch import Call, Op
+from sollol.calls import Call, Op
 from sollol.errors import RequestError
 from sollol.models import Api, Endpoint, RouteRequest
 

@@ -8,18 +8,18 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from sollol.errors import BackendError
-from sollol.gateway.translate_replies import (
+from sollol.dialects.replies import (
     error_message,
     ollama_reply_to_openai,
     openai_reply_to_ollama,
 )
-from sollol.gateway.translate_requests import ollama_to_openai, openai_to_ollama
-from sollol.gateway.translate_streams import NdjsonToSse, Passthrough, SseToNdjson
+from sollol.dialects.requests import ollama_to_openai, openai_to_ollama
+from sollol.dialects.streams import NdjsonToSse, Passthrough, SseToNdjson
+from sollol.errors import BackendError
 from sollol.models import Api
 
 if TYPE_CHECKING:
-    from sollol.dispatch import Call
+    from sollol.calls import Call
 
 OLLAMA_PATHS = {"chat": "/api/chat", "generate": "/api/generate", "embed": "/api/embed",
                 "embeddings": "/api/embeddings", "show": "/api/show"}
@@ -95,7 +95,7 @@ def convert_error(call: Call, plan: Plan, raw: bytes, status: int) -> bytes:
     """An upstream error body in the client's dialect (untouched when the dialects match)."""
     if not plan.translated:
         return raw
-    from sollol.gateway.errors import error_body
+    from sollol.dialects.errors import error_body
 
     return error_body(call.api, status, error_message(raw))
 

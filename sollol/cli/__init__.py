@@ -149,12 +149,12 @@ def config_set(key: str, value: str, config_file: Path | None) -> None:
 
 def add_core_commands(group: click.Group) -> None:
     """Attach the core's commands that live in their own modules."""
-    from sollol.cli_batch import batch
-    from sollol.cli_demo import demo
-    from sollol.cli_doctor import doctor
-    from sollol.cli_llamacpp import llamacpp
-    from sollol.cli_models import models
-    from sollol.cli_run import run
+    from sollol.cli.batch import batch
+    from sollol.cli.demo import demo
+    from sollol.cli.doctor import doctor
+    from sollol.cli.llamacpp import llamacpp
+    from sollol.cli.models import models
+    from sollol.cli.run import run
 
     for command in (run, demo, doctor, batch, llamacpp, models):
         group.add_command(command)

@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from sollol.gateway.translate_replies import (
+from sollol.dialects.replies import (
     finish_reason,
     iso_now,
     new_id,

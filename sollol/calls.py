@@ -1,0 +1,23 @@
+"""A validated client request as the dispatcher and the dialect translators see it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+
+from sollol.models import Api, RouteRequest
+
+Op = Literal["chat", "generate", "completions", "embed", "embeddings", "show"]
+
+
+@attrs.frozen
+class Call:
+    """One validated client request: its dialect, operation, parsed body and original bytes."""
+
+    api: Api
+    op: Op
+    body: Mapping[str, Any]
+    raw: bytes
+    request: RouteRequest

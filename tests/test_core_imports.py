@@ -38,3 +38,21 @@ def test_the_scan_would_catch_an_import(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text("from sollol_plugins.policies import x\nimport plugins.ollama_pool\n")
     assert {"sollol_plugins.policies", "plugins.ollama_pool"} <= imported_modules(sample)
+
+
+def test_the_request_path_below_the_gateway_never_imports_it() -> None:
+    """Dispatcher, dialects and upstream client serve the library too: no HTTP server."""
+    below = [CORE / "dispatch.py", CORE / "calls.py", CORE / "upstream.py",
+             *sorted((CORE / "dialects").glob("*.py"))]
+    offenders = {
+        f"{path.relative_to(CORE.parent)}: {name}"
+        for path in below
+        for name in imported_modules(path)
+        if name == "sollol.gateway" or name.startswith(("sollol.gateway.", "sollol.cli"))
+    }
+    assert not offenders, offenders
+
+
+def test_core_commands_live_in_the_cli_package() -> None:
+    strays = sorted(path.name for path in CORE.glob("cli_*.py"))
+    assert not strays, f"CLI modules outside sollol/cli/: {strays}"

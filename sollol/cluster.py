@@ -33,14 +33,20 @@ log = logging.getLogger("sollol")
 
 def load(
     *, path: os.PathLike[str] | str | None = None, overrides: dict[str, Any] | None = None,
-    env: dict[str, str] | None = None,
+    env: dict[str, str] | None = None, register: Collection[object] = (),
 ) -> tuple[Config, SollolPluginManager]:
-    """Load the plugin manager (honouring allow/block lists) and the full, validated config."""
+    """Load the plugin manager (honouring allow/block lists) and the full, validated config.
+
+    `register`: plugin objects to add beside the entry points (tests' inline plugins); their
+    config keys count like any plugin's.
+    """
     from pathlib import Path
 
     file = Path(path) if path else None
     allow, block = plugin_lists(path=file, env=env, overrides=overrides)
     pm = get_plugin_manager(allow, block)
+    for plugin in register:
+        pm.register(plugin)
     settings = collect_named(pm, "sollol_register_settings", "config key")
     config = load_config([s for s, _ in settings.values()], path=file, env=env,
                          overrides=overrides)

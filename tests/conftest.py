@@ -1,7 +1,10 @@
-"""The one fixture module that starts real processes for tests, and always stops them.
+"""Fixtures of SOLLOL's own test suite, on top of the public ones in `sollol.testing.pytest_plugin`.
 
-Sections: core, llama.cpp (binaries, tiny models, store), emulator nodes, gateway, sharding.
-Every fixture that starts a process does so through a `ProcessGroup` that is stopped at teardown.
+The public plugin (loaded by pytest through its `pytest11` entry point, as for any plugin author)
+starts the real processes: `processes`, `llama_binaries`, `tiny_model`, `ollama_store`,
+`llama_server`, `rpc_servers`, `emulator`, `emulator_process`, `scripted_node`, `sollol_gateway`.
+This module adds the suite's own compositions of them. Every fixture that starts a process does
+so through a `ProcessGroup` or an owner object that is stopped at teardown.
 """
 
 from __future__ import annotations
@@ -18,30 +21,8 @@ from sollol.processes import ProcessGroup
 if TYPE_CHECKING:
     from sollol.llamacpp import Binaries
     from sollol.processes import ManagedProcess
-    from sollol.testing.emulator import EmulatorNode
-    from sollol.testing.ollama_store import OllamaStoreBuilder
 
 # ---------------------------------------------------------------------------------------- core
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[ProcessGroup]:
-    """A process group for one test; everything in it is stopped when the test ends."""
-    group = ProcessGroup(log_dir=tmp_path / "logs")
-    try:
-        yield group
-    finally:
-        group.stop_all()
-
-
-@pytest.fixture(scope="session")
-def session_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessGroup]:
-    """A process group shared by the whole session (slow-to-start servers)."""
-    group = ProcessGroup(log_dir=tmp_path_factory.mktemp("session-logs"))
-    try:
-        yield group
-    finally:
-        group.stop_all()
 
 
 @pytest.fixture
@@ -51,132 +32,12 @@ def pm() -> SollolPluginManager:
 
 
 @pytest.fixture(autouse=True)
-def isolated_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point SOLLOL at an empty config file and clear SOLLOL_* / OLLAMA_HOSTS from the env."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("SOLLOL_") or name in ("OLLAMA_HOSTS", "OLLAMA_MODELS"):
-            monkeypatch.delenv(name)
-    path = tmp_path / "config" / "config.toml"
-    monkeypatch.setenv("SOLLOL_CONFIG", str(path))
-    return path
+def isolated_config(sollol_isolated_config: Path) -> Path:
+    """Every test runs on an empty config file in tmp, with SOLLOL_* and OLLAMA_* cleared."""
+    return sollol_isolated_config
 
 
-# ----------------------------------------------------------------------------------- llama.cpp
-
-
-@pytest.fixture(scope="session")
-def llama_binaries() -> Binaries:
-    """The real llama-server and ggml-rpc-server; FAILS (never skips) when they are missing.
-
-    Honours SOLLOL_LLAMA_CPP_DIR, PATH and the build cache, not the user's config file.
-    """
-    import os
-
-    from sollol.config import Config
-    from sollol.errors import BinaryNotFound
-    from sollol.llamacpp import INSTALL_COMMAND, find_binaries
-
-    try:
-        return find_binaries(Config(values={"llama_cpp_dir": None}), env=os.environ)
-    except BinaryNotFound as exc:
-        pytest.fail(f"llama.cpp binaries are missing: run `{INSTALL_COMMAND}` first ({exc})")
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A generated ~1 MB llama GGUF (TinyModelSpec() defaults: 8 layers, 64 dims, f16, seed 0)."""
-    from sollol.testing.tiny_models import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf")
-
-
-@pytest.fixture
-def ollama_store(
-    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch,
-) -> OllamaStoreBuilder:
-    """An Ollama-layout store in tmp, set as OLLAMA_MODELS, holding the tiny model as `tiny`,
-    `someone/tiny:v1` and `hf.co/org/tiny-GGUF:F16`. Add more with the returned builder."""
-    from sollol.testing.ollama_store import OllamaStoreBuilder
-
-    store = OllamaStoreBuilder(tmp_path / "ollama-models")
-    for name in ("tiny", "someone/tiny:v1", "hf.co/org/tiny-GGUF:F16"):
-        store.add_model(name, tiny_model, params={"temperature": 0})
-    monkeypatch.setenv("OLLAMA_MODELS", str(store.root))
-    return store
-
-
-@pytest.fixture
-def llama_server(
-    processes: ProcessGroup, llama_binaries: Binaries,
-) -> Callable[..., tuple[str, ManagedProcess]]:
-    """Start a real llama-server on a model: `url, proc = llama_server(path, "-c", "512")`.
-
-    Waits for /health to answer 200; the server stops with the test's process group.
-    """
-    from sollol.processes import free_port, wait_http
-
-    def start(model: Path, *extra: str, threads: int = 1) -> tuple[str, ManagedProcess]:
-        port = free_port()
-        args = [llama_binaries.llama_server, "-m", model, "--host", "127.0.0.1",
-                "--port", str(port), "-t", str(threads), "-c", "512", *extra]
-        proc = processes.start(f"llama-server-{port}", args)
-        url = f"http://127.0.0.1:{port}"
-        wait_http(url + "/health", process=proc, timeout=120)
-        return url, proc
-
-    return start
-
-
-
-# ------------------------------------------------------------------------------ emulator nodes
-
-
-@pytest.fixture
-def emulator() -> Iterator[Callable[..., EmulatorNode]]:
-    """Factory for in-process emulated Ollama nodes: `emulator(models=[...], ...)`.
-
-    Takes EmulatorNode's keyword arguments; every node is stopped when the test ends.
-    """
-    from sollol.testing.emulator import EmulatorNode
-
-    nodes: list[EmulatorNode] = []
-
-    def start(**kwargs: Any) -> EmulatorNode:
-        node = EmulatorNode(**kwargs)
-        nodes.append(node)
-        return node.start()
-
-    try:
-        yield start
-    finally:
-        for node in reversed(nodes):
-            node.stop()
-
-
-@pytest.fixture
-def emulator_process(processes: ProcessGroup) -> Callable[..., str]:
-    """Factory for emulated Ollama nodes as separate processes; returns the node's URL.
-
-    `emulator_process("llama3.2:1b", "--tokens-per-second", "50")`: model names, then extra
-    command-line flags of `python -m sollol.testing.emulator`. Stopped with the test's group.
-    """
-    import sys
-
-    from sollol.processes import free_port, wait_http
-
-    def start(*models: str, flags: Sequence[str] = ()) -> str:
-        port = free_port()
-        args = [sys.executable, "-m", "sollol.testing.emulator", "--port", str(port)]
-        for model in models:
-            args += ["--model", model]
-        proc = processes.start(f"emulator-{port}", [*args, *flags])
-        url = f"http://127.0.0.1:{port}"
-        wait_http(url + "/api/version", process=proc, timeout=30)
-        return url
-
-    return start
+# ------------------------------------------------------------------------------------ pool
 
 
 @pytest.fixture
@@ -206,28 +67,6 @@ def pool_gateway() -> Iterator[Callable[..., Any]]:
 
 
 # ------------------------------------------------------------------------------------- gateway
-
-
-@pytest.fixture
-def scripted_node() -> Iterator[Callable[..., Any]]:
-    """Factory: `scripted_node(api=..., pause_after_first=...)` -> a started ScriptedNode.
-
-    Every node it started is stopped when the test ends.
-    """
-    from sollol.testing.scripted_node import ScriptedNode
-
-    nodes: list[ScriptedNode] = []
-
-    def start(**kwargs: Any) -> ScriptedNode:
-        node = ScriptedNode(**kwargs).start()
-        nodes.append(node)
-        return node
-
-    try:
-        yield start
-    finally:
-        for node in nodes:
-            node.stop()
 
 
 @pytest.fixture
@@ -264,44 +103,6 @@ def gateway() -> Iterator[Callable[..., Any]]:
 
 
 # ------------------------------------------------------------------------------------ sharding
-
-
-@pytest.fixture
-def rpc_servers(
-    processes: ProcessGroup, llama_binaries: Binaries,
-) -> Callable[..., list[tuple[str, ManagedProcess]]]:
-    """Start real ggml-rpc-servers on loopback: `[(address, proc), ...] = rpc_servers(3)`.
-
-    Each answers an RPC HELLO before this returns; all stop with the test's process group.
-    """
-    import time
-
-    from sollol_plugins.llamacpp_rpc.probe import ProbeError, probe
-
-    from sollol.processes import free_port
-
-    def start(count: int, *extra: str) -> list[tuple[str, ManagedProcess]]:
-        started = []
-        for _ in range(count):
-            port = free_port()
-            proc = processes.start(f"rpc-server-{port}", [
-                llama_binaries.rpc_server, "-H", "127.0.0.1", "-p", str(port), "-t", "1", *extra])
-            started.append((f"127.0.0.1:{port}", proc))
-        for address, proc in started:
-            deadline = time.monotonic() + 30
-            while True:
-                if not proc.alive():
-                    pytest.fail(f"rpc-server {address} exited:\n{proc.log_text()[-2000:]}")
-                try:
-                    probe("127.0.0.1", int(address.rsplit(":", 1)[1]), timeout=2)
-                    break
-                except ProbeError:
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"rpc-server {address} never answered HELLO")
-                    time.sleep(0.05)
-        return started
-
-    return start
 
 
 @pytest.fixture

@@ -62,6 +62,8 @@ def _leaf_commands():
     def walk(group: click.Group, prefix: str):
         for name, command in sorted(group.commands.items()):
             if isinstance(command, click.Group):
+                if command.invoke_without_command:  # a group that is a command itself
+                    yield f"{prefix} {name}", command
                 yield from walk(command, f"{prefix} {name}")
             else:
                 yield f"{prefix} {name}", command

@@ -16,15 +16,20 @@ from __future__ import annotations
 import ipaddress
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import httpx
 
 from sollol.config import Config
 from sollol.models import Backend, split_host_port
 
+if TYPE_CHECKING:
+    from sollol.cluster import Cluster
+
 OLLAMA = "ollama"
 OPENAI = "openai"
 KINDS = (OLLAMA, OPENAI)
+DIALECTS = frozenset(KINDS)  # what the gateway can send requests in
 DEFAULT_PORT = 11434
 DEFAULT_NODE = "127.0.0.1:11434"
 _PREFIXES = {
@@ -61,6 +66,14 @@ def parse_node(text: str, source: str = "config") -> Backend:
     if detect:
         labels["detect"] = "1"
     return Backend(id=address, kind=kind, address=address, labels=labels)
+
+
+def pool_dialects(cluster: Cluster) -> dict[str, str]:
+    """{kind: dialect} of every backend kind the pool can serve: ours, and any other plugin's
+    kind whose `api` is a dialect the gateway speaks (so a third-party plugin can bring a new
+    server kind with its own discovery and health check, and the pool balances over it)."""
+    served = {kind.name: kind.api for kind in cluster.kinds.values() if kind.api in DIALECTS}
+    return served or {kind: kind for kind in KINDS}
 
 
 def base_url(backend: Backend) -> str:

@@ -44,7 +44,8 @@ class Node:
     backend: Backend
     limit: int
     memory_total: int | None = None
-    api: str = attrs.field(init=False)
+    api: str = ""
+    """The dialect it speaks: its kind's `api`, or what a probe detected."""
     healthy: bool = False
     probed: bool = False
     detail: str = "not probed yet"
@@ -66,7 +67,7 @@ class Node:
     """Sequence number of the last request placed here (ties go to the least recent)."""
 
     def __attrs_post_init__(self) -> None:
-        self.api = self.backend.kind
+        self.api = self.api or self.backend.kind
 
     @property
     def id(self) -> str:
@@ -95,7 +96,7 @@ class Node:
         self.probed, self.detail = True, report.detail
         if report.healthy:
             self.report, self.healthy = report, True
-            self.api = str(report.extra.get("api") or self.backend.kind)
+            self.api = str(report.extra.get("api") or self.api)
             self.models = all_names(report.models)
             self.loaded = all_names(report.loaded_models)
             self.probe_failures = 0

@@ -20,7 +20,7 @@ from sollol.routes import Lease, Outcome
 
 from . import catalog, manage
 from .balance import choose
-from .discovery import KINDS, base_url
+from .discovery import base_url, pool_dialects
 from .node import Node, model_names
 from .settings import PoolSettings
 
@@ -63,11 +63,13 @@ class PoolRoute:
 
     async def start(self) -> None:
         """Find the nodes, probe them all once, then keep probing in the background."""
-        backends = await asyncio.to_thread(self.cluster.discover, KINDS)
+        dialects = pool_dialects(self.cluster)
+        backends = await asyncio.to_thread(self.cluster.discover, list(dialects))
         memory = self.settings.memory
         for backend in backends:
             declared = memory.get(backend.id, memory.get(backend.address))
-            self.nodes[backend.id] = Node(backend, self.settings.concurrency, declared)
+            self.nodes[backend.id] = Node(backend, self.settings.concurrency, declared,
+                                          api=dialects[backend.kind])
         await self.probe(list(self.nodes.values()))
         self._task = asyncio.create_task(self._health_loop(), name="sollol-pool-health")
 

@@ -63,12 +63,18 @@ def cli() -> None:
     """SOLLOL: one endpoint over a pool of LLM nodes and llama.cpp RPC sharding."""
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @config_option
+@click.pass_context
 @handle_errors
-def plugins(as_json: bool, config_file: Path | None) -> None:
-    """List installed plugins: name, version, hooks, and whether they are enabled."""
+def plugins(ctx: click.Context, as_json: bool, config_file: Path | None) -> None:
+    """List installed plugins: name, version, hooks, and whether they are enabled.
+
+    `sollol plugins new NAME` starts a new plugin package.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from sollol.config import plugin_lists
     from sollol.plugins import get_plugin_manager, implemented_hooks
 
@@ -87,6 +93,23 @@ def plugins(as_json: bool, config_file: Path | None) -> None:
         click.echo(f"{row['name']} {row['version'] or '?'} ({row['status']})")
         for hook in row["hooks"]:
             click.echo(f"  {hook}")
+
+
+@plugins.command("new")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["backend", "policy", "command"]), default="backend",
+              show_default=True, help="What the plugin adds: a server kind for the pool, a "
+              "routing policy, or a command.")
+@click.option("--dir", "parent", type=click.Path(file_okay=False, path_type=Path), default=".",
+              show_default=True, help="Folder to create the package in.")
+@handle_errors
+def plugins_new(name: str, kind: str, parent: Path) -> None:
+    """Write a new plugin package NAME: pyproject with the entry point, hooks, tests, README."""
+    from sollol.scaffold import write
+
+    root = write(name, kind, parent)
+    click.echo(f"wrote {root}")
+    click.echo(f"next: pip install -e '{root}[test]' && pytest {root}")
 
 
 @cli.group()

@@ -1,0 +1,171 @@
+"""The public plugin API: what plugins may rely on, its version, and a description to diff.
+
+`VERSION` is `MAJOR.MINOR`. An addition that cannot break a plugin (a new hook, a new model
+class, a new field or argument with a default) bumps MINOR; a removal or a change of anything
+listed here bumps MAJOR. `sollol/plugin_api.json` records the description of every released
+version; `tests/test_plugin_api.py` fails when the code no longer matches the record of
+`VERSION`, and when a bump is smaller than the change since the previous version.
+
+After a bump: `python -m sollol.plugin_api --write` records the new version. It refuses to
+rewrite the record of a version that exists: a change needs a bump, not a new record.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+VERSION = "1.0"
+"""The plugin API's version (see the module docstring for when to bump which part)."""
+
+RECORD = Path(__file__).with_name("plugin_api.json")
+
+PUBLIC: Mapping[str, tuple[str, ...]] = {
+    "sollol.hookspecs": ("hookimpl", "PolicyFactory"),  # and every `sollol_*` hook spec
+    "sollol.models": ("Api", "Endpoint", "Backend", "BackendKind", "HealthReport",
+                      "ResolvedModel", "ModelInfo", "RouteRequest", "BackendState", "RouteState",
+                      "RouteDecision", "RouteEvent", "split_host_port"),
+    "sollol.routes": ("Outcome", "Lease", "RouteProvider", "Policy"),
+    "sollol.config": ("Setting", "Config"),
+    "sollol.errors": ("SollolError", "ConfigError", "PluginError", "DuplicateNameError",
+                      "RequestError", "ModelNotFound", "PayloadTooLarge", "Overloaded",
+                      "NoRouteAvailable", "BackendError"),
+}
+"""Modules and names plugins may import; anything else in `sollol` may change at any time."""
+
+
+def describe() -> dict[str, Any]:
+    """Every public name with its signature, fields or bases, as JSON-ready data."""
+    described: dict[str, Any] = {}
+    for module_name, names in PUBLIC.items():
+        module = importlib.import_module(module_name)
+        wanted = list(names)
+        if module_name == "sollol.hookspecs":
+            wanted += sorted(n for n in vars(module) if n.startswith("sollol_"))
+        for name in wanted:
+            described[f"{module_name}.{name}"] = _describe(getattr(module, name))
+    return described
+
+
+def _describe(obj: Any) -> Any:
+    if inspect.isclass(obj) and issubclass(obj, BaseException):
+        init = obj.__dict__.get("__init__")
+        return {"bases": [b.__name__ for b in obj.__bases__],
+                "init": _signature(init) if init else None}
+    if inspect.isclass(obj) and attrs.has(obj):
+        return {"fields": {f.name: {"type": _text(f.type), "default": f.default is not
+                                    attrs.NOTHING} for f in attrs.fields(obj) if f.init},
+                "methods": _methods(obj)}
+    if inspect.isclass(obj):  # a Protocol or a plain class
+        return {"attributes": {n: _text(t) for n, t in
+                               inspect.get_annotations(obj).items()},
+                "methods": _methods(obj)}
+    if callable(obj) and hasattr(obj, "__name__") and inspect.isfunction(obj):
+        spec = getattr(obj, "sollol_spec", None)
+        options = {k: v for k, v in (spec or {}).items() if v} if spec else None
+        return {"signature": _signature(obj), **({"spec": options} if options else {})}
+    project = getattr(obj, "project_name", None)  # pluggy's hookimpl marker
+    if project is not None:
+        return {"marker": type(obj).__name__, "project": project}
+    return {"value": _text(obj)}  # a type alias
+
+
+def _methods(cls: type) -> dict[str, str]:
+    return {name: _signature(member) for name, member in sorted(vars(cls).items())
+            if inspect.isfunction(member) and not name.startswith("_")} | {
+            name: "property" for name, member in sorted(vars(cls).items())
+            if isinstance(member, property) and not name.startswith("_")}
+
+
+def _signature(func: Any) -> str:
+    return str(inspect.signature(func))
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
+def compare(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(breaking changes, additions) between two descriptions, each as readable lines."""
+    breaking, added = [], []
+    for name in sorted(set(recorded) | set(current)):
+        if name not in current:
+            breaking.append(f"removed: {name}")
+        elif name not in recorded:
+            added.append(f"added: {name}")
+        elif recorded[name] != current[name]:
+            change = _member_change(recorded[name], current[name])
+            (added if change == "added" else breaking).append(f"{change}: {name}")
+    return breaking, added
+
+
+def _member_change(old: Any, new: Any) -> str:
+    """"added" when `new` only adds optional fields, methods or attributes to `old`."""
+    if not (isinstance(old, dict) and isinstance(new, dict)) or set(old) != set(new):
+        return "changed"
+    for key in old:
+        before, after = old[key], new[key]
+        if before == after:
+            continue
+        if not (isinstance(before, dict) and isinstance(after, dict)):
+            return "changed"
+        if any(after.get(k) != v for k, v in before.items()):
+            return "changed"
+        extra = [after[k] for k in set(after) - set(before)]
+        if key == "fields" and not all(f["default"] for f in extra):
+            return "changed"  # a new required field breaks everyone who builds the class
+    return "added"
+
+
+def read_record(path: Path = RECORD) -> dict[str, Any]:
+    """{version: description} of every recorded version."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def required_bump(previous: str, breaking: list[str], added: list[str]) -> str | None:
+    """The smallest version after `previous` that such changes need (None: no change)."""
+    major, minor = version_key(previous)
+    if breaking:
+        return f"{major + 1}.0"
+    if added:
+        return f"{major}.{minor + 1}"
+    return None
+
+
+def write(path: Path = RECORD) -> str:
+    """Record the current description under VERSION; refuse to rewrite a recorded version."""
+    records = read_record(path)
+    current = describe()
+    if VERSION in records and records[VERSION] != current:
+        breaking, added = compare(records[VERSION], current)
+        msg = (f"the plugin API changed but VERSION is still {VERSION}; bump it to "
+               f"{required_bump(VERSION, breaking, added)} or later first:\n  "
+               + "\n  ".join(breaking + added))
+        raise SystemExit(msg)
+    records[VERSION] = current
+    ordered = dict(sorted(records.items(), key=lambda item: version_key(item[0])))
+    path.write_text(json.dumps(ordered, indent=1, sort_keys=False) + "\n")
+    return f"recorded plugin API {VERSION} in {path}"
+
+
+def main() -> None:
+    import sys
+
+    if sys.argv[1:] == ["--write"]:
+        print(write())
+    else:
+        print(json.dumps(describe(), indent=1))
+
+
+if __name__ == "__main__":
+    main()

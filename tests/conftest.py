@@ -22,6 +22,19 @@ if TYPE_CHECKING:
     from sollol.llamacpp import Binaries
     from sollol.processes import ManagedProcess
 
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The real-process fixtures come from SOLLOL's pytest plugin: say so if it is missing."""
+    import sollol.testing.pytest_plugin as public
+
+    if not config.pluginmanager.is_registered(public):
+        msg = ("SOLLOL's pytest plugin (entry point pytest11 `sollol`) is not installed in this "
+               "environment: run `pip install -e '.[test]'` again (or PYTEST_DISABLE_PLUGIN_"
+               "AUTOLOAD is set: add `-p sollol.testing.pytest_plugin`)")
+        raise pytest.UsageError(msg)
+
+
 # ---------------------------------------------------------------------------------------- core
 
 

@@ -9,7 +9,9 @@ import attrs
 
 from sollol.models import Api, RouteRequest
 
-Op = Literal["chat", "generate", "completions", "embed", "embeddings", "show"]
+Op = Literal["chat", "generate", "completions", "embed", "embeddings", "show", "messages",
+             "responses"]
+"""`messages`: Anthropic's `/v1/messages`; `responses`: OpenAI's `/v1/responses`."""
 
 
 @attrs.frozen

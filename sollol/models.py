@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 import attrs
 
-Api = Literal["ollama", "openai"]
-"""The HTTP dialect a backend or a client speaks."""
+Api = Literal["ollama", "openai", "anthropic"]
+"""The HTTP dialect a backend or a client speaks (clients also speak Anthropic's Messages API)."""
 
 Endpoint = Literal["chat", "generate", "embed"]
 """What a routed request asks for."""

@@ -34,7 +34,7 @@ def client(node):
 def test_root_version_and_head(node):
     assert httpx.get(node.url).text == "Ollama is running"
     assert httpx.head(node.url).status_code == 200
-    assert httpx.get(node.url + "/api/version").json() == {"version": "0.11.4"}
+    assert httpx.get(node.url + "/api/version").json() == {"version": "0.33.0"}
 
 
 def test_tags_ps_and_show(client):

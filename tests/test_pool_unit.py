@@ -187,7 +187,7 @@ def test_hooks_through_the_plugin_manager(pm, emulator):
     found = [b for result in pm.hook.sollol_discover_backends(config=config) for b in result or ()]
     backend = next(b for b in found if b.id == node.address)
     report = pm.hook.sollol_check_health(backend=backend, timeout=5.0)
-    assert report.healthy and report.models == ("m:latest",) and report.version == "0.11.4"
+    assert report.healthy and report.models == ("m:latest",) and report.version == "0.33.0"
     closed = parse_node(f"openai://127.0.0.1:{free_port()}")
     refused = pm.hook.sollol_check_health(backend=closed, timeout=2.0)
     assert not refused.healthy and "connection failed" in refused.detail

@@ -1,4 +1,5 @@
-"""Model management across the pool: pull, create, delete and copy on many Ollama nodes at once.
+"""Model management across the pool: pull, push, create, delete and copy on many Ollama nodes at
+once, and blob uploads for creates from local files.
 
 Streaming operations (pull, create) merge every node's NDJSON progress into one stream; each
 object carries a `node` field, and the last one sums up: `{"status": "success", "nodes": {...}}`
@@ -10,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Collection, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from sollol.errors import NoRouteAvailable, RequestError
+from sollol.errors import BackendError, NoRouteAvailable, RequestError
 
 from .discovery import OLLAMA, base_url
 from .node import Node
@@ -123,6 +125,42 @@ async def progress(route: PoolRoute, path: str, body: Mapping[str, Any],
                "nodes": results}
     else:
         yield {"status": "success", "nodes": results}
+
+
+async def upload_blobs(route: PoolRoute, blobs: Mapping[str, Path],
+                       names: Collection[str] | None) -> dict[str, list[str]]:
+    """Each blob goes to every target node whose `HEAD /api/blobs/:digest` says it lacks it;
+    returns the digests sent per node. A node that refuses a blob is a BackendError."""
+    nodes = targets(route, names)
+    timeout = _timeout(route)
+
+    async def one(node: Node) -> tuple[str, list[str]]:
+        sent = []
+        async with httpx.AsyncClient(base_url=base_url(node.backend), timeout=timeout,
+                                     trust_env=False) as client:
+            for digest, path in blobs.items():
+                url = f"/api/blobs/{digest}"
+                try:
+                    if (await client.head(url)).status_code == 200:
+                        continue
+                    reply = await client.post(url, content=_file_chunks(path))
+                except httpx.HTTPError as exc:
+                    raise BackendError(f"{node.id}: could not send blob {digest}: "
+                                       f"{type(exc).__name__}: {exc}") from None
+                if reply.status_code >= 400:
+                    raise BackendError(f"{node.id}: refused blob {digest}: "
+                                       f"{_error_text(reply.content, reply.status_code)}")
+                sent.append(digest)
+        return node.id, sent
+
+    return dict(await asyncio.gather(*(one(n) for n in nodes)))
+
+
+async def _file_chunks(path: Path, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    """A file in 1 MiB pieces (a model file is never read into memory whole)."""
+    with path.open("rb") as handle:
+        while chunk := await asyncio.to_thread(handle.read, size):
+            yield chunk
 
 
 async def fan_out(route: PoolRoute, method: str, path: str, body: Mapping[str, Any],

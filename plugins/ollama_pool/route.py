@@ -9,6 +9,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -315,9 +316,20 @@ class PoolRoute:
         body = {"model": model, "stream": True, **({"insecure": True} if insecure else {})}
         return manage.progress(self, "/api/pull", body, nodes)
 
+    def push(self, model: str, nodes: Collection[str] | None = None,
+             insecure: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """Push from every healthy Ollama node (or the named ones): aggregated progress."""
+        body = {"model": model, "stream": True, **({"insecure": True} if insecure else {})}
+        return manage.progress(self, "/api/push", body, nodes)
+
     def create(self, body: Mapping[str, Any], nodes: Collection[str] | None = None,
                ) -> AsyncIterator[dict[str, Any]]:
         return manage.progress(self, "/api/create", {**body, "stream": True}, nodes)
+
+    async def upload_blobs(self, blobs: Mapping[str, Path],
+                           nodes: Collection[str] | None = None) -> dict[str, list[str]]:
+        """Send each blob (digest -> file) to the target nodes that lack it."""
+        return await manage.upload_blobs(self, blobs, nodes)
 
     async def delete(self, model: str, nodes: Collection[str] | None = None,
                      ) -> dict[str, Any]:

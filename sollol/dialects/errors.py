@@ -1,4 +1,5 @@
-"""Error bodies in each client dialect: Ollama's `{"error": "..."}` and OpenAI's error object."""
+"""Error bodies in each client dialect: Ollama's `{"error": "..."}`, OpenAI's error object and
+Anthropic's `{"type": "error", "error": {"type": ..., "message": ...}}`."""
 
 from __future__ import annotations
 
@@ -20,6 +21,21 @@ from sollol.models import Api
 # OpenAI clients branch on `type` and `code`; these follow what api.openai.com sends.
 _OPENAI_TYPES = {400: "invalid_request_error", 404: "invalid_request_error",
                  413: "invalid_request_error", 429: "rate_limit_error"}
+# Anthropic's documented error types by HTTP status (docs.anthropic.com, "Errors").
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                    429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
+
+
+def anthropic_error(status: int, message: str) -> dict[str, Any]:
+    """Anthropic's error object for `status` (the body of an error reply or an `error` event)."""
+    if status in _ANTHROPIC_TYPES:
+        kind = _ANTHROPIC_TYPES[status]
+    elif status == 503:
+        kind = "overloaded_error"
+    else:
+        kind = "api_error" if status >= 500 else "invalid_request_error"
+    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 def error_body(api: Api, status: int, message: str, code: str | None = None,
@@ -29,7 +45,11 @@ def error_body(api: Api, status: int, message: str, code: str | None = None,
     `numbers` (the figures behind a routing refusal) are added as a field of their own.
     """
     payload: dict[str, Any]
-    if api == "openai":
+    if api == "anthropic":
+        payload = anthropic_error(status, message)
+        if numbers:
+            payload["error"]["numbers"] = dict(numbers)
+    elif api == "openai":
         fallback = "server_error" if status >= 500 else "invalid_request_error"
         kind = _OPENAI_TYPES.get(status, fallback)
         payload = {"error": {"message": message, "type": kind, "param": None, "code": code}}
@@ -72,6 +92,10 @@ def retry_after(exc: SollolError) -> str | None:
 
 def stream_error(api: Api, message: str, *, at_line_start: bool) -> bytes:
     """The error object that ends a stream cut after its first byte (never a silent truncation)."""
+    if api == "anthropic":
+        event = json.dumps(anthropic_error(500, message))
+        lead = b"" if at_line_start else b"\n\n"
+        return lead + b"event: error\ndata: " + event.encode() + b"\n\n"
     if api == "openai":
         event = json.dumps({"error": {"message": message, "type": "server_error",
                                       "param": None, "code": "stream_interrupted"}})

@@ -60,9 +60,50 @@ def openai_reply_to_ollama(op: str, data: dict[str, Any], model: str, seconds: f
     else:
         text = choice.get("text") if raw_generate else (choice.get("message") or {}).get("content")
         out["response"] = text or ""
+    logprobs = logprobs_to_ollama(choice.get("logprobs"))
+    if logprobs:
+        out["logprobs"] = logprobs
     out.update(done=True, done_reason=_FINISH_TO_OLLAMA.get(choice.get("finish_reason"), "stop"))
     out.update(ollama_stats(usage, data.get("timings"), seconds))
     return out
+
+
+def logprobs_to_ollama(value: Any) -> list[dict[str, Any]]:
+    """Ollama's `logprobs` list from an OpenAI choice's `logprobs` (chat's `content` list, or
+    the legacy completions arrays)."""
+    if not isinstance(value, dict):
+        return []
+    if isinstance(value.get("content"), list):
+        return [{"token": p.get("token", ""), "logprob": p.get("logprob", 0.0),
+                 "bytes": p.get("bytes") or [],
+                 **({"top_logprobs": [{"token": t.get("token", ""),
+                                       "logprob": t.get("logprob", 0.0),
+                                       "bytes": t.get("bytes") or []}
+                                      for t in p["top_logprobs"]]}
+                    if p.get("top_logprobs") else {})}
+                for p in value["content"] if isinstance(p, dict)]
+    tokens, values = value.get("tokens") or [], value.get("token_logprobs") or []
+    return [{"token": t, "logprob": v} for t, v in zip(tokens, values, strict=False)]
+
+
+def logprobs_to_openai(value: Any, chat: bool) -> dict[str, Any] | None:
+    """An OpenAI choice's `logprobs` from Ollama's `logprobs` list."""
+    if not isinstance(value, list) or not value:
+        return None
+    entries = [p for p in value if isinstance(p, dict)]
+    if chat:
+        return {"content": [{"token": p.get("token", ""), "logprob": p.get("logprob", 0.0),
+                             "bytes": p.get("bytes"),
+                             "top_logprobs": [{"token": t.get("token", ""),
+                                               "logprob": t.get("logprob", 0.0),
+                                               "bytes": t.get("bytes")}
+                                              for t in p.get("top_logprobs") or []]}
+                            for p in entries]}
+    return {"tokens": [p.get("token", "") for p in entries],
+            "token_logprobs": [p.get("logprob", 0.0) for p in entries],
+            "top_logprobs": [{t.get("token", ""): t.get("logprob", 0.0)
+                              for t in p.get("top_logprobs") or []} for p in entries],
+            "text_offset": []}
 
 
 def ollama_message(content: Any, tool_calls: Any = None, thinking: Any = None) -> dict[str, Any]:
@@ -126,11 +167,13 @@ def ollama_reply_to_openai(op: str, data: dict[str, Any], model: str,
         if message.get("tool_calls"):
             out_message["tool_calls"] = openai_tool_calls(message["tool_calls"])
             finish = "tool_calls"
-        choice: dict[str, Any] = {"index": 0, "message": out_message, "logprobs": None,
+        choice: dict[str, Any] = {"index": 0, "message": out_message,
+                                  "logprobs": logprobs_to_openai(data.get("logprobs"), True),
                                   "finish_reason": finish}
         kind, prefix = "chat.completion", "chatcmpl"
     else:
-        choice = {"index": 0, "text": data.get("response", ""), "logprobs": None,
+        choice = {"index": 0, "text": data.get("response", ""),
+                  "logprobs": logprobs_to_openai(data.get("logprobs"), False),
                   "finish_reason": finish}
         kind, prefix = "text_completion", "cmpl"
     return {"id": new_id(prefix), "object": kind, "created": int(time.time()), "model": model,

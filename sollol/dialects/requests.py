@@ -16,6 +16,10 @@ from sollol.errors import RequestError
 _SAME_NAME_OPTIONS = ("temperature", "top_p", "top_k", "min_p", "seed", "frequency_penalty",
                       "presence_penalty", "repeat_penalty", "repeat_last_n", "typical_p",
                       "mirostat", "mirostat_tau", "mirostat_eta", "tfs_z")
+_OPENAI_NODE = "an OpenAI-compatible node (llama-server, vLLM)"
+# OpenAI's reasoning_effort -> Ollama's think levels
+_EFFORT_TO_THINK = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
+                    "high": "high", "xhigh": "max"}
 _IMAGE_MAGIC = {"iVBOR": "image/png", "/9j/": "image/jpeg", "R0lGOD": "image/gif",
                 "UklGR": "image/webp"}
 
@@ -38,6 +42,7 @@ def ollama_to_openai(op: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]
     if stream:
         out["stream_options"] = {"include_usage": True}
     out.update(_options_to_openai(body.get("options") or {}))
+    out.update(_fields_to_openai(body, raw=op == "generate" and bool(body.get("raw"))))
     fmt = body.get("format")
     if fmt == "json":
         out["response_format"] = {"type": "json_object"}
@@ -61,6 +66,36 @@ def ollama_to_openai(op: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]
             out["tools"] = body["tools"]
     out["messages"] = messages
     return "/v1/chat/completions", out
+
+
+def _fields_to_openai(body: dict[str, Any], raw: bool) -> dict[str, Any]:
+    """Current Ollama's generation fields as an OpenAI-compatible server takes them, or a
+    RequestError naming the node kind when the server has no way to honour one."""
+    out: dict[str, Any] = {}
+    think = body.get("think")
+    if think is not None:
+        if think == "max":
+            raise RequestError(f"think 'max' cannot be expressed for {_OPENAI_NODE}: its "
+                               "reasoning_effort goes up to 'high'")
+        enabled = think is not False
+        out["chat_template_kwargs"] = {"enable_thinking": enabled}
+        if isinstance(think, str):
+            out["reasoning_effort"] = think
+    for name in ("truncate", "shift"):
+        if body.get(name) is True:
+            # llama-server refuses an over-long prompt and stops at a full context: it has
+            # the behaviour of `false`, and no request field that turns on Ollama's `true`
+            raise RequestError(f"{name}=true cannot be expressed for {_OPENAI_NODE} (it "
+                               f"behaves as {name}=false); leave the field out or set false")
+    top = body.get("top_logprobs")
+    if body.get("logprobs") or top:
+        if raw:
+            out["logprobs"] = top or 1
+        else:
+            out["logprobs"] = True
+            if top:
+                out["top_logprobs"] = top
+    return out
 
 
 def _options_to_openai(options: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +127,8 @@ def _message_to_openai(message: dict[str, Any]) -> dict[str, Any]:
         ]
     if message["role"] == "tool":
         out["tool_call_id"] = message.get("tool_call_id") or message.get("tool_name") or ""
+    if message.get("thinking") and message["role"] == "assistant":
+        out["reasoning_content"] = message["thinking"]
     return out
 
 
@@ -121,6 +158,19 @@ def openai_to_ollama(op: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]
             out["dimensions"] = body["dimensions"]
         return "/api/embed", out
     out = {"model": model, "stream": bool(body.get("stream")), "options": _options_to_ollama(body)}
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        if effort not in _EFFORT_TO_THINK:
+            raise RequestError(f"reasoning_effort {effort!r} is not one of "
+                               f"{', '.join(_EFFORT_TO_THINK)}")
+        out["think"] = _EFFORT_TO_THINK[effort]
+    top = body.get("top_logprobs")
+    if body.get("logprobs") or top:
+        out["logprobs"] = True
+        legacy = body.get("logprobs")  # /v1/completions takes a count here
+        count = legacy if op == "completions" and type(legacy) is int else top
+        if count:
+            out["top_logprobs"] = count
     response_format = body.get("response_format") or {}
     if response_format.get("type") == "json_object":
         out["format"] = "json"
@@ -178,6 +228,8 @@ def _message_to_ollama(message: dict[str, Any], index: int) -> dict[str, Any]:
         out["tool_calls"] = [_tool_call_to_ollama(c, index) for c in message["tool_calls"]]
     if role == "tool" and message.get("name"):
         out["tool_name"] = message["name"]
+    if role == "assistant" and message.get("reasoning_content"):
+        out["thinking"] = message["reasoning_content"]
     return out
 
 

@@ -15,6 +15,8 @@ from typing import Any
 from sollol.dialects.replies import (
     finish_reason,
     iso_now,
+    logprobs_to_ollama,
+    logprobs_to_openai,
     new_id,
     ollama_message,
     ollama_stats,
@@ -70,13 +72,8 @@ class Passthrough:
             return False
         last = lines[-1]
         if self.sse:
-            if last.removeprefix(b"data:").strip() != b"[DONE]":
-                return False
-            usage = _json(lines[0].removeprefix(b"data:")) if len(lines) > 1 else None
-            if usage and isinstance(usage.get("usage"), dict):
-                self.tokens = usage["usage"].get("completion_tokens")
-            return True
-        data = _json(last)
+            return self._sse_complete(lines)
+        data = parse_object(last)
         if data is None:
             return False
         if "error" in data:  # the backend ended the stream with its own error object
@@ -85,8 +82,35 @@ class Passthrough:
         self.tokens = data.get("eval_count")
         return bool(data.get("done"))
 
+    def _sse_complete(self, lines: list[bytes]) -> bool:
+        """OpenAI streams end with `[DONE]`; Anthropic's with `message_stop`, Responses with
+        `response.completed` (or `.incomplete`, `.failed`); an `error` event ends any of them."""
+        payload = lines[-1].removeprefix(b"data:").strip()
+        if payload == b"[DONE]":
+            usage = parse_object(lines[0].removeprefix(b"data:")) if len(lines) > 1 else None
+            if usage and isinstance(usage.get("usage"), dict):
+                self.tokens = usage["usage"].get("completion_tokens")
+            return True
+        data = parse_object(payload)
+        if data is None:
+            return False
+        kind = data.get("type")
+        if kind in SSE_ENDS:
+            usage = (data.get("response") or {}).get("usage") or {}
+            self.tokens = usage.get("output_tokens")
+            return True
+        if kind == "error":
+            error = data.get("error")
+            self.error = str(error.get("message") if isinstance(error, dict) else error)
+            return True
+        return False
 
-class _Lines:
+
+SSE_ENDS = frozenset({"message_stop", "response.completed", "response.incomplete",
+                      "response.failed"})
+
+
+class Lines:
     """Split a byte stream into complete lines."""
 
     def __init__(self) -> None:
@@ -111,7 +135,7 @@ class SseToNdjson:
 
     def __init__(self, op: str, model: str, raw_generate: bool = False) -> None:
         self.op, self.model, self.raw_generate = op, model, raw_generate
-        self.lines = _Lines()
+        self.lines = Lines()
         self.started = time.perf_counter()
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] = {}
@@ -137,7 +161,7 @@ class SseToNdjson:
         payload = line[5:].strip()
         if payload == b"[DONE]":
             return self._done()
-        data = _json(payload)
+        data = parse_object(payload)
         if data is None:
             return b""
         if data.get("error") is not None:
@@ -158,7 +182,11 @@ class SseToNdjson:
             else:
                 text, thinking = choice.get("text"), None
             if text or thinking:
-                out += _ndjson(self._piece(text or "", thinking))
+                piece = self._piece(text or "", thinking)
+                logprobs = logprobs_to_ollama(choice.get("logprobs"))
+                if logprobs:
+                    piece["logprobs"] = logprobs
+                out += _ndjson(piece)
         return out
 
     def _piece(self, text: str, thinking: str | None = None, tool_calls: Any = None,
@@ -204,7 +232,7 @@ class NdjsonToSse:
 
     def __init__(self, op: str, model: str, include_usage: bool = False) -> None:
         self.op, self.model, self.include_usage = op, model, include_usage
-        self.lines = _Lines()
+        self.lines = Lines()
         chat = op == "chat"
         self.id = new_id("chatcmpl" if chat else "cmpl")
         self.object = "chat.completion.chunk" if chat else "text_completion"
@@ -222,7 +250,7 @@ class NdjsonToSse:
         return b"".join(self._line(line) for line in self.lines.rest())
 
     def _line(self, line: bytes) -> bytes:
-        data = _json(line)
+        data = parse_object(line)
         if data is None or self.complete:
             return b""
         if data.get("error") is not None:
@@ -246,9 +274,13 @@ class NdjsonToSse:
                 delta["tool_calls"] = openai_tool_calls(message["tool_calls"])
                 self.saw_tool_calls = True
             if any(key != "role" for key in delta) or ("role" in delta and not data.get("done")):
-                out += _sse(self._chunk({"delta": delta, "finish_reason": None}))
+                out += _sse(self._chunk({"delta": delta, "finish_reason": None,
+                                         "logprobs": logprobs_to_openai(data.get("logprobs"),
+                                                                        True)}))
         elif data.get("response"):
-            out += _sse(self._chunk({"text": data["response"], "finish_reason": None}))
+            out += _sse(self._chunk({"text": data["response"], "finish_reason": None,
+                                     "logprobs": logprobs_to_openai(data.get("logprobs"),
+                                                                    False)}))
         if data.get("done"):
             reason = "tool_calls" if self.saw_tool_calls else finish_reason(data)
             ending = {"delta": {}} if self.op == "chat" else {"text": ""}
@@ -267,7 +299,8 @@ class NdjsonToSse:
                 "model": self.model, "system_fingerprint": "sollol", "choices": choices}
 
 
-def _json(raw: bytes) -> dict[str, Any] | None:
+def parse_object(raw: bytes) -> dict[str, Any] | None:
+    """A JSON object from bytes, or None for anything else."""
     try:
         data = json.loads(raw)
     except ValueError:

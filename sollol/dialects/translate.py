@@ -8,14 +8,18 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from sollol.dialects.anthropic import anthropic_to_ollama, ollama_reply_to_anthropic
+from sollol.dialects.anthropic_stream import NdjsonToAnthropic
 from sollol.dialects.replies import (
     error_message,
     ollama_reply_to_openai,
     openai_reply_to_ollama,
 )
 from sollol.dialects.requests import ollama_to_openai, openai_to_ollama
+from sollol.dialects.responses import ollama_reply_to_responses, responses_to_ollama
+from sollol.dialects.responses_stream import CompleteResponsesEvents, NdjsonToResponses
 from sollol.dialects.streams import NdjsonToSse, Passthrough, SseToNdjson
-from sollol.errors import BackendError
+from sollol.errors import BackendError, RequestError
 from sollol.models import Api
 
 if TYPE_CHECKING:
@@ -24,11 +28,23 @@ if TYPE_CHECKING:
 OLLAMA_PATHS = {"chat": "/api/chat", "generate": "/api/generate", "embed": "/api/embed",
                 "embeddings": "/api/embeddings", "show": "/api/show"}
 OPENAI_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions",
-                "embed": "/v1/embeddings"}
+                "embed": "/v1/embeddings", "responses": "/v1/responses"}
+NATIVE: dict[tuple[Api, str], dict[Api, str]] = {
+    **{("ollama", op): {"ollama": path} for op, path in OLLAMA_PATHS.items()},
+    **{("openai", op): {"openai": path} for op, path in OPENAI_PATHS.items()},
+    # llama-server (pool nodes and sharding coordinators) answers Anthropic's Messages API
+    ("anthropic", "messages"): {"openai": "/v1/messages"},
+}
+"""Client endpoint -> the node dialects that serve it natively, at which path (pass-through)."""
+NODE_KINDS: dict[Api, str] = {"ollama": "an Ollama node",
+                              "openai": "an OpenAI-compatible node (llama-server, vLLM)",
+                              "anthropic": "an Anthropic-dialect node"}
 JSON_TYPE = "application/json; charset=utf-8"
-STREAM_TYPES: dict[Api, str] = {"ollama": "application/x-ndjson", "openai": "text/event-stream"}
+STREAM_TYPES: dict[Api, str] = {"ollama": "application/x-ndjson", "openai": "text/event-stream",
+                                "anthropic": "text/event-stream"}
 
-Stream = Passthrough | SseToNdjson | NdjsonToSse
+Stream = (Passthrough | SseToNdjson | NdjsonToSse | NdjsonToAnthropic | NdjsonToResponses
+          | CompleteResponsesEvents)
 
 
 @attrs.frozen
@@ -43,19 +59,25 @@ class Plan:
 
 
 def plan(call: Call, backend_api: Api) -> Plan:
-    """The path and body to send: the client's own bytes when the dialects match."""
-    if call.api == backend_api:
-        paths = OLLAMA_PATHS if backend_api == "ollama" else OPENAI_PATHS
-        return Plan(backend_api, paths[call.op], call.raw, translated=False)
+    """The path and body to send: the client's own bytes when the node serves the endpoint."""
+    native = NATIVE.get((call.api, call.op), {}).get(backend_api)
+    if native is not None:
+        return Plan(backend_api, native, call.raw, translated=False)
+    if call.op in ("messages", "responses"):
+        if backend_api != "ollama":
+            raise RequestError(f"{call.op} requests cannot be sent to {NODE_KINDS[backend_api]}")
+        body = (anthropic_to_ollama(dict(call.body)) if call.op == "messages"
+                else responses_to_ollama(dict(call.body)))
+        return Plan(backend_api, "/api/chat", json.dumps(body).encode(), translated=True)
     if call.op == "show" or is_load_request(call):
         # OpenAI servers have no /api/show and no "just load the model" request: the gateway
         # answers these itself (from metadata; a loaded server has nothing to load).
         return Plan(backend_api, None, b"", translated=True)
     if backend_api == "openai":
-        path, body = ollama_to_openai(call.op, call.body)
+        path, body = ollama_to_openai(call.op, dict(call.body))
         raw_generate = call.op == "generate" and path == "/v1/completions"
     else:
-        path, body = openai_to_ollama(call.op, call.body)
+        path, body = openai_to_ollama(call.op, dict(call.body))
         raw_generate = False
     return Plan(backend_api, path, json.dumps(body).encode(), translated=True,
                 raw_generate=raw_generate)
@@ -83,7 +105,11 @@ def convert_reply(call: Call, plan: Plan, raw: bytes, seconds: float) -> bytes:
     if not isinstance(data, dict):
         raise BackendError("backend sent a JSON reply that is not an object")
     model = call.request.model
-    if plan.backend_api == "openai":
+    if call.op == "messages":
+        out = ollama_reply_to_anthropic(data, model)
+    elif call.op == "responses":
+        out = ollama_reply_to_responses(dict(call.body), data, model)
+    elif plan.backend_api == "openai":
         out = openai_reply_to_ollama(call.op, data, model, seconds, plan.raw_generate)
     else:
         encoding = str(call.body.get("encoding_format") or "float")
@@ -92,8 +118,9 @@ def convert_reply(call: Call, plan: Plan, raw: bytes, seconds: float) -> bytes:
 
 
 def convert_error(call: Call, plan: Plan, raw: bytes, status: int) -> bytes:
-    """An upstream error body in the client's dialect (untouched when the dialects match)."""
-    if not plan.translated:
+    """An upstream error body in the client's dialect (untouched when the dialects match;
+    Anthropic clients always get Anthropic's error shape, which llama-server does not send)."""
+    if not plan.translated and call.api != "anthropic":
         return raw
     from sollol.dialects.errors import error_body
 
@@ -103,7 +130,13 @@ def convert_error(call: Call, plan: Plan, raw: bytes, status: int) -> bytes:
 def new_stream(call: Call, plan: Plan) -> Stream:
     """The object that turns upstream stream bytes into the client's stream format."""
     if not plan.translated:
-        return Passthrough(sse=call.api == "openai")
+        if call.op == "responses":
+            return CompleteResponsesEvents()
+        return Passthrough(sse=call.api != "ollama")
+    if call.op == "messages":
+        return NdjsonToAnthropic(call.request.model)
+    if call.op == "responses":
+        return NdjsonToResponses(dict(call.body), call.request.model)
     if plan.backend_api == "openai":
         return SseToNdjson(call.op, call.request.model, plan.raw_generate)
     options = call.body.get("stream_options") or {}
@@ -111,7 +144,8 @@ def new_stream(call: Call, plan: Plan) -> Stream:
 
 
 _TOKEN_FIELDS = {"ollama": re.compile(rb'"eval_count"\s*:\s*(\d+)'),
-                 "openai": re.compile(rb'"completion_tokens"\s*:\s*(\d+)')}
+                 "openai": re.compile(rb'"(?:completion|output)_tokens"\s*:\s*(\d+)'),
+                 "anthropic": re.compile(rb'"output_tokens"\s*:\s*(\d+)')}
 
 
 def tokens_in(raw: bytes, api: Api) -> int | None:

@@ -15,7 +15,7 @@ from sollol.calls import Op
 from sollol.dialects.errors import error_body, error_code, error_status, retry_after, stream_error
 from sollol.dispatch import Dispatcher, StreamReply
 from sollol.errors import SollolError
-from sollol.gateway import info, manage
+from sollol.gateway import info, manage, routes
 from sollol.gateway.asgi import (
     Receive,
     Scope,
@@ -25,6 +25,7 @@ from sollol.gateway.asgi import (
     send_body,
     send_json,
 )
+from sollol.gateway.blobs import BlobSpool
 from sollol.gateway.validate import validate
 from sollol.models import Api
 
@@ -33,13 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sollol.gateway")
 
-ROUTED: dict[str, tuple[Api, Op]] = {
-    "/api/generate": ("ollama", "generate"), "/api/chat": ("ollama", "chat"),
-    "/api/embed": ("ollama", "embed"), "/api/embeddings": ("ollama", "embeddings"),
-    "/api/show": ("ollama", "show"),
-    "/v1/chat/completions": ("openai", "chat"), "/v1/completions": ("openai", "completions"),
-    "/v1/embeddings": ("openai", "embed"),
-}
 ROOT_TEXT = b"Ollama is running"  # clients probe `GET /` for exactly this text
 SHUTDOWN_MESSAGE = "the gateway is shutting down"
 
@@ -54,6 +48,7 @@ class Gateway:
         self.tune_gc = tune_gc
         self.dispatcher: Dispatcher | None = None
         self.max_body = int(cluster.config["max_body_bytes"])
+        self.blobs = BlobSpool()
 
     async def startup(self) -> None:
         """Start the cluster (unless someone else owns it) and the upstream connection pool."""
@@ -73,6 +68,7 @@ class Gateway:
         if self.dispatcher is not None:
             await self.dispatcher.close()
             self.dispatcher = None
+        self.blobs.close()
         if self.manage_cluster:
             await self.cluster.stop()
 
@@ -102,33 +98,28 @@ class Gateway:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
-        api: Api = "openai" if path.startswith("/v1/") else "ollama"
+        route = routes.find(path)
+        api = route.api if route is not None else routes.dialect(path)
         try:
-            routed = ROUTED.get(path)
-            if routed is not None:
-                if method != "POST":
-                    await self._error(send, api, 405, f"{path} takes POST, not {method}")
-                    return
-                await self._routed(routed[0], routed[1], scope, receive, send)
-                return
-            if path == "/" and method in ("GET", "HEAD"):
+            if route is None:
+                await self._error(send, api, 404, f"no such endpoint: {method} {path}")
+            elif method not in route.methods:
+                await self._error(send, api, 405,
+                                  f"{path} takes {' or '.join(route.methods)}, not {method}")
+            elif route.kind == "dispatch":
+                assert route.op is not None
+                await self._routed(route.api, route.op, scope, receive, send)
+            elif route.kind == "root":
                 await send_body(send, 200, ROOT_TEXT, b"text/plain; charset=utf-8",
                                 head=method == "HEAD")
-                return
-            if path in manage.METHODS:  # model management, fanned out by the pool route
-                if method != manage.METHODS[path]:
-                    await self._error(send, api, 405,
-                                      f"{path} takes {manage.METHODS[path]}, not {method}")
-                else:
-                    await manage.handle(self.cluster, scope, receive, send, self.max_body)
-                return
-            handler = info.GET_HANDLERS.get(path) or next(
-                (h for prefix, h in info.PREFIX_HANDLERS.items() if path.startswith(prefix)), None)
-            if handler is None:
-                await self._error(send, api, 404, f"no such endpoint: {method} {path}")
-            elif method not in ("GET", "HEAD"):
-                await self._error(send, api, 405, f"{path} takes GET, not {method}")
+            elif route.kind == "manage":  # model management, fanned out by the pool route
+                await manage.handle(self.cluster, scope, receive, send, self.max_body,
+                                    self.blobs)
+            elif route.kind == "blobs":
+                await self.blobs.handle(scope, receive, send)
             else:
+                handler = info.GET_HANDLERS.get(path) or next(
+                    h for prefix, h in info.PREFIX_HANDLERS.items() if path.startswith(prefix))
                 await send_json(send, 200, await handler(self.cluster, scope),
                                 head=method == "HEAD")
         except SollolError as exc:

@@ -1,27 +1,31 @@
-"""Model management through the gateway: `/api/pull`, `/api/create`, `/api/delete`, `/api/copy`
-fanned out by the pool route to all of its Ollama nodes, or to the ones named.
+"""Model management through the gateway: `/api/pull`, `/api/push`, `/api/create`, `/api/delete`,
+`/api/copy` fanned out by the pool route to all of its Ollama nodes, or to the ones named.
+
+A create that names uploaded blobs (`files`, `adapters`: name -> digest) first sends each blob
+the gateway holds to the target nodes that lack it (`upload_blobs` on the route).
 
 Nodes are named with a SOLLOL extension: a `nodes` list in the body, or `?node=ID` (repeatable).
-The route must offer `pull`, `create`, `delete` and `copy` (the bundled pool plugin does); the
-core never imports a plugin, so this module only looks the methods up on the route object.
+The route must offer `pull`, `push`, `create`, `upload_blobs`, `delete` and `copy` (the bundled
+pool plugin does); the core never imports a plugin, so this module looks them up on the route.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from sollol.errors import NoRouteAvailable, RequestError
 from sollol.gateway.asgi import Receive, Scope, Send, read_body, send_json
+from sollol.gateway.blobs import parse_digest
 from sollol.router import POOL
 
 if TYPE_CHECKING:
     from sollol.cluster import Cluster
+    from sollol.gateway.blobs import BlobSpool
 
-METHODS = {"/api/pull": "POST", "/api/create": "POST", "/api/copy": "POST",
-           "/api/delete": "DELETE"}
 _NDJSON = b"application/x-ndjson"
 
 
@@ -61,18 +65,24 @@ def _text(body: dict[str, Any], *names: str) -> str:
 
 
 async def handle(cluster: Cluster, scope: Scope, receive: Receive, send: Send,
-                 max_body: int) -> None:
+                 max_body: int, blobs: BlobSpool | None = None) -> None:
     """Serve one management request (the caller checked the path and method)."""
     path = scope["path"]
     body = _body(await read_body(scope, receive, max_body))
     nodes = _nodes(scope, body)
-    if path in ("/api/pull", "/api/create"):
+    if path in ("/api/pull", "/api/push", "/api/create"):
         operation = path.removeprefix("/api/")
         route = _route(cluster, operation)
         model = _text(body, "model", "name")
         stream = body.pop("stream", True) is not False
-        events = (route.pull(model, nodes, insecure=bool(body.get("insecure")))
-                  if operation == "pull" else route.create({**body, "model": model}, nodes))
+        insecure = bool(body.get("insecure"))
+        if operation == "pull":
+            events = route.pull(model, nodes, insecure=insecure)
+        elif operation == "push":
+            events = route.push(model, nodes, insecure=insecure)
+        else:
+            await _send_blobs(cluster, body, nodes, blobs)
+            events = route.create({**body, "model": model}, nodes)
         await _progress(send, events, stream)
         return
     if path == "/api/delete":
@@ -82,6 +92,24 @@ async def handle(cluster: Cluster, scope: Scope, receive: Receive, send: Send,
                                                     _text(body, "destination"), nodes)
     status = 200 if result.get("status") == "success" else int(result.get("http_status", 502))
     await send_json(send, status, {k: v for k, v in result.items() if k != "http_status"})
+
+
+async def _send_blobs(cluster: Cluster, body: dict[str, Any], nodes: list[str] | None,
+                      blobs: BlobSpool | None) -> None:
+    """Blobs named by a create and held by the gateway go to the nodes that lack them."""
+    named: dict[str, Path] = {}
+    for field in ("files", "adapters"):
+        value = body.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, dict) or not all(isinstance(d, str) for d in value.values()):
+            raise RequestError(f"field {field!r} must map file names to blob digests")
+        for digest in value.values():
+            path = blobs.path(digest) if blobs is not None else None
+            if path is not None:
+                named[parse_digest(digest)] = path
+    if named:
+        await _route(cluster, "upload_blobs").upload_blobs(named, nodes)
 
 
 async def _progress(send: Send, events: AsyncIterator[dict[str, Any]], stream: bool) -> None:

@@ -17,8 +17,11 @@ _TEXT_OR_LIST = (str, list)
 # Field -> accepted JSON types. Fields not listed pass through unchecked (backends may know them).
 _OLLAMA_COMMON: dict[str, tuple[type, ...] | type] = {
     "model": str, "stream": bool, "options": dict, "keep_alive": (str, int, float),
-    "format": (str, dict), "think": (bool, str), "truncate": bool,
+    "format": (str, dict), "think": (bool, str), "truncate": bool, "shift": bool,
+    "logprobs": bool, "top_logprobs": int,
 }
+THINK_LEVELS = ("low", "medium", "high", "max")
+"""The levels current Ollama accepts for `think` besides true and false."""
 _SCHEMAS: dict[tuple[Api, Op], dict[str, Any]] = {
     ("ollama", "chat"): {**_OLLAMA_COMMON, "messages": list, "tools": list},
     ("ollama", "generate"): {**_OLLAMA_COMMON, "prompt": str, "suffix": str, "system": str,
@@ -38,14 +41,28 @@ _SCHEMAS: dict[tuple[Api, Op], dict[str, Any]] = {
                                 "suffix": str, "echo": bool},
     ("openai", "embed"): {"model": str, "input": _TEXT_OR_LIST, "encoding_format": str,
                           "dimensions": int},
+    ("openai", "responses"): {"model": str, "input": _TEXT_OR_LIST, "instructions": str,
+                              "stream": bool, "tools": list, "tool_choice": (str, dict),
+                              "max_output_tokens": int, "temperature": _NUMBER,
+                              "top_p": _NUMBER, "reasoning": dict, "text": dict,
+                              "top_logprobs": int, "store": bool, "metadata": dict,
+                              "previous_response_id": str, "parallel_tool_calls": bool},
+    ("anthropic", "messages"): {"model": str, "messages": list, "max_tokens": int,
+                                "system": _TEXT_OR_LIST, "stream": bool, "tools": list,
+                                "tool_choice": dict, "thinking": dict, "temperature": _NUMBER,
+                                "top_p": _NUMBER, "top_k": int, "stop_sequences": list,
+                                "metadata": dict},
 }
 _REQUIRED: dict[tuple[Api, Op], tuple[str, ...]] = {
     ("openai", "chat"): ("messages",),
     ("openai", "completions"): ("prompt",),
     ("openai", "embed"): ("input",),
+    ("openai", "responses"): ("input",),
+    ("anthropic", "messages"): ("max_tokens", "messages"),
 }
 _ENDPOINTS: dict[Op, Endpoint] = {"chat": "chat", "generate": "generate", "completions": "generate",
-                                  "embed": "embed", "embeddings": "embed", "show": "chat"}
+                                  "embed": "embed", "embeddings": "embed", "show": "chat",
+                                  "messages": "chat", "responses": "chat"}
 _STREAM_DEFAULT = {("ollama", "chat"): True, ("ollama", "generate"): True}
 _JSON_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
                list: "an array", dict: "an object"}
@@ -81,10 +98,14 @@ def validate(api: Api, op: Op, raw: bytes) -> Call:
     for name in _REQUIRED.get((api, op), ()):
         if body.get(name) is None:
             raise RequestError(f"field {name!r} is required")
-    if op == "chat":
+    if op in ("chat", "messages"):
         _check_messages(body.get("messages") or [], api)
     if api == "ollama" and isinstance(body.get("options"), dict):
         _check_options(body["options"])
+    think = body.get("think")
+    if api == "ollama" and isinstance(think, str) and think not in THINK_LEVELS:
+        raise RequestError(f"field 'think' must be true, false or one of "
+                           f"{', '.join(THINK_LEVELS)}, not {think!r}")
     _check_lists(api, op, body)
     stream = body.get("stream")
     if stream is None:
@@ -93,10 +114,29 @@ def validate(api: Api, op: Op, raw: bytes) -> Call:
     request = RouteRequest(
         model=model, endpoint=_ENDPOINTS[op], api=api,
         context_length=ctx if isinstance(ctx, int) and ctx > 0 else None,
-        stream=bool(stream) and op in ("chat", "generate", "completions"),
-        conversation_key=conversation_key(body.get("messages")) if op == "chat" else None,
+        stream=bool(stream) and op in ("chat", "generate", "completions", "messages",
+                                       "responses"),
+        conversation_key=conversation_key(_conversation(op, body)),
     )
     return Call(api=api, op=op, body=body, raw=raw, request=request)
+
+
+def _conversation(op: Op, body: dict[str, Any]) -> Any:
+    """The message list that identifies a conversation, for the ops that have one."""
+    if op in ("chat", "messages"):
+        messages = body.get("messages")
+        system = body.get("system")
+        if op == "messages" and system and isinstance(messages, list):
+            return [{"role": "system", "content": system}, *messages]
+        return messages
+    if op == "responses":
+        items = body.get("input")
+        if isinstance(items, str):
+            items = [{"role": "user", "content": items}]
+        if body.get("instructions") and isinstance(items, list):
+            return [{"role": "system", "content": body["instructions"]}, *items]
+        return items
+    return None
 
 
 def conversation_key(messages: Any) -> str | None:
@@ -131,6 +171,9 @@ def _check_messages(messages: list[Any], api: Api) -> None:
         if content is not None and not isinstance(content, allowed):
             raise RequestError(f"{where}.content must be {_describe(allowed)}, "
                                f"not {_json_type(content)}")
+        for name in ("thinking", "tool_name"):
+            if api == "ollama" and not isinstance(message.get(name), str | None):
+                raise RequestError(f"{where}.{name} must be a string")
         images = message.get("images")
         if images is not None and not (isinstance(images, list)
                                        and all(isinstance(i, str) for i in images)):

@@ -70,7 +70,7 @@ class EmulatorNode:
     faults: Faults = attrs.field(factory=Faults)
     max_loaded: int = 3
     library: Iterable[str] | None = None
-    version: str = "0.11.4"
+    version: str = "0.33.0"
     app: EmulatorApp | None = attrs.field(default=None, init=False)
     _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None, init=False)
     _thread: threading.Thread | None = attrs.field(default=None, init=False)

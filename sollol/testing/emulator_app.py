@@ -28,7 +28,7 @@ class EmulatorApp:
     store: ModelStore
     speed: Speed = attrs.field(factory=Speed)
     faults: Faults = attrs.field(factory=Faults)
-    version: str = "0.11.4"
+    version: str = "0.33.0"
     library: frozenset[str] | None = None
     """Names `/api/pull` may fetch (None: any name)."""
     pull_seconds: float = 0.2
@@ -45,7 +45,8 @@ class EmulatorApp:
         r = self._routes
         r["GET", "/"] = r["HEAD", "/"] = self._root
         r["GET", "/api/version"] = self._version
-        r["GET", "/api/tags"] = self._tags
+        r["GET", "/api/tags"] = r["HEAD", "/api/tags"] = self._tags
+        r["GET", "/api/status"] = self._status
         r["GET", "/api/ps"] = self._ps
         r["POST", "/api/show"] = self._show
         r["POST", "/api/generate"] = self._generate
@@ -53,6 +54,7 @@ class EmulatorApp:
         r["POST", "/api/embed"] = self._embed
         r["POST", "/api/embeddings"] = self._embeddings
         r["POST", "/api/pull"] = self._pull
+        r["POST", "/api/push"] = self._push
         r["DELETE", "/api/delete"] = self._delete
         r["POST", "/api/copy"] = self._copy
         r["POST", "/api/create"] = self._create
@@ -134,6 +136,10 @@ class EmulatorApp:
 
     async def _tags(self, call: Call) -> None:
         await call.json_reply({"models": self.store.tags()})
+
+    async def _status(self, call: Call) -> None:
+        await call.json_reply({"status": "ok", "version": self.version,
+                               "models_loaded": len(self.store.running())})
 
     async def _ps(self, call: Call) -> None:
         await call.json_reply({"models": self.store.running()})
@@ -226,6 +232,24 @@ class EmulatorApp:
                           "total": model.size, "completed": model.size * i // parts})
         steps += [{"status": "verifying sha256 digest"}, {"status": "writing manifest"},
                   {"status": "success"}]
+        await self._progress(call, stream, steps, self.pull_seconds / len(steps))
+
+    async def _push(self, call: Call) -> None:
+        """Ollama's push: progress objects per layer, then `success` (no registry is reached)."""
+        body = await call.json()
+        name = body.get("model") or body.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise HttpError(400, "model is required")
+        stream = body.get("stream", True) is not False
+        slot = self.store.get(name)
+        if slot is None:
+            raise HttpError(404, f"model '{name}' not found")
+        self.stats.pushed.append(full_name(name))
+        digest, size = "sha256:" + slot.model.digest, slot.model.size
+        steps: list[dict[str, Any]] = [{"status": "retrieving manifest"}]
+        steps += [{"status": f"pushing {slot.model.digest[:12]}", "digest": digest,
+                   "total": size, "completed": size * i // 2} for i in (1, 2)]
+        steps += [{"status": "pushing manifest"}, {"status": "success"}]
         await self._progress(call, stream, steps, self.pull_seconds / len(steps))
 
     async def _create(self, call: Call) -> None:

@@ -7,6 +7,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from sollol.testing import emulator_fields as fields
 from sollol.testing.emulator_http import Call, DroppedConnection, HttpError
 from sollol.testing.emulator_models import (
     ModelSlot,
@@ -105,7 +106,8 @@ async def _ensure_loaded(app: EmulatorApp, slot: ModelSlot, keep_alive: float | 
     return time.perf_counter() - start
 
 
-def _piece(name: str, chat: bool, text: str, thinking: str = "") -> dict[str, Any]:
+def _piece(name: str, chat: bool, text: str, thinking: str = "",
+           top_logprobs: int | None = None) -> dict[str, Any]:
     obj: dict[str, Any] = {"model": name, "created_at": iso_now()}
     if chat:
         obj["message"] = {"role": "assistant", "content": text}
@@ -115,12 +117,15 @@ def _piece(name: str, chat: bool, text: str, thinking: str = "") -> dict[str, An
         obj["response"] = text
         if thinking:
             obj["thinking"] = thinking
+    if top_logprobs is not None and text:
+        obj["logprobs"] = fields.logprobs(text, top_logprobs)
     obj["done"] = False
     return obj
 
 
 async def _stream(app: EmulatorApp, call: Call, name: str, chat: bool,
-                  pieces: list[tuple[str, str]], per_token: float) -> None:
+                  pieces: list[tuple[str, str]], per_token: float,
+                  top_logprobs: int | None) -> None:
     """Send one NDJSON object per token, paced at the node's speed; drop if told to."""
     await call.start_stream()
     start = time.perf_counter()
@@ -133,7 +138,7 @@ async def _stream(app: EmulatorApp, call: Call, name: str, chat: bool,
         if drop_after is not None and i >= drop_after:
             app.stats.injected["drop"] += 1
             raise DroppedConnection("injected drop")
-        await call.line(_piece(name, chat, text, thinking))
+        await call.line(_piece(name, chat, text, thinking, top_logprobs))
 
 
 async def generate(app: EmulatorApp, call: Call, body: dict[str, Any], chat: bool) -> None:
@@ -145,7 +150,9 @@ async def generate(app: EmulatorApp, call: Call, body: dict[str, Any], chat: boo
     name = slot.model.name
     if "completion" not in slot.model.capabilities:
         raise HttpError(400, f'"{name}" does not support {"chat" if chat else "generate"}')
-    think = bool(body.get("think"))
+    fields.check(body, chat)
+    top_logprobs = int(body.get("top_logprobs") or 0) if fields.wants_logprobs(body) else None
+    think = body.get("think") not in (None, False)
     if think and "thinking" not in slot.model.capabilities:
         raise HttpError(400, f'"{name}" does not support thinking')
     empty = not (body.get("messages") if chat else body.get("prompt"))
@@ -177,7 +184,7 @@ async def generate(app: EmulatorApp, call: Call, body: dict[str, Any], chat: boo
         pieces = [("", t) for t in thoughts] + [(c, "") for c in chunks]
         gen_start = time.perf_counter()
         if stream:
-            await _stream(app, call, name, chat, pieces, per_token)
+            await _stream(app, call, name, chat, pieces, per_token, top_logprobs)
         elif per_token:
             await asyncio.sleep(per_token * len(pieces))
         eval_s = max(time.perf_counter() - gen_start, 1e-6)
@@ -191,6 +198,8 @@ async def generate(app: EmulatorApp, call: Call, body: dict[str, Any], chat: boo
                      eval_count=len(pieces), eval_duration=max(int(eval_s * NS), 1))
         if tool_calls is not None:
             final["message"]["tool_calls"] = tool_calls
+        if top_logprobs is not None and not stream:
+            final["logprobs"] = [p for c in chunks for p in fields.logprobs(c, top_logprobs)]
         if not chat and not body.get("raw"):
             final["context"] = list(range(1, final["prompt_eval_count"] + len(pieces) + 1))
         if stream:

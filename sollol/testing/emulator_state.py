@@ -91,6 +91,7 @@ class Stats:
     loads: int = 0
     injected: Counter[str] = attrs.field(factory=Counter)
     recent: deque[dict[str, Any]] = attrs.field(factory=lambda: deque(maxlen=20))
+    pushed: list[str] = attrs.field(factory=list)
 
     def enter(self, path: str) -> None:
         self.requests[path] += 1
@@ -104,4 +105,5 @@ class Stats:
         return {"requests": dict(self.requests), "total": sum(self.requests.values()),
                 "models": dict(self.models), "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight, "tokens": self.tokens, "loads": self.loads,
-                "injected": dict(self.injected), "recent": list(self.recent)}
+                "injected": dict(self.injected), "recent": list(self.recent),
+                "pushed": list(self.pushed)}

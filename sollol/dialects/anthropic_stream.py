@@ -1,0 +1,117 @@
+"""An Ollama `/api/chat` NDJSON stream as Anthropic's Messages stream events.
+
+Event order (Anthropic's "Streaming messages" spec): `message_start`, then per content block
+`content_block_start`, `content_block_delta`s, `content_block_stop`; then `message_delta` (stop
+reason, output tokens) and `message_stop`. An error ends the stream with an `error` event.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sollol.dialects.anthropic import stop_reason, tool_use_block, usage
+from sollol.dialects.errors import anthropic_error
+from sollol.dialects.replies import new_id
+from sollol.dialects.streams import Lines, parse_object
+
+
+def event(name: str, data: dict[str, Any]) -> bytes:
+    """One server-sent event with Anthropic's `event:` name."""
+    return (f"event: {name}\ndata: ".encode() + json.dumps(data, ensure_ascii=False).encode()
+            + b"\n\n")
+
+
+class NdjsonToAnthropic:
+    """Feed Ollama NDJSON bytes, get Anthropic SSE bytes."""
+
+    at_boundary = True  # only whole events are ever emitted
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.lines = Lines()
+        self.started = False
+        self.block: str | None = None  # the open block's type: "text" or "thinking"
+        self.index = -1
+        self.saw_tools = False
+        self.complete = False
+        self.tokens: int | None = None
+        self.error: str | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        return b"".join(self._line(line) for line in self.lines.split(chunk))
+
+    def finish(self) -> bytes:
+        return b"".join(self._line(line) for line in self.lines.rest())
+
+    def _line(self, line: bytes) -> bytes:
+        data = parse_object(line)
+        if data is None or self.complete:
+            return b""
+        out = self._start(data)
+        if data.get("error") is not None:
+            self.error = str(data["error"])
+            self.complete = True
+            return out + event("error", anthropic_error(500, self.error))
+        message = data.get("message") or {}
+        if message.get("thinking"):
+            out += self._delta("thinking", {"type": "thinking_delta",
+                                            "thinking": message["thinking"]})
+        if message.get("content"):
+            out += self._delta("text", {"type": "text_delta", "text": message["content"]})
+        for call in message.get("tool_calls") or []:
+            out += self._close()
+            block = tool_use_block(call)
+            self.saw_tools = True
+            self.index += 1
+            arguments = json.dumps(block["input"], ensure_ascii=False)
+            out += event("content_block_start", {"type": "content_block_start",
+                                                 "index": self.index,
+                                                 "content_block": {**block, "input": {}}})
+            out += event("content_block_delta", {
+                "type": "content_block_delta", "index": self.index,
+                "delta": {"type": "input_json_delta", "partial_json": arguments}})
+            out += event("content_block_stop", {"type": "content_block_stop",
+                                                "index": self.index})
+        if data.get("done"):
+            out += self._close()
+            counts = usage(data)
+            self.tokens = counts["output_tokens"] or None
+            out += event("message_delta", {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason(data, self.saw_tools),
+                          "stop_sequence": None},
+                "usage": counts})
+            out += event("message_stop", {"type": "message_stop"})
+            self.complete = True
+        return out
+
+    def _start(self, data: dict[str, Any]) -> bytes:
+        if self.started:
+            return b""
+        self.started = True
+        message = {"id": new_id("msg").replace("-", "_"), "type": "message",
+                   "role": "assistant", "model": self.model, "content": [],
+                   "stop_reason": None, "stop_sequence": None,
+                   "usage": {"input_tokens": int(data.get("prompt_eval_count") or 0),
+                             "output_tokens": 0}}
+        return event("message_start", {"type": "message_start", "message": message})
+
+    def _delta(self, kind: str, delta: dict[str, Any]) -> bytes:
+        out = b""
+        if self.block != kind:
+            out += self._close()
+            self.index += 1
+            self.block = kind
+            empty = {"type": "text", "text": ""} if kind == "text" else {
+                "type": "thinking", "thinking": "", "signature": ""}
+            out += event("content_block_start", {"type": "content_block_start",
+                                                 "index": self.index, "content_block": empty})
+        return out + event("content_block_delta", {"type": "content_block_delta",
+                                                   "index": self.index, "delta": delta})
+
+    def _close(self) -> bytes:
+        if self.block is None:
+            return b""
+        self.block = None
+        return event("content_block_stop", {"type": "content_block_stop", "index": self.index})

@@ -1,0 +1,213 @@
+"""Responses API streams: an Ollama NDJSON stream as Responses events, and the completion of a
+native stream whose events lack the indexes the official client needs.
+
+Events (OpenAI's Responses streaming spec): `response.created`, `response.in_progress`, per
+output item `response.output_item.added` ... `response.output_item.done` with the deltas of its
+kind in between (`response.output_text.delta`, `response.reasoning_text.delta`,
+`response.function_call_arguments.delta`), then `response.completed`.
+Every event carries a `sequence_number`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sollol.dialects.replies import new_id
+from sollol.dialects.responses import (
+    function_call_item,
+    message_item,
+    reasoning_item,
+    response_object,
+    responses_logprobs,
+)
+from sollol.dialects.streams import Lines, parse_object
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return (f"event: {data['type']}\ndata: ".encode()
+            + json.dumps(data, ensure_ascii=False).encode() + b"\n\n")
+
+
+class NdjsonToResponses:
+    """Feed Ollama `/api/chat` NDJSON bytes, get Responses SSE bytes."""
+
+    at_boundary = True
+
+    def __init__(self, body: dict[str, Any], model: str) -> None:
+        self.body, self.model = body, model
+        self.lines = Lines()
+        self.id = new_id("resp")
+        self.created = 0
+        self.sequence = 0
+        self.output: list[dict[str, Any]] = []
+        self.open: dict[str, Any] | None = None  # the item receiving deltas
+        self.complete = False
+        self.tokens: int | None = None
+        self.error: str | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        return b"".join(self._line(line) for line in self.lines.split(chunk))
+
+    def finish(self) -> bytes:
+        return b"".join(self._line(line) for line in self.lines.rest())
+
+    def _emit(self, kind: str, **fields: Any) -> bytes:
+        data = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return _event(data)
+
+    def _line(self, line: bytes) -> bytes:
+        data = parse_object(line)
+        if data is None or self.complete:
+            return b""
+        out = b""
+        if self.sequence == 0:
+            self.created = int(time.time())
+            snapshot = self._response(None, "in_progress")
+            out += self._emit("response.created", response=snapshot)
+            out += self._emit("response.in_progress", response=snapshot)
+        if data.get("error") is not None:
+            self.error = str(data["error"])
+            self.complete = True
+            return out + self._emit("error", code="backend_error", message=self.error,
+                                    param=None)
+        message = data.get("message") or {}
+        if message.get("thinking"):
+            out += self._delta("reasoning", message["thinking"])
+        if message.get("content"):
+            out += self._delta("message", message["content"], data.get("logprobs"))
+        for call in message.get("tool_calls") or []:
+            out += self._close()
+            item = function_call_item(call)
+            index = len(self.output)
+            out += self._emit("response.output_item.added", output_index=index,
+                              item={**item, "arguments": "", "status": "in_progress"})
+            out += self._emit("response.function_call_arguments.delta", item_id=item["id"],
+                              output_index=index, delta=item["arguments"])
+            out += self._emit("response.function_call_arguments.done", item_id=item["id"],
+                              output_index=index, name=item["name"],
+                              arguments=item["arguments"])
+            out += self._emit("response.output_item.done", output_index=index, item=item)
+            self.output.append(item)
+        if data.get("done"):
+            out += self._close()
+            final = self._response(data, "completed")
+            self.tokens = int(data.get("eval_count") or 0) or None
+            # `response.completed` also when the status is "incomplete" (a token limit), as
+            # Ollama and llama-server send it: the official client's stream helper waits for it
+            out += self._emit("response.completed", response=final)
+            self.complete = True
+        return out
+
+    def _response(self, data: dict[str, Any] | None, status: str) -> dict[str, Any]:
+        return response_object(self.body, self.model, list(self.output), data, status,
+                               self.id, self.created)
+
+    def _delta(self, kind: str, text: str, logprobs: list[Any] | None = None) -> bytes:
+        out = b""
+        if self.open is None or self.open["type"] != kind:
+            out += self._close()
+            index = len(self.output)
+            if kind == "message":
+                self.open = message_item("", status="in_progress")
+                out += self._emit("response.output_item.added", output_index=index,
+                                  item={**self.open, "content": []})
+                out += self._emit("response.content_part.added", item_id=self.open["id"],
+                                  output_index=index, content_index=0,
+                                  part=self.open["content"][0])
+            else:
+                self.open = reasoning_item("")
+                out += self._emit("response.output_item.added", output_index=index,
+                                  item={**self.open, "content": []})
+        index = len(self.output)
+        part = self.open["content"][0]
+        part["text"] += text
+        if kind == "message":
+            extra = responses_logprobs(logprobs)
+            part["logprobs"] += extra
+            return out + self._emit("response.output_text.delta", item_id=self.open["id"],
+                                    output_index=index, content_index=0, delta=text,
+                                    logprobs=extra)
+        return out + self._emit("response.reasoning_text.delta", item_id=self.open["id"],
+                                output_index=index, content_index=0, delta=text)
+
+    def _close(self) -> bytes:
+        item, self.open = self.open, None
+        if item is None:
+            return b""
+        index = len(self.output)
+        part = item["content"][0]
+        if item["type"] == "message":
+            item["status"] = "completed"
+            out = self._emit("response.output_text.done", item_id=item["id"],
+                             output_index=index, content_index=0, text=part["text"],
+                             logprobs=part["logprobs"])
+            out += self._emit("response.content_part.done", item_id=item["id"],
+                              output_index=index, content_index=0, part=part)
+        else:
+            out = self._emit("response.reasoning_text.done", item_id=item["id"],
+                             output_index=index, content_index=0, text=part["text"])
+        self.output.append(item)
+        return out + self._emit("response.output_item.done", output_index=index, item=item)
+
+
+class CompleteResponsesEvents:
+    """A native Responses stream, with `sequence_number`, `output_index` and `content_index`
+    added where the server left them out (llama-server does; the official client's stream
+    helper indexes by them). Events that carry them pass unchanged."""
+
+    at_boundary = True
+
+    def __init__(self) -> None:
+        self.lines = Lines()
+        self.name = b""
+        self.sequence = 0
+        self.items: dict[str, int] = {}  # item id -> output index
+        self.complete = False
+        self.tokens: int | None = None
+        self.error: str | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        return b"".join(self._line(line) for line in self.lines.split(chunk))
+
+    def finish(self) -> bytes:
+        return b"".join(self._line(line) for line in self.lines.rest())
+
+    def _line(self, line: bytes) -> bytes:
+        if line.startswith(b"event:"):
+            self.name = line
+            return b""
+        if not line.startswith(b"data:"):
+            return b""
+        name, self.name = self.name, b""
+        data = parse_object(line[5:].strip())
+        if data is None:
+            return (name + b"\n" if name else b"") + line + b"\n\n"
+        self._fill(data)
+        kind = data.get("type")
+        if kind in ("response.completed", "response.incomplete", "response.failed"):
+            self.complete = True
+            usage = (data.get("response") or {}).get("usage") or {}
+            self.tokens = usage.get("output_tokens")
+        elif kind == "error":
+            self.complete = True
+            self.error = str(data.get("message") or data.get("error"))
+        head = name or f"event: {kind}".encode()
+        return head + b"\ndata: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
+
+    def _fill(self, data: dict[str, Any]) -> None:
+        data.setdefault("sequence_number", self.sequence)
+        self.sequence += 1
+        item = data.get("item")
+        item_id = item.get("id") if isinstance(item, dict) else data.get("item_id")
+        if item_id is None or not str(data.get("type", "")).startswith("response."):
+            return
+        if data["type"] == "response.output_item.added" and item_id not in self.items:
+            self.items[item_id] = data.get("output_index", len(self.items))
+        data.setdefault("output_index", self.items.get(item_id, len(self.items)))
+        if "part" in data or "delta" in data or data["type"].endswith("text.done"):
+            data.setdefault("content_index", 0)
+        if data["type"] == "response.output_text.delta":
+            data.setdefault("logprobs", [])

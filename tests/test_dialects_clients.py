@@ -1,0 +1,209 @@
+"""Acceptance: the official `anthropic` client (Messages: text, streaming, tools) and the
+official `openai` client's Responses API (create, stream, tools) through the gateway, against
+each node kind: an Ollama-dialect node (the emulator, translated), a real llama-server pool node
+and a sharded coordinator (both answer these endpoints natively: passed through)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from sollol.cluster import Cluster
+from sollol.plugins import get_plugin_manager
+from sollol.testing.emulator import EmulatedModel
+
+WEATHER = {"name": "get_weather", "description": "Weather in a city",
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                            "required": ["city"]}}
+FUNCTION = {"type": "function", "name": "get_weather", "description": "Weather in a city",
+            "parameters": WEATHER["input_schema"]}
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 32).decode()
+
+
+class Target:
+    """A gateway in front of one node kind, and the model name to ask for."""
+
+    def __init__(self, kind: str, url: str, model: str) -> None:
+        self.kind, self.url, self.model = kind, url, model
+
+    @property
+    def translated(self) -> bool:
+        return self.kind == "ollama"
+
+    def anthropic(self) -> anthropic.Anthropic:
+        return anthropic.Anthropic(base_url=self.url, api_key="unused", max_retries=0,
+                                   timeout=120)
+
+    def openai(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0,
+                             timeout=120)
+
+
+@pytest.fixture
+def sharding_gateway(sharding_config: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+    from sollol.gateway import GatewayThread
+
+    threads: list[GatewayThread] = []
+
+    def start(addresses: list[str]) -> GatewayThread:
+        cluster = Cluster(config=sharding_config(addresses),
+                          pm=get_plugin_manager(["llamacpp_rpc"]))
+        thread = GatewayThread(cluster)
+        threads.append(thread)
+        return thread.start()
+
+    try:
+        yield start
+    finally:
+        for thread in reversed(threads):
+            thread.stop()
+
+
+@pytest.fixture(params=["ollama", "llama-server", "sharding"])
+def target(request: pytest.FixtureRequest, tiny_model: Path) -> Target:
+    kind = request.param
+    if kind == "ollama":
+        node = request.getfixturevalue("emulator")(models=[EmulatedModel(
+            "tiny:1b", capabilities=("completion", "tools", "thinking"))])
+        gw = request.getfixturevalue("pool_gateway")(node.address)
+        return Target(kind, gw.url, "tiny:1b")
+    if kind == "llama-server":
+        url, _proc = request.getfixturevalue("llama_server")(tiny_model, "--alias", "tiny")
+        gw = request.getfixturevalue("pool_gateway")("openai://" + url.removeprefix("http://"))
+        return Target(kind, gw.url, "tiny")
+    servers = request.getfixturevalue("rpc_servers")(2)
+    gw = request.getfixturevalue("sharding_gateway")([a for a, _ in servers])
+    return Target(kind, gw.url, str(tiny_model))
+
+
+def _text(message: Any) -> str:
+    return "".join(b.text for b in message.content if b.type == "text")
+
+
+@pytest.mark.llamacpp
+def test_anthropic_messages_text_system_and_stream(target: Target) -> None:
+    client = target.anthropic()
+    messages = [{"role": "user", "content": "Say hello"}]
+    reply = client.messages.create(model=target.model, max_tokens=8, system="Be brief.",
+                                   messages=messages)
+    assert reply.type == "message" and reply.role == "assistant"
+    assert _text(reply) and reply.stop_reason in ("end_turn", "max_tokens")
+    assert reply.usage.output_tokens > 0
+    with client.messages.stream(model=target.model, max_tokens=8, messages=messages,
+                                system=[{"type": "text", "text": "Be brief."}]) as stream:
+        pieces = list(stream.text_stream)
+        final = stream.get_final_message()
+    assert pieces and "".join(pieces) == _text(final)
+    assert final.stop_reason in ("end_turn", "max_tokens")
+    events = [e.type for e in client.messages.create(model=target.model, max_tokens=4,
+                                                     messages=messages, stream=True)]
+    assert events[0] == "message_start" and events[-1] == "message_stop"
+    assert "content_block_delta" in events and "message_delta" in events
+
+
+@pytest.mark.llamacpp
+def test_anthropic_tools_and_tool_results(target: Target) -> None:
+    client = target.anthropic()
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    reply = client.messages.create(model=target.model, max_tokens=16, messages=ask,
+                                   tools=[WEATHER])
+    if target.translated:  # the emulated model calls the first tool it is given
+        (use,) = [b for b in reply.content if b.type == "tool_use"]
+        assert reply.stop_reason == "tool_use" and use.name == "get_weather"
+        assert isinstance(use.input, dict) and "city" in use.input
+        tool_id = use.id
+    else:  # random weights call nothing: the request and its reply are still well-formed
+        assert reply.stop_reason in ("end_turn", "max_tokens", "tool_use")
+        tool_id = "toolu_1"
+    history = [*ask,
+               {"role": "assistant", "content": [{"type": "tool_use", "id": tool_id,
+                                                  "name": "get_weather",
+                                                  "input": {"city": "Paris"}}]},
+               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_id,
+                                             "content": "sunny, 21 C"}]}]
+    after = client.messages.create(model=target.model, max_tokens=8, messages=history,
+                                   tools=[WEATHER])
+    assert after.stop_reason in ("end_turn", "max_tokens", "tool_use")
+    with client.messages.stream(model=target.model, max_tokens=16, messages=ask,
+                                tools=[WEATHER]) as stream:
+        final = stream.get_final_message()
+    if target.translated:
+        assert [b.type for b in final.content] == ["tool_use"]
+        assert final.content[0].input == use.input
+
+
+@pytest.mark.llamacpp
+def test_openai_responses_create_stream_and_tools(target: Target) -> None:
+    client = target.openai()
+    reply = client.responses.create(model=target.model, input="Say hello",
+                                    instructions="Be brief.", max_output_tokens=8)
+    assert reply.object == "response" and reply.output_text
+    assert reply.status in ("completed", "incomplete")
+    with client.responses.stream(model=target.model, input="Say hello",
+                                 max_output_tokens=8) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert deltas and "".join(deltas) == final.output_text
+    events = [e.type for e in client.responses.create(model=target.model, input="hi",
+                                                      max_output_tokens=4, stream=True)]
+    assert events[0] == "response.created"
+    assert events[-1] in ("response.completed", "response.incomplete")
+    asked = client.responses.create(model=target.model, input="Weather in Paris?",
+                                    tools=[FUNCTION], max_output_tokens=16)
+    calls = [item for item in asked.output if item.type == "function_call"]
+    if target.translated:
+        assert calls and calls[0].name == "get_weather" and "city" in calls[0].arguments
+        call_id = calls[0].call_id
+    else:
+        call_id = "call_1"
+    follow = client.responses.create(model=target.model, tools=[FUNCTION], max_output_tokens=8,
+                                     input=[{"role": "user", "content": "Weather in Paris?"},
+                                            {"type": "function_call", "call_id": call_id,
+                                             "name": "get_weather",
+                                             "arguments": '{"city": "Paris"}'},
+                                            {"type": "function_call_output",
+                                             "call_id": call_id, "output": "sunny"}])
+    assert follow.status in ("completed", "incomplete")
+
+
+def test_thinking_images_and_errors_on_an_ollama_node(emulator, pool_gateway) -> None:
+    node = emulator(models=[EmulatedModel("tiny:1b",
+                                          capabilities=("completion", "tools", "thinking"))])
+    target = Target("ollama", pool_gateway(node.address).url, "tiny:1b")
+    client = target.anthropic()
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": PNG}}
+    reply = client.messages.create(
+        model=target.model, max_tokens=16, thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[{"role": "user", "content": [image, {"type": "text", "text": "What?"}]}])
+    assert [b.type for b in reply.content] == ["thinking", "text"]
+    sent = node.stats()["recent"][-1]
+    assert sent["think"] is True and sent["messages"][0]["images"] == [PNG]
+    with client.messages.stream(model=target.model, max_tokens=16,
+                                thinking={"type": "enabled", "budget_tokens": 1024},
+                                messages=[{"role": "user", "content": "Think"}]) as stream:
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["thinking", "text"] and final.content[0].thinking
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        client.messages.create(model="missing", max_tokens=4,
+                               messages=[{"role": "user", "content": "x"}])
+    assert missing.value.body["type"] == "error"
+    assert missing.value.body["error"]["type"] == "not_found_error"
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        client.messages.create(model=target.model, max_tokens=4, messages=[{
+            "role": "user", "content": [{"type": "image", "source": {
+                "type": "url", "url": "https://example.invalid/cat.png"}}]}])
+    assert "an Ollama node" in bad.value.body["error"]["message"]
+    responses = target.openai().responses
+    thought = responses.create(model=target.model, input="Think", reasoning={"effort": "high"})
+    assert [item.type for item in thought.output] == ["reasoning", "message"]
+    assert node.stats()["recent"][-1]["think"] == "high"
+    with pytest.raises(openai.BadRequestError) as stateful:
+        responses.create(model=target.model, input="again", previous_response_id="resp_1")
+    assert "stateless" in stateful.value.message

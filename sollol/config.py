@@ -122,6 +122,9 @@ CORE_SETTINGS: tuple[Setting, ...] = (
             "Seconds a request may take upstream before it is cut.", check=positive),
     Setting("connect_timeout", "float", 5.0, "Seconds to connect to an upstream.",
             check=positive),
+    Setting("stream_idle_timeout", "float", 60.0,
+            "Seconds a stream may go without a chunk, once its first chunk came, before it is "
+            "cut with an error.", check=positive),
     Setting("health_interval", "float", 5.0, "Seconds between active health probes.",
             check=positive),
     Setting("llama_cpp_dir", "str", None, "Folder holding llama-server and ggml-rpc-server.",

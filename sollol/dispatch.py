@@ -2,7 +2,8 @@
 
 Retries happen only before the first byte reaches the client: a connect error, a timeout or a
 5xx on one backend sends the request to another (at most `max_retries` more). After the first
-byte a failure ends the stream with an error object in the client's dialect. Every lease is
+byte a failure ends the stream with an error object in the client's dialect; so does a stream
+that stalls for `stream_idle_timeout` seconds between chunks. Every lease is
 released once with an `Outcome`, and every request is recorded as a `RouteEvent`.
 """
 
@@ -33,7 +34,7 @@ from sollol.dialects.translate import (
 from sollol.errors import BackendError, NoRouteAvailable, SollolError
 from sollol.models import Api, RouteDecision, RouteEvent
 from sollol.routes import Lease, Outcome
-from sollol.upstream import ConnectFailed, Response, UpstreamError, UpstreamPool
+from sollol.upstream import ConnectFailed, Response, StreamIdle, UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
     from sollol.cluster import Cluster
@@ -77,9 +78,13 @@ class StreamReply(Reply):
                 if out:
                     yield out
         except _NETWORK_ERRORS as exc:
-            message = self._explain(
-                f"stream cut: backend {self._backend} failed mid-stream ({_describe(exc)})")
-            self._end(Outcome(False, 504 if isinstance(exc, TimeoutError) else 502, message,
+            if isinstance(exc, StreamIdle):
+                what = f"stalled: it {exc}"
+            else:
+                what = f"failed mid-stream ({_describe(exc)})"
+            message = self._explain(f"stream cut: backend {self._backend} {what}")
+            timed_out = isinstance(exc, (TimeoutError, StreamIdle))
+            self._end(Outcome(False, 504 if timed_out else 502, message,
                               seconds=self._elapsed(), first_byte_sent=True))
             yield stream_error(self._api, message, at_line_start=stream.at_boundary)
             return
@@ -128,13 +133,15 @@ class Dispatcher:
     cluster: Cluster
     pool: UpstreamPool
     max_retries: int = 2
+    stream_idle_timeout: float = 60.0
 
     @classmethod
     def create(cls, cluster: Cluster, *, max_retries: int = 2) -> Dispatcher:
         """A dispatcher with its own connection pool (no Accept-Encoding is sent: upstream
         bytes are forwarded as they come, so they must be plain)."""
         pool = UpstreamPool(connect_timeout=float(cluster.config["connect_timeout"]))
-        return cls(cluster=cluster, pool=pool, max_retries=max_retries)
+        return cls(cluster=cluster, pool=pool, max_retries=max_retries,
+                   stream_idle_timeout=float(cluster.config["stream_idle_timeout"]))
 
     async def close(self) -> None:
         await self.pool.close()
@@ -251,6 +258,9 @@ class Dispatcher:
             self._record(call, decision, lease.backend.id, outcome.status, started, attempts,
                          outcome.error, outcome.tokens)
 
+        # From the first chunk on, silence means a stalled backend (the wait for the first chunk,
+        # which may include loading the model, is bounded by request_timeout alone).
+        response.watch_idle(self.stream_idle_timeout)
         content_type = STREAM_TYPES[call.api]
         return StreamReply(200, content_type, route, finish=finish, response=response,
                            stream=new_stream(call, upstream), first=first, api=call.api,

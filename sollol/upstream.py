@@ -27,6 +27,10 @@ class ConnectFailed(UpstreamError):
     """No connection could be opened (refused, unreachable, or connect timeout)."""
 
 
+class StreamIdle(UpstreamError):
+    """A response body went quiet for longer than its idle limit (a stalled stream)."""
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; parses one response at a time."""
 
@@ -48,6 +52,9 @@ class _Connection(asyncio.Protocol):
         self._header: bytes = b""
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_limit = 0.0
+        self.last_progress = 0.0  # loop time body bytes last came in or were taken (idle watch)
 
     # ---- asyncio.Protocol
 
@@ -87,6 +94,7 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        self.last_progress = self.loop.time()
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > _MAX_BUFFER and not self.paused and self.transport is not None:
@@ -131,8 +139,35 @@ class _Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def watch_idle(self, seconds: float) -> None:
+        """Fail with StreamIdle when the reader waits `seconds` for body bytes that never come.
+
+        One timer per quiet period, not per chunk: when it fires after progress, it is set again
+        for the rest of the period. Time the reader spends behind (bytes waiting to be taken,
+        reading paused) is not the backend's silence.
+        """
+        self._idle_limit = seconds
+        start = self.last_progress or self.loop.time()
+        self._idle_timer = self.loop.call_at(start + seconds, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        if self.complete or self.error is not None:
+            return
+        now, limit = self.loop.time(), self._idle_limit
+        if self.chunks or self.paused:
+            self._idle_timer = self.loop.call_at(now + limit, self._check_idle)
+        elif now - self.last_progress < limit:
+            self._idle_timer = self.loop.call_at(self.last_progress + limit, self._check_idle)
+        else:
+            self._fail(StreamIdle(f"sent nothing for {limit:g}s (stream_idle_timeout)"))
 
     def take(self) -> bytes:
+        self.last_progress = self.loop.time()
         data = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
         self.chunks.clear()
         self.buffered = 0
@@ -168,6 +203,11 @@ class Response:
         while chunk := await self.next_chunk():
             parts.append(chunk)
         return b"".join(parts)
+
+    def watch_idle(self, seconds: float) -> None:
+        """From now on, fail with StreamIdle if the body goes quiet for `seconds`."""
+        if not self._done:
+            self._conn.watch_idle(seconds)
 
     async def next_chunk(self) -> bytes:
         """The next piece of body as soon as it arrives; b"" at the end."""

@@ -126,10 +126,10 @@ def _piece(name: str, chat: bool, text: str, thinking: str = "",
 async def _stream(app: EmulatorApp, call: Call, name: str, chat: bool,
                   pieces: list[tuple[str, str]], per_token: float,
                   top_logprobs: int | None) -> None:
-    """Send one NDJSON object per token, paced at the node's speed; drop if told to."""
+    """Send one NDJSON object per token, paced at the node's speed; drop or stall if told to."""
     await call.start_stream()
     start = time.perf_counter()
-    drop_after = app.faults.drop_after
+    drop_after, stall_after = app.faults.drop_after, app.faults.stall_after
     for i, (text, thinking) in enumerate(pieces):
         if per_token:
             delay = start + (i + 1) * per_token - time.perf_counter()
@@ -138,6 +138,10 @@ async def _stream(app: EmulatorApp, call: Call, name: str, chat: bool,
         if drop_after is not None and i >= drop_after:
             app.stats.injected["drop"] += 1
             raise DroppedConnection("injected drop")
+        if stall_after is not None and i >= stall_after:
+            app.stats.injected["stall"] += 1
+            await call.wait_disconnect()  # a stalled generation: silence, the socket stays open
+            raise DroppedConnection("client left a stalled stream")
         await call.line(_piece(name, chat, text, thinking, top_logprobs))
 
 

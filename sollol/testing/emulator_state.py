@@ -38,6 +38,7 @@ class Faults:
     error_count: only the next N matching requests get `error_status` (None: all of them).
     hang: never answer (until the client gives up or the node stops).
     drop_after: cut the connection after N streamed chunks (non-streamed: after half a body).
+    stall_after: after N streamed chunks go silent, connection open, until the client leaves.
     slowdown: multiply latency and per-token time by this factor.
     extra_latency: seconds added before the first token.
     """
@@ -47,6 +48,7 @@ class Faults:
     error_count: int | None = None
     hang: bool = False
     drop_after: int | None = None
+    stall_after: int | None = None
     slowdown: float = attrs.field(default=1.0, validator=_non_negative)
     extra_latency: float = attrs.field(default=0.0, validator=_non_negative)
     scope: FaultScope = "inference"
@@ -66,6 +68,7 @@ class Faults:
         changes = {k: v for k, v in data.items() if k in known}
         types = {"refuse": bool, "hang": bool, "error_status": (int, type(None)),
                  "error_count": (int, type(None)), "drop_after": (int, type(None)),
+                 "stall_after": (int, type(None)),
                  "slowdown": (int, float), "extra_latency": (int, float), "scope": str}
         for key, value in changes.items():
             if not isinstance(value, types[key]) or (isinstance(value, bool)

@@ -71,7 +71,9 @@ class ScriptedNode:
         else:
             app.router.add_post("/api/chat", self._ollama)
             app.router.add_post("/api/generate", self._ollama)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        # handler_cancellation: a client that leaves during a pause ends the handler at once
+        # (as it does Ollama's and llama-server's generation), instead of at the next write.
+        self._runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, self.host, self.port)
         self._loop.run_until_complete(site.start())

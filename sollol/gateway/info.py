@@ -16,7 +16,7 @@ from sollol.router import POOL
 
 log = logging.getLogger("sollol.gateway")
 
-OLLAMA_API_VERSION = "0.6.3"
+OLLAMA_API_VERSION = "0.33.0"
 """The Ollama API level the gateway speaks (what `GET /api/version` reports)."""
 
 if TYPE_CHECKING:
@@ -50,6 +50,16 @@ async def ps(cluster: Cluster, scope: dict[str, Any]) -> Any:
 
 async def version(cluster: Cluster, scope: dict[str, Any]) -> Any:
     return {"version": OLLAMA_API_VERSION, "sollol": __version__}
+
+
+async def status(cluster: Cluster, scope: dict[str, Any]) -> Any:
+    """`GET /api/status`: whether anything can serve, and each route's healthy backends."""
+    states = cluster.route_states()
+    routes = {name: {"available": state.available, "healthy": len(state.healthy),
+                     "backends": len(state.backends)} for name, state in states.items()}
+    ok = any(state.available for state in states.values())
+    return {"status": "ok" if ok else "unavailable", "version": OLLAMA_API_VERSION,
+            "sollol": __version__, "routes": routes}
 
 
 async def openai_models(cluster: Cluster, scope: dict[str, Any]) -> Any:
@@ -123,7 +133,8 @@ def _int(query: dict[str, str], name: str) -> int | None:
 
 Handler = Callable[["Cluster", dict[str, Any]], Awaitable[Any]]
 GET_HANDLERS: dict[str, Handler] = {
-    "/api/tags": tags, "/api/ps": ps, "/api/version": version, "/v1/models": openai_models,
+    "/api/tags": tags, "/api/ps": ps, "/api/version": version, "/api/status": status,
+    "/v1/models": openai_models,
     "/sollol/state": state, "/sollol/nodes": nodes, "/sollol/route": route_decision,
     "/sollol/events": events,
 }

@@ -196,7 +196,7 @@ class Cluster:
         """Log a finished request and tell `sollol_request_routed` implementations."""
         self.events.append(event)
         try:
-            self.pm.hook.sollol_request_routed(event=event)
+            self.pm.hook.sollol_request_routed(event=event, cluster=self)
         except Exception:
             log.exception("a sollol_request_routed hook failed")
 

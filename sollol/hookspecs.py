@@ -111,8 +111,9 @@ def sollol_shutdown(cluster: Cluster) -> Awaitable[None] | None:
 
 
 @hookspec
-def sollol_request_routed(event: RouteEvent) -> None:
+def sollol_request_routed(event: RouteEvent, cluster: Cluster) -> None:
     """Called after each routed request finishes (success or not), for metrics and dashboards.
 
-    Must be quick and must not raise: it runs on the request path.
+    `cluster` is the one that routed it (a process may run several). Must be quick and must
+    not raise: it runs on the request path.
     """

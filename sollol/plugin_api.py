@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-VERSION = "1.0"
+VERSION = "1.1"
 """The plugin API's version (see the module docstring for when to bump which part)."""
 
 RECORD = Path(__file__).with_name("plugin_api.json")
@@ -66,10 +66,14 @@ def _describe(obj: Any) -> Any:
         return {"attributes": {n: _text(t) for n, t in
                                inspect.get_annotations(obj).items()},
                 "methods": _methods(obj)}
-    if callable(obj) and hasattr(obj, "__name__") and inspect.isfunction(obj):
-        spec = getattr(obj, "sollol_spec", None)
-        options = {k: v for k, v in (spec or {}).items() if v} if spec else None
-        return {"signature": _signature(obj), **({"spec": options} if options else {})}
+    spec = getattr(obj, "sollol_spec", None)
+    if spec is not None:  # a hook: new parameters are opt-in for implementations (pluggy)
+        signature = inspect.signature(obj)
+        return {"params": {n: _text(p.annotation) for n, p in signature.parameters.items()},
+                "returns": _text(signature.return_annotation),
+                "spec": {k: v for k, v in spec.items() if v}}
+    if inspect.isfunction(obj):
+        return {"signature": _signature(obj)}
     project = getattr(obj, "project_name", None)  # pluggy's hookimpl marker
     if project is not None:
         return {"marker": type(obj).__name__, "project": project}
@@ -120,6 +124,8 @@ def _member_change(old: Any, new: Any) -> str:
         extra = [after[k] for k in set(after) - set(before)]
         if key == "fields" and not all(f["default"] for f in extra):
             return "changed"  # a new required field breaks everyone who builds the class
+        if key == "spec":
+            return "changed"  # firstresult, historic... change how every caller sees results
     return "added"
 
 

@@ -59,6 +59,14 @@ def test_changes_are_classified(monkeypatch: pytest.MonkeyPatch) -> None:
     assert plugin_api.compare(before, required)[0] == ["changed: m.A"]
     changed_hook = {"m.A": before["m.A"], "h.hook": {"signature": "(a: 'str') -> 'None'"}}
     assert plugin_api.compare(before, changed_hook)[0] == ["changed: h.hook"]
+
+    spec = {"params": {"a": "int"}, "returns": "None", "spec": {}}
+    opt_in = {"params": {"a": "int", "cluster": "Cluster"}, "returns": "None", "spec": {}}
+    assert plugin_api.compare({"h.s": spec}, {"h.s": opt_in}) == ([], ["added: h.s"])
+    retyped = {"params": {"a": "str"}, "returns": "None", "spec": {}}
+    assert plugin_api.compare({"h.s": spec}, {"h.s": retyped})[0] == ["changed: h.s"]
+    first = {**spec, "spec": {"firstresult": True}}
+    assert plugin_api.compare({"h.s": spec}, {"h.s": first})[0] == ["changed: h.s"]
     assert plugin_api.compare(before, {"m.A": before["m.A"]})[0] == ["removed: h.hook"]
     assert plugin_api.required_bump("1.3", ["removed: h.hook"], []) == "2.0"
 

@@ -82,3 +82,29 @@ def test_every_command_and_option_is_in_the_cli_docs() -> None:
         for option in command.params:
             if isinstance(option, click.Option):
                 assert f"`{', '.join(option.opts)}`" in docs, f"{name}: {option.opts} undocumented"
+
+
+def _api_doc_routes() -> set[tuple[str, str]]:
+    """(methods, path) of every row of docs/api.md's endpoint table."""
+    rows = set()
+    for line in (ROOT / "docs" / "api.md").read_text().splitlines():
+        match = re.match(r"^\| `([A-Z, ]+)` \| `(/[^`]*)` \|", line)
+        if match:
+            rows.add((match.group(1), match.group(2)))
+    return rows
+
+
+def test_docs_api_lists_exactly_the_gateways_routes() -> None:
+    from sollol.gateway.routes import ROUTES
+
+    documented = _api_doc_routes()
+    served = set()
+    for route in ROUTES:
+        path = route.path
+        if route.prefix:  # documented with its parameter: /api/blobs/:digest
+            path = next((p for _, p in documented
+                         if p.startswith(path) and p[len(path):].startswith(":")), path + ":")
+        served.add((", ".join(route.methods), path))
+    assert documented == served, (
+        f"docs/api.md lacks {sorted(served - documented)}; "
+        f"documents routes the gateway does not serve: {sorted(documented - served)}")

@@ -20,7 +20,7 @@ import tomli_w
 
 from sollol.errors import ConfigError
 from sollol.models import split_host_port
-from sollol.units import port_number, positive
+from sollol.units import at_least, port_number, positive
 
 Kind = Literal["bool", "int", "float", "str", "list", "table"]
 _TRUE = {"1", "true", "yes", "on"}
@@ -90,6 +90,12 @@ def _host_port_list(values: list[Any]) -> list[str]:
         raise ValueError("a list of host:port entries (e.g. 10.0.0.2:50052)") from None
 
 
+def _non_negative(value: float) -> float:
+    if not value >= 0:  # NaN is not
+        raise ValueError("a number of seconds, 0 or more")
+    return value
+
+
 def _node_list(values: list[Any]) -> list[str]:
     for value in values:
         if not isinstance(value, str) or not value.strip():
@@ -129,6 +135,17 @@ CORE_SETTINGS: tuple[Setting, ...] = (
             check=positive),
     Setting("llama_cpp_dir", "str", None, "Folder holding llama-server and ggml-rpc-server.",
             optional=True),
+    Setting("metrics_enabled", "bool", True,
+            "Keep request metrics: /metrics, the dashboard's charts and request statistics."),
+    Setting("metrics_max_models", "int", 50,
+            "Models that get their own metric label; the rest share the label \"other\".",
+            check=at_least(1)),
+    Setting("metrics_public", "bool", False,
+            "Serve /metrics without an access key once access keys are configured "
+            "(otherwise it needs an admin key, like the dashboard)."),
+    Setting("backend_metrics_interval", "float", 5.0,
+            "Seconds between reads of llama-server backends' own /metrics (0: never).",
+            check=_non_negative),
 )
 
 

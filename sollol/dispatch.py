@@ -29,6 +29,7 @@ from sollol.dialects.translate import (
     convert_reply,
     new_stream,
     plan,
+    prompt_tokens_in,
     tokens_in,
 )
 from sollol.errors import BackendError, NoRouteAvailable, SollolError
@@ -124,6 +125,20 @@ class _Failure:
 
     message: str
     reply: Reply | None = None
+    kind: str = "network"
+    """For metrics: "connect", "timeout", "http_5xx" or "network"."""
+
+
+@attrs.define
+class _Trace:
+    """Where one request's time went, for its RouteEvent (metrics and the dashboard)."""
+
+    started: float = attrs.field(factory=time.perf_counter)
+    wait_s: float = 0.0
+    upstream_s: float = 0.0
+    ttft_s: float | None = None
+    prompt_tokens: int | None = None
+    failovers: list[str] = attrs.field(factory=list)
 
 
 @attrs.define
@@ -148,50 +163,57 @@ class Dispatcher:
 
     async def open(self, call: Call) -> Reply:
         """Route and send `call`; raise SollolError when no backend could take it."""
-        started = time.perf_counter()
+        trace = _Trace()
         try:
             decision = await self.cluster.decide(call.request)
         except SollolError as exc:
-            self._record(call, None, None, int(getattr(exc, "status", 500)), started, 0, str(exc))
+            self._record(call, None, None, int(getattr(exc, "status", 500)), trace, 0, str(exc))
             raise
         tried: list[str] = []
         failures: list[str] = []
+        last_kind = ""
         last: Reply | None = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + float(self.cluster.config["request_timeout"])
         try:
             while len(tried) <= self.max_retries and loop.time() < deadline:
+                waited = time.perf_counter()
                 try:
                     lease = await self.cluster.acquire(call.request, decision, exclude=tried)
                 except SollolError as exc:
+                    trace.wait_s += time.perf_counter() - waited
                     if not failures:
                         self._record(call, decision, None, int(getattr(exc, "status", 500)),
-                                     started, 0, str(exc))
+                                     trace, 0, str(exc))
                         raise
                     failures.append(f"no other backend ({exc})")
                     break
+                trace.wait_s += time.perf_counter() - waited
+                if last_kind:
+                    trace.failovers.append(last_kind)  # a failed attempt, and now another
                 tried.append(lease.backend.id)
-                result = await self._attempt(call, decision, lease, started, len(tried), deadline)
+                result = await self._attempt(call, decision, lease, trace, len(tried), deadline)
                 if isinstance(result, Reply):
                     return result
                 failures.append(result.message)
+                last_kind = result.kind
                 last = result.reply or last
                 if decision.backend is not None:
                     break  # the decision pinned one backend: there is nowhere else to go
         except asyncio.CancelledError:
             # the client left (or the gateway is stopping) before the first byte: still an event
-            self._record(call, decision, tried[-1] if tried else None, 499, started, len(tried),
+            self._record(call, decision, tried[-1] if tried else None, 499, trace, len(tried),
                          "cancelled before the first byte (client gone or gateway stopping)")
             raise
         message = "; ".join(failures) or "request timed out"
         if last is not None:
-            self._record(call, decision, tried[-1], last.status, started, len(tried), message)
+            self._record(call, decision, tried[-1], last.status, trace, len(tried), message)
             return last
-        self._record(call, decision, tried[-1] if tried else None, 503, started, len(tried),
+        self._record(call, decision, tried[-1] if tried else None, 503, trace, len(tried),
                      message)
         raise NoRouteAvailable(f"no backend could serve {call.request.model!r}: {message}")
 
-    async def _attempt(self, call: Call, decision: RouteDecision, lease: Lease, started: float,
+    async def _attempt(self, call: Call, decision: RouteDecision, lease: Lease, trace: _Trace,
                        attempts: int, deadline: float) -> Reply | _Failure:
         """One try on one leased backend; releases the lease unless it hands back a stream."""
         t0 = time.perf_counter()
@@ -202,7 +224,7 @@ class Dispatcher:
             lease.release(Outcome(False, 400, str(exc)))
             raise
         if upstream.path is None:
-            return await self._answer_locally(call, decision, lease, started, attempts)
+            return await self._answer_locally(call, decision, lease, trace, attempts)
         response: Response | None = None
         handed_off = False
         try:
@@ -210,6 +232,7 @@ class Dispatcher:
                                             upstream.payload, deadline)
             if response.status >= 400:
                 raw = await response.read()
+                trace.upstream_s += time.perf_counter() - t0
                 message = f"{lease.backend.id}: HTTP {response.status}: {error_message(raw)}"
                 if response.status >= 500:
                     message = _explained(lease, message)
@@ -218,8 +241,8 @@ class Dispatcher:
                 reply = Reply(response.status, JSON_TYPE, route,
                               convert_error(call, upstream, raw, response.status))
                 if response.status >= 500:
-                    return _Failure(message, reply)
-                self._record(call, decision, lease.backend.id, response.status, started,
+                    return _Failure(message, reply, "http_5xx")
+                self._record(call, decision, lease.backend.id, response.status, trace,
                              attempts, message)
                 return reply
             if call.request.stream:
@@ -227,22 +250,28 @@ class Dispatcher:
                 if not first:
                     raise BackendError("closed the stream before sending anything")
                 handed_off = True
+                trace.ttft_s = time.perf_counter() - trace.started
                 return self._stream_reply(call, decision, lease, upstream, response, first,
-                                          started, attempts, route)
+                                          trace, t0, attempts, route)
             raw = await response.read()
             body = convert_reply(call, upstream, raw, time.perf_counter() - t0)
             tokens = tokens_in(raw, lease.api)
+            trace.prompt_tokens = prompt_tokens_in(raw, lease.api)
+            trace.upstream_s += time.perf_counter() - t0
             lease.release(Outcome(True, 200, tokens=tokens, seconds=time.perf_counter() - t0))
-            self._record(call, decision, lease.backend.id, 200, started, attempts, None, tokens)
+            self._record(call, decision, lease.backend.id, 200, trace, attempts, None, tokens)
             content_type = response.content_type or JSON_TYPE
             return Reply(200, JSON_TYPE if upstream.translated else content_type, route, body)
         except (*_NETWORK_ERRORS, BackendError) as exc:
             connect = isinstance(exc, ConnectFailed)
-            status = 504 if isinstance(exc, TimeoutError) else 502
+            timeout = isinstance(exc, TimeoutError)
+            status = 504 if timeout else 502
             message = _explained(lease, f"{lease.backend.id}: {_describe(exc)}")
+            trace.upstream_s += time.perf_counter() - t0
             lease.release(Outcome(False, status, message, connect_failed=connect,
                                   seconds=time.perf_counter() - t0))
-            return _Failure(message)
+            kind = "connect" if connect else "timeout" if timeout else "network"
+            return _Failure(message, kind=kind)
         except BaseException:
             lease.release(Outcome(False, 499, "cancelled", seconds=time.perf_counter() - t0))
             raise
@@ -251,11 +280,15 @@ class Dispatcher:
                 response.release()  # keeps the connection only if the reply was read in full
 
     def _stream_reply(self, call: Call, decision: RouteDecision, lease: Lease, upstream: Plan,
-                      response: Response, first: bytes, started: float,
+                      response: Response, first: bytes, trace: _Trace, t0: float,
                       attempts: int, route: dict[str, str]) -> StreamReply:
+        stream = new_stream(call, upstream)
+
         def finish(outcome: Outcome) -> None:
             lease.release(outcome)
-            self._record(call, decision, lease.backend.id, outcome.status, started, attempts,
+            trace.upstream_s += time.perf_counter() - t0
+            trace.prompt_tokens = getattr(stream, "prompt_tokens", None)
+            self._record(call, decision, lease.backend.id, outcome.status, trace, attempts,
                          outcome.error, outcome.tokens)
 
         # From the first chunk on, silence means a stalled backend (the wait for the first chunk,
@@ -263,12 +296,12 @@ class Dispatcher:
         response.watch_idle(self.stream_idle_timeout)
         content_type = STREAM_TYPES[call.api]
         return StreamReply(200, content_type, route, finish=finish, response=response,
-                           stream=new_stream(call, upstream), first=first, api=call.api,
+                           stream=stream, first=first, api=call.api,
                            backend=lease.backend.id, started=time.perf_counter(),
                            explain=lambda message: _explained(lease, message))
 
     async def _answer_locally(self, call: Call, decision: RouteDecision, lease: Lease,
-                              started: float, attempts: int) -> Reply:
+                              trace: _Trace, attempts: int) -> Reply:
         """What an OpenAI-compatible backend has no endpoint for: `/api/show` (from the model's
         metadata) and Ollama's load request (the server has its model loaded already)."""
         try:
@@ -278,19 +311,21 @@ class Dispatcher:
                 data = load_reply(call.op, call.request.model)
         finally:
             lease.release(Outcome(True, 200))
-        self._record(call, decision, lease.backend.id, 200, started, attempts, None)
+        self._record(call, decision, lease.backend.id, 200, trace, attempts, None)
         body = json.dumps(data).encode()
         return Reply(200, JSON_TYPE, _route_headers(decision, lease), body)
 
     def _record(self, call: Call, decision: RouteDecision | None, backend: str | None,
-                status: int, started: float, attempts: int, error: str | None,
+                status: int, trace: _Trace, attempts: int, error: str | None,
                 tokens: int | None = None) -> None:
         self.cluster.record(RouteEvent(
             model=call.request.model, endpoint=call.request.endpoint, api=call.api,
             route=decision.route if decision else "", policy=decision.policy if decision else "",
             reason=decision.reason if decision else (error or ""), backend=backend,
-            status=status, ok=status < 400, duration_s=time.perf_counter() - started,
-            attempts=attempts, tokens=tokens, error=error,
+            status=status, ok=status < 400, duration_s=time.perf_counter() - trace.started,
+            attempts=attempts, tokens=tokens, error=error, prompt_tokens=trace.prompt_tokens,
+            ttft_s=trace.ttft_s, upstream_s=trace.upstream_s, wait_s=trace.wait_s,
+            failovers=tuple(trace.failovers),
         ))
 
 

@@ -183,8 +183,21 @@ class RouteEvent:
     duration_s: float
     attempts: int = 1
     tokens: int | None = None
+    """Generated (output) tokens, when the backend reported them."""
     error: str | None = None
     time: float = attrs.field(factory=time.time)
+    prompt_tokens: int | None = None
+    """Prompt (input) tokens, when the backend reported them."""
+    ttft_s: float | None = None
+    """Seconds from the request's arrival to the first byte of a streamed reply (None: whole
+    replies, where the first token is not seen apart from the last)."""
+    upstream_s: float = 0.0
+    """Seconds spent in exchanges with backends, over every attempt."""
+    wait_s: float = 0.0
+    """Seconds spent waiting for a backend slot (queued), over every attempt."""
+    failovers: tuple[str, ...] = ()
+    """Why each earlier attempt failed before the request moved to another backend: "connect",
+    "timeout", "http_5xx" or "network"."""
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)

@@ -81,6 +81,7 @@ class Coordinator:
                 "--tensor-split", self.plan.tensor_split,
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "--alias", self.model,
+                "--metrics",  # its own throughput figures, read by the dashboard and status
                 # buffer sizes per rpc-server are info (4); per-layer lines are debug (-v)
                 "-v" if verbose else "-lv", *([] if verbose else ["4"])]
         if ctx_size:
@@ -108,6 +109,19 @@ class Coordinator:
                 return handle.read().decode(errors="replace")
         except OSError:
             return ""
+
+    def log_tail(self, lines: int = 12, limit: int = 8192) -> list[str]:
+        """The last lines of this run's log (reads at most `limit` bytes from its end)."""
+        try:
+            with self.log_path.open("rb") as handle:
+                size = handle.seek(0, 2)
+                start = max(self.log_offset, size - limit)
+                handle.seek(start)
+                text = handle.read().decode(errors="replace")
+        except OSError:
+            return []
+        kept = text.splitlines()[1:] if start > self.log_offset else text.splitlines()
+        return [line[:300] for line in kept if line.strip()][-lines:]
 
     def progress(self) -> str:
         """The last meaningful log line, to show while a model loads."""

@@ -67,6 +67,8 @@ class CoordinatorManager:
     warnings: list[str] = attrs.field(factory=list)
     _lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
     _generation: int = 0
+    starts: dict[str, int] = attrs.field(factory=dict)
+    """Coordinators started per model, restarts included (for `sollol_coordinator_starts`)."""
     _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set)
 
     @property
@@ -189,6 +191,7 @@ class CoordinatorManager:
     def _spawn_locked(self, model: str, resolved: ResolvedModel, plan) -> Coordinator:
         assert self.llama_server is not None
         self._generation += 1
+        self.starts[model] = self.starts.get(model, 0) + 1
         coord = Coordinator(model=model, resolved=resolved, plan=plan, port=procs.free_port(),
                             log_path=self.log_path(model), generation=self._generation)
         self.shards.hold(plan.addresses, coord.id)

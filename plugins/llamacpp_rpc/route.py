@@ -215,7 +215,10 @@ class ShardingRoute:
             "llama_server": str(self.manager.llama_server) if self.manager.llama_server else None,
             "unavailable": self.manager.missing_binary,
             "backends": [s.as_dict() for s in self.shards.shards.values()],
-            "coordinators": [c.as_dict() for c in self.manager.coordinators.values()],
+            "coordinators": [{**c.as_dict(), "starts": self.manager.starts.get(c.model, 0),
+                              "log_tail": c.log_tail()}
+                             for c in self.manager.coordinators.values()],
+            "coordinator_starts": dict(self.manager.starts),
             "unservable": dict(self.manager.unservable),
             "warnings": list(self.manager.warnings),
             "state_dir": str(options.state_dir),

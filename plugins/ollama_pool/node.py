@@ -33,6 +33,19 @@ def all_names(names: Iterable[str]) -> frozenset[str]:
     return frozenset(out)
 
 
+def _running(report: HealthReport | None) -> list[dict[str, Any]]:
+    """Loaded models with the memory each holds (Ollama's `/api/ps` `size_vram`)."""
+    if report is None:
+        return []
+    entries = report.extra.get("ps")
+    if isinstance(entries, list):
+        return [{"name": str(e.get("name") or e.get("model")), "size": e.get("size"),
+                 "size_vram": e.get("size_vram")} for e in entries if isinstance(e, dict)]
+    meta = report.extra.get("meta") or {}  # OpenAI-compatible: what /v1/models says of each
+    return [{"name": name, "size": (meta.get(name) or {}).get("size"), "size_vram": None}
+            for name in sorted(report.loaded_models)]
+
+
 def _ewma(old: float | None, new: float) -> float:
     return new if old is None else old + SPEED_WEIGHT * (new - old)
 
@@ -163,6 +176,7 @@ class Node:
             "ejections": self.ejections, "in_flight": self.in_flight, "limit": self.limit,
             "models": sorted(report.models) if report else [],
             "loaded": sorted(report.loaded_models) if report else [],
+            "running": _running(report),
             "memory_total": self.memory_total, "memory_free": self.memory_free(),
             "vram_used": report.extra.get("vram_used") if report else None,
             "tokens_per_second": 1 / self.sec_per_token if self.sec_per_token else None,

@@ -344,7 +344,8 @@ class PoolRoute:
         now = time.monotonic()
         return {
             "route": POOL,
-            "nodes": [n.snapshot(now) for n in self.nodes.values()],
+            "nodes": [{**n.snapshot(now), "url": base_url(n.backend)}
+                      for n in self.nodes.values()],
             "queue": {"waiting": len(self._waiters), "limit": self.settings.queue_size},
             "avg_tokens": round(self.avg_tokens, 1),
             "conversations": len(self._affinity),

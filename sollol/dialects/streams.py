@@ -34,6 +34,7 @@ class Passthrough:
         self.last: list[bytes] = []  # the last two non-empty complete lines
         self.end = b""
         self.tokens: int | None = None
+        self.prompt_tokens: int | None = None
         self.error: str | None = None
 
     def feed(self, chunk: bytes) -> bytes:
@@ -80,6 +81,7 @@ class Passthrough:
             self.error = str(data["error"])
             return True
         self.tokens = data.get("eval_count")
+        self.prompt_tokens = data.get("prompt_eval_count")
         return bool(data.get("done"))
 
     def _sse_complete(self, lines: list[bytes]) -> bool:
@@ -90,6 +92,7 @@ class Passthrough:
             usage = parse_object(lines[0].removeprefix(b"data:")) if len(lines) > 1 else None
             if usage and isinstance(usage.get("usage"), dict):
                 self.tokens = usage["usage"].get("completion_tokens")
+                self.prompt_tokens = usage["usage"].get("prompt_tokens")
             return True
         data = parse_object(payload)
         if data is None:
@@ -98,6 +101,7 @@ class Passthrough:
         if kind in SSE_ENDS:
             usage = (data.get("response") or {}).get("usage") or {}
             self.tokens = usage.get("output_tokens")
+            self.prompt_tokens = usage.get("input_tokens")
             return True
         if kind == "error":
             error = data.get("error")
@@ -143,6 +147,7 @@ class SseToNdjson:
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.complete = False
         self.tokens: int | None = None
+        self.prompt_tokens: int | None = None
         self.error: str | None = None
         self.done_sent = False
 
@@ -220,6 +225,7 @@ class SseToNdjson:
         final = self._piece("")
         stats = ollama_stats(self.usage, self.timings, time.perf_counter() - self.started)
         self.tokens = stats["eval_count"] or None
+        self.prompt_tokens = stats["prompt_eval_count"] or None
         reason = "length" if self.finish_reason == "length" else "stop"
         final.update(done=True, done_reason=reason, **stats)
         return out + _ndjson(final)
@@ -241,6 +247,7 @@ class NdjsonToSse:
         self.saw_tool_calls = False
         self.complete = False
         self.tokens: int | None = None
+        self.prompt_tokens: int | None = None
         self.error: str | None = None
 
     def feed(self, chunk: bytes) -> bytes:
@@ -287,6 +294,7 @@ class NdjsonToSse:
             out += _sse(self._chunk({**ending, "finish_reason": reason}))
             usage = openai_usage(data)
             self.tokens = usage["completion_tokens"] or None
+            self.prompt_tokens = usage["prompt_tokens"] or None
             if self.include_usage:
                 out += _sse({**self._chunk(None), "usage": usage})
             out += b"data: [DONE]\n\n"

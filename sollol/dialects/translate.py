@@ -148,7 +148,17 @@ _TOKEN_FIELDS = {"ollama": re.compile(rb'"eval_count"\s*:\s*(\d+)'),
                  "anthropic": re.compile(rb'"output_tokens"\s*:\s*(\d+)')}
 
 
+_PROMPT_FIELDS = {"ollama": re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)'),
+                  "openai": re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')}
+
+
 def tokens_in(raw: bytes, api: Api) -> int | None:
     """Generated tokens reported in a whole reply, if any (a scan: no second JSON parse)."""
     match = _TOKEN_FIELDS[api].search(raw)
+    return int(match.group(1)) if match else None
+
+
+def prompt_tokens_in(raw: bytes, api: Api) -> int | None:
+    """Prompt tokens reported in a whole reply, if any (a scan, like `tokens_in`)."""
+    match = _PROMPT_FIELDS[api].search(raw)
     return int(match.group(1)) if match else None

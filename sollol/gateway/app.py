@@ -26,6 +26,7 @@ from sollol.gateway.asgi import (
     send_json,
 )
 from sollol.gateway.blobs import BlobSpool
+from sollol.gateway.monitor import Monitor
 from sollol.gateway.validate import validate
 from sollol.models import Api
 
@@ -49,12 +50,16 @@ class Gateway:
         self.dispatcher: Dispatcher | None = None
         self.max_body = int(cluster.config["max_body_bytes"])
         self.blobs = BlobSpool()
+        self.in_progress = 0
+        """Routed requests being served right now (queued ones included)."""
+        self.monitor = Monitor(cluster, running=lambda: self.in_progress)
 
     async def startup(self) -> None:
         """Start the cluster (unless someone else owns it) and the upstream connection pool."""
         if self.manage_cluster and not self.cluster.started:
             await self.cluster.start()
         self.dispatcher = Dispatcher.create(self.cluster)
+        await self.monitor.start()
         if self.tune_gc:
             # A process that only serves the gateway: move everything built so far out of the
             # collector's sight and collect young objects less often. Measured: +10-20%
@@ -65,6 +70,7 @@ class Gateway:
 
     async def shutdown(self) -> None:
         """Close the connection pool, then stop the cluster (plugin shutdown hooks run)."""
+        await self.monitor.stop()
         if self.dispatcher is not None:
             await self.dispatcher.close()
             self.dispatcher = None
@@ -117,6 +123,8 @@ class Gateway:
                                     self.blobs)
             elif route.kind == "blobs":
                 await self.blobs.handle(scope, receive, send)
+            elif route.kind == "monitor":  # metrics, the dashboard and its data
+                await self.monitor.handle(scope, receive, send)
             else:
                 handler = info.GET_HANDLERS.get(path) or next(
                     h for prefix, h in info.PREFIX_HANDLERS.items() if path.startswith(prefix))
@@ -136,6 +144,7 @@ class Gateway:
         watch = _DisconnectWatch(task, receive)
         started = False
         reply = None
+        self.in_progress += 1
         try:
             reply = await self.dispatcher.open(call)
             headers = route_headers(reply.route)
@@ -160,6 +169,7 @@ class Gateway:
             task.uncancel()  # the request is over and the client knows why: end it normally
             return  # (re-raising only made uvicorn log a traceback for every cut request)
         finally:
+            self.in_progress -= 1
             watch.stop()
             if isinstance(reply, StreamReply):
                 reason = "client disconnected" if watch.disconnected else SHUTDOWN_MESSAGE

@@ -11,12 +11,13 @@ from typing import Literal
 import attrs
 
 from sollol.calls import Op
-from sollol.gateway import info
+from sollol.gateway import info, monitor
 from sollol.models import Api
 
-Kind = Literal["root", "dispatch", "manage", "blobs", "info"]
+Kind = Literal["root", "dispatch", "manage", "blobs", "info", "monitor"]
 """How a path is served: `dispatch` goes through the Dispatcher to a backend, `manage` and
-`blobs` are fanned out to the pool's Ollama nodes, `info` answers from the cluster itself."""
+`blobs` are fanned out to the pool's Ollama nodes, `info` answers from the cluster itself,
+`monitor` is metrics and the dashboard (sollol.gateway.monitor)."""
 
 
 @attrs.frozen
@@ -61,6 +62,7 @@ ROUTES: tuple[Route, ...] = (
     *(Route(path, ("GET", "HEAD"), _info_api(path), "info") for path in info.GET_HANDLERS),
     *(Route(path, ("GET", "HEAD"), _info_api(path), "info", prefix=True)
       for path in info.PREFIX_HANDLERS),
+    *(Route(path, ("GET", "HEAD"), "ollama", "monitor") for path in monitor.PATHS),
 )
 
 _EXACT = {route.path: route for route in ROUTES if not route.prefix}

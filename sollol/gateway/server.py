@@ -66,6 +66,7 @@ class _ForegroundServer(uvicorn.Server):
         log.warning("stopping: in-flight requests have %.0f s to finish (signal again to cut "
                     "them now)", self.config.timeout_graceful_shutdown or 0)
         self.should_exit = True
+        self.gateway.monitor.begin_shutdown()
 
 
 def serve(cluster: Cluster, host: str, port: int, *, grace: float = DEFAULT_GRACE,
@@ -136,6 +137,7 @@ class GatewayThread:
     def stop(self, timeout: float = 30.0) -> None:
         """Ask uvicorn to exit (draining requests), and wait for the cluster to stop."""
         self.server.should_exit = True
+        self.gateway.monitor.begin_shutdown()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None

@@ -1,0 +1,185 @@
+"""Per-node throughput from the backends' own Prometheus metrics (llama-server's `/metrics`).
+
+llama-server answers `/metrics` only when started with `--metrics` (else 501); SOLLOL's own
+coordinators always are. Throughput is the change in `llamacpp:tokens_predicted_total` over the
+change in `llamacpp:tokens_predicted_seconds_total` between two scrapes: tokens per second of
+decoding, measured by the server itself. A backend that does not serve metrics is asked again
+only every `RETRY_UNSUPPORTED` rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+if TYPE_CHECKING:
+    from sollol.cluster import Cluster
+
+log = logging.getLogger("sollol.observe")
+RETRY_UNSUPPORTED = 12
+MAX_BYTES = 1 << 20
+"""A metrics page larger than this is not llama-server's (it is a few KiB): ignore it."""
+_WANTED = {
+    "llamacpp:tokens_predicted": "tokens_predicted_total",
+    "llamacpp:tokens_predicted_seconds": "tokens_predicted_seconds_total",
+    "llamacpp:prompt_tokens": "prompt_tokens_total",
+    "llamacpp:prompt_seconds": "prompt_seconds_total",
+    "llamacpp:predicted_tokens_seconds": "predicted_tokens_seconds",
+    "llamacpp:requests_processing": "requests_processing",
+    "llamacpp:requests_deferred": "requests_deferred",
+}
+
+
+@attrs.define
+class Scrape:
+    """What one backend's `/metrics` said last time, and the throughput derived from it."""
+
+    url: str
+    supported: bool | None = None
+    error: str | None = None
+    at: float | None = None
+    values: dict[str, float] = attrs.field(factory=dict)
+    tokens_per_second: float | None = None
+    prompt_tokens_per_second: float | None = None
+    skip: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "supported": self.supported, "error": self.error, "at": self.at,
+                "tokens_per_second": _round(self.tokens_per_second),
+                "prompt_tokens_per_second": _round(self.prompt_tokens_per_second),
+                "requests_processing": self.values.get("requests_processing"),
+                "requests_deferred": self.values.get("requests_deferred"),
+                "tokens_predicted_total": self.values.get("tokens_predicted_total")}
+
+
+def parse(text: str) -> dict[str, float]:
+    """The llama-server figures we use, from a Prometheus text page."""
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name.removesuffix("_total")
+            if name in _WANTED and not sample.labels:
+                values[_WANTED[name]] = float(sample.value)
+    return values
+
+
+def _rate(new: dict[str, float], old: dict[str, float], count: str, seconds: str) -> float | None:
+    """Tokens per busy second between two scrapes (None when nothing happened in between)."""
+    if count not in new or seconds not in new:
+        return None
+    busy = new[seconds] - old.get(seconds, 0.0)
+    made = new[count] - old.get(count, 0.0)
+    if busy <= 0 or made < 0:  # idle, or the server restarted and its counters began again
+        return None
+    return made / busy
+
+
+@attrs.define
+class BackendMetrics:
+    """Scrapes the `/metrics` of every llama-server backend of a cluster on a timer."""
+
+    interval: float = 5.0
+    timeout: float = 2.0
+    scrapes: dict[str, Scrape] = attrs.field(factory=dict)
+    _task: asyncio.Task[None] | None = None
+
+    def start(self, targets: Callable[[], dict[str, str]]) -> None:
+        if self.interval > 0 and self._task is None:
+            self._task = asyncio.create_task(self._loop(targets), name="sollol-backend-metrics")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self, targets: Callable[[], dict[str, str]]) -> None:
+        async with httpx.AsyncClient(timeout=self.timeout, trust_env=False) as client:
+            while True:
+                try:
+                    await self.scrape(client, targets())
+                except Exception:  # one bad round must not end the loop
+                    log.exception("scraping backend metrics failed")
+                await asyncio.sleep(self.interval)
+
+    async def scrape(self, client: httpx.AsyncClient, targets: dict[str, str]) -> None:
+        """One round over `targets` (backend id -> server root URL), concurrently."""
+        for gone in set(self.scrapes) - set(targets):
+            del self.scrapes[gone]
+        due = []
+        for backend, url in targets.items():
+            scrape = self.scrapes.get(backend)
+            if scrape is None or scrape.url != url:
+                scrape = self.scrapes[backend] = Scrape(url)
+            if scrape.skip > 0:
+                scrape.skip -= 1
+                continue
+            due.append(scrape)
+        await asyncio.gather(*(self._one(client, s) for s in due))
+
+    async def _one(self, client: httpx.AsyncClient, scrape: Scrape) -> None:
+        try:
+            response = await client.get(scrape.url.rstrip("/") + "/metrics")
+        except httpx.HTTPError as exc:
+            scrape.error = f"{type(exc).__name__}: {exc}"[:200]
+            return
+        if response.status_code in (404, 501):  # llama-server without --metrics, or not one
+            scrape.supported, scrape.skip = False, RETRY_UNSUPPORTED
+            scrape.error = f"GET /metrics: HTTP {response.status_code}"
+            return
+        if response.status_code != 200 or len(response.content) > MAX_BYTES:
+            scrape.error = f"GET /metrics: HTTP {response.status_code}"
+            return
+        try:
+            values = parse(response.text)
+        except ValueError as exc:
+            scrape.error = f"unreadable metrics: {exc}"[:200]
+            return
+        if "tokens_predicted_total" not in values:
+            scrape.supported, scrape.skip = False, RETRY_UNSUPPORTED
+            scrape.error = "no llama.cpp metrics on /metrics"
+            return
+        old = scrape.values
+        rate = _rate(values, old, "tokens_predicted_total", "tokens_predicted_seconds_total")
+        if rate is not None or not old:
+            # before a second scrape: the server's own average since it started
+            scrape.tokens_per_second = rate if old else _average(values)
+        prompt = _rate(values, old, "prompt_tokens_total", "prompt_seconds_total")
+        if prompt is not None:
+            scrape.prompt_tokens_per_second = prompt
+        scrape.values, scrape.supported, scrape.error, scrape.at = values, True, None, time.time()
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {backend: s.as_dict() for backend, s in self.scrapes.items()}
+
+
+def _average(values: dict[str, float]) -> float | None:
+    seconds = values.get("tokens_predicted_seconds_total") or 0.0
+    return values["tokens_predicted_total"] / seconds if seconds > 0 else None
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 2) if value is not None else None
+
+
+def targets(cluster: Cluster) -> dict[str, str]:
+    """The llama-server backends of a cluster: OpenAI-speaking pool nodes and coordinators."""
+    found: dict[str, str] = {}
+    for provider in cluster.routes.values():
+        snapshot = provider.snapshot()
+        for node in snapshot.get("nodes") or ():
+            if node.get("api") == "openai" and node.get("url"):
+                found[str(node["id"])] = str(node["url"])
+        for coord in snapshot.get("coordinators") or ():
+            if coord.get("state") == "ready" and coord.get("url"):
+                found[str(coord["id"])] = str(coord["url"])
+    return found

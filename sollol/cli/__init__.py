@@ -178,8 +178,9 @@ def add_core_commands(group: click.Group) -> None:
     from sollol.cli.llamacpp import llamacpp
     from sollol.cli.models import models
     from sollol.cli.run import run
+    from sollol.cli.status import status
 
-    for command in (run, demo, doctor, batch, llamacpp, models):
+    for command in (run, demo, doctor, batch, llamacpp, models, status):
         group.add_command(command)
 
 

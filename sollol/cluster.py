@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import attrs
@@ -64,6 +65,9 @@ class Cluster:
     kinds: dict[str, BackendKind] = attrs.field(factory=dict)
     policy: Policy | None = None
     started: bool = False
+    reloader: Callable[[], Config] | None = None
+    """Re-reads the config (file, env, the same overrides) for a reload; None: cannot reload."""
+    _discovery: asyncio.Task[None] | None = None
     _model_info: dict[str, tuple[tuple[Any, ...], ModelInfo | None]] = attrs.field(factory=dict)
 
     @classmethod
@@ -72,7 +76,8 @@ class Cluster:
         overrides: dict[str, Any] | None = None,
     ) -> Cluster:
         config, pm = load(path=path, overrides=overrides)
-        return cls(config=config, pm=pm)
+        return cls(config=config, pm=pm,
+                   reloader=lambda: load(path=path, overrides=overrides)[0])
 
     async def start(self) -> None:
         """Collect kinds, policy and routes from plugins, then start every route."""
@@ -92,12 +97,31 @@ class Cluster:
                 await provider.stop()
             raise
         self.started = True
+        from sollol.membership import discovery_loop, members
+
+        if members(self):
+            self._discovery = asyncio.create_task(discovery_loop(self),
+                                                  name="sollol-discovery")
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config and apply node and rpc-server changes (see sollol.membership)."""
+        from sollol.membership import reload
+
+        if self.reloader is None:
+            return {"ok": False, "error": "this cluster was built from a Config object; "
+                                          "there is nothing to re-read"}
+        return await reload(self, self.reloader)
 
     async def stop(self) -> None:
         """Run shutdown hooks, then stop every route (each even if another fails)."""
         if not self.started:
             return
         self.started = False
+        if self._discovery is not None:
+            self._discovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._discovery
+            self._discovery = None
         try:
             await _await_all(self.pm.hook.sollol_shutdown(cluster=self))
         finally:

@@ -133,6 +133,10 @@ CORE_SETTINGS: tuple[Setting, ...] = (
             "cut with an error.", check=positive),
     Setting("health_interval", "float", 5.0, "Seconds between active health probes.",
             check=positive),
+    Setting("discovery_interval", "float", 60.0,
+            "Seconds between re-runs of backend discovery while the gateway serves (subnet "
+            "scans, loopback rpc-servers, every plugin's discovery); 0 turns it off.",
+            check=_non_negative),
     Setting("llama_cpp_dir", "str", None, "Folder holding llama-server and ggml-rpc-server.",
             optional=True),
     Setting("metrics_enabled", "bool", True,

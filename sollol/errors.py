@@ -9,6 +9,7 @@ SollolError
 ├── ModelFileError         a GGUF file or a model-store entry is malformed
 ├── RequestError           the client's request is wrong (HTTP 400)
 │   ├── ModelNotFound      no route knows the model (HTTP 404)
+│   ├── BackendNotFound    no route has the named node or rpc-server (HTTP 404)
 │   └── PayloadTooLarge    the body is over the limit (HTTP 413)
 ├── Overloaded             queues are full; try again later (HTTP 429)
 ├── NoRouteAvailable       nothing can serve the request now (HTTP 503)
@@ -70,6 +71,12 @@ class RequestError(SollolError):
 
 class ModelNotFound(RequestError):
     """No route can serve the requested model."""
+
+    status = 404
+
+
+class BackendNotFound(RequestError):
+    """A node or rpc-server named by the client is not a member of its route."""
 
     status = 404
 

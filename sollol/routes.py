@@ -8,11 +8,14 @@ router picks one per request; the route then hands out a `Lease` on a concrete u
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 
 from sollol.models import Api, Backend, ModelInfo, RouteDecision, RouteRequest, RouteState
+
+if TYPE_CHECKING:
+    from sollol.config import Config
 
 
 @attrs.frozen
@@ -87,6 +90,33 @@ class RouteProvider(Protocol):
 
     def snapshot(self) -> Mapping[str, Any]:
         """The route's state as plain data (JSON-ready), for `sollol nodes` and dashboards."""
+
+
+@runtime_checkable
+class Membership(Protocol):
+    """Optional for a route: backends that join and leave while it serves.
+
+    The cluster feeds it every discovery result (on `discovery_interval` and on a config
+    reload), and the gateway's admin endpoints call `add_backend` / `remove_backend`.
+    Removing a backend never cuts a request it is serving.
+    """
+
+    kinds: Collection[str]
+    """The backend kinds this route serves (discovery results are filtered by them)."""
+
+    async def add_backend(self, address: str) -> Mapping[str, Any]:
+        """Add a backend by address (RequestError for a bad one); idempotent."""
+
+    async def remove_backend(self, ident: str) -> Mapping[str, Any]:
+        """Remove a backend by id or address (BackendNotFound when unknown)."""
+
+    async def sync_backends(self, backends: Collection[Backend], *,
+                            prune: bool) -> Mapping[str, list[str]]:
+        """Add newly discovered backends; with `prune`, also remove those no longer found
+        (except ones an operator added). Returns {"added": [ids], "removed": [ids]}."""
+
+    def reconfigure(self, config: Config) -> Collection[str]:
+        """Take a reloaded config; return the keys now in effect (others need a restart)."""
 
 
 @runtime_checkable

@@ -81,6 +81,13 @@ def positive(value: float) -> float:
     return value
 
 
+def non_negative(value: float) -> float:
+    """A check for numbers of at least 0."""
+    if not value >= 0:
+        raise ValueError("a number of at least 0")
+    return value
+
+
 def at_least(low: int) -> Callable[[int], int]:
     """A check for integers of at least `low`."""
 

@@ -1,4 +1,4 @@
-"""`sollol shard status|logs` and `sollol rpc serve|install-service`."""
+"""`sollol shard status|logs` and `sollol rpc serve|install-service|add|remove`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from sollol.cli import config_option, handle_errors, load_for_cli
+from sollol.cli.admin import call, gateway_option, gateway_url, item
 
 GIB = 1024**3
 
@@ -105,7 +106,8 @@ def logs(model: str, follow: bool, lines: int, config_file: Path | None) -> None
 
 @click.group()
 def rpc() -> None:
-    """Run a llama.cpp rpc-server on this machine (a shard for model sharding)."""
+    """rpc-servers: run one on this machine (a shard for model sharding), or add and remove
+    them on a running gateway."""
 
 
 def _warn_if_open(host: str) -> None:
@@ -195,3 +197,45 @@ def install_service(dry_run: bool, user_unit: bool, host: str, port: int, thread
     scope = "--user " if user_unit else ""
     click.echo(f"wrote {path}\nnext: systemctl {scope}daemon-reload && "
                f"systemctl {scope}enable --now {path.stem}")
+
+
+@rpc.command("add")
+@click.argument("address")
+@gateway_option
+@config_option
+@handle_errors
+def rpc_add(address: str, gateway: str | None, config_file: Path | None) -> None:
+    """Add the rpc-server at ADDRESS (host:port) to the running gateway's sharding route.
+
+    It is probed once; the next coordinator started can use it. It stays until removed (also
+    through re-discovery and config reloads); add it to `rpc_backends` to keep it after a
+    restart.
+    """
+    url = gateway_url(config_file, gateway)
+    result = call(url, "POST", "/sollol/rpc", {"address": address})
+    backend = result.get("backend") or {}
+    if not result.get("added"):
+        click.echo(result.get("detail") or f"{address} was already an rpc-server")
+        return
+    state = "healthy" if backend.get("healthy") else "not healthy"
+    click.echo(f"added rpc-server {backend.get('address', address)} to {url}: {state} "
+               f"({backend.get('detail', '')})")
+
+
+@rpc.command("remove")
+@click.argument("address")
+@gateway_option
+@config_option
+@handle_errors
+def rpc_remove(address: str, gateway: str | None, config_file: Path | None) -> None:
+    """Remove the rpc-server ADDRESS (host:port) from the running gateway.
+
+    A coordinator using it drains: its requests in flight finish, then it stops, and the next
+    request for its model starts one on the remaining rpc-servers.
+    """
+    url = gateway_url(config_file, gateway)
+    result = call(url, "DELETE", item("/sollol/rpc", address))
+    for entry in result.get("removed", []):
+        drained = entry.get("draining") or []
+        tail = f"; draining {', '.join(drained)}" if drained else ""
+        click.echo(f"removed rpc-server {entry['address']} from {url}{tail}")

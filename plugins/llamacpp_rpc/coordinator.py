@@ -55,6 +55,9 @@ class Coordinator:
     served: int = 0
     report: layers.LayerReport | None = None
     error: str | None = None
+    draining: str | None = None
+    """Why it takes no new requests and stops once those in flight finish (e.g. a removed
+    rpc-server), or None."""
     log_offset: int = 0
     ready: asyncio.Future[None] = attrs.field(factory=lambda: asyncio.get_running_loop()
                                               .create_future())
@@ -184,6 +187,6 @@ class Coordinator:
             "load_seconds": round(self.ready_at - self.started_at, 2) if self.ready_at else None,
             "idle_seconds": round(time.monotonic() - self.last_used, 1),
             "progress": self.progress() if self.state == STARTING else None,
-            "error": self.error, "log": str(self.log_path),
+            "error": self.error, "draining": self.draining, "log": str(self.log_path),
             "layers": self.report.as_dict() if self.report else None,
         }

@@ -105,8 +105,8 @@ class CoordinatorManager:
             try:
                 await asyncio.shield(coord.ready)
             except CoordinatorFailed as exc:
-                if self.coordinators.get(model) not in (None, coord):
-                    continue  # the supervisor already restarted it
+                if coord.draining or self.coordinators.get(model) not in (None, coord):
+                    continue  # the supervisor already restarted it, or it was drained
                 raise NoRouteAvailable(f"sharding {model!r}: {exc}") from None
             if coord.state != READY or not coord.alive():
                 await asyncio.sleep(0.05)
@@ -123,6 +123,8 @@ class CoordinatorManager:
                 # died since the supervisor last looked: handle it now, not next pass
                 await self._failed_locked(coord, coord.exit_reason())
                 coord = self.coordinators.get(model)
+            if coord is not None and coord.draining and coord.state in (STARTING, READY):
+                return None  # wait: it stops once its requests finish, then we restart
             if coord is None or coord.state in (FAILED, STOPPED):
                 coord = await self._start_locked(model)
             return coord
@@ -132,13 +134,32 @@ class CoordinatorManager:
         coord.in_flight = max(0, coord.in_flight - 1)
         coord.served += served
         coord.last_used = time.monotonic()
-        if self.options.mode == "ephemeral" and coord.in_flight == 0 and coord.state == READY:
+        if coord.in_flight == 0 and coord.state == READY and (
+                coord.draining or self.options.mode == "ephemeral"):
             self._spawn_task(self._stop_if_idle(coord))
 
     async def _stop_if_idle(self, coord: Coordinator) -> None:
         async with self._lock:
             if coord.in_flight == 0 and coord.state == READY:
-                await self._stop_locked(coord, "ephemeral mode: request finished")
+                await self._stop_locked(coord, coord.draining or
+                                        "ephemeral mode: request finished")
+
+    async def drain(self, addresses: list[str], why: str) -> list[str]:
+        """Coordinators using `addresses` take no new requests and stop once idle; the next
+        request for their model starts a new one on the remaining rpc-servers."""
+        drained = []
+        async with self._lock:
+            for coord in list(self.coordinators.values()):
+                if coord.state not in (STARTING, READY) or coord.draining:
+                    continue
+                if not set(addresses) & set(coord.plan.addresses):
+                    continue
+                coord.draining = why
+                drained.append(coord.id)
+                self.warn(f"coordinator for {coord.model!r} drains: {why}")
+                if coord.state == STARTING or coord.in_flight == 0:
+                    await self._stop_locked(coord, why)
+        return drained
 
     async def _start_locked(self, model: str) -> Coordinator | None:
         """Plan and spawn a coordinator; None when rpc-servers are busy and we should wait."""
@@ -279,9 +300,10 @@ class CoordinatorManager:
 
     async def _after_failure(self, coord: Coordinator, reason: str) -> None:
         """Find the dead shards, then restart on the survivors or report the model unservable."""
-        await asyncio.gather(*(self.shards.probe(self.shards.shards[a])
-                               for a in coord.plan.addresses if a in self.shards.shards))
-        dead = [a for a in coord.plan.addresses if not self.shards.shards[a].usable]
+        known = [self.shards.shards[a] for a in coord.plan.addresses if a in self.shards.shards]
+        await asyncio.gather(*(self.shards.probe(shard) for shard in known))
+        dead = [a for a in coord.plan.addresses
+                if a not in self.shards.shards or not self.shards.shards[a].usable]
         if dead:
             self.warn(f"rpc-server(s) {', '.join(dead)} unusable after {coord.model!r} failed")
         if coord.ready_at is None and not dead:

@@ -14,11 +14,11 @@ import attrs
 import platformdirs
 
 from sollol.errors import BinaryNotFound
-from sollol.models import ModelInfo, ResolvedModel, RouteRequest, RouteState
+from sollol.models import Backend, ModelInfo, ResolvedModel, RouteRequest, RouteState
 from sollol.router import SHARDING
 from sollol.routes import Lease, Outcome
 
-from . import procs
+from . import members, procs
 from .coordinator import READY, STARTING
 from .discovery import KIND
 from .manager import CoordinatorManager, Options
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sollol.sharding")
 SUPERVISE_EVERY = 0.5
 """Seconds between checks of coordinator processes and their connections (cheap: /proc reads)."""
-REDISCOVER_EVERY = 60.0
 
 
 def state_dir(config: Mapping[str, Any] | Any) -> Path:
@@ -62,6 +61,11 @@ class ShardingRoute:
     manager: CoordinatorManager = attrs.field(init=False)
     _task: asyncio.Task[None] | None = None
     _last_health: float = 0.0
+    kinds: tuple[str, ...] = (KIND,)
+    pinned: set[str] = attrs.field(factory=set)
+    """rpc-servers an operator added (kept through re-discovery and reloads)."""
+    removed: set[str] = attrs.field(factory=set)
+    """rpc-servers an operator removed (not re-discovered until added again)."""
 
     def __attrs_post_init__(self) -> None:
         config = self.cluster.config
@@ -113,16 +117,13 @@ class ShardingRoute:
         await self.manager.stop_all()
 
     async def _loop(self) -> None:
-        interval = self.cluster.config["health_interval"]
-        last_discovery = time.monotonic()
         while True:
             await asyncio.sleep(SUPERVISE_EVERY)
             try:
                 await self.manager.supervise()
-                if time.monotonic() - last_discovery >= REDISCOVER_EVERY:
-                    last_discovery = time.monotonic()
-                    await self._refresh_backends()  # e.g. an rpc-server started on loopback
-                if time.monotonic() - self._last_health >= interval:
+                # (re-discovery, e.g. an rpc-server started on loopback, is the cluster's job:
+                # it calls sync_backends every discovery_interval)
+                if time.monotonic() - self._last_health >= self.cluster.config["health_interval"]:
                     self._last_health = time.monotonic()
                     await self.shards.probe_free()
             except Exception:
@@ -205,6 +206,29 @@ class ShardingRoute:
 
         return Lease(route=self.name, backend=coord.backend, base_url=coord.base_url,
                      api="openai", on_release=release, explain=explain)
+
+    # ---- membership (the optional Membership interface of sollol/routes.py)
+
+    async def add_backend(self, address: str) -> Mapping[str, Any]:
+        return await members.add(self, address)
+
+    async def remove_backend(self, ident: str) -> Mapping[str, Any]:
+        return await members.remove(self, ident)
+
+    async def sync_backends(self, backends: Collection[Backend], *,
+                            prune: bool) -> Mapping[str, list[str]]:
+        return await members.sync(self, backends, prune=prune)
+
+    def reconfigure(self, config: Any) -> Collection[str]:
+        """Take new sharding settings; new coordinators use them (running ones keep theirs).
+        The state folder holds the running coordinators' pid files: it needs a restart."""
+        from .settings import SETTINGS
+
+        self.shards.timeout = config["rpc_probe_timeout"]
+        self.manager.options = attrs.evolve(options_from(config),
+                                            state_dir=self.manager.options.state_dir)
+        return (*(s.name for s in SETTINGS if s.name != "rpc_state_dir"), "rpc_backends",
+                "health_interval")
 
     def snapshot(self) -> Mapping[str, Any]:
         options = self.manager.options

@@ -80,9 +80,16 @@ class ShardRegistry:
     client_version: Version | None = None
     shards: dict[str, Shard] = attrs.field(factory=dict)
 
-    def update_backends(self, backends: list[Backend]) -> None:
-        for backend in backends:
-            self.shards.setdefault(backend.address, Shard(backend))
+    def update_backends(self, backends: list[Backend]) -> list[str]:
+        """Add the backends not known yet; returns their addresses."""
+        new = [b for b in backends if b.address not in self.shards]
+        for backend in new:
+            self.shards[backend.address] = Shard(backend)
+        return [b.address for b in new]
+
+    def remove(self, address: str) -> Shard | None:
+        """Forget an rpc-server (its coordinator, if any, is drained by the manager)."""
+        return self.shards.pop(address, None)
 
     async def probe(self, shard: Shard) -> None:
         """Probe one free rpc-server; a held one is skipped (its coordinator speaks for it)."""

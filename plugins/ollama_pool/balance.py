@@ -72,21 +72,21 @@ def choose(candidates: Sequence[Node], model: str, *, queued: int, avg_tokens: f
     fallback = fallback_seconds(candidates, avg_tokens)
     times = {n.id: task_seconds(n, model, avg_tokens=avg_tokens, fallback=fallback,
                                 cold_penalty=cold_penalty) for n in candidates}
-    free = [n for n in candidates if n.in_flight < n.limit]
+    free = [n for n in candidates if n.in_flight < n.cap]
     if not free:
         return Choice(None, "every node holding the model is at its concurrency limit")
     best = min(free, key=lambda n: (_bucket((n.in_flight + 1) * times[n.id]),
-                                    n.in_flight / n.limit, n.last_pick))
+                                    n.in_flight / n.cap, n.last_pick))
     t_best = times[best.id]
     faster = [n for n in candidates if times[n.id] < t_best and n is not best]
     if faster:
-        rate = sum(n.limit / times[n.id] for n in faster)
-        busy_slots = sum(min(n.in_flight, n.limit) for n in faster)
+        rate = sum(n.cap / times[n.id] for n in faster)
+        busy_slots = sum(min(n.in_flight, n.cap) for n in faster)
         finish_elsewhere = (queued + busy_slots / 2) / rate
         if finish_elsewhere < t_best:
-            open_faster = [n for n in faster if n.in_flight < n.limit]
+            open_faster = [n for n in faster if n.in_flight < n.cap]
             if open_faster:
-                pick = min(open_faster, key=lambda n: (times[n.id], n.in_flight / n.limit,
+                pick = min(open_faster, key=lambda n: (times[n.id], n.in_flight / n.cap,
                                                        n.last_pick))
                 return Choice(pick, "a faster node has a free slot", times[pick.id])
             return Choice(None, f"faster nodes finish the queue in {finish_elsewhere:.2f}s, "

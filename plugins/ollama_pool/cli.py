@@ -14,6 +14,7 @@ import click
 import httpx
 
 from sollol.cli import config_option, handle_errors, load_for_cli
+from sollol.cli.admin import call, gateway_option, gateway_url, item
 
 T = TypeVar("T")
 
@@ -85,18 +86,23 @@ def render(snapshot: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--gateway", metavar="URL",
               help="Ask this gateway (default: gateway_host:gateway_port from the config).")
 @click.option("--direct", is_flag=True, help="Probe the nodes now instead of asking a gateway.")
 @config_option
+@click.pass_context
 @handle_errors
-def nodes(as_json: bool, gateway: str | None, direct: bool, config_file: Path | None) -> None:
+def nodes(ctx: click.Context, as_json: bool, gateway: str | None, direct: bool,
+          config_file: Path | None) -> None:
     """Pool nodes: kind, health, ejection, requests in flight, loaded models, memory, speed.
 
     Live numbers come from a running gateway; without one the nodes are probed directly.
+    `sollol nodes add|remove ADDR` changes a running gateway's pool.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     snapshot = None
     source = "direct probe"
     if not direct:
@@ -115,6 +121,46 @@ def nodes(as_json: bool, gateway: str | None, direct: bool, config_file: Path | 
         return
     click.echo(f"# {source}")
     click.echo(render(snapshot))
+
+
+@nodes.command("add")
+@click.argument("address")
+@gateway_option
+@config_option
+@handle_errors
+def nodes_add(address: str, gateway: str | None, config_file: Path | None) -> None:
+    """Add the pool node at ADDRESS to the running gateway (host:port, http://..., openai://...).
+
+    It is probed once, then takes requests. It stays until removed (also through re-discovery
+    and config reloads); add it to `ollama_nodes` to keep it after a restart.
+    """
+    url = gateway_url(config_file, gateway)
+    result = call(url, "POST", "/sollol/nodes", {"address": address})
+    node = result.get("node") or {}
+    if not result.get("added"):
+        click.echo(result.get("detail") or f"{address} was already a pool node")
+        return
+    click.echo(f"added {node.get('id', address)} to {url}: {node.get('health', '?')}"
+               f" ({node.get('detail', '')})")
+
+
+@nodes.command("remove")
+@click.argument("address")
+@gateway_option
+@config_option
+@handle_errors
+def nodes_remove(address: str, gateway: str | None, config_file: Path | None) -> None:
+    """Remove the pool node ADDRESS (id, host:port or URL) from the running gateway.
+
+    It takes no new requests; the ones it is serving finish. Discovery does not bring it
+    back until it is added again.
+    """
+    url = gateway_url(config_file, gateway)
+    result = call(url, "DELETE", item("/sollol/nodes", address))
+    for entry in result.get("removed", []):
+        running = entry.get("draining") or 0
+        tail = f"; {running} request(s) in flight finish there" if running else ""
+        click.echo(f"removed {entry['id']} from {url}{tail}")
 
 
 class _Bars:

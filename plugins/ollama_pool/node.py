@@ -78,6 +78,9 @@ class Node:
     failed: int = 0
     last_pick: int = 0
     """Sequence number of the last request placed here (ties go to the least recent)."""
+    warm_cap: int | None = None
+    """While a readmitted node warms up: how many requests it may serve at once."""
+    warm_until: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         self.api = self.api or self.backend.kind
@@ -85,6 +88,30 @@ class Node:
     @property
     def id(self) -> str:
         return self.backend.id
+
+    @property
+    def cap(self) -> int:
+        """Requests this node may serve at once now (its limit, less while it warms up)."""
+        return self.limit if self.warm_cap is None else min(self.limit, self.warm_cap)
+
+    @property
+    def warming(self) -> bool:
+        return self.warm_cap is not None
+
+    def begin_warmup(self, now: float, seconds: float) -> None:
+        """Slow start after a readmission: one request at a time (it may load the model while
+        the others go elsewhere), doubling with each success, full after `seconds` at most."""
+        if seconds <= 0 or self.limit <= 1:
+            return
+        self.warm_cap, self.warm_until = 1, now + seconds
+
+    def _warm_step(self, now: float, success: bool) -> None:
+        if self.warm_cap is None:
+            return
+        if success:
+            self.warm_cap *= 2
+        if self.warm_cap >= self.limit or now >= self.warm_until:
+            self.warm_cap = None
 
     def ejected(self, now: float) -> bool:
         return now < self.ejected_until
@@ -116,6 +143,7 @@ class Node:
             if not self.ejected(now):
                 self.readmit_pending = False
             self.next_probe = now + settings.health_interval
+            self._warm_step(now, success=False)
             slots = report.extra.get("slots")
             if isinstance(slots, int) and slots > 0:
                 self.limit = slots  # llama-server says how many requests it serves at once
@@ -131,6 +159,7 @@ class Node:
         if outcome.ok:
             self.served += 1
             self.failures = 0
+            self._warm_step(now, success=True)
             if outcome.seconds:
                 self.request_seconds = _ewma(self.request_seconds, outcome.seconds)
                 if outcome.tokens:
@@ -159,7 +188,7 @@ class Node:
         return BackendState(
             backend=self.backend, healthy=self.available(now), models=self.models,
             loaded=self.loaded, memory_total=self.memory_total, memory_free=self.memory_free(),
-            in_flight=self.in_flight, detail=self.detail, capacity=self.limit,
+            in_flight=self.in_flight, detail=self.detail, capacity=self.cap,
         )
 
     def snapshot(self, now: float) -> dict[str, Any]:
@@ -174,6 +203,8 @@ class Node:
             "detail": self.detail,
             "ejected_until": time.time() + (self.ejected_until - now) if ejected else None,
             "ejections": self.ejections, "in_flight": self.in_flight, "limit": self.limit,
+            "warming": {"cap": self.cap, "until": time.time() + (self.warm_until - now)}
+            if self.warm_cap is not None else None,
             "models": sorted(report.models) if report else [],
             "loaded": sorted(report.loaded_models) if report else [],
             "running": _running(report),

@@ -15,29 +15,23 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from sollol.errors import ModelNotFound, NoRouteAvailable, Overloaded
-from sollol.models import HealthReport, ModelInfo, RouteRequest, RouteState
+from sollol.models import Backend, HealthReport, ModelInfo, RouteRequest, RouteState
 from sollol.router import POOL
 from sollol.routes import Lease, Outcome
 
-from . import catalog, manage
+from . import catalog, manage, members
 from .balance import choose
 from .discovery import base_url, pool_dialects
 from .node import Node, model_names
-from .settings import PoolSettings
+from .settings import SETTINGS, PoolSettings
+from .waiters import Waiter, WaitQueues, canonical
 
 if TYPE_CHECKING:
     from sollol.cluster import Cluster
+    from sollol.config import Config
 
 log = logging.getLogger("sollol.pool")
 TOKENS_WEIGHT = 0.1
-
-
-@attrs.define(eq=False)
-class _Waiter:
-    request: RouteRequest
-    backend: str | None
-    exclude: frozenset[str]
-    future: asyncio.Future[Lease]
 
 
 @attrs.define(eq=False)
@@ -49,7 +43,15 @@ class PoolRoute:
     settings: PoolSettings = attrs.field(init=False)
     nodes: dict[str, Node] = attrs.field(factory=dict)
     avg_tokens: float = 128.0
-    _waiters: list[_Waiter] = attrs.field(factory=list)
+    _waiters: WaitQueues = attrs.field(factory=WaitQueues)
+    draining: dict[str, Node] = attrs.field(factory=dict)
+    """Removed nodes whose in-flight requests have not finished yet."""
+    pinned: set[str] = attrs.field(factory=set)
+    """Nodes an operator added: re-discovery and config reloads keep them."""
+    removed: set[str] = attrs.field(factory=set)
+    """Nodes an operator removed: re-discovery does not bring them back."""
+    _holders: dict[str, list[Node]] | None = None
+    """Nodes by the (canonical) models they hold; None when it must be rebuilt."""
     _affinity: OrderedDict[str, tuple[str, float]] = attrs.field(factory=OrderedDict)
     _task: asyncio.Task[None] | None = None
     _stopping: bool = False
@@ -85,10 +87,8 @@ class PoolRoute:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
             self._task = None
-        for waiter in self._waiters:
-            if not waiter.future.done():
-                waiter.future.set_exception(NoRouteAvailable("the pool is stopping"))
-        self._waiters.clear()
+        for waiter in self._waiters.drain():
+            waiter.future.set_exception(NoRouteAvailable("the pool is stopping"))
 
     async def probe(self, nodes: list[Node]) -> None:
         """Probe nodes concurrently (each in a worker thread), then apply the results."""
@@ -96,13 +96,20 @@ class PoolRoute:
         reports = await asyncio.gather(*(asyncio.to_thread(self._check, n, timeout)
                                          for n in nodes))
         now = time.monotonic()
+        changed: list[Node] = []
         for node, report in zip(nodes, reports, strict=True):
-            was = node.available(now)
+            was, models = node.available(now), node.models
             node.apply(report, now, self.settings)
+            if node.models != models:
+                self._holders = None
             if was != node.available(now):
                 log.info("pool node %s is %s: %s", node.id,
                          "up" if node.available(now) else "down", node.detail)
-        self._pump()
+                if node.available(now) and node.served:  # it served before: ramp it up
+                    node.begin_warmup(now, self.settings.warmup_seconds)
+            if node.models != models or was != node.available(now) or node.warming:
+                changed.append(node)
+        self._pump(changed, models=[m for n in changed for m in n.models])
 
     def _check(self, node: Node, timeout: float) -> HealthReport:
         try:
@@ -131,17 +138,17 @@ class PoolRoute:
 
     def state(self) -> RouteState:
         now = time.monotonic()
-        waiting = f", {len(self._waiters)} queued" if self._waiters else ""
+        waiting = f", {len(self._waiters)} queued" if len(self._waiters) else ""
         up = sum(n.available(now) for n in self.nodes.values())
         return RouteState(POOL, tuple(n.state(now) for n in self.nodes.values()),
                           detail=f"{up}/{len(self.nodes)} nodes up{waiting}")
 
     async def acquire(self, request: RouteRequest, *, backend: str | None = None,
                       exclude: Collection[str] = ()) -> Lease:
-        waiter = _Waiter(request, self._resolve_backend(backend), frozenset(exclude),
-                         asyncio.get_running_loop().create_future())
+        waiter = Waiter(request, self._resolve_backend(backend), frozenset(exclude),
+                        asyncio.get_running_loop().create_future())
         self._require_servable(waiter)
-        if not self._waiters:  # nobody is ahead: take a free slot without queueing
+        if not self._waiters.waiting(waiter):  # nobody is ahead: take a free slot now
             node = self._place(waiter, time.monotonic(), queued=1)
             if node is not None:
                 return self._lease(node, request)
@@ -154,11 +161,11 @@ class PoolRoute:
             raise Overloaded(f"the pool's queue is full ({limit} requests may wait and every "
                              f"node holding {request.model!r} is busy)",
                              retry_after=max(1.0, self.avg_wait()))
-        self._waiters.append(waiter)
-        self._pump()
+        self._waiters.add(waiter)
+        self._pump(models=[request.model])
         try:
             async with asyncio.timeout(self.settings.queue_timeout):
-                return await asyncio.shield(waiter.future)
+                return await asyncio.shield(waiter.future)  # type: ignore[return-value]
         except TimeoutError:
             lease = self._abandon(waiter)
             if lease is not None:
@@ -171,44 +178,77 @@ class PoolRoute:
                 lease.release(Outcome(False, 499, "client gave up while queued"))
             raise
 
-    def _abandon(self, waiter: _Waiter) -> Lease | None:
+    def _abandon(self, waiter: Waiter) -> Lease | None:
         """Take a waiter out of the queue; return its lease if it was placed meanwhile."""
-        if waiter in self._waiters:
-            self._waiters.remove(waiter)
         future = waiter.future
         if not future.done():
             future.cancel()
+            self._waiters.left(waiter)
             return None
         if future.cancelled() or future.exception() is not None:
             return None
-        return future.result()
+        return future.result()  # type: ignore[return-value]
 
     def avg_wait(self) -> float:
         """Rough seconds until a slot frees, for Retry-After."""
         seconds = [n.request_seconds for n in self.nodes.values() if n.request_seconds]
         return min(seconds) if seconds else 1.0
 
-    def _resolve_backend(self, backend: str | None) -> str | None:
-        if backend is None or backend in self.nodes:
-            return backend
+    def find(self, ident: str) -> str | None:
+        """The id of the node named by id, address or URL, or None."""
+        if ident in self.nodes:
+            return ident
+        ident = ident.rstrip("/")
         for node in self.nodes.values():
-            if backend in (node.backend.address, base_url(node.backend)):
+            if ident in (node.backend.address, base_url(node.backend)):
                 return node.id
-        known = ", ".join(self.nodes) or "none"
-        raise NoRouteAvailable(f"pool node {backend!r} is not configured (nodes: {known})")
+        return None
 
-    def _candidates(self, waiter: _Waiter, now: float) -> list[Node]:
-        model = waiter.request.model
-        nodes = ([self.nodes[waiter.backend]] if waiter.backend else self.nodes.values())
-        return [n for n in nodes if n.available(now) and n.has_model(model)
-                and n.id not in waiter.exclude]
+    def _resolve_backend(self, backend: str | None) -> str | None:
+        if backend is None:
+            return None
+        found = self.find(backend)
+        if found is None:
+            known = ", ".join(self.nodes) or "none"
+            raise NoRouteAvailable(f"pool node {backend!r} is not configured (nodes: {known})")
+        return found
 
-    def _require_servable(self, waiter: _Waiter) -> None:
+    def now(self) -> float:
+        return time.monotonic()
+
+    def membership_changed(self) -> None:
+        self._holders = None
+
+    def wake(self, nodes: Collection[Node]) -> None:
+        """Re-examine the requests waiting for these nodes (e.g. after they left)."""
+        self._pump(nodes, models=[m for n in nodes for m in n.models])
+
+    def holders(self, model: str) -> list[Node]:
+        """The nodes that hold `model` (healthy or not), from an index kept per model."""
+        if self._holders is None:
+            index: dict[str, dict[str, Node]] = {}
+            for node in self.nodes.values():
+                for name in node.models:
+                    index.setdefault(canonical(name), {})[node.id] = node
+            self._holders = {name: list(nodes.values()) for name, nodes in index.items()}
+        return self._holders.get(canonical(model), [])
+
+    def _candidates(self, waiter: Waiter, now: float) -> list[Node]:
+        if waiter.backend:
+            node = self.nodes.get(waiter.backend)
+            nodes = [node] if node is not None and node.has_model(waiter.request.model) else []
+        else:
+            nodes = self.holders(waiter.request.model)
+        return [n for n in nodes if n.available(now) and n.id not in waiter.exclude]
+
+    def _require_servable(self, waiter: Waiter) -> None:
         """Fail now (not after a queue timeout) when no node could ever take the request."""
         now = time.monotonic()
         if self._candidates(waiter, now):
             return
         model = waiter.request.model
+        if waiter.backend and waiter.backend not in self.nodes:
+            raise NoRouteAvailable(f"pool node {waiter.backend} was removed")
         scope = [self.nodes[waiter.backend]] if waiter.backend else list(self.nodes.values())
         holders = [n for n in scope if n.has_model(model)]
         if scope and not holders and all(n.probed and n.healthy for n in scope):
@@ -221,34 +261,39 @@ class PoolRoute:
         down = "; ".join(f"{n.id}: {n.detail}" for n in (holders or scope)) or "no nodes"
         raise NoRouteAvailable(f"no healthy pool node can serve {model!r} ({down})")
 
-    def _pump(self) -> None:
-        """Place waiting requests on free nodes, in arrival order."""
+    def _pump(self, nodes: Collection[Node] = (), *, models: Collection[str] = (),
+              everything: bool = False) -> None:
+        """Place waiting requests, oldest first, looking only at the queues that could use
+        `nodes` (or want one of `models`): a release wakes the heads that want that node."""
+        if not self._waiters:
+            return
+        keys = (self._waiters.all_keys() if everything
+                else self._waiters.keys_for(nodes, models))
         now = time.monotonic()
-        for index, waiter in enumerate(list(self._waiters)):
-            if waiter.future.done():
-                self._waiters.remove(waiter)
-                continue
-            node = self._place(waiter, now, queued=len(self._waiters) - index)
-            if node is None:
-                continue
-            self._waiters.remove(waiter)
-            waiter.future.set_result(self._lease(node, waiter.request))
+        for waiter, queued in self._waiters.ready(keys):
+            node = self._place(waiter, now, queued=queued)
+            if waiter.future.done():  # failed: nobody can serve it any more
+                self._waiters.pop(waiter)
+            elif node is None:
+                self._waiters.hold()
+            else:
+                self._waiters.pop(waiter)
+                waiter.future.set_result(self._lease(node, waiter.request))
 
-    def _place(self, waiter: _Waiter, now: float, queued: int) -> Node | None:
+    def _place(self, waiter: Waiter, now: float, queued: float) -> Node | None:
         candidates = self._candidates(waiter, now)
         if not candidates:
             try:
                 self._require_servable(waiter)
             except (ModelNotFound, NoRouteAvailable) as exc:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+                if waiter.queued and not waiter.future.done():
                     waiter.future.set_exception(exc)
             return None
         key = waiter.request.conversation_key
         if key and key in self._affinity:
             node_id, _ = self._affinity[key]
             sticky = next((n for n in candidates if n.id == node_id), None)
-            if sticky is not None and sticky.in_flight < sticky.limit:
+            if sticky is not None and sticky.in_flight < sticky.cap:
                 return sticky
         choice = choose(candidates, waiter.request.model, queued=queued,
                         avg_tokens=self.avg_tokens, cold_penalty=self.settings.cold_penalty)
@@ -268,6 +313,10 @@ class PoolRoute:
     def _released(self, node: Node, request: RouteRequest, outcome: Outcome) -> None:
         now = time.monotonic()
         node.in_flight = max(0, node.in_flight - 1)
+        if self.nodes.get(node.id) is not node:  # removed while this request ran: it drained
+            if node.in_flight == 0:
+                self.draining.pop(node.id, None)
+            return
         # the last node that can serve this model stays: ejecting it turns its errors into 503s
         others_up = any(n.available(now) and n.has_model(request.model)
                         for n in self.nodes.values() if n is not node)
@@ -282,7 +331,7 @@ class PoolRoute:
             node.loaded = node.loaded | model_names(request.model)
             if request.conversation_key:
                 self._remember(request.conversation_key, node.id, now)
-        self._pump()
+        self._pump((node,))
 
     def _remember(self, key: str, node_id: str, now: float) -> None:
         self._affinity[key] = (node_id, now)
@@ -291,6 +340,33 @@ class PoolRoute:
         while self._affinity and (len(self._affinity) > 10_000
                                   or next(iter(self._affinity.values()))[1] < horizon):
             self._affinity.popitem(last=False)
+
+    # ---- membership (the optional Membership interface of sollol/routes.py)
+
+    @property
+    def kinds(self) -> list[str]:
+        """The backend kinds the pool serves (ours and other plugins' in a known dialect)."""
+        return list(pool_dialects(self.cluster))
+
+    async def add_backend(self, address: str) -> Mapping[str, Any]:
+        return await members.add(self, address)
+
+    async def remove_backend(self, ident: str) -> Mapping[str, Any]:
+        return members.remove(self, ident)
+
+    async def sync_backends(self, backends: Collection[Backend], *,
+                            prune: bool) -> Mapping[str, list[str]]:
+        return await members.sync(self, backends, prune=prune)
+
+    def reconfigure(self, config: Config) -> Collection[str]:
+        """Take new settings live; returns the config keys that now apply."""
+        old, self.settings = self.settings, PoolSettings.from_config(config)
+        for node in self.nodes.values():
+            if node.limit == old.concurrency and not (node.report and
+                                                      node.report.extra.get("slots")):
+                node.limit = self.settings.concurrency
+        self._pump(everything=True)
+        return (*(s.name for s in SETTINGS), "ollama_nodes", "health_interval")
 
     # ---- listings, model facts, management
 
@@ -346,6 +422,8 @@ class PoolRoute:
             "route": POOL,
             "nodes": [{**n.snapshot(now), "url": base_url(n.backend)}
                       for n in self.nodes.values()],
+            "draining": [{**n.snapshot(now), "health": "removed", "url": base_url(n.backend)}
+                         for n in self.draining.values()],
             "queue": {"waiting": len(self._waiters), "limit": self.settings.queue_size},
             "avg_tokens": round(self.avg_tokens, 1),
             "conversations": len(self._affinity),

@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 from sollol.config import Config, Setting
-from sollol.units import at_least, cidr, parse_bytes, port_number, positive
+from sollol.units import at_least, cidr, non_negative, parse_bytes, port_number, positive
 
 
 def _memory_table(value: dict[str, Any]) -> dict[str, int]:
@@ -46,6 +46,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pool_affinity_seconds", "float", 1800.0,
             "How long a conversation stays tied to the node that served its last turn.",
             check=positive),
+    Setting("pool_warmup_seconds", "float", 30.0,
+            "Slow start for a node that comes back after being down or ejected: it takes one "
+            "request at a time, doubling with each success, for at most this long (0: off).",
+            check=non_negative),
     Setting("pool_node_memory", "table", {},
             "Memory per node, which Ollama does not report: {\"10.0.0.5:11434\": \"24GiB\"}.",
             check=_memory_table),
@@ -74,6 +78,7 @@ class PoolSettings:
     eject_max_seconds: float = 300.0
     cold_penalty: float = 5.0
     affinity_seconds: float = 1800.0
+    warmup_seconds: float = 30.0
     memory: Mapping[str, int] = attrs.field(factory=dict)
 
     @classmethod
@@ -92,5 +97,6 @@ class PoolSettings:
             eject_max_seconds=get("pool_eject_max_seconds", 300.0),
             cold_penalty=get("pool_cold_penalty", 5.0),
             affinity_seconds=get("pool_affinity_seconds", 1800.0),
+            warmup_seconds=get("pool_warmup_seconds", 30.0),
             memory=dict(get("pool_node_memory", {}) or {}),
         )

@@ -35,8 +35,12 @@ def is_loopback(host: str) -> bool:
 @handle_errors
 def run(plugins: tuple[str, ...], host: str | None, port: int | None, grace: float,
         local_size: int | None, config_file: Path | None) -> None:
-    """Serve the Ollama- and OpenAI-compatible gateway (Ctrl-C or SIGTERM stops it)."""
-    from sollol.cluster import Cluster
+    """Serve the Ollama- and OpenAI-compatible gateway (Ctrl-C or SIGTERM stops it).
+
+    SIGHUP re-reads the config file and environment: nodes and rpc-servers added or removed
+    there join or leave at once; the log says what changed and what needs a restart.
+    """
+    from sollol.cluster import Cluster, load
     from sollol.gateway.server import serve
 
     overrides: dict[str, object] = {}
@@ -58,5 +62,7 @@ def run(plugins: tuple[str, ...], host: str | None, port: int | None, grace: flo
     loaded = [name for name, info in sorted(pm.plugin_info.items()) if info.status == "enabled"]
     click.echo(f"sollol gateway on http://{bind_host}:{bind_port} "
                f"(plugins: {', '.join(loaded) or 'none'})", err=True)
-    serve(Cluster(config=config, pm=pm), bind_host, bind_port, grace=grace)
+    cluster = Cluster(config=config, pm=pm,
+                      reloader=lambda: load(path=config_file, overrides=overrides)[0])
+    serve(cluster, bind_host, bind_port, grace=grace)
     click.echo("sollol gateway stopped", err=True)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import signal
 from typing import TYPE_CHECKING, Any
 
 from sollol.calls import Op
 from sollol.dialects.errors import error_body, error_code, error_status, retry_after, stream_error
 from sollol.dispatch import Dispatcher, StreamReply
 from sollol.errors import SollolError
-from sollol.gateway import info, manage, routes
+from sollol.gateway import admin, info, manage, routes
 from sollol.gateway.asgi import (
     Receive,
     Scope,
@@ -43,10 +44,12 @@ class Gateway:
     """ASGI app: Ollama and OpenAI endpoints over `cluster`, plus SOLLOL's own under /sollol/."""
 
     def __init__(self, cluster: Cluster, *, manage_cluster: bool = True,
-                 tune_gc: bool = False) -> None:
+                 tune_gc: bool = False, reload_on_sighup: bool = False) -> None:
         self.cluster = cluster
         self.manage_cluster = manage_cluster
         self.tune_gc = tune_gc
+        self.reload_on_sighup = reload_on_sighup and hasattr(signal, "SIGHUP")
+        self._reloads: set[asyncio.Task[Any]] = set()
         self.dispatcher: Dispatcher | None = None
         self.max_body = int(cluster.config["max_body_bytes"])
         self.blobs = BlobSpool()
@@ -60,6 +63,8 @@ class Gateway:
             await self.cluster.start()
         self.dispatcher = Dispatcher.create(self.cluster)
         await self.monitor.start()
+        if self.reload_on_sighup:  # `sollol run` only: a signal handler needs the main thread
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._sighup)
         if self.tune_gc:
             # A process that only serves the gateway: move everything built so far out of the
             # collector's sight and collect young objects less often. Measured: +10-20%
@@ -68,8 +73,18 @@ class Gateway:
             gc.freeze()
             gc.set_threshold(50_000, 50, 100)
 
+    def _sighup(self) -> None:
+        log.info("SIGHUP: re-reading the config")
+        task = asyncio.get_running_loop().create_task(self.cluster.reload())
+        self._reloads.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._reloads.discard)
+
     async def shutdown(self) -> None:
         """Close the connection pool, then stop the cluster (plugin shutdown hooks run)."""
+        if self.reload_on_sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        for task in list(self._reloads):
+            task.cancel()
         await self.monitor.stop()
         if self.dispatcher is not None:
             await self.dispatcher.close()
@@ -104,7 +119,7 @@ class Gateway:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
-        route = routes.find(path)
+        route = routes.find(path, method)
         api = route.api if route is not None else routes.dialect(path)
         try:
             if route is None:
@@ -125,6 +140,8 @@ class Gateway:
                 await self.blobs.handle(scope, receive, send)
             elif route.kind == "monitor":  # metrics, the dashboard and its data
                 await self.monitor.handle(scope, receive, send)
+            elif route.kind == "admin":  # nodes and rpc-servers join and leave, reload
+                await admin.handle(self.cluster, scope, receive, send, self.max_body)
             else:
                 handler = info.GET_HANDLERS.get(path) or next(
                     h for prefix, h in info.PREFIX_HANDLERS.items() if path.startswith(prefix))

@@ -14,10 +14,11 @@ from sollol.calls import Op
 from sollol.gateway import info, monitor
 from sollol.models import Api
 
-Kind = Literal["root", "dispatch", "manage", "blobs", "info", "monitor"]
+Kind = Literal["root", "dispatch", "manage", "blobs", "info", "monitor", "admin"]
 """How a path is served: `dispatch` goes through the Dispatcher to a backend, `manage` and
 `blobs` are fanned out to the pool's Ollama nodes, `info` answers from the cluster itself,
-`monitor` is metrics and the dashboard (sollol.gateway.monitor)."""
+`monitor` is metrics and the dashboard (sollol.gateway.monitor), `admin` changes the cluster
+(nodes and rpc-servers join and leave, the config is re-read: sollol.gateway.admin)."""
 
 
 @attrs.frozen
@@ -63,18 +64,28 @@ ROUTES: tuple[Route, ...] = (
     *(Route(path, ("GET", "HEAD"), _info_api(path), "info", prefix=True)
       for path in info.PREFIX_HANDLERS),
     *(Route(path, ("GET", "HEAD"), "ollama", "monitor") for path in monitor.PATHS),
+    Route("/sollol/nodes", ("POST",), "ollama", "admin"),
+    Route("/sollol/nodes/", ("DELETE",), "ollama", "admin", prefix=True),
+    Route("/sollol/rpc", ("POST",), "ollama", "admin"),
+    Route("/sollol/rpc/", ("DELETE",), "ollama", "admin", prefix=True),
+    Route("/sollol/reload", ("POST",), "ollama", "admin"),
 )
 
-_EXACT = {route.path: route for route in ROUTES if not route.prefix}
+_EXACT: dict[str, list[Route]] = {}
+for _route in ROUTES:
+    if not _route.prefix:
+        _EXACT.setdefault(_route.path, []).append(_route)
 _PREFIXES = tuple(route for route in ROUTES if route.prefix)
 
 
-def find(path: str) -> Route | None:
-    """The route serving `path`, or None."""
-    route = _EXACT.get(path)
-    if route is not None:
-        return route
-    return next((r for r in _PREFIXES if path.startswith(r.path)), None)
+def find(path: str, method: str | None = None) -> Route | None:
+    """The route serving `path` (with `method`, the one taking it when a path has several:
+    `GET /sollol/nodes` lists the pool, `POST /sollol/nodes` adds a node), or None."""
+    exact = _EXACT.get(path)
+    if exact:
+        return next((r for r in exact if method in r.methods), exact[0])
+    prefixed = [r for r in _PREFIXES if path.startswith(r.path)]
+    return next((r for r in prefixed if method in r.methods), prefixed[0] if prefixed else None)
 
 
 def dialect(path: str) -> Api:

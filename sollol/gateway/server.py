@@ -71,14 +71,28 @@ class _ForegroundServer(uvicorn.Server):
 
 def serve(cluster: Cluster, host: str, port: int, *, grace: float = DEFAULT_GRACE,
           log_level: str = "info") -> Gateway:
-    """Run the gateway until SIGINT/SIGTERM; in-flight requests get `grace` s to finish."""
-    gateway = Gateway(cluster, tune_gc=True)  # the process is ours: tune its collector
+    """Run the gateway until SIGINT/SIGTERM (SIGHUP re-reads the config); in-flight requests
+    get `grace` s to finish."""
+    _log_to_stderr(logging.getLevelName(log_level.upper()))
+    # the process is ours: tune its collector, and re-read the config on SIGHUP
+    gateway = Gateway(cluster, tune_gc=True, reload_on_sighup=True)
     server = _ForegroundServer(uvicorn_config(gateway, host, port, grace=grace,
                                               log_level=log_level), gateway)
     server.run()
     if not server.started:
         raise GatewayError(f"the gateway could not start on {host}:{port} (see the log above)")
     return gateway
+
+
+def _log_to_stderr(level: int) -> None:
+    """SOLLOL's own log lines (nodes up and down, reloads, coordinators) beside uvicorn's."""
+    logger = logging.getLogger("sollol")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:

@@ -124,6 +124,9 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("disabled_plugins", "list", [], "Plugin names never to load."),
     Setting("max_body_bytes", "int", 16 * 1024 * 1024, "Largest request body accepted.",
             check=positive),
+    Setting("max_reply_bytes", "int", 64 * 1024 * 1024,
+            "Largest whole (non-streamed) reply accepted from a node; a larger one is an error "
+            "naming the node.", check=positive),
     Setting("request_timeout", "float", 600.0,
             "Seconds a request may take upstream before it is cut.", check=positive),
     Setting("connect_timeout", "float", 5.0, "Seconds to connect to an upstream.",

@@ -154,7 +154,8 @@ class Dispatcher:
     def create(cls, cluster: Cluster, *, max_retries: int = 2) -> Dispatcher:
         """A dispatcher with its own connection pool (no Accept-Encoding is sent: upstream
         bytes are forwarded as they come, so they must be plain)."""
-        pool = UpstreamPool(connect_timeout=float(cluster.config["connect_timeout"]))
+        pool = UpstreamPool(connect_timeout=float(cluster.config["connect_timeout"]),
+                            max_reply=int(cluster.config["max_reply_bytes"]))
         return cls(cluster=cluster, pool=pool, max_retries=max_retries,
                    stream_idle_timeout=float(cluster.config["stream_idle_timeout"]))
 

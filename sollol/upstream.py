@@ -17,6 +17,10 @@ from urllib.parse import urlsplit
 import httptools
 
 _MAX_BUFFER = 1 << 20  # stop reading from a backend that is this far ahead of the client
+MAX_HEAD_BYTES = 64 * 1024
+"""Most bytes of status lines and headers a backend may send for one response."""
+MAX_INTERIM = 8
+"""Most interim (1xx) responses skipped before the real one."""
 
 
 class UpstreamError(Exception):
@@ -31,8 +35,18 @@ class StreamIdle(UpstreamError):
     """A response body went quiet for longer than its idle limit (a stalled stream)."""
 
 
+class _Stop(Exception):
+    """Raised from a parser callback to stop at bytes that must not be there."""
+
+
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection; parses one response at a time."""
+    """One keep-alive connection; parses one response at a time.
+
+    A backend can only answer the request in flight: bytes that arrive while no request is
+    (before it is written, or on an idle keep-alive connection), bytes after a complete response,
+    and a second response poison the connection: it is closed, never reused, so stale or forged
+    bytes can never become another request's reply.
+    """
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -41,15 +55,19 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.content_type = ""
         self.keep_alive = False
+        self.active = False  # a request has been written and its response is not finished
         self.headers_done = False
-        self.framed = False  # Content-Length or Transfer-Encoding: the body's end is marked
+        self.framed = False  # Content-Length or chunked: the body's end is marked
         self.complete = False
         self.received = False
         self.error: BaseException | None = None
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.paused = False
-        self._header: bytes = b""
+        self.head_bytes = 0  # bytes of status lines and headers so far (interim ones included)
+        self.interim = 0  # 1xx responses skipped so far
+        self._in_interim = False
+        self._violation = ""
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -62,11 +80,22 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self.active or self.complete:
+            what = "before any request was sent" if not self.active else "after a complete response"
+            self.poison(f"sent {len(data)} bytes {what}")
+            return
         self.received = True
+        if not self.headers_done:
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self.poison(f"sent more than {MAX_HEAD_BYTES} bytes of status line and headers")
+                return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.poison("switched protocols, which was never asked for")
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"bad HTTP from backend: {exc}"))
+            self.poison(self._violation or f"bad HTTP: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.complete and exc is None and self.headers_done and not self.framed:
@@ -77,18 +106,43 @@ class _Connection(asyncio.Protocol):
         if not self.complete:
             what = "closed the connection" if exc is None else f"connection lost ({exc})"
             self._fail(UpstreamError(f"backend {what} before the response was complete"))
+        self.keep_alive = False
+
+    def poison(self, what: str) -> None:
+        """The backend broke the one-request-one-response rule: fail and close this connection."""
+        self.keep_alive = False
+        self._fail(UpstreamError(f"backend {what}"))
+        if self.transport is not None:
+            self.transport.abort()
 
     # ---- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self._stop("sent data after a complete response (a Content-Length shorter than "
+                       "the body, or a reply to no request)")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         if name == b"content-type":
             self.content_type = value.decode("latin-1")
-        elif name in (b"content-length", b"transfer-encoding"):
+        elif name == b"content-length":
             self.framed = True
+        elif name == b"transfer-encoding":
+            # only a final `chunked` marks the end; any other coding runs until close
+            self.framed = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # 100 Continue, 103 Early Hints...: not the response; the real one follows
+            self.interim += 1
+            self._in_interim = True
+            self.content_type, self.framed = "", False
+            if self.interim > MAX_INTERIM:
+                self._stop(f"sent more than {MAX_INTERIM} interim (1xx) responses")
+            return
+        self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         self.headers_done = True
         self._wake()
@@ -103,8 +157,16 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._in_interim:
+            self._in_interim = False
+            return
         self.complete = True
         self._wake()
+
+    def _stop(self, violation: str) -> None:
+        """Stop the parser at bytes that must not be there (a raise inside a callback is how)."""
+        self._violation = violation
+        raise _Stop
 
     # ---- used by Response
 
@@ -133,7 +195,11 @@ class _Connection(asyncio.Protocol):
     def arm(self, deadline: float) -> None:
         """Fail this request with TimeoutError at loop time `deadline` (one timer per request)."""
         self.disarm()
-        self._timer = self.loop.call_at(deadline, self._fail, TimeoutError())
+        self._timer = self.loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        if not self.complete:
+            self._fail(TimeoutError())
 
     def disarm(self) -> None:
         if self._timer is not None:
@@ -181,6 +247,9 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.status, self.content_type = 0, ""
         self.headers_done = self.framed = self.complete = self.received = False
+        self.active = self._in_interim = False
+        self._violation = ""
+        self.head_bytes = self.interim = 0
         self.error = None
 
     def reusable(self) -> bool:
@@ -198,9 +267,14 @@ class Response:
         self._done = False
 
     async def read(self) -> bytes:
-        """The whole body."""
+        """The whole body; UpstreamError past the pool's `max_reply` bytes."""
         parts = []
+        size = 0
         while chunk := await self.next_chunk():
+            size += len(chunk)
+            if size > self._pool.max_reply:
+                self.close()
+                raise UpstreamError(f"backend reply is larger than {self._pool.max_reply} bytes")
             parts.append(chunk)
         return b"".join(parts)
 
@@ -213,6 +287,9 @@ class Response:
         """The next piece of body as soon as it arrives; b"" at the end."""
         conn = self._conn
         while not conn.chunks:
+            if conn.error is not None:
+                self.close()
+                raise conn.error
             if conn.complete:
                 self.release()
                 return b""
@@ -238,9 +315,11 @@ class Response:
 class UpstreamPool:
     """Keep-alive connections per backend, reused last-in first-out."""
 
-    def __init__(self, connect_timeout: float = 5.0, max_idle: int = 256) -> None:
+    def __init__(self, connect_timeout: float = 5.0, max_idle: int = 256,
+                 max_reply: int = 64 * 1024 * 1024) -> None:
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
+        self.max_reply = max_reply  # largest whole (non-streamed) body `Response.read` accepts
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._targets: dict[str, tuple[tuple[str, str, int], bytes]] = {}
         self._ssl: ssl.SSLContext | None = None
@@ -269,6 +348,11 @@ class UpstreamPool:
     async def _send(self, key: tuple[str, str, int], conn: _Connection, data: bytes,
                     deadline: float) -> Response:
         assert conn.transport is not None
+        if conn.error is not None or conn.transport.is_closing():
+            # it spoke before being asked (or died): nothing it sends can be trusted
+            conn.transport.abort()
+            raise conn.error or UpstreamError("backend closed the connection before the request")
+        conn.active = True
         conn.transport.write(data)
         conn.arm(deadline)
         try:

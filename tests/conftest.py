@@ -83,6 +83,26 @@ def pool_gateway() -> Iterator[Callable[..., Any]]:
 
 
 @pytest.fixture
+def hostile_node() -> Iterator[Callable[..., Any]]:
+    """Factory: `hostile_node(script, on_connect=None)` -> a started HostileNode (raw TCP server
+    playing a script of broken HTTP); every one started is stopped when the test ends."""
+    from sollol.testing.hostile_node import HostileNode
+
+    nodes: list[HostileNode] = []
+
+    def start(script: Any, **kwargs: Any) -> HostileNode:
+        node = HostileNode(script, **kwargs).start()
+        nodes.append(node)
+        return node
+
+    try:
+        yield start
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture
 def gateway() -> Iterator[Callable[..., Any]]:
     """Factory: `gateway(routes=[...], policies={...}, **config)` -> a running GatewayThread.
 

@@ -65,15 +65,15 @@ class HostileNode:
     on_connect: Callable[[asyncio.StreamWriter], Awaitable[None]] | None = None
     host: str = "127.0.0.1"
     port: int = 0
-    requests: list[RawRequest] = attrs.field(factory=list)
+    requests: list[RawRequest] = attrs.field(factory=list, repr=False)
     connections: int = 0
-    closed_by_client: list[int] = attrs.field(factory=list)
+    closed_by_client: list[int] = attrs.field(factory=list, repr=False)
     """Connections on which the client closed (EOF or reset) while the server waited to read."""
-    writers: dict[int, asyncio.StreamWriter] = attrs.field(factory=dict)
+    writers: dict[int, asyncio.StreamWriter] = attrs.field(factory=dict, repr=False)
     _loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.Server | None = None
     _thread: threading.Thread | None = None
-    _tasks: set[asyncio.Task[None]] = attrs.field(factory=set)
+    _tasks: set[asyncio.Task[None]] = attrs.field(factory=set, repr=False)
     _closed: threading.Condition = attrs.field(factory=threading.Condition)
 
     @property

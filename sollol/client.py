@@ -13,6 +13,10 @@ Two ways to run it:
 
 The async methods also work on a cluster started synchronously (they hop to its loop); the
 sync methods refuse to run on the cluster's own loop, where they would deadlock.
+
+Replies come whole (`chat`, ...) or as streams of chunks (`stream_chat`, `astream_chat`, ...).
+With `gateway=URL` the same API talks to a remote SOLLOL gateway over HTTP instead
+(`sollol.transport.RemoteGateway`).
 """
 
 from __future__ import annotations
@@ -20,30 +24,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from sollol import aggregate
 from sollol.cluster import Cluster as Runtime
 from sollol.cluster import load
-from sollol.dialects.replies import error_message
-from sollol.dispatch import Dispatcher, StreamReply
-from sollol.errors import (
-    BackendError,
-    ModelNotFound,
-    NoRouteAvailable,
-    Overloaded,
-    RequestError,
-    SollolError,
-)
-from sollol.fanout import FanOut, capacity
-from sollol.gateway.validate import validate
+from sollol.errors import BackendError
+from sollol.fanout import FanOut
 from sollol.loop_thread import LoopThread
+from sollol.streaming import AsyncChunkStream, Chunk, ChunkStream, chunks
 from sollol.tasks import Response, Task, TaskResult
+from sollol.transport import InProcess, RemoteGateway, raise_for
 
 T = TypeVar("T")
-_ERRORS: dict[int, type[SollolError]] = {400: RequestError, 404: ModelNotFound,
-                                         429: Overloaded, 503: NoRouteAvailable}
 
 
 class Cluster:
@@ -53,14 +47,25 @@ class Cluster:
         self, config: os.PathLike[str] | str | None = None, *,
         nodes: Sequence[str] | None = None, rpc_backends: Sequence[str] | None = None,
         plugins: Sequence[str] | None = None, runtime: Runtime | None = None,
-        max_retries: int = 2, **settings: Any,
+        max_retries: int = 2, gateway: str | None = None, timeout: float = 300.0,
+        **settings: Any,
     ) -> None:
         """Load config and plugins (`config` file, then keyword overrides of config keys).
 
         `nodes` sets `ollama_nodes`, `rpc_backends` the rpc-servers, `plugins` the allow-list;
         other keywords are config keys (`model_sharding_enabled=True`...). Or pass a `runtime`
-        built elsewhere (it is started and stopped only if it is not running yet).
+        built elsewhere (it is started and stopped only if it is not running yet). Or pass
+        `gateway="http://host:11435"` to send everything to a running SOLLOL gateway instead
+        of running the routes here (`timeout`: seconds a request may take).
         """
+        if gateway is not None:
+            if runtime is not None or config is not None or settings or any(
+                    v is not None for v in (nodes, rpc_backends, plugins)):
+                raise TypeError("a remote gateway brings its own config: pass gateway= alone")
+            self.runtime: Runtime | None = None
+            self._transport: InProcess | RemoteGateway = RemoteGateway(gateway, timeout)
+            self._init_state()
+            return
         overrides = dict(settings)
         for key, value in (("ollama_nodes", nodes), ("rpc_backends", rpc_backends),
                            ("plugins", plugins)):
@@ -72,15 +77,24 @@ class Cluster:
             loaded, pm = load(path=config, overrides=overrides)
             runtime = Runtime(config=loaded, pm=pm)
         self.runtime = runtime
-        self.max_retries = max_retries
-        self._dispatcher: Dispatcher | None = None
+        self._transport = InProcess(runtime, max_retries)
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._open_transport = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: LoopThread | None = None
-        self._owns_runtime = False
 
     def __repr__(self) -> str:
         state = "sync" if self._thread else ("async" if self._loop else "stopped")
-        return f"<sollol.Cluster {state} routes={sorted(self.runtime.routes)}>"
+        if isinstance(self._transport, RemoteGateway):
+            return f"<sollol.Cluster {state} gateway={self._transport.url}>"
+        return f"<sollol.Cluster {state} routes={sorted(self._transport.runtime.routes)}>"
+
+    @property
+    def remote(self) -> bool:
+        """True when requests go to a remote gateway rather than to routes in this process."""
+        return isinstance(self._transport, RemoteGateway)
 
     @property
     def running(self) -> bool:
@@ -152,20 +166,12 @@ class Cluster:
         self.stop()
 
     async def _open(self) -> None:
-        if not self.runtime.started:
-            await self.runtime.start()
-            self._owns_runtime = True
-        self._dispatcher = Dispatcher.create(self.runtime, max_retries=self.max_retries)
+        await self._transport.open()
+        self._open_transport = True
 
     async def _close(self) -> None:
-        try:
-            if self._dispatcher is not None:
-                await self._dispatcher.close()
-        finally:
-            self._dispatcher = None
-            if self._owns_runtime:
-                self._owns_runtime = False
-                await self.runtime.stop()
+        self._open_transport = False
+        await self._transport.close()
 
     # ---- single requests
 
@@ -198,6 +204,41 @@ class Cluster:
 
     def run(self, task: Task) -> Response:
         return self.call_sync(lambda: self._send(task))
+
+    # ---- streamed replies
+
+    def stream(self, task: Task) -> ChunkStream:
+        """A chat or generate task's reply chunk by chunk: `for chunk in c.stream(task)`;
+        `close()` (from any thread) or leaving a `with` block stops it."""
+        return ChunkStream(self._streamable(task), self._open_stream, self._require_loop())
+
+    def astream(self, task: Task) -> AsyncChunkStream:
+        """The async form: `async for chunk in c.astream(task)`; `await aclose()` stops it."""
+        return AsyncChunkStream(self._streamable(task), self._open_stream, self._require_loop())
+
+    def stream_chat(self, model: str, messages: str | Sequence[Mapping[str, Any]], *,
+                    system: str | None = None, **fields: Any) -> ChunkStream:
+        return self.stream(Task.chat(model, messages, system=system, **fields))
+
+    def astream_chat(self, model: str, messages: str | Sequence[Mapping[str, Any]], *,
+                     system: str | None = None, **fields: Any) -> AsyncChunkStream:
+        return self.astream(Task.chat(model, messages, system=system, **fields))
+
+    def stream_generate(self, model: str, prompt: str, **fields: Any) -> ChunkStream:
+        return self.stream(Task.generate(model, prompt, **fields))
+
+    def astream_generate(self, model: str, prompt: str, **fields: Any) -> AsyncChunkStream:
+        return self.astream(Task.generate(model, prompt, **fields))
+
+    @staticmethod
+    def _streamable(task: Task) -> Task:
+        if task.op == "embed":
+            raise ValueError("embeddings come back whole: use embed(), not a stream")
+        return task
+
+    def _open_stream(self, task: Task, route: dict[str, str]) -> AsyncIterator[Chunk]:
+        body = {**task.body(), "stream": True}
+        return chunks(self._transport.stream(task.op, body, route))
 
     # ---- many requests
 
@@ -262,32 +303,22 @@ class Cluster:
         return asyncio.run_coroutine_threadsafe(fn(), loop).result()
 
     def _require_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None or self._dispatcher is None:
+        if self._loop is None or not self._open_transport:
             raise RuntimeError("this sollol.Cluster is not started: use `with`/`async with`, "
                                "or call start()/await astart() first")
         return self._loop
 
     async def _capacity(self, tasks: Sequence[Task]) -> int:
-        return await capacity(self.runtime, tasks)
+        return await self._transport.capacity(tasks)
 
     async def _send(self, task: Task) -> Response:
-        dispatcher = self._dispatcher
-        if dispatcher is None:
-            raise RuntimeError("this sollol.Cluster is stopped")
-        call = validate("ollama", task.op, json.dumps(task.body()).encode())
-        reply = await dispatcher.open(call)
-        if isinstance(reply, StreamReply):  # tasks ask for whole replies; never expected
-            await reply.aclose("the library asked for a whole reply")
-            raise BackendError("the backend streamed a reply that was asked for whole")
-        if reply.status >= 400:
-            error = _ERRORS.get(reply.status, BackendError)
-            raise error(f"{task.model}: HTTP {reply.status}: {error_message(reply.body)}")
+        status, body, route = await self._transport.send(task.op, task.body())
+        raise_for(status, body, task.model)
         try:
-            data = json.loads(reply.body)
+            data = json.loads(body)
         except ValueError:
             raise BackendError(f"backend sent a reply that is not JSON: "
-                               f"{reply.body[:200]!r}") from None
-        route = reply.route
+                               f"{body[:200]!r}") from None
         return Response(task.op, task.model, data, route=route.get("route", ""),
                         backend=route.get("backend", ""), policy=route.get("policy", ""),
                         reason=route.get("reason", ""), seconds=_seconds(data))

@@ -97,6 +97,28 @@ class Response:
         return dict(self.data.get("message") or {})
 
     @property
+    def thinking(self) -> str:
+        """The model's reasoning, when it was asked to think (`think=True` or a level)."""
+        source = self.data.get("message") if self.op == "chat" else self.data
+        return str((source or {}).get("thinking") or "")
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The tools the model asked to call: `{"function": {"name", "arguments"}}` each."""
+        return list((self.data.get("message") or {}).get("tool_calls") or [])
+
+    def json(self) -> Any:
+        """The text parsed as JSON (structured output: `format="json"` or a JSON schema)."""
+        import json
+
+        from sollol.errors import BackendError
+
+        try:
+            return json.loads(self.text)
+        except ValueError:
+            raise BackendError(f"the reply is not JSON: {self.text[:200]!r}") from None
+
+    @property
     def embeddings(self) -> list[list[float]]:
         return list(self.data.get("embeddings") or [])
 

@@ -53,10 +53,14 @@ async def version(cluster: Cluster, scope: dict[str, Any]) -> Any:
 
 
 async def status(cluster: Cluster, scope: dict[str, Any]) -> Any:
-    """`GET /api/status`: whether anything can serve, and each route's healthy backends."""
+    """`GET /api/status`: whether anything can serve, and per route its healthy backends and
+    the requests it takes at once (what a remote `sollol.Cluster` sizes a fan-out by)."""
     states = cluster.route_states()
     routes = {name: {"available": state.available, "healthy": len(state.healthy),
-                     "backends": len(state.backends)} for name, state in states.items()}
+                     "backends": len(state.backends),
+                     "capacity": state.capacity if state.capacity is not None
+                     else sum(b.capacity or 1 for b in state.healthy)}
+              for name, state in states.items()}
     ok = any(state.available for state in states.values())
     return {"status": "ok" if ok else "unavailable", "version": OLLAMA_API_VERSION,
             "sollol": __version__, "routes": routes}

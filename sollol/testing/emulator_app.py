@@ -12,7 +12,15 @@ from typing import Any
 import attrs
 
 from sollol.testing import emulator_inference as inference
-from sollol.testing.emulator_http import Call, DroppedConnection, HttpError, Receive, Scope, Send
+from sollol.testing.emulator_http import (
+    Call,
+    ClientGone,
+    DroppedConnection,
+    HttpError,
+    Receive,
+    Scope,
+    Send,
+)
 from sollol.testing.emulator_models import EmulatedModel, ModelStore, full_name
 from sollol.testing.emulator_state import Faults, Speed, Stats
 
@@ -107,7 +115,10 @@ class EmulatorApp:
         except DroppedConnection:
             if call.started:
                 raise  # uvicorn closes the connection mid-response: the injected drop
+        except ClientGone:
+            self.stats.injected["client_gone"] += 1  # nobody is reading: stop, as Ollama does
         finally:
+            call.stop_watching()
             self.stats.leave()
 
     async def _inject(self, call: Call) -> bool:

@@ -40,6 +40,10 @@ class DroppedConnection(Exception):
     """Raised after the response started to make uvicorn cut the connection (a fault)."""
 
 
+class ClientGone(Exception):
+    """The client closed the connection during a stream: stop generating, as Ollama does."""
+
+
 class _QuietDrops(logging.Filter):
     """uvicorn logs an app exception as an error; injected drops are expected, not errors."""
 
@@ -65,6 +69,8 @@ class Call:
     node_name: bytes
     started: bool = False
     streaming: bool = False
+    gone: bool = False
+    _watcher: asyncio.Task[None] | None = None
 
     @property
     def method(self) -> str:
@@ -132,8 +138,20 @@ class Call:
         self.started = self.streaming = True
         await self.send({"type": "http.response.start", "status": 200,
                          "headers": self._headers(_NDJSON, [])})
+        self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        await self.wait_disconnect()
+        self.gone = True
+
+    def stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
 
     async def line(self, obj: Any) -> None:
+        if self.gone:
+            raise ClientGone("the client closed the connection")
         await self.send({"type": "http.response.body", "body": dumps(obj) + b"\n",
                          "more_body": True})
 

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -167,19 +168,21 @@ class ChunkStream:
         """Where the stream was routed (`route`, `backend`, `policy`, `reason`), once open."""
         self._source: AsyncIterator[Chunk] | None = None
         self._step: concurrent.futures.Future[Any] | None = None
+        self._lock = threading.Lock()
         self.closed = False
 
     def __iter__(self) -> ChunkStream:
         return self
 
     def __next__(self) -> Chunk:
-        if self.closed:
-            raise StopIteration
         if _on(self._loop):
             raise RuntimeError("a sync stream cannot be read on the cluster's own event loop; "
                                "use the async one (astream_chat, ...)")
-        step = asyncio.run_coroutine_threadsafe(self._advance(), self._loop)
-        self._step = step
+        with self._lock:  # close() either sees this step and cancels it, or we see `closed`
+            if self.closed:
+                raise StopIteration
+            step = asyncio.run_coroutine_threadsafe(self._advance(), self._loop)
+            self._step = step
         try:
             item = step.result()
         except concurrent.futures.CancelledError:
@@ -202,8 +205,9 @@ class ChunkStream:
 
     def close(self) -> None:
         """Stop the stream (cutting the upstream request); safe from any thread, and twice."""
-        self.closed = True
-        step = self._step
+        with self._lock:
+            self.closed = True
+            step = self._step
         if step is not None:
             step.cancel()  # the pending read is cancelled on the loop: the upstream is closed
         source, self._source = self._source, None

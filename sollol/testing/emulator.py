@@ -71,6 +71,8 @@ class EmulatorNode:
     max_loaded: int = 3
     library: Iterable[str] | None = None
     version: str = "0.33.0"
+    request_log: str | None = None
+    """A file that gets a line per generation started (see EmulatorApp.request_log)."""
     app: EmulatorApp | None = attrs.field(default=None, init=False)
     _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None, init=False)
     _thread: threading.Thread | None = attrs.field(default=None, init=False)
@@ -194,7 +196,7 @@ class EmulatorNode:
                 name=self.name, store=ModelStore.of(self.models, self.max_loaded),
                 speed=Speed(self.tokens_per_second, self.latency, self.response_tokens,
                             self.response_text, self.parallel),
-                version=self.version, on_refuse=self._refuse,
+                version=self.version, on_refuse=self._refuse, request_log=self.request_log,
                 library=None if self.library is None else frozenset(map(full_name, self.library)),
             )
             self.app.set_faults(attrs.evolve(self.faults, refuse=False))
@@ -282,6 +284,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--response-text", help="Always answer with this text.")
     p.add_argument("--max-loaded", type=int, default=3)
     p.add_argument("--library", action="append", help="Names /api/pull may fetch (default: any).")
+    p.add_argument("--request-log", help="Append a line per generation started to this file.")
     p.add_argument("--faults", default="{}", help="Initial faults as JSON, e.g. '{\"hang\":true}'.")
     return p.parse_args(argv)
 
@@ -299,7 +302,7 @@ def node_from_args(args: argparse.Namespace) -> EmulatorNode:
         tokens_per_second=args.tokens_per_second, latency=args.latency, parallel=args.parallel,
         response_tokens=args.response_tokens, response_text=args.response_text,
         max_loaded=args.max_loaded, library=args.library,
-        faults=Faults.from_json(json.loads(args.faults)),
+        faults=Faults.from_json(json.loads(args.faults)), request_log=args.request_log,
     )
 
 

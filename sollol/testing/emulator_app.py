@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -41,6 +42,9 @@ class EmulatorApp:
     """Names `/api/pull` may fetch (None: any name)."""
     pull_seconds: float = 0.2
     on_refuse: Callable[[float | None], Awaitable[None]] | None = None
+    request_log: str | None = None
+    """A file that gets one line per generation started (`path<TAB>prompt as JSON`): it survives
+    a killed node, so fault tests can count how often each request ran."""
     stats: Stats = attrs.field(factory=Stats)
     load_locks: dict[str, asyncio.Lock] = attrs.field(factory=dict)
     _errors_left: int | None = None
@@ -69,6 +73,12 @@ class EmulatorApp:
         r["GET", "/_emulator/stats"] = self._get_stats
         r["POST", "/_emulator/faults"] = self._set_faults
         r["GET", "/_emulator/faults"] = self._get_faults
+
+    def log_request(self, path: str, prompt: str) -> None:
+        """Append to `request_log`, if set (line-buffered: a SIGKILL loses nothing written)."""
+        if self.request_log is not None:
+            with open(self.request_log, "a", encoding="utf-8") as log:
+                log.write(f"{path}\t{json.dumps(prompt)}\n")
 
     def set_faults(self, faults: Faults) -> None:
         self.faults = faults

@@ -160,6 +160,8 @@ async def generate(app: EmulatorApp, call: Call, body: dict[str, Any], chat: boo
     if think and "thinking" not in slot.model.capabilities:
         raise HttpError(400, f'"{name}" does not support thinking')
     empty = not (body.get("messages") if chat else body.get("prompt"))
+    if not empty:
+        app.log_request(call.path, prompt)
     started = time.perf_counter()
     async with app.slots():
         unload_only = empty and keep_alive == 0

@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from sollol.config import Config, Setting, load_config, plugin_lists
-from sollol.errors import ConfigError, NoRouteAvailable, PluginError
+from sollol.errors import ConfigError, ModelNotFound, NoRouteAvailable, PluginError
 from sollol.events import EventLog
 from sollol.models import (
     Backend,
@@ -25,8 +25,10 @@ from sollol.models import (
     RouteRequest,
     RouteState,
 )
+from sollol.names import closest
+from sollol.placement import Placement, from_state
 from sollol.plugins import SollolPluginManager, collect_named, get_plugin_manager
-from sollol.router import choose_route
+from sollol.router import POOL, SHARDING, choose_route
 from sollol.routes import Lease, Policy, RouteProvider
 
 log = logging.getLogger("sollol")
@@ -194,18 +196,58 @@ class Cluster:
         return None
 
     async def decide(self, request: RouteRequest) -> RouteDecision:
-        """Pick the route for a request by the mode matrix and the configured policy."""
-        needs_model = (self.config["model_sharding_enabled"]
-                       and self.config["task_distribution_enabled"])
-        model = await self.model_info(request.model) if needs_model else None
-        return choose_route(
-            request,
-            sharding=self.config["model_sharding_enabled"],
-            distribution=self.config["task_distribution_enabled"],
-            policy=self.policy,
-            model=model,
-            routes=self.route_states(),
-        )
+        """Pick the route for a request by the mode matrix and the configured policy, among
+        the routes that can serve the model (an unknown model gets "did you mean")."""
+        sharding = self.config["model_sharding_enabled"]
+        distribution = self.config["task_distribution_enabled"]
+        places = await self.placements(request) if sharding or distribution else {}
+        try:
+            able = [p for p in places.values() if not p.excluded]
+            # the policy weighs sizes only when it has a choice to make
+            model = (await self.model_info(request.model)
+                     if sharding and distribution and len(able) != 1 else None)
+            return choose_route(request, sharding=sharding, distribution=distribution,
+                                policy=self.policy, model=model, routes=self.route_states(),
+                                placements=places)
+        except ModelNotFound as exc:
+            raise await self.not_found(exc, request.model) from None
+
+    async def placements(self, request: RouteRequest) -> dict[str, Placement]:
+        """Which enabled routes could serve `request`, and why (routes answer for themselves
+        through an optional `placement(request)` method, else from their backends' lists)."""
+        enabled = {POOL: self.config["task_distribution_enabled"],
+                   SHARDING: self.config["model_sharding_enabled"]}
+        out: dict[str, Placement] = {}
+        for name, provider in self.routes.items():
+            if not enabled.get(name, False):
+                continue
+            place = getattr(provider, "placement", None)
+            out[name] = (await place(request) if place is not None
+                         else from_state(provider.state(), request))
+        return out
+
+    async def known_models(self) -> list[str]:
+        """Every model name any route lists, for "did you mean"."""
+        names: dict[str, None] = {}
+        for provider in self.routes.values():
+            try:
+                entries = await provider.list_models()
+            except Exception:  # a listing that fails must not turn a 404 into a 500
+                log.debug("listing models of route %s failed", provider.name, exc_info=True)
+                continue
+            names.update(dict.fromkeys(str(e.get("name") or e.get("model")) for e in entries
+                                       if e.get("name") or e.get("model")))
+        return list(names)
+
+    async def not_found(self, exc: ModelNotFound, model: str) -> ModelNotFound:
+        """`exc` with the closest model names from every route, if any look alike."""
+        message = str(exc)
+        if "did you mean" in message:
+            return exc
+        close = closest(model, await self.known_models())
+        if close:
+            message += f"; did you mean {' or '.join(repr(c) for c in close)}?"
+        return ModelNotFound(message)
 
     async def acquire(
         self, request: RouteRequest, decision: RouteDecision, *, exclude: Collection[str] = ()
@@ -214,7 +256,10 @@ class Cluster:
         provider = self.routes.get(decision.route)
         if provider is None:
             raise NoRouteAvailable(f"route {decision.route!r} is not available")
-        return await provider.acquire(request, backend=decision.backend, exclude=exclude)
+        try:
+            return await provider.acquire(request, backend=decision.backend, exclude=exclude)
+        except ModelNotFound as exc:
+            raise await self.not_found(exc, request.model) from None
 
     def record(self, event: RouteEvent) -> None:
         """Log a finished request and tell `sollol_request_routed` implementations."""

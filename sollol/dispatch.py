@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from sollol import capabilities
 from sollol.calls import Call, Op
-from sollol.dialects.errors import stream_error
+from sollol.dialects.errors import error_body, stream_error
 from sollol.dialects.replies import error_message, load_reply, show_from_info
 from sollol.dialects.translate import (
     JSON_TYPE,
@@ -234,6 +235,10 @@ class Dispatcher:
             if response.status >= 400:
                 raw = await response.read()
                 trace.upstream_s += time.perf_counter() - t0
+                lacking = capabilities.unsupported(response.status, raw, call.request.needs)
+                if lacking is not None:
+                    return self._unsupported(call, decision, lease, response.status, raw,
+                                             lacking, trace, attempts, t0)
                 message = f"{lease.backend.id}: HTTP {response.status}: {error_message(raw)}"
                 if response.status >= 500:
                     message = _explained(lease, message)
@@ -279,6 +284,21 @@ class Dispatcher:
         finally:
             if response is not None and not handed_off:
                 response.release()  # keeps the connection only if the reply was read in full
+
+    def _unsupported(self, call: Call, decision: RouteDecision, lease: Lease, status: int,
+                     raw: bytes, lacking: str, trace: _Trace, attempts: int,
+                     t0: float) -> Reply:
+        """The backend cannot do what was asked: the client hears it at once, naming the
+        backend and its kind; the route learns the capability is missing (not a failure)."""
+        kind = lease.backend.labels.get("server") or lease.backend.kind
+        message = (f"{lease.route} backend {lease.backend.id} ({kind}) does not support "
+                   f"{capabilities.WORDS.get(lacking, lacking)} for {call.request.model!r}: "
+                   f"{error_message(raw)}")
+        lease.release(Outcome(False, status, message, seconds=time.perf_counter() - t0,
+                              unsupported=lacking))
+        self._record(call, decision, lease.backend.id, status, trace, attempts, message)
+        body = error_body(call.api, status, message, "not_supported")
+        return Reply(status, JSON_TYPE, _route_headers(decision, lease), body)
 
     def _stream_reply(self, call: Call, decision: RouteDecision, lease: Lease, upstream: Plan,
                       response: Response, first: bytes, trace: _Trace, t0: float,

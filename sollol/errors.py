@@ -13,6 +13,7 @@ SollolError
 │   └── PayloadTooLarge    the body is over the limit (HTTP 413)
 ├── Overloaded             queues are full; try again later (HTTP 429)
 ├── NoRouteAvailable       nothing can serve the request now (HTTP 503)
+├── NotSupported           no backend holding the model can do what is asked (HTTP 501)
 └── BackendError           a backend failed while serving (HTTP 502)
 """
 
@@ -107,6 +108,19 @@ class NoRouteAvailable(SollolError):
     ) -> None:
         self.retry_after = retry_after
         self.numbers = dict(numbers or {})  # the figures behind the message, as data
+        super().__init__(message)
+
+
+class NotSupported(SollolError):
+    """The backends that hold the model lack a capability the request needs (e.g. embeddings).
+
+    Never retried and never a health failure: asking again cannot help.
+    """
+
+    status = 501
+
+    def __init__(self, message: str, status: int = 501) -> None:
+        self.status = status
         super().__init__(message)
 
 

@@ -111,6 +111,8 @@ class RouteRequest:
     context_length: int | None = None
     stream: bool = False
     conversation_key: str | None = None
+    needs: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    """Capabilities the request needs (see sollol/capabilities.py), e.g. {"embedding"}."""
 
 
 @attrs.frozen
@@ -127,6 +129,19 @@ class BackendState:
     detail: str = ""
     capacity: int | None = None
     """Requests this backend serves at once, if the route knows (sizes fan-out concurrency)."""
+    capabilities: Mapping[str, frozenset[str]] = attrs.field(factory=dict,
+                                                             converter=_frozen_dict)
+    """What the backend can do, per model name ("" for every model), where it is known."""
+    lacks: Mapping[str, frozenset[str]] = attrs.field(factory=dict, converter=_frozen_dict)
+    """Capabilities it answered it does not have (from 501/4xx replies), per model ("": all)."""
+    server: str = ""
+    """The kind of server, in words ("llama-server", "ollama"), for messages."""
+
+    def missing(self, model: str, needs: frozenset[str]) -> frozenset[str]:
+        """Which of `needs` this backend is known not to have for `model`."""
+        known = self.capabilities.get(model, self.capabilities.get(""))
+        gone = needs & (self.lacks.get(model, frozenset()) | self.lacks.get("", frozenset()))
+        return gone | (needs - known) if known is not None else gone
 
 
 @attrs.frozen
@@ -162,6 +177,8 @@ class RouteDecision:
     reason: str
     backend: str | None = None
     numbers: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
+    placement: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
+    """Per route: whether it could serve the request and why (see sollol/placement.py)."""
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)

@@ -29,6 +29,8 @@ class Outcome:
     tokens: int | None = None
     seconds: float | None = None
     first_byte_sent: bool = False
+    unsupported: str | None = None
+    """A capability the backend answered it does not have: not a failure of the backend."""
 
 
 @attrs.define

@@ -98,18 +98,22 @@ def test_servers_answer_and_overrides_point_at_them(local_cluster: LocalCluster)
 async def test_routes_follow_gguf_size_not_names(
     local_cluster: LocalCluster, tmp_path: Path,
 ) -> None:
-    """Store the big model as "tiny-chat" and the small one as "huge-70b": size decides."""
+    """Where both routes hold a model, its GGUF size decides, never its name: the pool nodes
+    serve "sollol-demo-small", whose GGUF on the gateway machine is here the big one. A model
+    only the store holds ("huge-70b", small weights) can only be sharded."""
     assert local_cluster.models is not None
     store = OllamaStoreBuilder(tmp_path / "store")
-    store.add_model("tiny-chat", local_cluster.models.large.path)
+    store.add_model("sollol-demo-small", local_cluster.models.large.path)
     store.add_model("huge-70b", local_cluster.models.small.path)
     overrides = {**local_cluster.overrides(), "ollama_models_dir": str(store.root)}
     async with Cluster.from_config(overrides=overrides) as cluster:
-        big = await cluster.decide(RouteRequest(model="tiny-chat"))
-        small = await cluster.decide(RouteRequest(model="huge-70b"))
-    assert (big.route, small.route) == ("sharding", "pool")
-    assert big.policy == small.policy == "size-threshold"
-    assert big.numbers["size"] >= THRESHOLD > small.numbers["size"]
+        big = await cluster.decide(RouteRequest(model="sollol-demo-small"))
+        only = await cluster.decide(RouteRequest(model="huge-70b"))
+    assert big.route == "sharding" and big.policy == "size-threshold"
+    assert big.numbers["size"] >= THRESHOLD
+    assert big.placement["pool"]["verdict"] == "can serve"
+    assert only.route == "sharding" and "only the sharding route" in only.reason
+    assert only.placement["pool"]["verdict"] == "cannot serve"
 
 
 @pytest.mark.llamacpp

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import platformdirs
 
-from sollol.errors import BinaryNotFound
+from sollol.capabilities import EMBEDDING
+from sollol.errors import BinaryNotFound, NotSupported
 from sollol.models import Backend, ModelInfo, ResolvedModel, RouteRequest, RouteState
+from sollol.placement import Placement
 from sollol.router import SHARDING
 from sollol.routes import Lease, Outcome
 
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("sollol.sharding")
 SUPERVISE_EVERY = 0.5
 """Seconds between checks of coordinator processes and their connections (cheap: /proc reads)."""
+NO_EMBEDDINGS = ("the sharding route's llama-server coordinators run without --embeddings, so "
+                 "they serve no embeddings (add \"--embeddings\" to rpc_coordinator_args)")
 
 
 def state_dir(config: Mapping[str, Any] | Any) -> Path:
@@ -179,9 +183,30 @@ class ShardingRoute:
     async def model_info(self, model: str) -> ModelInfo | None:
         return None  # the cluster reads the GGUF header itself
 
+    def lacking(self, needs: frozenset[str]) -> frozenset[str]:
+        """What of `needs` the coordinators cannot do: they embed only when started with
+        `--embeddings` (in rpc_coordinator_args)."""
+        args = self.manager.options.extra_args
+        embeds = any(a in ("--embedding", "--embeddings") for a in args)
+        return needs & {EMBEDDING} if not embeds else frozenset()
+
+    async def placement(self, request: RouteRequest) -> Placement:
+        """Whether the model's GGUF resolves here (what sharding needs) and the coordinators
+        can do what the request needs."""
+        resolved = await self.cluster.resolve_gguf(request.model)
+        if resolved is None:
+            return Placement(self.name, False, "no GGUF file resolves for it on the gateway "
+                             "machine (sharding reads it from Ollama's store or a path)")
+        missing = self.lacking(request.needs)
+        if missing:
+            return Placement(self.name, True, NO_EMBEDDINGS, missing)
+        return Placement(self.name, True, f"its GGUF resolves ({resolved.source})")
+
     async def acquire(
         self, request: RouteRequest, *, backend: str | None = None, exclude: Collection[str] = ()
     ) -> Lease:
+        if self.lacking(request.needs):
+            raise NotSupported(f"{request.model!r}: {NO_EMBEDDINGS}")
         coord = await self.manager.checkout(request.model)
         if coord.id in exclude:
             # A retry after this coordinator failed: give the supervisor a moment to notice and

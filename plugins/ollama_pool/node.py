@@ -81,6 +81,11 @@ class Node:
     warm_cap: int | None = None
     """While a readmitted node warms up: how many requests it may serve at once."""
     warm_until: float = 0.0
+    server: str = ""
+    capabilities: dict[str, frozenset[str]] = attrs.field(factory=dict)
+    """Per model spelling ("" for the node's one model), from the probe."""
+    lacks: dict[str, frozenset[str]] = attrs.field(factory=dict)
+    """Capabilities the node answered it lacks, per model ("" when it serves one model)."""
 
     def __attrs_post_init__(self) -> None:
         self.api = self.api or self.backend.kind
@@ -122,6 +127,20 @@ class Node:
     def has_model(self, model: str) -> bool:
         return bool(model_names(model) & self.models)
 
+    def missing(self, model: str, needs: frozenset[str]) -> frozenset[str]:
+        """Which of `needs` this node is known not to have for `model`."""
+        return self.state_caps().missing(model, needs) if needs else frozenset()
+
+    def state_caps(self) -> BackendState:
+        return BackendState(self.backend, healthy=self.healthy, capabilities=self.capabilities,
+                            lacks=self.lacks)
+
+    def learn_lack(self, model: str, capability: str) -> None:
+        """The node answered it cannot do `capability` for `model`."""
+        keys = [""] if self.api == "openai" else sorted(model_names(model))
+        for key in keys:
+            self.lacks[key] = self.lacks.get(key, frozenset()) | {capability}
+
     def is_loaded(self, model: str) -> bool:
         return bool(model_names(model) & self.loaded)
 
@@ -139,6 +158,12 @@ class Node:
             self.api = str(report.extra.get("api") or self.api)
             self.models = all_names(report.models)
             self.loaded = all_names(report.loaded_models)
+            self.server = str(report.extra.get("server") or self.server)
+            reported = report.extra.get("capabilities")
+            if isinstance(reported, dict):
+                self.capabilities = {spelling: frozenset(found)
+                                     for name, found in reported.items()
+                                     for spelling in (model_names(name) if name else [""])}
             self.probe_failures = 0
             if not self.ejected(now):
                 self.readmit_pending = False
@@ -166,8 +191,9 @@ class Node:
                     self.sec_per_token = _ewma(self.sec_per_token,
                                                outcome.seconds / outcome.tokens)
             return False
-        if not (outcome.connect_failed or outcome.status >= 500):
-            return False  # a 4xx or a client that left (499): not the node's fault
+        if outcome.unsupported is not None or not (outcome.connect_failed
+                                                   or outcome.status >= 500):
+            return False  # a 4xx, a missing feature, a client that left: not the node's fault
         self.failed += 1
         self.failures += 1
         threshold = 1 if outcome.connect_failed else settings.eject_failures
@@ -189,6 +215,7 @@ class Node:
             backend=self.backend, healthy=self.available(now), models=self.models,
             loaded=self.loaded, memory_total=self.memory_total, memory_free=self.memory_free(),
             in_flight=self.in_flight, detail=self.detail, capacity=self.cap,
+            capabilities=self.capabilities, lacks=self.lacks, server=self.server,
         )
 
     def snapshot(self, now: float) -> dict[str, Any]:
@@ -214,4 +241,8 @@ class Node:
             "request_seconds": self.request_seconds, "served": self.served,
             "failed": self.failed, "version": report.version if report else None,
             "probe_latency_s": report.latency_s if report else None,
+            "server": self.server,
+            "capabilities": {name: sorted(found) for name, found in self.capabilities.items()
+                             if name == "" or name in (report.models if report else ())},
+            "lacks": {name: sorted(found) for name, found in self.lacks.items()},
         }

@@ -8,6 +8,7 @@ Runs in a worker thread (sync httpx) and never raises for network trouble: it re
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ import httpx
 
 from sollol.models import Backend, HealthReport
 
+from . import capabilities
 from .discovery import OLLAMA, OPENAI, base_url
 
 
@@ -72,12 +74,17 @@ def _ollama(client: httpx.Client, backend: Backend, started: float) -> HealthRep
     tag_entries = _entries(tags.json())
     ps_entries = _entries(ps.json())
     vram = sum(int(e.get("size_vram") or 0) for e in ps_entries)
+    extra: dict[str, Any] = {"api": OLLAMA, "tags": tag_entries, "ps": ps_entries,
+                             "vram_used": vram, "server": "ollama"}
+    # what a node can do is learned as it goes: a failed look is not a sick node
+    with contextlib.suppress(httpx.HTTPError):
+        extra["capabilities"] = capabilities.ollama_models(client, backend.id, tag_entries)
     return HealthReport(
         backend.id, healthy=True, latency_s=latency, detail="ok",
         version=str(version.json().get("version", "")),
         models=tuple(_name(e) for e in tag_entries),
         loaded_models=tuple(_name(e) for e in ps_entries),
-        extra={"api": OLLAMA, "tags": tag_entries, "ps": ps_entries, "vram_used": vram},
+        extra=extra,
     )
 
 
@@ -106,6 +113,12 @@ def _openai(client: httpx.Client, backend: Backend, started: float) -> HealthRep
     if slots.status_code == 200 and isinstance(slots.json(), list):
         busy = [s for s in slots.json() if isinstance(s, dict) and s.get("is_processing")]
         extra.update(slots=len(slots.json()), slots_busy=len(busy))
+    try:
+        extra["server"], found = capabilities.openai_server(client)
+        if found is not None:
+            extra["capabilities"] = {"": found}
+    except httpx.HTTPError:
+        pass
     return HealthReport(backend.id, healthy=True, latency_s=latency, detail="ok",
                         models=ids, loaded_models=ids, extra=extra)
 

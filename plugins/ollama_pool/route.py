@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from sollol.errors import ModelNotFound, NoRouteAvailable, Overloaded
+from sollol.errors import ModelNotFound, NoRouteAvailable, NotSupported, Overloaded
 from sollol.models import Backend, HealthReport, ModelInfo, RouteRequest, RouteState
+from sollol.placement import Placement
 from sollol.router import POOL
 from sollol.routes import Lease, Outcome
 
-from . import catalog, manage, members
+from . import catalog, manage, members, placing
 from .balance import choose
 from .discovery import base_url, pool_dialects
 from .node import Node, model_names
@@ -239,7 +240,9 @@ class PoolRoute:
             nodes = [node] if node is not None and node.has_model(waiter.request.model) else []
         else:
             nodes = self.holders(waiter.request.model)
-        return [n for n in nodes if n.available(now) and n.id not in waiter.exclude]
+        needs = waiter.request.needs
+        return [n for n in nodes if n.available(now) and n.id not in waiter.exclude
+                and not n.missing(waiter.request.model, needs)]
 
     def _require_servable(self, waiter: Waiter) -> None:
         """Fail now (not after a queue timeout) when no node could ever take the request."""
@@ -251,6 +254,11 @@ class PoolRoute:
             raise NoRouteAvailable(f"pool node {waiter.backend} was removed")
         scope = [self.nodes[waiter.backend]] if waiter.backend else list(self.nodes.values())
         holders = [n for n in scope if n.has_model(model)]
+        needs = waiter.request.needs
+        able = [n for n in holders if not n.missing(model, needs)]
+        if holders and not able:
+            raise NotSupported(placing.unable_message(holders, model, needs))
+        holders = able
         if scope and not holders and all(n.probed and n.healthy for n in scope):
             where = f"node {waiter.backend}" if waiter.backend else "any pool node"
             raise ModelNotFound(f"model '{model}' not found on {where}")
@@ -285,7 +293,7 @@ class PoolRoute:
         if not candidates:
             try:
                 self._require_servable(waiter)
-            except (ModelNotFound, NoRouteAvailable) as exc:
+            except (ModelNotFound, NoRouteAvailable, NotSupported) as exc:
                 if waiter.queued and not waiter.future.done():
                     waiter.future.set_exception(exc)
             return None
@@ -307,12 +315,17 @@ class PoolRoute:
         def release(outcome: Outcome) -> None:
             self._released(node, request, outcome)
 
-        return Lease(route=POOL, backend=node.backend, base_url=base_url(node.backend),
+        backend = node.backend
+        if node.server and backend.labels.get("server") != node.server:
+            backend = attrs.evolve(backend, labels={**backend.labels, "server": node.server})
+        return Lease(route=POOL, backend=backend, base_url=base_url(node.backend),
                      api="openai" if node.api == "openai" else "ollama", on_release=release)
 
     def _released(self, node: Node, request: RouteRequest, outcome: Outcome) -> None:
         now = time.monotonic()
         node.in_flight = max(0, node.in_flight - 1)
+        if outcome.unsupported is not None:
+            node.learn_lack(request.model, outcome.unsupported)
         if self.nodes.get(node.id) is not node:  # removed while this request ran: it drained
             if node.in_flight == 0:
                 self.draining.pop(node.id, None)
@@ -367,6 +380,10 @@ class PoolRoute:
                 node.limit = self.settings.concurrency
         self._pump(everything=True)
         return (*(s.name for s in SETTINGS), "ollama_nodes", "health_interval")
+
+    async def placement(self, request: RouteRequest) -> Placement:
+        """Whether some node lists the model and can do what the request needs."""
+        return placing.placement(self.nodes.values(), request)
 
     # ---- listings, model facts, management
 

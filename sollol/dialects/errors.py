@@ -12,6 +12,7 @@ from sollol.errors import (
     BackendError,
     ModelNotFound,
     NoRouteAvailable,
+    NotSupported,
     Overloaded,
     PayloadTooLarge,
     SollolError,
@@ -72,6 +73,8 @@ def error_code(exc: SollolError) -> str | None:
         return "overloaded"
     if isinstance(exc, NoRouteAvailable):
         return "no_backend_available"
+    if isinstance(exc, NotSupported):
+        return "not_supported"
     if isinstance(exc, BackendError):
         return "backend_error"
     return None

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from sollol import __version__
+from sollol import __version__, capabilities
 from sollol.errors import ModelNotFound, NoRouteAvailable, RequestError
 from sollol.models import RouteRequest
 from sollol.router import POOL
@@ -111,7 +111,8 @@ async def route_decision(cluster: Cluster, scope: dict[str, Any]) -> Any:
     endpoint = query.get("endpoint", "chat")
     if endpoint not in ("chat", "generate", "embed"):
         raise RequestError("query parameter 'endpoint' must be chat, generate or embed")
-    request = RouteRequest(model=model, endpoint=endpoint, context_length=ctx)  # type: ignore[arg-type]
+    request = RouteRequest(model=model, endpoint=endpoint, context_length=ctx,  # type: ignore[arg-type]
+                           needs=capabilities.needs(endpoint, {}))
     decision = await cluster.decide(request)
     return {"model": model, "context_length": ctx, **decision.as_dict()}
 

@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from sollol import capabilities
 from sollol.calls import Call, Op
 from sollol.errors import RequestError
 from sollol.models import Api, Endpoint, RouteRequest
@@ -117,6 +118,7 @@ def validate(api: Api, op: Op, raw: bytes) -> Call:
         stream=bool(stream) and op in ("chat", "generate", "completions", "messages",
                                        "responses"),
         conversation_key=conversation_key(_conversation(op, body)),
+        needs=capabilities.needs(op, body),
     )
     return Call(api=api, op=op, body=body, raw=raw, request=request)
 

@@ -31,6 +31,7 @@ STARTUP_TIMEOUT = 180.0
 NODE_CONTEXT = 2048
 NODE_SLOTS = 2
 """Parallel slots per pool node (llama-server --parallel); the pool's concurrency matches it."""
+EMBEDDING_ARGS = ["--embeddings", "--pooling", "mean"]
 Say = Callable[[str], None]
 
 
@@ -128,12 +129,15 @@ class LocalCluster:
                 self.binaries.rpc_server, "-H", HOST, "-p", str(port), "-t", str(self.threads)])
             self.servers.append(LocalServer("rpc-server", f"{HOST}:{port}", proc))
         small = self.models.small
-        for _ in range(self.pool_nodes):
+        for index in range(self.pool_nodes):
             port = free_port(HOST)
+            # the first node also serves embeddings (mean pooling: the OpenAI endpoint needs
+            # one); the others show how the pool routes around a node that cannot
+            embeds = EMBEDDING_ARGS if index == 0 else []
             proc = self._group.start(f"llama-server-{port}", [
                 self.binaries.llama_server, "-m", small.path, "--alias", small.name,
                 "--host", HOST, "--port", str(port), "-t", str(self.threads),
-                "-c", str(NODE_CONTEXT), "--parallel", str(NODE_SLOTS)])
+                "-c", str(NODE_CONTEXT), "--parallel", str(NODE_SLOTS), *embeds])
             self.servers.append(LocalServer("pool node", f"{HOST}:{port}", proc))
         self._say(f"starting {self.shards} rpc-server(s) and {self.pool_nodes} pool node(s) "
                   f"(logs in {self.run_dir})")

@@ -25,6 +25,10 @@ class ScriptedNode:
     api: Api = "openai"
     words: tuple[str, ...] = ("Hello", " from", " a", " scripted", " node")
     pause_after_first: float = 0.0
+    embeddings: bool = True
+    """False: answer embedding requests as llama-server without `--embeddings` does (501)."""
+    models: tuple[str, ...] = ("scripted",)
+    """What `GET /v1/models` lists (so a pool can use it as an OpenAI-compatible node)."""
     host: str = "127.0.0.1"
     port: int = 0
     requests: list[dict[str, Any]] = attrs.field(factory=list)
@@ -68,6 +72,7 @@ class ScriptedNode:
             app.router.add_post("/v1/chat/completions", self._openai)
             app.router.add_post("/v1/completions", self._openai)
             app.router.add_post("/v1/embeddings", self._embeddings)
+            app.router.add_get("/v1/models", self._models)
         else:
             app.router.add_post("/api/chat", self._ollama)
             app.router.add_post("/api/generate", self._ollama)
@@ -130,8 +135,17 @@ class ScriptedNode:
         data = [b"data: " + json.dumps(p).encode() + b"\n\n" for p in pieces]
         return await self._stream(request, "text/event-stream", [*data, b"data: [DONE]\n\n"])
 
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": m, "object": "model", "owned_by": "scripted"} for m in self.models]})
+
     async def _embeddings(self, request: web.Request) -> web.Response:
         body = await self._body(request)
+        if not self.embeddings:
+            error = {"code": 501, "type": "not_supported_error",
+                     "message": "This server does not support embeddings. Start it with "
+                                "`--embeddings`"}
+            return web.json_response({"error": error}, status=501)
         inputs = body.get("input")
         inputs = inputs if isinstance(inputs, list) else [inputs]
         data = [{"object": "embedding", "index": i, "embedding": [0.5, -0.5, float(len(str(t)))]}

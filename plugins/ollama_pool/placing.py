@@ -1,0 +1,42 @@
+"""Whether the pool can serve a request: which nodes list the model and can do what it needs."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+
+from sollol.capabilities import EMBEDDING, describe
+from sollol.models import RouteRequest
+from sollol.placement import Placement
+from sollol.router import POOL
+
+from .node import Node
+
+
+def placement(nodes: Iterable[Node], request: RouteRequest) -> Placement:
+    """The pool's answer for `request` (see sollol/placement.py)."""
+    everyone = list(nodes)
+    model, needs = request.model, request.needs
+    holders = [n for n in everyone if n.has_model(model)]
+    if not holders:
+        unsure = [n for n in everyone if not (n.probed and n.healthy)]
+        if unsure:
+            return Placement(POOL, None, f"no reachable pool node lists it; {len(unsure)} "
+                             "node(s) are down or not probed yet and might")
+        return Placement(POOL, False, f"none of the {len(everyone)} pool nodes lists it")
+    gaps = [n.missing(model, needs) for n in holders]
+    if all(gaps):
+        return Placement(POOL, True, unable_message(holders, model, needs),
+                         frozenset().union(*gaps))
+    return Placement(POOL, True, f"pool node(s) {', '.join(n.id for n in holders)} list it")
+
+
+def unable_message(holders: Collection[Node], model: str, needs: frozenset[str]) -> str:
+    """Why no node holding `model` can serve a request needing `needs`, naming each node's kind."""
+    parts = []
+    for node in holders:
+        gap = node.missing(model, needs)
+        hint = (" (start it with --embeddings and a --pooling other than none)"
+                if node.server == "llama-server" and EMBEDDING in gap else "")
+        parts.append(f"{node.id} ({node.server or node.backend.kind}) lacks "
+                     f"{describe(gap)}{hint}")
+    return f"no pool node holding {model!r} supports {describe(needs)}: " + "; ".join(parts)

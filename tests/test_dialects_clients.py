@@ -173,8 +173,8 @@ def test_openai_responses_create_stream_and_tools(target: Target) -> None:
 
 
 def test_thinking_images_and_errors_on_an_ollama_node(emulator, pool_gateway) -> None:
-    node = emulator(models=[EmulatedModel("tiny:1b",
-                                          capabilities=("completion", "tools", "thinking"))])
+    node = emulator(models=[EmulatedModel(
+        "tiny:1b", capabilities=("completion", "tools", "thinking", "vision"))])
     target = Target("ollama", pool_gateway(node.address).url, "tiny:1b")
     client = target.anthropic()
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",

@@ -30,12 +30,11 @@ def openai_server(client: httpx.Client) -> tuple[str, frozenset[str] | None]:
     server = "openai-compatible server"
     if isinstance(props, dict) and ("model_path" in props or "build_info" in props):
         server = "llama-server"
-        found = {caps.COMPLETION}
+        # tools too: llama-server takes tool definitions with any chat template (a template
+        # without native support gets its generic tool-call format)
+        found = {caps.COMPLETION, caps.TOOLS}
         if props.get("chat_template"):
             found.add(caps.CHAT)
-        template_caps = props.get("chat_template_caps")
-        if isinstance(template_caps, dict) and template_caps.get("supports_tools"):
-            found.add(caps.TOOLS)
         modalities = props.get("modalities")
         if isinstance(modalities, dict) and modalities.get("vision"):
             found.add(caps.VISION)

@@ -95,7 +95,9 @@ class EmulatedModel:
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(self.name.encode()).hexdigest()
+        # of everything the model is, as a real digest is of its content: the same name with
+        # other capabilities is another model (caches keyed by digest rely on this)
+        return hashlib.sha256(repr(attrs.astuple(self)).encode()).hexdigest()
 
     def details(self) -> dict[str, Any]:
         return {"parent_model": "", "format": "gguf", "family": self.family,

@@ -28,6 +28,7 @@ from sollol.dialects.translate import (
     Stream,
     convert_error,
     convert_reply,
+    falls_back,
     new_stream,
     plan,
     prompt_tokens_in,
@@ -232,6 +233,12 @@ class Dispatcher:
         try:
             response = await self.pool.post(_root(lease.base_url), upstream.path,
                                             upstream.payload, deadline)
+            if falls_back(call, upstream, response.status):
+                await response.read()
+                response.release()
+                upstream = plan(call, lease.api, native=False)
+                response = await self.pool.post(_root(lease.base_url), upstream.path,
+                                                upstream.payload, deadline)
             if response.status >= 400:
                 raw = await response.read()
                 trace.upstream_s += time.perf_counter() - t0

@@ -207,3 +207,29 @@ def test_thinking_images_and_errors_on_an_ollama_node(emulator, pool_gateway) ->
     with pytest.raises(openai.BadRequestError) as stateful:
         responses.create(model=target.model, input="again", previous_response_id="resp_1")
     assert "stateless" in stateful.value.message
+
+
+def test_an_openai_node_without_these_endpoints_gets_chat_completions(
+    scripted_node, gateway,
+) -> None:
+    """vLLM-like: no /v1/messages, no /v1/responses (404): the gateway translates instead."""
+    from sollol.testing.static_route import StaticRoute, Upstream
+
+    node = scripted_node(api="openai")
+    gw = gateway([StaticRoute("pool", [Upstream("oai", node.url, "openai", ("oai",))])])
+    target = Target("openai", gw.url, "oai")
+    words = "Hello from a scripted node"
+    reply = target.anthropic().messages.create(model="oai", max_tokens=8, system="Be brief.",
+                                               messages=[{"role": "user", "content": "hi"}])
+    assert _text(reply) == words and reply.stop_reason == "end_turn"
+    sent = node.requests[-1]
+    assert sent["path"] == "/v1/chat/completions" and sent["body"]["max_tokens"] == 8
+    assert sent["body"]["messages"][0] == {"role": "system", "content": "Be brief."}
+    with target.anthropic().messages.stream(
+            model="oai", max_tokens=8, messages=[{"role": "user", "content": "hi"}]) as stream:
+        assert "".join(stream.text_stream) == words
+    responses = target.openai().responses
+    assert responses.create(model="oai", input="hi").output_text == words
+    with responses.stream(model="oai", input="hi") as stream:
+        assert stream.get_final_response().output_text == words
+    assert node.requests[-1]["path"] == "/v1/chat/completions"

@@ -307,6 +307,33 @@ class NdjsonToSse:
                 "model": self.model, "system_fingerprint": "sollol", "choices": choices}
 
 
+class Chain:
+    """Two translations in a row (an OpenAI SSE stream to NDJSON to a third dialect)."""
+
+    at_boundary = True
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.first, self.second = first, second
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self.second.feed(self.first.feed(chunk))
+
+    def finish(self) -> bytes:
+        return self.second.feed(self.first.finish()) + self.second.finish()
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.second.complete)
+
+    @property
+    def tokens(self) -> int | None:
+        return self.second.tokens
+
+    @property
+    def error(self) -> str | None:
+        return self.first.error or self.second.error
+
+
 def parse_object(raw: bytes) -> dict[str, Any] | None:
     """A JSON object from bytes, or None for anything else."""
     try:

@@ -18,7 +18,7 @@ from sollol.dialects.replies import (
 from sollol.dialects.requests import ollama_to_openai, openai_to_ollama
 from sollol.dialects.responses import ollama_reply_to_responses, responses_to_ollama
 from sollol.dialects.responses_stream import CompleteResponsesEvents, NdjsonToResponses
-from sollol.dialects.streams import NdjsonToSse, Passthrough, SseToNdjson
+from sollol.dialects.streams import Chain, NdjsonToSse, Passthrough, SseToNdjson
 from sollol.errors import BackendError, RequestError
 from sollol.models import Api
 
@@ -44,7 +44,16 @@ STREAM_TYPES: dict[Api, str] = {"ollama": "application/x-ndjson", "openai": "tex
                                 "anthropic": "text/event-stream"}
 
 Stream = (Passthrough | SseToNdjson | NdjsonToSse | NdjsonToAnthropic | NdjsonToResponses
-          | CompleteResponsesEvents)
+          | CompleteResponsesEvents | Chain)
+NOT_SERVED = frozenset({404, 405, 501})
+"""Statuses by which a node says it has no such endpoint (then the call is translated)."""
+
+
+def falls_back(call: Call, plan: Plan, status: int) -> bool:
+    """True when a node refused a natively planned Messages or Responses call as an unknown
+    endpoint (vLLM, older llama-server): send it again translated to a chat completion."""
+    return (status in NOT_SERVED and not plan.translated and plan.backend_api == "openai"
+            and call.op in ("messages", "responses"))
 
 
 @attrs.frozen
@@ -58,17 +67,22 @@ class Plan:
     raw_generate: bool = False
 
 
-def plan(call: Call, backend_api: Api) -> Plan:
-    """The path and body to send: the client's own bytes when the node serves the endpoint."""
-    native = NATIVE.get((call.api, call.op), {}).get(backend_api)
-    if native is not None:
-        return Plan(backend_api, native, call.raw, translated=False)
+def plan(call: Call, backend_api: Api, native: bool = True) -> Plan:
+    """The path and body to send: the client's own bytes when the node serves the endpoint
+    (`native=False`: translated even so, for a node that turned out not to serve it)."""
+    native_path = NATIVE.get((call.api, call.op), {}).get(backend_api) if native else None
+    if native_path is not None:
+        return Plan(backend_api, native_path, call.raw, translated=False)
     if call.op in ("messages", "responses"):
-        if backend_api != "ollama":
-            raise RequestError(f"{call.op} requests cannot be sent to {NODE_KINDS[backend_api]}")
+        # through Ollama's chat shape; an OpenAI node then gets it as a chat completion
         body = (anthropic_to_ollama(dict(call.body)) if call.op == "messages"
                 else responses_to_ollama(dict(call.body)))
-        return Plan(backend_api, "/api/chat", json.dumps(body).encode(), translated=True)
+        if backend_api == "ollama":
+            return Plan(backend_api, "/api/chat", json.dumps(body).encode(), translated=True)
+        if backend_api != "openai":
+            raise RequestError(f"{call.op} requests cannot be sent to {NODE_KINDS[backend_api]}")
+        path, chat = ollama_to_openai("chat", body)
+        return Plan(backend_api, path, json.dumps(chat).encode(), translated=True)
     if call.op == "show" or is_load_request(call):
         # OpenAI servers have no /api/show and no "just load the model" request: the gateway
         # answers these itself (from metadata; a loaded server has nothing to load).
@@ -105,6 +119,8 @@ def convert_reply(call: Call, plan: Plan, raw: bytes, seconds: float) -> bytes:
     if not isinstance(data, dict):
         raise BackendError("backend sent a JSON reply that is not an object")
     model = call.request.model
+    if call.op in ("messages", "responses") and plan.backend_api == "openai":
+        data = openai_reply_to_ollama("chat", data, model, seconds)
     if call.op == "messages":
         out = ollama_reply_to_anthropic(data, model)
     elif call.op == "responses":
@@ -133,10 +149,13 @@ def new_stream(call: Call, plan: Plan) -> Stream:
         if call.op == "responses":
             return CompleteResponsesEvents()
         return Passthrough(sse=call.api != "ollama")
-    if call.op == "messages":
-        return NdjsonToAnthropic(call.request.model)
-    if call.op == "responses":
-        return NdjsonToResponses(dict(call.body), call.request.model)
+    model = call.request.model
+    if call.op in ("messages", "responses"):
+        out: Stream = (NdjsonToAnthropic(model) if call.op == "messages"
+                       else NdjsonToResponses(dict(call.body), model))
+        if plan.backend_api == "openai":
+            return Chain(SseToNdjson("chat", model), out)
+        return out
     if plan.backend_api == "openai":
         return SseToNdjson(call.op, call.request.model, plan.raw_generate)
     options = call.body.get("stream_options") or {}

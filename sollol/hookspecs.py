@@ -6,13 +6,21 @@ Hooks may gain arguments later; pluggy passes a hook implementation only the arg
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
 import pluggy
 
-from sollol.models import Backend, BackendKind, HealthReport, ResolvedModel, RouteEvent
+from sollol.models import (
+    Backend,
+    BackendKind,
+    HealthReport,
+    ResolvedModel,
+    RouteEvent,
+    ShardOffer,
+    ShardPlacement,
+)
 
 if TYPE_CHECKING:
     from sollol.cluster import Cluster
@@ -71,6 +79,18 @@ def sollol_gguf_names(config: Config) -> Iterable[str] | None:
     """Names of the models whose GGUF files this plugin's `sollol_resolve_gguf` can find.
 
     Used for listings and "did you mean" suggestions; the names of every plugin are merged.
+    """
+
+
+@hookspec(firstresult=True)
+def sollol_place_shards(
+    model: str, needed: int, offers: Sequence[ShardOffer], config: Config,
+) -> ShardPlacement | None:
+    """Choose the rpc-servers (and the share of each device) a sharded model is loaded on.
+
+    firstresult: the first non-None placement wins; the llama.cpp RPC plugin's built-in
+    strategy is `trylast`. `needed` is bytes (weights plus KV cache); `offers` are the
+    rpc-servers free right now. Return a placement with no addresses when nothing fits.
     """
 
 

@@ -185,6 +185,36 @@ class RouteDecision:
 
 
 @attrs.frozen
+class ShardOffer:
+    """An rpc-server free to hold part of a sharded model right now."""
+
+    address: str
+    free: tuple[int, ...]
+    """Bytes each of its devices can take, in the server's device order (after any limit the
+    operator declared and the configured reserve)."""
+    latency_s: float | None = None
+    """The last probe's round trip: a rough measure of the link to it."""
+
+    @property
+    def total_free(self) -> int:
+        return sum(self.free)
+
+
+@attrs.frozen
+class ShardPlacement:
+    """Where a sharded model goes: rpc-servers in `--rpc` order and a share per device, and why.
+
+    No addresses means the model does not fit (the reason says why).
+    """
+
+    addresses: tuple[str, ...]
+    split: tuple[float, ...] = ()
+    """One share per device of each address, in order; empty: in proportion to free memory."""
+    reason: str = ""
+    numbers: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
+
+
+@attrs.frozen
 class RouteEvent:
     """Emitted after each routed request: what was asked, where it went and how it ended."""
 

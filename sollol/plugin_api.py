@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-VERSION = "2.0"
+VERSION = "2.1"
 """The plugin API's version (see the module docstring for when to bump which part)."""
 
 RECORD = Path(__file__).with_name("plugin_api.json")
@@ -30,7 +30,8 @@ PUBLIC: Mapping[str, tuple[str, ...]] = {
     "sollol.hookspecs": ("hookimpl", "PolicyFactory"),  # and every `sollol_*` hook spec
     "sollol.models": ("Api", "Endpoint", "Backend", "BackendKind", "HealthReport",
                       "ResolvedModel", "ModelInfo", "RouteRequest", "BackendState", "RouteState",
-                      "RouteDecision", "RouteEvent", "split_host_port"),
+                      "RouteDecision", "RouteEvent", "ShardOffer", "ShardPlacement",
+                      "split_host_port"),
     "sollol.routes": ("Outcome", "Lease", "RouteProvider", "Policy"),
     "sollol.config": ("Setting", "Config"),
     "sollol.errors": ("SollolError", "ConfigError", "PluginError", "DuplicateNameError",

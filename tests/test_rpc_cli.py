@@ -90,7 +90,7 @@ async def test_shard_status_and_logs_without_a_gateway(
 ) -> None:
     servers = rpc_servers(2)
     addresses = [a for a, _ in servers]
-    route = await sharding_route(addresses)
+    route = await sharding_route(addresses, rpc_placement="all")
     lease = await route.acquire(RouteRequest(model=str(tiny_model)))
     lease.release(Outcome(ok=True))
     isolated_config.parent.mkdir(parents=True, exist_ok=True)

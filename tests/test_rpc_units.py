@@ -7,7 +7,13 @@ import socket
 
 import pytest
 from sollol_plugins.llamacpp_rpc import layers, sockets
-from sollol_plugins.llamacpp_rpc.plan import Candidate, DoesNotFit, make_plan, needed_bytes
+from sollol_plugins.llamacpp_rpc.plan import (
+    Candidate,
+    DoesNotFit,
+    make_plan,
+    needed_bytes,
+    place,
+)
 from sollol_plugins.llamacpp_rpc.probe import DeviceMemory
 from sollol_plugins.llamacpp_rpc.service import ServiceSpec, render
 from sollol_plugins.llamacpp_rpc.shards import Shard, ShardRegistry
@@ -64,11 +70,13 @@ def test_layer_report_lists_a_backend_that_got_nothing() -> None:
 
 
 def test_plan_splits_by_free_memory_and_refuses_with_numbers() -> None:
-    plan = make_plan("m", 3 * GIB, [Candidate(A, (3 * GIB,)), Candidate(B, (GIB, 2 * GIB))])
+    offers = [Candidate(A, (3 * GIB,)), Candidate(B, (GIB, 2 * GIB))]
+    plan = make_plan("m", 3 * GIB, offers, place(3 * GIB, offers, "all"))
     assert plan.addresses == [A, B]
     assert plan.tensor_split == "0.5000,0.1667,0.3333"
+    small = [Candidate(A, (3 * GIB,)), Candidate(B, (2 * GIB,))]
     with pytest.raises(DoesNotFit) as info:
-        make_plan("big", 10 * GIB, [Candidate(A, (3 * GIB,)), Candidate(B, (2 * GIB,))])
+        make_plan("big", 10 * GIB, small, place(10 * GIB, small))
     assert "needs ~10.00 GiB" in str(info.value) and "5.00 GiB free" in str(info.value)
     assert info.value.numbers["backends"] == {A: 3 * GIB, B: 2 * GIB}
     assert needed_bytes(100, 10, 4) == 140 and needed_bytes(100, None, 4) == 100

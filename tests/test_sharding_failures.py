@@ -41,7 +41,7 @@ async def test_killing_a_shard_mid_request_fails_it_and_restarts_on_survivors(
     rpc_servers, sharding_route, tiny_model: Path,
 ) -> None:
     servers = rpc_servers(3)
-    route = await sharding_route([a for a, _ in servers])
+    route = await sharding_route([a for a, _ in servers], rpc_placement="all")
     model = str(tiny_model)
     lease = await route.acquire(RouteRequest(model=model))
     first = route.manager.coordinators[model]
@@ -86,7 +86,7 @@ async def test_a_shard_killed_while_idle_is_noticed_without_probing_it(
     rpc_servers, sharding_route, tiny_model: Path,
 ) -> None:
     servers = rpc_servers(2)
-    route = await sharding_route([a for a, _ in servers])
+    route = await sharding_route([a for a, _ in servers], rpc_placement="all")
     model = str(tiny_model)
     lease = await route.acquire(RouteRequest(model=model))
     await chat(lease.base_url, 4)

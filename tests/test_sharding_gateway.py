@@ -53,7 +53,7 @@ def test_ollama_client_through_the_gateway_matches_a_local_run(
     rpc_servers, sharding_gateway, tiny_model: Path, llama_server, isolated_config: Path,
 ) -> None:
     servers = rpc_servers(3)
-    gateway = sharding_gateway([a for a, _ in servers])
+    gateway = sharding_gateway([a for a, _ in servers], rpc_placement="all")
     client = ollama.Client(host=gateway.url, timeout=120)
     model = str(tiny_model)
     reply = client.chat(model=model, messages=MESSAGES,
@@ -93,7 +93,7 @@ def test_killed_shard_mid_request_is_a_clear_error_then_survivors_serve(
     rpc_servers, sharding_gateway, tiny_model: Path,
 ) -> None:
     servers = rpc_servers(3)
-    gateway = sharding_gateway([a for a, _ in servers])
+    gateway = sharding_gateway([a for a, _ in servers], rpc_placement="all")
     client = ollama.Client(host=gateway.url, timeout=120)
     model = str(tiny_model)
     client.chat(model=model, messages=MESSAGES, options={"num_predict": 2})  # warm it up

@@ -31,7 +31,7 @@ async def test_three_shards_layer_report_and_identical_output(
 ) -> None:
     servers = rpc_servers(3)
     addresses = [a for a, _ in servers]
-    route = await sharding_route(addresses)
+    route = await sharding_route(addresses, rpc_placement="all")  # a layer on every shard
     lease = await route.acquire(RouteRequest(model=str(tiny_model)))
     try:
         assert lease.api == "openai" and lease.route == "sharding"
@@ -103,7 +103,7 @@ async def test_probe_never_hangs_or_kills_an_attached_rpc_server(
     rpc_servers, sharding_route, tiny_model: Path,
 ) -> None:
     servers = rpc_servers(2)
-    route = await sharding_route([a for a, _ in servers])
+    route = await sharding_route([a for a, _ in servers], rpc_placement="all")
     lease = await route.acquire(RouteRequest(model=str(tiny_model)))
     try:
         # Another process's probe (e.g. `sollol shard status --local` from a second gateway):
@@ -159,7 +159,8 @@ async def test_a_second_model_evicts_the_least_recently_used_idle_one(
     from sollol.testing.tiny_models import make_tiny_model
 
     other = str(make_tiny_model(tmp_path / "other.gguf", seed=7))
-    route = await sharding_route([a for a, _ in rpc_servers(2)], rpc_wait_timeout=1.0)
+    route = await sharding_route([a for a, _ in rpc_servers(2)], rpc_wait_timeout=1.0,
+                                 rpc_placement="all", rpc_max_coordinators=1)
     first = await route.acquire(RouteRequest(model=str(tiny_model)))
     with pytest.raises(Overloaded, match="busy"):  # its rpc-servers are held by a busy model
         await route.acquire(RouteRequest(model=other))
@@ -199,7 +200,8 @@ async def test_a_request_cancelled_during_an_eviction_leaves_no_rpc_server_held(
     from sollol.testing.tiny_models import make_tiny_model
 
     other = str(make_tiny_model(tmp_path / "other.gguf", seed=7))
-    route = await sharding_route([a for a, _ in rpc_servers(2)])
+    route = await sharding_route([a for a, _ in rpc_servers(2)], rpc_placement="all",
+                                 rpc_max_coordinators=1)
     first = await route.acquire(RouteRequest(model=str(tiny_model)))
     first.release(Outcome(ok=True))
     old = route.manager.coordinators[str(tiny_model)]

@@ -5,13 +5,13 @@ Registered only through the `sollol` entry point `llamacpp_rpc`; it uses the cor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import click
 
 from sollol.hookspecs import hookimpl
-from sollol.models import Backend, BackendKind, HealthReport
+from sollol.models import Backend, BackendKind, HealthReport, ShardOffer, ShardPlacement
 
 from .discovery import KIND
 from .settings import SETTINGS
@@ -50,6 +50,15 @@ def sollol_check_health(backend: Backend, timeout: float) -> HealthReport | None
     from .health import check
 
     return check(backend, timeout)
+
+
+@hookimpl(trylast=True)
+def sollol_place_shards(model: str, needed: int, offers: Sequence[ShardOffer],
+                        config: Config) -> ShardPlacement:
+    """The built-in placement (`rpc_placement`): the fewest rpc-servers that hold the model."""
+    from .plan import place
+
+    return place(needed, offers, config["rpc_placement"])
 
 
 @hookimpl

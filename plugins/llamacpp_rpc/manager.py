@@ -20,16 +20,18 @@ from typing import Any
 import attrs
 
 from sollol.errors import ModelNotFound, NoRouteAvailable, Overloaded
-from sollol.models import ResolvedModel
+from sollol.models import ResolvedModel, ShardOffer, ShardPlacement
 
 from . import procs
 from .coordinator import FAILED, READY, STARTING, STOPPED, Coordinator, CoordinatorFailed
-from .plan import DoesNotFit, make_plan, needed_bytes
+from .plan import DoesNotFit, Plan, make_plan, needed_bytes, place
 from .shards import ShardRegistry
 
 log = logging.getLogger("sollol.sharding")
 Resolver = Callable[[str], Awaitable[tuple[ResolvedModel | None, int | None]]]
 """model -> (its GGUF, KV bytes per token if known)."""
+Placer = Callable[[str, int, list[ShardOffer]], ShardPlacement]
+"""(model, bytes needed, free rpc-servers) -> where it goes (the `sollol_place_shards` hook)."""
 
 
 @attrs.frozen
@@ -45,6 +47,8 @@ class Options:
     extra_args: tuple[str, ...]
     state_dir: Path
     verbose_log: bool = False
+    placement: str = "fewest"
+    when_busy: str = "evict"
 
 
 def slug(model: str) -> str:
@@ -62,6 +66,8 @@ class CoordinatorManager:
     resolve: Resolver
     llama_server: Path | None
     missing_binary: str | None = None
+    placer: Placer | None = None
+    """Chooses rpc-servers for a model; None: the built-in strategy of `options.placement`."""
     coordinators: dict[str, Coordinator] = attrs.field(factory=dict)
     unservable: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     warnings: list[str] = attrs.field(factory=list)
@@ -171,10 +177,10 @@ class CoordinatorManager:
                                 "(an Ollama store name or a path to a .gguf file)")
         needed = needed_bytes(resolved.size, kv_per_token, self.options.ctx_size)
         active = [c for c in self.coordinators.values() if c.state in (STARTING, READY)]
-        everything = [s.candidate() for s in self.shards.shards.values()
+        everything = [self.shards.offer(s) for s in self.shards.shards.values()
                       if s.healthy and s.incompatible is None]
         try:  # could it fit even if every other coordinator stopped?
-            make_plan(model, needed, everything)
+            self._plan(model, needed, everything)
         except DoesNotFit as exc:
             self._unservable(model, exc)
             raise NoRouteAvailable(f"sharding: {exc}") from None
@@ -185,19 +191,21 @@ class CoordinatorManager:
                 if not shard.usable:
                     self.warn(f"leaving out rpc-server {shard.address} for {model!r}: "
                               f"{shard.incompatible or shard.detail}")
-            candidates = [s.candidate() for s in free if s.usable]
+            candidates = [self.shards.offer(s) for s in free if s.usable]
             room = len(active) < self.options.max_coordinators
             try:
-                plan = make_plan(model, needed, candidates) if room else None
+                plan = self._plan(model, needed, candidates) if room else None
             except DoesNotFit:
                 plan = None
             if plan is not None:
                 break
             idle = sorted((c for c in active if c.state == READY and c.in_flight == 0),
                           key=lambda c: c.last_used)
+            if self.options.when_busy != "evict":
+                idle = []  # wait for a coordinator to go idle and time out, never cut one short
             if not idle and not active:  # nothing to wait for: the free rpc-servers are it
                 try:
-                    make_plan(model, needed, candidates)
+                    self._plan(model, needed, candidates)
                 except DoesNotFit as exc:
                     self._unservable(model, exc)
                     raise NoRouteAvailable(f"sharding: {exc}") from None
@@ -209,7 +217,15 @@ class CoordinatorManager:
         self.unservable.pop(model, None)
         return self._spawn_locked(model, resolved, plan)
 
-    def _spawn_locked(self, model: str, resolved: ResolvedModel, plan) -> Coordinator:
+    def _plan(self, model: str, needed: int, offers: list[ShardOffer]) -> Plan:
+        """Where `model` goes on these rpc-servers (DoesNotFit with the numbers if nowhere)."""
+        if self.placer is not None:
+            placement = self.placer(model, needed, offers)
+        else:
+            placement = place(needed, offers, self.options.placement)
+        return make_plan(model, needed, offers, placement)
+
+    def _spawn_locked(self, model: str, resolved: ResolvedModel, plan: Plan) -> Coordinator:
         assert self.llama_server is not None
         self._generation += 1
         self.starts[model] = self.starts.get(model, 0) + 1

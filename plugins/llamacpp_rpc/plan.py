@@ -1,34 +1,41 @@
-"""Which rpc-servers a model goes on, how it is split, and whether it fits at all."""
+"""Which rpc-servers a model goes on, how it is split, and whether it fits at all.
+
+The built-in placement (`rpc_placement = "fewest"`) gives a model the fewest rpc-servers that
+hold it, so other models can run on the rest at the same time and fewer links carry each token.
+Among sets of that size it takes the one with the best worst link, then the tightest fit (a small
+model on a small shard leaves the big ones for big models). `"all"` spreads every model over every
+free rpc-server, as llama.cpp does when given them all.
+"""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
+from sollol.models import ShardOffer, ShardPlacement
+
 GiB = 1024**3
+MiB = 1024**2
+EXACT_SEARCH_LIMIT = 16
+"""Up to this many free rpc-servers every set of the minimal size is compared (llama.cpp takes at
+most 16 RPC servers); beyond it the largest ones are taken greedily."""
 
-
-@attrs.frozen
-class Candidate:
-    """An rpc-server that could take part: its address, version and free bytes per device."""
-
-    address: str
-    free: tuple[int, ...]
-
-    @property
-    def total_free(self) -> int:
-        return sum(self.free)
+Candidate = ShardOffer  # the plugin's older name for an offer
 
 
 @attrs.frozen
 class Plan:
-    """The backends a coordinator will use, its `--tensor-split`, and the memory numbers."""
+    """The backends a coordinator will use, its `--tensor-split`, the numbers and the reason."""
 
-    backends: tuple[Candidate, ...]
+    backends: tuple[ShardOffer, ...]
     needed: int
     available: int
+    split: tuple[float, ...] = ()
+    reason: str = ""
+    numbers: dict[str, Any] = attrs.field(factory=dict)
 
     @property
     def addresses(self) -> list[str]:
@@ -36,16 +43,19 @@ class Plan:
 
     @property
     def tensor_split(self) -> str:
-        """Shares per RPC device in `--rpc` order, proportional to each device's free memory."""
-        free = [f for b in self.backends for f in b.free]
-        total = sum(free) or 1
-        return ",".join(f"{f / total:.4f}" for f in free)
+        """Shares per RPC device in `--rpc` order (by free memory unless the placement says)."""
+        shares = list(self.split)
+        if not shares:
+            free = [f for b in self.backends for f in b.free]
+            total = sum(free) or 1
+            shares = [f / total for f in free]
+        return ",".join(f"{s:.4f}" for s in shares)
 
 
 class DoesNotFit(Exception):
     """The model needs more memory than the usable rpc-servers have; carries the numbers."""
 
-    def __init__(self, model: str, needed: int, candidates: Sequence[Candidate],
+    def __init__(self, model: str, needed: int, candidates: Sequence[ShardOffer],
                  why: str = "") -> None:
         self.model, self.needed = model, needed
         self.available = sum(c.total_free for c in candidates)
@@ -66,10 +76,73 @@ def needed_bytes(file_size: int, kv_bytes_per_token: int | None, context: int) -
     return file_size + (kv_bytes_per_token or 0) * context
 
 
-def make_plan(model: str, needed: int, candidates: Sequence[Candidate], why: str = "") -> Plan:
-    """Use every usable candidate (the point of sharding is to spread); fail with the numbers."""
-    usable = [c for c in candidates if c.total_free > 0]
-    available = sum(c.total_free for c in usable)
+def place(needed: int, offers: Sequence[ShardOffer], strategy: str = "fewest") -> ShardPlacement:
+    """The built-in placement; a placement with no addresses when the model does not fit."""
+    usable = [o for o in offers if o.total_free > 0]
+    available = sum(o.total_free for o in usable)
+    numbers: dict[str, Any] = {"strategy": strategy, "needed_bytes": needed,
+                               "available_bytes": available,
+                               "offers": {o.address: list(o.free) for o in offers}}
     if not usable or available < needed:
-        raise DoesNotFit(model, needed, usable, why)
-    return Plan(tuple(usable), needed, available)
+        return ShardPlacement((), reason=f"needs {_size(needed)}, the free rpc-servers have "
+                              f"{_size(available)}", numbers=numbers)
+    chosen = list(usable) if strategy == "all" else _fewest(needed, usable)
+    left = [o.address for o in usable if o not in chosen]
+    numbers.update(chosen={o.address: o.total_free for o in chosen}, left_out=left)
+    parts = ", ".join(f"{o.address} ({_size(o.total_free)} free)" for o in chosen)
+    if strategy == "all":
+        reason = f"{_size(needed)} spread over every free rpc-server: {parts}"
+    else:
+        reason = (f"{_size(needed)} fits on {len(chosen)} of {len(usable)} free rpc-server(s): "
+                  f"{parts}" + (f"; not needed: {', '.join(left)}" if left else ""))
+    return ShardPlacement(tuple(o.address for o in chosen), split=_split(chosen),
+                          reason=reason, numbers=numbers)
+
+
+def _fewest(needed: int, usable: Sequence[ShardOffer]) -> list[ShardOffer]:
+    """The fewest offers holding `needed`; ties: best worst link, then the tightest fit."""
+    by_size = sorted(usable, key=lambda o: (-o.total_free, _latency(o), o.address))
+    count = next(n for n in range(1, len(by_size) + 1)
+                 if sum(o.total_free for o in by_size[:n]) >= needed)
+    if len(usable) > EXACT_SEARCH_LIMIT:
+        return by_size[:count]
+    fitting = (set_ for set_ in itertools.combinations(by_size, count)
+               if sum(o.total_free for o in set_) >= needed)
+    best = min(fitting, key=lambda s: (max(_latency(o) for o in s),
+                                       sum(o.total_free for o in s), [o.address for o in s]))
+    order = {o.address: i for i, o in enumerate(usable)}
+    return sorted(best, key=lambda o: order[o.address])  # keep the configured order
+
+
+def _split(chosen: Sequence[ShardOffer]) -> tuple[float, ...]:
+    """A share per device, in proportion to what each device can take."""
+    free = [f for o in chosen for f in o.free]
+    total = sum(free) or 1
+    return tuple(round(f / total, 4) for f in free)
+
+
+def _latency(offer: ShardOffer) -> float:
+    return offer.latency_s if offer.latency_s is not None else 0.0
+
+
+def _size(count: int) -> str:
+    return f"{count / GiB:.2f} GiB" if count >= GiB else f"{count / MiB:.1f} MiB"
+
+
+def make_plan(model: str, needed: int, offers: Sequence[ShardOffer],
+              placement: ShardPlacement, why: str = "") -> Plan:
+    """A Plan from a placement (any plugin's): DoesNotFit when it has no rpc-server, or names
+    one that was not offered."""
+    usable = [o for o in offers if o.total_free > 0]
+    if not placement.addresses:
+        raise DoesNotFit(model, needed, usable, why or placement.reason)
+    by_address = {o.address: o for o in offers}
+    unknown = [a for a in placement.addresses if a not in by_address]
+    if unknown or len(set(placement.addresses)) != len(placement.addresses):
+        raise DoesNotFit(model, needed, usable, f"the placement named rpc-servers that are not "
+                                                f"free or named one twice: {unknown}")
+    chosen = tuple(by_address[a] for a in placement.addresses)
+    devices = sum(len(o.free) for o in chosen)
+    split = placement.split if len(placement.split) == devices else ()
+    return Plan(chosen, needed, sum(o.total_free for o in chosen), split, placement.reason,
+                dict(placement.numbers))

@@ -15,15 +15,25 @@ import platformdirs
 
 from sollol.capabilities import EMBEDDING
 from sollol.errors import BinaryNotFound, NotSupported
-from sollol.models import Backend, ModelInfo, ResolvedModel, RouteRequest, RouteState
+from sollol.models import (
+    Backend,
+    ModelInfo,
+    ResolvedModel,
+    RouteRequest,
+    RouteState,
+    ShardOffer,
+    ShardPlacement,
+)
 from sollol.placement import Placement
 from sollol.router import SHARDING
 from sollol.routes import Lease, Outcome
+from sollol.units import parse_bytes
 
 from . import members, procs
 from .coordinator import READY, STARTING
 from .discovery import KIND
 from .manager import CoordinatorManager, Options
+from .plan import place
 from .probe import format_version
 from .shards import ShardRegistry
 
@@ -52,6 +62,7 @@ def options_from(config: Any) -> Options:
         startup_timeout=config["rpc_startup_timeout"], wait_timeout=config["rpc_wait_timeout"],
         ctx_size=config["rpc_ctx_size"], extra_args=tuple(config["rpc_coordinator_args"]),
         state_dir=state_dir(config), verbose_log=config["rpc_verbose_log"],
+        placement=config["rpc_placement"], when_busy=config["rpc_when_busy"],
     )
 
 
@@ -73,9 +84,17 @@ class ShardingRoute:
 
     def __attrs_post_init__(self) -> None:
         config = self.cluster.config
-        self.shards = ShardRegistry(timeout=config["rpc_probe_timeout"])
+        self.shards = ShardRegistry(timeout=config["rpc_probe_timeout"],
+                                    limits=dict(config["rpc_backend_memory"]),
+                                    reserve=parse_bytes(config["rpc_memory_reserve"]))
         self.manager = CoordinatorManager(options_from(config), self.shards, self._resolve,
-                                          llama_server=None)
+                                          llama_server=None, placer=self._place)
+
+    def _place(self, model: str, needed: int, offers: list[ShardOffer]) -> ShardPlacement:
+        """Ask the `sollol_place_shards` hook (this plugin's own strategy is the last resort)."""
+        placement = self.cluster.pm.hook.sollol_place_shards(
+            model=model, needed=needed, offers=offers, config=self.cluster.config)
+        return placement or place(needed, offers, self.cluster.config["rpc_placement"])
 
     async def start(self) -> None:
         reaped = procs.reap_orphans(self.manager.pid_dir)

@@ -5,13 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 from sollol.config import Setting
-from sollol.units import at_least, cidr, port_list, positive
+from sollol.units import at_least, cidr, parse_bytes, port_list, positive
 
 
 def _args(values: list[Any]) -> list[str]:
     if not all(isinstance(v, str) for v in values):
         raise ValueError("a list of command-line arguments (strings)")
     return list(values)
+
+
+def _memory_table(value: dict[str, Any]) -> dict[str, int]:
+    try:
+        return {str(k): parse_bytes(v) for k, v in value.items()}
+    except ValueError as exc:
+        raise ValueError(f"a table of rpc-server address -> memory size ({exc})") from None
+
+
+def _size(value: str) -> str:
+    parse_bytes(value)  # raises ValueError("...") naming the expected form
+    return value
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -21,9 +33,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rpc_idle_timeout", "float", 900.0,
             "Seconds a persistent coordinator may sit idle before it is stopped.",
             check=positive),
-    Setting("rpc_max_coordinators", "int", 1,
-            "Coordinators running at once (each holds its rpc-servers exclusively); the least "
-            "recently used idle one is stopped first.", check=at_least(1)),
+    Setting("rpc_max_coordinators", "int", 4,
+            "Coordinators (sharded models) running at once, each on its own rpc-servers.",
+            check=at_least(1)),
+    Setting("rpc_placement", "str", "fewest",
+            "fewest: give each model the fewest free rpc-servers that hold it (others can run "
+            "beside it); all: spread every model over every free rpc-server.",
+            choices=("fewest", "all")),
+    Setting("rpc_when_busy", "str", "evict",
+            "When no free rpc-servers can take a model: evict (stop the least recently used "
+            "idle coordinator) or wait (queue until rpc_wait_timeout, then 429).",
+            choices=("evict", "wait")),
+    Setting("rpc_backend_memory", "table", {},
+            "Memory each rpc-server may give, by address (e.g. {\"10.0.0.7:50052\" = "
+            "\"12 GiB\"}); a CPU rpc-server reports all of its host's RAM as free.",
+            check=_memory_table),
+    Setting("rpc_memory_reserve", "str", "0",
+            "Memory left free on every rpc-server device (e.g. \"512 MiB\"): compute buffers "
+            "and whatever else runs there.", check=_size),
     Setting("rpc_probe_timeout", "float", 2.0,
             "Seconds an RPC health probe (HELLO, device memory) may take.", check=positive),
     Setting("rpc_startup_timeout", "float", 600.0,

@@ -9,10 +9,9 @@ from typing import Any
 
 import attrs
 
-from sollol.models import Backend, BackendState
+from sollol.models import Backend, BackendState, ShardOffer
 
 from . import attached
-from .plan import Candidate
 from .probe import (
     DeviceMemory,
     ProbeError,
@@ -39,6 +38,7 @@ class Shard:
     incompatible: str | None = None
     owner: str | None = None
     """The coordinator id holding this rpc-server; while set, it is never probed."""
+    latency_s: float | None = None
     lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
 
     @property
@@ -49,8 +49,15 @@ class Shard:
     def usable(self) -> bool:
         return self.healthy and self.incompatible is None and self.owner is None
 
-    def candidate(self) -> Candidate:
-        return Candidate(self.address, tuple(d.free for d in self.devices))
+    def offer(self, limit: int | None = None, reserve: int = 0) -> ShardOffer:
+        """What it can take: free memory per device, at most `limit` in all (spread over the
+        devices like their free memory), less `reserve` per device."""
+        free = [d.free for d in self.devices]
+        total = sum(free)
+        if limit is not None and total > limit:
+            free = [f * limit // total for f in free]
+        return ShardOffer(self.address, tuple(max(0, f - reserve) for f in free),
+                          self.latency_s)
 
     def state(self, in_flight: int = 0, loaded: frozenset[str] = frozenset()) -> BackendState:
         return BackendState(
@@ -69,6 +76,7 @@ class Shard:
             "devices": [attrs.asdict(d) for d in self.devices],
             "memory_free": sum(d.free for d in self.devices) if self.devices else None,
             "memory_total": sum(d.total for d in self.devices) if self.devices else None,
+            "probe_latency_s": self.latency_s,
         }
 
 
@@ -79,6 +87,13 @@ class ShardRegistry:
     timeout: float
     client_version: Version | None = None
     shards: dict[str, Shard] = attrs.field(factory=dict)
+    limits: dict[str, int] = attrs.field(factory=dict)
+    """Bytes the operator lets each rpc-server give (`rpc_backend_memory`), by address."""
+    reserve: int = 0
+    """Bytes left free on every device (`rpc_memory_reserve`)."""
+
+    def offer(self, shard: Shard) -> ShardOffer:
+        return shard.offer(self.limits.get(shard.address), self.reserve)
 
     def update_backends(self, backends: list[Backend]) -> list[str]:
         """Add the backends not known yet; returns their addresses."""
@@ -107,6 +122,7 @@ class ShardRegistry:
                 self._mark(shard, False, str(exc), shard.version)
                 return
             shard.devices = result.devices
+            shard.latency_s = result.latency_s
             self._mark(shard, True, f"RPC {result.version_text}, {len(result.devices)} "
                                     f"device(s), probe {result.latency_s * 1000:.1f} ms",
                        result.version)

@@ -61,12 +61,19 @@ def render(data: dict[str, Any]) -> str:
         out.append(f"  {mark} {b['address']:<22} v{b.get('version') or '?'}{mem}{held}")
         if not b.get("healthy") or b.get("incompatible"):
             out.append(f"       {b.get('incompatible') or b.get('detail')}")
+        devices = b.get("devices") or []
+        if len(devices) > 1:
+            out.extend(f"       device {d.get('index')}: {d.get('free', 0) / GIB:.1f}/"
+                       f"{d.get('total', 0) / GIB:.1f} GiB free" for d in devices)
     for c in data.get("coordinators", []):
         load = f", loaded in {c['load_seconds']}s" if c.get("load_seconds") else ""
         out.append(f"model {c.get('model')}: {c.get('state')} (pid {c.get('pid')}, "
                    f"{c.get('url')}{load})")
         if c.get("error"):
             out.append(f"  error: {c['error']}")
+        placement = (c.get("placement") or {}).get("reason")
+        if placement:
+            out.append(f"  placement: {placement}")
         report = c.get("layers")
         if not report:
             out.append("  layer distribution: not known yet")

@@ -181,11 +181,25 @@ class LocalCluster:
             "pool_node_concurrency": NODE_SLOTS,
             "rpc_state_dir": str(self.run_dir / "sharding"),
             "rpc_ctx_size": NODE_CONTEXT,
+            # Loopback rpc-servers report all of this machine's RAM as free: declare what each
+            # may give, as an operator of CPU shards would, so the large model needs all of them.
+            "rpc_backend_memory": {s.address: self.shard_memory() for s in self.rpc},
         }
         folder = self.binaries.llama_server.parent
         if self.binaries.rpc_server.parent == folder:  # the plugin must run these very binaries
             values["llama_cpp_dir"] = str(folder)
         return values
+
+    def shard_memory(self) -> int:
+        """Bytes each local rpc-server may give: a little more than its share of the large
+        model, so that the fewest rpc-servers that hold it are all of them."""
+        from sollol.gguf_info import read_model_info
+
+        assert self.models is not None
+        info = read_model_info(self.models.large.path)
+        needed = (info.file_size or 0) + (info.kv_bytes_per_token or 0) * NODE_CONTEXT
+        count = max(1, len(self.rpc))
+        return needed * (2 * count + 1) // (2 * count * count)  # (n-1) of these < needed <= n
 
     def _say(self, text: str) -> None:
         if self.say is not None:

@@ -18,6 +18,7 @@ import attrs
 import platformdirs
 import tomli_w
 
+from sollol import access
 from sollol.errors import ConfigError
 from sollol.models import split_host_port
 from sollol.units import at_least, port_number, positive
@@ -39,10 +40,21 @@ class Setting:
     choices: tuple[str, ...] = ()
     check: Callable[[Any], Any] | None = None
     """Takes the typed value, returns it (possibly normalised) or raises ValueError(expected)."""
+    redact: Callable[[Any], Any] | None = None
+    """For keys that hold secrets: the value as it may be shown (`config show`, errors)."""
 
     @property
     def env_var(self) -> str:
         return "SOLLOL_" + self.name.upper()
+
+    def shown(self, value: Any) -> Any:
+        """`value` as it may be printed: redacted when this key holds secrets."""
+        if self.redact is None:
+            return value
+        try:
+            return self.redact(value)
+        except Exception:  # a malformed secret must not leak through its own error message
+            return "<hidden>"
 
     def expected(self) -> str:
         text = {"bool": "true or false", "int": "an integer", "float": "a number",
@@ -103,6 +115,13 @@ def _node_list(values: list[Any]) -> list[str]:
     return [v.strip() for v in values]
 
 
+def _patterns(values: list[Any]) -> list[str]:
+    if not all(isinstance(v, str) and v.strip() and not any(c.isspace() for c in v.strip())
+               for v in values):
+        raise ValueError("a list of names or globs without spaces")
+    return [v.strip().lower().rstrip("/") for v in values]
+
+
 CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("model_sharding_enabled", "bool", False,
             "Serve models through llama.cpp RPC sharding."),
@@ -153,6 +172,16 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("backend_metrics_interval", "float", 5.0,
             "Seconds between reads of llama-server backends' own /metrics (0: never).",
             check=_non_negative),
+    Setting("api_keys", "list", [],
+            "Access keys the gateway requires (`sollol keys create`): plain keys or tables "
+            "{name, hash|key, admin, models}.", check=access.normalise, redact=access.redact),
+    Setting("allowed_hosts", "list", [],
+            "Host names the gateway answers to besides loopback, IP addresses, its bind "
+            "address and this machine's name (`*.example.com` globs; `*`: any).",
+            check=_patterns),
+    Setting("allowed_origins", "list", [],
+            "Browser origins allowed to call the gateway besides loopback pages "
+            "(`https://app.example.com`, globs; `*`: any).", check=_patterns),
 )
 
 
@@ -227,21 +256,21 @@ def check_value(setting: Setting, value: Any, source: str) -> Any:
     if value is None:
         if setting.optional:
             return None
-        raise ConfigError(setting.name, value, setting.expected(), source)
+        raise ConfigError(setting.name, setting.shown(value), setting.expected(), source)
     types = {"bool": bool, "int": int, "float": (int, float), "str": str, "list": list,
              "table": dict}[setting.kind]
     wrong_bool = setting.kind in ("int", "float") and isinstance(value, bool)
     if not isinstance(value, types) or wrong_bool:
-        raise ConfigError(setting.name, value, setting.expected(), source)
+        raise ConfigError(setting.name, setting.shown(value), setting.expected(), source)
     if setting.kind == "float":
         value = float(value)
     if setting.choices and value not in setting.choices:
-        raise ConfigError(setting.name, value, setting.expected(), source)
+        raise ConfigError(setting.name, setting.shown(value), setting.expected(), source)
     if setting.check is not None:
         try:
             value = setting.check(value)
         except ValueError as exc:
-            raise ConfigError(setting.name, value, str(exc), source) from None
+            raise ConfigError(setting.name, setting.shown(value), str(exc), source) from None
     return value
 
 
@@ -249,7 +278,8 @@ def _from_text(setting: Setting, text: str, source: str) -> Any:
     try:
         value = parse_text(setting, text)
     except ValueError:
-        raise ConfigError(setting.name, text, setting.expected(), source) from None
+        shown = "<hidden>" if setting.redact is not None else text
+        raise ConfigError(setting.name, shown, setting.expected(), source) from None
     return check_value(setting, value, source)
 
 
@@ -271,7 +301,7 @@ def load_config(
         if key not in by_name:
             if ignore_unknown:
                 continue
-            raise ConfigError(key, value, "a known key (see `sollol config show`)", str(path))
+            raise ConfigError(key, "...", "a known key (see `sollol config show`)", str(path))
         values[key] = check_value(by_name[key], value, str(path))
         sources[key] = str(path)
     if env.get("OLLAMA_HOSTS") and "ollama_nodes" in by_name:

@@ -17,6 +17,7 @@ from typing import Literal
 import attrs
 import httpx
 
+from sollol.access import open_bind
 from sollol.cluster import Cluster, load
 from sollol.errors import BinaryNotFound, ConfigError, PluginError
 from sollol.llamacpp import INSTALL_COMMAND, Binaries, find_binaries
@@ -57,7 +58,21 @@ def run_checks(config_file: Path | None = None, timeout: float = 3.0) -> list[Fi
     findings += _backends(cluster, timeout, local_rpc)
     findings.append(_store(cluster))
     findings.append(_gateway_port(config["gateway_host"], config["gateway_port"]))
+    findings.append(_gateway_access(config["gateway_host"], config["api_keys"]))
     return findings
+
+
+def _gateway_access(host: str, api_keys: list[dict[str, object]]) -> Finding:
+    """A gateway bound beyond loopback must require keys (`sollol run` refuses otherwise)."""
+    subject = f"gateway access on {host}"
+    problem = open_bind(host, api_keys)
+    if problem:
+        return Finding("gateway", subject, "fail", f"open wide bind: {problem}",
+                       "sollol keys create NAME --admin (or bind 127.0.0.1: "
+                       "sollol config set gateway_host 127.0.0.1)")
+    if api_keys:
+        return Finding("gateway", subject, "ok", f"{len(api_keys)} access key(s) required")
+    return Finding("gateway", subject, "ok", "loopback only, no keys needed")
 
 
 def _config(cluster: Cluster) -> Finding:

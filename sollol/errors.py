@@ -10,7 +10,9 @@ SollolError
 ├── RequestError           the client's request is wrong (HTTP 400)
 │   ├── ModelNotFound      no route knows the model (HTTP 404)
 │   ├── BackendNotFound    no route has the named node or rpc-server (HTTP 404)
-│   └── PayloadTooLarge    the body is over the limit (HTTP 413)
+│   ├── PayloadTooLarge    the body is over the limit (HTTP 413)
+│   ├── Unauthorized       no valid access key (HTTP 401)
+│   └── Forbidden          the key, Host or Origin may not do this (HTTP 403)
 ├── Overloaded             queues are full; try again later (HTTP 429)
 ├── NoRouteAvailable       nothing can serve the request now (HTTP 503)
 ├── NotSupported           no backend holding the model can do what is asked (HTTP 501)
@@ -86,6 +88,22 @@ class PayloadTooLarge(RequestError):
     """The request body is larger than `max_body_bytes`."""
 
     status = 413
+
+
+class Unauthorized(RequestError):
+    """The request carries no access key, or one the gateway does not know."""
+
+    status = 401
+
+    def __init__(self, message: str, browser: bool = False) -> None:
+        self.browser = browser  # answer with a Basic challenge, so that a browser prompts
+        super().__init__(message)
+
+
+class Forbidden(RequestError):
+    """The key's scope, the request's `Host` or its `Origin` does not allow this request."""
+
+    status = 403
 
 
 class Overloaded(SollolError):

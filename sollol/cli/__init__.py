@@ -128,14 +128,19 @@ def config_path_command() -> None:
 @config_option
 def config_show(as_json: bool, config_file: Path | None) -> None:
     """Print every key with its value and where the value came from."""
-    cfg, _pm = load_for_cli(config_file)
+    from sollol.plugins import collect_named
+
+    cfg, pm = load_for_cli(config_file)
+    settings = {n: s for n, (s, _) in
+                collect_named(pm, "sollol_register_settings", "config key").items()}
+    values = {k: settings[k].shown(v) if k in settings else v for k, v in cfg.values.items()}
     if as_json:
-        click.echo(json.dumps({"path": str(cfg.path), "values": dict(cfg.values),
+        click.echo(json.dumps({"path": str(cfg.path), "values": values,
                                "sources": dict(cfg.sources)}, indent=2, default=str))
         return
     click.echo(f"# {cfg.path}")
-    for key in sorted(cfg.values):
-        click.echo(f"{key} = {json.dumps(cfg.values[key], default=str)}  # {cfg.sources[key]}")
+    for key in sorted(values):
+        click.echo(f"{key} = {json.dumps(values[key], default=str)}  # {cfg.sources[key]}")
 
 
 @config.command("set")
@@ -167,7 +172,7 @@ def config_set(key: str, value: str, config_file: Path | None) -> None:
     if typed is None:
         data.pop(key)
     write_file(path, data)
-    click.echo(f"{key} = {json.dumps(typed)}  (written to {path})")
+    click.echo(f"{key} = {json.dumps(setting.shown(typed))}  (written to {path})")
 
 
 def add_core_commands(group: click.Group) -> None:
@@ -175,12 +180,13 @@ def add_core_commands(group: click.Group) -> None:
     from sollol.cli.batch import batch
     from sollol.cli.demo import demo
     from sollol.cli.doctor import doctor
+    from sollol.cli.keys import keys
     from sollol.cli.llamacpp import llamacpp
     from sollol.cli.models import models
     from sollol.cli.run import run
     from sollol.cli.status import status
 
-    for command in (run, demo, doctor, batch, llamacpp, models, status):
+    for command in (run, demo, doctor, batch, keys, llamacpp, models, status):
         group.add_command(command)
 
 

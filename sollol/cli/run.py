@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 import click
 
-from sollol.cli import config_option, handle_errors, load_for_cli
+from sollol.access import BIND_FIX, is_loopback, open_bind
+from sollol.cli import UsageFailure, config_option, handle_errors, load_for_cli
+from sollol.config import CORE_SETTINGS, load_config
 
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
+__all__ = ["is_loopback", "run"]
 
 
 @click.command()
@@ -31,10 +24,12 @@ def is_loopback(host: str) -> bool:
 @click.option("--local", "local_size", type=click.IntRange(1, 16), default=None, metavar="N",
               help="Serve a local cluster started for this run: N pool nodes and N "
                    "rpc-servers on loopback, with generated models (see `sollol demo`).")
+@click.option("--insecure", is_flag=True,
+              help="Serve beyond loopback without access keys (warned at every start).")
 @config_option
 @handle_errors
 def run(plugins: tuple[str, ...], host: str | None, port: int | None, grace: float,
-        local_size: int | None, config_file: Path | None) -> None:
+        local_size: int | None, insecure: bool, config_file: Path | None) -> None:
     """Serve the Ollama- and OpenAI-compatible gateway (Ctrl-C or SIGTERM stops it).
 
     SIGHUP re-reads the config file and environment: nodes and rpc-servers added or removed
@@ -50,19 +45,25 @@ def run(plugins: tuple[str, ...], host: str | None, port: int | None, grace: flo
         overrides["gateway_host"] = host
     if port is not None:
         overrides["gateway_port"] = port
+    # Before anything starts or binds: the core keys alone say whether this bind is safe.
+    core = load_config(CORE_SETTINGS, path=config_file, overrides=overrides, ignore_unknown=True)
+    problem = open_bind(core["gateway_host"], core["api_keys"])
+    if problem and not insecure:
+        raise UsageFailure(f"refusing to start: {problem}; {BIND_FIX}")
     if local_size is not None:  # stopped when the command ends, after the gateway
         from sollol.local.run import start_local
 
         overrides.update(start_local(local_size))
     config, pm = load_for_cli(config_file, overrides)
     bind_host, bind_port = config["gateway_host"], config["gateway_port"]
-    if not is_loopback(bind_host):
-        click.echo(f"warning: binding {bind_host}: the gateway has no authentication yet; "
-                   "anyone who can reach this address can use every backend.", err=True)
+    if problem:
+        click.echo(f"warning: --insecure: {problem}", err=True)
+    elif not is_loopback(bind_host):
+        click.echo(f"access keys required ({len(config['api_keys'])} configured)", err=True)
     loaded = [name for name, info in sorted(pm.plugin_info.items()) if info.status == "enabled"]
     click.echo(f"sollol gateway on http://{bind_host}:{bind_port} "
                f"(plugins: {', '.join(loaded) or 'none'})", err=True)
     cluster = Cluster(config=config, pm=pm,
                       reloader=lambda: load(path=config_file, overrides=overrides)[0])
-    serve(cluster, bind_host, bind_port, grace=grace)
+    serve(cluster, bind_host, bind_port, grace=grace, insecure=insecure)
     click.echo("sollol gateway stopped", err=True)

@@ -10,17 +10,20 @@ from typing import Any
 
 from sollol.errors import (
     BackendError,
+    Forbidden,
     ModelNotFound,
     NoRouteAvailable,
     NotSupported,
     Overloaded,
     PayloadTooLarge,
     SollolError,
+    Unauthorized,
 )
 from sollol.models import Api
 
 # OpenAI clients branch on `type` and `code`; these follow what api.openai.com sends.
-_OPENAI_TYPES = {400: "invalid_request_error", 404: "invalid_request_error",
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
+                 403: "invalid_request_error", 404: "invalid_request_error",
                  413: "invalid_request_error", 429: "rate_limit_error"}
 # Anthropic's documented error types by HTTP status (docs.anthropic.com, "Errors").
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
@@ -69,6 +72,10 @@ def error_code(exc: SollolError) -> str | None:
         return "model_not_found"
     if isinstance(exc, PayloadTooLarge):
         return "request_too_large"
+    if isinstance(exc, Unauthorized):
+        return "invalid_api_key"
+    if isinstance(exc, Forbidden):
+        return "permission_denied"
     if isinstance(exc, Overloaded):
         return "overloaded"
     if isinstance(exc, NoRouteAvailable):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sollol.calls import Op
 from sollol.dialects.errors import error_body, error_code, error_status, retry_after, stream_error
 from sollol.dispatch import Dispatcher, StreamReply
-from sollol.errors import SollolError
+from sollol.errors import Forbidden, SollolError, Unauthorized
 from sollol.gateway import admin, info, manage, routes
 from sollol.gateway.asgi import (
     Receive,
@@ -27,6 +27,7 @@ from sollol.gateway.asgi import (
     send_json,
 )
 from sollol.gateway.blobs import BlobSpool
+from sollol.gateway.guard import Guard, preflight_headers, request_header, with_cors
 from sollol.gateway.monitor import Monitor
 from sollol.gateway.validate import validate
 from sollol.models import Api
@@ -44,7 +45,8 @@ class Gateway:
     """ASGI app: Ollama and OpenAI endpoints over `cluster`, plus SOLLOL's own under /sollol/."""
 
     def __init__(self, cluster: Cluster, *, manage_cluster: bool = True,
-                 tune_gc: bool = False, reload_on_sighup: bool = False) -> None:
+                 tune_gc: bool = False, reload_on_sighup: bool = False,
+                 bind_host: str | None = None) -> None:
         self.cluster = cluster
         self.manage_cluster = manage_cluster
         self.tune_gc = tune_gc
@@ -56,6 +58,7 @@ class Gateway:
         self.in_progress = 0
         """Routed requests being served right now (queued ones included)."""
         self.monitor = Monitor(cluster, running=lambda: self.in_progress)
+        self.guard = Guard(cluster.config, bind_host or cluster.config["gateway_host"])
 
     async def startup(self) -> None:
         """Start the cluster (unless someone else owns it) and the upstream connection pool."""
@@ -122,6 +125,26 @@ class Gateway:
         route = routes.find(path, method)
         api = route.api if route is not None else routes.dialect(path)
         try:
+            admitted = self.guard.admit(path, method, scope["headers"])
+        except (Unauthorized, Forbidden) as exc:
+            # No CORS headers on a refusal: the page that sent it must not read the answer.
+            challenge = None
+            if isinstance(exc, Unauthorized):
+                scheme = b"Basic" if exc.browser else b"Bearer"
+                challenge = [(b"www-authenticate", scheme + b' realm="sollol"')]
+            await self._error(send, api, exc.status, str(exc), error_code(exc),
+                              headers=challenge)
+            return
+        if admitted.origin is not None:
+            if method == "OPTIONS":
+                requested = request_header(scope["headers"], b"access-control-request-headers")
+                await send_body(send, 204, b"", headers=preflight_headers(admitted.origin,
+                                                                          requested))
+                return
+            send = with_cors(send, admitted.origin)
+        if admitted.key is not None:
+            scope["sollol.key"] = admitted.key  # info and manage filter models by its globs
+        try:
             if route is None:
                 await self._error(send, api, 404, f"no such endpoint: {method} {path}")
             elif method not in route.methods:
@@ -153,6 +176,9 @@ class Gateway:
     async def _routed(self, api: Api, op: Op, scope: Scope, receive: Receive, send: Send) -> None:
         raw = await read_body(scope, receive, self.max_body)
         call = validate(api, op, raw)
+        key = scope.get("sollol.key")
+        if key is not None and not key.allows_model(call.request.model):
+            raise Forbidden(f"key {key.name!r} may not use model {call.request.model[:200]!r}")
         if self.dispatcher is None:
             await self._error(send, api, 503, "the gateway has not started (no lifespan startup)")
             return
@@ -210,8 +236,9 @@ class Gateway:
 
     async def _error(self, send: Send, api: Api, status: int, message: str,
                      code: str | None = None, retry: str | None = None,
-                     numbers: dict[str, Any] | None = None) -> None:
-        headers = [(b"retry-after", retry.encode())] if retry else None
+                     numbers: dict[str, Any] | None = None,
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        headers = [*(headers or ()), *([(b"retry-after", retry.encode())] if retry else ())]
         body = error_body(api, status, message, code, numbers)
         await send_body(send, status, body, headers=headers)
 

@@ -40,12 +40,20 @@ async def _gather(cluster: Cluster, method: str) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
+def _visible(scope: dict[str, Any], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries the request's access key may use (all of them when there is no key)."""
+    key = scope.get("sollol.key")
+    if key is None:
+        return entries
+    return [e for e in entries if key.allows_model(str(e.get("name") or e.get("model")))]
+
+
 async def tags(cluster: Cluster, scope: dict[str, Any]) -> Any:
-    return {"models": await _gather(cluster, "list_models")}
+    return {"models": _visible(scope, await _gather(cluster, "list_models"))}
 
 
 async def ps(cluster: Cluster, scope: dict[str, Any]) -> Any:
-    return {"models": await _gather(cluster, "running")}
+    return {"models": _visible(scope, await _gather(cluster, "running"))}
 
 
 async def version(cluster: Cluster, scope: dict[str, Any]) -> Any:
@@ -69,7 +77,8 @@ async def status(cluster: Cluster, scope: dict[str, Any]) -> Any:
 async def openai_models(cluster: Cluster, scope: dict[str, Any]) -> Any:
     now = int(time.time())
     data = [{"id": entry.get("name") or entry.get("model"), "object": "model", "created": now,
-             "owned_by": "sollol"} for entry in await _gather(cluster, "list_models")]
+             "owned_by": "sollol"}
+            for entry in _visible(scope, await _gather(cluster, "list_models"))]
     return {"object": "list", "data": data}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from sollol.errors import NoRouteAvailable, RequestError
+from sollol.errors import Forbidden, NoRouteAvailable, RequestError
 from sollol.gateway.asgi import Receive, Scope, Send, read_body, send_json
 from sollol.gateway.blobs import parse_digest
 from sollol.router import POOL
@@ -56,10 +56,14 @@ def _nodes(scope: Scope, body: dict[str, Any]) -> list[str] | None:
     return [*(named or []), *query] or None
 
 
-def _text(body: dict[str, Any], *names: str) -> str:
+def _text(scope: Scope, body: dict[str, Any], *names: str) -> str:
+    """A model name from the body, which the request's access key must be allowed to use."""
     for name in names:
         value = body.get(name)
         if isinstance(value, str) and value.strip():
+            key = scope.get("sollol.key")
+            if key is not None and not key.allows_model(value):
+                raise Forbidden(f"key {key.name!r} may not manage model {value[:200]!r}")
             return value
     raise RequestError(f"field {names[0]!r} is required")
 
@@ -73,7 +77,7 @@ async def handle(cluster: Cluster, scope: Scope, receive: Receive, send: Send,
     if path in ("/api/pull", "/api/push", "/api/create"):
         operation = path.removeprefix("/api/")
         route = _route(cluster, operation)
-        model = _text(body, "model", "name")
+        model = _text(scope, body, "model", "name")
         stream = body.pop("stream", True) is not False
         insecure = bool(body.get("insecure"))
         if operation == "pull":
@@ -86,10 +90,11 @@ async def handle(cluster: Cluster, scope: Scope, receive: Receive, send: Send,
         await _progress(send, events, stream)
         return
     if path == "/api/delete":
-        result = await _route(cluster, "delete").delete(_text(body, "model", "name"), nodes)
+        result = await _route(cluster, "delete").delete(_text(scope, body, "model", "name"),
+                                                        nodes)
     else:
-        result = await _route(cluster, "copy").copy(_text(body, "source"),
-                                                    _text(body, "destination"), nodes)
+        result = await _route(cluster, "copy").copy(_text(scope, body, "source"),
+                                                    _text(scope, body, "destination"), nodes)
     status = 200 if result.get("status") == "success" else int(result.get("http_status", 502))
     await send_json(send, status, {k: v for k, v in result.items() if k != "http_status"})
 

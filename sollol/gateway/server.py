@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from sollol.access import BIND_FIX, open_bind
 from sollol.errors import SollolError
 from sollol.gateway.app import Gateway
 
@@ -69,13 +70,21 @@ class _ForegroundServer(uvicorn.Server):
         self.gateway.monitor.begin_shutdown()
 
 
+def _check_bind(cluster: Cluster, host: str, insecure: bool) -> None:
+    problem = open_bind(host, cluster.config["api_keys"])
+    if problem and not insecure:
+        raise GatewayError(f"refusing to start: {problem}; {BIND_FIX}")
+
+
 def serve(cluster: Cluster, host: str, port: int, *, grace: float = DEFAULT_GRACE,
-          log_level: str = "info") -> Gateway:
+          log_level: str = "info", insecure: bool = False) -> Gateway:
     """Run the gateway until SIGINT/SIGTERM (SIGHUP re-reads the config); in-flight requests
-    get `grace` s to finish."""
+    get `grace` s to finish. Refuses a bind beyond loopback without access keys unless
+    `insecure`."""
+    _check_bind(cluster, host, insecure)
     _log_to_stderr(logging.getLevelName(log_level.upper()))
     # the process is ours: tune its collector, and re-read the config on SIGHUP
-    gateway = Gateway(cluster, tune_gc=True, reload_on_sighup=True)
+    gateway = Gateway(cluster, tune_gc=True, reload_on_sighup=True, bind_host=host)
     server = _ForegroundServer(uvicorn_config(gateway, host, port, grace=grace,
                                               log_level=log_level), gateway)
     server.run()
@@ -111,12 +120,13 @@ class GatewayThread:
     """The gateway on its own thread and event loop, on a chosen port (tests, embedding)."""
 
     def __init__(self, cluster: Cluster, host: str = "127.0.0.1", port: int = 0, *,
-                 grace: float = 2.0) -> None:
+                 grace: float = 2.0, insecure: bool = False) -> None:
         from sollol.processes import free_port
 
+        _check_bind(cluster, host, insecure)
         self.host = host
         self.port = port or free_port(host)
-        self.gateway = Gateway(cluster)
+        self.gateway = Gateway(cluster, bind_host=host)
         self.server = uvicorn.Server(uvicorn_config(self.gateway, self.host, self.port,
                                                     grace=grace))
         self._thread: threading.Thread | None = None

@@ -1,0 +1,115 @@
+"""`sollol keys`: make, list and revoke the gateway's access keys (only hashes are stored)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sollol import access
+from sollol.cli import UsageFailure, config_option, handle_errors
+from sollol.config import CORE_SETTINGS, config_path, load_config, read_file, write_file
+
+ENV_VAR = "SOLLOL_API_KEYS"
+
+
+def _file_entries(path: Path) -> tuple[dict[str, Any], list[Any]]:
+    data = read_file(path)
+    entries = data.get("api_keys", [])
+    if not isinstance(entries, list):
+        raise UsageFailure(f"api_keys in {path} is not a list; fix it by hand first")
+    try:
+        access.parse_entries(entries)
+    except ValueError as exc:
+        raise UsageFailure(f"api_keys in {path}: {exc}") from None
+    return data, entries
+
+
+def _env_note() -> None:
+    if os.environ.get(ENV_VAR):
+        click.echo(f"note: {ENV_VAR} is set and takes precedence over the file's api_keys",
+                   err=True)
+
+
+@click.group()
+def keys() -> None:
+    """Make, list and revoke the gateway's access keys."""
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--admin", is_flag=True,
+              help="May also pull, create, copy, delete and push models and read /sollol/*.")
+@click.option("--models", "models", default="*", show_default=True, metavar="GLOB,...",
+              help="Models the key may use (comma-separated globs, e.g. 'llama3*,qwen*').")
+@config_option
+@handle_errors
+def create(name: str, admin: bool, models: str, config_file: Path | None) -> None:
+    """Make a key NAME, print it once, and save only its hash in the config file."""
+    path = config_file or config_path()
+    data, entries = _file_entries(path)
+    key = access.new_key()
+    entry = {"name": name, "hash": access.hash_key(key), "admin": admin,
+             "models": [m.strip() for m in models.split(",") if m.strip()]}
+    try:
+        access.parse_entries([*entries, entry])
+    except ValueError as exc:
+        raise UsageFailure(str(exc)) from None
+    data["api_keys"] = [*entries, entry]
+    write_file(path, data)
+    click.echo(key)
+    scope = "admin" if admin else "inference"
+    click.echo(f"saved key {name!r} ({scope}, models {', '.join(entry['models'])}) to {path} as "
+               "a hash: this is the only time the key is shown", err=True)
+    _env_note()
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@config_option
+@handle_errors
+def list_keys(as_json: bool, config_file: Path | None) -> None:
+    """List the keys the gateway accepts: name, scope, models and where each is set."""
+    config = load_config(CORE_SETTINGS, path=config_file, ignore_unknown=True)
+    source = config.sources["api_keys"]
+    plain = set()
+    if source == str(config.path):
+        for index, entry in enumerate(read_file(config.path).get("api_keys", [])):
+            if isinstance(entry, str) or (isinstance(entry, dict) and "key" in entry):
+                plain.add(access.parse_entry(entry, index).name)
+    rows = [{**k.describe(), "source": source,
+             "stored": "plain text" if k.name in plain else "hash"}
+            for k in access.KeyRing.from_config(config["api_keys"]).keys]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no access keys: the gateway serves anyone who can reach it (fine on "
+                   "127.0.0.1); make one with `sollol keys create NAME`")
+        return
+    for row in rows:
+        scope = "admin" if row["admin"] else "inference"
+        click.echo(f"{row['name']}  {scope}  models {','.join(row['models'])}  "
+                   f"({row['source']}{', stored in plain text' if row['name'] in plain else ''})")
+
+
+@keys.command("revoke")
+@click.argument("name")
+@config_option
+@handle_errors
+def revoke(name: str, config_file: Path | None) -> None:
+    """Remove key NAME from the config file (a running gateway needs a restart)."""
+    path = config_file or config_path()
+    data, entries = _file_entries(path)
+    kept = [e for i, e in enumerate(entries) if access.parse_entry(e, i).name != name]
+    if len(kept) == len(entries):
+        known = ", ".join(access.parse_entry(e, i).name for i, e in enumerate(entries))
+        raise click.ClickException(f"no key named {name!r} in {path} (keys there: "
+                                   f"{known or 'none'})")
+    data["api_keys"] = kept
+    write_file(path, data)
+    click.echo(f"revoked key {name!r} in {path}; restart the gateway to apply")
+    _env_note()

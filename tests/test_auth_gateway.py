@@ -56,6 +56,14 @@ def test_x_api_key_and_basic_are_accepted(gw):
                            headers={"Authorization": f"Basic {basic}"})
         assert reply.status_code == 200, reply.text
     assert httpx.post(gw.url + "/api/chat", json=CHAT, auth=("u", USER)).status_code == 200
+    message = {"model": "tiny:1b", "max_tokens": 16,
+               "messages": [{"role": "user", "content": "hi"}]}
+    reply = httpx.post(gw.url + "/v1/messages", json=message, headers=anthropic_style)
+    assert reply.status_code == 200 and reply.json()["type"] == "message"
+    limited = httpx.post(gw.url + "/v1/messages", json={**message, "model": "other:7b"},
+                         headers={"x-api-key": LIMITED})
+    assert limited.status_code == 403
+    assert limited.json()["error"]["type"] == "permission_error"
 
 
 def test_missing_or_wrong_keys_get_401_in_each_dialect(gw):

@@ -139,3 +139,22 @@ def test_without_keys_on_loopback_everything_stays_open(emulator, pool_gateway):
     gw = pool_gateway(node.address)
     assert ollama.Client(host=gw.url).generate(model="tiny:1b", prompt="hi").response
     assert httpx.get(gw.url + "/sollol/state").status_code == 200
+
+
+def test_metrics_and_dashboard_need_an_admin_key_and_browsers_get_a_basic_prompt(gw):
+    for path in ("/metrics", "/sollol/overview", "/sollol/state"):
+        anonymous = httpx.get(gw.url + path)
+        assert anonymous.status_code == 401, path
+        assert anonymous.headers["www-authenticate"] == 'Basic realm="sollol"'
+        assert httpx.get(gw.url + path, headers=bearer(USER)).status_code == 403, path
+        assert httpx.get(gw.url + path, auth=("me", ADMIN)).status_code == 200, path
+    # API paths challenge with Bearer: a browser must not prompt for them
+    assert httpx.get(gw.url + "/api/tags").headers["www-authenticate"] == 'Bearer realm="sollol"'
+
+
+def test_metrics_public_opens_only_metrics(emulator, pool_gateway):
+    node = emulator(models=["tiny:1b"])
+    gw = pool_gateway(node.address, api_keys=KEYS, metrics_public=True)
+    assert httpx.get(gw.url + "/metrics").status_code == 200
+    for path in ("/sollol/overview", "/sollol/state", "/api/tags"):
+        assert httpx.get(gw.url + path).status_code == 401, path

@@ -145,3 +145,16 @@ def test_any_headers_are_admitted_or_refused_never_crash(headers, path, method):
         assert exc.status in (401, 403) and str(exc)
     else:  # GUARD requires a key none of these carry: only `GET /` and preflights pass
         assert (path == "/" and method == "GET") or method == "OPTIONS"
+
+
+def test_pages_the_gateway_serves_itself_are_same_origin(gw):
+    """The dashboard, opened by a name in allowed_hosts: its requests carry that origin."""
+    reply = httpx.post(gw.url + "/api/chat", content=CHAT,
+                       headers={"Host": "gw.lan:8080", "Origin": "http://gw.lan:8080"})
+    assert reply.status_code == 200
+    other_port = httpx.post(gw.url + "/api/chat", content=CHAT,
+                            headers={"Host": "gw.lan:8080", "Origin": "http://gw.lan:9999"})
+    assert other_port.status_code == 403
+    rebound = httpx.post(gw.url + "/api/chat", content=CHAT,  # same-origin, but a rebound name
+                         headers={"Host": "evil.example", "Origin": "http://evil.example"})
+    assert rebound.status_code == 403 and "DNS rebinding" in rebound.text

@@ -20,8 +20,10 @@ if TYPE_CHECKING:
     from sollol.config import Config
 
 log = logging.getLogger("sollol")
-LIVE_CORE_KEYS = frozenset({"discovery_interval"})
-"""Core keys a reload applies at once; the routes name their own."""
+LIVE_CORE_KEYS = frozenset({"discovery_interval", "api_keys", "allowed_hosts",
+                            "allowed_origins", "metrics_public"})
+"""Core keys a reload applies at once (the gateway rebuilds its guard); the routes name their
+own."""
 IDLE_CHECK = 5.0
 """Seconds between looks at `discovery_interval` while it is 0 (a reload may turn it on)."""
 

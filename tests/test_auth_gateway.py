@@ -158,3 +158,57 @@ def test_metrics_public_opens_only_metrics(emulator, pool_gateway):
     assert httpx.get(gw.url + "/metrics").status_code == 200
     for path in ("/sollol/overview", "/sollol/state", "/api/tags"):
         assert httpx.get(gw.url + path).status_code == 401, path
+
+
+def test_a_reload_applies_new_and_revoked_keys(emulator, isolated_config):
+    from sollol.cluster import Cluster
+    from sollol.config import write_file
+    from sollol.gateway import GatewayThread
+
+    node = emulator(models=["tiny:1b"])
+    old, new = new_key(), new_key()
+    base = {"ollama_nodes": [node.address]}
+    write_file(isolated_config, {**base, "api_keys": [
+        {"name": "ops", "hash": hash_key(ADMIN), "admin": True}, {"name": "old", "key": old}]})
+    with GatewayThread(Cluster.from_config()) as gw:
+        assert httpx.get(gw.url + "/api/tags", headers=bearer(old)).status_code == 200
+        write_file(isolated_config, {**base, "api_keys": [
+            {"name": "ops", "hash": hash_key(ADMIN), "admin": True}, {"name": "new", "key": new}]})
+        report = httpx.post(gw.url + "/sollol/reload", headers=bearer(ADMIN)).json()
+        assert "api_keys" in report["changed"] and "api_keys" not in report["restart_needed"]
+        assert httpx.get(gw.url + "/api/tags", headers=bearer(old)).status_code == 401
+        assert httpx.get(gw.url + "/api/tags", headers=bearer(new)).status_code == 200
+
+
+def test_a_reload_cannot_open_a_wide_bind(emulator, isolated_config, caplog):
+    from sollol.cluster import Cluster
+    from sollol.config import write_file
+    from sollol.gateway.app import Gateway
+
+    key = new_key()
+    write_file(isolated_config, {"plugins": [], "api_keys": [key]})
+    cluster = Cluster.from_config()
+    guard = Gateway(cluster, bind_host="0.0.0.0").guard
+    write_file(isolated_config, {"plugins": []})
+    emptied = cluster.reloader()
+    assert guard.for_config(emptied, insecure=False) is guard and guard.keys
+    assert "keeping the old access keys" in caplog.text
+    assert not guard.for_config(cluster.reloader(), insecure=True).keys
+
+
+def test_cli_commands_send_sollol_key_to_the_gateway(gw, monkeypatch):
+    from click.testing import CliRunner
+
+    from sollol.cli import build_cli
+
+    cli = build_cli()
+    without = CliRunner().invoke(cli, ["status", "--json", "--gateway", gw.url])
+    assert without.exit_code != 0 and "SOLLOL_KEY" in without.output
+    monkeypatch.setenv("SOLLOL_KEY", USER)  # an inference key: refused, with the same hint
+    refused = CliRunner().invoke(cli, ["nodes", "add", "127.0.0.1:9", "--gateway", gw.url])
+    assert refused.exit_code == 1 and "admin key" in refused.output
+    monkeypatch.setenv("SOLLOL_KEY", ADMIN)
+    status = CliRunner().invoke(cli, ["status", "--json", "--gateway", gw.url])
+    assert status.exit_code == 0, status.output
+    nodes = CliRunner().invoke(cli, ["nodes", "--json", "--gateway", gw.url])
+    assert nodes.exit_code == 0 and '"healthy"' in nodes.output

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from sollol.cli import config_option, handle_errors, load_for_cli
-from sollol.cli.admin import call, gateway_option, gateway_url, item
+from sollol.cli.admin import call, gateway_headers, gateway_option, gateway_url, item
 
 GIB = 1024**3
 
@@ -59,9 +59,9 @@ def _gateway_url(config: Any) -> str:
 def _from_gateway(url: str) -> dict[str, Any] | None:
     import httpx
 
-    try:
+    try:  # our own gateway: never via $http_proxy
         response = httpx.get(url.rstrip("/") + "/sollol/routes/sharding", timeout=3.0,
-                             trust_env=False)  # our own gateway: never via $http_proxy
+                             trust_env=False, headers=gateway_headers())
     except httpx.HTTPError:
         return None
     if response.status_code != 200:

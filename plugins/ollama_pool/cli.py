@@ -14,7 +14,7 @@ import click
 import httpx
 
 from sollol.cli import config_option, handle_errors, load_for_cli
-from sollol.cli.admin import call, gateway_option, gateway_url, item
+from sollol.cli.admin import call, gateway_headers, gateway_option, gateway_url, item
 
 T = TypeVar("T")
 
@@ -41,7 +41,8 @@ def _with_route(config_file: Path | None, work: Callable[[Any], Coroutine[Any, A
 def _gateway_nodes(url: str) -> dict[str, Any] | None:
     """The live pool state from a running gateway, or None when none answers."""
     try:
-        reply = httpx.get(url.rstrip("/") + "/sollol/nodes", timeout=2.0, trust_env=False)
+        reply = httpx.get(url.rstrip("/") + "/sollol/nodes", timeout=2.0, trust_env=False,
+                          headers=gateway_headers())
     except httpx.HTTPError:
         return None
     if reply.status_code != 200:

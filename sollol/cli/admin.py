@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,12 +23,24 @@ def gateway_url(config_file: Path | None, url: str | None = None) -> str:
     return f"http://{host}:{config['gateway_port']}"
 
 
+KEY_ENV = "SOLLOL_KEY"
+"""The access key commands send to a running gateway (its admin endpoints need an admin key)."""
+KEY_HINT = f"set {KEY_ENV} to an admin key (`sollol keys create NAME --admin`)"
+
+
+def gateway_headers() -> dict[str, str]:
+    """`Authorization: Bearer $SOLLOL_KEY` when that is set, for requests to our gateway."""
+    key = os.environ.get(KEY_ENV, "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def call(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     """One admin request; a missing gateway or an error reply is a one-line CLI error."""
     import httpx
 
     try:  # our own gateway: never through $http_proxy
-        reply = httpx.request(method, url + path, json=body, timeout=60.0, trust_env=False)
+        reply = httpx.request(method, url + path, json=body, timeout=60.0, trust_env=False,
+                              headers=gateway_headers())
     except httpx.HTTPError as exc:
         raise click.ClickException(f"no gateway answers at {url} ({exc}); start one with "
                                    "`sollol run` or name it with --gateway") from None
@@ -41,7 +54,8 @@ def call(url: str, method: str, path: str, body: dict[str, Any] | None = None) -
     if reply.status_code >= 400:
         error = data.get("error")
         message = error.get("message") if isinstance(error, dict) else error
-        raise click.ClickException(f"gateway {url}: {message or reply.text}")
+        hint = f" ({KEY_HINT})" if reply.status_code in (401, 403) else ""
+        raise click.ClickException(f"gateway {url}: {message or reply.text}{hint}")
     return data
 
 

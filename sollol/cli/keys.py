@@ -101,7 +101,7 @@ def list_keys(as_json: bool, config_file: Path | None) -> None:
 @config_option
 @handle_errors
 def revoke(name: str, config_file: Path | None) -> None:
-    """Remove key NAME from the config file (a running gateway needs a restart)."""
+    """Remove key NAME from the config file (a running gateway applies it on reload)."""
     path = config_file or config_path()
     data, entries = _file_entries(path)
     kept = [e for i, e in enumerate(entries) if access.parse_entry(e, i).name != name]
@@ -111,5 +111,6 @@ def revoke(name: str, config_file: Path | None) -> None:
                                    f"{known or 'none'})")
     data["api_keys"] = kept
     write_file(path, data)
-    click.echo(f"revoked key {name!r} in {path}; restart the gateway to apply")
+    click.echo(f"revoked key {name!r} in {path}; a running gateway applies it on reload "
+               "(`kill -HUP PID` or POST /sollol/reload)")
     _env_note()

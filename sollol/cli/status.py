@@ -11,6 +11,7 @@ import click
 import httpx
 
 from sollol.cli import config_option, handle_errors, load_for_cli
+from sollol.cli.admin import KEY_HINT, gateway_headers
 
 
 class NoGateway(click.ClickException):
@@ -21,7 +22,7 @@ def fetch(url: str, timeout: float = 5.0) -> dict[str, Any]:
     """The gateway's `/sollol/overview`; NoGateway with the reason when it cannot be read."""
     try:
         reply = httpx.get(url.rstrip("/") + "/sollol/overview", timeout=timeout,
-                          trust_env=False)
+                          trust_env=False, headers=gateway_headers())
     except httpx.HTTPError as exc:
         msg = (f"no gateway answers at {url} ({type(exc).__name__}); start one with "
                "`sollol run`, or name it with --gateway URL")
@@ -33,8 +34,11 @@ def fetch(url: str, timeout: float = 5.0) -> dict[str, Any]:
                         f"(HTTP {reply.status_code}, not JSON)") from None
     if reply.status_code != 200 or not isinstance(data, dict):
         error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict):
+            error = error.get("message")
+        hint = f" ({KEY_HINT})" if reply.status_code in (401, 403) else ""
         raise NoGateway(f"{url}/sollol/overview: HTTP {reply.status_code}: "
-                        f"{error or 'not a SOLLOL gateway'}")
+                        f"{error or 'not a SOLLOL gateway'}{hint}")
     return data
 
 

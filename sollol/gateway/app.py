@@ -46,7 +46,7 @@ class Gateway:
 
     def __init__(self, cluster: Cluster, *, manage_cluster: bool = True,
                  tune_gc: bool = False, reload_on_sighup: bool = False,
-                 bind_host: str | None = None) -> None:
+                 bind_host: str | None = None, insecure: bool = False) -> None:
         self.cluster = cluster
         self.manage_cluster = manage_cluster
         self.tune_gc = tune_gc
@@ -59,6 +59,7 @@ class Gateway:
         """Routed requests being served right now (queued ones included)."""
         self.monitor = Monitor(cluster, running=lambda: self.in_progress)
         self.guard = Guard(cluster.config, bind_host or cluster.config["gateway_host"])
+        self.insecure = insecure
 
     async def startup(self) -> None:
         """Start the cluster (unless someone else owns it) and the upstream connection pool."""
@@ -124,8 +125,11 @@ class Gateway:
         path, method = scope["path"], scope["method"]
         route = routes.find(path, method)
         api = route.api if route is not None else routes.dialect(path)
+        guard = self.guard
+        if guard.config is not self.cluster.config:  # reloaded: keys, hosts, origins may change
+            guard = self.guard = guard.for_config(self.cluster.config, self.insecure)
         try:
-            admitted = self.guard.admit(path, method, scope["headers"])
+            admitted = guard.admit(path, method, scope["headers"])
         except (Unauthorized, Forbidden) as exc:
             # No CORS headers on a refusal: the page that sent it must not read the answer.
             challenge = None

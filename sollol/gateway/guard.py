@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import logging
 import socket
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from sollol.access import AccessKey, KeyRing, presented
+from sollol.access import AccessKey, KeyRing, open_bind, presented
 from sollol.errors import Forbidden, Unauthorized
 from sollol.gateway.routes import ROUTES
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 # Admin scope: model management (and its blob uploads), the monitor (metrics, dashboard) and
 # SOLLOL's own state under /sollol/.
 _ADMIN_KINDS = ("manage", "blobs", "monitor", "admin")
+log = logging.getLogger("sollol.gateway")
+
 ADMIN_PATHS = frozenset(r.path for r in ROUTES if r.kind in _ADMIN_KINDS and not r.prefix)
 ADMIN_PREFIXES = ("/sollol/", *(r.path for r in ROUTES if r.kind in _ADMIN_KINDS and r.prefix))
 CORS_METHODS = b"GET, HEAD, POST, DELETE, OPTIONS"
@@ -97,6 +100,8 @@ class Guard:
     """The gateway's admission checks, built once from the config and the bind address."""
 
     def __init__(self, config: Config, bind_host: str) -> None:
+        self.config = config
+        self.bind_host = bind_host
         self.keys = KeyRing.from_config(config["api_keys"])
         bind = _host_name(bind_host)
         machine = socket.gethostname().lower().rstrip(".")
@@ -107,6 +112,18 @@ class Guard:
         self._origins = _Patterns(config["allowed_origins"])
         self._hosts_seen: set[bytes] = set()
         self._origins_seen: set[bytes] = set()
+
+    def for_config(self, config: Config, insecure: bool) -> Guard:
+        """The guard for a reloaded config; this one when the new config would leave a wide
+        bind without keys (refused at start-up, so refused at a reload too)."""
+        if config is self.config:
+            return self
+        problem = open_bind(self.bind_host, config["api_keys"])
+        if problem and not insecure:
+            log.error("config reload: keeping the old access keys: %s", problem)
+            self.config = config  # do not check again for every request
+            return self
+        return Guard(config, self.bind_host)
 
     # ---- the checks
 

@@ -84,7 +84,8 @@ def serve(cluster: Cluster, host: str, port: int, *, grace: float = DEFAULT_GRAC
     _check_bind(cluster, host, insecure)
     _log_to_stderr(logging.getLevelName(log_level.upper()))
     # the process is ours: tune its collector, and re-read the config on SIGHUP
-    gateway = Gateway(cluster, tune_gc=True, reload_on_sighup=True, bind_host=host)
+    gateway = Gateway(cluster, tune_gc=True, reload_on_sighup=True, bind_host=host,
+                      insecure=insecure)
     server = _ForegroundServer(uvicorn_config(gateway, host, port, grace=grace,
                                               log_level=log_level), gateway)
     server.run()
@@ -126,7 +127,7 @@ class GatewayThread:
         _check_bind(cluster, host, insecure)
         self.host = host
         self.port = port or free_port(host)
-        self.gateway = Gateway(cluster, bind_host=host)
+        self.gateway = Gateway(cluster, bind_host=host, insecure=insecure)
         self.server = uvicorn.Server(uvicorn_config(self.gateway, self.host, self.port,
                                                     grace=grace))
         self._thread: threading.Thread | None = None

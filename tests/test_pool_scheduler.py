@@ -7,17 +7,22 @@ counted in waiter inspections (`WaitQueues.inspections`), never timed.
 from __future__ import annotations
 
 import asyncio
+import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sollol_plugins.ollama_pool.balance import choose
 from sollol_plugins.ollama_pool.node import Node
 from sollol_plugins.ollama_pool.route import PoolRoute
+from sollol_plugins.ollama_pool.settings import PoolSettings
+from sollol_plugins.ollama_pool.table import ModelTable
 
 from sollol.cluster import Cluster, load
 from sollol.models import Backend, HealthReport, RouteRequest
 from sollol.routes import Lease, Outcome
 
 OK = Outcome(True, 200, tokens=10, seconds=0.1)
+SETTINGS = PoolSettings()
 
 
 def make_route(**config) -> PoolRoute:
@@ -126,11 +131,8 @@ async def _run_steps(steps) -> None:
             node = nodes[y]
             report = HealthReport(node.id, action == "up", models=catalog[y],
                                   loaded_models=catalog[y])
-            was = node.models
-            node.apply(report, 0.0, route.settings)
-            if was != node.models:
-                route.membership_changed()
-            route.wake([node])
+            if route.apply(node, report, route.now()):
+                route.wake([node])
         await settle()
         still = []
         for task in waiting:
@@ -148,3 +150,31 @@ async def _run_steps(steps) -> None:
     await asyncio.gather(*waiting, return_exceptions=True)
     for lease in leases:
         lease.release(OK)
+
+
+node_state = st.tuples(
+    st.one_of(st.none(), st.floats(0.001, 0.5)),  # seconds per token (None: not measured)
+    st.integers(1, 4),  # limit
+    st.integers(0, 4),  # in flight (capped at the limit)
+    st.booleans(),  # model loaded
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(node_state, min_size=1, max_size=12),
+       st.one_of(st.integers(1, 200), st.just(math.inf)), st.floats(1, 500))
+def test_a_fresh_table_decides_exactly_as_choose(states, queued, avg_tokens):
+    """The table is a cache of choose()'s numbers, never a different policy."""
+    nodes = []
+    for index, (spt, limit, in_flight, loaded) in enumerate(states):
+        node = Node(Backend(f"n{index}", "ollama", f"n{index}"), limit)
+        node.apply(HealthReport(node.id, True, models=("m",),
+                                loaded_models=("m",) if loaded else ()), 0.0, SETTINGS)
+        node.sec_per_token, node.in_flight = spt, min(in_flight, limit)
+        node.last_pick = index % 3  # ties too: they go to the earlier node, as in choose()
+        nodes.append(node)
+    expected = choose(nodes, "m", queued=queued, avg_tokens=avg_tokens, cold_penalty=5.0)
+    table = ModelTable.build(nodes, "m", avg_tokens=avg_tokens, cold_penalty=5.0, stamp=0,
+                             now=0.0)
+    free = {n for n in nodes if n.in_flight < n.cap}
+    assert table.decide(free, queued) is expected.node

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -17,13 +18,16 @@ SPEED_WEIGHT = 0.3
 """Weight of the newest sample in the moving averages (about the last 5 requests count)."""
 
 
-def model_names(name: str) -> set[str]:
+@functools.lru_cache(maxsize=4096)  # asked on every scheduling decision
+def model_names(name: str) -> frozenset[str]:
     """The spellings that mean one model: "llama3" and "llama3:latest" are the same."""
     name = name.strip()
     last = name.rsplit("/", 1)[-1]
     if ":" not in last:
-        return {name, f"{name}:latest"}
-    return {name, name.removesuffix(":latest")} if name.endswith(":latest") else {name}
+        return frozenset({name, f"{name}:latest"})
+    if name.endswith(":latest"):
+        return frozenset({name, name.removesuffix(":latest")})
+    return frozenset({name})
 
 
 def all_names(names: Iterable[str]) -> frozenset[str]:

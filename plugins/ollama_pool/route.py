@@ -25,6 +25,7 @@ from .balance import choose
 from .discovery import base_url, pool_dialects
 from .node import Node, model_names
 from .settings import SETTINGS, PoolSettings
+from .table import ModelTable
 from .waiters import Waiter, WaitQueues, canonical
 
 if TYPE_CHECKING:
@@ -52,6 +53,12 @@ class PoolRoute:
     removed: set[str] = attrs.field(factory=set)
     """Nodes an operator removed: re-discovery does not bring them back."""
     _holders: dict[str, list[Node]] | None = None
+    _tables: dict[str, ModelTable] = attrs.field(factory=dict)
+    _free: set[Node] = attrs.field(factory=set)
+    """Member nodes that are available with a free slot (decisions look only at these)."""
+    _stamp: int = 0
+    """Bumped by every change a table may depend on; `_hard` by those it must see at once."""
+    _hard: int = 0
     """Nodes by the (canonical) models they hold; None when it must be rebuilt."""
     _affinity: OrderedDict[str, tuple[str, float]] = attrs.field(factory=OrderedDict)
     _task: asyncio.Task[None] | None = None
@@ -97,20 +104,24 @@ class PoolRoute:
         reports = await asyncio.gather(*(asyncio.to_thread(self._check, n, timeout)
                                          for n in nodes))
         now = time.monotonic()
-        changed: list[Node] = []
-        for node, report in zip(nodes, reports, strict=True):
-            was, models = node.available(now), node.models
-            node.apply(report, now, self.settings)
-            if node.models != models:
-                self._holders = None
-            if was != node.available(now):
-                log.info("pool node %s is %s: %s", node.id,
-                         "up" if node.available(now) else "down", node.detail)
-                if node.available(now) and node.served:  # it served before: ramp it up
-                    node.begin_warmup(now, self.settings.warmup_seconds)
-            if node.models != models or was != node.available(now) or node.warming:
-                changed.append(node)
+        changed = [node for node, report in zip(nodes, reports, strict=True)
+                   if self.apply(node, report, now)]
         self._pump(changed, models=[m for n in changed for m in n.models])
+
+    def apply(self, node: Node, report: HealthReport, now: float) -> bool:
+        """Take one probe's result; True when it may change who can serve what."""
+        was, models = node.available(now), node.models
+        node.apply(report, now, self.settings)
+        if node.models != models:
+            self._holders = None
+        if was != node.available(now):
+            log.info("pool node %s is %s: %s", node.id,
+                     "up" if node.available(now) else "down", node.detail)
+            if node.available(now) and node.served:  # it served before: ramp it up
+                node.begin_warmup(now, self.settings.warmup_seconds)
+        moved = node.models != models or was != node.available(now)
+        self._mark(node, now, hard=moved)
+        return moved or node.warming
 
     def _check(self, node: Node, timeout: float) -> HealthReport:
         try:
@@ -219,6 +230,30 @@ class PoolRoute:
 
     def membership_changed(self) -> None:
         self._holders = None
+        now = time.monotonic()
+        for node in [*self._free, *self.nodes.values()]:
+            self._mark(node, now, hard=True)
+
+    def _mark(self, node: Node, now: float, *, hard: bool = False) -> None:
+        """Record a change of `node`: its place in the free set, and the tables' staleness."""
+        if (self.nodes.get(node.id) is node and node.in_flight < node.cap
+                and node.available(now)):
+            self._free.add(node)
+        else:
+            self._free.discard(node)
+        self._stamp += 1
+        if hard:
+            self._hard = self._stamp
+
+    def _table(self, model: str, now: float) -> ModelTable:
+        key = canonical(model)
+        table = self._tables.get(key)
+        if table is None or not table.fresh(self._stamp, self._hard, now):
+            nodes = [n for n in self.holders(model) if n.available(now)]
+            table = self._tables[key] = ModelTable.build(
+                nodes, model, avg_tokens=self.avg_tokens,
+                cold_penalty=self.settings.cold_penalty, stamp=self._stamp, now=now)
+        return table
 
     def wake(self, nodes: Collection[Node]) -> None:
         """Re-examine the requests waiting for these nodes (e.g. after they left)."""
@@ -289,6 +324,15 @@ class PoolRoute:
                 waiter.future.set_result(self._lease(node, waiter.request))
 
     def _place(self, waiter: Waiter, now: float, queued: float) -> Node | None:
+        if not waiter.backend and not waiter.exclude:  # the common case: from the table
+            table = self._table(waiter.request.model, now)
+            if table.order:
+                key = waiter.request.conversation_key
+                if key and key in self._affinity:
+                    sticky = self.nodes.get(self._affinity[key][0])
+                    if sticky in self._free and sticky in table.times:
+                        return sticky
+                return table.decide(self._free, queued)
         candidates = self._candidates(waiter, now)
         if not candidates:
             try:
@@ -311,6 +355,8 @@ class PoolRoute:
         node.in_flight += 1
         self._picks += 1
         node.last_pick = self._picks
+        if node.in_flight >= node.cap:
+            self._free.discard(node)
 
         def release(outcome: Outcome) -> None:
             self._released(node, request, outcome)
@@ -331,9 +377,10 @@ class PoolRoute:
                 self.draining.pop(node.id, None)
             return
         # the last node that can serve this model stays: ejecting it turns its errors into 503s
-        others_up = any(n.available(now) and n.has_model(request.model)
-                        for n in self.nodes.values() if n is not node)
-        if node.record(outcome, now, self.settings, may_eject=others_up):
+        others_up = not outcome.ok and any(n.available(now) for n in self.holders(request.model)
+                                           if n is not node)
+        ejected = node.record(outcome, now, self.settings, may_eject=others_up)
+        if ejected:
             log.warning("pool node %s ejected: %s", node.id, node.detail)
         elif outcome.connect_failed:
             node.next_probe = now  # the last node standing: find out now whether it is down
@@ -344,6 +391,7 @@ class PoolRoute:
             node.loaded = node.loaded | model_names(request.model)
             if request.conversation_key:
                 self._remember(request.conversation_key, node.id, now)
+        self._mark(node, now, hard=ejected)
         self._pump((node,))
 
     def _remember(self, key: str, node_id: str, now: float) -> None:
@@ -378,6 +426,7 @@ class PoolRoute:
             if node.limit == old.concurrency and not (node.report and
                                                       node.report.extra.get("slots")):
                 node.limit = self.settings.concurrency
+        self.membership_changed()
         self._pump(everything=True)
         return (*(s.name for s in SETTINGS), "ollama_nodes", "health_interval")
 

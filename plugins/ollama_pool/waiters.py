@@ -9,6 +9,7 @@ of queues that want X (plus the requests actually placed), not by the length of 
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 from collections import deque
@@ -41,6 +42,7 @@ class Waiter:
         return self.future.done()
 
 
+@functools.lru_cache(maxsize=4096)
 def canonical(model: str) -> str:
     """One spelling per model, so "m" and "m:latest" share a queue."""
     return min(model_names(model), key=lambda n: (len(n), n))

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from .route import PoolRoute
 
 _DONE = object()
+MAX_LINE = 1024 * 1024
+"""Longest progress line a node may send (Ollama's are well under 1 KiB)."""
 
 
 def _timeout(route: PoolRoute) -> httpx.Timeout:
@@ -58,48 +60,105 @@ def targets(route: PoolRoute, names: Collection[str] | None) -> list[Node]:
     return chosen
 
 
+class _Broken(Exception):
+    """A node's progress stream broke the NDJSON contract or went quiet."""
+
+
+async def _lines(reply: httpx.Response, idle: float) -> AsyncIterator[bytes]:
+    """The reply's non-empty lines; _Broken when one takes longer than `idle` seconds to
+    complete (a node trickling bytes without a newline stalls too) or is longer than MAX_LINE."""
+    loop = asyncio.get_running_loop()
+    chunks = reply.aiter_bytes()
+    pending = b""
+    deadline = loop.time() + idle
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                chunk = await anext(chunks, None)
+        except TimeoutError:
+            raise _Broken(f"sent no progress line for {idle:g}s "
+                          "(pool_manage_idle_timeout)") from None
+        if chunk is None:
+            if pending.strip():
+                yield pending
+            return
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield line
+        if lines:
+            deadline = loop.time() + idle
+        if len(pending) > MAX_LINE:
+            raise _Broken(f"sent a progress line longer than {MAX_LINE} bytes")
+
+
 async def _node_progress(node: Node, path: str, body: Mapping[str, Any],
-                         queue: asyncio.Queue[Any], timeout: httpx.Timeout) -> str | None:
+                         queue: asyncio.Queue[Any], timeout: httpx.Timeout,
+                         idle: float) -> str | None:
     """Stream one node's progress into `queue`; return its error message, or None."""
     try:
         async with httpx.AsyncClient(base_url=base_url(node.backend), timeout=timeout,
                                      trust_env=False) as client, \
                 client.stream("POST", path, json=dict(body)) as reply:
             if reply.status_code >= 400:
-                raw = await reply.aread()
+                raw = await _head_of(reply)
                 return _error_text(raw, reply.status_code)
             last = None
-            async for line in reply.aiter_lines():
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                if isinstance(event, dict) and event.get("error"):
-                    return str(event["error"])
+            async for line in _lines(reply, idle):
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    return f"sent a line that is not JSON: {_clip(line)}"
+                if not isinstance(event, dict):
+                    return f"sent a line that is not a JSON object: {_clip(line)}"
+                if event.get("error"):
+                    return _clip(str(event["error"]))
                 last = event
-                await queue.put({"node": node.id, **event})
-            if not isinstance(last, dict) or last.get("status") != "success":
+                await queue.put({**event, "node": node.id})
+            if last is None or last.get("status") != "success":
                 return "the node ended the stream without success"
             return None
-    except (httpx.HTTPError, ValueError) as exc:
+    except _Broken as exc:
+        return str(exc)
+    except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _head_of(reply: httpx.Response, limit: int = 64 * 1024) -> bytes:
+    """At most `limit` bytes of an error body (a hostile node may send an endless one)."""
+    out = b""
+    async for chunk in reply.aiter_bytes():
+        out += chunk
+        if len(out) >= limit:
+            break
+    return out[:limit]
+
+
+def _clip(text: str | bytes, limit: int = 200) -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _error_text(raw: bytes, status: int) -> str:
     try:
-        return str(json.loads(raw)["error"])
+        return _clip(str(json.loads(raw)["error"]))
     except (ValueError, KeyError, TypeError):
-        return f"HTTP {status}: {raw[:200].decode(errors='replace')}"
+        return f"HTTP {status}: {_clip(raw)}"
 
 
 async def progress(route: PoolRoute, path: str, body: Mapping[str, Any],
                    names: Collection[str] | None) -> AsyncIterator[dict[str, Any]]:
     """Merged progress of one streaming operation on every target node."""
     nodes = targets(route, names)
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    # bounded: a node that floods progress waits for the client instead of filling memory
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
     results: dict[str, str] = {}
 
     async def run(node: Node) -> None:
-        error = await _node_progress(node, path, body, queue, _timeout(route))
+        error = await _node_progress(node, path, body, queue, _timeout(route),
+                                     route.settings.manage_idle_timeout)
         results[node.id] = "success" if error is None else error
         if error is not None:
             await queue.put({"node": node.id, "error": error})
@@ -171,13 +230,13 @@ async def fan_out(route: PoolRoute, method: str, path: str, body: Mapping[str, A
     async def one(node: Node) -> tuple[str, int, str | None]:
         try:
             async with httpx.AsyncClient(base_url=base_url(node.backend),
-                                         timeout=_timeout(route), trust_env=False) as client:
-                reply = await client.request(method, path, json=dict(body))
+                                         timeout=_timeout(route), trust_env=False) as client, \
+                    client.stream(method, path, json=dict(body)) as reply:
+                raw = await _head_of(reply)  # the answer is small; a hostile one is cut off
         except httpx.HTTPError as exc:
             status = 504 if isinstance(exc, httpx.TimeoutException) else 502
             return node.id, status, f"{type(exc).__name__}: {exc}"
-        error = None if reply.status_code < 400 else _error_text(reply.content,
-                                                                 reply.status_code)
+        error = None if reply.status_code < 400 else _error_text(raw, reply.status_code)
         return node.id, reply.status_code, error
 
     outcomes = await asyncio.gather(*(one(n) for n in nodes))

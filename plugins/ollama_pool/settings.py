@@ -50,6 +50,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Slow start for a node that comes back after being down or ejected: it takes one "
             "request at a time, doubling with each success, for at most this long (0: off).",
             check=non_negative),
+    Setting("pool_manage_idle_timeout", "float", 300.0,
+            "Seconds a node may go without a progress line during a pull, push or create "
+            "before the fan-out ends its part with an error line.", check=positive),
     Setting("pool_node_memory", "table", {},
             "Memory per node, which Ollama does not report: {\"10.0.0.5:11434\": \"24GiB\"}.",
             check=_memory_table),
@@ -79,6 +82,7 @@ class PoolSettings:
     cold_penalty: float = 5.0
     affinity_seconds: float = 1800.0
     warmup_seconds: float = 30.0
+    manage_idle_timeout: float = 300.0
     memory: Mapping[str, int] = attrs.field(factory=dict)
 
     @classmethod
@@ -98,5 +102,6 @@ class PoolSettings:
             cold_penalty=get("pool_cold_penalty", 5.0),
             affinity_seconds=get("pool_affinity_seconds", 1800.0),
             warmup_seconds=get("pool_warmup_seconds", 30.0),
+            manage_idle_timeout=get("pool_manage_idle_timeout", 300.0),
             memory=dict(get("pool_node_memory", {}) or {}),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -76,3 +77,41 @@ async def send_body(send: Send, status: int, body: bytes, content_type: bytes = 
 async def send_json(send: Send, status: int, data: Any, headers: Headers | None = None,
                     head: bool = False) -> None:
     await send_body(send, status, json.dumps(data, default=str).encode(), JSON, headers, head)
+
+
+class DisconnectWatch:
+    """Cancels the request's task when the client goes away before the response is complete.
+
+    The watching task starts only once a request has run for `delay` seconds: a task per
+    request cost ~50 us of CPU (a third of the gateway's own work), and a client that leaves
+    during a fast request costs the backend almost nothing.
+    """
+
+    def __init__(self, task: asyncio.Task[Any], receive: Receive, delay: float = 0.05) -> None:
+        self.task = task
+        self.finishing = False
+        self.disconnected = False
+        self._receive = receive
+        self._watcher: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            delay, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        if not self.finishing:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                break
+        if not self.finishing:
+            self.disconnected = True
+            self.task.cancel()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()

@@ -11,6 +11,7 @@ pool plugin does); the core never imports a plugin, so this module looks them up
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from sollol.errors import Forbidden, NoRouteAvailable, RequestError
-from sollol.gateway.asgi import Receive, Scope, Send, read_body, send_json
+from sollol.gateway.asgi import DisconnectWatch, Receive, Scope, Send, read_body, send_json
 from sollol.gateway.blobs import parse_digest
 from sollol.router import POOL
 
@@ -74,6 +75,23 @@ async def handle(cluster: Cluster, scope: Scope, receive: Receive, send: Send,
     path = scope["path"]
     body = _body(await read_body(scope, receive, max_body))
     nodes = _nodes(scope, body)
+    task = asyncio.current_task()
+    assert task is not None
+    # a client that goes away cancels the fan-out: every node sees its connection closed
+    watch = DisconnectWatch(task, receive)
+    try:
+        await _manage(cluster, scope, path, body, nodes, send, blobs)
+        watch.finishing = True
+    except asyncio.CancelledError:
+        if not watch.disconnected:
+            raise
+        task.uncancel()  # nobody is listening: the cancelled fan-out is the whole answer
+    finally:
+        watch.stop()
+
+
+async def _manage(cluster: Cluster, scope: Scope, path: str, body: dict[str, Any],
+                  nodes: list[str] | None, send: Send, blobs: BlobSpool | None) -> None:
     if path in ("/api/pull", "/api/push", "/api/create"):
         operation = path.removeprefix("/api/")
         route = _route(cluster, operation)
@@ -119,6 +137,15 @@ async def _send_blobs(cluster: Cluster, body: dict[str, Any], nodes: list[str] |
 
 async def _progress(send: Send, events: AsyncIterator[dict[str, Any]], stream: bool) -> None:
     """Aggregated NDJSON progress, or only the summary when `stream` is false."""
+    try:
+        await _relay(send, events, stream)
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()  # (cancelled) stops every node's part of the fan-out now
+
+
+async def _relay(send: Send, events: AsyncIterator[dict[str, Any]], stream: bool) -> None:
     first = await anext(events)  # raises (before any byte is sent) when no node can be used
     if not stream:
         last = first

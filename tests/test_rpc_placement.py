@@ -243,3 +243,80 @@ async def test_a_plugin_can_choose_the_shards(
         assert plugin.calls and plugin.calls[0][0] == str(tiny_model)
     finally:
         await route.stop()
+
+
+# ------------------------------------------------------------------ load progress, preload
+
+
+def test_bytes_delivered_counts_what_each_peer_acknowledged() -> None:
+    """The kernel's per-connection counters, read through `ss`, for this very process."""
+    import os
+    import socket
+
+    from sollol_plugins.llamacpp_rpc import sockets
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    peer, _ = server.accept()
+    try:
+        client.sendall(b"x" * 300_000)
+        received = 0
+        while received < 300_000:
+            received += len(peer.recv(65536))
+        delivered = sockets.bytes_delivered(os.getpid())
+        assert delivered is not None and delivered[("127.0.0.1", port)] >= 300_000
+    finally:
+        for sock in (client, peer, server):
+            sock.close()
+
+
+def test_upload_progress_is_per_rpc_server_share() -> None:
+    from sollol_plugins.llamacpp_rpc.coordinator import Coordinator
+
+    offers = [ShardOffer(A, (3 * MiB,)), ShardOffer(B, (MiB,))]
+    plan = make_plan("m", 4 * MiB, offers, place(4 * MiB, offers, "all"))
+    resolved = type("Resolved", (), {"size": 8 * MiB, "path": Path("/m")})()
+    coord = Coordinator.__new__(Coordinator)
+    coord.plan, coord.resolved = plan, resolved
+    coord.note_upload({("10.0.0.1", 50052): 5 * MiB}, lambda a: {(a.split(":")[0], 50052)})
+    assert coord.upload == {A: {"bytes": 5 * MiB, "expected_bytes": 6 * MiB},
+                            B: {"bytes": 0, "expected_bytes": 2 * MiB}}
+
+
+@pytest.mark.llamacpp
+async def test_a_coordinators_rpc_connections_carried_its_weights(
+    rpc_servers, sharding_route, tiny_model: Path,
+) -> None:
+    """What `upload` shows while loading: by the time it is ready, each rpc-server has
+    acknowledged at least its share of the weights on the coordinator's connection."""
+    from sollol_plugins.llamacpp_rpc import sockets
+
+    addresses = [a for a, _ in rpc_servers(2)]
+    route = await sharding_route(addresses, rpc_placement="all")
+    lease = await route.acquire(RouteRequest(model=str(tiny_model)))
+    lease.release(Outcome(ok=True))
+    coord = route.manager.coordinators[str(tiny_model)]
+    coord.note_upload(sockets.bytes_delivered(coord.proc.pid), sockets.resolve)
+    assert set(coord.upload) == set(addresses)
+    for figures in coord.upload.values():
+        assert figures["expected_bytes"] > 0
+        assert figures["bytes"] >= figures["expected_bytes"] * 0.5  # weights and KV set-up
+
+
+@pytest.mark.llamacpp
+async def test_preloaded_models_are_warm_before_their_first_request(
+    rpc_servers, sharding_route, tiny_model: Path,
+) -> None:
+    route = await sharding_route([a for a, _ in rpc_servers(1)],
+                                 rpc_preload=[str(tiny_model), "no-such-model"])
+    for _ in range(600):
+        coord = route.manager.coordinators.get(str(tiny_model))
+        if coord is not None and coord.state == "ready":
+            break
+        await asyncio.sleep(0.05)
+    assert coord is not None and coord.state == "ready" and coord.served == 0
+    assert any("rpc_preload 'no-such-model' failed" in w for w in route.manager.warnings)
+    lease = await route.acquire(RouteRequest(model=str(tiny_model)))
+    lease.release(Outcome(ok=True))
+    assert route.manager.coordinators[str(tiny_model)] is coord  # the warm one served it

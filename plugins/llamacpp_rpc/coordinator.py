@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ class Coordinator:
     in_flight: int = 0
     served: int = 0
     report: layers.LayerReport | None = None
+    upload: dict[str, dict[str, int]] = attrs.field(factory=dict)
+    """Bytes each rpc-server has received while the model loads (from the kernel's counters)."""
     error: str | None = None
     draining: str | None = None
     """Why it takes no new requests and stops once those in flight finish (e.g. a removed
@@ -126,6 +129,21 @@ class Coordinator:
         kept = text.splitlines()[1:] if start > self.log_offset else text.splitlines()
         return [line[:300] for line in kept if line.strip()][-lines:]
 
+    def note_upload(self, delivered: dict[tuple[str, int], int] | None,
+                    resolve: Callable[[str], set[tuple[str, int]]]) -> None:
+        """Record how many bytes each rpc-server has received so far (while the model loads)."""
+        if delivered is None:
+            return
+        shares = [float(s) for s in self.plan.tensor_split.split(",")]
+        size, start = self.resolved.size, 0
+        upload = {}
+        for backend in self.plan.backends:
+            share = sum(shares[start:start + len(backend.free)])
+            start += len(backend.free)
+            sent = sum(delivered.get(peer, 0) for peer in resolve(backend.address))
+            upload[backend.address] = {"bytes": sent, "expected_bytes": int(size * share)}
+        self.upload = upload
+
     def progress(self) -> str:
         """The last meaningful log line, to show while a model loads."""
         for line in reversed(self.log_text().splitlines()[-40:]):
@@ -183,6 +201,7 @@ class Coordinator:
             "pid": self.proc.pid if self.proc else None, "url": self.base_url,
             "gguf": str(self.resolved.path), "backends": self.plan.addresses,
             "tensor_split": self.plan.tensor_split,
+            "upload": self.upload,
             "placement": {"reason": self.plan.reason, "numbers": self.plan.numbers,
                           "devices": {b.address: len(b.free) for b in self.plan.backends}},
             "in_flight": self.in_flight,

@@ -135,6 +135,25 @@ class CoordinatorManager:
                 coord = await self._start_locked(model)
             return coord
 
+    def preload(self, model: str) -> None:
+        """Start `model`'s coordinator in the background, so its first request finds it warm."""
+        if self.options.mode == "ephemeral":
+            self.warn(f"rpc_preload {model!r}: ignored in ephemeral mode (a coordinator stops "
+                      "after each request)")
+            return
+
+        async def warm() -> None:
+            started = time.monotonic()
+            try:
+                coord = await self.checkout(model)
+            except (NoRouteAvailable, ModelNotFound, Overloaded) as exc:
+                self.warn(f"rpc_preload {model!r} failed: {exc}")
+                return
+            self.checkin(coord, served=False)
+            log.info("preloaded %s in %.1fs", model, time.monotonic() - started)
+
+        self._spawn_task(warm())
+
     def checkin(self, coord: Coordinator, served: bool = True) -> None:
         """One request on `coord` ended (or was never sent, with `served=False`)."""
         coord.in_flight = max(0, coord.in_flight - 1)
@@ -270,6 +289,9 @@ class CoordinatorManager:
         from . import sockets
 
         for coord in list(self.coordinators.values()):
+            if coord.state == STARTING and coord.proc is not None and coord.alive():
+                delivered = await asyncio.to_thread(sockets.bytes_delivered, coord.proc.pid)
+                coord.note_upload(delivered, sockets.resolve)
             if coord.state in (STARTING, READY) and not coord.alive():
                 async with self._lock:
                     if coord.state in (STARTING, READY):

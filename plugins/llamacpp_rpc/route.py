@@ -106,6 +106,8 @@ class ShardingRoute:
         await self.shards.probe_free()
         self._last_health = time.monotonic()
         self._task = asyncio.create_task(self._loop(), name="sollol-sharding-supervisor")
+        for model in self.cluster.config["rpc_preload"]:
+            self.manager.preload(model)
 
     async def _find_binaries(self) -> None:
         from sollol.llamacpp import find_binaries

@@ -36,6 +36,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rpc_max_coordinators", "int", 4,
             "Coordinators (sharded models) running at once, each on its own rpc-servers.",
             check=at_least(1)),
+    Setting("rpc_preload", "list", [],
+            "Models to load onto rpc-servers when the gateway starts, so their first request "
+            "finds a warm coordinator (persistent mode).", check=_args),
     Setting("rpc_placement", "str", "fewest",
             "fewest: give each model the fewest free rpc-servers that hold it (others can run "
             "beside it); all: spread every model over every free rpc-server.",

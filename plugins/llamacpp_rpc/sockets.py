@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
+import subprocess
 from pathlib import Path
 
 ESTABLISHED = "01"
@@ -34,6 +36,30 @@ def established_peers(pid: int) -> set[tuple[str, int]] | None:
             with contextlib.suppress(ValueError):
                 peers.add(_decode(fields[2], family))
     return peers
+
+
+def bytes_delivered(pid: int) -> dict[tuple[str, int], int] | None:
+    """Bytes each ESTABLISHED TCP peer of `pid` has acknowledged, from iproute2's `ss` (the
+    kernel counts them; /proc does not show them). None when `ss` cannot be run."""
+    try:
+        out = subprocess.run(["ss", "-HtinpO", "state", "established"], capture_output=True,
+                             text=True, timeout=5, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    marker = f"pid={pid},"
+    delivered: dict[tuple[str, int], int] = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if marker not in line or len(fields) < 4:
+            continue
+        host, _, port = fields[3].rpartition(":")
+        acked = _ACKED.search(line)
+        with contextlib.suppress(ValueError):
+            delivered[(_plain(host.strip("[]")), int(port))] = int(acked.group(1)) if acked else 0
+    return delivered
+
+
+_ACKED = re.compile(r"\bbytes_acked:(\d+)")
 
 
 def resolve(address: str) -> set[tuple[str, int]]:

@@ -71,6 +71,10 @@ def render(data: dict[str, Any]) -> str:
                    f"{c.get('url')}{load})")
         if c.get("error"):
             out.append(f"  error: {c['error']}")
+        if c.get("state") == "starting" and c.get("upload"):
+            out.append("  loading: " + ", ".join(
+                f"{address} {u['bytes'] / GIB:.2f}/{u['expected_bytes'] / GIB:.2f} GiB"
+                for address, u in c["upload"].items()))
         placement = (c.get("placement") or {}).get("reason")
         if placement:
             out.append(f"  placement: {placement}")

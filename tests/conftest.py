@@ -268,3 +268,32 @@ def wait_for_lines() -> Callable[..., int]:
                     f"{proc.log_text()[-3000:]}")
 
     return wait
+
+
+# ------------------------------------------------------------------------------------- browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-dev-shm-usage"]
+"""Debian's chromium, kept off the internet (PROTOCOLS.md: "A real browser for dashboard
+tests"); the browser never loads anything but the gateway's loopback pages."""
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """A headless Debian Chromium driven by Playwright; FAILS (never skips) when it is missing.
+
+    `scripts/test` installs it (`apt-get install chromium`); never `playwright install`.
+    """
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (scripts/test does, "
+                    "as root: apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -38,7 +38,9 @@ OVERVIEW_EVERY = 1.0
 HISTORY_EVERY = 10.0
 _TYPES = {".html": b"text/html; charset=utf-8", ".js": b"text/javascript; charset=utf-8",
           ".css": b"text/css; charset=utf-8", ".svg": b"image/svg+xml"}
-_FILES: dict[str, str] = {}
+_FILES = {"/dashboard": "index.html", "/dashboard/": "index.html",
+          "/dashboard/app.js": "app.js", "/dashboard/charts.js": "charts.js",
+          "/dashboard/app.css": "app.css", "/dashboard/icon.svg": "icon.svg"}
 PATHS = (METRICS, OVERVIEW, STREAM, *_FILES)
 """Every path the monitor serves (the gateway's route table lists them)."""
 # The page runs only its own script and styles, talks only to this gateway, and cannot be framed.
@@ -87,6 +89,8 @@ class Monitor:
     async def start(self) -> None:
         """Register the recorder on the cluster's hook and start scraping backends."""
         self._loop = asyncio.get_running_loop()
+        # read the page's files now: a broken install fails at start, not on the first visit
+        self._assets = {name: Asset.load(name) for name in set(_FILES.values())}
         config = self.cluster.config
         if config["metrics_enabled"]:
             self.recorder = Recorder(max_models=int(config["metrics_max_models"]))
@@ -139,9 +143,7 @@ class Monitor:
         return self.recorder.history.series() if self.recorder else None
 
     async def _asset(self, scope: Scope, send: Send, name: str, head: bool) -> None:
-        asset = self._assets.get(name)
-        if asset is None:
-            asset = self._assets[name] = Asset.load(name)
+        asset = self._assets[name]
         headers = dict(scope["headers"])
         common = [(b"etag", asset.etag), (b"cache-control", b"no-cache"), *_SECURITY]
         if headers.get(b"if-none-match") == asset.etag:

@@ -57,6 +57,18 @@ class History:
         bucket.tokens += tokens or 0
         bucket.add_duration(duration_s)
 
+    def rates(self, window: float = 60.0, now: float | None = None) -> dict[str, float]:
+        """Requests, errors and generated tokens per second over the last `window` seconds
+        (whole buckets: the window's start is rounded down to a bucket boundary)."""
+        now = time.time() if now is None else now
+        since = now - window
+        since -= since % self.step
+        recent = [b for b in self._buckets if b.start >= since]
+        width = max(now - since, 1.0)
+        return {"requests_per_second": round(sum(b.requests for b in recent) / width, 3),
+                "errors_per_second": round(sum(b.errors for b in recent) / width, 3),
+                "tokens_per_second": round(sum(b.tokens for b in recent) / width, 2)}
+
     def series(self, now: float | None = None) -> dict[str, object]:
         """Per-bucket values for the last `span` seconds, oldest first, gaps as zeros/None."""
         now = time.time() if now is None else now

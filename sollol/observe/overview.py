@@ -55,6 +55,7 @@ def overview(cluster: Cluster, recorder: Recorder | None, scraped: BackendMetric
         "metrics_enabled": recorder is not None,
         "requests": {"running": max(running - waiting, 0), "waiting": waiting,
                      **(recorder.totals() if recorder else {})},
+        "last_minute": recorder.history.rates(60.0, now) if recorder else None,
         "nodes": nodes, "rpc_servers": rpc_servers, "coordinators": coordinators,
         "routes": routes,
     }

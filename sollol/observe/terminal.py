@@ -48,6 +48,9 @@ def header(data: dict[str, Any], source: str) -> Text:
     text.append(f"\nrunning {requests.get('running', 0)} · waiting {requests.get('waiting', 0)}")
     if data.get("metrics_enabled"):
         errors = requests.get("errors", 0)
+        minute = data.get("last_minute") or {}
+        text.append(f" · {minute.get('requests_per_second', 0):.2f} req/s, "
+                    f"{minute.get('tokens_per_second', 0):.0f} tok/s (last minute)")
         text.append(f" · {requests.get('requests', 0)} requests")
         text.append(f" ({errors} errors)", style="red" if errors else "")
         text.append(f" · {requests.get('generation_tokens', 0)} tokens generated"

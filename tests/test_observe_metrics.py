@@ -101,7 +101,7 @@ def test_metrics_after_known_traffic_on_the_pool(emulator, pool_gateway) -> None
     check_histogram(samples, "sollol_time_to_first_token_seconds", 3, streamed,
                     route="pool", model=MODEL)
     assert value(samples, "sollol_time_per_output_token_seconds_count", model=MODEL) == 7
-    assert value(samples, "sollol_gateway_overhead_seconds_count", route="pool") == 9
+    assert value(samples, "sollol_gateway_overhead_seconds_count") == 9  # every request
     assert value(samples, "sollol_generation_tokens_total", route="pool", model=MODEL) == 7 * 12
     assert value(samples, "sollol_prompt_tokens_total", route="pool", model=MODEL) \
         == prompt_tokens

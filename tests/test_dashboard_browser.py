@@ -59,6 +59,7 @@ def hybrid_gateway(nodes: list[str], rpc: list[str], state: Path, llama_dir: Pat
         "task_distribution_enabled": True, "model_sharding_enabled": True,
         "ollama_nodes": nodes, "rpc_backends": rpc, "rpc_state_dir": str(state),
         "llama_cpp_dir": str(llama_dir), "health_interval": 1.0,
+        "rpc_placement": "all",  # the tiny model fits one rpc-server: spread it to show bars
         "routing_policy": "pinned",
         "policy_settings": {"pinned": {"models": {"tiny": "sharding", POOL_MODEL: "pool"}}},
     })
@@ -130,7 +131,7 @@ def test_dashboard_shows_the_cluster_live(
                                timeout=WAIT_MS)
         assert page.locator("#requests tbody tr").count() == 1  # the filter hides the rest
         page.fill("#filter", "")
-        before = page.locator(f'#requests tr[data-model="{POOL_MODEL}"]').count()
+        before = 12  # the pool requests sent above: the next one is row 13
         assert generate(gateway.url, POOL_MODEL).status_code == 200
         # (wait_for_selector polls; the page's CSP forbids the eval wait_for_function needs)
         page.locator(f'#requests tr[data-model="{POOL_MODEL}"]').nth(before).wait_for(

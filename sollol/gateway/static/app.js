@@ -268,7 +268,8 @@
         cell("First token", seconds(r.ttft_s), "num"),
         cell("Duration", seconds(r.duration_s), "num"),
         cell("tok/s", r.tokens_per_second ? number(r.tokens_per_second) : "–", "num"),
-        cell("Reason", [r.error ? el("div", "err", r.error) : null, el("div", "reason", r.reason + (r.attempts > 1 ? " · " + r.attempts + " attempts" : ""))]));
+        cell("Reason", [r.error ? el("div", "err", r.error) : null,
+                        r.reason && r.reason !== r.error ? el("div", "reason", r.reason + (r.attempts > 1 ? " · " + r.attempts + " attempts" : "")) : null]));
       return tr;
     });
     $("requests").tBodies[0].replaceChildren(...rows);

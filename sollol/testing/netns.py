@@ -96,10 +96,11 @@ def require_isolated() -> None:
 
 def run_isolated(
     argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None,
-    cwd: Path | None = None, timeout: float | None = None,
+    cwd: Path | None = None, timeout: float | None = None, capture: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """Run `argv` in a fresh network + mount namespace (no default route, loopback up, private
-    /run/netns); return its exit status and combined output. Root only."""
+    /run/netns); return its exit status and combined output (`capture=False`: its output goes
+    to ours as it runs, for long benchmarks). Root only."""
     missing = missing_tools()
     if missing:
         msg = (f"multi-host tests need {', '.join(missing)}: install iproute2 and util-linux "
@@ -111,9 +112,9 @@ def run_isolated(
                "sh", "-c", _SETUP, "sh", *map(str, argv)]
     # die_with_parent: if the test is killed, the inner run dies too, and with it (parent-death
     # signals again) every host process, so the namespaces are freed
-    return subprocess.run(command, env=env, cwd=cwd, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False,
-                          preexec_fn=die_with_parent)
+    output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT} if capture else {}
+    return subprocess.run(command, env=env, cwd=cwd, text=True, timeout=timeout, check=False,
+                          preexec_fn=die_with_parent, **output)
 
 
 def _ip(*args: str) -> None:

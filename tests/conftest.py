@@ -2,7 +2,8 @@
 
 The public plugin (loaded by pytest through its `pytest11` entry point, as for any plugin author)
 starts the real processes: `processes`, `llama_binaries`, `tiny_model`, `ollama_store`,
-`llama_server`, `rpc_servers`, `emulator`, `emulator_process`, `scripted_node`, `sollol_gateway`.
+`llama_server`, `rpc_servers`, `emulator`, `emulator_process`, `scripted_node`, `sollol_gateway`,
+`sollol_network`.
 This module adds the suite's own compositions of them. Every fixture that starts a process does
 so through a `ProcessGroup` or an owner object that is stopped at teardown.
 """

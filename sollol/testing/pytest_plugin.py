@@ -5,7 +5,7 @@ no conftest of their own. Everything here is opt-in: no fixture is autouse, and 
 imported until a test asks for a fixture. See docs/testing-plugins.md.
 
 Sections: processes, llama.cpp (binaries, tiny models, store, servers), emulated and scripted
-nodes, gateways.
+nodes, gateways, multi-host tests (network namespaces).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from sollol.llamacpp import Binaries
     from sollol.processes import ManagedProcess, ProcessGroup
     from sollol.testing.emulator import EmulatorNode
+    from sollol.testing.netns import Network
     from sollol.testing.ollama_store import OllamaStoreBuilder
     from sollol.testing.scripted_node import ScriptedNode
 
@@ -258,3 +259,24 @@ def sollol_gateway(sollol_isolated_config: Path) -> Iterator[Callable[..., Gatew
     finally:
         for thread in reversed(running):
             thread.stop()
+
+
+# ----------------------------------------------------------------------------- multi-host tests
+
+
+@pytest.fixture
+def sollol_network(tmp_path: Path) -> Iterator[Network]:
+    """A bridge with hosts in network namespaces (`net.add_host("node-a")`), torn down at the
+    end with every process in it. Only inside `sollol.testing.netns.run_isolated(...)`: a test
+    that cuts links must not run in the machine's own namespace (see docs/testing-plugins.md)."""
+    from sollol.testing.netns import Network, isolated
+
+    if not isolated():
+        pytest.fail("sollol_network needs a network namespace of the test's own: run the test "
+                    "module through sollol.testing.netns.run_isolated([sys.executable, '-m', "
+                    "'pytest', MODULE]) as root")
+    net = Network(log_dir=tmp_path / "netns").start()
+    try:
+        yield net
+    finally:
+        net.close()

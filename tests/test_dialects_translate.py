@@ -3,6 +3,7 @@ that carry them: shapes, refusals that name the node kind, and any-chunking inva
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -351,3 +352,62 @@ def test_anthropic_error_shapes() -> None:
     event = stream_error("anthropic", "cut", at_line_start=False)
     assert event.startswith(b"\n\nevent: error\ndata: ")
     assert json.loads(event.split(b"data: ")[1])["error"]["message"] == "cut"
+
+
+# ------------------------------------------------------------------ any accepted body plans
+
+_WORDS = st.sampled_from([
+    "user", "assistant", "tool", "text", "image", "tool_use", "tool_result", "function_call",
+    "function_call_output", "message", "reasoning", "enabled", "function", "input_text",
+    "input_image", "base64", "data:image/png;base64,AA", "json_schema", "json_object", "low",
+    "max", "none", "auto", "any", "required"])
+_KEYS = st.sampled_from([
+    "role", "content", "type", "text", "source", "data", "id", "name", "input", "tool_use_id",
+    "is_error", "call_id", "arguments", "output", "summary", "image_url", "function",
+    "parameters", "input_schema", "format", "effort", "schema", "images", "tool_calls",
+    "thinking", "tool_name", "url"])
+_VALUE = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.text(max_size=5), _WORDS),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(_KEYS, inner, max_size=4)),
+    max_leaves=12)
+_FIELDS = {
+    ("anthropic", "messages"): ("messages", "system", "tools", "tool_choice", "thinking",
+                                "max_tokens", "stop_sequences", "stream"),
+    ("openai", "responses"): ("input", "instructions", "tools", "tool_choice", "reasoning",
+                              "text", "max_output_tokens", "top_logprobs", "stream"),
+    ("ollama", "chat"): ("messages", "tools", "think", "format", "options", "logprobs",
+                         "top_logprobs", "truncate", "shift"),
+    ("ollama", "generate"): ("prompt", "images", "think", "format", "raw", "logprobs",
+                             "top_logprobs", "system"),
+    ("openai", "chat"): ("messages", "tools", "reasoning_effort", "logprobs", "top_logprobs",
+                         "response_format", "stop", "n"),
+}
+
+
+_USER = [{"role": "user", "content": "x"}]
+_VALID: dict[tuple[str, str], dict[str, Any]] = {
+    ("anthropic", "messages"): {"max_tokens": 4, "messages": _USER},
+    ("openai", "responses"): {"input": "x"}, ("ollama", "chat"): {"messages": _USER},
+    ("ollama", "generate"): {"prompt": "x"}, ("openai", "chat"): {"messages": _USER},
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(_FIELDS)), st.data())
+def test_every_accepted_body_is_planned_or_refused_for_every_node_kind(
+    endpoint: tuple[str, str], data: st.DataObject,
+) -> None:
+    """Odd shapes inside valid JSON are a RequestError (a 400), never a crash (a 500)."""
+    api, op = endpoint
+    body = {"model": "m", **_VALID[endpoint]}  # random fields replace a valid base body's
+    body.update({name: data.draw(_VALUE, label=name) for name in _FIELDS[endpoint]
+                 if data.draw(st.booleans(), label=f"send {name}")})
+    try:
+        call = _call(api, op, body)
+    except RequestError:
+        return
+    for backend in ("ollama", "openai"):
+        for native in ((True, False) if op in ("messages", "responses") else (True,)):
+            with contextlib.suppress(RequestError):
+                plan(call, backend, native=native)  # type: ignore[arg-type]

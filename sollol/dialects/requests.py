@@ -160,7 +160,7 @@ def openai_to_ollama(op: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]
     out = {"model": model, "stream": bool(body.get("stream")), "options": _options_to_ollama(body)}
     effort = body.get("reasoning_effort")
     if effort is not None:
-        if effort not in _EFFORT_TO_THINK:
+        if not isinstance(effort, str) or effort not in _EFFORT_TO_THINK:
             raise RequestError(f"reasoning_effort {effort!r} is not one of "
                                f"{', '.join(_EFFORT_TO_THINK)}")
         out["think"] = _EFFORT_TO_THINK[effort]

@@ -42,12 +42,12 @@ def responses_to_ollama(body: dict[str, Any]) -> dict[str, Any]:
     reasoning = body.get("reasoning")
     if isinstance(reasoning, dict) and reasoning.get("effort") is not None:
         effort = reasoning["effort"]
-        if effort not in _EFFORT:
+        if not isinstance(effort, str) or effort not in _EFFORT:
             raise RequestError(f"reasoning.effort {effort!r} is not one of "
                                f"{', '.join(_EFFORT)}")
         out["think"] = _EFFORT[effort]
-    fmt = ((body.get("text") or {}).get("format") or {}) if isinstance(body.get("text"),
-                                                                        dict) else {}
+    fmt = (body.get("text") or {}).get("format")
+    fmt = fmt if isinstance(fmt, dict) else {}
     if fmt.get("type") == "json_object":
         out["format"] = "json"
     elif fmt.get("type") == "json_schema":

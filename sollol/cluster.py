@@ -12,8 +12,9 @@ from typing import Any
 
 import attrs
 
+from sollol.aliases import Alias
 from sollol.config import Config, Setting, load_config, plugin_lists
-from sollol.errors import ConfigError, ModelNotFound, NoRouteAvailable, PluginError
+from sollol.errors import ConfigError, ModelNotFound, NoRouteAvailable, NotSupported, PluginError
 from sollol.events import EventLog
 from sollol.models import (
     Backend,
@@ -24,6 +25,7 @@ from sollol.models import (
     RouteEvent,
     RouteRequest,
     RouteState,
+    split_host_port,
 )
 from sollol.names import closest
 from sollol.placement import Placement, from_state
@@ -212,6 +214,35 @@ class Cluster:
         except ModelNotFound as exc:
             raise await self.not_found(exc, request.model) from None
 
+    async def decide_for_alias(self, request: RouteRequest, alias: Alias) -> RouteDecision:
+        """The decision for an alias that fixes its route (or pool nodes): that route, if it
+        can serve the model."""
+        route = alias.route or POOL
+        if route not in self.routes:
+            known = ", ".join(sorted(self.routes)) or "none"
+            raise NoRouteAvailable(f"alias {alias.name!r} names the {route} route, which is not "
+                                   f"running (routes: {known})")
+        place = (await self.placements(request)).get(route)
+        if place is not None and place.missing:
+            raise NotSupported(f"alias {alias.name!r}: the {route} route cannot serve "
+                               f"{request.model!r} ({place.reason})")
+        if place is not None and place.holds is False:
+            raise ModelNotFound(f"alias {alias.name!r}: model {request.model!r} is not on the "
+                                f"{route} route ({place.reason})")
+        nodes = f" (nodes {', '.join(alias.nodes)})" if alias.nodes else ""
+        return RouteDecision(route, policy="alias", reason=(
+            f"alias {alias.name!r} is {alias.model} on the {route} route{nodes}"),
+            placement={route: place.as_dict()} if place is not None else {})
+
+    def outside(self, alias: Alias) -> list[str]:
+        """Ids of the pool backends an alias's `nodes` leave out."""
+        pool = self.routes.get(POOL)
+        if pool is None:
+            return []
+        wanted = {_authority(n) for n in alias.nodes}
+        return [b.backend.id for b in pool.state().backends
+                if b.backend.id not in wanted and _authority(b.backend.address) not in wanted]
+
     async def placements(self, request: RouteRequest) -> dict[str, Placement]:
         """Which enabled routes could serve `request`, and why (routes answer for themselves
         through an optional `placement(request)` method, else from their backends' lists)."""
@@ -310,6 +341,15 @@ def _build_policy(
     except (TypeError, ValueError):  # a callable Python cannot introspect takes settings only
         delegates = False
     return factory(table, policies=build) if delegates else factory(table)
+
+
+def _authority(address: str) -> str:
+    """"host:port" of an address or URL (the pool's default port when it has none)."""
+    try:
+        host, port = split_host_port(address, default_port=11434)
+    except ValueError:
+        return address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _await_all(results: list[Any]) -> None:

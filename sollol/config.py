@@ -20,7 +20,7 @@ import tomli_w
 
 from sollol import access
 from sollol.errors import ConfigError
-from sollol.models import split_host_port
+from sollol.models import check_node_address, split_host_port
 from sollol.units import at_least, port_number, positive
 
 Kind = Literal["bool", "int", "float", "str", "list", "table"]
@@ -112,6 +112,11 @@ def _node_list(values: list[Any]) -> list[str]:
     for value in values:
         if not isinstance(value, str) or not value.strip():
             raise ValueError("a list of node addresses (host:port or http://host:port)")
+        try:
+            check_node_address(value)
+        except ValueError as exc:
+            raise ValueError(f"a list of node addresses (host:port or http://host:port); "
+                             f"{exc}") from None
     return [v.strip() for v in values]
 
 
@@ -120,6 +125,18 @@ def _patterns(values: list[Any]) -> list[str]:
                for v in values):
         raise ValueError("a list of names or globs without spaces")
     return [v.strip().lower().rstrip("/") for v in values]
+
+
+def _aliases(value: Any) -> Any:
+    from sollol.aliases import check_aliases
+
+    return check_aliases(value)
+
+
+def _fallbacks(value: Any) -> Any:
+    from sollol.aliases import check_fallbacks
+
+    return check_fallbacks(value)
 
 
 CORE_SETTINGS: tuple[Setting, ...] = (
@@ -182,6 +199,13 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("allowed_origins", "list", [],
             "Browser origins allowed to call the gateway besides loopback pages "
             "(`https://app.example.com`, globs; `*`: any).", check=_patterns),
+
+    Setting("model_aliases", "table", {},
+            "Public model names: name = \"model\" or {model, route, nodes}.",
+            check=_aliases),
+    Setting("model_fallbacks", "table", {},
+            "Models to try, in order, when a model is unavailable or overloaded.",
+            check=_fallbacks),
 )
 
 

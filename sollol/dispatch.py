@@ -12,20 +12,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
 from sollol import capabilities
+from sollol.aliases import Alias, targets
 from sollol.calls import Call, Op
-from sollol.dialects.errors import error_body, stream_error
+from sollol.dialects.errors import error_body
 from sollol.dialects.replies import error_message, load_reply, show_from_info
 from sollol.dialects.translate import (
     JSON_TYPE,
     STREAM_TYPES,
     Plan,
-    Stream,
     convert_error,
     convert_reply,
     falls_back,
@@ -34,93 +33,20 @@ from sollol.dialects.translate import (
     prompt_tokens_in,
     tokens_in,
 )
-from sollol.errors import BackendError, NoRouteAvailable, SollolError
-from sollol.models import Api, RouteDecision, RouteEvent
+from sollol.errors import BackendError, ModelNotFound, NoRouteAvailable, Overloaded, SollolError
+from sollol.models import RouteDecision, RouteEvent
+from sollol.reply import NETWORK_ERRORS as _NETWORK_ERRORS
+from sollol.reply import Reply, StreamReply
+from sollol.reply import describe_error as _describe
 from sollol.routes import Lease, Outcome
-from sollol.upstream import ConnectFailed, Response, StreamIdle, UpstreamError, UpstreamPool
+from sollol.upstream import ConnectFailed, Response, UpstreamPool
 
 if TYPE_CHECKING:
     from sollol.cluster import Cluster
 
 __all__ = ["Call", "Dispatcher", "Op", "Reply", "StreamReply"]
-_NETWORK_ERRORS = (UpstreamError, TimeoutError, OSError)
-
-
-@attrs.define(eq=False)
-class Reply:
-    """A finished reply in the client's dialect, with where it was routed."""
-
-    status: int
-    content_type: str
-    route: dict[str, str]
-    body: bytes = b""
-
-
-@attrs.define(eq=False)
-class StreamReply(Reply):
-    """A streamed reply whose first upstream chunk has arrived; iterate it, then `aclose()`."""
-
-    _finish: Any = None  # Callable[[Outcome], None], set by the dispatcher
-    _response: Response | None = None
-    _stream: Stream | None = None
-    _first: bytes = b""
-    _api: Api = "ollama"
-    _backend: str = ""
-    _started: float = 0.0
-    _done: bool = False
-    _explain: Any = None  # Callable[[str], str]: adds the route's explanation of a failure
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        assert self._response is not None and self._stream is not None
-        stream, first = self._stream, self._stream.feed(self._first)
-        if first:
-            yield first
-        try:
-            while chunk := await self._response.next_chunk():
-                out = stream.feed(chunk)
-                if out:
-                    yield out
-        except _NETWORK_ERRORS as exc:
-            if isinstance(exc, StreamIdle):
-                what = f"stalled: it {exc}"
-            else:
-                what = f"failed mid-stream ({_describe(exc)})"
-            message = self._explain(f"stream cut: backend {self._backend} {what}")
-            timed_out = isinstance(exc, (TimeoutError, StreamIdle))
-            self._end(Outcome(False, 504 if timed_out else 502, message,
-                              seconds=self._elapsed(), first_byte_sent=True))
-            yield stream_error(self._api, message, at_line_start=stream.at_boundary)
-            return
-        tail = stream.finish()
-        if tail:
-            yield tail
-        if stream.complete:
-            self._end(Outcome(stream.error is None, 200, stream.error, tokens=stream.tokens,
-                              seconds=self._elapsed(), first_byte_sent=True))
-            return
-        message = self._explain(
-            f"stream cut: backend {self._backend} closed the stream before it was complete")
-        self._end(Outcome(False, 502, message, seconds=self._elapsed(), first_byte_sent=True))
-        yield stream_error(self._api, message, at_line_start=stream.at_boundary)
-
-    async def aclose(self, reason: str = "client disconnected") -> None:
-        """Stop the stream (cancelling the upstream request) if it has not ended yet."""
-        if self._response is not None:
-            if self._done:
-                self._response.release()
-            else:
-                self._response.close()  # closing the socket is how the backend learns to stop
-        self._end(Outcome(False, 499, reason, seconds=self._elapsed(), first_byte_sent=True))
-
-    def _elapsed(self) -> float:
-        return time.perf_counter() - self._started
-
-    def _end(self, outcome: Outcome) -> None:
-        if not self._done:
-            self._done = True
-            self._finish(outcome)
-
-
+FALLBACK_STATUSES = frozenset({429, 500, 502, 503, 504})
+"""Replies after which the next fallback model is tried (unavailable or overloaded)."""
 @attrs.define
 class _Failure:
     """An attempt that failed before the first byte; `reply` is the upstream's error, if any."""
@@ -165,13 +91,43 @@ class Dispatcher:
         await self.pool.close()
 
     async def open(self, call: Call) -> Reply:
-        """Route and send `call`; raise SollolError when no backend could take it."""
+        """Route and send `call` (through its alias, then its fallbacks, before the first byte
+        only); raise SollolError when no backend could take it."""
+        chain = targets(self.cluster.config, call.request.model)
+        failures: list[str] = []
+        for index, target in enumerate(chain):
+            last = index == len(chain) - 1
+            attempt = call if target.model == call.request.model else retarget(call, target.model)
+            try:
+                reply = await self._open(attempt, target.alias)
+            except (ModelNotFound, NoRouteAvailable, Overloaded) as exc:
+                if last:
+                    if failures:
+                        exc.args = (f"{exc} (after trying {'; '.join(failures)})",)
+                    raise
+                failures.append(f"{target.name}: {exc}")
+                continue
+            if not last and reply.status in FALLBACK_STATUSES:
+                failures.append(f"{target.name}: HTTP {reply.status}")
+                continue
+            if index:
+                reply.route = {**reply.route, "fallback": target.name,
+                               "requested": call.request.model}
+            return reply
+        raise AssertionError("targets() always names the requested model")  # pragma: no cover
+
+    async def _open(self, call: Call, alias: Alias | None) -> Reply:
+        """Route and send `call` for one model (an alias may fix its route or nodes)."""
         trace = _Trace()
         try:
-            decision = await self.cluster.decide(call.request)
+            if alias is not None and (alias.route or alias.nodes):
+                decision = await self.cluster.decide_for_alias(call.request, alias)
+            else:
+                decision = await self.cluster.decide(call.request)
         except SollolError as exc:
             self._record(call, None, None, int(getattr(exc, "status", 500)), trace, 0, str(exc))
             raise
+        outside = self.cluster.outside(alias) if alias is not None and alias.nodes else []
         tried: list[str] = []
         failures: list[str] = []
         last_kind = ""
@@ -182,7 +138,8 @@ class Dispatcher:
             while len(tried) <= self.max_retries and loop.time() < deadline:
                 waited = time.perf_counter()
                 try:
-                    lease = await self.cluster.acquire(call.request, decision, exclude=tried)
+                    lease = await self.cluster.acquire(call.request, decision,
+                                                       exclude=[*tried, *outside])
                 except SollolError as exc:
                     trace.wait_s += time.perf_counter() - waited
                     if not failures:
@@ -376,10 +333,8 @@ def _root(base_url: str) -> str:
     return base_url.rstrip("/").removesuffix("/v1")
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, UpstreamError):
-        return str(exc)
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if not isinstance(exc, SollolError) else text
+def retarget(call: Call, model: str) -> Call:
+    """`call` for another model (an alias's target or a fallback): body and bytes rewritten."""
+    body = {**call.body, "model": model}
+    return attrs.evolve(call, body=body, raw=json.dumps(body).encode(),
+                        request=attrs.evolve(call.request, model=model))

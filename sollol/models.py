@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -272,3 +274,47 @@ def split_host_port(address: str, default_port: int | None = None) -> tuple[str,
         msg = f"{address!r} has a bad port (expected 1-65535)"
         raise ValueError(msg)
     return host, int(port_text)
+
+
+_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+                   r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$")
+
+
+def check_node_address(text: str, default_port: int = 11434) -> None:
+    """ValueError (with a likely fix) unless `text` is host[:port] or scheme://host[:port][/...].
+
+    Catches what would otherwise become a node named after a typo: `http//host` is not a
+    node "http", `http:/host` not a node "http:".
+    """
+    raw = text.strip()
+    _scheme, sep, rest = raw.partition("://")
+    if not sep:
+        rest = raw
+        if "/" in raw:
+            raise ValueError(f"{text!r}: a node address is host:port or a URL"
+                             f"{_typo_hint(raw)}")
+    authority = rest.split("/", 1)[0].rsplit("@", 1)[-1]  # a URL may carry credentials
+    host, _port = split_host_port(authority, default_port=default_port)
+    check_host(host, raw)
+
+
+def _typo_hint(address: str) -> str:
+    for scheme in ("https", "http", "ollama", "openai"):
+        for typo in (f"{scheme}//", f"{scheme}:/", f"{scheme}:"):
+            if address.startswith(typo) and not address.startswith(f"{scheme}://"):
+                return f" (did you mean {scheme}://{address[len(typo):].lstrip('/')}?)"
+    return ""
+
+
+def check_host(host: str, address: str) -> str:
+    """`host` if it is a host name or an IP address; ValueError (with a likely fix) if not."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    if _HOST.match(host):
+        return host
+    hint = _typo_hint(address)
+    msg = f"{address!r}: {host!r} is not a host name or IP address{hint}"
+    raise ValueError(msg)

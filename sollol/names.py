@@ -18,6 +18,19 @@ def spellings(name: str) -> frozenset[str]:
     return frozenset({name.strip(), full, full.removesuffix(":latest")})
 
 
+def is_path(name: str) -> bool:
+    """A GGUF file path rather than a model name (served, but never listed as a model)."""
+    text = name.strip()
+    return (text.startswith(("/", "./", "../", "~")) or text.lower().endswith(".gguf")
+            or "\\" in text)
+
+
+def stem(name: str) -> str:
+    """A model name for a path-named model: the file name without `.gguf`."""
+    last = name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return last[:-5] if last.lower().endswith(".gguf") else last
+
+
 def closest(name: str, known: Iterable[str], limit: int = 3) -> list[str]:
     """Up to `limit` known names that look like `name` (for "did you mean")."""
     short = {canonical(k).removesuffix(":latest"): k for k in known}

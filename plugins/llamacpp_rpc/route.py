@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Collection, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -197,9 +198,19 @@ class ShardingRoute:
         return list(entries.values())
 
     async def running(self) -> list[dict[str, Any]]:
-        return [{**_tag(c.model, c.resolved), "size_vram": 0,
-                 "details": {"sharded_over": c.plan.addresses}}
-                for c in self.manager.coordinators.values() if c.state == READY]
+        """Ready coordinators, with real times: loaded when it became ready, and expiring
+        `rpc_idle_timeout` after its last request (now, while one is in flight)."""
+        idle = self.manager.options.idle_timeout
+        out = []
+        for c in self.manager.coordinators.values():
+            if c.state != READY:
+                continue
+            last = time.time() - (0 if c.in_flight else time.monotonic() - c.last_used)
+            out.append({**_tag(c.model, c.resolved), "size_vram": 0,
+                        "modified_at": _iso(c.ready_at or c.started_at),
+                        "expires_at": _iso(last + idle),
+                        "details": {"format": "gguf", "sharded_over": c.plan.addresses}})
+        return out
 
     async def model_info(self, model: str) -> ModelInfo | None:
         return None  # the cluster reads the GGUF header itself
@@ -298,3 +309,7 @@ class ShardingRoute:
 def _tag(model: str, resolved: ResolvedModel) -> dict[str, Any]:
     return {"name": model, "model": model, "size": resolved.size,
             "digest": resolved.digest or "", "details": {"format": "gguf"}}
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,16 +21,21 @@ from sollol import capabilities as caps
 
 SHOW_CACHE_SIZE = 4096
 _show_cache: OrderedDict[tuple[str, str, str], frozenset[str]] = OrderedDict()
+_family_cache: OrderedDict[tuple[str, str, str], str | None] = OrderedDict()
 _lock = threading.Lock()
 
 
-def openai_server(client: httpx.Client) -> tuple[str, frozenset[str] | None]:
-    """(server kind in words, capabilities or None when the server does not tell)."""
+def openai_server(client: httpx.Client) -> tuple[str, frozenset[str] | None, dict[str, str]]:
+    """(server kind in words, capabilities or None when the server does not tell, model
+    details: `family` and `quantization_level` where llama-server's `/props` and the GGUF
+    header, when the file is readable here, say)."""
     props = _json(client.get("/props", headers={"Accept": "application/json"}))
     found: set[str] | None = None
     server = "openai-compatible server"
+    details: dict[str, str] = {}
     if isinstance(props, dict) and ("model_path" in props or "build_info" in props):
         server = "llama-server"
+        details = _details(props)
         # tools too: llama-server takes tool definitions with any chat template (a template
         # without native support gets its generic tool-call format)
         found = {caps.COMPLETION, caps.TOOLS}
@@ -39,10 +45,47 @@ def openai_server(client: httpx.Client) -> tuple[str, frozenset[str] | None]:
         if isinstance(modalities, dict) and modalities.get("vision"):
             found.add(caps.VISION)
     if found is None:
-        return server, None  # another server: what it cannot do is learned from its answers
+        return server, None, details  # another server: learned from its answers
     if _embeds(client):
         found.add(caps.EMBEDDING)
-    return server, frozenset(found)
+    return server, frozenset(found), details
+
+
+def _details(props: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if isinstance(props.get("model_ftype"), str):
+        out["quantization_level"] = props["model_ftype"]
+    path = props.get("model_path")
+    if isinstance(path, str) and path:
+        family = _family(path)
+        if family:
+            out["family"] = family
+    return out
+
+
+def _family(path: str) -> str | None:
+    """The GGUF's architecture when the node's model file is readable here (same machine)."""
+    from sollol.errors import ModelFileError
+    from sollol.gguf_info import read_model_info
+
+    file = Path(path)
+    try:
+        stat = file.stat()
+    except OSError:
+        return None
+    key = (path, "", f"{stat.st_size}:{stat.st_mtime_ns}")
+    with _lock:
+        if key in _family_cache:
+            return _family_cache[key]
+    try:
+        family = read_model_info(file, file.name).architecture
+    except (ModelFileError, OSError, ValueError):
+        family = None
+    with _lock:
+        _family_cache[key] = family
+        while len(_family_cache) > SHOW_CACHE_SIZE:
+            _family_cache.popitem(last=False)
+    return family
 
 
 def _embeds(client: httpx.Client) -> bool:

@@ -10,27 +10,48 @@ from typing import Any
 import httpx
 
 from sollol.models import ModelInfo
+from sollol.names import canonical, is_path, stem
 
 from .discovery import OPENAI, base_url
 from .node import Node, model_names
+
+NEVER = "2318-11-26T00:00:00Z"
+"""`expires_at` of a model that stays loaded (the far-future time Ollama reports for one)."""
 
 
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _openai_entry(model_id: str, meta: dict[str, Any], loaded: bool) -> dict[str, Any]:
-    """An Ollama-style model entry for a model an OpenAI-compatible server lists."""
+def _openai_entry(model_id: str, meta: dict[str, Any], node: Node, loaded: bool,
+                  ) -> dict[str, Any]:
+    """An Ollama-style model entry for a model an OpenAI-compatible server lists: size and
+    parameter count from `/v1/models`, family and quantization from llama-server's `/props`
+    (and the GGUF header), times from when the node was first seen serving it."""
     params = meta.get("n_params")
-    details = {"parent_model": "", "format": "gguf", "family": "", "families": None,
-               "parameter_size": f"{params / 1e9:.1f}B" if isinstance(params, int) else "",
-               "quantization_level": ""}
-    entry = {"name": model_id, "model": model_id, "modified_at": _iso(time.time()),
+    found = (node.report.extra.get("details") if node.report else None) or {}
+    family = str(found.get("family") or "")
+    details = {"parent_model": "", "format": "gguf", "family": family,
+               "families": [family] if family else None,
+               "parameter_size": parameter_size(params) if isinstance(params, int) else "",
+               "quantization_level": str(found.get("quantization_level") or "")}
+    name = stem(model_id) if is_path(model_id) else model_id
+    since = node.up_since or time.time()
+    entry = {"name": name, "model": name, "modified_at": _iso(since),
              "size": int(meta.get("size") or 0), "digest": "", "details": details}
     if loaded:
-        entry.update(expires_at=_iso(time.time() + 3650 * 86400),
-                     size_vram=int(meta.get("size") or 0))
+        # llama-server keeps its model until it exits: it never expires
+        entry.update(expires_at=NEVER, size_vram=int(meta.get("size") or 0))
     return entry
+
+
+def parameter_size(count: int) -> str:
+    """Ollama's short form: 3_210_000_000 -> "3.2B", 135_000_000 -> "135M"."""
+    if count >= 1_000_000_000:
+        return f"{count / 1e9:.1f}B"
+    if count >= 1_000_000:
+        return f"{count / 1e6:.0f}M"
+    return f"{count / 1e3:.0f}K"
 
 
 def _collect(nodes: Iterable[Node], key: str) -> list[dict[str, Any]]:
@@ -41,13 +62,14 @@ def _collect(nodes: Iterable[Node], key: str) -> list[dict[str, Any]]:
             continue
         if report.extra.get("api") == OPENAI:
             meta = report.extra.get("meta") or {}
-            entries = [_openai_entry(m, meta.get(m) or {}, key == "ps") for m in report.models]
+            entries = [_openai_entry(m, meta.get(m) or {}, node, key == "ps")
+                       for m in report.models]
         else:
             entries = list(report.extra.get(key) or [])
         for entry in entries:
             name = entry.get("name") or entry.get("model")
-            if name and name not in seen:
-                seen[name] = dict(entry)
+            if name and canonical(name) not in seen:
+                seen[canonical(name)] = dict(entry)
     return list(seen.values())
 
 

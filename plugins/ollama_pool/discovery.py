@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from sollol.config import Config
-from sollol.models import Backend, split_host_port
+from sollol.models import Backend, check_node_address, split_host_port
 
 if TYPE_CHECKING:
     from sollol.cluster import Cluster
@@ -42,6 +42,10 @@ _PREFIXES = {
 def parse_node(text: str, source: str = "config") -> Backend:
     """A Backend from one node address; raises ValueError naming the expected syntax."""
     raw = text.strip()
+    try:  # "http//host" is a typo, not a node named "http"
+        check_node_address(raw, DEFAULT_PORT)
+    except ValueError as exc:
+        raise ValueError(f"node {exc}") from None
     kind, scheme, detect = OLLAMA, "http", True
     lowered = raw.lower()
     for prefix, meaning in _PREFIXES.items():

@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 
 from sollol.models import Backend, BackendState, HealthReport
+from sollol.names import is_path, stem
 from sollol.routes import Outcome
 
 from .settings import PoolSettings
@@ -31,9 +32,13 @@ def model_names(name: str) -> frozenset[str]:
 
 
 def all_names(names: Iterable[str]) -> frozenset[str]:
+    """Every spelling of every name; a path-named model (llama-server started without
+    `--alias`) is also known by its file name without `.gguf`."""
     out: set[str] = set()
     for name in names:
         out |= model_names(name)
+        if is_path(name):
+            out |= model_names(stem(name))
     return frozenset(out)
 
 
@@ -86,6 +91,8 @@ class Node:
     """While a readmitted node warms up: how many requests it may serve at once."""
     warm_until: float = 0.0
     server: str = ""
+    up_since: float | None = None
+    """Wall-clock time of the first good probe since the node was last down."""
     capabilities: dict[str, frozenset[str]] = attrs.field(factory=dict)
     """Per model spelling ("" for the node's one model), from the probe."""
     lacks: dict[str, frozenset[str]] = attrs.field(factory=dict)
@@ -158,6 +165,8 @@ class Node:
         """Take a probe's result; a good probe readmits an ejected node, a bad one backs off."""
         self.probed, self.detail = True, report.detail
         if report.healthy:
+            if not self.healthy or self.up_since is None:
+                self.up_since = time.time()  # serving since (listings' modified_at)
             self.report, self.healthy = report, True
             self.api = str(report.extra.get("api") or self.api)
             self.models = all_names(report.models)

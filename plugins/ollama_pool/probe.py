@@ -114,7 +114,7 @@ def _openai(client: httpx.Client, backend: Backend, started: float) -> HealthRep
         busy = [s for s in slots.json() if isinstance(s, dict) and s.get("is_processing")]
         extra.update(slots=len(slots.json()), slots_busy=len(busy))
     try:
-        extra["server"], found = capabilities.openai_server(client)
+        extra["server"], found, extra["details"] = capabilities.openai_server(client)
         if found is not None:
             extra["capabilities"] = {"": found}
     except httpx.HTTPError:

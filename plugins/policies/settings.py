@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import attrs
 
 from sollol.errors import ConfigError
+from sollol.names import closest
 
 T = TypeVar("T")
 
@@ -52,8 +53,10 @@ class SettingsReader:
         unknown = sorted(set(self.values) - self._seen)
         if unknown:
             known = ", ".join(sorted(self._seen)) or "none"
+            close = closest(str(unknown[0]), self._seen, limit=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
             raise ConfigError(self.key(unknown[0]), self.values[unknown[0]],
-                              f"a known key of this policy ({known})")
+                              f"a known key of this policy ({known}){hint}")
 
 
 def positive_int(value: Any) -> int:

@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 import click
 
 from sollol import __version__
-from sollol.config import config_path, parse_text, read_file, write_file
 from sollol.errors import ConfigError, PluginError, SollolError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -112,72 +111,10 @@ def plugins_new(name: str, kind: str, parent: Path) -> None:
     click.echo(f"next: pip install -e '{root}[test]' && pytest {root}")
 
 
-@cli.group()
-def config() -> None:
-    """Show, change and locate the configuration."""
-
-
-@config.command("path")
-def config_path_command() -> None:
-    """Print the config file's path."""
-    click.echo(str(config_path()))
-
-
-@config.command("show")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@config_option
-def config_show(as_json: bool, config_file: Path | None) -> None:
-    """Print every key with its value and where the value came from."""
-    from sollol.plugins import collect_named
-
-    cfg, pm = load_for_cli(config_file)
-    settings = {n: s for n, (s, _) in
-                collect_named(pm, "sollol_register_settings", "config key").items()}
-    values = {k: settings[k].shown(v) if k in settings else v for k, v in cfg.values.items()}
-    if as_json:
-        click.echo(json.dumps({"path": str(cfg.path), "values": values,
-                               "sources": dict(cfg.sources)}, indent=2, default=str))
-        return
-    click.echo(f"# {cfg.path}")
-    for key in sorted(values):
-        click.echo(f"{key} = {json.dumps(values[key], default=str)}  # {cfg.sources[key]}")
-
-
-@config.command("set")
-@click.argument("key")
-@click.argument("value")
-@config_option
-def config_set(key: str, value: str, config_file: Path | None) -> None:
-    """Set KEY to VALUE in the config file (lists: comma-separated; tables: JSON)."""
-    from sollol.config import check_value
-
-    _cfg, pm = load_for_cli(config_file)
-    from sollol.plugins import collect_named
-
-    settings = {n: s for n, (s, _) in
-                collect_named(pm, "sollol_register_settings", "config key").items()}
-    if key not in settings:
-        raise UsageFailure(f"config key {key!r}: unknown key; known keys: "
-                           + ", ".join(sorted(settings)))
-    setting = settings[key]
-    try:
-        typed = check_value(setting, parse_text(setting, value), "command line")
-    except ValueError:
-        raise UsageFailure(str(ConfigError(key, value, setting.expected()))) from None
-    except ConfigError as exc:
-        raise UsageFailure(str(exc)) from None
-    path = config_file or config_path()
-    data = read_file(path)
-    data[key] = typed
-    if typed is None:
-        data.pop(key)
-    write_file(path, data)
-    click.echo(f"{key} = {json.dumps(setting.shown(typed))}  (written to {path})")
-
-
 def add_core_commands(group: click.Group) -> None:
     """Attach the core's commands that live in their own modules."""
     from sollol.cli.batch import batch
+    from sollol.cli.configure import config
     from sollol.cli.demo import demo
     from sollol.cli.doctor import doctor
     from sollol.cli.keys import keys
@@ -186,7 +123,7 @@ def add_core_commands(group: click.Group) -> None:
     from sollol.cli.run import run
     from sollol.cli.status import status
 
-    for command in (run, demo, doctor, batch, keys, llamacpp, models, status):
+    for command in (run, demo, doctor, batch, keys, llamacpp, models, status, config):
         group.add_command(command)
 
 

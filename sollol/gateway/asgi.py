@@ -19,7 +19,10 @@ JSON = b"application/json; charset=utf-8"
 # Printable ASCII stays as is; anything else (non-ASCII, control characters) is %-encoded.
 _HEADER_SAFE = " !\"#$&'()*+,-./:;<=>?@[]^_`{|}~"
 _ROUTE_HEADERS = (("route", b"x-sollol-route"), ("backend", b"x-sollol-backend"),
-                  ("policy", b"x-sollol-policy"), ("reason", b"x-sollol-reason"))
+                  ("policy", b"x-sollol-policy"), ("reason", b"x-sollol-reason"),
+                  ("fallback", b"x-sollol-fallback"), ("requested", b"x-sollol-requested-model"))
+_OPTIONAL = frozenset({b"x-sollol-fallback", b"x-sollol-requested-model"})
+"""Sent only when set: a fallback model served the request that asked for another."""
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -56,7 +59,8 @@ def route_headers(route: Mapping[str, str]) -> Headers:
         if len(_HEADER_CACHE) >= 1024:  # reasons may carry numbers; keep the cache bounded
             _HEADER_CACHE.clear()
         cached = [(header, quote(str(value), safe=_HEADER_SAFE)[:512].encode())
-                  for (_, header), value in zip(_ROUTE_HEADERS, key, strict=True)]
+                  for (_, header), value in zip(_ROUTE_HEADERS, key, strict=True)
+                  if value or header not in _OPTIONAL]
         _HEADER_CACHE[key] = cached
     return cached
 

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from sollol import __version__, capabilities
+from sollol.aliases import aliases
 from sollol.errors import ModelNotFound, NoRouteAvailable, RequestError
 from sollol.models import RouteRequest
+from sollol.names import canonical, is_path
 from sollol.router import POOL
 
 log = logging.getLogger("sollol.gateway")
@@ -35,8 +37,14 @@ async def _gather(cluster: Cluster, method: str) -> list[dict[str, Any]]:
             continue
         for entry in result:
             name = entry.get("name") or entry.get("model")
-            if name and name not in seen:
-                seen[name] = entry
+            # one entry per model: "x" and "x:latest" are one; a file path is no model name
+            if name and not is_path(name) and canonical(name) not in seen:
+                seen[canonical(name)] = entry
+    for alias in aliases(cluster.config).values():
+        target = seen.get(canonical(alias.model))
+        if target is not None and canonical(alias.name) not in seen:
+            seen[canonical(alias.name)] = {**target, "name": alias.name, "model": alias.name,
+                                           "alias_of": alias.model}
     return list(seen.values())
 
 

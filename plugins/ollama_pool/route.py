@@ -53,7 +53,7 @@ class PoolRoute:
     removed: set[str] = attrs.field(factory=set)
     """Nodes an operator removed: re-discovery does not bring them back."""
     _holders: dict[str, list[Node]] | None = None
-    _tables: dict[str, ModelTable] = attrs.field(factory=dict)
+    _tables: dict[tuple[str, frozenset[str]], ModelTable] = attrs.field(factory=dict)
     _free: set[Node] = attrs.field(factory=set)
     """Member nodes that are available with a free slot (decisions look only at these)."""
     _stamp: int = 0
@@ -245,11 +245,12 @@ class PoolRoute:
         if hard:
             self._hard = self._stamp
 
-    def _table(self, model: str, now: float) -> ModelTable:
-        key = canonical(model)
+    def _table(self, model: str, now: float, needs: frozenset[str] = frozenset()) -> ModelTable:
+        key = (canonical(model), needs)  # a node that cannot do what is asked is never in it
         table = self._tables.get(key)
         if table is None or not table.fresh(self._stamp, self._hard, now):
-            nodes = [n for n in self.holders(model) if n.available(now)]
+            nodes = [n for n in self.holders(model)
+                     if n.available(now) and not n.missing(model, needs)]
             table = self._tables[key] = ModelTable.build(
                 nodes, model, avg_tokens=self.avg_tokens,
                 cold_penalty=self.settings.cold_penalty, stamp=self._stamp, now=now)
@@ -325,7 +326,7 @@ class PoolRoute:
 
     def _place(self, waiter: Waiter, now: float, queued: float) -> Node | None:
         if not waiter.backend and not waiter.exclude:  # the common case: from the table
-            table = self._table(waiter.request.model, now)
+            table = self._table(waiter.request.model, now, waiter.request.needs)
             if table.order:
                 key = waiter.request.conversation_key
                 if key and key in self._affinity:
@@ -372,6 +373,8 @@ class PoolRoute:
         node.in_flight = max(0, node.in_flight - 1)
         if outcome.unsupported is not None:
             node.learn_lack(request.model, outcome.unsupported)
+            self._stamp += 1  # placement tables must see the missing capability at once
+            self._hard = self._stamp
         if self.nodes.get(node.id) is not node:  # removed while this request ran: it drained
             if node.in_flight == 0:
                 self.draining.pop(node.id, None)

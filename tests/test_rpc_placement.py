@@ -320,3 +320,29 @@ async def test_preloaded_models_are_warm_before_their_first_request(
     lease = await route.acquire(RouteRequest(model=str(tiny_model)))
     lease.release(Outcome(ok=True))
     assert route.manager.coordinators[str(tiny_model)] is coord  # the warm one served it
+
+
+@pytest.mark.llamacpp
+async def test_the_route_explains_what_a_request_would_do_now(
+    rpc_servers, sharding_route, tmp_path: Path, tiny_model: Path,
+) -> None:
+    """`sollol route` shows it: start where, run already, evict whom, or wait how long."""
+    from sollol.testing.tiny_models import make_tiny_model
+
+    other = str(make_tiny_model(tmp_path / "other.gguf", seed=7))
+    addresses = [a for a, _ in rpc_servers(1)]
+    route = await sharding_route(addresses, rpc_max_coordinators=1, rpc_wait_timeout=7)
+    first = await route.placement(RouteRequest(model=str(tiny_model)))
+    assert first.able and "would start a coordinator: " in first.reason
+    assert "fits on 1 of 1 free rpc-server(s)" in first.reason
+    lease = await route.acquire(RouteRequest(model=str(tiny_model)))
+    try:
+        running = await route.placement(RouteRequest(model=str(tiny_model)))
+        assert f"its coordinator is ready on {addresses[0]}" in running.reason
+        busy = await route.placement(RouteRequest(model=other))
+        assert "would wait up to 7s" in busy.reason and "then answer 429" in busy.reason
+    finally:
+        lease.release(Outcome(ok=True))
+    idle = await route.placement(RouteRequest(model=other))
+    assert f"would stop the least recently used idle coordinator ({str(tiny_model)!r})" \
+        in idle.reason

@@ -135,6 +135,28 @@ class CoordinatorManager:
                 coord = await self._start_locked(model)
             return coord
 
+    def preview(self, model: str, needed: int) -> str:
+        """What a request for `model` would do now, in words (no side effects, no probes)."""
+        coord = self.coordinators.get(model)
+        if coord is not None and coord.state in (STARTING, READY):
+            return f"its coordinator is {coord.state} on {', '.join(coord.plan.addresses)}"
+        active = [c for c in self.coordinators.values() if c.state in (STARTING, READY)]
+        offers = [self.shards.offer(s) for s in self.shards.shards.values() if s.usable]
+        if len(active) >= self.options.max_coordinators:
+            busy = f"{len(active)} coordinator(s) run, the most rpc_max_coordinators allows"
+        else:
+            try:
+                return f"would start a coordinator: {self._plan(model, needed, offers).reason}"
+            except DoesNotFit as exc:
+                busy = f"the free rpc-servers cannot hold it ({exc})"
+        idle = sorted((c for c in active if c.state == READY and c.in_flight == 0),
+                      key=lambda c: c.last_used)
+        if self.options.when_busy == "evict" and idle:
+            return (f"{busy}: would stop the least recently used idle coordinator "
+                    f"({idle[0].model!r}) first (rpc_when_busy = evict)")
+        return (f"{busy}: would wait up to {self.options.wait_timeout:g}s for rpc-servers to "
+                f"free up, then answer 429 (rpc_when_busy = {self.options.when_busy})")
+
     def preload(self, model: str) -> None:
         """Start `model`'s coordinator in the background, so its first request finds it warm."""
         if self.options.mode == "ephemeral":

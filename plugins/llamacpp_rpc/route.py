@@ -34,7 +34,7 @@ from . import members, procs
 from .coordinator import READY, STARTING
 from .discovery import KIND
 from .manager import CoordinatorManager, Options
-from .plan import place
+from .plan import needed_bytes, place
 from .probe import format_version
 from .shards import ShardRegistry
 
@@ -232,7 +232,10 @@ class ShardingRoute:
         missing = self.lacking(request.needs)
         if missing:
             return Placement(self.name, True, NO_EMBEDDINGS, missing)
-        return Placement(self.name, True, f"its GGUF resolves ({resolved.source})")
+        _resolved, kv_per_token = await self._resolve(request.model)
+        needed = needed_bytes(resolved.size, kv_per_token, self.manager.options.ctx_size)
+        return Placement(self.name, True, f"its GGUF resolves ({resolved.source}); "
+                         f"{self.manager.preview(request.model, needed)}")
 
     async def acquire(
         self, request: RouteRequest, *, backend: str | None = None, exclude: Collection[str] = ()

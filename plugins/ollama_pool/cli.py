@@ -202,12 +202,24 @@ class _Bars:
 @click.option("--node", "node_names", multiple=True, metavar="NODE",
               help="Pull only on this node (repeatable; default: every healthy Ollama node).")
 @click.option("--insecure", is_flag=True, help="Allow an insecure registry.")
+@click.option("--gateway", metavar="URL",
+              help="Pull through this gateway (default: gateway_host:gateway_port in config).")
+@click.option("--direct", is_flag=True,
+              help="Talk to the nodes from here even when a gateway runs.")
 @config_option
 @handle_errors
-def pull(model: str, node_names: tuple[str, ...], insecure: bool,
-         config_file: Path | None) -> None:
-    """Pull MODEL onto the pool's Ollama nodes, with a progress bar per node."""
+def pull(model: str, node_names: tuple[str, ...], insecure: bool, gateway: str | None,
+         direct: bool, config_file: Path | None) -> None:
+    """Pull MODEL onto the pool's Ollama nodes, with a progress bar per node.
+
+    Goes through the running gateway when there is one, so that it knows the new model at
+    once; without one, talks to the nodes directly.
+    """
     bars = _Bars(sys.stdout.isatty())
+    summary: dict[str, Any] | None = None
+    if not direct:
+        url = gateway_url(config_file, gateway)
+        summary = _pull_through(url, model, node_names, insecure, bars, required=bool(gateway))
 
     async def run(route: Any) -> dict[str, Any]:
         last: dict[str, Any] = {}
@@ -217,7 +229,45 @@ def pull(model: str, node_names: tuple[str, ...], insecure: bool,
             last = event
         return last
 
-    summary = _with_route(config_file, run)
+    if summary is None:
+        summary = _with_route(config_file, run)
     if summary.get("error"):
         raise click.ClickException(f"pull {model}: {summary['error']}")
     click.echo(f"pulled {model} on {len(summary.get('nodes', {}))} node(s)")
+
+
+def _pull_through(url: str, model: str, node_names: tuple[str, ...], insecure: bool,
+                  bars: _Bars, *, required: bool) -> dict[str, Any] | None:
+    """Pull through the gateway at `url`: its last progress event, or None when no gateway
+    answers there (and none was named)."""
+    body: dict[str, Any] = {"model": model, "stream": True, "insecure": insecure}
+    if node_names:
+        body["nodes"] = list(node_names)
+    last: dict[str, Any] = {}
+    try:  # our own gateway: never through $http_proxy
+        with httpx.stream("POST", url + "/api/pull", json=body, timeout=None, trust_env=False,
+                          headers=gateway_headers()) as reply:
+            if reply.status_code != 200:
+                reply.read()
+                try:
+                    error = reply.json().get("error")
+                except (ValueError, AttributeError):
+                    error = None
+                if error is None and not required:
+                    return None  # something else listens there
+                raise click.ClickException(f"pull {model} through {url}: "
+                                           f"{error or reply.text[:200]}")
+            for line in reply.iter_lines():
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if "node" in event:
+                    bars.update(event)
+                last = event
+    except httpx.ConnectError as exc:
+        if required:
+            raise click.ClickException(f"no gateway answers at {url} ({exc})") from None
+        return None
+    except (httpx.HTTPError, ValueError) as exc:
+        raise click.ClickException(f"pull {model} through {url}: {exc}") from None
+    return last

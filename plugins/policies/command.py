@@ -12,7 +12,14 @@ import click
 import httpx
 
 from sollol.cli import UsageFailure
-from sollol.errors import ConfigError, NoRouteAvailable, PluginError, SollolError
+from sollol.errors import (
+    ConfigError,
+    NoRouteAvailable,
+    NotSupported,
+    PluginError,
+    RequestError,
+    SollolError,
+)
 from sollol.models import RouteRequest
 from sollol.units import format_bytes
 
@@ -21,26 +28,49 @@ from sollol.units import format_bytes
 @click.argument("model")
 @click.option("--ctx", "context", type=click.IntRange(min=1), default=None,
               help="Context length to plan for (default: the policy's default_context).")
+@click.option("--endpoint", type=click.Choice(["chat", "generate", "embed"]), default="chat",
+              help="What the request asks for (routes lacking it are ruled out).")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 @click.option("--gateway", metavar="URL", default=None,
-              help="Ask a running gateway (GET URL/sollol/route) instead of starting routes here.")
+              help="Ask this gateway (default: gateway_host:gateway_port from the config).")
+@click.option("--direct", is_flag=True,
+              help="Start the routes here and decide, instead of asking a running gateway.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Config file to use instead of the default (also SOLLOL_CONFIG).")
 def route_command(
-    model: str, context: int | None, as_json: bool, gateway: str | None, config_file: Path | None,
+    model: str, context: int | None, endpoint: str, as_json: bool, gateway: str | None,
+    direct: bool, config_file: Path | None,
 ) -> None:
-    """Explain which route would serve MODEL now, and why."""
+    """Explain which routes could serve MODEL, which one would now, and why.
+
+    Asks the running gateway (what it would really do); with no gateway answering, or with
+    --direct, starts the routes here (they probe their backends), decides and stops.
+    """
     try:
+        answer: dict[str, Any] | None = None
         if gateway:
-            answer = ask_gateway(gateway, model, context)
+            answer = ask_gateway(gateway, model, context, endpoint=endpoint)
+            source = f"gateway {gateway}"
+        elif not direct:
+            url = _default_gateway(config_file)
+            try:
+                answer = ask_gateway(url, model, context, endpoint=endpoint, probe=True)
+                source = f"gateway {url}"
+            except SollolError:
+                source = f"decided here (no gateway answers at {url})"
         else:
-            answer = asyncio.run(decide_here(model, context, config_file))
-    except NoRouteAvailable as exc:
-        answer = {"error": str(exc), "status": exc.status, "numbers": exc.numbers}
+            source = "decided here (--direct)"
+        if answer is None:
+            try:
+                answer = asyncio.run(decide_here(model, context, endpoint, config_file))
+            except (NoRouteAvailable, RequestError, NotSupported) as exc:
+                answer = {"error": str(exc), "status": exc.status,
+                          "numbers": getattr(exc, "numbers", {})}
     except (ConfigError, PluginError) as exc:
         raise UsageFailure(str(exc)) from None
     except SollolError as exc:
         raise click.ClickException(str(exc)) from None
+    answer["source"] = source
     if as_json:
         click.echo(json.dumps(answer, indent=2, default=str))
     else:
@@ -49,25 +79,44 @@ def route_command(
         raise SystemExit(1)
 
 
-async def decide_here(model: str, context: int | None, config_file: Path | None) -> dict[str, Any]:
+def _default_gateway(config_file: Path | None) -> str:
+    from sollol.cli.admin import gateway_url
+
+    return gateway_url(config_file)
+
+
+async def decide_here(model: str, context: int | None, endpoint: str,
+                      config_file: Path | None) -> dict[str, Any]:
     """Start a cluster from config (routes probe their backends), decide, stop."""
+    from sollol.capabilities import needs
     from sollol.cluster import Cluster
 
     cluster = Cluster.from_config(path=config_file)
     async with cluster:
-        decision = await cluster.decide(RouteRequest(model=model, context_length=context))
+        decision = await cluster.decide(RouteRequest(
+            model=model, context_length=context, endpoint=endpoint,  # type: ignore[arg-type]
+            needs=needs(endpoint, {})))
     return decision.as_dict()
 
 
 def ask_gateway(
     url: str, model: str, context: int | None, transport: httpx.BaseTransport | None = None,
+    *, endpoint: str = "chat", probe: bool = False,
 ) -> dict[str, Any]:
-    """The decision from a running gateway's `GET /sollol/route` (200 or 503, both JSON)."""
+    """The decision from a running gateway's `GET /sollol/route` (200 or 4xx/5xx, JSON).
+
+    `probe`: the gateway is only presumed (the config's address): wait briefly.
+    """
+    from sollol.cli.admin import gateway_headers
+
     params: dict[str, Any] = {"model": model}
     if context is not None:
         params["ctx"] = context
-    try:
-        with httpx.Client(transport=transport, timeout=30.0) as client:
+    if endpoint != "chat":
+        params["endpoint"] = endpoint
+    try:  # our own gateway: never through $http_proxy
+        with httpx.Client(transport=transport, timeout=2.0 if probe else 30.0,
+                          trust_env=False, headers=gateway_headers()) as client:
             response = client.get(url.rstrip("/") + "/sollol/route", params=params)
     except httpx.HTTPError as exc:
         raise SollolError(f"cannot reach the gateway at {url}: {exc}") from None
@@ -93,10 +142,18 @@ def render(model: str, answer: Mapping[str, Any]) -> str:
         backend = f" (backend {answer['backend']})" if answer.get("backend") else ""
         lines = [f"{model} -> {answer['route']}{backend}, by policy {answer['policy']}",
                  f"  {answer['reason']}"]
+    placement = answer.get("placement") or {}
+    if placement:
+        lines.append("  routes:")
+        for name, place in placement.items():
+            missing = f" (missing {', '.join(place['missing'])})" if place.get("missing") else ""
+            lines.append(f"    {name}: {place.get('verdict')}{missing}: {place.get('why')}")
     numbers = answer.get("numbers") or {}
     if numbers:
         lines.append("  numbers:")
         lines.extend(_number_lines(numbers, "    "))
+    if answer.get("source"):
+        lines.append(f"  ({answer['source']})")
     return "\n".join(lines)
 
 

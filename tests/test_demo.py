@@ -6,6 +6,7 @@ reused pid is not mistaken for one of them); after the demo exits, none may be l
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -192,7 +193,7 @@ def test_run_local_serves_until_sigterm(
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_DATA_HOME": str(tmp_path / "data"),
            "SOLLOL_LLAMA_CPP_DIR": str(llama_binaries.llama_server.parent)}
     proc = processes.start("run", [sys.executable, "-m", "sollol", "run", "--local", "1",
-                                   "--port", str(port)], env=env)
+                                   "--port", str(port), "--access-log", "json"], env=env)
     watcher = Watcher(proc.pid)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -203,6 +204,16 @@ def test_run_local_serves_until_sigterm(
                 "options": {"num_predict": 4}})
             assert reply.status_code == 200, reply.text
             assert reply.headers["x-sollol-route"] == route
+        embed = httpx.post(url + "/v1/embeddings", timeout=DEMO_TIMEOUT,
+                           json={"model": "sollol-demo-small", "input": "hello"})
+        assert embed.status_code == 200, embed.text  # the local cluster serves embeddings
+        log = proc.log_text()
+        assert "point your clients at the gateway:" in log and f"OpenAI API:  {url}/v1" in log
+        lines = [json.loads(line) for line in log.splitlines() if line.startswith('{"time"')]
+        assert [(e["model"], e["route"], e["status"]) for e in lines] == [
+            ("sollol-demo-small", "pool", 200), ("sollol-demo-large", "sharding", 200),
+            ("sollol-demo-small", "pool", 200)]
+        assert all(e["node"] and e["latency_ms"] > 0 for e in lines) and lines[0]["tokens"]
         os.kill(proc.pid, signal.SIGTERM)
         proc.popen.wait(DEMO_TIMEOUT)
     finally:

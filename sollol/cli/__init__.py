@@ -121,9 +121,11 @@ def add_core_commands(group: click.Group) -> None:
     from sollol.cli.llamacpp import llamacpp
     from sollol.cli.models import models
     from sollol.cli.run import run
+    from sollol.cli.service import install_service
     from sollol.cli.status import status
 
-    for command in (run, demo, doctor, batch, keys, llamacpp, models, status, config):
+    for command in (run, demo, doctor, batch, keys, llamacpp, models, status, config,
+                    install_service):
         group.add_command(command)
 
 

@@ -9,8 +9,46 @@ import click
 from sollol.access import BIND_FIX, is_loopback, open_bind
 from sollol.cli import UsageFailure, config_option, handle_errors, load_for_cli
 from sollol.config import CORE_SETTINGS, load_config
+from sollol.gateway.access_log import FORMATS, AccessLog
 
 __all__ = ["is_loopback", "run"]
+PORT_BUSY_EXIT = 3
+"""Exit code of `sollol run` when its port is taken (documented in docs/cli.md)."""
+
+
+class PortBusy(click.ClickException):
+    """The gateway's address is in use: one line, exit code 3."""
+
+    exit_code = PORT_BUSY_EXIT
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be listened on now (in use), or None when it can."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    except OSError:
+        return None  # a name that does not resolve: the server reports it
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(infos[0][4])
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return None
+            return (f"port {port} on {host} is in use (another `sollol run`? `sollol status` "
+                    "tells); pick another with --port or gateway_port")
+    return None
+
+
+def local_models() -> str:
+    """The model a local cluster's pool serves (for the client examples)."""
+    from sollol.local.models import SMALL
+
+    return SMALL.name
 
 
 @click.command()
@@ -26,10 +64,14 @@ __all__ = ["is_loopback", "run"]
                    "rpc-servers on loopback, with generated models (see `sollol demo`).")
 @click.option("--insecure", is_flag=True,
               help="Serve beyond loopback without access keys (warned at every start).")
+@click.option("--access-log", "access_log", type=click.Choice(FORMATS), default=None,
+              help="Print a line per request on stdout: route, node, status, latency, tokens "
+                   "(json: one JSON object per line).")
 @config_option
 @handle_errors
 def run(plugins: tuple[str, ...], host: str | None, port: int | None, grace: float,
-        local_size: int | None, insecure: bool, config_file: Path | None) -> None:
+        local_size: int | None, insecure: bool, access_log: str | None,
+        config_file: Path | None) -> None:
     """Serve the Ollama- and OpenAI-compatible gateway (Ctrl-C or SIGTERM stops it).
 
     SIGHUP re-reads the config file and environment: nodes and rpc-servers added or removed
@@ -50,6 +92,9 @@ def run(plugins: tuple[str, ...], host: str | None, port: int | None, grace: flo
     problem = open_bind(core["gateway_host"], core["api_keys"])
     if problem and not insecure:
         raise UsageFailure(f"refusing to start: {problem}; {BIND_FIX}")
+    busy = port_in_use(core["gateway_host"], core["gateway_port"])
+    if busy:  # before a local cluster starts for nothing, and without uvicorn's traceback
+        raise PortBusy(busy)
     if local_size is not None:  # stopped when the command ends, after the gateway
         from sollol.local.run import start_local
 
@@ -63,6 +108,15 @@ def run(plugins: tuple[str, ...], host: str | None, port: int | None, grace: flo
     loaded = [name for name, info in sorted(pm.plugin_info.items()) if info.status == "enabled"]
     click.echo(f"sollol gateway on http://{bind_host}:{bind_port} "
                f"(plugins: {', '.join(loaded) or 'none'})", err=True)
+    if local_size is not None:
+        from sollol.local import report
+
+        url = f"http://{bind_host}:{bind_port}"
+        click.echo("point your clients at the gateway:", err=True)
+        for line in report.clients(url, local_models()):
+            click.echo(line, err=True)
+    if access_log:
+        pm.register(AccessLog(access_log), name="sollol-access-log")
     cluster = Cluster(config=config, pm=pm,
                       reloader=lambda: load(path=config_file, overrides=overrides)[0])
     serve(cluster, bind_host, bind_port, grace=grace, insecure=insecure)

@@ -59,7 +59,7 @@ def test_dry_run_prints_a_hardened_unit_for_this_config(isolated_config: Path,
     assert service["User"] == "sollol" and service["ExecReload"] == "/bin/kill -HUP $MAINPID"
     environment = [value for key, value in unit["Service"] if key == "Environment"]
     assert f"SOLLOL_LLAMA_CPP_DIR={llama_binaries.llama_server.parent}" in environment
-    for line in HARDENING + ("ProtectHome=read-only", "CapabilityBoundingSet="):
+    for line in (*HARDENING, "ProtectHome=read-only", "CapabilityBoundingSet="):
         key, value = line.split("=", 1)
         assert (key, value) in unit["Service"], line
     assert dict(unit["Install"])["WantedBy"] == "multi-user.target"

@@ -108,10 +108,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, llama_binaries: Any,
         env = {**os.environ, "SOLLOL_CONFIG": str(net.log_dir / "config.toml"),
                "SOLLOL_OLLAMA_NODES": json.dumps(addresses),
                **{f"SOLLOL_{k.upper()}": str(v) for k, v in TIMEOUTS.items()}}
-        gw.start("gateway", [sys.executable, "-m", "sollol", "run", "--host", gw.address,
-                             "--port", "11435", "--grace", "1"], env=env)
+        # --insecure: no access keys on a test network no one else can reach
+        gateway = gw.start("gateway", [sys.executable, "-m", "sollol", "run", "--host",
+                                       gw.address, "--port", "11435", "--grace", "1",
+                                       "--insecure"], env=env)
         url = f"http://{gw.address}:11435"
-        wait_http(url + "/sollol/nodes", timeout=60)
+        wait_http(url + "/sollol/nodes", process=gateway, timeout=60)
         watch = HealthWatch(url).start()
         c = Cluster(net=net, gateway=gw, nodes=nodes, node_ids=node_ids, starts=starts,
                     proxy=proxy, url=url, watch=watch)
@@ -337,7 +339,7 @@ def sharded(cluster: Cluster, llama_binaries: Any, tiny_model: Path) -> Sharded:
 
     def start_gateway() -> Any:
         proc = gw.start("gateway", [sys.executable, "-m", "sollol", "run", "--host", gw.address,
-                                    "--port", "11435", "--grace", "1"], env=env)
+                                    "--port", "11435", "--grace", "1", "--insecure"], env=env)
         wait_http(url + "/sollol/state", process=proc, timeout=60)
         return proc
 

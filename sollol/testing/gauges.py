@@ -1,0 +1,80 @@
+"""What a long-running process holds, read from /proc: memory, file descriptors, TCP connections
+to given ports, and the tasks of an event loop. For soak tests and benchmarks (Linux only)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Collection
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class Gauges:
+    """One reading; subtract two for the growth between them."""
+
+    rss_kib: int
+    fds: int
+    tasks: int
+    upstream: int
+    """ESTABLISHED TCP connections from this process to the watched ports."""
+
+    def __sub__(self, other: Gauges) -> Gauges:
+        return Gauges(self.rss_kib - other.rss_kib, self.fds - other.fds,
+                      self.tasks - other.tasks, self.upstream - other.upstream)
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def open_fds(pid: int | str = "self") -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def connections_to(ports: Collection[int], pid: int | str = "self") -> int:
+    """This process's ESTABLISHED TCP connections whose remote port is one of `ports`."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as lines:
+                next(lines)
+                for line in lines:
+                    fields = line.split()
+                    remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                    if fields[3] == "01" and remote_port in ports and fields[9] in inodes:
+                        count += 1
+        except FileNotFoundError:
+            continue
+    return count
+
+
+def loop_tasks(loop: asyncio.AbstractEventLoop) -> int:
+    """Tasks alive on `loop` (which runs on another thread), counted on that loop."""
+
+    async def count() -> int:
+        return len(asyncio.all_tasks())
+
+    return asyncio.run_coroutine_threadsafe(count(), loop).result(30)
+
+
+def read(loop: asyncio.AbstractEventLoop | None, ports: Collection[int]) -> Gauges:
+    return Gauges(rss_kib(), open_fds(), loop_tasks(loop) if loop else 0,
+                  connections_to(ports))

@@ -8,7 +8,9 @@ default route, so nothing leaves the machine. For each link rate it prints, side
 - cold start: `llama-server --rpc` launched by hand vs SOLLOL's coordinator (request to ready),
   against the physical limit (the bytes each shard received / link rate, one shard after another
   and all at once);
-- a reload with the rpc-server tensor cache (`-c`) filled vs without a cache (first rate only);
+- a reload with the rpc-server tensor cache (`-c`) filled vs without a cache, and a first load
+  onto shards that seeded their caches from their own copy of the model (`sollol rpc seed`)
+  (first rate only);
 - generation tokens/s sharded vs one llama-server on the gateway machine (first rate only);
 - two models placed on disjoint shard sets at once vs both spread over every shard in turn
   (`--pair-preset`, first rate only).
@@ -248,6 +250,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                              binaries_dir=binaries.llama_server.parent)
                 entry["cache"] = {"first_load_s": fill["ready_s"], "reload_s": reuse["ready_s"],
                                   "without_cache_s": ours["ready_s"]}
+                log("first load onto shards that seeded their caches from their own copy")
+                from sollol_plugins.llamacpp_rpc.seed import rpc_cache_dir, seed
+
+                seeding = [seed(model, rpc_cache_dir(
+                    {"LLAMA_CACHE": str(work / f"cache-seeded-{h.name}")})) for h in shards.hosts]
+                shards.start(cache="seeded")
+                seeded = await through_sollol(model, shards.addresses, work / "seeded",
+                                              binaries_dir=binaries.llama_server.parent)
+                entry["cache"].update(seeded_first_load_s=seeded["ready_s"],
+                                      seed_s=max(r.seconds for r in seeding))
                 log("one llama-server on the gateway machine")
                 shards.stop()
                 entry["direct_tokens_per_s"] = await direct_speed(
@@ -276,6 +288,9 @@ def ratios(results: dict[str, Any]) -> str:
             lines.append(f"  {rate}: rpc-server cache: first load {c['first_load_s']} s, reload "
                          f"{c['reload_s']} s ({c['reload_s'] / c['without_cache_s']:.2f}x of a "
                          "load without a cache)")
+            lines.append(f"  {rate}: first load onto shards that seeded their own caches "
+                         f"({c['seed_s']} s each, beforehand): {c['seeded_first_load_s']} s = "
+                         f"{c['seeded_first_load_s'] / r['by_hand_s']:.2f}x the by-hand load")
         if r.get("direct_tokens_per_s"):
             lines.append(f"  {rate}: tokens/s sharded {r['sharded_tokens_per_s']} vs one "
                          f"llama-server {r['direct_tokens_per_s']} "

@@ -1,4 +1,4 @@
-"""`sollol shard status|logs` and `sollol rpc serve|install-service|add|remove`."""
+"""`sollol shard status|logs` and `sollol rpc serve|seed|install-service|add|remove`."""
 
 from __future__ import annotations
 
@@ -133,12 +133,16 @@ def _rpc_binary(config: Any) -> Path:
 @click.option("--threads", type=click.IntRange(1), help="CPU threads (default: llama.cpp's).")
 @click.option("--cache", "cache", type=click.Path(file_okay=False, path_type=Path),
               help="Keep a tensor cache in DIR/rpc (helps reloads over slow links).")
+@click.option("--seed", "seeds", multiple=True, metavar="MODEL",
+              help="Before serving, fill the tensor cache from MODEL on this machine (a name in "
+                   "its Ollama store or a GGUF path), so a first load sends hashes, not weights "
+                   "(repeatable; turns the cache on).")
 @config_option
 @handle_errors
 def serve(host: str, port: int, threads: int | None, cache: Path | None,
-          config_file: Path | None) -> None:
+          seeds: tuple[str, ...], config_file: Path | None) -> None:
     """Run ggml-rpc-server in the foreground (it replaces this process)."""
-    config, _pm = load_for_cli(config_file)
+    config, pm = load_for_cli(config_file)
     binary = _rpc_binary(config)
     _warn_if_open(host)
     argv = [str(binary), "-H", host, "-p", str(port)]
@@ -148,10 +152,61 @@ def serve(host: str, port: int, threads: int | None, cache: Path | None,
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         env["LLAMA_CACHE"] = str(cache.resolve())  # rpc-server's -c takes no folder
+    if cache is not None or seeds:
         argv.append("-c")
+    if seeds:
+        from .seed import rpc_cache_dir
+
+        _seed_models(config, pm, seeds, rpc_cache_dir(env))
     click.echo(f"starting {' '.join(argv)}", err=True)
     sys.stdout.flush()
     os.execve(argv[0], argv, env)
+
+
+@rpc.command("seed")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--cache", "cache", type=click.Path(file_okay=False, path_type=Path),
+              help="The folder given to `sollol rpc serve --cache` (default: llama.cpp's cache, "
+                   "$LLAMA_CACHE).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@config_option
+@handle_errors
+def seed_command(models: tuple[str, ...], cache: Path | None, as_json: bool,
+                 config_file: Path | None) -> None:
+    """Fill this machine's rpc-server tensor cache from MODELS it has (Ollama store names or
+    GGUF paths): a coordinator's first load then sends hashes instead of weights."""
+    from .seed import rpc_cache_dir
+
+    config, pm = load_for_cli(config_file)
+    env = dict(os.environ)
+    if cache is not None:
+        env["LLAMA_CACHE"] = str(cache.resolve())
+    reports = _seed_models(config, pm, models, rpc_cache_dir(env), quiet=as_json)
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in reports], indent=2))
+
+
+def _seed_models(config: Any, pm: Any, models: tuple[str, ...], folder: Path,
+                 quiet: bool = False) -> list[Any]:
+    from sollol.errors import ModelNotFound
+
+    from .seed import seed
+
+    reports = []
+    for model in models:
+        resolved = pm.hook.sollol_resolve_gguf(model=model, config=config)
+        if resolved is None:
+            raise ModelNotFound(f"model {model!r} not found on this machine (an Ollama store "
+                                "name or a path to a GGUF file)")
+        say = None if quiet else (lambda text: click.echo(text, err=True))
+        report = seed(resolved.path, folder, say)
+        reports.append(report)
+        if not quiet:
+            click.echo(f"{model}: {report.written} tensor(s) written "
+                       f"({report.bytes_written / GIB:.2f} GiB), {report.present} already there, "
+                       f"of {report.tensors} over 10 MiB, in {folder} ({report.seconds:.1f}s)",
+                       err=True)
+    return reports
 
 
 @rpc.command("install-service")

@@ -123,6 +123,8 @@ PRESETS: dict[str, TinyModelSpec] = {
     "tiny": TinyModelSpec(),  # ~2 MB: unit tests
     "small": TinyModelSpec(layers=12, dim=256, name="small-llama"),  # ~20 MB
     "medium": TinyModelSpec(layers=16, dim=1024, ff=2816, name="medium-llama"),  # ~400 MB
+    # ~410 MB with 23 MB feed-forward tensors: rpc-server's cache only takes tensors > 10 MiB
+    "wide": TinyModelSpec(layers=4, dim=2048, ff=5632, name="wide-llama"),
     "7b-q4_0": TinyModelSpec(layers=32, dim=4096, heads=32, ff=11008, vocab_size=32000,
                              context=4096, dtype="q4_0", name="llama-7b-shaped"),  # ~3.6 GiB
 }

@@ -6,6 +6,7 @@ health and versions from `sollol_check_health`, store names from `sollol_gguf_na
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import tempfile
@@ -19,6 +20,7 @@ import httpx
 
 from sollol.access import open_bind
 from sollol.cluster import Cluster, load
+from sollol.config import Config
 from sollol.errors import BinaryNotFound, ConfigError, PluginError
 from sollol.llamacpp import INSTALL_COMMAND, Binaries, find_binaries
 from sollol.models import Backend, HealthReport
@@ -87,13 +89,20 @@ def _config(cluster: Cluster) -> Finding:
     changed = sorted(k for k, s in config.sources.items() if s != "default")
     modes = [name for name, key in (("sharding", "model_sharding_enabled"),
                                     ("distribution", "task_distribution_enabled")) if config[key]]
-    detail = (f"{config.path} is valid; set: {', '.join(changed) or 'nothing (all defaults)'}; "
+    exists = config.path is not None and config.path.is_file()
+    where = f"{config.path} is valid" if exists else f"no config file at {config.path}"
+    detail = (f"{where}; set: {', '.join(changed) or 'nothing (all defaults)'}; "
               f"modes: {' + '.join(modes) or 'none'}")
     if policy is not None and len(modes) == 2:
         detail += f"; policy {policy.name}"
     if not modes:
         return Finding("config", "configuration", "fail", detail + ": nothing can serve requests",
                        "sollol config set task_distribution_enabled true")
+    if not exists:
+        return Finding("config", "configuration", "warn",
+                       detail + " (defaults and the environment only)",
+                       "write it: sollol config set ollama_nodes HOST:11434,... (`sollol config "
+                       "path` shows where it goes)")
     return Finding("config", "configuration", "ok", detail)
 
 
@@ -159,22 +168,48 @@ def _backends(cluster: Cluster, timeout: float, local_rpc: str | None) -> list[F
     rpc_kind = _rpc_kind(cluster)
     pool = [b for b in backends if b.kind != rpc_kind]
     rpc = [b for b in backends if b.kind == rpc_kind]
+    # an rpc-server a running gateway's coordinator holds serves only that coordinator: it is
+    # busy by design, and a probe would only wait on it
+    held = _held_by_gateway(config) if rpc else {}
+    probed = [b for b in backends if not (b.kind == rpc_kind and b.address in held)]
     with ThreadPoolExecutor(max_workers=8) as workers:
         reports = list(workers.map(
-            lambda b: cluster.pm.hook.sollol_check_health(backend=b, timeout=timeout), backends))
-    by_id = dict(zip([b.id for b in backends], reports, strict=True))
+            lambda b: cluster.pm.hook.sollol_check_health(backend=b, timeout=timeout), probed))
+    by_id = dict(zip([b.id for b in probed], reports, strict=True))
     out = [_pool_node(b, by_id[b.id], config.sources.get("ollama_nodes", "config"))
            for b in pool if config["task_distribution_enabled"]]
     if config["task_distribution_enabled"] and not pool:
         out.append(Finding("pool", "pool nodes", "fail", "no pool nodes are configured",
                            "sollol config set ollama_nodes 10.0.0.5:11434,10.0.0.6:11434"))
-    out += [_rpc_server(b, by_id[b.id], local_rpc) for b in rpc]
+    out += [Finding("sharding", f"rpc-server {b.address}", "ok",
+                    f"busy by design: {held[b.address]}") if b.address in held
+            else _rpc_server(b, by_id[b.id], local_rpc) for b in rpc]
     if config["model_sharding_enabled"] and not rpc:
         out.append(Finding("sharding", "rpc-servers", "fail", "no rpc-servers configured or "
                            "answering on loopback",
                            "sollol config set rpc_backends 10.0.0.7:50052,10.0.0.8:50052 (start "
                            "each with `ggml-rpc-server -H 0.0.0.0 -p 50052`)"))
     return out
+
+
+def _held_by_gateway(config: Config) -> dict[str, str]:
+    """rpc-servers a running gateway's coordinators hold (address -> who), asked of the
+    gateway at the config's address; empty when none answers."""
+    host = config["gateway_host"]
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    url = f"http://{host}:{config['gateway_port']}"
+    key = os.environ.get("SOLLOL_KEY", "").strip()
+    try:
+        reply = httpx.get(url + "/sollol/routes/sharding", timeout=2.0, trust_env=False,
+                          headers={"Authorization": f"Bearer {key}"} if key else {})
+        backends = reply.json().get("backends") if reply.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return {}
+    if not isinstance(backends, list):
+        return {}
+    return {str(b["address"]): f"held by coordinator {b['attached_to']} of the gateway at {url}"
+            for b in backends if isinstance(b, dict) and b.get("attached_to") and b.get("address")}
 
 
 def _pool_node(backend: Backend, report: HealthReport | None, source: str) -> Finding:

@@ -138,3 +138,37 @@ def test_the_readme_config_example_is_valid(tmp_path: Path) -> None:
     assert config["model_sharding_enabled"] and config["task_distribution_enabled"]
     policy = Cluster(config=config, pm=pm)._make_policy()
     assert policy is not None and policy.name == "size-threshold"
+
+
+def test_an_rpc_server_held_by_a_running_gateway_is_busy_by_design(
+    tmp_path: Path, local_cluster: Any,
+) -> None:
+    """A sharded model loaded by a running gateway holds the rpc-server: doctor asks that
+    gateway instead of probing (and failing on) it."""
+    import httpx
+
+    from sollol.cluster import Cluster
+    from sollol.gateway import GatewayThread
+
+    port = free_port()
+    values = {**local_cluster.overrides(), "gateway_port": port}
+    gateway = GatewayThread(Cluster.from_config(overrides=values), port=port).start()
+    try:
+        reply = httpx.post(gateway.url + "/api/generate", timeout=300, json={
+            "model": "sollol-demo-large", "prompt": "hi", "stream": False,
+            "options": {"num_predict": 2}})
+        assert reply.status_code == 200 and reply.headers["x-sollol-route"] == "sharding"
+        code, output, findings = doctor(write(tmp_path, values))
+    finally:
+        gateway.stop()
+    rpc = by_subject(findings)[f"rpc-server {local_cluster.rpc[0].address}"]
+    assert rpc["status"] == "ok", output
+    assert "busy by design" in rpc["detail"] and f"127.0.0.1:{port}" in rpc["detail"]
+
+
+def test_a_missing_config_file_is_not_called_valid(tmp_path: Path) -> None:
+    code, output, findings = doctor(tmp_path / "absent.toml")
+    config = by_subject(findings)["configuration"]
+    assert config["status"] == "warn"
+    assert "no config file at" in config["detail"] and "is valid" not in config["detail"]
+    assert "sollol config set" in config["fix"]

@@ -158,7 +158,7 @@ def test_an_rpc_server_held_by_a_running_gateway_is_busy_by_design(
             "model": "sollol-demo-large", "prompt": "hi", "stream": False,
             "options": {"num_predict": 2}})
         assert reply.status_code == 200 and reply.headers["x-sollol-route"] == "sharding"
-        code, output, findings = doctor(write(tmp_path, values))
+        _code, output, findings = doctor(write(tmp_path, values))
     finally:
         gateway.stop()
     rpc = by_subject(findings)[f"rpc-server {local_cluster.rpc[0].address}"]
@@ -167,7 +167,7 @@ def test_an_rpc_server_held_by_a_running_gateway_is_busy_by_design(
 
 
 def test_a_missing_config_file_is_not_called_valid(tmp_path: Path) -> None:
-    code, output, findings = doctor(tmp_path / "absent.toml")
+    _code, _output, findings = doctor(tmp_path / "absent.toml")
     config = by_subject(findings)["configuration"]
     assert config["status"] == "warn"
     assert "no config file at" in config["detail"] and "is valid" not in config["detail"]

@@ -72,3 +72,48 @@ def test_pull_goes_through_the_gateway(emulator, pool_gateway, isolated_config: 
     assert reply.status_code == 200, reply.text  # known at once, not after the next probe
     names = [m["name"] for m in httpx.get(gw.url + "/api/tags").json()["models"]]
     assert "fresh:1b" in names
+
+
+def test_batch_through_a_gateway(emulator, pool_gateway, tmp_path: Path) -> None:
+    node = emulator(models=["chat:1b"])
+    gw = pool_gateway(node.address, **FAST)
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps(line) + "\n" for line in (
+        {"id": "a", "model": "chat:1b", "prompt": "hi"},
+        {"id": "b", "model": "chat:1b", "messages": [{"role": "user", "content": "x"}]},
+        {"id": "c", "model": "chat:1b", "input": ["text"]})))
+    result = sollol("batch", str(src), "-o", str(out), "--gateway", gw.url, "--no-progress")
+    assert result.exit_code == 0, result.output
+    records = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(records) == {"a", "b", "c"}
+    assert all(r["ok"] and r["route"] == "pool" and r["backend"] == node.address
+               for r in records.values())
+    assert sum(node.stats()["requests"].values()) >= 3  # they went through that gateway
+    mixed = sollol("batch", str(src), "--gateway", gw.url, "--node", node.address)
+    assert mixed.exit_code == 2 and "--gateway" in mixed.output
+
+
+def test_shard_logs_found_through_the_gateway(rpc_servers, sharding_config, tiny_model: Path,
+                                              isolated_config: Path, tmp_path: Path) -> None:
+    """A gateway whose coordinators log outside the config's state dir (as `sollol run
+    --local` does): `sollol shard logs` asks it where."""
+    from sollol.cluster import Cluster
+    from sollol.gateway import GatewayThread
+    from sollol.plugins import get_plugin_manager
+
+    (address, _), = rpc_servers(1)
+    config = sharding_config([address], rpc_state_dir=str(tmp_path / "elsewhere"))
+    gw = GatewayThread(Cluster(config=config, pm=get_plugin_manager(["llamacpp_rpc"]))).start()
+    try:
+        reply = httpx.post(gw.url + "/api/generate", timeout=300, json={
+            "model": str(tiny_model), "prompt": "hi", "stream": False,
+            "options": {"num_predict": 2}})
+        assert reply.status_code == 200, reply.text
+        point_config_at(isolated_config, gw)
+        logs = sollol("shard", "logs", str(tiny_model), "-n", "400")
+        assert logs.exit_code == 0, logs.output
+        assert "model buffer size" in logs.output
+        alone = sollol("shard", "logs", str(tiny_model), "--local")
+        assert alone.exit_code == 1 and "no coordinator log" in alone.output
+    finally:
+        gw.stop()

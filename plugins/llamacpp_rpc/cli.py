@@ -77,15 +77,27 @@ def _from_gateway(url: str) -> dict[str, Any] | None:
 @click.argument("model")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
 @click.option("-n", "--lines", default=100, show_default=True, help="Lines of history to show.")
+@click.option("--url", help="Gateway to ask (default: gateway_host:gateway_port from the config).")
+@click.option("--local", is_flag=True, help="Do not ask a gateway; use the config's state dir.")
 @config_option
 @handle_errors
-def logs(model: str, follow: bool, lines: int, config_file: Path | None) -> None:
-    """Print (and follow) the coordinator log of MODEL."""
+def logs(model: str, follow: bool, lines: int, url: str | None, local: bool,
+         config_file: Path | None) -> None:
+    """Print (and follow) the coordinator log of MODEL.
+
+    The running gateway says where its coordinators keep their logs (a `sollol run --local`
+    cluster keeps them in its run folder, not the config's state dir); without one, the
+    config's `rpc_state_dir` is read.
+    """
     from .manager import slug
     from .route import state_dir
 
     config, _pm = load_for_cli(config_file)
-    path = state_dir(config) / "logs" / f"{slug(model)}.log"
+    folder = state_dir(config)
+    data = None if local else _from_gateway(url or _gateway_url(config))
+    if data is not None and data.get("state_dir") and Path(data["state_dir"]).is_dir():
+        folder = Path(data["state_dir"])  # on this machine: the gateway's own folder
+    path = folder / "logs" / f"{slug(model)}.log"
     if not path.exists():
         known = sorted(p.stem.rsplit("-", 1)[0] for p in path.parent.glob("*.log"))
         hint = f" (logs exist for: {', '.join(known)})" if known else ""

@@ -35,15 +35,18 @@ def default_output(path: Path) -> Path:
                    "host:port, ollama://... or openai://...).")
 @click.option("--plugin", "plugins", multiple=True, metavar="NAME",
               help="Load only these plugins (repeatable).")
+@click.option("--gateway", metavar="URL", default=None,
+              help="Send the requests to this running gateway instead of routing them here.")
 @click.option("--retry-failed", is_flag=True,
               help="Run again the lines whose earlier result is an error.")
 @click.option("--no-progress", is_flag=True, help="Do not draw the progress bar.")
 @config_option
 @handle_errors
 def batch(input_file: Path, output: Path | None, concurrency: int | None, model: str | None,
-          nodes: tuple[str, ...], plugins: tuple[str, ...], retry_failed: bool,
-          no_progress: bool, config_file: Path | None) -> None:
-    """Run one chat, generate or embed request per line of IN.jsonl, in parallel.
+          nodes: tuple[str, ...], plugins: tuple[str, ...], gateway: str | None,
+          retry_failed: bool, no_progress: bool, config_file: Path | None) -> None:
+    """Run one chat, generate or embed request per line of IN.jsonl, in parallel (here, or
+    through a running gateway with --gateway).
 
     Each line is a JSON object with an "id", an "op" (chat, generate, embed; optional when
     "messages", "prompt" or "input" tells), a "model" and Ollama request fields. Each result
@@ -56,6 +59,9 @@ def batch(input_file: Path, output: Path | None, concurrency: int | None, model:
     from sollol.client import Cluster
     from sollol.progress import Progress
 
+    if gateway and (nodes or plugins or config_file):
+        raise UsageFailure("--gateway sends every request to that gateway (its nodes, plugins "
+                           "and config): drop --node, --plugin and --config")
     output = output or default_output(input_file)
     if output.resolve() == input_file.resolve():
         raise UsageFailure("the output file must not be the input file")
@@ -71,7 +77,8 @@ def batch(input_file: Path, output: Path | None, concurrency: int | None, model:
                       if todo.done_failed else ""), err=True)
     summary = runner.BatchSummary(todo.total, done, failed_before=todo.done_failed)
     if todo.pending:
-        cluster = Cluster(config_file, nodes=nodes or None, plugins=plugins or None)
+        cluster = (Cluster(gateway=gateway) if gateway else
+                   Cluster(config_file, nodes=nodes or None, plugins=plugins or None))
         progress = Progress(len(todo.pending), enabled=not no_progress)
 
         async def main() -> runner.BatchSummary:

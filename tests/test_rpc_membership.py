@@ -34,7 +34,7 @@ async def chat(base_url: str) -> str:
 async def test_a_removed_rpc_server_drains_its_coordinator_then_it_restarts_on_the_rest(
         rpc_servers, sharding_route, tiny_model: Path) -> None:
     (a, _), (b, _), (c, _) = rpc_servers(3)
-    route = await sharding_route([a, b])
+    route = await sharding_route([a, b], rpc_placement="all")  # spread: a layer on each
     model = str(tiny_model)
     lease = await route.acquire(RouteRequest(model=model))
     old = route.manager.coordinators[model]

@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -27,13 +28,15 @@ from sollol.models import (
     RouteState,
     split_host_port,
 )
-from sollol.names import closest
+from sollol.names import canonical_model, closest
 from sollol.placement import Placement, from_state
 from sollol.plugins import SollolPluginManager, collect_named, get_plugin_manager
 from sollol.router import POOL, SHARDING, choose_route
 from sollol.routes import Lease, Policy, RouteProvider
 
 log = logging.getLogger("sollol")
+MODEL_INFO_CACHE = 256
+"""Most models whose GGUF metadata is kept in memory."""
 
 
 def load(
@@ -72,7 +75,9 @@ class Cluster:
     reloader: Callable[[], Config] | None = None
     """Re-reads the config (file, env, the same overrides) for a reload; None: cannot reload."""
     _discovery: asyncio.Task[None] | None = None
-    _model_info: dict[str, tuple[tuple[Any, ...], ModelInfo | None]] = attrs.field(factory=dict)
+    _model_info: OrderedDict[str, tuple[tuple[Any, ...], ModelInfo | None]] = attrs.field(
+        factory=OrderedDict)
+    """GGUF metadata by canonical model name, least recently used first (MODEL_INFO_CACHE)."""
 
     @classmethod
     def from_config(
@@ -185,11 +190,16 @@ class Cluster:
         if resolved is not None:
             stat = resolved.path.stat()
             key = (str(resolved.path), stat.st_size, stat.st_mtime_ns)
-            cached = self._model_info.get(model)
+            name = canonical_model(model)
+            cached = self._model_info.get(name)
             if cached is not None and cached[0] == key:
+                self._model_info.move_to_end(name)
                 return cached[1]
             info = await asyncio.to_thread(read_model_info, resolved.path, model)
-            self._model_info[model] = (key, info)
+            self._model_info[name] = (key, info)
+            self._model_info.move_to_end(name)
+            if len(self._model_info) > MODEL_INFO_CACHE:
+                self._model_info.popitem(last=False)
             return info
         for provider in self.routes.values():
             info = await provider.model_info(model)

@@ -139,6 +139,13 @@ def _fallbacks(value: Any) -> Any:
     return check_fallbacks(value)
 
 
+def _folder_list(values: list[Any]) -> list[str]:
+    for value in values:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("a list of folder paths")
+    return [v.strip() for v in values]
+
+
 CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("model_sharding_enabled", "bool", False,
             "Serve models through llama.cpp RPC sharding."),
@@ -160,6 +167,9 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("disabled_plugins", "list", [], "Plugin names never to load."),
     Setting("max_body_bytes", "int", 16 * 1024 * 1024, "Largest request body accepted.",
             check=positive),
+    Setting("gguf_dirs", "list", [],
+            "Folders of GGUF files that requests may name (by file name, or a path inside "
+            "them); no other file on the gateway machine can be named.", check=_folder_list),
     Setting("max_reply_bytes", "int", 64 * 1024 * 1024,
             "Largest whole (non-streamed) reply accepted from a node; a larger one is an error "
             "naming the node.", check=positive),

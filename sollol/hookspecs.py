@@ -69,8 +69,8 @@ def sollol_check_health(backend: Backend, timeout: float) -> HealthReport | None
 def sollol_resolve_gguf(model: str, config: Config) -> ResolvedModel | None:
     """Find the GGUF file for a model name; return None for "not mine".
 
-    firstresult: the first non-None result wins. The core's default (trylast) accepts a path to
-    an existing GGUF file.
+    firstresult: the first non-None result wins. The core's default (trylast) finds files only
+    in the `gguf_dirs` folders. `model` may come as written or canonical ("llama3:latest").
     """
 
 

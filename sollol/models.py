@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import attrs
 
+from sollol.names import canonical_model, check_model_name
+
 Api = Literal["ollama", "openai", "anthropic"]
 """The HTTP dialect a backend or a client speaks (clients also speak Anthropic's Messages API)."""
 
@@ -107,7 +109,8 @@ class ModelInfo:
 class RouteRequest:
     """One client request, reduced to what the router needs."""
 
-    model: str
+    model: str = attrs.field(validator=lambda _i, _a, name: check_model_name(name))
+    """As the client wrote it (what is sent to a node); RequestError past MAX_MODEL_NAME."""
     endpoint: Endpoint = "chat"
     api: Api = "ollama"
     context_length: int | None = None
@@ -115,6 +118,9 @@ class RouteRequest:
     conversation_key: str | None = None
     needs: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
     """Capabilities the request needs (see sollol/capabilities.py), e.g. {"embedding"}."""
+    key: str = attrs.field(init=False, eq=False, default=attrs.Factory(
+        lambda self: canonical_model(self.model), takes_self=True))
+    """The model's canonical name (sollol/names.py): what anything kept per model is keyed by."""
 
 
 @attrs.frozen

@@ -14,7 +14,7 @@ import attrs
 
 from sollol.dialects.errors import stream_error
 from sollol.dialects.translate import Stream
-from sollol.errors import SollolError
+from sollol.errors import BackendError, SollolError
 from sollol.models import Api
 from sollol.routes import Outcome
 from sollol.upstream import Response, StreamIdle, UpstreamError
@@ -48,15 +48,16 @@ class StreamReply(Reply):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         assert self._response is not None and self._stream is not None
-        stream, first = self._stream, self._stream.feed(self._first)
-        if first:
-            yield first
+        stream = self._stream
         try:
+            first = stream.feed(self._first)
+            if first:
+                yield first
             while chunk := await self._response.next_chunk():
                 out = stream.feed(chunk)
                 if out:
                     yield out
-        except NETWORK_ERRORS as exc:
+        except (*NETWORK_ERRORS, BackendError) as exc:  # BackendError: a line past MAX_LINE
             if isinstance(exc, StreamIdle):
                 what = f"stalled: it {exc}"
             else:

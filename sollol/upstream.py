@@ -85,17 +85,18 @@ class _Connection(asyncio.Protocol):
             self.poison(f"sent {len(data)} bytes {what}")
             return
         self.received = True
-        if not self.headers_done:
-            self.head_bytes += len(data)
-            if self.head_bytes > MAX_HEAD_BYTES:
-                self.poison(f"sent more than {MAX_HEAD_BYTES} bytes of status line and headers")
-                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self.poison("switched protocols, which was never asked for")
+            return
         except httptools.HttpParserError as exc:
             self.poison(self._violation or f"bad HTTP: {exc}")
+            return
+        if not self.headers_done:  # (the parser holds at most one read of unfinished headers)
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self.poison(f"sent more than {MAX_HEAD_BYTES} bytes of status line and headers")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.complete and exc is None and self.headers_done and not self.framed:
@@ -123,6 +124,9 @@ class _Connection(asyncio.Protocol):
                        "the body, or a reply to no request)")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > MAX_HEAD_BYTES:
+            self._stop(f"sent more than {MAX_HEAD_BYTES} bytes of status line and headers")
         name = name.lower()
         if name == b"content-type":
             self.content_type = value.decode("latin-1")

@@ -3,6 +3,7 @@ with chosen memory figures, a third-party policy chosen by config, and duplicate
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,9 @@ def make_cluster(pm: SollolPluginManager, config_file: Path, **values: Any) -> C
     settings = collect_named(pm, "sollol_register_settings", "config key")
     config = load_config([s for s, _ in settings.values()], path=config_file, env={},
                          overrides={"model_sharding_enabled": True,
-                                    "task_distribution_enabled": True, **values})
+                                    "task_distribution_enabled": True,
+                                    # the GGUF files are named by path: allow the temp folders
+                                    "gguf_dirs": [os.environ["SOLLOL_GGUF_DIRS"]], **values})
     return Cluster(config=config, pm=pm)
 
 

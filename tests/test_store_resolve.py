@@ -48,8 +48,10 @@ def test_names_the_store_does_not_hold_are_not_mine(
 ) -> None:
     for name in ("tiny:v2", "other", "someone/else", "a/b/c/d", "../../etc/passwd", ""):
         assert resolve(pm, name) is None
-    # A path is left to the core's default, which accepts an existing GGUF file.
-    found = resolve(pm, str(tiny_model))
+    # A path is left to the core's default, which accepts a GGUF file inside `gguf_dirs` only.
+    assert resolve(pm, str(tiny_model)) is None
+    inside = Config(values={"ollama_models_dir": None, "gguf_dirs": [str(tiny_model.parent)]})
+    found = resolve(pm, str(tiny_model), inside)
     assert found is not None and found.source == "path"
 
 

@@ -283,3 +283,39 @@ def test_the_gateway_reports_a_broken_reply_naming_the_node(hostile_node, gatewa
     assert reply.status_code in (502, 503)
     message = reply.json()["error"]
     assert "node-7" in message and error in message
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/api/chat", {"model": "m", "messages": [{"role": "user", "content": "x"}]}),
+    ("/v1/chat/completions", {"model": "m", "stream": True,
+                              "messages": [{"role": "user", "content": "x"}]}),
+], ids=["passthrough", "translated"])
+def test_an_endless_stream_line_is_cut_with_an_error(hostile_node, gateway, monkeypatch, path,
+                                                     body):
+    monkeypatch.setattr("sollol.dialects.streams.MAX_LINE", 64 * 1024)
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    line = b'{"message": {"role": "assistant", "content": "' + b"a" * 300_000
+
+    async def script(request, writer):
+        writer.write(head + b"".join(b"%x\r\n%s\r\n" % (len(p), p)
+                                     for p in (line[i:i + 8192]
+                                               for i in range(0, len(line), 8192))))
+        await writer.drain()
+        return True  # and never a newline: the gateway must give up, not hold it all
+
+    node = hostile_node(script)
+    gw = gateway([StaticRoute("pool", [Upstream("node-9", node.url, "ollama", ("m",))])])
+    with httpx.stream("POST", gw.url + path, json=body, timeout=60) as reply:
+        text = b"".join(reply.iter_bytes())
+    assert b"longer than 65536 bytes" in text and b"node-9" in text
+    assert len(text) < len(line)  # never relayed past the limit
+
+
+async def test_a_large_body_arriving_with_its_headers_is_not_taken_for_huge_headers(
+        hostile_node):
+    body = b"x" * (4 * MAX_HEAD_BYTES)
+    node = hostile_node(answer(response(body)))
+    pool = UpstreamPool()
+    assert await fetch(pool, node.url) == (200, body)
+    await pool.close()

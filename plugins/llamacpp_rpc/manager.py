@@ -49,6 +49,18 @@ class Options:
     verbose_log: bool = False
     placement: str = "fewest"
     when_busy: str = "evict"
+    queue_size: int = 64
+    """Requests that may wait for busy rpc-servers at once; more get 429 at once."""
+
+
+_MAX_PER_MODEL = 256
+"""Most models whose start counts and unservable reports are kept (the oldest go first)."""
+
+
+def _trim(table: dict[str, Any]) -> None:
+    """Drop the oldest entries of a per-model table past _MAX_PER_MODEL (dicts keep order)."""
+    while len(table) > _MAX_PER_MODEL:
+        del table[next(iter(table))]
 
 
 def slug(model: str) -> str:
@@ -76,6 +88,8 @@ class CoordinatorManager:
     starts: dict[str, int] = attrs.field(factory=dict)
     """Coordinators started per model, restarts included (for `sollol_coordinator_starts`)."""
     _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set)
+    waiting: int = 0
+    """Requests waiting now for busy rpc-servers (at most `options.queue_size`)."""
 
     @property
     def pid_dir(self) -> Path:
@@ -93,33 +107,46 @@ class CoordinatorManager:
     async def checkout(self, model: str) -> Coordinator:
         """A ready coordinator for `model` with one more request in flight (start it if needed)."""
         deadline = time.monotonic() + self.options.wait_timeout
-        while True:
-            # A client that goes away cancels its request; stopping and starting coordinators
-            # must finish all the same, or rpc-servers would stay marked as held.
-            task = self._spawn_task(self._current(model))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
-            coord = await asyncio.shield(task)
-            if coord is None:  # every rpc-server is busy with another model
-                if time.monotonic() > deadline:
-                    busy = ", ".join(f"{c.model} ({c.in_flight} in flight)"
-                                     for c in self.coordinators.values())
-                    msg = (f"sharding: every rpc-server is busy ({busy}); waited "
-                           f"{self.options.wait_timeout:g}s for {model!r}")
-                    raise Overloaded(msg, retry_after=5.0)
-                await asyncio.sleep(0.25)
-                continue
-            try:
-                await asyncio.shield(coord.ready)
-            except CoordinatorFailed as exc:
-                if coord.draining or self.coordinators.get(model) not in (None, coord):
-                    continue  # the supervisor already restarted it, or it was drained
-                raise NoRouteAvailable(f"sharding {model!r}: {exc}") from None
-            if coord.state != READY or not coord.alive():
-                await asyncio.sleep(0.05)
-                continue
-            coord.in_flight += 1
-            coord.last_used = time.monotonic()
-            return coord
+        queued = False
+        try:
+            while True:
+                # A client that goes away cancels its request; stopping and starting
+                # coordinators must finish all the same, or rpc-servers would stay held.
+                task = self._spawn_task(self._current(model))
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
+                coord = await asyncio.shield(task)
+                if coord is None:  # every rpc-server is busy with another model
+                    if not queued:
+                        if self.waiting >= self.options.queue_size:
+                            raise Overloaded(
+                                f"sharding: {self.waiting} requests already wait for busy "
+                                f"rpc-servers (rpc_queue_size); not queueing {model[:100]!r}",
+                                retry_after=5.0)
+                        self.waiting += 1
+                        queued = True
+                    if time.monotonic() > deadline:
+                        busy = ", ".join(f"{c.model} ({c.in_flight} in flight)"
+                                         for c in self.coordinators.values())
+                        msg = (f"sharding: every rpc-server is busy ({busy}); waited "
+                               f"{self.options.wait_timeout:g}s for {model!r}")
+                        raise Overloaded(msg, retry_after=5.0)
+                    await asyncio.sleep(0.25)
+                    continue
+                try:
+                    await asyncio.shield(coord.ready)
+                except CoordinatorFailed as exc:
+                    if coord.draining or self.coordinators.get(model) not in (None, coord):
+                        continue  # the supervisor already restarted it, or it was drained
+                    raise NoRouteAvailable(f"sharding {model!r}: {exc}") from None
+                if coord.state != READY or not coord.alive():
+                    await asyncio.sleep(0.05)
+                    continue
+                coord.in_flight += 1
+                coord.last_used = time.monotonic()
+                return coord
+        finally:
+            if queued:
+                self.waiting -= 1
 
     async def _current(self, model: str) -> Coordinator | None:
         """The model's coordinator, started if needed; None while every rpc-server is busy."""
@@ -215,7 +242,7 @@ class CoordinatorManager:
         resolved, kv_per_token = await self.resolve(model)
         if resolved is None:
             raise ModelNotFound(f"model {model!r} not found: no GGUF file resolves for it "
-                                "(an Ollama store name or a path to a .gguf file)")
+                                "(an Ollama store name, or a GGUF file in a gguf_dirs folder)")
         needed = needed_bytes(resolved.size, kv_per_token, self.options.ctx_size)
         active = [c for c in self.coordinators.values() if c.state in (STARTING, READY)]
         everything = [self.shards.offer(s) for s in self.shards.shards.values()
@@ -269,7 +296,8 @@ class CoordinatorManager:
     def _spawn_locked(self, model: str, resolved: ResolvedModel, plan: Plan) -> Coordinator:
         assert self.llama_server is not None
         self._generation += 1
-        self.starts[model] = self.starts.get(model, 0) + 1
+        self.starts[model] = self.starts.pop(model, 0) + 1
+        _trim(self.starts)
         coord = Coordinator(model=model, resolved=resolved, plan=plan, port=procs.free_port(),
                             log_path=self.log_path(model), generation=self._generation)
         self.shards.hold(plan.addresses, coord.id)
@@ -380,8 +408,10 @@ class CoordinatorManager:
             log.info("restarting %s on %s", coord.model, ", ".join(replacement.plan.addresses))
 
     def _unservable(self, model: str, exc: DoesNotFit) -> None:
+        self.unservable.pop(model, None)
         self.unservable[model] = {"reason": str(exc), "numbers": exc.numbers,
                                   "since": time.time()}
+        _trim(self.unservable)
         self.warn(f"model {model!r} is unservable: {exc}")
 
     async def _stop_locked(self, coord: Coordinator, why: str) -> None:

@@ -61,6 +61,7 @@ def options_from(config: Any) -> Options:
         mode=config["rpc_coordinator_mode"], idle_timeout=config["rpc_idle_timeout"],
         max_coordinators=config["rpc_max_coordinators"],
         startup_timeout=config["rpc_startup_timeout"], wait_timeout=config["rpc_wait_timeout"],
+        queue_size=config["rpc_queue_size"],
         ctx_size=config["rpc_ctx_size"], extra_args=tuple(config["rpc_coordinator_args"]),
         state_dir=state_dir(config), verbose_log=config["rpc_verbose_log"],
         placement=config["rpc_placement"], when_busy=config["rpc_when_busy"],
@@ -242,7 +243,7 @@ class ShardingRoute:
     ) -> Lease:
         if self.lacking(request.needs):
             raise NotSupported(f"{request.model!r}: {NO_EMBEDDINGS}")
-        coord = await self.manager.checkout(request.model)
+        coord = await self.manager.checkout(request.key)
         if coord.id in exclude:
             # A retry after this coordinator failed: give the supervisor a moment to notice and
             # replace it. A model has one coordinator, so a live one is returned all the same.
@@ -250,7 +251,7 @@ class ShardingRoute:
             deadline = time.monotonic() + 5
             while coord.alive() and coord.state == READY and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
-            coord = await self.manager.checkout(request.model)
+            coord = await self.manager.checkout(request.key)
 
         def release(outcome: Outcome) -> None:
             if not outcome.ok and not coord.alive():

@@ -62,6 +62,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rpc_wait_timeout", "float", 120.0,
             "Seconds a request waits for busy rpc-servers to free up before it is refused.",
             check=positive),
+    Setting("rpc_queue_size", "int", 64,
+            "Requests that may wait for busy rpc-servers at once (rpc_when_busy = \"wait\"); "
+            "beyond it clients get 429 with Retry-After at once.", check=at_least(0)),
     Setting("rpc_ctx_size", "int", 4096,
             "Context length each coordinator is started with (0: the model's own).",
             check=at_least(0)),

@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 
 from sollol.models import Backend, BackendState, HealthReport
-from sollol.names import is_path, stem
+from sollol.names import is_path, spellings, stem
 from sollol.routes import Outcome
 
 from .settings import PoolSettings
@@ -21,14 +21,8 @@ SPEED_WEIGHT = 0.3
 
 @functools.lru_cache(maxsize=4096)  # asked on every scheduling decision
 def model_names(name: str) -> frozenset[str]:
-    """The spellings that mean one model: "llama3" and "llama3:latest" are the same."""
-    name = name.strip()
-    last = name.rsplit("/", 1)[-1]
-    if ":" not in last:
-        return frozenset({name, f"{name}:latest"})
-    if name.endswith(":latest"):
-        return frozenset({name, name.removesuffix(":latest")})
-    return frozenset({name})
+    """The spellings that mean one model: "llama3", "llama3:latest", "library/llama3"..."""
+    return spellings(name)
 
 
 def all_names(names: Iterable[str]) -> frozenset[str]:

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from sollol.config import Config
 
 log = logging.getLogger("sollol.pool")
+_MAX_CACHED = 1024
+"""Most models whose tables and metadata are kept (the least recently refreshed go first)."""
+
 TOKENS_WEIGHT = 0.1
 
 
@@ -251,9 +254,12 @@ class PoolRoute:
         if table is None or not table.fresh(self._stamp, self._hard, now):
             nodes = [n for n in self.holders(model)
                      if n.available(now) and not n.missing(model, needs)]
+            self._tables.pop(key, None)
             table = self._tables[key] = ModelTable.build(
                 nodes, model, avg_tokens=self.avg_tokens,
                 cold_penalty=self.settings.cold_penalty, stamp=self._stamp, now=now)
+            while len(self._tables) > _MAX_CACHED:  # a table is cheap to build again
+                del self._tables[next(iter(self._tables))]
         return table
 
     def wake(self, nodes: Collection[Node]) -> None:
@@ -446,13 +452,17 @@ class PoolRoute:
         return catalog.running(self.nodes.values())
 
     async def model_info(self, model: str) -> ModelInfo | None:
-        cached = self._info.get(model)
+        key = canonical(model)
+        cached = self._info.get(key)
         if cached is not None and time.monotonic() - cached[0] < 300:
             return cached[1]
         info = await catalog.model_info(self.nodes.values(), model,
                                         timeout=self.settings.health_timeout * 2)
         if info is not None:
-            self._info[model] = (time.monotonic(), info)
+            self._info.pop(key, None)
+            self._info[key] = (time.monotonic(), info)
+            while len(self._info) > _MAX_CACHED:  # oldest first: dicts keep insertion order
+                del self._info[next(iter(self._info))]
         return info
 
     def pull(self, model: str, nodes: Collection[str] | None = None,

@@ -18,8 +18,9 @@ from collections.abc import Iterable, Iterator
 import attrs
 
 from sollol.models import RouteRequest
+from sollol.names import canonical_model
 
-from .node import Node, model_names
+from .node import Node
 
 QueueKey = tuple[str, str | None, frozenset[str]]
 
@@ -45,7 +46,7 @@ class Waiter:
 @functools.lru_cache(maxsize=4096)
 def canonical(model: str) -> str:
     """One spelling per model, so "m" and "m:latest" share a queue."""
-    return min(model_names(model), key=lambda n: (len(n), n))
+    return canonical_model(model)
 
 
 @attrs.define

@@ -33,7 +33,7 @@ def fingerprint(
             for b in state.backends))
         for name, state in sorted(routes.items())
     )
-    return (request.model, request.context_length, attrs.astuple(model), backends)
+    return (request.key, request.context_length, attrs.astuple(model), backends)
 
 
 @attrs.define

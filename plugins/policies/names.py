@@ -5,18 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
+from sollol.names import canonical_model
+
 GLOB_CHARS = frozenset("*?[")
 
 
 def canonical(name: str) -> str:
-    """`name` with Ollama's default tag added when it has none ("llama3" -> "llama3:latest").
-
-    A path to a GGUF file is left alone: it names a file, not a store entry.
-    """
-    if "/" in name and (name.startswith((".", "/", "~")) or name.endswith(".gguf")):
-        return name
-    last = name.rsplit("/", 1)[-1]
-    return name if ":" in last else f"{name}:latest"
+    """The core's one spelling of a model name (sollol.names.canonical_model)."""
+    return canonical_model(name)
 
 
 def same_model(a: str, b: str) -> bool:

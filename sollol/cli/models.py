@@ -60,10 +60,16 @@ def make_tiny(path: Path, preset: str, **fields: Any) -> None:
 @handle_errors
 def resolve(name: str, as_json: bool, verify: bool, config_file: Path | None) -> None:
     """Print the GGUF file behind NAME (a store name such as llama3:8b, or a path)."""
+    from sollol.defaults import gguf_file
     from sollol.gguf_info import read_model_info
+    from sollol.names import is_file_name
 
     config, pm = load_for_cli(config_file)
     found = pm.hook.sollol_resolve_gguf(model=name, config=config)
+    if found is None and is_file_name(name) and Path(name).expanduser().is_file():
+        # the local user may name any file on the command line; clients of the gateway may
+        # name files only inside `gguf_dirs`
+        found = gguf_file(Path(name).expanduser(), name)
     if found is None:
         lists = pm.hook.sollol_gguf_names(config=config)
         known = sorted({n for names in lists for n in names or ()})

@@ -23,6 +23,14 @@ from sollol.dialects.replies import (
     openai_tool_calls,
     openai_usage,
 )
+from sollol.errors import BackendError
+
+MAX_LINE = 16 * 1024 * 1024
+"""Longest stream line held while waiting for its newline (a node's lines are a few KiB)."""
+
+
+def _too_long() -> BackendError:
+    return BackendError(f"sent a stream line longer than {MAX_LINE} bytes")
 
 
 class Passthrough:
@@ -31,6 +39,7 @@ class Passthrough:
     def __init__(self, sse: bool) -> None:
         self.sse = sse
         self.pending: list[bytes] = []  # bytes after the last newline
+        self.pending_size = 0
         self.last: list[bytes] = []  # the last two non-empty complete lines
         self.end = b""
         self.tokens: int | None = None
@@ -42,13 +51,17 @@ class Passthrough:
         cut = chunk.rfind(b"\n")
         if cut < 0:
             self.pending.append(chunk)
+            self.pending_size += len(chunk)
+            if self.pending_size > MAX_LINE:
+                raise _too_long()
             return chunk
         head = chunk[:cut]
         if self.pending:
             head = b"".join(self.pending) + head
-            self.pending = []
+            self.pending, self.pending_size = [], 0
         if cut + 1 < len(chunk):
             self.pending.append(chunk[cut + 1:])
+            self.pending_size = len(chunk) - cut - 1
         self._remember(head)
         return chunk
 
@@ -122,7 +135,9 @@ class Lines:
 
     def split(self, chunk: bytes) -> list[bytes]:
         self.buffer += chunk
-        if b"\n" not in self.buffer:
+        if b"\n" not in chunk:
+            if len(self.buffer) > MAX_LINE:
+                raise _too_long()
             return []
         *lines, self.buffer = self.buffer.split(b"\n")
         return [line.strip() for line in lines if line.strip()]

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 from sollol.errors import Forbidden, NoRouteAvailable, RequestError
 from sollol.gateway.asgi import DisconnectWatch, Receive, Scope, Send, read_body, send_json
 from sollol.gateway.blobs import parse_digest
+from sollol.names import check_model_name
 from sollol.router import POOL
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ def _text(scope: Scope, body: dict[str, Any], *names: str) -> str:
     for name in names:
         value = body.get(name)
         if isinstance(value, str) and value.strip():
+            check_model_name(value)
             key = scope.get("sollol.key")
             if key is not None and not key.allows_model(value):
                 raise Forbidden(f"key {key.name!r} may not manage model {value[:200]!r}")

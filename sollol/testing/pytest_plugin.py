@@ -54,9 +54,12 @@ def session_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc
 
 
 @pytest.fixture
-def sollol_isolated_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def sollol_isolated_config(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                           monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point SOLLOL at an empty config file in tmp and clear SOLLOL_* and OLLAMA_* from the env.
 
+    GGUF files under pytest's temporary folders (`tiny_model`, files a test writes) may be
+    named by path: `gguf_dirs` is set to the session's temp root (SOLLOL_GGUF_DIRS).
     Returns the config file's path (it does not exist until something writes it).
     """
     for name in list(os.environ):
@@ -64,6 +67,7 @@ def sollol_isolated_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
             monkeypatch.delenv(name)
     path = tmp_path / "config" / "config.toml"
     monkeypatch.setenv("SOLLOL_CONFIG", str(path))
+    monkeypatch.setenv("SOLLOL_GGUF_DIRS", str(tmp_path_factory.getbasetemp()))
     return path
 
 

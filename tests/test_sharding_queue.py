@@ -1,0 +1,58 @@
+"""Sharding waiters are bounded: past `rpc_queue_size` requests waiting for busy rpc-servers, a
+request gets 429 (Overloaded, with Retry-After) at once instead of joining the queue; and every
+spelling of a model shares its one coordinator."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from test_rpc_placement import model_needs
+
+from sollol.errors import Overloaded
+from sollol.models import RouteRequest
+from sollol.routes import Outcome
+
+
+@pytest.mark.llamacpp
+async def test_waiters_past_the_queue_size_get_429_at_once(
+    rpc_servers, sharding_route, tmp_path: Path, tiny_model: Path,
+) -> None:
+    from sollol.testing.tiny_models import make_tiny_model
+
+    big = make_tiny_model(tmp_path / "big.gguf", layers=8, dim=128, seed=3)
+    share = model_needs(big) * 6 // 10
+    addresses = [a for a, _ in rpc_servers(2)]
+    route = await sharding_route(addresses, rpc_max_coordinators=2, rpc_when_busy="wait",
+                                 rpc_wait_timeout=30.0, rpc_queue_size=1,
+                                 rpc_backend_memory={a: share for a in addresses})
+    small = await route.acquire(RouteRequest(model=str(tiny_model)))
+    try:  # the small model holds one rpc-server: the big one (needing both) must wait
+        first = asyncio.create_task(route.acquire(RouteRequest(model=str(big))))
+        while route.manager.waiting < 1 and not first.done():
+            await asyncio.sleep(0.01)
+        assert route.manager.waiting == 1
+        with pytest.raises(Overloaded, match="rpc_queue_size") as refused:
+            await route.acquire(RouteRequest(model=str(big)))
+        assert refused.value.retry_after > 0
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert route.manager.waiting == 0  # a waiter that leaves frees its place
+    finally:
+        small.release(Outcome(ok=True))
+
+
+@pytest.mark.llamacpp
+async def test_spellings_of_one_model_share_one_coordinator(
+    rpc_servers, sharding_route, tiny_model: Path,
+) -> None:
+    route = await sharding_route([a for a, _ in rpc_servers(1)])
+    spellings = [str(tiny_model), str(tiny_model.parent / "." / tiny_model.name),
+                 str(tiny_model.parent / ".." / tiny_model.parent.name / tiny_model.name)]
+    for name in spellings:
+        lease = await route.acquire(RouteRequest(model=name))
+        lease.release(Outcome(ok=True))
+    assert list(route.manager.coordinators) == [str(tiny_model)]
+    assert route.manager.starts == {str(tiny_model): 1}

@@ -28,7 +28,10 @@ WORDS = {COMPLETION: "text completion", CHAT: "chat", EMBEDDING: "embeddings",
          VISION: "images (vision)", TOOLS: "tool calls"}
 """How an error message names each capability."""
 
-_UNSUPPORTED = re.compile(r"not[ _]supported|does not support|not support", re.IGNORECASE)
+_UNSUPPORTED = re.compile(r"not[ _]supported|does not support|not support"
+                          r"|not (?:oai|openai)[ -]compatible", re.IGNORECASE)
+"""Answers meaning "this server cannot do that" (llama-server says a pooling type `none` is
+"not OAI compatible": it computes no OpenAI embeddings)."""
 _EMBED_WORDS = re.compile(r"embedding|pooling", re.IGNORECASE)
 _CHAT_WORDS = re.compile(r"\bchat\b|template", re.IGNORECASE)
 _VISION_WORDS = re.compile(r"image|vision|multimodal|mmproj", re.IGNORECASE)

@@ -15,6 +15,7 @@ from sollol import capabilities as caps
 from sollol.testing.emulator import EmulatedModel
 
 MSG = [{"role": "user", "content": "hello"}]
+EMBED = frozenset({"embedding"})
 FAST = {"health_interval": 0.3, "pool_health_timeout": 2.0}
 
 
@@ -59,8 +60,12 @@ def test_llama_servers_with_and_without_embeddings(llama_server, tiny_model, poo
     plain, _ = llama_server(tiny_model, "--alias", "tiny.gguf")
     embeds, _ = llama_server(tiny_model, "--alias", "tiny.gguf", "--embeddings",
                              "--pooling", "mean")
-    gw = pool_gateway(f"openai://{plain[7:]}", f"openai://{embeds[7:]}", **FAST)
+    no_pooling, _ = llama_server(tiny_model, "--alias", "tiny.gguf", "--embeddings")
+    gw = pool_gateway(f"openai://{plain[7:]}", f"openai://{embeds[7:]}",
+                      f"openai://{no_pooling[7:]}", **FAST)
     seen = nodes(gw)
+    # --embeddings with the model's pooling "none": no OpenAI embeddings either
+    assert "embedding" not in seen[no_pooling[7:]]["capabilities"][""]
     assert seen[plain[7:]]["server"] == "llama-server"
     assert "embedding" not in seen[plain[7:]]["capabilities"][""]
     assert "embedding" in seen[embeds[7:]]["capabilities"][""]
@@ -151,3 +156,29 @@ async def test_sharding_route_refuses_embeddings_at_once(rpc_servers, sharding_r
     assert chat.able
     ghost = await route.placement(RouteRequest(model="ghost"))
     assert ghost.holds is False and "no GGUF" in ghost.reason
+
+
+def test_a_learned_lack_gives_way_to_what_the_node_reports_later():
+    from sollol_plugins.ollama_pool.node import Node
+    from sollol_plugins.ollama_pool.settings import PoolSettings
+
+    from sollol.models import Backend, HealthReport
+    from sollol.routes import Outcome
+
+    settings = PoolSettings()
+    node = Node(Backend("n", "openai", "127.0.0.1:9"), 4)
+    up = HealthReport("n", healthy=True, models=("m",), extra={"api": "openai"})
+    node.apply(up, 0.0, settings)
+    assert not node.record(Outcome(False, 501, "x", unsupported="embedding"), 1.0, settings,
+                           may_eject=True)  # never a failure
+    node.learn_lack("m", "embedding")
+    assert node.missing("m", EMBED) == EMBED and node.failures == 0
+    node.apply(HealthReport("n", healthy=False), 2.0, settings)  # down, then back:
+    node.apply(up, 3.0, settings)  # perhaps restarted with --embeddings
+    assert node.missing("m", EMBED) == frozenset()
+    node.learn_lack("m", "embedding")
+    told = HealthReport("n", healthy=True, models=("m",), extra={
+        "api": "openai", "capabilities": {"": frozenset({"completion", "embedding"})}})
+    node.apply(told, 4.0, settings)
+    assert node.missing("m", EMBED) == frozenset()
+

@@ -161,6 +161,7 @@ class Node:
         if report.healthy:
             if not self.healthy or self.up_since is None:
                 self.up_since = time.time()  # serving since (listings' modified_at)
+                self.lacks = {}  # back from down: maybe restarted with other options
             self.report, self.healthy = report, True
             self.api = str(report.extra.get("api") or self.api)
             self.models = all_names(report.models)
@@ -171,6 +172,9 @@ class Node:
                 self.capabilities = {spelling: frozenset(found)
                                      for name, found in reported.items()
                                      for spelling in (model_names(name) if name else [""])}
+                # what the node now reports it can do outweighs what it once answered
+                self.lacks = {key: gone - self.capabilities.get(key, frozenset())
+                              for key, gone in self.lacks.items()}
             self.probe_failures = 0
             if not self.ejected(now):
                 self.readmit_pending = False

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from sollol.aliases import Alias
+from sollol.aliases import Alias, aliases
 from sollol.config import Config, Setting, load_config, plugin_lists
 from sollol.errors import ConfigError, ModelNotFound, NoRouteAvailable, NotSupported, PluginError
 from sollol.events import EventLog
@@ -278,6 +278,7 @@ class Cluster:
                 continue
             names.update(dict.fromkeys(str(e.get("name") or e.get("model")) for e in entries
                                        if e.get("name") or e.get("model")))
+        names.update(dict.fromkeys(a.name for a in aliases(self.config).values()))
         return list(names)
 
     async def not_found(self, exc: ModelNotFound, model: str) -> ModelNotFound:

@@ -42,6 +42,11 @@ def test_alias_names_a_model_and_is_listed(emulator, pool_gateway):
         assert reply.status_code == 200
         assert reply.headers["x-sollol-backend"] == b.address
         assert reply.headers["x-sollol-policy"] == "alias"
+    explained = httpx.get(gw.url + "/sollol/route", params={"model": "pinned"}).json()
+    assert explained["alias_of"] == "chat:1b" and explained["policy"] == "alias"
+    assert b.address in explained["reason"]
+    typo = chat(gw, "fsat")
+    assert typo.status_code == 404 and "did you mean 'fast'" in typo.json()["error"]
 
 
 def test_fallback_serves_before_the_first_byte_and_says_so(emulator, pool_gateway):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from sollol import __version__, capabilities
-from sollol.aliases import aliases
+from sollol.aliases import aliases, targets
 from sollol.errors import ModelNotFound, NoRouteAvailable, RequestError
 from sollol.models import RouteRequest
 from sollol.names import canonical, is_path
@@ -128,10 +128,16 @@ async def route_decision(cluster: Cluster, scope: dict[str, Any]) -> Any:
     endpoint = query.get("endpoint", "chat")
     if endpoint not in ("chat", "generate", "embed"):
         raise RequestError("query parameter 'endpoint' must be chat, generate or embed")
-    request = RouteRequest(model=model, endpoint=endpoint, context_length=ctx,  # type: ignore[arg-type]
-                           needs=capabilities.needs(endpoint, {}))
-    decision = await cluster.decide(request)
-    return {"model": model, "context_length": ctx, **decision.as_dict()}
+    first = targets(cluster.config, model)[0]  # an alias is explained as what it stands for
+    request = RouteRequest(model=first.model, endpoint=endpoint,  # type: ignore[arg-type]
+                           context_length=ctx, needs=capabilities.needs(endpoint, {}))
+    alias = first.alias
+    if alias is not None and (alias.route or alias.nodes):
+        decision = await cluster.decide_for_alias(request, alias)
+    else:
+        decision = await cluster.decide(request)
+    extra = {"alias_of": first.model} if alias is not None else {}
+    return {"model": model, **extra, "context_length": ctx, **decision.as_dict()}
 
 
 async def events(cluster: Cluster, scope: dict[str, Any]) -> Any:

@@ -414,6 +414,8 @@ class UpstreamPool:
                 raise ConnectFailed(f"unsupported backend URL {root!r}")
             port = parts.port or (443 if scheme == "https" else 80)
             cached = ((scheme, parts.hostname, port), parts.netloc.encode())
+            if len(self._targets) >= 1024:  # roots come from config, but stay bounded anyway
+                self._targets.clear()
             self._targets[root] = cached
         return cached
 

@@ -15,10 +15,11 @@ from sollol.calls import Call
 from sollol.dialects.anthropic import anthropic_to_ollama, ollama_reply_to_anthropic
 from sollol.dialects.anthropic_stream import NdjsonToAnthropic
 from sollol.dialects.errors import error_body, stream_error
+from sollol.dialects.replies import openai_reply_to_ollama
 from sollol.dialects.requests import ollama_to_openai, openai_to_ollama
 from sollol.dialects.responses import ollama_reply_to_responses, responses_to_ollama
 from sollol.dialects.responses_stream import CompleteResponsesEvents, NdjsonToResponses
-from sollol.dialects.streams import NdjsonToSse, Passthrough, SseToNdjson
+from sollol.dialects.streams import Chain, NdjsonToSse, Passthrough, SseToNdjson
 from sollol.dialects.translate import plan
 from sollol.errors import RequestError
 from sollol.gateway.validate import validate
@@ -411,3 +412,37 @@ def test_every_accepted_body_is_planned_or_refused_for_every_node_kind(
         for native in ((True, False) if op in ("messages", "responses") else (True,)):
             with contextlib.suppress(RequestError):
                 plan(call, backend, native=native)  # type: ignore[arg-type]
+
+
+_NODE_KEYS = st.sampled_from([
+    "message", "content", "thinking", "tool_calls", "function", "name", "arguments", "done",
+    "done_reason", "eval_count", "prompt_eval_count", "logprobs", "token", "logprob",
+    "top_logprobs", "bytes", "error", "id", "type", "item", "item_id", "response", "usage",
+    "output_tokens", "choices", "delta", "reasoning_content", "index", "finish_reason",
+    "timings", "prompt_ms", "predicted_ms", "prompt_tokens", "completion_tokens", "text"])
+_NODE_VALUE = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=False),
+              st.text(max_size=4)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(_NODE_KEYS, inner, max_size=4)),
+    max_leaves=15)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.dictionaries(_NODE_KEYS, _NODE_VALUE, max_size=5), max_size=5))
+def test_odd_node_answers_are_translated_without_crashing(objects: list[dict[str, Any]]) -> None:
+    """Any JSON objects a node sends, whole or streamed, translate into the client's dialect
+    (fields of the wrong type count as absent) instead of raising mid-request."""
+    ndjson = b"".join(json.dumps(o).encode() + b"\n" for o in objects)
+    sse = b"".join(b"data: " + json.dumps(o).encode() + b"\n\n" for o in objects)
+    sse += b"data: [DONE]\n\n"
+    for stream in (NdjsonToAnthropic("m"), NdjsonToResponses({}, "m"), NdjsonToSse("chat", "m")):
+        _run(stream, [ndjson])
+    for stream in (Chain(SseToNdjson("chat", "m"), NdjsonToAnthropic("m")),
+                   Chain(SseToNdjson("chat", "m"), NdjsonToResponses({}, "m")),
+                   CompleteResponsesEvents(), SseToNdjson("generate", "m", raw_generate=True)):
+        _run(stream, [sse])
+    for data in objects:
+        ollama_reply_to_anthropic(data, "m")
+        ollama_reply_to_responses({}, data, "m")
+        ollama_reply_to_anthropic(openai_reply_to_ollama("chat", data, "m", 0.1), "m")

@@ -7,9 +7,9 @@ naming the node kind, never dropped silently.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from sollol.dialects.ollama_shape import chat_object
 from sollol.dialects.replies import new_id
 from sollol.errors import RequestError
 
@@ -161,25 +161,20 @@ def stop_reason(data: dict[str, Any], tool_calls: bool) -> str:
 
 
 def tool_use_block(call: dict[str, Any]) -> dict[str, Any]:
-    function = call.get("function") or {}
-    arguments = function.get("arguments")
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments or "{}")
-        except ValueError:
-            arguments = {"_raw": arguments}
-    return {"type": "tool_use", "id": call.get("id") or new_id("toolu").replace("-", "_"),
-            "name": function.get("name", ""), "input": arguments or {}}
+    """A `tool_use` block from a tool call as `chat_object` gives it."""
+    function = call["function"]
+    return {"type": "tool_use", "id": call["id"] or new_id("toolu").replace("-", "_"),
+            "name": function["name"], "input": function["arguments"]}
 
 
 def usage(data: dict[str, Any]) -> dict[str, int]:
-    return {"input_tokens": int(data.get("prompt_eval_count") or 0),
-            "output_tokens": int(data.get("eval_count") or 0)}
+    return {"input_tokens": data["prompt_eval_count"], "output_tokens": data["eval_count"]}
 
 
 def ollama_reply_to_anthropic(data: dict[str, Any], model: str) -> dict[str, Any]:
     """An Anthropic `message` from an Ollama `/api/chat` reply."""
-    message = data.get("message") or {}
+    data = chat_object(data)
+    message = data["message"]
     content: list[dict[str, Any]] = []
     if message.get("thinking"):
         content.append({"type": "thinking", "thinking": message["thinking"], "signature": ""})

@@ -12,6 +12,7 @@ from typing import Any
 
 from sollol.dialects.anthropic import stop_reason, tool_use_block, usage
 from sollol.dialects.errors import anthropic_error
+from sollol.dialects.ollama_shape import chat_object
 from sollol.dialects.replies import new_id
 from sollol.dialects.streams import Lines, parse_object
 
@@ -45,21 +46,22 @@ class NdjsonToAnthropic:
         return b"".join(self._line(line) for line in self.lines.rest())
 
     def _line(self, line: bytes) -> bytes:
-        data = parse_object(line)
-        if data is None or self.complete:
+        raw = parse_object(line)
+        if raw is None or self.complete:
             return b""
+        data = chat_object(raw)
         out = self._start(data)
-        if data.get("error") is not None:
-            self.error = str(data["error"])
+        if data["error"] is not None:
+            self.error = data["error"]
             self.complete = True
             return out + event("error", anthropic_error(500, self.error))
-        message = data.get("message") or {}
-        if message.get("thinking"):
+        message = data["message"]
+        if message["thinking"]:
             out += self._delta("thinking", {"type": "thinking_delta",
                                             "thinking": message["thinking"]})
-        if message.get("content"):
+        if message["content"]:
             out += self._delta("text", {"type": "text_delta", "text": message["content"]})
-        for call in message.get("tool_calls") or []:
+        for call in message["tool_calls"]:
             out += self._close()
             block = tool_use_block(call)
             self.saw_tools = True
@@ -73,7 +75,7 @@ class NdjsonToAnthropic:
                 "delta": {"type": "input_json_delta", "partial_json": arguments}})
             out += event("content_block_stop", {"type": "content_block_stop",
                                                 "index": self.index})
-        if data.get("done"):
+        if data["done"]:
             out += self._close()
             counts = usage(data)
             self.tokens = counts["output_tokens"] or None
@@ -93,8 +95,7 @@ class NdjsonToAnthropic:
         message = {"id": new_id("msg").replace("-", "_"), "type": "message",
                    "role": "assistant", "model": self.model, "content": [],
                    "stop_reason": None, "stop_sequence": None,
-                   "usage": {"input_tokens": int(data.get("prompt_eval_count") or 0),
-                             "output_tokens": 0}}
+                   "usage": {"input_tokens": data["prompt_eval_count"], "output_tokens": 0}}
         return event("message_start", {"type": "message_start", "message": message})
 
     def _delta(self, kind: str, delta: dict[str, Any]) -> bytes:

@@ -10,6 +10,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from sollol.dialects.ollama_shape import chat_object, count, logprob, text
+
 _FINISH_TO_OLLAMA = {"stop": "stop", "length": "length", "tool_calls": "stop",
                      "function_call": "stop", "content_filter": "stop"}
 
@@ -43,7 +45,7 @@ def error_message(raw: bytes) -> str:
 def openai_reply_to_ollama(op: str, data: dict[str, Any], model: str, seconds: float,
                            raw_generate: bool = False) -> dict[str, Any]:
     """An Ollama reply for `op` from an OpenAI-compatible server's JSON reply."""
-    usage = data.get("usage") or {}
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     if op in ("embed", "embeddings"):
         vectors = [item["embedding"] for item in
                    sorted(data.get("data") or [], key=lambda item: item.get("index", 0))]
@@ -51,19 +53,26 @@ def openai_reply_to_ollama(op: str, data: dict[str, Any], model: str, seconds: f
             return {"embedding": vectors[0] if vectors else []}
         return {"model": model, "embeddings": vectors, "total_duration": _ns(seconds),
                 "load_duration": 0, "prompt_eval_count": usage.get("prompt_tokens", 0)}
-    choice = (data.get("choices") or [{}])[0]
+    # a field of the wrong JSON type counts as absent: an odd node's reply never crashes
+    choices = data.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else {}
+    choice = choice if isinstance(choice, dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
     out: dict[str, Any] = {"model": model, "created_at": iso_now()}
     if op == "chat":
-        message = choice.get("message") or {}
-        out["message"] = ollama_message(message.get("content"), message.get("tool_calls"),
-                                        message.get("reasoning_content"))
+        calls = message.get("tool_calls")
+        out["message"] = ollama_message(
+            text(message.get("content")),
+            [c for c in calls if isinstance(c, dict)] if isinstance(calls, list) else None,
+            text(message.get("reasoning_content")))
     else:
-        text = choice.get("text") if raw_generate else (choice.get("message") or {}).get("content")
-        out["response"] = text or ""
+        out["response"] = text(choice.get("text") if raw_generate else message.get("content"))
     logprobs = logprobs_to_ollama(choice.get("logprobs"))
     if logprobs:
         out["logprobs"] = logprobs
-    out.update(done=True, done_reason=_FINISH_TO_OLLAMA.get(choice.get("finish_reason"), "stop"))
+    reason = choice.get("finish_reason")
+    out.update(done=True, done_reason=_FINISH_TO_OLLAMA.get(
+        reason if isinstance(reason, str) else "stop", "stop"))
     out.update(ollama_stats(usage, data.get("timings"), seconds))
     return out
 
@@ -74,16 +83,16 @@ def logprobs_to_ollama(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, dict):
         return []
     if isinstance(value.get("content"), list):
-        return [{"token": p.get("token", ""), "logprob": p.get("logprob", 0.0),
-                 "bytes": p.get("bytes") or [],
-                 **({"top_logprobs": [{"token": t.get("token", ""),
-                                       "logprob": t.get("logprob", 0.0),
-                                       "bytes": t.get("bytes") or []}
-                                      for t in p["top_logprobs"]]}
-                    if p.get("top_logprobs") else {})}
-                for p in value["content"] if isinstance(p, dict)]
-    tokens, values = value.get("tokens") or [], value.get("token_logprobs") or []
-    return [{"token": t, "logprob": v} for t, v in zip(tokens, values, strict=False)]
+        entries = [logprob(p) for p in value["content"] if isinstance(p, dict)]
+        for entry in entries:
+            if not entry.get("top_logprobs"):
+                entry.pop("top_logprobs", None)
+        return entries
+    tokens, values = value.get("tokens"), value.get("token_logprobs")
+    if not isinstance(tokens, list) or not isinstance(values, list):
+        return []
+    return [{"token": text(t), "logprob": v if isinstance(v, int | float) else 0.0}
+            for t, v in zip(tokens, values, strict=False)]
 
 
 def logprobs_to_openai(value: Any, chat: bool) -> dict[str, Any] | None:
@@ -111,26 +120,36 @@ def ollama_message(content: Any, tool_calls: Any = None, thinking: Any = None) -
     if thinking:
         message["thinking"] = thinking
     if tool_calls:
-        message["tool_calls"] = [
-            {"function": {"name": (c.get("function") or {}).get("name", ""),
-                          "arguments": _arguments((c.get("function") or {}).get("arguments"))}}
-            for c in tool_calls
-        ]
+        message["tool_calls"] = []
+        for call in tool_calls:
+            function = call.get("function") if isinstance(call.get("function"), dict) else {}
+            message["tool_calls"].append({"function": {
+                "name": text(function.get("name")),
+                "arguments": _arguments(function.get("arguments"))}})
     return message
 
 
 def ollama_stats(usage: dict[str, Any], timings: dict[str, Any] | None,
                  seconds: float) -> dict[str, Any]:
-    """Ollama's final-chunk counters, from OpenAI usage and llama.cpp's `timings` if present."""
-    timings = timings or {}
+    """Ollama's final-chunk counters, from OpenAI usage and llama.cpp's `timings` if present
+    (a counter of the wrong JSON type counts as absent)."""
+    timings = timings if isinstance(timings, dict) else {}
+    usage = usage if isinstance(usage, dict) else {}
+    prompt = usage.get("prompt_tokens", timings.get("prompt_n"))
+    generated = usage.get("completion_tokens", timings.get("predicted_n"))
     return {
         "total_duration": _ns(seconds),
         "load_duration": 0,
-        "prompt_eval_count": usage.get("prompt_tokens", timings.get("prompt_n", 0)),
-        "prompt_eval_duration": _ns((timings.get("prompt_ms") or 0) / 1000),
-        "eval_count": usage.get("completion_tokens", timings.get("predicted_n", 0)),
-        "eval_duration": _ns((timings.get("predicted_ms") or 0) / 1000),
+        "prompt_eval_count": count(prompt),
+        "prompt_eval_duration": _ns(_number(timings.get("prompt_ms")) / 1000),
+        "eval_count": count(generated),
+        "eval_duration": _ns(_number(timings.get("predicted_ms")) / 1000),
     }
+
+
+def _number(value: Any) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+    return float(value) if ok and value < 1e15 else 0.0
 
 
 def _arguments(value: Any) -> Any:
@@ -152,28 +171,30 @@ def _ns(seconds: float) -> int:
 def ollama_reply_to_openai(op: str, data: dict[str, Any], model: str,
                            encoding: str = "float") -> dict[str, Any]:
     """An OpenAI reply for `op` from an Ollama server's JSON reply."""
-    prompt_tokens = int(data.get("prompt_eval_count") or 0)
+    prompt_tokens = count(data.get("prompt_eval_count"))
     if op == "embed":
+        vectors = data.get("embeddings")
         items = [{"object": "embedding", "index": i, "embedding": encode_vector(v, encoding)}
-                 for i, v in enumerate(data.get("embeddings") or [])]
+                 for i, v in enumerate(vectors if isinstance(vectors, list) else [])]
         return {"object": "list", "data": items, "model": model,
                 "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
     finish = finish_reason(data)
+    shaped = chat_object(data)  # fields of the wrong JSON type count as absent
     if op == "chat":
-        message = data.get("message") or {}
-        out_message: dict[str, Any] = {"role": "assistant", "content": message.get("content", "")}
-        if message.get("thinking"):
+        message = shaped["message"]
+        out_message: dict[str, Any] = {"role": "assistant", "content": message["content"]}
+        if message["thinking"]:
             out_message["reasoning_content"] = message["thinking"]
-        if message.get("tool_calls"):
+        if message["tool_calls"]:
             out_message["tool_calls"] = openai_tool_calls(message["tool_calls"])
             finish = "tool_calls"
         choice: dict[str, Any] = {"index": 0, "message": out_message,
-                                  "logprobs": logprobs_to_openai(data.get("logprobs"), True),
+                                  "logprobs": logprobs_to_openai(shaped["logprobs"], True),
                                   "finish_reason": finish}
         kind, prefix = "chat.completion", "chatcmpl"
     else:
-        choice = {"index": 0, "text": data.get("response", ""),
-                  "logprobs": logprobs_to_openai(data.get("logprobs"), False),
+        choice = {"index": 0, "text": text(data.get("response")),
+                  "logprobs": logprobs_to_openai(shaped["logprobs"], False),
                   "finish_reason": finish}
         kind, prefix = "text_completion", "cmpl"
     return {"id": new_id(prefix), "object": kind, "created": int(time.time()), "model": model,
@@ -181,7 +202,7 @@ def ollama_reply_to_openai(op: str, data: dict[str, Any], model: str,
 
 
 def openai_usage(data: dict[str, Any]) -> dict[str, int]:
-    prompt, completion = int(data.get("prompt_eval_count") or 0), int(data.get("eval_count") or 0)
+    prompt, completion = count(data.get("prompt_eval_count")), count(data.get("eval_count"))
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
 

@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+from sollol.dialects.ollama_shape import chat_object
 from sollol.dialects.replies import new_id
 from sollol.errors import RequestError
 
@@ -175,13 +176,14 @@ def _tools(tools: Any, choice: Any) -> list[dict[str, Any]]:
 
 def output_items(message: dict[str, Any], logprobs: list[Any] | None = None,
                  ) -> list[dict[str, Any]]:
-    """The `output` items for one Ollama chat message: reasoning, message, function calls."""
+    """The `output` items for one chat message as `chat_object` gives it: reasoning, message,
+    function calls."""
     items: list[dict[str, Any]] = []
-    if message.get("thinking"):
+    if message["thinking"]:
         items.append(reasoning_item(message["thinking"]))
-    if message.get("content") or not message.get("tool_calls"):
-        items.append(message_item(message.get("content") or "", logprobs))
-    items += [function_call_item(call) for call in message.get("tool_calls") or []]
+    if message["content"] or not message["tool_calls"]:
+        items.append(message_item(message["content"], logprobs))
+    items += [function_call_item(call) for call in message["tool_calls"]]
     return items
 
 
@@ -199,35 +201,33 @@ def message_item(text: str, logprobs: list[Any] | None = None, item_id: str | No
 
 
 def function_call_item(call: dict[str, Any], item_id: str | None = None) -> dict[str, Any]:
-    function = call.get("function") or {}
-    arguments = function.get("arguments")
-    if not isinstance(arguments, str):
-        arguments = json.dumps(arguments or {}, ensure_ascii=False)
+    """A `function_call` item from a tool call as `chat_object` gives it."""
+    function = call["function"]
     return {"type": "function_call", "id": item_id or new_id("fc"),
-            "call_id": call.get("id") or new_id("call"), "name": function.get("name", ""),
-            "arguments": arguments, "status": "completed"}
+            "call_id": call["id"] or new_id("call"), "name": function["name"],
+            "arguments": json.dumps(function["arguments"], ensure_ascii=False),
+            "status": "completed"}
 
 
 def responses_logprobs(logprobs: list[Any] | None) -> list[dict[str, Any]]:
-    """Ollama's per-token logprobs in the Responses shape."""
-    return [{"token": p.get("token", ""), "logprob": p.get("logprob", 0.0),
-             "bytes": p.get("bytes") or [],
-             "top_logprobs": [{"token": t.get("token", ""), "logprob": t.get("logprob", 0.0),
-                               "bytes": t.get("bytes") or []}
+    """Ollama's per-token logprobs (as `chat_object` gives them) in the Responses shape."""
+    return [{"token": p["token"], "logprob": p["logprob"], "bytes": p["bytes"],
+             "top_logprobs": [{"token": t["token"], "logprob": t["logprob"], "bytes": t["bytes"]}
                               for t in p.get("top_logprobs") or []]}
-            for p in logprobs or [] if isinstance(p, dict)]
+            for p in logprobs or []]
 
 
 def response_object(body: dict[str, Any], model: str, output: list[dict[str, Any]],
                     data: dict[str, Any] | None, status: str = "completed",
                     response_id: str | None = None, created: int | None = None,
                     ) -> dict[str, Any]:
-    """A Responses `response` object (usage and status from Ollama's final object `data`)."""
+    """A Responses `response` object (usage and status from Ollama's final object `data`, as
+    `chat_object` gives it)."""
     incomplete = None
-    if data is not None and data.get("done_reason") == "length":
+    if data is not None and data["done_reason"] == "length":
         status, incomplete = "incomplete", {"reason": "max_output_tokens"}
-    prompt = int((data or {}).get("prompt_eval_count") or 0)
-    generated = int((data or {}).get("eval_count") or 0)
+    prompt = data["prompt_eval_count"] if data else 0
+    generated = data["eval_count"] if data else 0
     usage = None if data is None else {
         "input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
         "output_tokens": generated, "output_tokens_details": {"reasoning_tokens": 0},
@@ -246,5 +246,6 @@ def response_object(body: dict[str, Any], model: str, output: list[dict[str, Any
 def ollama_reply_to_responses(body: dict[str, Any], data: dict[str, Any],
                               model: str) -> dict[str, Any]:
     """A whole Responses reply from an Ollama `/api/chat` reply."""
-    output = output_items(data.get("message") or {}, data.get("logprobs"))
+    data = chat_object(data)
+    output = output_items(data["message"], data["logprobs"])
     return response_object(body, model, output, data)

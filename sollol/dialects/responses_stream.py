@@ -14,6 +14,7 @@ import json
 import time
 from typing import Any
 
+from sollol.dialects.ollama_shape import chat_object
 from sollol.dialects.replies import new_id
 from sollol.dialects.responses import (
     function_call_item,
@@ -59,26 +60,27 @@ class NdjsonToResponses:
         return _event(data)
 
     def _line(self, line: bytes) -> bytes:
-        data = parse_object(line)
-        if data is None or self.complete:
+        raw = parse_object(line)
+        if raw is None or self.complete:
             return b""
+        data = chat_object(raw)
         out = b""
         if self.sequence == 0:
             self.created = int(time.time())
             snapshot = self._response(None, "in_progress")
             out += self._emit("response.created", response=snapshot)
             out += self._emit("response.in_progress", response=snapshot)
-        if data.get("error") is not None:
-            self.error = str(data["error"])
+        if data["error"] is not None:
+            self.error = data["error"]
             self.complete = True
             return out + self._emit("error", code="backend_error", message=self.error,
                                     param=None)
-        message = data.get("message") or {}
-        if message.get("thinking"):
+        message = data["message"]
+        if message["thinking"]:
             out += self._delta("reasoning", message["thinking"])
-        if message.get("content"):
-            out += self._delta("message", message["content"], data.get("logprobs"))
-        for call in message.get("tool_calls") or []:
+        if message["content"]:
+            out += self._delta("message", message["content"], data["logprobs"])
+        for call in message["tool_calls"]:
             out += self._close()
             item = function_call_item(call)
             index = len(self.output)
@@ -91,10 +93,10 @@ class NdjsonToResponses:
                               arguments=item["arguments"])
             out += self._emit("response.output_item.done", output_index=index, item=item)
             self.output.append(item)
-        if data.get("done"):
+        if data["done"]:
             out += self._close()
             final = self._response(data, "completed")
-            self.tokens = int(data.get("eval_count") or 0) or None
+            self.tokens = data["eval_count"] or None
             # `response.completed` also when the status is "incomplete" (a token limit), as
             # Ollama and llama-server send it: the official client's stream helper waits for it
             out += self._emit("response.completed", response=final)
@@ -202,7 +204,7 @@ class CompleteResponsesEvents:
         self.sequence += 1
         item = data.get("item")
         item_id = item.get("id") if isinstance(item, dict) else data.get("item_id")
-        if item_id is None or not str(data.get("type", "")).startswith("response."):
+        if not isinstance(item_id, str) or not str(data.get("type", "")).startswith("response."):
             return
         if data["type"] == "response.output_item.added" and item_id not in self.items:
             self.items[item_id] = data.get("output_index", len(self.items))

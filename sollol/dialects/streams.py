@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any
 
+from sollol.dialects.ollama_shape import chat_object
 from sollol.dialects.replies import (
     finish_reason,
     iso_now,
@@ -189,18 +190,25 @@ class SseToNdjson:
             self.error = str(error.get("message") if isinstance(error, dict) else error)
             self.done_sent = self.complete = True  # the error object is the stream's end
             return _ndjson({"error": self.error})
-        self.usage = data.get("usage") or self.usage
-        self.timings = data.get("timings") or self.timings
+        # a field of the wrong JSON type counts as absent: an odd node never crashes the stream
+        self.usage = _mapping(data.get("usage")) or self.usage
+        self.timings = _mapping(data.get("timings")) or self.timings
         out = b""
-        for choice in data.get("choices") or []:
-            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        choices = data.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
+            if not isinstance(choice, dict):
+                continue
+            reason = choice.get("finish_reason")
+            self.finish_reason = reason if isinstance(reason, str) else self.finish_reason
             if self.op == "chat" or not self.raw_generate:
-                delta = choice.get("delta") or {}
-                for call in delta.get("tool_calls") or []:
-                    self._merge_tool_call(call)
-                text, thinking = delta.get("content"), delta.get("reasoning_content")
+                delta = _mapping(choice.get("delta"))
+                calls = delta.get("tool_calls")
+                for call in calls if isinstance(calls, list) else []:
+                    if isinstance(call, dict):
+                        self._merge_tool_call(call)
+                text, thinking = _text(delta.get("content")), _text(delta.get("reasoning_content"))
             else:
-                text, thinking = choice.get("text"), None
+                text, thinking = _text(choice.get("text")), None
             if text or thinking:
                 piece = self._piece(text or "", thinking)
                 logprobs = logprobs_to_ollama(choice.get("logprobs"))
@@ -222,12 +230,13 @@ class SseToNdjson:
         return base
 
     def _merge_tool_call(self, call: dict[str, Any]) -> None:
-        slot = self.tool_calls.setdefault(call.get("index", 0),
+        index = call.get("index")
+        slot = self.tool_calls.setdefault(index if type(index) is int else 0,
                                           {"id": None, "function": {"name": "", "arguments": ""}})
-        slot["id"] = call.get("id") or slot["id"]
-        function = call.get("function") or {}
-        slot["function"]["name"] += function.get("name") or ""
-        slot["function"]["arguments"] += function.get("arguments") or ""
+        slot["id"] = _text(call.get("id")) or slot["id"]
+        function = _mapping(call.get("function"))
+        slot["function"]["name"] += _text(function.get("name"))
+        slot["function"]["arguments"] += _text(function.get("arguments"))
 
     def _done(self) -> bytes:
         if self.done_sent:
@@ -282,28 +291,29 @@ class NdjsonToSse:
                                "code": "backend_error"}}
             return _sse(event)
         out = b""
+        shaped = chat_object(data)  # fields of the wrong JSON type count as absent
         if self.op == "chat":
-            message = data.get("message") or {}
+            message = shaped["message"]
             delta: dict[str, Any] = {}
             if not self.role_sent:
                 delta["role"] = "assistant"
                 self.role_sent = True
-            if message.get("content"):
+            if message["content"]:
                 delta["content"] = message["content"]
-            if message.get("thinking"):
+            if message["thinking"]:
                 delta["reasoning_content"] = message["thinking"]
-            if message.get("tool_calls"):
+            if message["tool_calls"]:
                 delta["tool_calls"] = openai_tool_calls(message["tool_calls"])
                 self.saw_tool_calls = True
-            if any(key != "role" for key in delta) or ("role" in delta and not data.get("done")):
+            if any(key != "role" for key in delta) or ("role" in delta and not shaped["done"]):
                 out += _sse(self._chunk({"delta": delta, "finish_reason": None,
-                                         "logprobs": logprobs_to_openai(data.get("logprobs"),
+                                         "logprobs": logprobs_to_openai(shaped["logprobs"],
                                                                         True)}))
-        elif data.get("response"):
+        elif _text(data.get("response")):
             out += _sse(self._chunk({"text": data["response"], "finish_reason": None,
-                                     "logprobs": logprobs_to_openai(data.get("logprobs"),
+                                     "logprobs": logprobs_to_openai(shaped["logprobs"],
                                                                     False)}))
-        if data.get("done"):
+        if shaped["done"]:
             reason = "tool_calls" if self.saw_tool_calls else finish_reason(data)
             ending = {"delta": {}} if self.op == "chat" else {"text": ""}
             out += _sse(self._chunk({**ending, "finish_reason": reason}))
@@ -347,6 +357,14 @@ class Chain:
     @property
     def error(self) -> str | None:
         return self.first.error or self.second.error
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def parse_object(raw: bytes) -> dict[str, Any] | None:

@@ -79,6 +79,11 @@ def test_llama_servers_with_and_without_embeddings(llama_server, tiny_model, poo
                            json={"model": "tiny.gguf", "messages": MSG, "max_tokens": 2})
         assert reply.status_code == 200, reply.text
     assert {n["health"] for n in nodes(gw).values()} == {"healthy"}
+    from sollol_plugins.ollama_pool.cli import render
+
+    table = render(httpx.get(gw.url + "/sollol/nodes").json())
+    assert f"{plain[7:]} (llama-server) cannot do embeddings and images (vision)" in table
+    assert f"{embeds[7:]} (llama-server) cannot do images (vision)" in table
     served = {i: n["served"] for i, n in nodes(gw).items()}
     assert served[embeds[7:]] >= 8 and served[plain[7:]] >= 1
 

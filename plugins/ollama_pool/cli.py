@@ -84,7 +84,22 @@ def render(snapshot: dict[str, Any]) -> str:
              for r in rows]
     lines += [f"  {n['id']}: {n['detail']}" for n in snapshot.get("nodes", [])
               if n["health"] != "healthy"]
+    lines += [line for n in snapshot.get("nodes", []) if (line := _cannot(n))]
     return "\n".join(lines)
+
+
+def _cannot(node: dict[str, Any]) -> str:
+    """What a node serving one model is known not to do (reported or learned), in words."""
+    from sollol.capabilities import ALL, describe
+
+    known = (node.get("capabilities") or {}).get("")
+    gone = set((node.get("lacks") or {}).get("", []))
+    if known is not None:
+        gone |= set(ALL) - set(known)
+    if not gone:
+        return ""
+    return f"  {node['id']} ({node.get('server') or node.get('kind')}) cannot do " \
+           f"{describe(frozenset(gone))}"
 
 
 @click.group(invoke_without_command=True)

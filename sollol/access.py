@@ -13,6 +13,7 @@ import fnmatch
 import hashlib
 import hmac
 import ipaddress
+import os
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -226,3 +227,14 @@ def open_bind(host: str, api_keys: Iterable[Any]) -> str | None:
 
 BIND_FIX = ("create a key with `sollol keys create NAME --admin` (clients send it as "
             "'Authorization: Bearer KEY'), or pass --insecure to serve without keys")
+
+
+KEY_ENV = "SOLLOL_KEY"
+"""The access key SOLLOL's own clients (CLI commands, `sollol.Cluster(gateway=...)`) send to a
+running gateway; its admin endpoints need an admin key."""
+
+
+def gateway_headers() -> dict[str, str]:
+    """`Authorization: Bearer $SOLLOL_KEY` when that is set, for requests to our gateway."""
+    key = os.environ.get(KEY_ENV, "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}

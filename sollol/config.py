@@ -21,6 +21,7 @@ import tomli_w
 from sollol import access
 from sollol.errors import ConfigError
 from sollol.models import check_node_address, split_host_port
+from sollol.secret import REDACTED, redact_url, scrub
 from sollol.units import at_least, port_number, positive
 
 Kind = Literal["bool", "int", "float", "str", "list", "table"]
@@ -108,16 +109,56 @@ def _non_negative(value: float) -> float:
     return value
 
 
-def _node_list(values: list[Any]) -> list[str]:
+_NODE_FIELDS = {"url", "api_key", "api_key_env"}
+_NODE_EXPECTED = ("a list of node addresses (host:port, http://host:port, "
+                  "openai://KEY@host:port/prefix) or tables {url, api_key | api_key_env}")
+
+
+def _node_address(text: str) -> str:
+    try:
+        check_node_address(text)
+    except ValueError as exc:
+        raise ValueError(f"{_NODE_EXPECTED}; {scrub(str(exc), text)}") from None
+    return text.strip()
+
+
+def _node_entry(value: Any) -> str | dict[str, str]:
+    if isinstance(value, str) and value.strip():
+        return _node_address(value)
+    if not isinstance(value, Mapping) or set(value) - _NODE_FIELDS:
+        raise ValueError(_NODE_EXPECTED)
+    if not (isinstance(value.get("url"), str) and value["url"].strip()):
+        raise ValueError(f"{_NODE_EXPECTED}: a table needs a 'url'")
+    _node_address(value["url"])
+    if "api_key" in value and "api_key_env" in value:
+        raise ValueError(f"{_NODE_EXPECTED}: one of 'api_key' or 'api_key_env'")
+    for name in ("api_key", "api_key_env"):
+        if name in value and not (isinstance(value[name], str) and value[name].strip()
+                                  and value[name].isprintable()):
+            raise ValueError(f"{_NODE_EXPECTED}: {name!r} a printable string")
+    return {k: v.strip() for k, v in value.items()}
+
+
+def _node_list(values: list[Any]) -> list[str | dict[str, str]]:
+    return [_node_entry(v) for v in values]
+
+
+def _redact_nodes(values: Any) -> Any:
+    """`ollama_nodes` for display: keys in URLs and tables as `***`."""
+    if not isinstance(values, list):
+        return "<hidden>"
+    shown: list[Any] = []
     for value in values:
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError("a list of node addresses (host:port or http://host:port)")
-        try:
-            check_node_address(value)
-        except ValueError as exc:
-            raise ValueError(f"a list of node addresses (host:port or http://host:port); "
-                             f"{exc}") from None
-    return [v.strip() for v in values]
+        if isinstance(value, str):
+            shown.append(redact_url(value))
+        elif isinstance(value, Mapping):
+            # anything but the URL and the variable's name may be a key (a misspelled field too)
+            shown.append({k: (redact_url(v) if k == "url" and isinstance(v, str) else
+                              v if k == "api_key_env" else REDACTED)
+                          for k, v in value.items()})
+        else:
+            shown.append("<hidden>")
+    return shown
 
 
 def _patterns(values: list[Any]) -> list[str]:
@@ -155,7 +196,8 @@ CORE_SETTINGS: tuple[Setting, ...] = (
             check=_host_port_list),
     Setting("ollama_nodes", "list", [],
             "Pool nodes (Ollama or OpenAI-compatible), as host:port or URL. "
-            "OLLAMA_HOSTS is read too.", check=_node_list),
+            "OLLAMA_HOSTS is read too. A node's own key: openai://KEY@host:port or a table "
+            "{url, api_key | api_key_env}.", check=_node_list, redact=_redact_nodes),
     Setting("routing_policy", "str", "size-threshold",
             "Policy that picks a route when sharding and distribution are both on."),
     Setting("policy_settings", "table", {},

@@ -188,14 +188,15 @@ class Dispatcher:
         response: Response | None = None
         handed_off = False
         try:
+            auth = _authorization(lease)
             response = await self.pool.post(_root(lease.base_url), upstream.path,
-                                            upstream.payload, deadline)
+                                            upstream.payload, deadline, auth)
             if falls_back(call, upstream, response.status):
                 await response.read()
                 response.release()
                 upstream = plan(call, lease.api, native=False)
                 response = await self.pool.post(_root(lease.base_url), upstream.path,
-                                                upstream.payload, deadline)
+                                                upstream.payload, deadline, auth)
             if response.status >= 400:
                 raw = await response.read()
                 trace.upstream_s += time.perf_counter() - t0
@@ -326,6 +327,12 @@ def _explained(lease: Lease, message: str) -> str:
 def _route_headers(decision: RouteDecision, lease: Lease) -> dict[str, str]:
     return {"route": decision.route, "backend": lease.backend.id, "policy": decision.policy,
             "reason": decision.reason}
+
+
+def _authorization(lease: Lease) -> bytes:
+    """The backend's own `Authorization` value (a node key from the config), or b""."""
+    credentials = lease.backend.credentials
+    return credentials.reveal().encode("latin-1") if credentials else b""
 
 
 def _root(base_url: str) -> str:

@@ -237,9 +237,10 @@ def _build_info(backend: Backend, api: str) -> str | None:
     """llama-server's build (its `/props`); other OpenAI-compatible servers may not say."""
     if api != "openai":
         return None
-    scheme = backend.labels.get("scheme", "http")
+    scheme, path = backend.labels.get("scheme", "http"), backend.labels.get("path", "")
     try:
-        reply = httpx.get(f"{scheme}://{backend.address}/props", timeout=2.0, trust_env=False)
+        reply = httpx.get(f"{scheme}://{backend.address}{path}/props", timeout=2.0,
+                          trust_env=False, headers=backend.auth_headers())
         build = reply.json().get("build_info") if reply.status_code == 200 else None
     except (httpx.HTTPError, ValueError, AttributeError):
         return None

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import attrs
 
 from sollol.names import canonical_model, check_model_name
+from sollol.secret import Secret
 
 Api = Literal["ollama", "openai", "anthropic"]
 """The HTTP dialect a backend or a client speaks (clients also speak Anthropic's Messages API)."""
@@ -33,6 +34,13 @@ class Backend:
     address: str
     capabilities: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
     labels: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_dict)
+    credentials: Secret | None = None
+    """The `Authorization` header value SOLLOL sends to this backend (a node's own key), if
+    any; prints as `***`. A base path, if any, is the label `path`."""
+
+    def auth_headers(self) -> dict[str, str]:
+        """{"Authorization": ...} for requests to this backend, or {}."""
+        return {"Authorization": self.credentials.reveal()} if self.credentials else {}
 
     @property
     def host(self) -> str:

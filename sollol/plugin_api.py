@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-VERSION = "2.2"
+VERSION = "2.3"
 """The plugin API's version (see the module docstring for when to bump which part)."""
 
 RECORD = Path(__file__).with_name("plugin_api.json")

@@ -122,9 +122,10 @@ class ProcessGroup:
 
 def wait_http(
     url: str, *, process: ManagedProcess | None = None, timeout: float = 60.0,
-    status: int = 200,
+    status: int = 200, headers: dict[str, str] | None = None,
 ) -> None:
-    """Poll `url` until it answers `status`; fail early with the log if `process` dies."""
+    """Poll `url` (sending `headers`) until it answers `status`; fail early with the log if
+    `process` dies."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
@@ -133,7 +134,8 @@ def wait_http(
                    f"ready; log:\n{process.log_text()[-4000:]}")
             raise RuntimeError(msg)
         try:
-            response = httpx.get(url, timeout=2.0, trust_env=False)  # not via $http_proxy
+            # not via $http_proxy
+            response = httpx.get(url, timeout=2.0, trust_env=False, headers=headers)
             if response.status_code == status:
                 return
             last = f"HTTP {response.status_code}"

@@ -10,6 +10,7 @@ from urllib.parse import unquote
 
 import httpx
 
+from sollol.access import gateway_headers
 from sollol.dialects.replies import error_message
 from sollol.dispatch import Dispatcher, StreamReply
 from sollol.errors import (
@@ -109,6 +110,7 @@ class RemoteGateway:
     async def open(self) -> None:
         # no proxy from the environment: a gateway is usually on the local network
         self.client = httpx.AsyncClient(base_url=self.url, trust_env=False,
+                                        headers=gateway_headers(),  # $SOLLOL_KEY, if set
                                         timeout=httpx.Timeout(self.timeout, connect=10.0))
 
     async def close(self) -> None:

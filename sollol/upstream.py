@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httptools
 
@@ -325,18 +325,22 @@ class UpstreamPool:
         self.max_idle = max_idle
         self.max_reply = max_reply  # largest whole (non-streamed) body `Response.read` accepts
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
-        self._targets: dict[str, tuple[tuple[str, str, int], bytes]] = {}
+        self._targets: dict[str, tuple[tuple[str, str, int], bytes, bytes]] = {}
         self._ssl: ssl.SSLContext | None = None
 
-    async def post(self, root: str, path: str, body: bytes, deadline: float) -> Response:
+    async def post(self, root: str, path: str, body: bytes, deadline: float,
+                   authorization: bytes = b"") -> Response:
         """POST `body` (JSON) to `root` + `path`; return once the status line and headers are in.
 
+        `root` may carry a base path (`http://h:8000/prefix`), which goes before `path`;
+        `authorization` is sent as the `Authorization` header when given.
         Raises ConnectFailed, UpstreamError or TimeoutError (at loop time `deadline`).
         """
-        key, host_header = self._target(root)
-        head = (b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+        key, host_header, prefix = self._target(root)
+        auth = b"Authorization: %s\r\n" % authorization if authorization else b""
+        head = (b"POST %s%s HTTP/1.1\r\nHost: %s\r\n%sContent-Type: application/json\r\n"
                 b"Accept: */*\r\nContent-Length: %d\r\n\r\n"
-                % (path.encode(), host_header, len(body)))
+                % (prefix, path.encode(), host_header, auth, len(body)))
         conn = self._pop_idle(key)
         if conn is not None:
             try:
@@ -404,7 +408,7 @@ class UpstreamPool:
                 return conn
         return None
 
-    def _target(self, root: str) -> tuple[tuple[str, str, int], bytes]:
+    def _target(self, root: str) -> tuple[tuple[str, str, int], bytes, bytes]:
         cached = self._targets.get(root)
         if cached is None:
             parts = urlsplit(root if "://" in root else f"http://{root}")
@@ -413,7 +417,9 @@ class UpstreamPool:
             if scheme not in ("http", "https") or not parts.hostname:
                 raise ConnectFailed(f"unsupported backend URL {root!r}")
             port = parts.port or (443 if scheme == "https" else 80)
-            cached = ((scheme, parts.hostname, port), parts.netloc.encode())
+            host = parts.netloc.rsplit("@", 1)[-1]  # never user info in a Host header
+            prefix = quote(parts.path.rstrip("/"), safe="/%-._~!$&'()*+,;=:@")
+            cached = ((scheme, parts.hostname, port), host.encode(), prefix.encode())
             if len(self._targets) >= 1024:  # roots come from config, but stay bounded anyway
                 self._targets.clear()
             self._targets[root] = cached

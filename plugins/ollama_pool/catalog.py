@@ -104,6 +104,7 @@ async def model_info(nodes: Iterable[Node], model: str, *, timeout: float) -> Mo
             continue
         try:
             async with httpx.AsyncClient(base_url=base_url(node.backend), timeout=timeout,
+                                         headers=node.backend.auth_headers(),
                                          trust_env=False) as client:
                 reply = await client.post("/api/show", json={"model": model})
         except httpx.HTTPError:

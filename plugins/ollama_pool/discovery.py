@@ -8,20 +8,28 @@ Address syntax (one entry of `ollama_nodes` or `OLLAMA_HOSTS`):
 - `openai://host:port` (or `openai+https://host:port`) -- an OpenAI-compatible server such as
   `llama-server`, vLLM or LM Studio.
 
-A missing port means 11434 (Ollama's default).
+A missing port means 11434 (Ollama's default). Any form may carry the node's own key and a base
+path: `openai://KEY@host:8000/prefix` (`KEY` or `:KEY`: a bearer key; `USER:PASSWORD`: HTTP
+Basic; %-encode `@ : /` in them; a trailing `/v1` is dropped). In TOML an entry may also be a
+table `{url = "...", api_key = "..."}` or `{url = "...", api_key_env = "VAR"}` (the key read from
+that environment variable), which keeps the key out of the file.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import attrs
 import httpx
 
 from sollol.config import Config
 from sollol.models import Backend, check_node_address, split_host_port
+from sollol.secret import bearer, redact_url, scrub, split_userinfo
 
 if TYPE_CHECKING:
     from sollol.cluster import Cluster
@@ -40,7 +48,34 @@ _PREFIXES = {
 
 
 def parse_node(text: str, source: str = "config") -> Backend:
-    """A Backend from one node address; raises ValueError naming the expected syntax."""
+    """A Backend from one node address; raises ValueError naming the expected syntax (never
+    echoing a key the address carries)."""
+    try:
+        return _parse(text, source)
+    except ValueError as exc:
+        raise ValueError(scrub(str(exc), text)) from None
+
+
+def parse_entry(entry: str | Mapping[str, Any], source: str = "config",
+                env: Mapping[str, str] | None = None) -> Backend:
+    """A Backend from one `ollama_nodes` entry: an address, or a table with `url` and the node's
+    `api_key` or `api_key_env`."""
+    if isinstance(entry, str):
+        return parse_node(entry, source)
+    backend = parse_node(entry["url"], source)
+    if "api_key_env" in entry:
+        env = os.environ if env is None else env
+        key = env.get(entry["api_key_env"], "").strip()
+        if not key:
+            raise ValueError(f"node {redact_url(entry['url'])!r}: api_key_env "
+                             f"{entry['api_key_env']!r} is not set in the environment")
+        return attrs.evolve(backend, credentials=bearer(key))
+    if "api_key" in entry:
+        return attrs.evolve(backend, credentials=bearer(entry["api_key"]))
+    return backend
+
+
+def _parse(text: str, source: str) -> Backend:
     raw = text.strip()
     try:  # "http//host" is a typo, not a node named "http"
         check_node_address(raw, DEFAULT_PORT)
@@ -58,7 +93,10 @@ def parse_node(text: str, source: str = "config") -> Backend:
             msg = (f"node {text!r}: unknown scheme (use host:port, http://, https://, "
                    "ollama:// or openai://)")
             raise ValueError(msg)
-    authority = raw.split("/", 1)[0]
+    if "?" in raw or "#" in raw:
+        raise ValueError(f"node {text!r}: no query or fragment (a base path is fine)")
+    raw, credentials = split_userinfo(raw)
+    authority, _, path = raw.partition("/")
     try:
         host, port = split_host_port(authority, default_port=DEFAULT_PORT)
     except ValueError as exc:
@@ -66,10 +104,15 @@ def parse_node(text: str, source: str = "config") -> Backend:
     if not host:
         raise ValueError(f"node {text!r}: no host")
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    # OpenAI clients are configured with .../v1: accept that spelling of the server's root
+    prefix = ("/" + path.strip("/")).removesuffix("/v1").rstrip("/") if path.strip("/") else ""
     labels = {"scheme": scheme, "source": source}
+    if prefix:
+        labels["path"] = prefix
     if detect:
         labels["detect"] = "1"
-    return Backend(id=address, kind=kind, address=address, labels=labels)
+    return Backend(id=address + prefix, kind=kind, address=address, labels=labels,
+                   credentials=credentials)
 
 
 def pool_dialects(cluster: Cluster) -> dict[str, str]:
@@ -81,8 +124,10 @@ def pool_dialects(cluster: Cluster) -> dict[str, str]:
 
 
 def base_url(backend: Backend) -> str:
-    """The node's server root, e.g. http://10.0.0.5:11434."""
-    return f"{backend.labels.get('scheme', 'http')}://{backend.address}"
+    """The node's server root, e.g. http://10.0.0.5:11434 or http://10.0.0.9:8000/prefix (never
+    its key: that goes in a header, `backend.auth_headers()`)."""
+    return (f"{backend.labels.get('scheme', 'http')}://{backend.address}"
+            f"{backend.labels.get('path', '')}")
 
 
 def discover(config: Config) -> list[Backend]:
@@ -91,7 +136,7 @@ def discover(config: Config) -> list[Backend]:
     source = config.sources.get("ollama_nodes", "config")
     found: dict[str, Backend] = {}
     for entry in config["ollama_nodes"]:
-        backend = parse_node(entry, source)
+        backend = parse_entry(entry, source)
         found.setdefault(backend.id, backend)
     cidr = config.get("pool_discovery_cidr")
     if cidr:

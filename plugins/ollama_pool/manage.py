@@ -99,6 +99,7 @@ async def _node_progress(node: Node, path: str, body: Mapping[str, Any],
     """Stream one node's progress into `queue`; return its error message, or None."""
     try:
         async with httpx.AsyncClient(base_url=base_url(node.backend), timeout=timeout,
+                                     headers=node.backend.auth_headers(),
                                      trust_env=False) as client, \
                 client.stream("POST", path, json=dict(body)) as reply:
             if reply.status_code >= 400:
@@ -196,6 +197,7 @@ async def upload_blobs(route: PoolRoute, blobs: Mapping[str, Path],
     async def one(node: Node) -> tuple[str, list[str]]:
         sent = []
         async with httpx.AsyncClient(base_url=base_url(node.backend), timeout=timeout,
+                                     headers=node.backend.auth_headers(),
                                      trust_env=False) as client:
             for digest, path in blobs.items():
                 url = f"/api/blobs/{digest}"
@@ -230,6 +232,7 @@ async def fan_out(route: PoolRoute, method: str, path: str, body: Mapping[str, A
     async def one(node: Node) -> tuple[str, int, str | None]:
         try:
             async with httpx.AsyncClient(base_url=base_url(node.backend),
+                                         headers=node.backend.auth_headers(),
                                          timeout=_timeout(route), trust_env=False) as client, \
                     client.stream(method, path, json=dict(body)) as reply:
                 raw = await _head_of(reply)  # the answer is small; a hostile one is cut off

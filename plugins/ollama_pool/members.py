@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from sollol.errors import BackendNotFound, RequestError
 from sollol.models import Backend
 
@@ -87,6 +89,11 @@ async def sync(route: PoolRoute, backends: Collection[Backend], *,
     reload), also remove what is no longer found, except nodes an operator added."""
     kinds = set(route.kinds)
     wanted = {b.id: b for b in backends if b.kind in kinds and b.id not in route.removed}
+    for ident, backend in wanted.items():
+        node = route.nodes.get(ident)
+        if node is not None and node.backend.credentials != backend.credentials:
+            # a node's key changed in the config: the next request and probe use the new one
+            node.backend = attrs.evolve(node.backend, credentials=backend.credentials)
     added = await join(route, [b for i, b in wanted.items() if i not in route.nodes])
     removed: list[str] = []
     if prune:

@@ -33,7 +33,8 @@ def check(backend: Backend, timeout: float) -> HealthReport:
         order = order[:1]
     started = time.perf_counter()
     try:
-        with httpx.Client(base_url=url, timeout=timeout, trust_env=False) as client:
+        with httpx.Client(base_url=url, timeout=timeout, trust_env=False,
+                          headers=backend.auth_headers()) as client:
             for api in order:
                 try:
                     return (_ollama if api == OLLAMA else _openai)(client, backend, started)

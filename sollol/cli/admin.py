@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import click
 
+from sollol.access import KEY_ENV, gateway_headers
 from sollol.cli import load_for_cli
+
+__all__ = ["KEY_HINT", "call", "gateway_headers", "gateway_option", "gateway_url", "item"]
 
 
 def gateway_url(config_file: Path | None, url: str | None = None) -> str:
@@ -23,15 +25,7 @@ def gateway_url(config_file: Path | None, url: str | None = None) -> str:
     return f"http://{host}:{config['gateway_port']}"
 
 
-KEY_ENV = "SOLLOL_KEY"
-"""The access key commands send to a running gateway (its admin endpoints need an admin key)."""
 KEY_HINT = f"set {KEY_ENV} to an admin key (`sollol keys create NAME --admin`)"
-
-
-def gateway_headers() -> dict[str, str]:
-    """`Authorization: Bearer $SOLLOL_KEY` when that is set, for requests to our gateway."""
-    key = os.environ.get(KEY_ENV, "").strip()
-    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def call(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -100,7 +100,8 @@ class Monitor:
         if interval > 0:
             self.scraper = BackendMetrics(interval=interval,
                                           timeout=float(config["connect_timeout"]))
-            self.scraper.start(lambda: scraping.targets(self.cluster))
+            self.scraper.start(lambda: scraping.targets(self.cluster),
+                               lambda: scraping.credentials(self.cluster))
 
     async def stop(self) -> None:
         self.closing.set()

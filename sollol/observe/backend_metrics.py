@@ -91,9 +91,11 @@ class BackendMetrics:
     scrapes: dict[str, Scrape] = attrs.field(factory=dict)
     _task: asyncio.Task[None] | None = None
 
-    def start(self, targets: Callable[[], dict[str, str]]) -> None:
+    def start(self, targets: Callable[[], dict[str, str]],
+              headers: Callable[[], dict[str, dict[str, str]]] | None = None) -> None:
         if self.interval > 0 and self._task is None:
-            self._task = asyncio.create_task(self._loop(targets), name="sollol-backend-metrics")
+            self._task = asyncio.create_task(self._loop(targets, headers),
+                                             name="sollol-backend-metrics")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -102,17 +104,21 @@ class BackendMetrics:
                 await self._task
             self._task = None
 
-    async def _loop(self, targets: Callable[[], dict[str, str]]) -> None:
+    async def _loop(self, targets: Callable[[], dict[str, str]],
+                    headers: Callable[[], dict[str, dict[str, str]]] | None = None) -> None:
         async with httpx.AsyncClient(timeout=self.timeout, trust_env=False) as client:
             while True:
                 try:
-                    await self.scrape(client, targets())
+                    await self.scrape(client, targets(), headers() if headers else None)
                 except Exception:  # one bad round must not end the loop
                     log.exception("scraping backend metrics failed")
                 await asyncio.sleep(self.interval)
 
-    async def scrape(self, client: httpx.AsyncClient, targets: dict[str, str]) -> None:
-        """One round over `targets` (backend id -> server root URL), concurrently."""
+    async def scrape(self, client: httpx.AsyncClient, targets: dict[str, str],
+                     headers: dict[str, dict[str, str]] | None = None) -> None:
+        """One round over `targets` (backend id -> server root URL), concurrently; `headers`
+        (backend id -> headers) carries a node's own key."""
+        headers = headers or {}
         for gone in set(self.scrapes) - set(targets):
             del self.scrapes[gone]
         due = []
@@ -123,12 +129,13 @@ class BackendMetrics:
             if scrape.skip > 0:
                 scrape.skip -= 1
                 continue
-            due.append(scrape)
-        await asyncio.gather(*(self._one(client, s) for s in due))
+            due.append((backend, scrape))
+        await asyncio.gather(*(self._one(client, s, headers.get(b)) for b, s in due))
 
-    async def _one(self, client: httpx.AsyncClient, scrape: Scrape) -> None:
+    async def _one(self, client: httpx.AsyncClient, scrape: Scrape,
+                   headers: dict[str, str] | None = None) -> None:
         try:
-            response = await client.get(scrape.url.rstrip("/") + "/metrics")
+            response = await client.get(scrape.url.rstrip("/") + "/metrics", headers=headers)
         except httpx.HTTPError as exc:
             scrape.error = f"{type(exc).__name__}: {exc}"[:200]
             return
@@ -169,6 +176,17 @@ def _average(values: dict[str, float]) -> float | None:
 
 def _round(value: float | None) -> float | None:
     return round(value, 2) if value is not None else None
+
+
+def credentials(cluster: Cluster) -> dict[str, dict[str, str]]:
+    """Backend id -> its `Authorization` header, for backends that carry their own key (read
+    from the routes' states: snapshots are plain data and never hold keys)."""
+    found: dict[str, dict[str, str]] = {}
+    for provider in cluster.routes.values():
+        for state in provider.state().backends:
+            if state.backend.credentials:
+                found[state.backend.id] = state.backend.auth_headers()
+    return found
 
 
 def targets(cluster: Cluster) -> dict[str, str]:

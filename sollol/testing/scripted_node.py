@@ -31,7 +31,14 @@ class ScriptedNode:
     """What `GET /v1/models` lists (so a pool can use it as an OpenAI-compatible node)."""
     host: str = "127.0.0.1"
     port: int = 0
+    authorization: str | None = None
+    """When set, every request must carry exactly this `Authorization` value, else 401 (as vLLM
+    and LiteLLM do with an API key, health and model list included)."""
+    prefix: str = ""
+    """A base path every endpoint lives under (a server behind a path-routing proxy)."""
     requests: list[dict[str, Any]] = attrs.field(factory=list)
+    refused: list[str] = attrs.field(factory=list)
+    """Paths of requests refused for a missing or wrong `Authorization` or outside `prefix`."""
     disconnects: int = 0
     """Streams the client cut before the end (seen when the next write fails)."""
     _loop: asyncio.AbstractEventLoop | None = None
@@ -67,15 +74,16 @@ class ScriptedNode:
 
     def _run(self, ready: threading.Event) -> None:
         self._loop = asyncio.new_event_loop()
-        app = web.Application()
+        app = web.Application(middlewares=[self._gate])
+        at = self.prefix
         if self.api == "openai":
-            app.router.add_post("/v1/chat/completions", self._openai)
-            app.router.add_post("/v1/completions", self._openai)
-            app.router.add_post("/v1/embeddings", self._embeddings)
-            app.router.add_get("/v1/models", self._models)
+            app.router.add_post(at + "/v1/chat/completions", self._openai)
+            app.router.add_post(at + "/v1/completions", self._openai)
+            app.router.add_post(at + "/v1/embeddings", self._embeddings)
+            app.router.add_get(at + "/v1/models", self._models)
         else:
-            app.router.add_post("/api/chat", self._ollama)
-            app.router.add_post("/api/generate", self._ollama)
+            app.router.add_post(at + "/api/chat", self._ollama)
+            app.router.add_post(at + "/api/generate", self._ollama)
         # handler_cancellation: a client that leaves during a pause ends the handler at once
         # (as it does Ollama's and llama-server's generation), instead of at the next write.
         self._runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True)
@@ -86,6 +94,18 @@ class ScriptedNode:
         ready.set()
         self._loop.run_forever()
         self._loop.close()
+
+    @web.middleware
+    async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        wrong_key = (self.authorization is not None
+                     and request.headers.get("Authorization") != self.authorization)
+        if wrong_key or not request.path.startswith(self.prefix + "/"):
+            self.refused.append(request.path)
+            status = 401 if wrong_key else 404
+            return web.json_response({"error": {"message": "unauthorized" if wrong_key
+                                                else "not found", "code": status}},
+                                     status=status)
+        return await handler(request)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         body = await request.json()

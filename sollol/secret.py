@@ -69,20 +69,31 @@ def split_userinfo(authority_and_path: str) -> tuple[str, Secret | None]:
     return host + slash + path, from_userinfo(userinfo)
 
 
+def _userinfo_span(text: str) -> tuple[int, int] | None:
+    """Where the credentials of an address are: between the scheme (or the last `/`) and the
+    last `@`, also in misspelled addresses (`openai//KEY@h`)."""
+    at = text.rfind("@")
+    if at < 0:
+        return None
+    scheme_end = text.find("://", 0, at)
+    return (scheme_end + 3 if scheme_end >= 0 else text.rfind("/", 0, at) + 1), at
+
+
 def redact_url(text: str) -> str:
-    """`openai://KEY@host` -> `openai://***@host` (for messages and listings)."""
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        scheme, rest = "", text
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = REDACTED + "@" + authority.rpartition("@")[2]
-    return f"{scheme}{sep}{authority}{slash}{path}"
+    """`openai://KEY@host` -> `openai://***@host`."""
+    span = _userinfo_span(text)
+    return text if span is None else text[:span[0]] + REDACTED + text[span[1]:]
 
 
 def scrub(message: str, text: str) -> str:
-    """`message` with every appearance of the address `text` replaced by its redacted form."""
-    shown = redact_url(text)
-    if shown == text:
+    """`message` (about the address `text`) with the address's credentials replaced by `***`,
+    wherever and however often they appear (hints may quote a corrected address)."""
+    span = _userinfo_span(text)
+    if span is None or span[0] == span[1]:
         return message
-    return message.replace(repr(text), repr(shown)).replace(text, shown)
+    secret = text[span[0]:span[1]]
+    user, colon, password = secret.partition(":")
+    for part in (secret, password if colon else user):  # a user name is no secret
+        if part:
+            message = message.replace(part, REDACTED)
+    return message

@@ -21,13 +21,14 @@ from typing import Any
 
 import attrs
 
+from sollol.names import canonical_model
+
 KEY_PREFIX = "sollol-"
 HASH_PREFIX = "sha256:"
 MIN_PLAIN_LENGTH = 16
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _FIELDS = {"name", "key", "hash", "admin", "models"}
-_OLLAMA_REGISTRY = ("registry.ollama.ai/library/", "registry.ollama.ai/", "library/")
 
 
 def new_key() -> str:
@@ -72,16 +73,11 @@ class AccessKey:
 
 
 def model_spellings(model: str) -> tuple[str, ...]:
-    """`model` lower-cased, as written, without Ollama's registry prefix, and with its tag."""
-    name = model.strip().lower()
-    bare = name
-    for prefix in _OLLAMA_REGISTRY:
-        if bare.startswith(prefix):
-            bare = bare[len(prefix):]
-            break
-    short = bare.removesuffix(":latest")
-    tagged = short if ":" in short.rsplit("/", 1)[-1] else short + ":latest"
-    return (name, short, tagged)
+    """`model` as written and in its canonical form (`sollol.names`), with and without the
+    default tag, lower-cased: a glob decides on the model, not on how a client spelled it."""
+    written = model.strip().lower()
+    canonical = canonical_model(model.strip()).lower()
+    return (written, canonical, canonical.removesuffix(":latest"))
 
 
 def _plain_digest(key: str, where: str) -> bytes:

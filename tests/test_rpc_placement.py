@@ -346,3 +346,47 @@ async def test_the_route_explains_what_a_request_would_do_now(
     idle = await route.placement(RouteRequest(model=other))
     assert f"would stop the least recently used idle coordinator ({str(tiny_model)!r})" \
         in idle.reason
+
+
+@pytest.mark.llamacpp
+async def test_layers_the_gateway_machine_can_hold_stay_there(
+    rpc_servers, sharding_route, tiny_model: Path,
+) -> None:
+    """rpc_local_memory of half the model: the shard alone could not hold it, the gateway
+    machine keeps whole layers (-ngl offloads the rest) and the two together serve it."""
+    from test_sharding_route import chat
+
+    needed = model_needs(tiny_model)
+    (address, _proc), = rpc_servers(1)
+    route = await sharding_route([address], rpc_backend_memory={address: needed * 6 // 10},
+                                 rpc_local_memory=str(needed // 2))
+    lease = await route.acquire(RouteRequest(model=str(tiny_model)))
+    try:
+        coord = route.manager.coordinators[str(tiny_model)]
+        assert coord.plan.layer_count == 8 and 0 < coord.plan.local_layers < 8
+        ngl = coord.argv(Path("llama-server"), 0, [])
+        assert ngl[ngl.index("-ngl") + 1] == str(9 - coord.plan.local_layers)
+        assert "stay in the gateway machine's memory" in coord.plan.reason
+        assert await chat(lease.base_url, 4)
+    finally:
+        lease.release(Outcome(ok=True))
+    report = route.snapshot()["coordinators"][0]["layers"]
+    assert report["backends"][0]["layers"] == 8 - coord.plan.local_layers
+
+
+def test_whole_layers_are_kept_local_as_memory_allows() -> None:
+    from sollol_plugins.llamacpp_rpc.manager import CoordinatorManager, Options
+
+    from sollol.models import ModelInfo
+
+    def manager(local: int) -> CoordinatorManager:
+        options = Options(mode="persistent", idle_timeout=1, max_coordinators=1,
+                          startup_timeout=1, wait_timeout=1, ctx_size=0, extra_args=(),
+                          state_dir=Path("/nonexistent"), local_memory=local)
+        return CoordinatorManager(options, ShardRegistry(timeout=1), None, None)
+
+    info = ModelInfo("m", file_size=900, layer_count=8)  # 100 bytes per layer (+ the output)
+    assert manager(0).split_local(900, info) == (900, 0)
+    assert manager(350).split_local(900, info) == (600, 3)
+    assert manager(10_000).split_local(900, info) == (100, 8)  # the output layer is sharded
+    assert manager(350).split_local(900, None) == (900, 0)  # layers unknown: nothing local

@@ -83,7 +83,8 @@ class Coordinator:
              verbose: bool = False) -> list[str]:
         args = [str(llama_server), "-m", str(self.resolved.path),
                 "--rpc", ",".join(self.plan.addresses),
-                "-ngl", "99",  # every layer on the rpc-servers; -ngl 0 would keep them here
+                # 99: every layer on the rpc-servers (-ngl 0 would keep them all here)
+                "-ngl", str(self.plan.gpu_layers),
                 "--tensor-split", self.plan.tensor_split,
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "--alias", self.model,

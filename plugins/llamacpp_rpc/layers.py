@@ -99,7 +99,10 @@ def parse(lines: Iterable[str], backends: Iterable[str]) -> LayerReport:
                 by_endpoint.setdefault(where, []).append(number)
     layers_from = "log"
     if not layers and block_count and sum(kv.get(a, 0.0) for a in backends) > 0:
-        by_endpoint, layers_from = _from_kv(block_count, backends, kv), "kv-cache sizes"
+        # layers kept on the coordinator (rpc_local_memory, -ngl below the layer count) are the
+        # first ones, and their KV cache is in its CPU buffer
+        by_endpoint, layers_from = (_from_kv(block_count, [COORDINATOR, *backends], kv),
+                                    "kv-cache sizes")
         output_device = next((a for a in reversed(backends) if by_endpoint.get(a)), None)
     shares = tuple(_share(a, by_endpoint, weights, kv) for a in backends)
     return LayerReport(block_count, offloaded, shares,

@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 
 from sollol.errors import ModelNotFound, NoRouteAvailable, Overloaded
-from sollol.models import ResolvedModel, ShardOffer, ShardPlacement
+from sollol.models import ModelInfo, ResolvedModel, ShardOffer, ShardPlacement
 
 from . import procs
 from .coordinator import FAILED, READY, STARTING, STOPPED, Coordinator, CoordinatorFailed
@@ -28,8 +28,8 @@ from .plan import DoesNotFit, Plan, make_plan, needed_bytes, place
 from .shards import ShardRegistry
 
 log = logging.getLogger("sollol.sharding")
-Resolver = Callable[[str], Awaitable[tuple[ResolvedModel | None, int | None]]]
-"""model -> (its GGUF, KV bytes per token if known)."""
+Resolver = Callable[[str], Awaitable[tuple[ResolvedModel | None, ModelInfo | None]]]
+"""model -> (its GGUF, its metadata if readable)."""
 Placer = Callable[[str, int, list[ShardOffer]], ShardPlacement]
 """(model, bytes needed, free rpc-servers) -> where it goes (the `sollol_place_shards` hook)."""
 
@@ -51,6 +51,8 @@ class Options:
     when_busy: str = "evict"
     queue_size: int = 64
     """Requests that may wait for busy rpc-servers at once; more get 429 at once."""
+    local_memory: int = 0
+    """Bytes of the gateway machine's memory its coordinators may keep layers in."""
 
 
 _MAX_PER_MODEL = 256
@@ -162,6 +164,18 @@ class CoordinatorManager:
                 coord = await self._start_locked(model)
             return coord
 
+    def split_local(self, size: int, info: ModelInfo | None) -> tuple[int, int]:
+        """(bytes the rpc-servers must hold, layers kept on the gateway machine): whole layers
+        fit into `local_memory` stay here (llama-server's own memory), the rest is sharded."""
+        kv = info.kv_bytes_per_token if info else None
+        needed = needed_bytes(size, kv, self.options.ctx_size)
+        layers = info.layer_count if info else None
+        if not self.options.local_memory or not layers:
+            return needed, 0
+        per_layer = needed / (layers + 1)  # the output layer counts as one
+        local = min(layers, int(self.options.local_memory // per_layer))
+        return needed - int(local * per_layer), local
+
     def preview(self, model: str, needed: int) -> str:
         """What a request for `model` would do now, in words (no side effects, no probes)."""
         coord = self.coordinators.get(model)
@@ -239,11 +253,11 @@ class CoordinatorManager:
         """Plan and spawn a coordinator; None when rpc-servers are busy and we should wait."""
         if self.llama_server is None:
             raise NoRouteAvailable(f"sharding: {self.missing_binary}")
-        resolved, kv_per_token = await self.resolve(model)
+        resolved, info = await self.resolve(model)
         if resolved is None:
             raise ModelNotFound(f"model {model!r} not found: no GGUF file resolves for it "
                                 "(an Ollama store name, or a GGUF file in a gguf_dirs folder)")
-        needed = needed_bytes(resolved.size, kv_per_token, self.options.ctx_size)
+        needed, local_layers = self.split_local(resolved.size, info)
         active = [c for c in self.coordinators.values() if c.state in (STARTING, READY)]
         everything = [self.shards.offer(s) for s in self.shards.shards.values()
                       if s.healthy and s.incompatible is None]
@@ -283,6 +297,11 @@ class CoordinatorManager:
                                              f"needed for {model!r}")
             active.remove(idle[0])
         self.unservable.pop(model, None)
+        if local_layers:
+            plan = attrs.evolve(plan, local_layers=local_layers,
+                                layer_count=info.layer_count if info else None,
+                                reason=f"{plan.reason}; {local_layers} layer(s) stay in the "
+                                       "gateway machine's memory (rpc_local_memory)")
         return self._spawn_locked(model, resolved, plan)
 
     def _plan(self, model: str, needed: int, offers: list[ShardOffer]) -> Plan:

@@ -36,6 +36,16 @@ class Plan:
     split: tuple[float, ...] = ()
     reason: str = ""
     numbers: dict[str, Any] = attrs.field(factory=dict)
+    local_layers: int = 0
+    """Layers kept in the gateway machine's own memory (`rpc_local_memory`)."""
+    layer_count: int | None = None
+
+    @property
+    def gpu_layers(self) -> int:
+        """llama-server's `-ngl`: layers (the output layer counts) offloaded to rpc-servers."""
+        if not self.local_layers or self.layer_count is None:
+            return 99  # all of them
+        return self.layer_count + 1 - self.local_layers
 
     @property
     def addresses(self) -> list[str]:

@@ -34,7 +34,7 @@ from . import members, procs
 from .coordinator import READY, STARTING
 from .discovery import KIND
 from .manager import CoordinatorManager, Options
-from .plan import needed_bytes, place
+from .plan import place
 from .probe import format_version
 from .shards import ShardRegistry
 
@@ -65,6 +65,7 @@ def options_from(config: Any) -> Options:
         ctx_size=config["rpc_ctx_size"], extra_args=tuple(config["rpc_coordinator_args"]),
         state_dir=state_dir(config), verbose_log=config["rpc_verbose_log"],
         placement=config["rpc_placement"], when_busy=config["rpc_when_busy"],
+        local_memory=parse_bytes(config["rpc_local_memory"]),
     )
 
 
@@ -156,7 +157,7 @@ class ShardingRoute:
             except Exception:
                 log.exception("sharding supervisor pass failed")
 
-    async def _resolve(self, model: str) -> tuple[ResolvedModel | None, int | None]:
+    async def _resolve(self, model: str) -> tuple[ResolvedModel | None, ModelInfo | None]:
         resolved = await self.cluster.resolve_gguf(model)
         if resolved is None:
             return None, None
@@ -165,7 +166,7 @@ class ShardingRoute:
         except Exception as exc:  # sizes are an estimate; a header we can't read is not fatal
             log.warning("could not read GGUF metadata of %s: %s", model, exc)
             info = None
-        return resolved, info.kv_bytes_per_token if info else None
+        return resolved, info
 
     # ------------------------------------------------------------------------ the contract
 
@@ -233,8 +234,8 @@ class ShardingRoute:
         missing = self.lacking(request.needs)
         if missing:
             return Placement(self.name, True, NO_EMBEDDINGS, missing)
-        _resolved, kv_per_token = await self._resolve(request.model)
-        needed = needed_bytes(resolved.size, kv_per_token, self.manager.options.ctx_size)
+        _resolved, info = await self._resolve(request.model)
+        needed = self.manager.split_local(resolved.size, info)[0]
         return Placement(self.name, True, f"its GGUF resolves ({resolved.source}); "
                          f"{self.manager.preview(request.model, needed)}")
 

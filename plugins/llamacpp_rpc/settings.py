@@ -51,6 +51,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Memory each rpc-server may give, by address (e.g. {\"10.0.0.7:50052\" = "
             "\"12 GiB\"}); a CPU rpc-server reports all of its host's RAM as free.",
             check=_memory_table),
+    Setting("rpc_local_memory", "str", "0",
+            "Memory of the gateway machine a sharded model may use (e.g. \"8 GiB\"): as many "
+            "whole layers as fit stay in the coordinator's own memory, the rest is sharded.",
+            check=_size),
     Setting("rpc_memory_reserve", "str", "0",
             "Memory left free on every rpc-server device (e.g. \"512 MiB\"): compute buffers "
             "and whatever else runs there.", check=_size),

@@ -88,7 +88,7 @@ async def sharded(model: Path, addresses: list[str], state: Path, tokens: int,
     config, _ = load(overrides={
         "model_sharding_enabled": True, "task_distribution_enabled": False,
         "rpc_backends": addresses, "rpc_state_dir": str(state), "plugins": ["llamacpp_rpc"],
-        "rpc_ctx_size": 2048})
+        "rpc_ctx_size": 2048, "gguf_dirs": [str(model.parent)]})  # requests name it by path
     cluster = Cluster(config=config, pm=get_plugin_manager(["llamacpp_rpc"]))
     from sollol_plugins.llamacpp_rpc.route import ShardingRoute
 

@@ -134,7 +134,7 @@ async def through_sollol(model: Path, addresses: list[str], state: Path, *, bina
         "model_sharding_enabled": True, "task_distribution_enabled": False,
         "rpc_backends": addresses, "rpc_state_dir": str(state), "plugins": ["llamacpp_rpc"],
         "rpc_ctx_size": 2048, "llama_cpp_dir": str(binaries_dir), "rpc_startup_timeout": 1800,
-        "rpc_placement": "all", **keys})
+        "rpc_placement": "all", "gguf_dirs": [str(model.parent)], **keys})
     route = ShardingRoute(Cluster(config=config, pm=get_plugin_manager(["llamacpp_rpc"])))
     await route.start()
     try:
@@ -189,6 +189,7 @@ async def pair_vs_spread(shards: Shards, preset: str, work: Path, binaries_dir: 
             "model_sharding_enabled": True, "task_distribution_enabled": False,
             "rpc_backends": shards.addresses, "rpc_state_dir": str(work / f"pair-{label}"),
             "plugins": ["llamacpp_rpc"], "rpc_ctx_size": 2048,
+            "gguf_dirs": [str(first.parent), str(work)],  # requests name the models by path
             "llama_cpp_dir": str(binaries_dir), **keys})
         route = ShardingRoute(Cluster(config=config, pm=get_plugin_manager(["llamacpp_rpc"])))
         await route.start()

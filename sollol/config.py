@@ -209,6 +209,12 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("disabled_plugins", "list", [], "Plugin names never to load."),
     Setting("max_body_bytes", "int", 16 * 1024 * 1024, "Largest request body accepted.",
             check=positive),
+    Setting("blob_dir", "str", None,
+            "Folder where blobs uploaded for /api/create wait until a create sends them to the "
+            "nodes (unset: a folder in SOLLOL's user cache folder).", optional=True),
+    Setting("max_blob_bytes", "int", 256 * 1024**3,
+            "Largest blob a client may upload through the gateway (/api/blobs).",
+            check=positive),
     Setting("gguf_dirs", "list", [],
             "Folders of GGUF files that requests may name (by file name, or a path inside "
             "them); no other file on the gateway machine can be named.", check=_folder_list),

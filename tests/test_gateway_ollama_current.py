@@ -104,3 +104,25 @@ def test_current_fields_pass_untouched_to_ollama_nodes(emulator, pool_gateway) -
     assert any(p.thinking for p in streamed) and streamed[-1].done_reason
     bad = httpx.post(gw.url + "/api/chat", json={**body, "think": "extreme"})
     assert bad.status_code == 400 and "think" in bad.json()["error"]
+
+
+def test_blob_uploads_are_bounded_and_kept_out_of_tmp(emulator, pool_gateway, tmp_path) -> None:
+    node = emulator(models=["base:1b"])
+    spool = tmp_path / "spool"
+    gw = pool_gateway(node.address, blob_dir=str(spool), max_blob_bytes=1000)
+    data = b"x" * 600
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert httpx.post(f"{gw.url}/api/blobs/{digest}", content=data).status_code == 201
+    (run,) = spool.iterdir()  # this gateway run's own folder
+    assert (run / digest.replace(":", "-")).read_bytes() == data
+    big = httpx.post(f"{gw.url}/api/blobs/sha256:{'1' * 64}", content=b"y" * 1001)
+    assert big.status_code == 413 and "max_blob_bytes" in big.json()["error"]
+
+    def chunked():  # no Content-Length: the limit is enforced while the bytes arrive
+        yield b"z" * 700
+        yield b"z" * 700
+    cut = httpx.post(f"{gw.url}/api/blobs/sha256:{'2' * 64}", content=chunked())
+    assert cut.status_code == 413
+    assert sorted(p.name for p in run.iterdir()) == [digest.replace(":", "-")]
+    gw.stop()
+    assert not run.exists()  # the spool goes when the gateway stops

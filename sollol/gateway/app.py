@@ -10,6 +10,7 @@ import asyncio
 import gc
 import logging
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sollol.calls import Op
@@ -55,7 +56,9 @@ class Gateway:
         self._reloads: set[asyncio.Task[Any]] = set()
         self.dispatcher: Dispatcher | None = None
         self.max_body = int(cluster.config["max_body_bytes"])
-        self.blobs = BlobSpool()
+        blob_dir = cluster.config["blob_dir"]
+        self.blobs = BlobSpool(Path(blob_dir) if blob_dir else None,
+                               int(cluster.config["max_blob_bytes"]))
         self.in_progress = 0
         """Routed requests being served right now (queued ones included)."""
         self.monitor = Monitor(cluster, running=lambda: self.in_progress)

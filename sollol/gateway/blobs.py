@@ -1,9 +1,10 @@
 """`HEAD|POST /api/blobs/:digest`: blobs a client uploads before `/api/create` (`ollama create`
 from a local GGUF file).
 
-The gateway keeps each upload in a spool folder (verified against its digest while it is written,
-never held in memory), and `/api/create` sends it on to the pool nodes that lack it before the
-create itself is fanned out. The spool is removed when the gateway stops.
+The gateway keeps each upload in a spool folder (`blob_dir`; verified against its digest while it
+is written, never held in memory, at most `max_blob_bytes`), and `/api/create` sends it on to
+the pool nodes that lack it before the create itself is fanned out. The spool is removed when
+the gateway stops.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sollol.errors import RequestError
+import platformdirs
+
+from sollol.errors import PayloadTooLarge, RequestError
 from sollol.gateway.asgi import Receive, Scope, Send, send_body
 
 _DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
@@ -30,10 +33,17 @@ def parse_digest(text: str) -> str:
     return f"sha256:{match.group(1)}"
 
 
-class BlobSpool:
-    """Uploaded blobs on disk, by digest."""
+def default_root() -> Path:
+    """Where spools live unless `blob_dir` says otherwise (not /tmp: it may be memory)."""
+    return Path(platformdirs.user_cache_dir("sollol")) / "blobs"
 
-    def __init__(self) -> None:
+
+class BlobSpool:
+    """Uploaded blobs on disk, by digest, in a folder of this gateway run under `root`."""
+
+    def __init__(self, root: Path | None = None, limit: int = 256 * 1024**3) -> None:
+        self.root = root or default_root()
+        self.limit = limit
         self._dir: Path | None = None
 
     def path(self, digest: str) -> Path | None:
@@ -49,15 +59,25 @@ class BlobSpool:
         if scope["method"] == "HEAD":
             await send_body(send, 200 if self.path(digest) else 404, b"", head=True)
             return
-        await self._store(digest, receive)
+        declared = next((int(v) for k, v in scope["headers"]
+                         if k == b"content-length" and v.isdigit()), None)
+        await self._store(digest, receive, declared)
         await send_body(send, 201, b"")
 
-    async def _store(self, digest: str, receive: Receive) -> None:
+    async def _store(self, digest: str, receive: Receive, declared: int | None) -> None:
+        if declared is not None and declared > self.limit:
+            raise PayloadTooLarge(f"blob is {declared} bytes, over the limit of {self.limit} "
+                                  "(max_blob_bytes)")
         if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="sollol-blobs-"))
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.root))
+        if declared is not None and declared > shutil.disk_usage(self._dir).free:
+            raise PayloadTooLarge(f"blob is {declared} bytes, more than the free space in "
+                                  f"{self._dir} (blob_dir)")
         final = self._dir / digest.replace(":", "-")
         handle, temp = tempfile.mkstemp(dir=self._dir, prefix=".upload-")
         hasher = hashlib.sha256()
+        size = 0
         try:
             with os.fdopen(handle, "wb") as out:
                 while True:
@@ -65,6 +85,10 @@ class BlobSpool:
                     if message["type"] == "http.disconnect":
                         raise RequestError("the client went away during the upload")
                     chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.limit:
+                        raise PayloadTooLarge(f"blob is over the limit of {self.limit} bytes "
+                                              "(max_blob_bytes)")
                     hasher.update(chunk)
                     out.write(chunk)
                     if not message.get("more_body", False):

@@ -36,6 +36,7 @@ _EMBED_WORDS = re.compile(r"embedding|pooling", re.IGNORECASE)
 _CHAT_WORDS = re.compile(r"\bchat\b|template", re.IGNORECASE)
 _VISION_WORDS = re.compile(r"image|vision|multimodal|mmproj", re.IGNORECASE)
 _TOOL_WORDS = re.compile(r"\btools?\b|tool.call|function", re.IGNORECASE)
+_COMPLETION_WORDS = re.compile(r"generat|completion", re.IGNORECASE)
 
 
 def needs(op: str, body: Mapping[str, Any]) -> frozenset[str]:
@@ -85,10 +86,13 @@ def unsupported(status: int, raw: bytes, wanted: frozenset[str]) -> str | None:
     if status != 501 and not _UNSUPPORTED.search(text):
         return None
     for capability, words in ((EMBEDDING, _EMBED_WORDS), (VISION, _VISION_WORDS),
-                              (TOOLS, _TOOL_WORDS), (CHAT, _CHAT_WORDS)):
+                              (TOOLS, _TOOL_WORDS), (CHAT, _CHAT_WORDS),
+                              (COMPLETION, _COMPLETION_WORDS)):
         if capability in wanted and words.search(text):
             return capability
-    # the answer did not name a feature: blame the most specific one the request needed
+    if status != 501:
+        return None  # unsupported, but not something we route by (e.g. "thinking"): a 4xx
+    # "not implemented" without naming what: blame the most specific thing the request needed
     for capability in (EMBEDDING, VISION, TOOLS, CHAT, COMPLETION):
         if capability in wanted:
             return capability

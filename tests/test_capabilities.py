@@ -45,6 +45,23 @@ def test_unsupported_answers_are_told_from_failures():
     assert caps.unsupported(400, bad_field, frozenset({"chat"})) is None
     assert caps.unsupported(500, llama.encode(), frozenset({"embedding"})) is None
     assert caps.unsupported(503, b"busy", frozenset({"embedding"})) is None
+    thinking = json.dumps({"error": '"m" does not support thinking'}).encode()
+    assert caps.unsupported(400, thinking, frozenset({"completion", "chat"})) is None
+    generate = json.dumps({"error": '"embed" does not support generate'}).encode()
+    assert caps.unsupported(400, generate, frozenset({"completion"})) == "completion"
+    vague = json.dumps({"error": {"type": "not_supported_error", "message": "no"}}).encode()
+    assert caps.unsupported(501, vague, frozenset({"completion", "chat", "tools"})) == "tools"
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20),
+       st.sampled_from(["chat", "generate", "completions", "embed", "embeddings", "show",
+                        "messages", "responses"]))
+def test_needs_of_any_body_is_a_set_of_known_capabilities(body, op):
+    found = caps.needs(op, body if isinstance(body, dict) else {"messages": body,
+                                                                 "tools": body})
+    assert found <= set(caps.ALL)
 
 
 @given(st.integers(100, 599), st.binary(max_size=200),

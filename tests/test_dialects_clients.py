@@ -233,3 +233,49 @@ def test_an_openai_node_without_these_endpoints_gets_chat_completions(
     with responses.stream(model="oai", input="hi") as stream:
         assert stream.get_final_response().output_text == words
     assert node.requests[-1]["path"] == "/v1/chat/completions"
+
+
+@pytest.mark.llamacpp
+def test_current_ollama_fields_on_a_llama_server_node(llama_server, tiny_model, pool_gateway,
+                                                      ) -> None:
+    """think, logprobs/top_logprobs translated for a real llama-server; what it cannot do is a
+    400 naming the node kind."""
+    import json
+
+    import httpx
+
+    url, _proc = llama_server(tiny_model, "--alias", "tiny")
+    gw = pool_gateway("openai://" + url.removeprefix("http://"))
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": False,
+            "options": {"num_predict": 3}, "logprobs": True, "top_logprobs": 2, "think": False}
+    reply = httpx.post(gw.url + "/api/chat", json=body, timeout=120).json()
+    assert reply["done_reason"] == "length" and len(reply["logprobs"]) == 3
+    assert len(reply["logprobs"][0]["top_logprobs"]) == 2
+    with httpx.stream("POST", gw.url + "/api/chat", json={**body, "stream": True},
+                      timeout=120) as streamed:
+        lines = [json.loads(line) for line in streamed.iter_lines() if line]
+    assert lines[-1]["done"] and sum(len(x.get("logprobs") or []) for x in lines) == 3
+    raw = httpx.post(gw.url + "/api/generate", timeout=120, json={
+        "model": "tiny", "prompt": "once", "raw": True, "stream": False, "logprobs": True,
+        "options": {"num_predict": 2}}).json()
+    assert [p["token"] for p in raw["logprobs"]] and raw["response"]
+    for field, value in (("think", "max"), ("shift", True), ("truncate", True)):
+        refused = httpx.post(gw.url + "/api/chat", json={**body, field: value}, timeout=60)
+        assert refused.status_code == 400
+        assert "OpenAI-compatible node" in refused.json()["error"], field
+
+
+def test_openai_fields_on_an_ollama_node(emulator, pool_gateway) -> None:
+    node = emulator(models=[EmulatedModel("tiny:1b",
+                                          capabilities=("completion", "tools", "thinking"))])
+    client = Target("ollama", pool_gateway(node.address).url, "tiny:1b").openai()
+    reply = client.chat.completions.create(
+        model="tiny:1b", messages=[{"role": "user", "content": "hi"}], logprobs=True,
+        top_logprobs=2, reasoning_effort="high")
+    assert len(reply.choices[0].logprobs.content[0].top_logprobs) == 2
+    assert reply.choices[0].message.model_extra.get("reasoning_content")
+    assert node.stats()["recent"][-1]["think"] == "high"
+    chunks = list(client.chat.completions.create(
+        model="tiny:1b", messages=[{"role": "user", "content": "hi"}], logprobs=True,
+        stream=True))
+    assert any(c.choices and c.choices[0].logprobs for c in chunks)

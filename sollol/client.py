@@ -48,7 +48,7 @@ class Cluster:
         nodes: Sequence[str] | None = None, rpc_backends: Sequence[str] | None = None,
         plugins: Sequence[str] | None = None, runtime: Runtime | None = None,
         max_retries: int = 2, gateway: str | None = None, timeout: float = 300.0,
-        **settings: Any,
+        api_key: str | None = None, **settings: Any,
     ) -> None:
         """Load config and plugins (`config` file, then keyword overrides of config keys).
 
@@ -56,14 +56,18 @@ class Cluster:
         other keywords are config keys (`model_sharding_enabled=True`...). Or pass a `runtime`
         built elsewhere (it is started and stopped only if it is not running yet). Or pass
         `gateway="http://host:11435"` to send everything to a running SOLLOL gateway instead
-        of running the routes here (`timeout`: seconds a request may take).
+        of running the routes here (`timeout`: seconds a request may take; `api_key`: the
+        gateway's access key, default $SOLLOL_KEY).
         """
+        if api_key is not None and gateway is None:
+            raise TypeError("api_key= is the key of a remote gateway: pass gateway= too")
         if gateway is not None:
             if runtime is not None or config is not None or settings or any(
                     v is not None for v in (nodes, rpc_backends, plugins)):
                 raise TypeError("a remote gateway brings its own config: pass gateway= alone")
             self.runtime: Runtime | None = None
-            self._transport: InProcess | RemoteGateway = RemoteGateway(gateway, timeout)
+            self._transport: InProcess | RemoteGateway = RemoteGateway(gateway, timeout,
+                                                                       api_key)
             self._init_state()
             return
         overrides = dict(settings)

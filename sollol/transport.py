@@ -15,11 +15,13 @@ from sollol.dialects.replies import error_message
 from sollol.dispatch import Dispatcher, StreamReply
 from sollol.errors import (
     BackendError,
+    Forbidden,
     ModelNotFound,
     NoRouteAvailable,
     Overloaded,
     RequestError,
     SollolError,
+    Unauthorized,
 )
 from sollol.fanout import capacity
 from sollol.gateway.validate import validate
@@ -28,7 +30,8 @@ if TYPE_CHECKING:
     from sollol.cluster import Cluster as Runtime
     from sollol.tasks import Op, Task
 
-_ERRORS: dict[int, type[SollolError]] = {400: RequestError, 404: ModelNotFound,
+_ERRORS: dict[int, type[SollolError]] = {400: RequestError, 401: Unauthorized,
+                                         403: Forbidden, 404: ModelNotFound,
                                          429: Overloaded, 503: NoRouteAvailable}
 _PATHS = {"chat": "/api/chat", "generate": "/api/generate", "embed": "/api/embed"}
 Sent = tuple[int, bytes, dict[str, str]]
@@ -102,15 +105,16 @@ class InProcess:
 class RemoteGateway:
     """A SOLLOL gateway elsewhere: the same requests over HTTP (its routing, its failover)."""
 
-    def __init__(self, url: str, timeout: float = 300.0) -> None:
+    def __init__(self, url: str, timeout: float = 300.0, api_key: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        # the gateway's access key: given, or $SOLLOL_KEY (as SOLLOL's CLI commands send it)
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else gateway_headers()
         self.client: httpx.AsyncClient | None = None
 
     async def open(self) -> None:
         # no proxy from the environment: a gateway is usually on the local network
-        self.client = httpx.AsyncClient(base_url=self.url, trust_env=False,
-                                        headers=gateway_headers(),  # $SOLLOL_KEY, if set
+        self.client = httpx.AsyncClient(base_url=self.url, trust_env=False, headers=self.headers,
                                         timeout=httpx.Timeout(self.timeout, connect=10.0))
 
     async def close(self) -> None:

@@ -137,3 +137,26 @@ def test_remote_mode_takes_no_local_config() -> None:
     assert remote.remote and remote.runtime is None
     with remote as c, pytest.raises(BackendError, match="gateway"):
         c.chat(MODEL, "nobody listens on port 1")
+
+
+def test_a_remote_gateway_with_access_keys(emulator, pool_gateway, monkeypatch) -> None:
+    from sollol.access import new_key
+    from sollol.errors import Unauthorized
+
+    key = new_key()
+    node = emulator(models=[MODEL])
+    gateway = pool_gateway(node.address, api_keys=[{"name": "app", "key": key}])
+    with sollol.Cluster(gateway=gateway.url, api_key=key) as c:
+        assert c.chat(MODEL, "hi").text
+        assert "".join(p.text for p in c.stream_chat(MODEL, "hi"))
+    monkeypatch.setenv("SOLLOL_KEY", key)  # what SOLLOL's own clients send by default
+    with sollol.Cluster(gateway=gateway.url) as c:
+        assert c.generate(MODEL, "hi").text
+    monkeypatch.delenv("SOLLOL_KEY")
+    with sollol.Cluster(gateway=gateway.url) as c:
+        with pytest.raises(Unauthorized):
+            c.chat(MODEL, "no key")
+        with pytest.raises(Unauthorized):
+            list(c.stream_chat(MODEL, "no key"))
+    with pytest.raises(TypeError, match="gateway="):
+        sollol.Cluster(api_key=key)

@@ -104,6 +104,7 @@ def test_anthropic_request_to_ollama_chat() -> None:
     ({"messages": [{"role": "user", "content": [{"type": "image", "source": {
         "type": "url", "url": "http://x/y.png"}}]}]}, "only base64 images"),
     ({"messages": [{"role": "system", "content": "x"}]}, "user or assistant"),
+    ({"mcp_servers": [{"type": "url", "url": "http://x", "name": "x"}]}, "mcp_servers"),
 ])
 def test_anthropic_refusals_name_the_node_kind(change: dict[str, Any], words: str) -> None:
     body = {"model": "m", "max_tokens": 8, "tools": [{"name": "t", "input_schema": {}}],
@@ -199,6 +200,7 @@ def test_responses_request_to_ollama_chat() -> None:
 
 @pytest.mark.parametrize(("change", "words"), [
     ({"previous_response_id": "resp_1"}, "stateless"),
+    ({"background": True}, "background"),
     ({"tools": [{"type": "web_search"}]}, "only function tools"),
     ({"tool_choice": "required", "tools": [{"type": "function", "name": "f"}]}, "forcing"),
     ({"input": [{"type": "item_reference", "id": "x"}]}, "item_reference"),

@@ -32,6 +32,9 @@ def think_from_thinking(thinking: Any) -> bool | None:
 
 def anthropic_to_ollama(body: dict[str, Any]) -> dict[str, Any]:
     """An Ollama `/api/chat` body from an Anthropic Messages request."""
+    if body.get("mcp_servers"):
+        raise RequestError(f"mcp_servers cannot be used with {_NODE}: the API itself would "
+                           "have to run them; connect the MCP servers in the client instead")
     options: dict[str, Any] = {"num_predict": body["max_tokens"]}
     for name in ("temperature", "top_p", "top_k"):
         if body.get(name) is not None:

@@ -27,6 +27,9 @@ def refuse_stateful(body: dict[str, Any]) -> None:
         if body.get(name) is not None:
             raise RequestError(f"field {name!r} is not supported: /v1/responses is stateless "
                                "here (as on Ollama); send the whole conversation in 'input'")
+    if body.get("background") is True:
+        raise RequestError("background responses are not supported: /v1/responses is "
+                           "stateless here (as on Ollama), nothing is stored to poll later")
 
 
 def responses_to_ollama(body: dict[str, Any]) -> dict[str, Any]:

@@ -122,12 +122,15 @@ def rpc() -> None:
     them on a running gateway."""
 
 
-def _warn_if_open(host: str) -> None:
+def _is_loopback(host: str) -> bool:
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
+        return host == "localhost"
+
+
+def _warn_if_open(host: str) -> None:
+    if not _is_loopback(host):
         click.secho(f"warning: binding to {host}: ggml-rpc-server has no authentication; anyone "
                     "who can reach this port can run code on its devices. Use a trusted network "
                     "only.", fg="yellow", err=True)
@@ -233,20 +236,34 @@ def _seed_models(config: Any, pm: Any, models: tuple[str, ...], folder: Path,
                                "DynamicUser).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the unit here instead of systemd's folder.")
+@click.option("--allow", "allow_text", metavar="CIDR,...",
+              help="Networks that may connect (IPAddressAllow; all others are dropped), e.g. "
+                   "the gateway's: 10.0.0.2/32.")
 @config_option
 @handle_errors
 def install_service(dry_run: bool, user_unit: bool, host: str, port: int, threads: int | None,
                     cache: bool, name: str, run_as: str | None, output: Path | None,
-                    config_file: Path | None) -> None:
+                    allow_text: str | None, config_file: Path | None) -> None:
     """Write a hardened systemd unit that runs ggml-rpc-server."""
-    from .service import ServiceSpec, render, unit_path
+    from .service import ServiceSpec, parse_allow, render, unit_path
 
+    try:
+        allow = parse_allow(allow_text) if allow_text is not None else ()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     config, _pm = load_for_cli(config_file)
     binary = _rpc_binary(config).resolve()
     _warn_if_open(host)
+    if not allow and not _is_loopback(host):
+        click.secho("warning: no --allow: any machine that can reach the port may connect; "
+                    "pass --allow with the gateway's address (e.g. --allow 10.0.0.2/32)",
+                    fg="yellow", err=True)
     run_as = None if user_unit else (run_as or os.environ.get("SUDO_USER") or None)
-    spec = ServiceSpec(binary, host, port, threads, cache, user_unit, run_as)
-    text = render(spec)
+    spec = ServiceSpec(binary, host, port, threads, cache, user_unit, run_as, allow)
+    try:
+        text = render(spec)
+    except ValueError as exc:  # a program path systemd cannot run
+        raise click.ClickException(str(exc)) from None
     if not user_unit and run_as is None and str(binary).startswith(("/root/", "/home/")):
         # also with --dry-run: the unit printed would fail to start (status 203/EXEC)
         click.secho(f"warning: {binary} is in a home folder, which a DynamicUser cannot read; "

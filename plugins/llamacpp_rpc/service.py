@@ -1,14 +1,65 @@
-"""A hardened systemd unit for a `ggml-rpc-server` (what `sollol rpc install-service` writes)."""
+"""A hardened systemd unit for a `ggml-rpc-server` (what `sollol rpc install-service` writes).
+
+ggml-rpc-server has no authentication, so the unit itself limits who can reach it
+(`IPAddressAllow`/`IPAddressDeny` from `--allow`) and what a crafted RPC message could do to the
+machine if the server had a bug (system-call filter, hidden /proc, closed device policy with the
+GPU devices let through).
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
-import shlex
+import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import attrs
 
 CACHE_NAME = "sollol-rpc"
+GPU_DEVICES = ("char-drm", "char-kfd", "char-nvidia-frontend", "char-nvidia-uvm",
+               "char-nvidia-caps", "char-nvidiactl")
+"""Device classes (from /proc/devices) of GPUs: DRM (Vulkan, AMD, Intel), ROCm's KFD, NVIDIA.
+A class this machine does not have is skipped by systemd."""
+_PLAIN = re.compile(r"[A-Za-z0-9_./:@+,=-]+")
+_UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f\"'\\]")
+
+
+def parse_allow(text: str) -> tuple[str, ...]:
+    """`--allow CIDR,...` as normalised networks; ValueError naming a bad entry."""
+    networks = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if part == "localhost":
+            networks.append(part)
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise ValueError(f"--allow: {part!r} is not an address or CIDR network "
+                             "(e.g. 10.0.0.0/24,fd00::/8)") from None
+    if not networks:
+        raise ValueError("--allow: name at least one address or CIDR network")
+    return tuple(dict.fromkeys(networks))
+
+
+def exec_line(args: Sequence[str]) -> str:
+    """`ExecStart=`'s value: `%` doubled everywhere (specifiers), `$` doubled in arguments
+    (variables; systemd does not expand them in the program path), words with anything but
+    plain characters in double quotes with `\\` and `"` escaped."""
+    if _UNSAFE_PATH.search(args[0]):
+        raise ValueError(f"systemd cannot run a program whose path holds quotes, backslashes "
+                         f"or control characters: {args[0]!r}")
+    words = []
+    for index, arg in enumerate(args):
+        word = arg.replace("%", "%%")
+        if index:
+            word = word.replace("$", "$$")
+        if not _PLAIN.fullmatch(word):
+            word = '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        words.append(word)
+    return " ".join(words)
 
 
 @attrs.frozen
@@ -23,6 +74,9 @@ class ServiceSpec:
     user_unit: bool = False
     run_as: str | None = None
     """The account a system unit runs as (None: root's manager picks `DynamicUser`)."""
+    allow: tuple[str, ...] = ()
+    """Networks allowed to connect (`IPAddressAllow`); everyone else is dropped. Empty: only
+    loopback when bound to loopback, no filter for a wider bind (the CLI warns)."""
 
 
 def unit_path(name: str, user_unit: bool) -> Path:
@@ -50,7 +104,7 @@ def render(spec: ServiceSpec) -> str:
         "",
         "[Service]",
         "Type=simple",
-        "ExecStart=" + shlex.join(args),
+        "ExecStart=" + exec_line(args),
         # the tensor cache lives in $LLAMA_CACHE/rpc; CacheDirectory makes it writable
         f"Environment=LLAMA_CACHE=%C/{CACHE_NAME}",
         f"CacheDirectory={CACHE_NAME}",
@@ -74,11 +128,38 @@ def render(spec: ServiceSpec) -> str:
         "RestrictSUIDSGID=yes",
         "LockPersonality=yes",
         "SystemCallArchitectures=native",
+        # what a network service needs, minus privileged calls; a refused call fails with
+        # EPERM instead of killing the server (a GPU driver may probe something unusual)
+        "SystemCallFilter=@system-service",
+        "SystemCallFilter=~@privileged",
+        "SystemCallErrorNumber=EPERM",
+        "ProtectProc=invisible",
+        "ProcSubset=pid",
         "UMask=0077",
-        "# GPU builds need the device nodes, so PrivateDevices is deliberately not set.",
+        # PrivateDevices would hide the GPU: a closed device list that lets the GPUs through
+        "DevicePolicy=closed",
+        *(f"DeviceAllow={device} rw" for device in GPU_DEVICES),
+        *_ip_lines(spec),
         "",
         "[Install]",
         "WantedBy=" + ("default.target" if spec.user_unit else "multi-user.target"),
         "",
     ]
     return "\n".join(lines)
+
+
+def _ip_lines(spec: ServiceSpec) -> Iterable[str]:
+    allow = spec.allow
+    if not allow and _loopback(spec.host):
+        allow = ("localhost",)
+    if allow:
+        yield "# ggml-rpc-server has no authentication: only these networks may connect"
+        yield "IPAddressAllow=" + " ".join(dict.fromkeys(("localhost", *allow)))
+        yield "IPAddressDeny=any"
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -113,16 +113,21 @@ class AsyncChunkStream:
     async def __anext__(self) -> Chunk:
         if self.closed:
             raise StopAsyncIteration
-        if _on(self._loop):  # cancelling the reading task reaches the upstream read directly
-            item = await self._advance()
-        else:
-            step = asyncio.wrap_future(
-                asyncio.run_coroutine_threadsafe(self._advance(), self._loop))
-            self._step = step
-            try:
-                item = await step
-            finally:
-                self._step = None
+        # each read is a future of its own, so that aclose() from another task or thread can
+        # cancel it; cancelling the reading task cancels the read it awaits as well
+        step = (asyncio.ensure_future(self._advance()) if _on(self._loop) else
+                asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._advance(),
+                                                                     self._loop)))
+        self._step = step
+        try:
+            item = await step
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self.closed and task is not None and not task.cancelling():
+                raise StopAsyncIteration from None  # aclose() elsewhere ended the stream
+            raise
+        finally:
+            self._step = None
         if item is _END:
             self.closed = True
             raise StopAsyncIteration
@@ -143,11 +148,13 @@ class AsyncChunkStream:
             self._step.cancel()
         source, self._source = self._source, None
         if source is not None and hasattr(source, "aclose"):
-            if _on(self._loop):
-                await source.aclose()
-            else:
-                await asyncio.wrap_future(
-                    asyncio.run_coroutine_threadsafe(source.aclose(), self._loop))
+            # RuntimeError: the cancelled read is still unwinding; it closes the source itself
+            with contextlib.suppress(RuntimeError, asyncio.CancelledError):
+                if _on(self._loop):
+                    await source.aclose()
+                else:
+                    await asyncio.wrap_future(
+                        asyncio.run_coroutine_threadsafe(source.aclose(), self._loop))
 
     async def __aenter__(self) -> AsyncChunkStream:
         return self

@@ -87,6 +87,16 @@ def test_async_stream_and_cancellation(cluster) -> None:
             with pytest.raises(asyncio.CancelledError):
                 await task
 
+            # aclose() from another task ends a read that is waiting for the next chunk
+            slow = c.astream_generate(MODEL, "slow", options={"num_predict": 10_000})
+            await anext(slow)
+            reader = asyncio.ensure_future(anext(slow, None))
+            await asyncio.sleep(0)
+            await slow.aclose()
+            result = await reader  # None: the pending read was ended by aclose()
+            assert (result is None or not result.done) and slow.closed
+            assert [p async for p in slow] == []
+
     asyncio.run(run())
     _no_request_in_flight(node)  # every cut stream closed its upstream request
 

@@ -21,6 +21,7 @@ import attrs
 
 from sollol.errors import ModelNotFound, NoRouteAvailable, Overloaded
 from sollol.models import ModelInfo, ResolvedModel, ShardOffer, ShardPlacement
+from sollol.names import canonical_model
 
 from . import procs
 from .coordinator import FAILED, READY, STARTING, STOPPED, Coordinator, CoordinatorFailed
@@ -66,7 +67,9 @@ def _trim(table: dict[str, Any]) -> None:
 
 
 def slug(model: str) -> str:
-    """A file-name-safe, collision-free name for a model."""
+    """A file-name-safe, collision-free name for a model, the same for every spelling of it
+    (one log per model)."""
+    model = canonical_model(model)
     text = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_.")[:60] or "model"
     return f"{text}-{hashlib.sha256(model.encode()).hexdigest()[:8]}"
 

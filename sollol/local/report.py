@@ -12,6 +12,7 @@ from sollol.llamacpp import BuildProgress
 from sollol.local.cluster import LocalCluster
 from sollol.local.models import LocalModel
 from sollol.local.traffic import Reply
+from sollol.names import same_model
 
 MIB = 1024 * 1024
 
@@ -61,8 +62,8 @@ def decisions(rows: Sequence[Reply]) -> list[str]:
 
 def layers(snapshot: Mapping[str, Any], model: str) -> list[str]:
     """The layer distribution of `model`'s coordinator, one line per rpc-server."""
-    coordinator = next((c for c in snapshot.get("coordinators", []) if c.get("model") == model),
-                       None)
+    coordinator = next((c for c in snapshot.get("coordinators", [])
+                        if same_model(str(c.get("model")), model)), None)
     if coordinator is None:
         return [f"  no coordinator for {model} (see the sharding route's warnings: "
                 f"{snapshot.get('warnings', [])[-3:]})"]

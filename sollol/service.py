@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
+
+from sollol.systemd import environment_line, exec_line, path_value
 
 STATE_NAME = "sollol"
 
@@ -42,8 +43,7 @@ def render(spec: GatewaySpec) -> str:
     argv = [str(spec.python), "-m", "sollol", "run", "--config", str(spec.config_file),
             "--grace", f"{spec.grace:g}", *spec.args]
     environment = {"PYTHONUNBUFFERED": "1", "SOLLOL_CONFIG": str(spec.config_file),
-                   # coordinator logs, pid files and reports go to the unit's state directory
-                   "XDG_STATE_HOME": "%S", **spec.environment}
+                   **spec.environment}
     lines = [
         "[Unit]",
         "Description=SOLLOL gateway (Ollama and OpenAI APIs over a cluster of LLM servers)",
@@ -52,9 +52,11 @@ def render(spec: GatewaySpec) -> str:
         "",
         "[Service]",
         "Type=simple",
-        "ExecStart=" + shlex.join(argv),
+        "ExecStart=" + exec_line(argv),
         "ExecReload=/bin/kill -HUP $MAINPID",
-        *(f"Environment={shlex.quote(f'{k}={v}')}" for k, v in sorted(environment.items())),
+        # coordinator logs, pid files and reports go to the unit's state directory (%S)
+        "Environment=" + environment_line("XDG_STATE_HOME", "%S", specifiers=True),
+        *(f"Environment={environment_line(k, v)}" for k, v in sorted(environment.items())),
         f"StateDirectory={STATE_NAME}",
         "Restart=on-failure",
         "RestartSec=2",
@@ -70,7 +72,7 @@ def render(spec: GatewaySpec) -> str:
     lines += [
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
-        *(f"ReadWritePaths={path}" for path in spec.read_write),
+        *(f"ReadWritePaths={path_value(str(path))}" for path in spec.read_write),
         "PrivateTmp=yes",
         "ProtectKernelTunables=yes",
         "ProtectControlGroups=yes",

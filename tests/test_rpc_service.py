@@ -119,3 +119,28 @@ def test_cli_allow_option(llama_binaries, isolated_config):
     assert open_bind.exit_code == 0 and "no --allow" in open_bind.stderr
     bad = CliRunner().invoke(cli, ["rpc", "install-service", "--dry-run", "--allow", "nope"])
     assert bad.exit_code == 2 and "'nope' is not an address" in bad.output
+
+
+@pytest.mark.parametrize("user_unit", [False, True])
+def test_the_gateway_unit_passes_systemds_check_with_odd_paths(tmp_path, user_unit):
+    """The same escaping for `sollol install-service` (the gateway's unit): its config file,
+    environment and writable folder may sit under paths holding `%`, `$` and spaces."""
+    import sys
+
+    from sollol.service import GatewaySpec
+    from sollol.service import render as render_gateway
+
+    folder = tmp_path / "50%n $HOME a b"
+    folder.mkdir()
+    config = folder / "config.toml"
+    config.write_text("")
+    spec = GatewaySpec(Path(sys.executable), config, {"OLLAMA_MODELS": str(folder)},
+                       user_unit=user_unit, read_write=(folder,))
+    unit = tmp_path / "sollol.service"
+    unit.write_text(render_gateway(spec))
+    result = verify(unit)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = unit.read_text()
+    assert f'--config "{str(config).replace("%", "%%").replace("$", "$$")}"' in text
+    assert f'Environment="SOLLOL_CONFIG={str(config).replace("%", "%%")}"' in text
+    assert 'Environment="XDG_STATE_HOME=%S"' in text  # the one specifier meant as one

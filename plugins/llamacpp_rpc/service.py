@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import attrs
+
+from sollol.systemd import exec_line
+
+__all__ = ["GPU_DEVICES", "ServiceSpec", "exec_line", "parse_allow", "render", "unit_path"]
 
 CACHE_NAME = "sollol-rpc"
 GPU_DEVICES = ("char-drm", "char-kfd", "char-nvidia-frontend", "char-nvidia-uvm",
                "char-nvidia-caps", "char-nvidiactl")
 """Device classes (from /proc/devices) of GPUs: DRM (Vulkan, AMD, Intel), ROCm's KFD, NVIDIA.
 A class this machine does not have is skipped by systemd."""
-_PLAIN = re.compile(r"[A-Za-z0-9_./:@+,=-]+")
-_UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f\"'\\]")
 
 
 def parse_allow(text: str) -> tuple[str, ...]:
@@ -42,24 +43,6 @@ def parse_allow(text: str) -> tuple[str, ...]:
     if not networks:
         raise ValueError("--allow: name at least one address or CIDR network")
     return tuple(dict.fromkeys(networks))
-
-
-def exec_line(args: Sequence[str]) -> str:
-    """`ExecStart=`'s value: `%` doubled everywhere (specifiers), `$` doubled in arguments
-    (variables; systemd does not expand them in the program path), words with anything but
-    plain characters in double quotes with `\\` and `"` escaped."""
-    if _UNSAFE_PATH.search(args[0]):
-        raise ValueError(f"systemd cannot run a program whose path holds quotes, backslashes "
-                         f"or control characters: {args[0]!r}")
-    words = []
-    for index, arg in enumerate(args):
-        word = arg.replace("%", "%%")
-        if index:
-            word = word.replace("$", "$$")
-        if not _PLAIN.fullmatch(word):
-            word = '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        words.append(word)
-    return " ".join(words)
 
 
 @attrs.frozen

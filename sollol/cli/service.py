@@ -61,7 +61,10 @@ def install_service(dry_run: bool, user_unit: bool, name: str, run_as: str | Non
     spec = GatewaySpec(python, path, environment,
                        ("--access-log", access_log) if access_log else (), user_unit, run_as,
                        writable, grace)
-    text = render(spec)
+    try:
+        text = render(spec)
+    except ValueError as exc:  # a path systemd cannot run or hold
+        raise click.ClickException(str(exc)) from None
     if not user_unit and run_as is None and str(python).startswith(("/root/", "/home/")):
         click.secho(f"warning: {python} is in a home folder, which a DynamicUser cannot read; "
                     "pass --run-as USER or install SOLLOL system-wide", fg="yellow", err=True)

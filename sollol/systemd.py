@@ -1,0 +1,53 @@
+"""Writing values into systemd unit files so that systemd reads back exactly what was meant.
+
+systemd expands `%` specifiers in `ExecStart=` and `Environment=`, and `$VAR` in `ExecStart=`'s
+arguments (not in the program path); it splits words on spaces and unquotes `"..."` with C-style
+escapes; and it refuses to run a program whose path holds quotes or backslashes. A path like
+`/opt/50%n $HOME/...` must therefore be written `"/opt/50%%n $HOME/..."`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+_PLAIN = re.compile(r"[A-Za-z0-9_./:@+,=-]+")
+_UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f\"'\\]")
+
+
+def _quoted(word: str) -> str:
+    if _PLAIN.fullmatch(word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def exec_line(args: Sequence[str]) -> str:
+    """`ExecStart=`'s value: `%` doubled everywhere, `$` doubled in arguments, words with
+    anything but plain characters in double quotes; ValueError for a program path systemd
+    cannot run."""
+    if _UNSAFE_PATH.search(args[0]):
+        raise ValueError(f"systemd cannot run a program whose path holds quotes, backslashes "
+                         f"or control characters: {args[0]!r}")
+    words = []
+    for index, arg in enumerate(args):
+        word = arg.replace("%", "%%")
+        if index:
+            word = word.replace("$", "$$")
+        words.append(_quoted(word))
+    return " ".join(words)
+
+
+def environment_line(name: str, value: str, *, specifiers: bool = False) -> str:
+    """`Environment=`'s value for NAME=VALUE; `%` doubled unless `specifiers` (e.g. `%S`)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"not an environment variable name: {name!r}")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"{name}: control characters cannot go in a unit file")
+    return _quoted(f"{name}={value if specifiers else value.replace('%', '%%')}")
+
+
+def path_value(path: str) -> str:
+    """A path for settings such as `ReadWritePaths=` (specifiers expanded, words unquoted)."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise ValueError(f"control characters cannot go in a unit file: {path!r}")
+    return _quoted(path.replace("%", "%%"))

@@ -6,6 +6,7 @@ and a sharded coordinator (both answer these endpoints natively: passed through)
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,14 @@ def test_thinking_images_and_errors_on_an_ollama_node(emulator, pool_gateway) ->
             "role": "user", "content": [{"type": "image", "source": {
                 "type": "url", "url": "https://example.invalid/cat.png"}}]}])
     assert "an Ollama node" in bad.value.body["error"]["message"]
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}},
+              "required": ["answer"]}
+    structured = client.messages.create(
+        model=target.model, max_tokens=64, messages=[{"role": "user", "content": "Answer"}],
+        output_config={"effort": "xhigh", "format": {"type": "json_schema", "schema": schema}})
+    assert isinstance(json.loads(_text(structured))["answer"], str)
+    assert node.stats()["recent"][-1]["format"] == schema
+    assert node.stats()["recent"][-1]["think"] == "max"
     responses = target.openai().responses
     thought = responses.create(model=target.model, input="Think", reasoning={"effort": "high"})
     assert [item.type for item in thought.output] == ["reasoning", "message"]

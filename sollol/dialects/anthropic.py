@@ -15,6 +15,8 @@ from sollol.errors import RequestError
 
 _NODE = "an Ollama node"
 _ROLES = ("user", "assistant")
+# output_config.effort -> Ollama's think levels
+_EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "max", "max": "max"}
 
 
 def think_from_thinking(thinking: Any) -> bool | None:
@@ -46,6 +48,7 @@ def anthropic_to_ollama(body: dict[str, Any]) -> dict[str, Any]:
     think = think_from_thinking(body.get("thinking"))
     if think is not None:
         out["think"] = think
+    out.update(_output_config(body.get("output_config")))
     messages: list[dict[str, Any]] = []
     system = _text_of(body.get("system"), "system")
     if system:
@@ -57,6 +60,25 @@ def anthropic_to_ollama(body: dict[str, Any]) -> dict[str, Any]:
     tools = _tools(body.get("tools"), body.get("tool_choice"))
     if tools:
         out["tools"] = tools
+    return out
+
+
+def _output_config(config: Any) -> dict[str, Any]:
+    """`output_config`: an effort becomes Ollama's think level, a JSON schema its `format`."""
+    if not isinstance(config, dict):
+        return {}
+    out: dict[str, Any] = {}
+    effort = config.get("effort")
+    if effort is not None:
+        if not isinstance(effort, str) or effort not in _EFFORTS:
+            raise RequestError(f"output_config.effort must be one of {', '.join(_EFFORTS)}")
+        out["think"] = _EFFORTS[effort]
+    fmt = config.get("format")
+    if fmt is not None:
+        if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+            raise RequestError("output_config.format must be {\"type\": \"json_schema\", "
+                               "\"schema\": {...}}")
+        out["format"] = fmt.get("schema") if isinstance(fmt.get("schema"), dict) else "json"
     return out
 
 

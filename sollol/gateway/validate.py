@@ -52,7 +52,7 @@ _SCHEMAS: dict[tuple[Api, Op], dict[str, Any]] = {
                                 "system": _TEXT_OR_LIST, "stream": bool, "tools": list,
                                 "tool_choice": dict, "thinking": dict, "temperature": _NUMBER,
                                 "top_p": _NUMBER, "top_k": int, "stop_sequences": list,
-                                "metadata": dict},
+                                "metadata": dict, "output_config": dict},
 }
 _REQUIRED: dict[tuple[Api, Op], tuple[str, ...]] = {
     ("openai", "chat"): ("messages",),

@@ -325,7 +325,8 @@ class Cluster:
                                f"{body[:200]!r}") from None
         return Response(task.op, task.model, data, route=route.get("route", ""),
                         backend=route.get("backend", ""), policy=route.get("policy", ""),
-                        reason=route.get("reason", ""), seconds=_seconds(data))
+                        reason=route.get("reason", ""), seconds=_seconds(data),
+                        fallback=route.get("fallback", ""))
 
     @staticmethod
     def _as_task(task: Task | str, model: str | None) -> Task:

@@ -81,6 +81,8 @@ class Response:
     policy: str = ""
     reason: str = ""
     seconds: float = 0.0
+    fallback: str = ""
+    """The `model_fallbacks` model that served it when `model` could not ("" otherwise)."""
 
     @property
     def text(self) -> str:

@@ -157,5 +157,9 @@ class RemoteGateway:
 
 
 def _route(headers: httpx.Headers) -> dict[str, str]:
-    return {name: unquote(headers.get(f"x-sollol-{name}", ""))
-            for name in ("route", "backend", "policy", "reason")}
+    route = {name: unquote(headers.get(f"x-sollol-{name}", ""))
+             for name in ("route", "backend", "policy", "reason")}
+    if headers.get("x-sollol-fallback"):  # a fallback model served it
+        route["fallback"] = unquote(headers["x-sollol-fallback"])
+        route["requested"] = unquote(headers.get("x-sollol-requested-model", ""))
+    return route

@@ -125,3 +125,20 @@ def test_listings_match_reality(llama_server, tiny_model, emulator, pool_gateway
     assert first["expires_at"] == again["expires_at"]
     reply = chat(gw2, "tiny")  # the listed name serves
     assert reply.status_code == 200, reply.text
+
+
+def test_the_library_sees_a_fallback_in_process_and_remote(emulator, pool_gateway,
+                                                           pool_cluster):
+    import sollol
+
+    node = emulator(models=["small:1b"])
+    fallbacks = {"big:70b": ["small:1b"]}
+    with pool_cluster([node.url], model_fallbacks=fallbacks) as cluster:
+        here = cluster.chat("big:70b", "hi")
+    assert here.fallback == "small:1b" and here.text
+    gw = pool_gateway(node.address, model_fallbacks=fallbacks, **FAST)
+    with sollol.Cluster(gateway=gw.url) as remote:
+        there = remote.chat("big:70b", "hi")
+        plain = remote.chat("small:1b", "hi")
+    assert there.fallback == "small:1b" and there.route == "pool"
+    assert plain.fallback == ""

@@ -215,9 +215,8 @@ class Cluster:
         places = await self.placements(request) if sharding or distribution else {}
         try:
             able = [p for p in places.values() if not p.excluded]
-            # the policy weighs sizes only when it has a choice to make
             model = (await self.model_info(request.model)
-                     if sharding and distribution and len(able) != 1 else None)
+                     if sharding and distribution and able else None)
             return choose_route(request, sharding=sharding, distribution=distribution,
                                 policy=self.policy, model=model, routes=self.route_states(),
                                 placements=places)

@@ -42,12 +42,7 @@ def choose_route(
         if open_routes:
             able = [p for p in open_routes if not p.excluded]
             if len(able) == 1 and all(p.excluded for p in open_routes if p is not able[0]):
-                only = able[0]
-                others = "; ".join(f"the {p.route} route cannot ({p.reason})"
-                                   for p in open_routes if p is not only)
-                reason = (f"only the {only.route} route can serve {request.model} "
-                          f"({only.reason}); {others}")
-                return _placed(only.route, policy.name, reason, routes, places)
+                return _only_route(request, able[0], open_routes, policy, model, routes, places)
         decision = policy.decide(request, model, routes)
         return attrs.evolve(decision, placement=_numbers(places)) if places else decision
     if sharding:
@@ -90,6 +85,25 @@ def _refuse_unservable(request: RouteRequest, places: list[Placement]) -> None:
         raise NotSupported(f"no route holding {request.model!r} supports "
                            f"{describe(needs)} ({why})")
     raise ModelNotFound(f"model {request.model!r} not found on any route ({why})")
+
+
+def _only_route(request: RouteRequest, only: Placement, places: list[Placement], policy: Policy,
+                model: ModelInfo | None, routes: Mapping[str, RouteState],
+                placements: Mapping[str, Placement]) -> RouteDecision:
+    """One route can serve: it serves. The policy's own reason is kept when it agrees (a
+    decision that reads "too big for one node: sharding" says more than "only sharding")."""
+    try:
+        preferred: RouteDecision | None = policy.decide(request, model, routes)
+    except NoRouteAvailable:
+        preferred = None
+    if preferred is not None and preferred.route == only.route:
+        return attrs.evolve(preferred, placement=_numbers(placements))
+    others = "; ".join(f"the {p.route} route cannot ({p.reason})" for p in places
+                       if p is not only)
+    reason = f"only the {only.route} route can serve {request.model} ({only.reason}); {others}"
+    if preferred is not None:
+        reason += f" (policy {policy.name} would have chosen the {preferred.route} route)"
+    return _placed(only.route, policy.name, reason, routes, placements)
 
 
 def _placed(route: str, policy: str, reason: str, routes: Mapping[str, RouteState],

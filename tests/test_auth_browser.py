@@ -40,7 +40,8 @@ async (base) => {
     }
   }
   let read = "unread";
-  try { read = await (await fetch(base + "/api/tags")).text(); } catch (error) { read = "" + error; }
+  try { read = await (await fetch(base + "/api/tags")).text(); }
+  catch (error) { read = "" + error; }
   return {seen, read};
 }
 """

@@ -126,3 +126,19 @@ def test_blob_uploads_are_bounded_and_kept_out_of_tmp(emulator, pool_gateway, tm
     assert sorted(p.name for p in run.iterdir()) == [digest.replace(":", "-")]
     gw.stop()
     assert not run.exists()  # the spool goes when the gateway stops
+
+
+def test_the_emulator_answers_current_ollama_endpoints(emulator) -> None:
+    node = emulator(models=["base:1b"])
+    assert httpx.get(node.url + "/api/status").json()["status"] == "ok"
+    assert httpx.head(node.url + "/api/tags").status_code == 200
+    listed = httpx.get(node.url + "/v1/models").json()
+    assert [m["id"] for m in listed["data"]] == ["base:1b"]
+    assert httpx.get(node.url + "/v1/models/base:1b").json()["object"] == "model"
+    missing = httpx.get(node.url + "/v1/models/nope")
+    assert missing.status_code == 404 and "not found" in missing.json()["error"]["message"]
+    pushed = httpx.post(node.url + "/api/push", json={"model": "base:1b", "stream": False})
+    assert pushed.json() == {"status": "success"}
+    bad = httpx.post(node.url + "/api/generate", json={"model": "base:1b", "prompt": "x",
+                                                      "top_logprobs": 21})
+    assert bad.status_code == 400 and "top_logprobs" in bad.json()["error"]

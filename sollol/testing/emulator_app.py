@@ -59,6 +59,7 @@ class EmulatorApp:
         r["GET", "/api/version"] = self._version
         r["GET", "/api/tags"] = r["HEAD", "/api/tags"] = self._tags
         r["GET", "/api/status"] = self._status
+        r["GET", "/v1/models"] = self._openai_models
         r["GET", "/api/ps"] = self._ps
         r["POST", "/api/show"] = self._show
         r["POST", "/api/generate"] = self._generate
@@ -105,6 +106,9 @@ class EmulatorApp:
         try:
             if handler is None and path.startswith("/api/blobs/"):
                 await blob_route(self, call)
+                return
+            if handler is None and path.startswith("/v1/models/") and call.method == "GET":
+                await self._openai_model(call)
                 return
             if handler is None:
                 known = any(p == path for _, p in self._routes)
@@ -161,6 +165,21 @@ class EmulatorApp:
     async def _status(self, call: Call) -> None:
         await call.json_reply({"status": "ok", "version": self.version,
                                "models_loaded": len(self.store.running())})
+
+    async def _openai_models(self, call: Call) -> None:
+        await call.json_reply({"object": "list", "data": [
+            _openai_model(s.model.name, s.modified_at) for s in self.store.slots.values()]})
+
+    async def _openai_model(self, call: Call) -> None:
+        """`GET /v1/models/:model`, with Ollama's OpenAI-shaped 404."""
+        name = call.path.removeprefix("/v1/models/")
+        slot = self.store.get(name)
+        if slot is None:
+            await call.json_reply({"error": {"message": f"model '{name}' not found",
+                                             "type": "api_error", "param": None,
+                                             "code": None}}, 404)
+            return
+        await call.json_reply(_openai_model(slot.model.name, slot.modified_at))
 
     async def _ps(self, call: Call) -> None:
         await call.json_reply({"models": self.store.running()})
@@ -333,6 +352,10 @@ class EmulatorApp:
             # answer first, then close the listener (the reply must not be cut)
             asyncio.get_running_loop().call_later(
                 0.05, lambda: asyncio.ensure_future(self.on_refuse(refuse_for)))
+
+
+def _openai_model(name: str, modified: float) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": int(modified), "owned_by": "library"}
 
 
 async def blob_route(app: EmulatorApp, call: Call) -> bool:

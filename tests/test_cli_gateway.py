@@ -52,11 +52,15 @@ def test_route_without_a_gateway_decides_here(emulator, isolated_config: Path) -
     from sollol.processes import free_port
 
     isolated_config.write_text(tomli_w.dumps({"ollama_nodes": [node.address],
-                                              "gateway_port": free_port()}))
+                                              "gateway_port": free_port(),
+                                              "model_aliases": {"fast": "chat:1b"}}))
     result = sollol("route", "chat:1b")
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0].startswith("chat:1b -> pool")
     assert "decided here (no gateway answers at" in result.output
+    alias = sollol("route", "fast", "--direct", "--json")
+    assert alias.exit_code == 0, alias.output
+    assert json.loads(alias.output)["alias_of"] == "chat:1b"
 
 
 def test_pull_goes_through_the_gateway(emulator, pool_gateway, isolated_config: Path) -> None:

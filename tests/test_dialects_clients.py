@@ -288,3 +288,21 @@ def test_openai_fields_on_an_ollama_node(emulator, pool_gateway) -> None:
         model="tiny:1b", messages=[{"role": "user", "content": "hi"}], logprobs=True,
         stream=True))
     assert any(c.choices and c.choices[0].logprobs for c in chunks)
+
+
+def test_a_stream_cut_by_its_node_ends_with_each_dialects_error(emulator, pool_gateway) -> None:
+    """Never a silent truncation: the official clients raise at the cut."""
+    from sollol.testing.emulator import Faults
+
+    node = emulator(models=["tiny:1b"], response_tokens=40,
+                    faults=Faults(drop_after=3))
+    target = Target("ollama", pool_gateway(node.address).url, "tiny:1b")
+    with pytest.raises(anthropic.APIError) as cut, target.anthropic().messages.stream(
+            model="tiny:1b", max_tokens=64,
+            messages=[{"role": "user", "content": "hi"}]) as stream:
+        list(stream.text_stream)
+    assert "stream cut" in str(cut.value)
+    with pytest.raises(openai.APIError) as cut_responses, target.openai().responses.stream(
+            model="tiny:1b", input="hi") as events:
+        list(events)
+    assert "stream cut" in str(cut_responses.value)

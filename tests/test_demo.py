@@ -151,6 +151,8 @@ def test_demo_end_to_end(demo: Any) -> None:
     for shard in shards:
         assert re.search(rf"rpc-server {re.escape(shard)}\s+\d+ layers \[\d", output), output
     assert re.search(r"Ollama API:  http://127\.0\.0\.1:\d+", output)
+    # the local cluster serves embeddings, on the node started with --embeddings
+    assert f"embeddings: 2 vectors of 128 for sollol-demo-small from {nodes[0]}" in output
     assert "stopped everything the demo started" in output
     assert "FAILED" not in output
     # it really ran them: 2 rpc-servers, 2 pool nodes, 1 sharding coordinator

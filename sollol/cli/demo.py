@@ -136,7 +136,29 @@ def _traffic(url: str, local: LocalCluster, count: int) -> int:
     click.echo("\n  routing decisions:")
     for line in report.decisions([*pooled, *sharded]):
         click.echo(line)
-    return sum(not r.ok for r in [*pooled, *sharded])
+    embedded = _embeddings(url, small.name)
+    return sum(not r.ok for r in [*pooled, *sharded]) + (not embedded)
+
+
+def _embeddings(url: str, model: str) -> bool:
+    """One embedding request: only the pool node started with --embeddings can serve it."""
+    import httpx
+
+    try:
+        reply = httpx.post(url + "/api/embed", json={"model": model, "input": ["hello", "world"]},
+                           timeout=120, trust_env=False)
+    except httpx.HTTPError as exc:
+        click.echo(f"\n  embeddings: FAILED ({exc})")
+        return False
+    if reply.status_code != 200:
+        click.echo(f"\n  embeddings: FAILED (HTTP {reply.status_code}: {reply.text[:200]})")
+        return False
+    vectors = reply.json().get("embeddings") or []
+    width = len(vectors[0]) if vectors else 0
+    click.echo(f"\n  embeddings: {len(vectors)} vectors of {width} for {model} from "
+               f"{reply.headers.get('x-sollol-backend')} (the pool node started with "
+               "--embeddings; nodes without it are never asked)")
+    return True
 
 
 def _wait(local: LocalCluster) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from typing import Any
@@ -35,6 +36,8 @@ from sollol.router import POOL, SHARDING, choose_route
 from sollol.routes import Lease, Policy, RouteProvider
 
 log = logging.getLogger("sollol")
+KNOWN_MODELS_SECONDS = 5.0
+"""How long the model names behind "did you mean" are reused."""
 MODEL_INFO_CACHE = 256
 """Most models whose GGUF metadata is kept in memory."""
 
@@ -78,6 +81,8 @@ class Cluster:
     _model_info: OrderedDict[str, tuple[tuple[Any, ...], ModelInfo | None]] = attrs.field(
         factory=OrderedDict)
     """GGUF metadata by canonical model name, least recently used first (MODEL_INFO_CACHE)."""
+    _known: tuple[float, list[str]] | None = None
+    """Model names for "did you mean", and when they were listed."""
 
     @classmethod
     def from_config(
@@ -267,7 +272,11 @@ class Cluster:
         return out
 
     async def known_models(self) -> list[str]:
-        """Every model name any route lists, for "did you mean"."""
+        """Every model name any route lists, for "did you mean" (kept for a few seconds: a
+        burst of unknown names must not list every route's models each time)."""
+        now = time.monotonic()
+        if self._known is not None and now - self._known[0] < KNOWN_MODELS_SECONDS:
+            return self._known[1]
         names: dict[str, None] = {}
         for provider in self.routes.values():
             try:
@@ -278,7 +287,8 @@ class Cluster:
             names.update(dict.fromkeys(str(e.get("name") or e.get("model")) for e in entries
                                        if e.get("name") or e.get("model")))
         names.update(dict.fromkeys(a.name for a in aliases(self.config).values()))
-        return list(names)
+        self._known = (now, list(names))
+        return self._known[1]
 
     async def not_found(self, exc: ModelNotFound, model: str) -> ModelNotFound:
         """`exc` with the closest model names from every route, if any look alike."""

@@ -20,7 +20,7 @@ import tomli_w
 
 from sollol import access
 from sollol.errors import ConfigError
-from sollol.models import check_node_address, split_host_port
+from sollol.models import check_host, check_node_address, split_host_port
 from sollol.secret import REDACTED, redact_url, scrub
 from sollol.units import at_least, port_number, positive
 
@@ -93,6 +93,7 @@ def _host_port(value: Any) -> str:
     host, port = split_host_port(str(value))
     if not host:
         raise ValueError("host:port with a host")
+    check_host(host, str(value))  # "gpu box:50052" is a typo, not a host
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

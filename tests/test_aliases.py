@@ -142,3 +142,25 @@ def test_the_library_sees_a_fallback_in_process_and_remote(emulator, pool_gatewa
         plain = remote.chat("small:1b", "hi")
     assert there.fallback == "small:1b" and there.route == "pool"
     assert plain.fallback == ""
+
+
+async def test_did_you_mean_lists_the_routes_models_once_per_burst():
+    from sollol.cluster import Cluster
+    from sollol.errors import ModelNotFound
+    from sollol.plugins import get_plugin_manager
+
+    class Listing:
+        name = "pool"
+        calls = 0
+
+        async def list_models(self):
+            Listing.calls += 1
+            return [{"name": "llama3.2:1b"}]
+
+    cluster = Cluster(config=load_config(), pm=get_plugin_manager(load_entry_points=False))
+    cluster.routes = {"pool": Listing()}
+    for _ in range(50):  # a burst of unknown names
+        error = await cluster.not_found(ModelNotFound("model 'llama3.2:1' not found"),
+                                        "llama3.2:1")
+        assert "did you mean 'llama3.2:1b'" in str(error)
+    assert Listing.calls == 1

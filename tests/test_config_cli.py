@@ -70,3 +70,8 @@ def test_any_node_address_is_accepted_or_refused_with_a_value_error(text: str) -
         return
     # what passes has a host made of host-name characters or an IP address
     assert "/" not in text.split("://", 1)[-1].split("/", 1)[0]
+
+
+def test_rpc_backend_typos_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="rpc_backends"):
+        load_config(overrides={"rpc_backends": ["gpu box:50052"]})

@@ -22,7 +22,13 @@ import pytest
 
 from sollol.processes import wait_http
 from sollol.testing.delay_proxy import DelayProxy
-from sollol.testing.faultload import HealthWatch, check_load, plan_load, run_load
+from sollol.testing.faultload import (
+    HealthWatch,
+    append_report,
+    check_load,
+    load_during,
+    plan_load,
+)
 from sollol.testing.netns import Host, Network, require_isolated
 
 REPORT = os.environ.get("NETNS_FAULT_REPORT")
@@ -119,8 +125,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, llama_binaries: Any,
                     proxy=proxy, url=url, watch=watch)
         c.wait_healthy()
         yield c
-        if REPORT:
-            Path(REPORT).write_text(json.dumps(c.figures, indent=1))
+        append_report(REPORT, c.figures)
     finally:
         if watch is not None:
             watch.stop()
@@ -130,19 +135,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, llama_binaries: Any,
 
 def _load_during(c: Cluster, name: str, inject: Callable[[], None], *, model: str = "m",
                  count: int = LOAD, max_tokens: int | None = None, delay: float = 0.3,
-                 url: str | None = None) -> tuple[list[Any], float]:
+                 ) -> tuple[list[Any], float]:
     """Start `count` concurrent requests, inject the fault `delay` seconds in, wait for all."""
-    import threading
-
-    out: list[Any] = []
-    runner = threading.Thread(target=lambda: out.extend(run_load(
-        url or c.url, plan_load(name, count, model=model, max_tokens=max_tokens), timeout=60)))
-    runner.start()
-    time.sleep(delay)
-    t0 = time.monotonic()
-    inject()
-    runner.join()
-    return out, t0
+    return load_during(c.url, plan_load(name, count, model=model, max_tokens=max_tokens),
+                       inject, delay=delay)
 
 
 def _record(c: Cluster, fault: str, node: str, results: list[Any], t_fault: float,
@@ -290,131 +286,3 @@ def test_llama_server_node_killed_and_restarted(cluster: Cluster) -> None:
     assert reply.status_code == 200 and reply.json()["done"]
     _record(c, "llama-server node killed, then restarted", "ls", results, t0, t_repair)
     assert any(r.error for r in results), "the kill came after the load: nothing was tested"
-
-
-# ------------------------------------------------------------------------------------ sharding
-
-
-@attrs.define
-class Sharded:
-    """A sharding-only gateway host with two rpc-server hosts."""
-
-    gateway: Host
-    shards: list[Host]
-    start_shard: Callable[[Host], Any]
-    start_gateway: Callable[[], Any]
-    url: str
-    model: str
-
-
-@pytest.fixture(scope="module")
-def sharded(cluster: Cluster, llama_binaries: Any, tiny_model: Path) -> Sharded:
-    from sollol_plugins.llamacpp_rpc.probe import ProbeError, probe
-
-    net = cluster.net
-    gw = net.add_host("gw2")
-    shards = [net.add_host("r1"), net.add_host("r2")]
-
-    def start_shard(host: Host) -> Any:
-        proc = host.start("rpc-server", [llama_binaries.rpc_server, "-H", host.address,
-                                         "-p", "50052", "-t", "1"])
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                probe(host.address, 50052, timeout=1)
-                return proc
-            except ProbeError:
-                assert proc.alive() and time.monotonic() < deadline, proc.log_text()
-                time.sleep(0.05)
-
-    env = {**os.environ, "SOLLOL_CONFIG": str(net.log_dir / "config2.toml"),
-           "SOLLOL_MODEL_SHARDING_ENABLED": "true", "SOLLOL_TASK_DISTRIBUTION_ENABLED": "false",
-           "SOLLOL_RPC_BACKENDS": json.dumps([f"{h.address}:50052" for h in shards]),
-           "SOLLOL_RPC_STATE_DIR": str(net.log_dir / "sharding"), "SOLLOL_RPC_CTX_SIZE": "4096",
-           "SOLLOL_LLAMA_CPP_DIR": str(Path(llama_binaries.llama_server).parent),
-           "SOLLOL_PLUGINS": "llamacpp_rpc", "SOLLOL_RPC_PROBE_TIMEOUT": "0.5",
-           "SOLLOL_REQUEST_TIMEOUT": "20", "SOLLOL_STREAM_IDLE_TIMEOUT": "2",
-           "SOLLOL_CONNECT_TIMEOUT": "0.5", "SOLLOL_HEALTH_INTERVAL": "0.5"}
-    url = f"http://{gw.address}:11435"
-
-    def start_gateway() -> Any:
-        proc = gw.start("gateway", [sys.executable, "-m", "sollol", "run", "--host", gw.address,
-                                    "--port", "11435", "--grace", "1", "--insecure"], env=env)
-        wait_http(url + "/sollol/state", process=proc, timeout=60)
-        return proc
-
-    for host in shards:
-        start_shard(host)
-    start_gateway()
-    return Sharded(gateway=gw, shards=shards, start_shard=start_shard,
-                   start_gateway=start_gateway, url=url, model=str(tiny_model))
-
-
-def _sharded_reply(s: Sharded, timeout: float = 120.0) -> float:
-    """Seconds until a sharded request succeeds (retrying while the route recovers)."""
-    started = time.monotonic()
-    body = {"model": s.model, "stream": False, "options": {"num_predict": 8},
-            "messages": [{"role": "user", "content": "hello"}]}
-    last = ""
-    while time.monotonic() - started < timeout:
-        reply = httpx.post(s.url + "/api/chat", json=body, timeout=60, trust_env=False)
-        if reply.status_code == 200 and reply.json().get("done"):
-            return time.monotonic() - started
-        last = reply.text
-        time.sleep(0.2)
-    raise AssertionError(f"no sharded reply within {timeout}s: {last}")
-
-
-def _sharded_record(c: Cluster, fault: str, results: list[Any], t0: float, detect: float | None,
-                    recover: float) -> None:
-    row = {"fault": fault, "node": "rpc-server", "requests": len(results),
-           "complete": sum(1 for r in results if r.error is None),
-           "cut_after_first_byte": sum(1 for r in results if r.error and r.chunks),
-           "errors_before_first_byte": sum(1 for r in results if r.error and not r.chunks),
-           "longest_s": round(max((r.seconds for r in results), default=0), 2),
-           "detect_s": None if detect is None else round(detect, 2),
-           "recover_s": round(recover, 2), "note": "",
-           "sample_error": next((r.error for r in results if r.error), None)}
-    c.figures.append(row)
-    print(f"\nFAULT {json.dumps(row)}")
-
-
-def _sharded_check(s: Sharded, results: list[Any]) -> None:
-    names = [f"{h.address}:50052" for h in s.shards] + ["llama-server", s.model]
-    problems = check_load(results, expected=None, nodes=names, bound=20 + 6 + 1)
-    assert not problems, "\n".join(problems[:20])
-
-
-def test_rpc_server_killed_while_generating(cluster: Cluster, sharded: Sharded) -> None:
-    s = sharded
-    _sharded_reply(s)  # the coordinator is up on both shards
-    victim = next(p for p in cluster.net.processes.processes
-                  if p.name == "r1-rpc-server" and p.alive())
-    results, t0 = _load_during(cluster, "rpc-kill", victim.kill, model=s.model, count=8,
-                               max_tokens=300, delay=0.3, url=s.url)
-    _sharded_check(s, results)
-    detect = max((r.seconds for r in results if r.error), default=None)
-    recover = _sharded_reply(s)  # restarted on the survivor
-    s.start_shard(s.shards[0])
-    _sharded_record(cluster, "rpc-server killed while the sharded model generates", results, t0,
-                    detect, recover)
-    assert any(r.error for r in results), "the kill came after the load: nothing was tested"
-
-
-def test_gateway_killed_while_a_coordinator_runs(cluster: Cluster, sharded: Sharded) -> None:
-    s = sharded
-    _sharded_reply(s)
-    gateway = next(p for p in cluster.net.processes.processes
-                   if p.name == "gw2-gateway" and p.alive())
-    assert len(s.gateway.pids()) >= 2  # the gateway and its coordinator (llama-server)
-    t0 = time.monotonic()
-    gateway.kill()
-    deadline = time.monotonic() + 30
-    while s.gateway.pids():  # the coordinator dies with the gateway (parent-death signal)
-        assert time.monotonic() < deadline, f"leaked on the gateway host: {s.gateway.pids()}"
-        time.sleep(0.05)
-    detect = time.monotonic() - t0
-    s.start_gateway()
-    recover = _sharded_reply(s)  # the rpc-servers are free again: a new coordinator loads
-    _sharded_record(cluster, "gateway killed (SIGKILL) while its coordinator runs, restarted",
-                    [], t0, detect, recover)

@@ -1,4 +1,5 @@
-"""Runs the multi-host fault suite (tests/netns_faults.py) inside a network namespace of its own
+"""Runs the multi-host fault suite (tests/netns_faults.py: pool nodes; tests/netns_shard_faults.py:
+rpc-servers and coordinators) inside a network namespace of its own
 with no default route, and prints what each fault did and how long detection and recovery took.
 
 Needs root and iproute2 (scripts/test installs it); a missing tool FAILS this test, never skips it.
@@ -16,7 +17,8 @@ import pytest
 
 from sollol.testing.netns import missing_tools, run_isolated
 
-INNER = Path(__file__).with_name("netns_faults.py")
+INNER = [Path(__file__).with_name("netns_faults.py"),
+         Path(__file__).with_name("netns_shard_faults.py")]
 
 
 def test_faults_between_hosts_in_their_own_network_namespaces(tmp_path, capsys):
@@ -30,8 +32,8 @@ def test_faults_between_hosts_in_their_own_network_namespaces(tmp_path, capsys):
     env = {**os.environ, "NETNS_FAULT_REPORT": str(report)}
     started = time.monotonic()
     result = run_isolated([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
-                           "--basetemp", str(tmp_path / "inner"), str(INNER)],
-                          env=env, cwd=INNER.parent.parent)
+                           "--basetemp", str(tmp_path / "inner"), *map(str, INNER)],
+                          env=env, cwd=INNER[0].parent.parent)
     took = time.monotonic() - started
     rows = json.loads(report.read_text()) if report.exists() else []
     with capsys.disabled():
@@ -41,5 +43,7 @@ def test_faults_between_hosts_in_their_own_network_namespaces(tmp_path, capsys):
                   f"{row['cut_after_first_byte']} cut after the first byte, "
                   f"{row['errors_before_first_byte']} refused; detected in {row['detect_s']} s, "
                   f"recovered in {row['recover_s']} s; longest request {row['longest_s']} s")
+            if row.get("note"):
+                print(f"    ({row['note']})")
     assert result.returncode == 0, result.stdout[-12000:]
-    assert len(rows) == INNER.read_text().count("\ndef test_")
+    assert len(rows) == sum(path.read_text().count("\ndef test_") for path in INNER)

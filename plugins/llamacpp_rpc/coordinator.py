@@ -62,6 +62,8 @@ class Coordinator:
     """Why it takes no new requests and stops once those in flight finish (e.g. a removed
     rpc-server), or None."""
     log_offset: int = 0
+    links_armed: set[str] = attrs.field(factory=set)
+    """Inodes of its sockets to rpc-servers whose dead-peer detection is on (see `links`)."""
     ready: asyncio.Future[None] = attrs.field(factory=lambda: asyncio.get_running_loop()
                                               .create_future())
 
@@ -210,6 +212,7 @@ class Coordinator:
             "load_seconds": round(self.ready_at - self.started_at, 2) if self.ready_at else None,
             "idle_seconds": round(time.monotonic() - self.last_used, 1),
             "progress": self.progress() if self.state == STARTING else None,
+            "links_watched": len(self.links_armed),
             "error": self.error, "draining": self.draining, "log": str(self.log_path),
             "layers": self.report.as_dict() if self.report else None,
         }

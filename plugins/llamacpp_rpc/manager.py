@@ -23,7 +23,7 @@ from sollol.errors import ModelNotFound, NoRouteAvailable, Overloaded
 from sollol.models import ModelInfo, ResolvedModel, ShardOffer, ShardPlacement
 from sollol.names import canonical_model
 
-from . import procs
+from . import links, procs
 from .coordinator import FAILED, READY, STARTING, STOPPED, Coordinator, CoordinatorFailed
 from .plan import DoesNotFit, Plan, make_plan, needed_bytes, place
 from .shards import ShardRegistry
@@ -54,6 +54,8 @@ class Options:
     """Requests that may wait for busy rpc-servers at once; more get 429 at once."""
     local_memory: int = 0
     """Bytes of the gateway machine's memory its coordinators may keep layers in."""
+    link_timeout: float = 0.0
+    """Seconds without an answer on a link to an rpc-server before the kernel drops it (0: off)."""
 
 
 _MAX_PER_MODEL = 256
@@ -95,6 +97,8 @@ class CoordinatorManager:
     _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set)
     waiting: int = 0
     """Requests waiting now for busy rpc-servers (at most `options.queue_size`)."""
+    links_unavailable: str | None = None
+    """Why the links to rpc-servers cannot be watched here (see `links`), or None."""
 
     @property
     def pid_dir(self) -> Path:
@@ -361,6 +365,8 @@ class CoordinatorManager:
         from . import sockets
 
         for coord in list(self.coordinators.values()):
+            if coord.state in (STARTING, READY) and coord.alive():
+                await self._watch_links(coord)
             if coord.state == STARTING and coord.proc is not None and coord.alive():
                 delivered = await asyncio.to_thread(sockets.bytes_delivered, coord.proc.pid)
                 coord.note_upload(delivered, sockets.resolve)
@@ -379,17 +385,39 @@ class CoordinatorManager:
                     async with self._lock:
                         if coord.state == READY:
                             # llama-server would abort on the next request; restart it first.
-                            reason = f"rpc-server(s) {', '.join(lost)} closed the connection"
+                            # (closed by the rpc-server, or by our kernel after
+                            # rpc_link_timeout without an answer: see links.py)
+                            reason = f"lost its connection to rpc-server(s) {', '.join(lost)}"
                             coord.error = reason
                             self.warn(f"coordinator for {coord.model!r}: {reason}")
+                            # no grace: it cannot finish anything without that rpc-server,
+                            # and a graceful exit may wait on the dead link
+                            procs.kill(coord.proc)
                             await self._stop_locked(coord, reason)
-                            await self._after_failure(coord, reason)
+                            dead = await self._after_failure(coord, reason)
+                            if dead:
+                                coord.error = f"{reason} ({', '.join(dead)} does not answer)"
                     continue
             idle = time.monotonic() - coord.last_used
             if coord.in_flight == 0 and idle > self.options.idle_timeout:
                 async with self._lock:
                     if coord.in_flight == 0 and coord.state == READY:
                         await self._stop_locked(coord, f"idle for {idle:.0f}s")
+
+    async def _watch_links(self, coord: Coordinator) -> None:
+        """Let the kernel drop a dead link to one of its rpc-servers (new connections only)."""
+        timeout = self.options.link_timeout
+        if not timeout or self.links_unavailable is not None or coord.proc is None:
+            return
+        done = frozenset(coord.links_armed)
+        try:
+            coord.links_armed |= await asyncio.to_thread(
+                links.arm, coord.proc.pid, coord.plan.addresses, timeout, done)
+        except links.CannotArm as exc:
+            self.links_unavailable = str(exc)
+            self.warn(f"cannot watch the links to rpc-servers ({exc}): a cut link leaves its "
+                      "coordinator hanging until rpc_startup_timeout, or for good once loaded "
+                      "(clients still get the gateway's timeouts)")
 
     async def _failed_locked(self, coord: Coordinator, reason: str) -> None:
         if coord.state not in (STARTING, READY):
@@ -402,14 +430,17 @@ class CoordinatorManager:
             # before they are released (and probed, or handed to another coordinator)
             await asyncio.to_thread(procs.terminate, coord.proc)
         self._forget(coord)
-        await self._after_failure(coord, reason)
+        dead = await self._after_failure(coord, reason)
+        if dead:
+            coord.error = reason = f"{reason} (rpc-server {', '.join(dead)} does not answer)"
         if not coord.ready.done():
             coord.ready.set_exception(CoordinatorFailed(
                 self.unservable.get(coord.model, {}).get("reason") or reason))
             coord.ready.exception()  # retrieved: a failure nobody awaits is not an error
 
-    async def _after_failure(self, coord: Coordinator, reason: str) -> None:
-        """Find the dead shards, then restart on the survivors or report the model unservable."""
+    async def _after_failure(self, coord: Coordinator, reason: str) -> list[str]:
+        """Find the dead shards, then restart on the survivors or report the model unservable;
+        returns the dead shards' addresses."""
         known = [self.shards.shards[a] for a in coord.plan.addresses if a in self.shards.shards]
         await asyncio.gather(*(self.shards.probe(shard) for shard in known))
         dead = [a for a in coord.plan.addresses
@@ -417,17 +448,18 @@ class CoordinatorManager:
         if dead:
             self.warn(f"rpc-server(s) {', '.join(dead)} unusable after {coord.model!r} failed")
         if coord.ready_at is None and not dead:
-            return  # it failed to load on healthy backends: restarting would loop
+            return dead  # it failed to load on healthy backends: restarting would loop
         if self.options.mode == "ephemeral" and coord.ready_at is not None:
-            return  # nothing is waiting; the next request starts a fresh one
+            return dead  # nothing is waiting; the next request starts a fresh one
         try:
             replacement = await self._start_locked(coord.model)
         except (NoRouteAvailable, ModelNotFound) as exc:
             self.unservable.setdefault(coord.model, {"reason": str(exc), "numbers": {}})
             self.unservable[coord.model]["after"] = reason
-            return
+            return dead
         if replacement is not None:
             log.info("restarting %s on %s", coord.model, ", ".join(replacement.plan.addresses))
+        return dead
 
     def _unservable(self, model: str, exc: DoesNotFit) -> None:
         self.unservable.pop(model, None)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from sollol.processes import die_with_parent, free_port, terminate
 
-__all__ = ["free_port", "read_pid_files", "reap_orphans", "spawn", "terminate", "write_pid_file"]
+__all__ = ["free_port", "kill", "read_pid_files", "reap_orphans", "spawn", "terminate",
+           "write_pid_file"]
 
 log = logging.getLogger("sollol.sharding")
 
@@ -34,6 +35,13 @@ def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None) ->
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True, preexec_fn=die_with_parent,
         )
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL a child's process group now (it cannot exit cleanly: e.g. a dead rpc-server
+    link); `terminate` then only reaps it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def write_pid_file(folder: Path, proc: subprocess.Popen, record: dict) -> Path:

@@ -66,6 +66,7 @@ def options_from(config: Any) -> Options:
         state_dir=state_dir(config), verbose_log=config["rpc_verbose_log"],
         placement=config["rpc_placement"], when_busy=config["rpc_when_busy"],
         local_memory=parse_bytes(config["rpc_local_memory"]),
+        link_timeout=config["rpc_link_timeout"],
     )
 
 
@@ -300,6 +301,8 @@ class ShardingRoute:
             "coordinator_protocol": format_version(self.shards.client_version),
             "llama_server": str(self.manager.llama_server) if self.manager.llama_server else None,
             "unavailable": self.manager.missing_binary,
+            "link_timeout": options.link_timeout,
+            "links_unwatched": self.manager.links_unavailable,
             "backends": [s.as_dict() for s in self.shards.shards.values()],
             "coordinators": [{**c.as_dict(), "starts": self.manager.starts.get(c.model, 0),
                               "log_tail": c.log_tail()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sollol.config import Setting
-from sollol.units import at_least, cidr, parse_bytes, port_list, positive
+from sollol.units import at_least, cidr, non_negative, parse_bytes, port_list, positive
 
 
 def _args(values: list[Any]) -> list[str]:
@@ -60,6 +60,11 @@ SETTINGS: tuple[Setting, ...] = (
             "and whatever else runs there.", check=_size),
     Setting("rpc_probe_timeout", "float", 2.0,
             "Seconds an RPC health probe (HELLO, device memory) may take.", check=positive),
+    Setting("rpc_link_timeout", "float", 20.0,
+            "Seconds a coordinator's connection to an rpc-server may go unanswered (keepalive "
+            "probes while it waits, acknowledgements of what it sent) before the kernel drops "
+            "it: the coordinator then exits and restarts on the rpc-servers it can reach. 0: "
+            "never (llama-server waits forever on a cut link).", check=non_negative),
     Setting("rpc_startup_timeout", "float", 600.0,
             "Seconds a coordinator may take to load a model (until /health answers 200).",
             check=positive),

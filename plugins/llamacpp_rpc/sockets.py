@@ -3,7 +3,8 @@
 We may not probe an rpc-server our coordinator holds (it serves one client), and llama-server's
 `/health` does not notice a dead shard. But when an rpc-server dies its kernel closes the
 connection, and the coordinator's socket leaves ESTABLISHED (to CLOSE_WAIT, or disappears).
-A host that vanishes without closing (power loss, cut cable) is not visible this way.
+A host that vanishes without closing (power loss, cut cable) is not visible this way: `links`
+makes the kernel close such a connection.
 """
 
 from __future__ import annotations
@@ -20,10 +21,16 @@ ESTABLISHED = "01"
 
 def established_peers(pid: int) -> set[tuple[str, int]] | None:
     """(ip, port) of every ESTABLISHED TCP peer of `pid`; None when /proc can't tell us."""
-    inodes = _socket_inodes(pid)
-    if inodes is None:
+    if _socket_fds(pid) is None:
         return None
-    peers: set[tuple[str, int]] = set()
+    return {peer for _fd, peer in established_sockets(pid).values()}
+
+
+def established_sockets(pid: int) -> dict[str, tuple[int, tuple[str, int]]]:
+    """socket inode -> (`pid`'s descriptor for it, (ip, port) of its peer), for every
+    ESTABLISHED TCP connection of `pid` (empty when /proc can't tell us)."""
+    fds = _socket_fds(pid) or {}
+    found: dict[str, tuple[int, tuple[str, int]]] = {}
     for table, family in (("tcp", 4), ("tcp6", 6)):
         try:
             lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
@@ -31,11 +38,11 @@ def established_peers(pid: int) -> set[tuple[str, int]] | None:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) < 10 or fields[3] != ESTABLISHED or fields[9] not in inodes:
+            if len(fields) < 10 or fields[3] != ESTABLISHED or fields[9] not in fds:
                 continue
             with contextlib.suppress(ValueError):
-                peers.add(_decode(fields[2], family))
-    return peers
+                found[fields[9]] = (fds[fields[9]], _decode(fields[2], family))
+    return found
 
 
 def bytes_delivered(pid: int) -> dict[tuple[str, int], int] | None:
@@ -73,18 +80,19 @@ def resolve(address: str) -> set[tuple[str, int]]:
     return {(_plain(info[4][0]), int(port)) for info in infos}
 
 
-def _socket_inodes(pid: int) -> set[str] | None:
+def _socket_fds(pid: int) -> dict[str, int] | None:
+    """socket inode -> one of `pid`'s descriptors for it; None when /proc can't tell us."""
     try:
         names = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return None
-    inodes = set()
+    fds = {}
     for name in names:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             target = os.readlink(f"/proc/{pid}/fd/{name}")
             if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    return inodes
+                fds[target[8:-1]] = int(name)
+    return fds
 
 
 def _decode(text: str, family: int) -> tuple[str, int]:

@@ -4,6 +4,7 @@ of each node over time (when it was ejected, when it came back).
 
     watch = HealthWatch(gateway_url).start()
     results = run_load(gateway_url, plan_load("kill", 40, model="m"), timeout=30)
+    results, t0 = load_during(gateway_url, plan_load("cut", 8, model="m"), node.cut, delay=0.3)
     problems = check_load(results, expected="w0 w1 ...", nodes=["10.77.0.3:11434", ...])
     watch.stop(); watch.first_change("10.77.0.3:11434", after=t0)
 """
@@ -14,7 +15,8 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -140,6 +142,32 @@ def run_load(url: str, requests: Sequence[LoadRequest], *, timeout: float) -> li
             return list(await asyncio.gather(*(_one(client, url, r) for r in requests)))
 
     return asyncio.run(main())
+
+
+def load_during(url: str, requests: Sequence[LoadRequest], inject: Callable[[], object], *,
+                delay: float = 0.3, timeout: float = 60.0) -> tuple[list[LoadResult], float]:
+    """Send `requests` at once, call `inject` (the fault) `delay` seconds in, wait for every
+    reply; returns the results and when the fault was injected (`time.monotonic()`)."""
+    out: list[LoadResult] = []
+    runner = threading.Thread(target=lambda: out.extend(run_load(url, requests,
+                                                                 timeout=timeout)))
+    runner.start()
+    time.sleep(delay)
+    injected = time.monotonic()
+    try:
+        inject()
+    finally:
+        runner.join()
+    return out, injected
+
+
+def append_report(path: str | None, rows: Sequence[dict[str, Any]]) -> None:
+    """Add rows to a JSON list in `path` (several test modules share one report file)."""
+    if not path:
+        return
+    report = Path(path)
+    earlier = json.loads(report.read_text()) if report.exists() else []
+    report.write_text(json.dumps([*earlier, *rows], indent=1))
 
 
 def check_load(results: Sequence[LoadResult], *, expected: str | None, nodes: Sequence[str],

@@ -111,6 +111,8 @@ def sharded(tmp_path_factory: pytest.TempPathFactory, llama_binaries: Any,
                "SOLLOL_RPC_PLACEMENT": "all", "SOLLOL_RPC_MAX_COORDINATORS": "1",
                "SOLLOL_LLAMA_CPP_DIR": str(Path(llama_binaries.llama_server).parent),
                "SOLLOL_PLUGINS": "llamacpp_rpc",
+               # models resolve only inside these folders (a client names no other file)
+               "SOLLOL_GGUF_DIRS": json.dumps([str(tiny_model.parent), str(log_dir)]),
                **{f"SOLLOL_{k.upper()}": str(v) for k, v in TIMEOUTS.items()}}
         url = f"http://{gw.address}:11435"
 

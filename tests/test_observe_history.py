@@ -56,3 +56,40 @@ def test_any_order_of_events_keeps_memory_bounded(events) -> None:
     assert all(len(b.durations) <= SAMPLES for b in history._buckets)
     assert all(len(v) == 6 for k, v in history.series(now=T0 + 200).items()
                if isinstance(v, list))
+
+
+def test_event_log_since_returns_the_newest_unseen_events() -> None:
+    from sollol.events import EventLog
+    from sollol.models import RouteEvent
+
+    log = EventLog(size=5)
+
+    def event(i: int) -> RouteEvent:
+        return RouteEvent(model=f"m{i}", endpoint="chat", api="ollama", route="pool",
+                          policy="", reason="", backend="n", status=200, ok=True,
+                          duration_s=0.1)
+
+    assert log.since(0, 10) == []
+    for i in range(3):
+        log.append(event(i))
+    assert [e.model for e in log.since(0, 10)] == ["m0", "m1", "m2"]
+    assert [e.model for e in log.since(1, 10)] == ["m1", "m2"]
+    assert [e.model for e in log.since(0, 2)] == ["m1", "m2"]  # the newest when limited
+    for i in range(3, 12):
+        log.append(event(i))
+    assert [e.model for e in log.since(3, 100)] == ["m7", "m8", "m9", "m10", "m11"]
+    assert log.since(log.appended, 10) == []
+
+
+def test_a_request_row_carries_every_event_field() -> None:
+    import attrs
+
+    from sollol.models import RouteEvent
+    from sollol.observe.recorder import request_row
+
+    event = RouteEvent(model="m", endpoint="chat", api="ollama", route="pool", policy="p",
+                       reason="r", backend="n", status=200, ok=True, duration_s=0.5,
+                       tokens=10, ttft_s=0.1, failovers=("connect",))
+    row = request_row(event)
+    assert set(row) == {f.name for f in attrs.fields(RouteEvent)} | {"tokens_per_second"}
+    assert row["tokens_per_second"] == 25.0  # 10 tokens in the 0.4 s after the first

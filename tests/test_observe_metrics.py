@@ -207,3 +207,33 @@ def test_bad_token_counts_from_a_backend_count_as_none(tokens) -> None:
                                 upstream_s=0.05))
     assert recorder.generation_tokens == {} and recorder.prompt_tokens == {}
     assert recorder.per_token == {}
+
+
+def test_running_and_waiting_follow_the_pool_queue(emulator, pool_gateway) -> None:
+    import threading
+
+    node = emulator(latency=1.5)  # each request holds the node's only slot for a while
+    gateway = pool_gateway(node.url, plugins=["ollama_pool"], pool_node_concurrency=1)
+    replies: list[int] = []
+
+    def send() -> None:
+        replies.append(httpx.post(gateway.url + "/api/generate", timeout=60, json={
+            "model": MODEL, "prompt": "hi", "stream": False}).status_code)
+
+    senders = [threading.Thread(target=send) for _ in range(3)]
+    for sender in senders:
+        sender.start()
+    deadline = time.monotonic() + 60
+    while True:  # poll until the three are in: one on the node, two queued behind it
+        samples = scrape(gateway.url)
+        if value(samples, "sollol_requests_waiting") == 2:
+            break
+        assert time.monotonic() < deadline, "the queue never held two requests"
+    assert value(samples, "sollol_requests_running") == 1
+    for sender in senders:
+        sender.join()
+    assert replies == [200, 200, 200]
+    samples = scrape(gateway.url)
+    assert value(samples, "sollol_requests_waiting") == 0
+    assert value(samples, "sollol_requests_running") == 0
+    assert value(samples, "sollol_requests_total", code="200") == 3

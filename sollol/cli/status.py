@@ -10,8 +10,8 @@ from typing import Any
 import click
 import httpx
 
-from sollol.cli import config_option, handle_errors, load_for_cli
-from sollol.cli.admin import KEY_HINT, gateway_headers
+from sollol.cli import config_option, handle_errors
+from sollol.cli.admin import KEY_HINT, gateway_headers, gateway_url
 
 
 class NoGateway(click.ClickException):
@@ -42,14 +42,11 @@ def fetch(url: str, timeout: float = 5.0) -> dict[str, Any]:
     return data
 
 
-def gateway_url(gateway: str | None, config_file: Path | None) -> str:
-    if gateway:
-        return gateway if "://" in gateway else f"http://{gateway}"
-    config, _pm = load_for_cli(config_file)
-    host = config["gateway_host"]
-    if host in ("0.0.0.0", "::", ""):  # bound to every address: ask it on loopback
-        host = "127.0.0.1"
-    return f"http://{host}:{config['gateway_port']}"
+def status_url(gateway: str | None, config_file: Path | None) -> str:
+    """`--gateway` (a bare host:port gets http://), else the config's gateway address."""
+    if gateway and "://" not in gateway:
+        gateway = f"http://{gateway}"
+    return gateway_url(config_file, gateway)
 
 
 @click.command()
@@ -67,7 +64,7 @@ def gateway_url(gateway: str | None, config_file: Path | None) -> str:
 def status(as_json: bool, watch: bool, interval: float, count: int | None, gateway: str | None,
            config_file: Path | None) -> None:
     """Show a running gateway: nodes, rpc-servers, coordinators and recent requests."""
-    url = gateway_url(gateway, config_file)
+    url = status_url(gateway, config_file)
     if not watch:
         data = fetch(url)
         if as_json:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -67,7 +68,10 @@ def parse(text: str) -> dict[str, float]:
         for sample in family.samples:
             name = sample.name.removesuffix("_total")
             if name in _WANTED and not sample.labels:
-                values[_WANTED[name]] = float(sample.value)
+                value = float(sample.value)
+                if not math.isfinite(value) or value < 0:
+                    raise ValueError(f"{sample.name} is {sample.value}")
+                values[_WANTED[name]] = value
     return values
 
 

@@ -11,7 +11,7 @@ from sollol.hookspecs import hookimpl
 from sollol.models import RouteEvent
 from sollol.observe.histogram import DURATION, FIRST_TOKEN, OVERHEAD, PER_TOKEN, Histogram
 from sollol.observe.history import History
-from sollol.observe.labels import BoundedLabels
+from sollol.observe.labels import OTHER, BoundedLabels
 from sollol.router import SHARDING
 
 NONE = "none"
@@ -30,8 +30,45 @@ class NodeStats:
     last_status: int | None = None
     tokens_per_second: float | None = None
 
+    def add(self, event: RouteEvent, speed: float | None) -> None:
+        self.requests += 1
+        self.last_status = event.status
+        if not event.ok and event.status != 499:  # a client that left is not the node's error
+            self.errors += 1
+            self.last_error = (event.error or f"HTTP {event.status}")[:500]
+            self.last_error_at = event.time
+        if speed is not None:
+            old = self.tokens_per_second
+            self.tokens_per_second = speed if old is None else old + SPEED_WEIGHT * (speed - old)
+
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
+
+
+@attrs.define(eq=False, slots=True)
+class _Series:
+    """One (route, model) label pair: its histograms and token counters."""
+
+    duration: Histogram = attrs.field(factory=lambda: Histogram(DURATION))
+    first_token: Histogram | None = None
+    per_token: Histogram | None = None
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+
+
+@attrs.define(eq=False, slots=True)
+class _Cell:
+    """One `sollol_requests_total` series, with everything else a request of it updates."""
+
+    key: tuple[str, str, str, str]
+    series: _Series
+    overhead: Histogram
+    stats: NodeStats | None
+    count: int = 0
+
+
+FAST_CACHE = 4096
+"""Raw (route, model, backend, status) combinations remembered with their labels resolved."""
 
 
 @attrs.define(eq=False)
@@ -39,25 +76,23 @@ class Recorder:
     """A plugin object, registered per gateway on its cluster's plugin manager.
 
     Everything is plain numbers updated on the event loop's thread; the Prometheus collector
-    (`sollol.observe.exposition`) reads them at scrape time.
+    (`sollol.observe.exposition`) reads them at scrape time. A request of a combination seen
+    before costs one dictionary lookup to find all it updates (docs/performance.md).
     """
 
     max_models: int = 50
     max_nodes: int = 256
     models: BoundedLabels = attrs.field(init=False)
     nodes: BoundedLabels = attrs.field(init=False)
-    requests: dict[tuple[str, str, str, str], int] = attrs.field(factory=dict)
-    duration: dict[tuple[str, str], Histogram] = attrs.field(factory=dict)
-    first_token: dict[tuple[str, str], Histogram] = attrs.field(factory=dict)
-    per_token: dict[tuple[str, str], Histogram] = attrs.field(factory=dict)
+    series: dict[tuple[str, str], _Series] = attrs.field(factory=dict)
     overhead: dict[str, Histogram] = attrs.field(factory=dict)
-    prompt_tokens: dict[tuple[str, str], int] = attrs.field(factory=dict)
-    generation_tokens: dict[tuple[str, str], int] = attrs.field(factory=dict)
     rejections: dict[str, int] = attrs.field(factory=dict)
     failovers: dict[str, int] = attrs.field(factory=dict)
     node_stats: dict[str, NodeStats] = attrs.field(factory=dict)
     history: History = attrs.field(factory=History)
     started_at: float = attrs.field(factory=time.time)
+    _cells: dict[tuple[str, str, str, str], _Cell] = attrs.field(factory=dict)
+    _fast: dict[tuple[str, str, str | None, int], _Cell] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         self.models = BoundedLabels(self.max_models)
@@ -68,38 +103,67 @@ class Recorder:
         self.observe(event)
 
     def observe(self, event: RouteEvent) -> None:
+        cell = self._fast.get((event.route, event.model, event.backend, event.status))
+        if cell is None:
+            cell = self._cell(event)
+        cell.count += 1
+        series = cell.series
+        duration = event.duration_s
+        series.duration.observe(duration)
+        overhead = duration - event.upstream_s - event.wait_s
+        cell.overhead.observe(overhead if overhead > 0 else 0.0)
+        if event.ttft_s is not None:
+            if series.first_token is None:
+                series.first_token = Histogram(FIRST_TOKEN)
+            series.first_token.observe(event.ttft_s)
+        prompt = _count(event.prompt_tokens)
+        if prompt:
+            series.prompt_tokens += prompt
+        tokens = _count(event.tokens)
+        speed = None
+        if tokens:
+            series.generation_tokens += tokens
+            seconds, per = generation_seconds(event, tokens)
+            if per is not None:
+                if series.per_token is None:
+                    series.per_token = Histogram(PER_TOKEN)
+                series.per_token.observe(per)
+            if seconds:
+                speed = tokens / seconds
+        if event.status == 429:
+            self.rejections[cell.key[0]] = self.rejections.get(cell.key[0], 0) + 1
+        for reason in event.failovers:
+            self.failovers[reason] = self.failovers.get(reason, 0) + 1
+        if cell.stats is not None:
+            cell.stats.add(event, speed)
+        self.history.add(event.time, event.ok, duration, tokens)
+
+    def _cell(self, event: RouteEvent) -> _Cell:
+        """Resolve a combination's labels (bounded), and remember it unless it folded."""
         route = event.route or NONE
         # a name becomes a label only once a backend served it: made-up names share "other"
         model = self.models.fold(event.model, admit=event.backend is not None
                                  and event.status != 404)
         node = self.node_label(event)
         key = (route, node, model, str(event.status))
-        self.requests[key] = self.requests.get(key, 0) + 1
-        series = (route, model)
-        _histogram(self.duration, series, DURATION).observe(event.duration_s)
-        overhead = event.duration_s - event.upstream_s - event.wait_s
-        _histogram(self.overhead, route, OVERHEAD).observe(max(overhead, 0.0))
-        if event.ttft_s is not None:
-            _histogram(self.first_token, series, FIRST_TOKEN).observe(event.ttft_s)
-        tokens = _count(event.tokens)
-        prompt = _count(event.prompt_tokens)
-        if prompt:
-            self.prompt_tokens[series] = self.prompt_tokens.get(series, 0) + prompt
-        speed = None
-        if tokens:
-            self.generation_tokens[series] = self.generation_tokens.get(series, 0) + tokens
-            seconds, per = generation_seconds(event, tokens)
-            if per is not None:
-                _histogram(self.per_token, series, PER_TOKEN).observe(per)
-            if seconds:
-                speed = tokens / seconds
-        if event.status == 429:
-            self.rejections[route] = self.rejections.get(route, 0) + 1
-        for reason in event.failovers:
-            self.failovers[reason] = self.failovers.get(reason, 0) + 1
-        if event.backend is not None:
-            self._node(node, event, speed)
-        self.history.add(event.time, event.ok, event.duration_s, tokens)
+        cell = self._cells.get(key)
+        if cell is None:
+            series = self.series.get((route, model))
+            if series is None:
+                series = self.series[route, model] = _Series()
+            overhead = self.overhead.get(route)
+            if overhead is None:
+                overhead = self.overhead[route] = Histogram(OVERHEAD)
+            stats = None
+            if event.backend is not None:
+                stats = self.node_stats.get(node)
+                if stats is None and len(self.node_stats) <= self.max_nodes:
+                    stats = self.node_stats[node] = NodeStats()
+            cell = self._cells[key] = _Cell(key, series, overhead, stats)
+        # a name that folded into "other" may still earn its own label: do not pin it there
+        if model != OTHER and len(self._fast) < FAST_CACHE:
+            self._fast[event.route, event.model, event.backend, event.status] = cell
+        return cell
 
     def node_label(self, event: RouteEvent) -> str:
         backend = event.backend
@@ -110,29 +174,40 @@ class Recorder:
             backend = backend.rpartition("@")[0] or backend
         return self.nodes.fold(backend)
 
-    def _node(self, node: str, event: RouteEvent, speed: float | None) -> None:
-        stats = self.node_stats.get(node)
-        if stats is None:
-            if len(self.node_stats) > self.max_nodes:
-                return
-            stats = self.node_stats[node] = NodeStats()
-        stats.requests += 1
-        stats.last_status = event.status
-        if not event.ok and event.status != 499:  # a client that left is not the node's error
-            stats.errors += 1
-            stats.last_error = (event.error or f"HTTP {event.status}")[:500]
-            stats.last_error_at = event.time
-        if speed is not None:
-            old = stats.tokens_per_second
-            stats.tokens_per_second = speed if old is None else old + SPEED_WEIGHT * (speed - old)
+    # ---- read side (scrapes and the overview; never on the request path)
+
+    @property
+    def requests(self) -> dict[tuple[str, str, str, str], int]:
+        return {key: cell.count for key, cell in self._cells.items()}
+
+    @property
+    def duration(self) -> dict[tuple[str, str], Histogram]:
+        return {key: s.duration for key, s in self.series.items()}
+
+    @property
+    def first_token(self) -> dict[tuple[str, str], Histogram]:
+        return {key: s.first_token for key, s in self.series.items() if s.first_token}
+
+    @property
+    def per_token(self) -> dict[tuple[str, str], Histogram]:
+        return {key: s.per_token for key, s in self.series.items() if s.per_token}
+
+    @property
+    def prompt_tokens(self) -> dict[tuple[str, str], int]:
+        return {key: s.prompt_tokens for key, s in self.series.items() if s.prompt_tokens}
+
+    @property
+    def generation_tokens(self) -> dict[tuple[str, str], int]:
+        return {key: s.generation_tokens for key, s in self.series.items()
+                if s.generation_tokens}
 
     def totals(self) -> dict[str, Any]:
         """Whole-gateway sums for the overview."""
-        requests = sum(self.requests.values())
-        errors = sum(n for (_r, _n, _m, code), n in self.requests.items() if int(code) >= 400)
-        return {"requests": requests, "errors": errors,
-                "prompt_tokens": sum(self.prompt_tokens.values()),
-                "generation_tokens": sum(self.generation_tokens.values()),
+        cells = self._cells.values()
+        return {"requests": sum(c.count for c in cells),
+                "errors": sum(c.count for c in cells if int(c.key[3]) >= 400),
+                "prompt_tokens": sum(s.prompt_tokens for s in self.series.values()),
+                "generation_tokens": sum(s.generation_tokens for s in self.series.values()),
                 "failovers": sum(self.failovers.values()),
                 "queue_rejections": sum(self.rejections.values())}
 
@@ -155,7 +230,13 @@ def generation_seconds(event: RouteEvent, tokens: int) -> tuple[float | None, fl
 
 def request_row(event: RouteEvent) -> dict[str, Any]:
     """A RouteEvent as the dashboard's live table and `sollol status` show it."""
-    row = event.as_dict()
+    row = {"time": event.time, "model": event.model, "endpoint": event.endpoint,
+           "api": event.api, "route": event.route, "policy": event.policy,
+           "reason": event.reason, "backend": event.backend, "status": event.status,
+           "ok": event.ok, "duration_s": event.duration_s, "attempts": event.attempts,
+           "tokens": event.tokens, "prompt_tokens": event.prompt_tokens, "error": event.error,
+           "ttft_s": event.ttft_s, "upstream_s": event.upstream_s, "wait_s": event.wait_s,
+           "failovers": list(event.failovers)}  # (attrs.asdict is ten times slower)
     tokens = _count(event.tokens)
     seconds = generation_seconds(event, tokens)[0] if tokens else None
     row["tokens_per_second"] = round(tokens / seconds, 2) if tokens and seconds else None
@@ -164,13 +245,6 @@ def request_row(event: RouteEvent) -> dict[str, Any]:
 
 def _count(value: object) -> int:
     """A token count a backend reported, or 0 when it is missing or not a sane number."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 40:
-        return value
+    if value.__class__ is int and 0 < value < 1 << 40:  # type: ignore[operator]  (not a bool)
+        return value  # type: ignore[return-value]
     return 0
-
-
-def _histogram(table: dict[Any, Histogram], key: Any, bounds: tuple[float, ...]) -> Histogram:
-    histogram = table.get(key)
-    if histogram is None:
-        histogram = table[key] = Histogram(bounds)
-    return histogram

@@ -111,7 +111,8 @@ def test_dashboard_shows_the_cluster_live(
                                    timeout=WAIT_MS)
         assert POOL_MODEL in page.inner_text("#nodes")
         # the coordinator with a layer bar per rpc-server, each holding some layers
-        card = '#coordinators .coord[data-model="tiny"][data-state="ready"]'
+        # (the gateway names models canonically: tiny is tiny:latest)
+        card = '#coordinators .coord[data-model^="tiny"][data-state="ready"]'
         page.wait_for_selector(card, timeout=WAIT_MS)
         bars = page.eval_on_selector_all(
             f"{card} .layers .bar", "bars => bars.map(b => [Number(b.dataset.layers), "

@@ -104,7 +104,11 @@ def coordinators_table(coordinators: list[dict[str, Any]]) -> Table:
         _column(table, column)
     for coord in coordinators:
         state = coord.get("state", "?")
+        if coord.get("draining") and state == "ready":
+            state = "draining"
         label = Text(state, style=HEALTH_STYLE.get(state, ""))
+        if coord.get("draining"):
+            label.append(f"\n{coord['draining'][:80]}", style="dim")
         if state == "starting" and coord.get("progress"):
             label.append(f"\n{coord['progress'][:60]}", style="dim")
         if coord.get("error"):

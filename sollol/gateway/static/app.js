@@ -214,7 +214,8 @@
       card.dataset.model = c.model;
       card.dataset.state = c.state;
       const head = el("div", "coord-head");
-      head.append(el("span", "name", c.model), pill(c.state, healthKind(c.state)));
+      const state = c.draining && c.state === "ready" ? "draining" : c.state;
+      head.append(el("span", "name", c.model), pill(state, healthKind(state)));
       const facts = el("div", "coord-facts");
       const fact = (label, value) => { const f = el("span", null, label + " "); f.append(el("b", null, value)); facts.append(f); };
       fact("up", duration(Date.now() / 1000 - c.started_at));
@@ -226,6 +227,7 @@
       if (c.load_seconds) fact("loaded in", c.load_seconds + " s");
       card.append(head, facts);
       if (c.state === "starting" && c.progress) card.append(el("div", "progress", c.progress));
+      if (c.draining) card.append(el("div", "progress", "draining: " + c.draining));
       if (c.error) card.append(el("div", "err", c.error));
       card.append(layerBars(c));
       if (c.log_tail && c.log_tail.length) {

@@ -6,6 +6,7 @@ and 32 connections. Everything it starts (emulators, nginx, the gateway) it stop
     python bench/gateway_overhead.py                  # defaults: 10 s per cell
     python bench/gateway_overhead.py --duration 5 --json results.json
     python bench/gateway_overhead.py --route both     # also through the ollama_pool plugin
+    python bench/gateway_overhead.py --keys           # also the gateway requiring an access key
 
 Targets (issue 3): p50 added latency <= 0.5 ms at 1 connection; at 32 connections throughput
 >= 30% of nginx's and p99 <= 2.5x nginx's p99. Results: docs/performance.md.
@@ -53,10 +54,12 @@ http {{
 }}
 """
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+BENCH_KEY = "sollol-bench-key-0123456789abcdef"
 
 
-def serve_gateway(port: int, nodes: list[str]) -> None:
-    """Run the gateway over a static route on `nodes` (the process the benchmark starts)."""
+def serve_gateway(port: int, nodes: list[str], key: str | None = None) -> None:
+    """Run the gateway over a static route on `nodes` (the process the benchmark starts);
+    with `key`, the gateway requires it (every request then passes the key check)."""
     from sollol.cluster import Cluster
     from sollol.config import load_config
     from sollol.gateway.server import serve
@@ -67,8 +70,30 @@ def serve_gateway(port: int, nodes: list[str]) -> None:
                                  for i, url in enumerate(nodes)])
     pm = get_plugin_manager(load_entry_points=False)
     pm.register(RoutesPlugin([route]))
-    config = load_config(overrides={"task_distribution_enabled": True})
+    keys = {"api_keys": [key]} if key else {}
+    config = load_config(overrides={"task_distribution_enabled": True, **keys})
     serve(Cluster(config=config, pm=pm), "127.0.0.1", port, log_level="warning")
+
+
+def guard_cost(rounds: int = 200_000) -> dict[str, float]:
+    """Microseconds the gateway's Host/Origin/key checks take per request, measured in process
+    (the HTTP figures on a shared machine are too noisy to show a cost this small)."""
+    import timeit
+
+    from sollol.config import load_config
+    from sollol.gateway.guard import Guard
+
+    headers = [(b"host", b"127.0.0.1:11435"), (b"user-agent", b"wrk"),
+               (b"content-type", b"application/json"), (b"content-length", b"60")]
+    keyed = [*headers, (b"authorization", b"Bearer " + BENCH_KEY.encode())]
+    browser = [*headers, (b"origin", b"http://localhost:3000")]
+    open_guard = Guard(load_config(), "127.0.0.1")
+    key_guard = Guard(load_config(overrides={"api_keys": [BENCH_KEY]}), "127.0.0.1")
+    cases = {"no keys": (open_guard, headers), "no keys, a browser Origin": (open_guard, browser),
+             "a key required": (key_guard, keyed)}
+    return {name: min(timeit.repeat(lambda g=g, h=h: g.admit("/api/generate", "POST", h),
+                                     number=rounds, repeat=3)) / rounds * 1e6
+            for name, (g, h) in cases.items()}
 
 
 def start_emulators(group: ProcessGroup) -> list[str]:
@@ -99,9 +124,11 @@ def start_nginx(group: ProcessGroup, tmp: Path, nodes: list[str]) -> str:
 
 def start_gateway(group: ProcessGroup, tmp: Path, nodes: list[str], route: str) -> str:
     port = free_port()
-    name = "gateway" if route == "static" else "gateway-pool"
-    if route == "static":
+    name = {"static": "gateway", "keys": "gateway-keys"}.get(route, "gateway-pool")
+    if route in ("static", "keys"):
         args = [sys.executable, __file__, "--serve-gateway", str(port), "--nodes", ",".join(nodes)]
+        if route == "keys":
+            args += ["--key", BENCH_KEY]
     else:
         config = tmp / f"sollol-{port}.toml"
         node_list = ", ".join(f'"{n}"' for n in nodes)
@@ -112,7 +139,7 @@ def start_gateway(group: ProcessGroup, tmp: Path, nodes: list[str], route: str) 
                 str(config)]
     proc = group.start(name, args)
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/api/version", process=proc, timeout=60)
+    wait_http(url + "/", process=proc, timeout=60)  # `GET /` needs no key
     return url
 
 
@@ -135,11 +162,12 @@ def run_wrk(url: str, path: str, script: Path, connections: int, seconds: float)
     return result
 
 
-def wrk_script(tmp: Path, body: dict) -> Path:
-    script = tmp / f"request-{abs(hash(json.dumps(body)))}.lua"
+def wrk_script(tmp: Path, body: dict, key: str | None = None) -> Path:
+    script = tmp / f"request-{abs(hash(json.dumps(body)))}{'-key' if key else ''}.lua"
+    auth = f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else ""
     script.write_text('wrk.method = "POST"\n'
                       f"wrk.body = {json.dumps(json.dumps(body))}\n"
-                      'wrk.headers["Content-Type"] = "application/json"\n')
+                      'wrk.headers["Content-Type"] = "application/json"\n' + auth)
     return script
 
 
@@ -171,14 +199,19 @@ def main() -> None:
     parser.add_argument("--route", choices=("static", "pool", "both"), default="static",
                         help="static: the gateway alone; pool: via the ollama_pool plugin; "
                              "both: two gateway targets in the same run.")
+    parser.add_argument("--keys", action="store_true",
+                        help="Also run the gateway with an access key required, side by side.")
     parser.add_argument("--workload", choices=(*WORKLOADS, "all"), default="all")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     parser.add_argument("--serve-gateway", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--nodes", help=argparse.SUPPRESS)
+    parser.add_argument("--key", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_gateway:
-        serve_gateway(args.serve_gateway, args.nodes.split(","))
+        serve_gateway(args.serve_gateway, args.nodes.split(","), args.key)
         return
+    for case, micros in guard_cost().items():
+        print(f"guard ({case}): {micros:.2f} us per request", flush=True)
     workloads = list(WORKLOADS) if args.workload == "all" else [args.workload]
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="sollol-bench-") as name, \
@@ -187,23 +220,33 @@ def main() -> None:
         nodes = start_emulators(group)
         targets = {"direct": nodes[0], "nginx": start_nginx(group, tmp, nodes)}
         routes = ("static", "pool") if args.route == "both" else (args.route,)
+        if args.keys:
+            routes = (*routes, "keys")
         for route in routes:
-            name = "gateway" if route == "static" else "gateway-pool"
+            name = {"static": "gateway", "keys": "gateway-keys"}.get(route, "gateway-pool")
             targets[name] = start_gateway(group, tmp, nodes, route)
         for workload in workloads:
             path, body = WORKLOADS[workload]
-            script = wrk_script(tmp, body)
-            for url in targets.values():  # warm up connections, caches and the JIT-less paths
-                run_wrk(url, path, script, 8, 1)
+            scripts = {t: wrk_script(tmp, body, BENCH_KEY if t == "gateway-keys" else None)
+                       for t in targets}
+            for t, url in targets.items():  # warm up connections, caches and the JIT-less paths
+                run_wrk(url, path, scripts[t], 8, 1)
             results[workload] = {}
             for connections in (1, 32):
-                cells = {t: run_wrk(url, path, script, connections, args.duration)
+                cells = {t: run_wrk(url, path, scripts[t], connections, args.duration)
                          for t, url in targets.items()}
                 results[workload][str(connections)] = cells
                 for target, cell in cells.items():
                     print(f"{workload:12} c={connections:<3} {target:12} {cell['rps']:9.0f} req/s "
                           f"p50 {cell['p50_ms']:.3f} ms  p90 {cell['p90_ms']:.3f} ms  "
                           f"p99 {cell['p99_ms']:.3f} ms  errors {cell['errors']}", flush=True)
+    for workload, cells in results.items():
+        if "gateway-keys" in cells["1"] and "gateway" in cells["1"]:
+            one, many = cells["1"], cells["32"]
+            print(f"{workload}: an access key required: p50 at 1 connection "
+                  f"{one['gateway-keys']['p50_ms'] - one['gateway']['p50_ms']:+.3f} ms, "
+                  f"throughput at 32 {many['gateway-keys']['rps'] / many['gateway']['rps']:.0%} "
+                  "of the keyless gateway's")
     checks = verdicts(results)
     for label, ok, value in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {label}: {value}")

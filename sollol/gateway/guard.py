@@ -103,6 +103,8 @@ class Guard:
         self.config = config
         self.bind_host = bind_host
         self.keys = KeyRing.from_config(config["api_keys"])
+        # one Admitted per key, made once: requests without an Origin reuse it
+        self._admitted = {key.name: Admitted(key) for key in self.keys.keys}
         bind = _host_name(bind_host)
         machine = socket.gethostname().lower().rstrip(".")
         own = {bind, machine, f"{machine}.local"} if machine else {bind}
@@ -157,7 +159,7 @@ class Guard:
         if not key.admin and (path in ADMIN_PATHS or path.startswith(ADMIN_PREFIXES)):
             raise Forbidden(f"key {key.name!r} is an inference key; {method} {path} needs an "
                             "admin key (`sollol keys create NAME --admin`)")
-        return Admitted(key, origin)
+        return self._admitted[key.name] if origin is None else Admitted(key, origin)
 
     def _check_host(self, value: bytes) -> None:
         name = _host_name(value.decode("latin-1"))

@@ -122,6 +122,16 @@ def test_dashboard_shows_the_cluster_live(
             assert address in page.inner_text(card)
             page.wait_for_selector(f'#rpc tr[data-rpc="{address}"]', timeout=WAIT_MS)
         assert "tiny" in page.inner_text("#rpc")  # each rpc-server names its coordinator
+        # `sollol status` tells the same story in the terminal, bars included
+        from click.testing import CliRunner
+
+        from sollol.cli import build_cli
+
+        status = CliRunner().invoke(build_cli(), ["status", "--gateway", gateway.url],
+                                    env={"COLUMNS": "220"})
+        assert status.exit_code == 0, status.output
+        for text in (*shards, *(n.address for n in nodes), "tiny", "ready", "█", "layers"):
+            assert text in status.output, text
         # the charts drew the traffic
         page.wait_for_selector("#chart-rate path.series", timeout=WAIT_MS)
 

@@ -237,3 +237,25 @@ def test_running_and_waiting_follow_the_pool_queue(emulator, pool_gateway) -> No
     assert value(samples, "sollol_requests_waiting") == 0
     assert value(samples, "sollol_requests_running") == 0
     assert value(samples, "sollol_requests_total", code="200") == 3
+
+
+def test_the_docs_examples_use_only_exported_names() -> None:
+    """The Grafana dashboard and docs/metrics.md name only metrics `/metrics` really has."""
+    import json
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    text = render(make_registry(Recorder(), _NoRoutes(), lambda: 0)).decode()  # type: ignore[arg-type]
+    suffixes = {"counter": ("_total",), "histogram": ("", "_bucket", "_count", "_sum"),
+                "gauge": ("",)}
+    exported = {f.name + suffix for f in text_string_to_metric_families(text)
+                for suffix in suffixes.get(f.type, ("",))}
+    grafana = json.loads((docs / "grafana-dashboard.json").read_text())
+    queries = [t["expr"] for p in grafana["panels"] for t in p["targets"]]
+    named = {n for q in queries for n in re.findall(r"\b(sollol_[a-z_]+)", q)}
+    named |= set(re.findall(r"`(sollol_[a-z_]+)`", (docs / "metrics.md").read_text()))
+    named.discard("sollol_request_routed")  # the hook the recorder implements, not a metric
+    missing = sorted(n for n in named if n not in exported)
+    assert not missing, f"not exported: {missing}"
+    assert {"sollol_requests_total", "sollol_node_up"} <= named

@@ -47,6 +47,24 @@ def test_official_clients_carry_keys(gw):
     assert {m.id for m in ac.models.list()} == {"tiny:1b", "other:7b"}
 
 
+def test_the_official_anthropic_client_carries_its_key(gw):
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=gw.url, api_key=USER, max_retries=0, timeout=30)
+    reply = client.messages.create(model="tiny:1b", max_tokens=16,
+                                   messages=[{"role": "user", "content": "hi"}])
+    assert reply.content[0].text
+    wrong = anthropic.Anthropic(base_url=gw.url, api_key=LIMITED[:-2], max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as err:
+        wrong.messages.create(model="tiny:1b", max_tokens=16,
+                              messages=[{"role": "user", "content": "hi"}])
+    assert err.value.body["error"]["type"] == "authentication_error"  # Anthropic's shape
+    limited = anthropic.Anthropic(base_url=gw.url, api_key=LIMITED, max_retries=0)
+    with pytest.raises(anthropic.PermissionDeniedError):
+        limited.messages.create(model="other:7b", max_tokens=16,
+                                messages=[{"role": "user", "content": "hi"}])
+
+
 def test_x_api_key_and_basic_are_accepted(gw):
     anthropic_style = {"x-api-key": USER, "anthropic-version": "2023-06-01"}
     assert httpx.post(gw.url + "/api/chat", json=CHAT, headers=anthropic_style).status_code == 200

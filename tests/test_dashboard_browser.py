@@ -189,3 +189,43 @@ def test_the_page_reconnects_when_the_gateway_restarts(page, emulator) -> None:
         page.wait_for_selector(f'#requests tr[data-model="{POOL_MODEL}"]', timeout=WAIT_MS)
     finally:
         second.stop()
+
+
+def test_with_access_keys_the_page_needs_an_admin_key(chromium, emulator, pool_gateway) -> None:
+    """The browser asks for the key (HTTP Basic, the key as the password); the page and its
+    event stream then run on the browser's credentials; an inference key is refused."""
+    from sollol.access import hash_key, new_key
+
+    admin, user = new_key(), new_key()
+    node = emulator(models=[POOL_MODEL])
+    gateway = pool_gateway(node.address, plugins=["ollama_pool"], api_keys=[
+        {"name": "root", "hash": hash_key(admin), "admin": True},
+        {"name": "app", "hash": hash_key(user)}])
+
+    from playwright.sync_api import Error as BrowserError
+
+    anonymous = chromium.new_context()
+    try:
+        page = anonymous.new_page()
+        answers: list[Any] = []
+        page.on("response", lambda answer: answers.append(answer))
+        # headless, nobody types a key into the prompt: the browser gives up on the page
+        with pytest.raises(BrowserError, match="ERR_INVALID_AUTH_CREDENTIALS"):
+            page.goto(gateway.url + "/dashboard")
+        (answer,) = answers
+        assert answer.status == 401
+        assert answer.headers["www-authenticate"].startswith("Basic")
+    finally:
+        anonymous.close()
+
+    for key, status in ((user, 403), (admin, 200)):
+        context = chromium.new_context(http_credentials={"username": "me", "password": key})
+        try:
+            page = context.new_page()
+            assert page.goto(gateway.url + "/dashboard").status == status
+            if status == 200:  # the stream is admin-scoped too: live only with the key
+                page.wait_for_selector('#link[data-state="live"]', timeout=WAIT_MS)
+                page.wait_for_selector(f'#nodes tr[data-node="{node.address}"]',
+                                       timeout=WAIT_MS)
+        finally:
+            context.close()

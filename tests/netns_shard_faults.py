@@ -5,7 +5,8 @@ run`) on one host, and two real `ggml-rpc-server` hosts it spreads every model o
 
 Faults: an rpc-server killed, or its link cut (packets vanish, no reset), while a sharded model
 generates and while one loads (over a `tbf`-limited link, so the load takes seconds); the gateway
-killed while its coordinator runs. Each ends with no process leaked on any host.
+killed while its coordinator runs. Each ends with no process leaked on any host. The rpc-servers
+run under `sollol rpc serve`, as an operator would run them.
 """
 
 from __future__ import annotations
@@ -92,8 +93,14 @@ def sharded(tmp_path_factory: pytest.TempPathFactory, llama_binaries: Any,
         shards = [net.add_host("r1"), net.add_host("r2")]
 
         def start_shard(host: Host) -> ManagedProcess:
-            proc = host.start("rpc-server", [llama_binaries.rpc_server, "-H", host.address,
-                                             "-p", "50052", "-t", "1"])
+            # through `sollol rpc serve`, which drops a client silent for LINK_TIMEOUT (a
+            # coordinator behind a cut link), so the rpc-server serves again once it is back
+            proc = host.start("rpc-server", [
+                sys.executable, "-m", "sollol", "rpc", "serve", "--host", host.address,
+                "--port", "50052", "--threads", "1", "--client-timeout", str(LINK_TIMEOUT)],
+                env={**os.environ, "SOLLOL_CONFIG": str(log_dir / "config.toml"),
+                     "SOLLOL_LLAMA_CPP_DIR": str(Path(llama_binaries.rpc_server).parent),
+                     "SOLLOL_PLUGINS": "llamacpp_rpc"})
             deadline = time.monotonic() + 30
             while True:
                 try:
@@ -214,6 +221,10 @@ def _no_leaks(s: Sharded) -> None:
         assert len(servers) <= 1, f"{host.name} runs {servers}"
 
 
+STUCK = "the rpc-server stayed stuck on its dead connection and was restarted"
+BACK = "the rpc-server answered probes again by itself"
+
+
 def _heal(s: Sharded, host: Host) -> str:
     """Bring a faulted rpc-server host back: link up, no rate limit; its rpc-server restarted
     when it died or still serves the dead connection (it has no timeout of its own). Says
@@ -229,11 +240,11 @@ def _heal(s: Sharded, host: Host) -> str:
     while time.monotonic() < deadline:
         backends = {b["address"]: b for b in s.snapshot()["backends"]}
         if backends[address]["healthy"]:
-            return "the rpc-server answered probes again by itself"
+            return BACK
         time.sleep(0.1)
     proc.kill()  # stuck on its connection to the dead coordinator: an operator restarts it
     s.start_shard(host)
-    return "the rpc-server stayed stuck on its dead connection and was restarted"
+    return STUCK
 
 
 def test_rpc_server_link_cut_while_generating(sharded: Sharded) -> None:
@@ -262,6 +273,7 @@ def test_rpc_server_link_cut_while_generating(sharded: Sharded) -> None:
     _record(s, "rpc-server link cut (no RST) while the sharded model generates", results,
             detect, recover, note=note)
     assert any(r.error for r in results), "the cut came after the load: nothing was tested"
+    assert note == BACK  # `sollol rpc serve` dropped its dead client
     _names_the_rpc_server(s, before, r1)
     _no_leaks(s)
 
@@ -333,6 +345,7 @@ def test_rpc_server_link_cut_while_a_sharded_model_loads(sharded: Sharded) -> No
     _record(s, "rpc-server link cut (no RST) while a sharded model loads (tbf 20mbit link)",
             results, detect, recover, note=note)
     assert first["state"] == "starting"
+    assert note == BACK  # `sollol rpc serve` dropped its dead client
     _names_the_rpc_server(s, before, victim)
     _no_leaks(s)
 

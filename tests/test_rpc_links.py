@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -106,3 +107,46 @@ def test_rpc_link_timeout_is_a_setting() -> None:
     assert config["rpc_link_timeout"] == 0
     with pytest.raises(ConfigError, match="rpc_link_timeout"):
         load(overrides={"rpc_link_timeout": -1})
+
+
+def test_rpc_serve_drops_silent_clients(processes, llama_binaries, tmp_path) -> None:
+    """`sollol rpc serve` runs ggml-rpc-server as its child and sets the timeout on each client
+    connection; SIGTERM reaches the child, and its exit status is the command's."""
+    import signal
+    import time
+
+    import tomli_w
+    from sollol_plugins.llamacpp_rpc.probe import ProbeError, probe
+
+    from sollol.processes import free_port
+
+    port = free_port()
+    config = tmp_path / "serve.toml"
+    config.write_text(tomli_w.dumps({"llama_cpp_dir": str(llama_binaries.rpc_server.parent),
+                                     "plugins": ["llamacpp_rpc"]}))
+    serve = processes.start("sollol-rpc-serve", [
+        sys.executable, "-m", "sollol", "rpc", "serve", "--port", str(port), "--threads", "1",
+        "--client-timeout", "4"], env={**os.environ, "SOLLOL_CONFIG": str(config)})
+    while True:
+        assert serve.alive(), serve.log_text()
+        with contextlib.suppress(ProbeError):
+            probe("127.0.0.1", port, 2)
+            break
+        time.sleep(0.1)
+    (child,) = map(int, Path(f"/proc/{serve.pid}/task/{serve.pid}/children").read_text().split())
+    client = socket.create_connection(("127.0.0.1", port))  # a coordinator, connected
+    mine = client.getsockname()[1]
+    try:
+        while True:  # the watcher looks every half second
+            assert serve.alive(), serve.log_text()
+            fds = {peer[1]: fd for fd, peer in sockets.established_sockets(child).values()}
+            if mine in fds and options(child, fds[mine])["keepalive"]:
+                break
+            time.sleep(0.1)
+        assert options(child, fds[mine]) == {"keepalive": 1, "idle": 1, "user_timeout": 4000}
+    finally:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        client.close()  # with a reset: the rpc-server is never left answering into the void
+    serve.popen.send_signal(signal.SIGTERM)
+    assert serve.popen.wait() == 128 + signal.SIGTERM
+    assert not Path(f"/proc/{child}").exists(), "the rpc-server outlived it (or was not reaped)"

@@ -152,11 +152,17 @@ def _rpc_binary(config: Any) -> Path:
               help="Before serving, fill the tensor cache from MODEL on this machine (a name in "
                    "its Ollama store or a GGUF path), so a first load sends hashes, not weights "
                    "(repeatable; turns the cache on).")
+@click.option("--client-timeout", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              metavar="SECONDS",
+              help="Drop a client (a coordinator) that stops answering for this long, e.g. "
+                   "behind a cut link, so the next one can connect; 0: run ggml-rpc-server "
+                   "in this process's place, with no timeout.")
 @config_option
 @handle_errors
 def serve(host: str, port: int, threads: int | None, cache: Path | None,
-          seeds: tuple[str, ...], config_file: Path | None) -> None:
-    """Run ggml-rpc-server in the foreground (it replaces this process)."""
+          seeds: tuple[str, ...], client_timeout: float, config_file: Path | None) -> None:
+    """Run ggml-rpc-server in the foreground, as a child that drops silent clients (or, with
+    --client-timeout 0, in this process's place)."""
     config, pm = load_for_cli(config_file)
     binary = _rpc_binary(config)
     _warn_if_open(host)
@@ -175,7 +181,12 @@ def serve(host: str, port: int, threads: int | None, cache: Path | None,
         _seed_models(config, pm, seeds, rpc_cache_dir(env))
     click.echo(f"starting {' '.join(argv)}", err=True)
     sys.stdout.flush()
-    os.execve(argv[0], argv, env)
+    if not client_timeout:
+        os.execve(argv[0], argv, env)
+    from .watch import serve as watched
+
+    sys.exit(watched(argv, env, client_timeout,
+                     lambda text: click.secho(f"warning: {text}", fg="yellow", err=True)))
 
 
 @rpc.command("seed")

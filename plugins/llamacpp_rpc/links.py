@@ -50,13 +50,14 @@ def settings(timeout: float) -> dict[int, int]:
             socket.TCP_USER_TIMEOUT: max(1, int(timeout * 1000))}
 
 
-def arm(pid: int, addresses: Collection[str], timeout: float,
+def arm(pid: int, addresses: Collection[str] | None, timeout: float,
         done: Collection[str] = ()) -> set[str]:
-    """Set keepalive and user timeout on `pid`'s ESTABLISHED connections to `addresses`, except
-    the sockets (by inode) in `done`; returns the inodes armed now. Raises CannotArm."""
+    """Set keepalive and user timeout on `pid`'s ESTABLISHED connections to `addresses` (None:
+    to anyone), except the sockets (by inode) in `done`; returns the inodes armed now. Raises
+    CannotArm."""
     peers = set().union(*(resolve(a) for a in addresses)) if addresses else set()
     targets = {inode: fd for inode, (fd, peer) in established_sockets(pid).items()
-               if peer in peers and inode not in done}
+               if (addresses is None or peer in peers) and inode not in done}
     if not targets:
         return set()
     try:

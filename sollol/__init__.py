@@ -20,14 +20,16 @@ if TYPE_CHECKING:
     from sollol.client import Cluster
     from sollol.errors import SollolError
     from sollol.fanout import FanOut
+    from sollol.streaming import Chunk
     from sollol.tasks import Response, Task, TaskResult
 
 _LAZY = {"Cluster": "sollol.client", "FanOut": "sollol.fanout", "Task": "sollol.tasks",
+         "Chunk": "sollol.streaming",
          "Response": "sollol.tasks", "TaskResult": "sollol.tasks",
          "concatenate": "sollol.aggregate", "SollolError": "sollol.errors"}
 
-__all__ = ["Cluster", "FanOut", "Response", "SollolError", "Task", "TaskResult", "__version__",
-           "concatenate"]
+__all__ = ["Chunk", "Cluster", "FanOut", "Response", "SollolError", "Task", "TaskResult",
+           "__version__", "concatenate"]
 
 
 def __getattr__(name: str) -> Any:

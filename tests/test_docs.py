@@ -108,3 +108,22 @@ def test_docs_api_lists_exactly_the_gateways_routes() -> None:
     assert documented == served, (
         f"docs/api.md lacks {sorted(served - documented)}; "
         f"documents routes the gateway does not serve: {sorted(documented - served)}")
+
+
+def test_every_test_named_in_the_threat_table_exists() -> None:
+    """docs/security.md names the test covering each threat: `tests/f.py::name`, or `::name`
+    for another test in the file named before it on that row."""
+    text = (ROOT / "docs" / "security.md").read_text()
+    table = text[text.index("## Threats and the tests"):]
+    named, missing = 0, []
+    for row in (line for line in table.splitlines() if line.startswith("|")):
+        current = None
+        for path, name in re.findall(r"`(tests/[\w/]+\.py)?(?:::(\w+))?`", row):
+            current = path or current
+            if path and not (ROOT / path).exists():
+                missing.append(path)
+            elif name and current:
+                named += 1
+                if not re.search(rf"def {name}\b", (ROOT / current).read_text()):
+                    missing.append(f"{current}::{name}")
+    assert named >= 20 and not missing, f"docs/security.md names missing tests: {missing}"

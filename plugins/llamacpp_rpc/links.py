@@ -55,9 +55,13 @@ def arm(pid: int, addresses: Collection[str] | None, timeout: float,
     """Set keepalive and user timeout on `pid`'s ESTABLISHED connections to `addresses` (None:
     to anyone), except the sockets (by inode) in `done`; returns the inodes armed now. Raises
     CannotArm."""
+    fresh = {inode: found for inode, found in established_sockets(pid).items()
+             if inode not in done}
+    if not fresh:
+        return set()  # the usual case: nothing new since the last look (no name lookups)
     peers = set().union(*(resolve(a) for a in addresses)) if addresses else set()
-    targets = {inode: fd for inode, (fd, peer) in established_sockets(pid).items()
-               if (addresses is None or peer in peers) and inode not in done}
+    targets = {inode: fd for inode, (fd, peer) in fresh.items()
+               if addresses is None or peer in peers}
     if not targets:
         return set()
     try:

@@ -161,3 +161,28 @@ def test_a_reload_rotates_a_nodes_key(scripted_node, isolated_config):
         report = httpx.post(gw.url + "/sollol/reload").json()
         assert report["ok"] and "ollama_nodes" in report["changed"]
         assert httpx.post(gw.url + "/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_an_ollama_node_behind_basic_auth_gets_it_on_every_call(emulator, pool_gateway,
+                                                                caplog):
+    """Inference, probes, listing, /api/show and model management (pull, copy, delete,
+    create) all carry the node's credentials."""
+    import ollama
+
+    caplog.set_level(logging.DEBUG)
+    node = emulator(models=["m"], library=["fresh"],
+                    authorization="Basic b3BzOnMzY3IzdC1wYXNzd29yZA==")  # ops:s3cr3t-password
+    gw = pool_gateway(f"ollama://ops:s3cr3t-password@{node.address}")
+    client = ollama.Client(host=gw.url, timeout=30)
+    assert [m.model for m in client.list().models] == ["m:latest"]
+    assert client.generate(model="m", prompt="hi").response
+    assert client.show("m").details is not None
+    assert client.pull("fresh").status == "success"
+    assert client.copy("fresh", "fresh-2").status == "success"
+    assert client.delete("fresh-2").status == "success"
+    assert client.create(model="made", from_="m").status == "success"
+    assert node.refused == []  # not one call without the credentials
+    assert {"/api/pull", "/api/copy", "/api/delete", "/api/create", "/api/show"} <= \
+        set(node.stats()["requests"])
+    assert "s3cr3t-password" not in httpx.get(gw.url + "/sollol/nodes").text
+    assert "s3cr3t-password" not in caplog.text

@@ -72,6 +72,11 @@ class EmulatorNode:
     library: Iterable[str] | None = None
     version: str = "0.33.0"
     request_log: str | None = None
+    authorization: str | None = None
+    """When set, every request must carry exactly this `Authorization` value, else 401 (an
+    Ollama behind a proxy with a key or basic auth)."""
+    refused: list[str] = attrs.field(factory=list)
+    """Paths of requests refused for a missing or wrong `Authorization`."""
     """A file that gets a line per generation started (see EmulatorApp.request_log)."""
     app: EmulatorApp | None = attrs.field(default=None, init=False)
     _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None, init=False)
@@ -241,7 +246,10 @@ class EmulatorNode:
             self._reopen.cancel()
             self._reopen = None
         sock = sock or self._bind()
-        config = uvicorn.Config(self._require_app(), lifespan="off", log_config=None,
+        app: Any = self._require_app()
+        if self.authorization is not None:
+            app = _KeyedApp(app, self)
+        config = uvicorn.Config(app, lifespan="off", log_config=None,
                                 log_level=None, access_log=False, backlog=1024)
         config.load()
         server = uvicorn.Server(config)
@@ -327,3 +335,23 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class _KeyedApp:
+    """The emulator behind a check of the `Authorization` header (read at every request, so a
+    test may change the node's key while it runs)."""
+
+    def __init__(self, app: Any, node: EmulatorNode) -> None:
+        self.app, self.node = app, node
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        wanted = (self.node.authorization or "").encode()
+        given = dict(scope.get("headers") or ()).get(b"authorization")
+        if scope["type"] != "http" or given == wanted:
+            await self.app(scope, receive, send)
+            return
+        self.node.refused.append(scope["path"])
+        body = b'{"error": "unauthorized"}'
+        await send({"type": "http.response.start", "status": 401, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})

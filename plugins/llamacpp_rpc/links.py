@@ -11,8 +11,9 @@ So we borrow the coordinator's own sockets (`pidfd_getfd`, Linux 5.6+: the gatew
 which ptrace rules allow) and switch on what TCP offers for exactly this: keepalive probes while
 it waits (answered by the rpc-server's kernel, so a busy rpc-server is not mistaken for a dead
 one, and never seen by the rpc-server process) and `TCP_USER_TIMEOUT` for data left unacknowledged.
-After `timeout` seconds without an answer the kernel drops the connection, llama-server exits
-("Remote RPC server crashed ..."), and the supervisor restarts it on the rpc-servers it can reach.
+After `timeout` seconds without an answer the kernel drops the connection: llama-server exits
+("Remote RPC server crashed ...") or the supervisor sees the connection gone and stops it, and it
+is restarted on the rpc-servers that answer. `watch` does the same for an rpc-server's clients.
 """
 
 from __future__ import annotations

@@ -51,22 +51,18 @@ class StreamReply(Reply):
         stream = self._stream
         try:
             first = stream.feed(self._first)
-            if first:
-                yield first
+        except BackendError as exc:  # a line past MAX_LINE already
+            yield self._cut(stream, exc)
+            return
+        if first:
+            yield first
+        try:
             while chunk := await self._response.next_chunk():
                 out = stream.feed(chunk)
                 if out:
                     yield out
-        except (*NETWORK_ERRORS, BackendError) as exc:  # BackendError: a line past MAX_LINE
-            if isinstance(exc, StreamIdle):
-                what = f"stalled: it {exc}"
-            else:
-                what = f"failed mid-stream ({describe_error(exc)})"
-            message = self._explain(f"stream cut: backend {self._backend} {what}")
-            timed_out = isinstance(exc, (TimeoutError, StreamIdle))
-            self._end(Outcome(False, 504 if timed_out else 502, message,
-                              seconds=self._elapsed(), first_byte_sent=True))
-            yield stream_error(self._api, message, at_line_start=stream.at_boundary)
+        except (*NETWORK_ERRORS, BackendError) as exc:
+            yield self._cut(stream, exc)
             return
         tail = stream.finish()
         if tail:
@@ -88,6 +84,18 @@ class StreamReply(Reply):
             else:
                 self._response.close()  # closing the socket is how the backend learns to stop
         self._end(Outcome(False, 499, reason, seconds=self._elapsed(), first_byte_sent=True))
+
+    def _cut(self, stream: Stream, exc: BaseException) -> bytes:
+        """End the stream on a failure: the outcome, and the error object for the client."""
+        if isinstance(exc, StreamIdle):
+            what = f"stalled: it {exc}"
+        else:
+            what = f"failed mid-stream ({describe_error(exc)})"
+        message = self._explain(f"stream cut: backend {self._backend} {what}")
+        timed_out = isinstance(exc, (TimeoutError, StreamIdle))
+        self._end(Outcome(False, 504 if timed_out else 502, message,
+                          seconds=self._elapsed(), first_byte_sent=True))
+        return stream_error(self._api, message, at_line_start=stream.at_boundary)
 
     def _elapsed(self) -> float:
         return time.perf_counter() - self._started

@@ -127,7 +127,7 @@ async def test_a_reply_that_arrives_before_the_request_is_written_poisons_the_co
 
     node = hostile_node(answer(), on_connect=early)
     pool = UpstreamPool()
-    key, _host, _prefix = pool._target(node.url)
+    key = pool._target(node.url)[0]
     conn = await pool._connect(key, deadline())
     await sent.wait()
     with pytest.raises(UpstreamError, match="before any request was sent"):

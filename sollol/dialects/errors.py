@@ -42,6 +42,13 @@ def anthropic_error(status: int, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 
+def openai_error(status: int, message: str, code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object for `status` (the body of an error reply or a stream's last event)."""
+    fallback = "server_error" if status >= 500 else "invalid_request_error"
+    return {"error": {"message": message, "type": _OPENAI_TYPES.get(status, fallback),
+                      "param": None, "code": code}}
+
+
 def error_body(api: Api, status: int, message: str, code: str | None = None,
                numbers: Mapping[str, Any] | None = None) -> bytes:
     """The JSON body of an error response for a client speaking `api`.
@@ -51,40 +58,26 @@ def error_body(api: Api, status: int, message: str, code: str | None = None,
     payload: dict[str, Any]
     if api == "anthropic":
         payload = anthropic_error(status, message)
-        if numbers:
-            payload["error"]["numbers"] = dict(numbers)
     elif api == "openai":
-        fallback = "server_error" if status >= 500 else "invalid_request_error"
-        kind = _OPENAI_TYPES.get(status, fallback)
-        payload = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-        if numbers:
-            payload["error"]["numbers"] = dict(numbers)
+        payload = openai_error(status, message, code)
     else:
         payload = {"error": message}
-        if numbers:
-            payload["numbers"] = dict(numbers)
+    if numbers:  # Ollama's error is a bare string: the figures stand beside it
+        (payload if api == "ollama" else payload["error"])["numbers"] = dict(numbers)
     return json.dumps(payload, default=str).encode()
+
+
+_CODES: tuple[tuple[type[SollolError], str], ...] = (
+    (ModelNotFound, "model_not_found"), (PayloadTooLarge, "request_too_large"),
+    (Unauthorized, "invalid_api_key"), (Forbidden, "permission_denied"),
+    (Overloaded, "overloaded"), (NoRouteAvailable, "no_backend_available"),
+    (NotSupported, "not_supported"), (BackendError, "backend_error"))
+"""Error class -> OpenAI `code`, most specific first (the first class an error is wins)."""
 
 
 def error_code(exc: SollolError) -> str | None:
     """A short machine-readable code for OpenAI error objects."""
-    if isinstance(exc, ModelNotFound):
-        return "model_not_found"
-    if isinstance(exc, PayloadTooLarge):
-        return "request_too_large"
-    if isinstance(exc, Unauthorized):
-        return "invalid_api_key"
-    if isinstance(exc, Forbidden):
-        return "permission_denied"
-    if isinstance(exc, Overloaded):
-        return "overloaded"
-    if isinstance(exc, NoRouteAvailable):
-        return "no_backend_available"
-    if isinstance(exc, NotSupported):
-        return "not_supported"
-    if isinstance(exc, BackendError):
-        return "backend_error"
-    return None
+    return next((code for kind, code in _CODES if isinstance(exc, kind)), None)
 
 
 def error_status(exc: SollolError) -> int:
@@ -102,14 +95,12 @@ def retry_after(exc: SollolError) -> str | None:
 
 def stream_error(api: Api, message: str, *, at_line_start: bool) -> bytes:
     """The error object that ends a stream cut after its first byte (never a silent truncation)."""
+    if api == "ollama":
+        lead = b"" if at_line_start else b"\n"
+        return lead + json.dumps({"error": message}).encode() + b"\n"
+    lead = b"" if at_line_start else b"\n\n"
     if api == "anthropic":
-        event = json.dumps(anthropic_error(500, message))
-        lead = b"" if at_line_start else b"\n\n"
-        return lead + b"event: error\ndata: " + event.encode() + b"\n\n"
-    if api == "openai":
-        event = json.dumps({"error": {"message": message, "type": "server_error",
-                                      "param": None, "code": "stream_interrupted"}})
-        lead = b"" if at_line_start else b"\n\n"
-        return lead + b"data: " + event.encode() + b"\n\n"
-    lead = b"" if at_line_start else b"\n"
-    return lead + json.dumps({"error": message}).encode() + b"\n"
+        event = b"event: error\ndata: " + json.dumps(anthropic_error(500, message)).encode()
+    else:
+        event = b"data: " + json.dumps(openai_error(500, message, "stream_interrupted")).encode()
+    return lead + event + b"\n\n"

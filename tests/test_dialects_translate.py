@@ -19,7 +19,7 @@ from sollol.dialects.replies import openai_reply_to_ollama
 from sollol.dialects.requests import ollama_to_openai, openai_to_ollama
 from sollol.dialects.responses import ollama_reply_to_responses, responses_to_ollama
 from sollol.dialects.responses_stream import CompleteResponsesEvents, NdjsonToResponses
-from sollol.dialects.streams import Chain, NdjsonToSse, Passthrough, SseToNdjson
+from sollol.dialects.streams import Chain, Lines, NdjsonToSse, Passthrough, SseToNdjson
 from sollol.dialects.translate import plan
 from sollol.errors import RequestError
 from sollol.gateway.validate import validate
@@ -145,6 +145,21 @@ def test_translated_streams_do_not_depend_on_chunking(cuts: list[int]) -> None:
         strip = [_strip_ids(e) for e in _sse_events(_run(whole, [NDJSON]))]
         assert [_strip_ids(e) for e in _sse_events(_run(split, pieces))] == strip
         assert split.complete and split.tokens == 5
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=8),
+       st.sampled_from([b"", b"\n"]), st.lists(st.integers(min_value=0), max_size=12))
+def test_line_splitting_does_not_depend_on_chunking(lines: list[bytes], end: bytes,
+                                                    cuts: list[int]) -> None:
+    raw = b"\n".join(lines) + end
+    pieces = _chunks(raw, cuts)
+    split = Lines()
+    got = [line for piece in pieces for line in split.split(piece)] + split.rest()
+    assert got == [line.strip() for line in raw.split(b"\n") if line.strip()]
+    passthrough = Passthrough(sse=False)
+    assert b"".join(passthrough.feed(piece) for piece in pieces) == raw
+    assert passthrough.buffer.peek() == raw.split(b"\n")[-1]
 
 
 def _strip_ids(value: Any) -> Any:

@@ -39,8 +39,7 @@ class Passthrough:
 
     def __init__(self, sse: bool) -> None:
         self.sse = sse
-        self.pending: list[bytes] = []  # bytes after the last newline
-        self.pending_size = 0
+        self.buffer = LineBuffer()
         self.last: list[bytes] = []  # the last two non-empty complete lines
         self.end = b""
         self.tokens: int | None = None
@@ -49,26 +48,11 @@ class Passthrough:
 
     def feed(self, chunk: bytes) -> bytes:
         self.end = (self.end + chunk[-2:])[-2:]
-        cut = chunk.rfind(b"\n")
-        if cut < 0:
-            self.pending.append(chunk)
-            self.pending_size += len(chunk)
-            if self.pending_size > MAX_LINE:
-                raise _too_long()
-            return chunk
-        head = chunk[:cut]
-        if self.pending:
-            head = b"".join(self.pending) + head
-            self.pending, self.pending_size = [], 0
-        if cut + 1 < len(chunk):
-            self.pending.append(chunk[cut + 1:])
-            self.pending_size = len(chunk) - cut - 1
-        self._remember(head)
+        head = self.buffer.push(chunk)
+        if head:
+            lines = [s for line in head.rsplit(b"\n", 3)[-3:] if (s := line.strip())]
+            self.last = (self.last + lines)[-2:]
         return chunk
-
-    def _remember(self, head: bytes) -> None:
-        lines = [line.strip() for line in head.rsplit(b"\n", 3)[-3:] if line.strip()]
-        self.last = (self.last + lines)[-2:]
 
     def finish(self) -> bytes:
         return b""
@@ -80,7 +64,7 @@ class Passthrough:
     @property
     def complete(self) -> bool:
         lines = self.last
-        tail = b"".join(self.pending).strip()  # a last line without its newline still counts
+        tail = self.buffer.peek().strip()  # a last line without its newline still counts
         if tail:
             lines = [*lines, tail][-2:]
         if not lines:
@@ -128,23 +112,58 @@ SSE_ENDS = frozenset({"message_stop", "response.completed", "response.incomplete
                       "response.failed"})
 
 
-class Lines:
-    """Split a byte stream into complete lines."""
+class LineBuffer:
+    """What a stream sent after its last newline, held as pieces until the newline comes (a long
+    line arriving in many chunks is joined once, not copied again with every chunk)."""
 
     def __init__(self) -> None:
-        self.buffer = b""
+        self.pieces: list[bytes] = []
+        self.size = 0
+
+    def push(self, chunk: bytes) -> bytes | None:
+        """The complete lines `chunk` finishes (without the last newline), None while a line
+        is still open."""
+        cut = chunk.rfind(b"\n")
+        if cut < 0:
+            self.pieces.append(chunk)
+            self.size += len(chunk)
+            if self.size > MAX_LINE:
+                raise _too_long()
+            return None
+        head = chunk[:cut]
+        if self.pieces:
+            head = b"".join([*self.pieces, head])
+            self.pieces, self.size = [], 0
+        if cut + 1 < len(chunk):
+            self.pieces.append(chunk[cut + 1:])
+            self.size = len(chunk) - cut - 1
+        return head
+
+    def peek(self) -> bytes:
+        """The open line so far."""
+        return b"".join(self.pieces)
+
+    def take(self) -> bytes:
+        """The open line so far, emptying the buffer (at the end of the stream)."""
+        rest = self.peek()
+        self.pieces, self.size = [], 0
+        return rest
+
+
+class Lines:
+    """Split a byte stream into complete, stripped, non-empty lines."""
+
+    def __init__(self) -> None:
+        self.buffer = LineBuffer()
 
     def split(self, chunk: bytes) -> list[bytes]:
-        self.buffer += chunk
-        if b"\n" not in chunk:
-            if len(self.buffer) > MAX_LINE:
-                raise _too_long()
+        head = self.buffer.push(chunk)
+        if head is None:
             return []
-        *lines, self.buffer = self.buffer.split(b"\n")
-        return [line.strip() for line in lines if line.strip()]
+        return [s for line in head.split(b"\n") if (s := line.strip())]
 
     def rest(self) -> list[bytes]:
-        rest, self.buffer = self.buffer.strip(), b""
+        rest = self.buffer.take().strip()
         return [rest] if rest else []
 
 

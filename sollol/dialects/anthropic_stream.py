@@ -12,9 +12,10 @@ from typing import Any
 
 from sollol.dialects.anthropic import stop_reason, tool_use_block, usage
 from sollol.dialects.errors import anthropic_error
+from sollol.dialects.lines import parse_object
 from sollol.dialects.ollama_shape import chat_object
 from sollol.dialects.replies import new_id
-from sollol.dialects.streams import Lines, parse_object
+from sollol.dialects.streams import Lines
 
 
 def event(name: str, data: dict[str, Any]) -> bytes:

@@ -14,6 +14,7 @@ import json
 import time
 from typing import Any
 
+from sollol.dialects.lines import parse_object
 from sollol.dialects.ollama_shape import chat_object
 from sollol.dialects.replies import new_id
 from sollol.dialects.responses import (
@@ -23,7 +24,7 @@ from sollol.dialects.responses import (
     response_object,
     responses_logprobs,
 )
-from sollol.dialects.streams import Lines, parse_object
+from sollol.dialects.streams import Lines
 
 
 def _event(data: dict[str, Any]) -> bytes:

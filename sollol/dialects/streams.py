@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any
 
+from sollol.dialects.lines import LineBuffer, parse_object
 from sollol.dialects.ollama_shape import chat_object
 from sollol.dialects.replies import (
     finish_reason,
@@ -24,14 +25,9 @@ from sollol.dialects.replies import (
     openai_tool_calls,
     openai_usage,
 )
-from sollol.errors import BackendError
 
 MAX_LINE = 16 * 1024 * 1024
 """Longest stream line held while waiting for its newline (a node's lines are a few KiB)."""
-
-
-def _too_long() -> BackendError:
-    return BackendError(f"sent a stream line longer than {MAX_LINE} bytes")
 
 
 class Passthrough:
@@ -39,7 +35,7 @@ class Passthrough:
 
     def __init__(self, sse: bool) -> None:
         self.sse = sse
-        self.buffer = LineBuffer()
+        self.buffer = LineBuffer(MAX_LINE)
         self.last: list[bytes] = []  # the last two non-empty complete lines
         self.end = b""
         self.tokens: int | None = None
@@ -112,49 +108,11 @@ SSE_ENDS = frozenset({"message_stop", "response.completed", "response.incomplete
                       "response.failed"})
 
 
-class LineBuffer:
-    """What a stream sent after its last newline, held as pieces until the newline comes (a long
-    line arriving in many chunks is joined once, not copied again with every chunk)."""
-
-    def __init__(self) -> None:
-        self.pieces: list[bytes] = []
-        self.size = 0
-
-    def push(self, chunk: bytes) -> bytes | None:
-        """The complete lines `chunk` finishes (without the last newline), None while a line
-        is still open."""
-        cut = chunk.rfind(b"\n")
-        if cut < 0:
-            self.pieces.append(chunk)
-            self.size += len(chunk)
-            if self.size > MAX_LINE:
-                raise _too_long()
-            return None
-        head = chunk[:cut]
-        if self.pieces:
-            head = b"".join([*self.pieces, head])
-            self.pieces, self.size = [], 0
-        if cut + 1 < len(chunk):
-            self.pieces.append(chunk[cut + 1:])
-            self.size = len(chunk) - cut - 1
-        return head
-
-    def peek(self) -> bytes:
-        """The open line so far."""
-        return b"".join(self.pieces)
-
-    def take(self) -> bytes:
-        """The open line so far, emptying the buffer (at the end of the stream)."""
-        rest = self.peek()
-        self.pieces, self.size = [], 0
-        return rest
-
-
 class Lines:
     """Split a byte stream into complete, stripped, non-empty lines."""
 
     def __init__(self) -> None:
-        self.buffer = LineBuffer()
+        self.buffer = LineBuffer(MAX_LINE)
 
     def split(self, chunk: bytes) -> list[bytes]:
         head = self.buffer.push(chunk)
@@ -384,15 +342,6 @@ def _mapping(value: Any) -> dict[str, Any]:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
-
-
-def parse_object(raw: bytes) -> dict[str, Any] | None:
-    """A JSON object from bytes, or None for anything else."""
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _ndjson(obj: dict[str, Any]) -> bytes:

@@ -273,7 +273,7 @@ class Dispatcher:
         def finish(outcome: Outcome) -> None:
             lease.release(outcome)
             trace.upstream_s += time.perf_counter() - t0
-            trace.prompt_tokens = getattr(stream, "prompt_tokens", None)
+            trace.prompt_tokens = stream.prompt_tokens
             self._record(call, decision, lease.backend.id, outcome.status, trace, attempts,
                          outcome.error, outcome.tokens)
 

@@ -12,10 +12,8 @@ from typing import Any
 
 from sollol.dialects.anthropic import stop_reason, tool_use_block, usage
 from sollol.dialects.errors import anthropic_error
-from sollol.dialects.lines import parse_object
-from sollol.dialects.ollama_shape import chat_object
 from sollol.dialects.replies import new_id
-from sollol.dialects.streams import Lines
+from sollol.dialects.streams import FromOllama
 
 
 def event(name: str, data: dict[str, Any]) -> bytes:
@@ -24,38 +22,22 @@ def event(name: str, data: dict[str, Any]) -> bytes:
             + b"\n\n")
 
 
-class NdjsonToAnthropic:
+class NdjsonToAnthropic(FromOllama):
     """Feed Ollama NDJSON bytes, get Anthropic SSE bytes."""
 
-    at_boundary = True  # only whole events are ever emitted
-
     def __init__(self, model: str) -> None:
+        super().__init__()
         self.model = model
-        self.lines = Lines()
         self.started = False
         self.block: str | None = None  # the open block's type: "text" or "thinking"
         self.index = -1
         self.saw_tools = False
-        self.complete = False
-        self.tokens: int | None = None
-        self.error: str | None = None
 
-    def feed(self, chunk: bytes) -> bytes:
-        return b"".join(self._line(line) for line in self.lines.split(chunk))
+    def _error(self, message: str) -> bytes:
+        return event("error", anthropic_error(500, message))
 
-    def finish(self) -> bytes:
-        return b"".join(self._line(line) for line in self.lines.rest())
-
-    def _line(self, line: bytes) -> bytes:
-        raw = parse_object(line)
-        if raw is None or self.complete:
-            return b""
-        data = chat_object(raw)
-        out = self._start(data)
-        if data["error"] is not None:
-            self.error = data["error"]
-            self.complete = True
-            return out + event("error", anthropic_error(500, self.error))
+    def _object(self, raw: dict[str, Any], data: dict[str, Any]) -> bytes:
+        out = b""
         message = data["message"]
         if message["thinking"]:
             out += self._delta("thinking", {"type": "thinking_delta",
@@ -89,7 +71,7 @@ class NdjsonToAnthropic:
             self.complete = True
         return out
 
-    def _start(self, data: dict[str, Any]) -> bytes:
+    def _opening(self, data: dict[str, Any]) -> bytes:
         if self.started:
             return b""
         self.started = True

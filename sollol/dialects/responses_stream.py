@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 from sollol.dialects.lines import parse_object
-from sollol.dialects.ollama_shape import chat_object
 from sollol.dialects.replies import new_id
 from sollol.dialects.responses import (
     function_call_item,
@@ -24,7 +23,7 @@ from sollol.dialects.responses import (
     response_object,
     responses_logprobs,
 )
-from sollol.dialects.streams import Lines
+from sollol.dialects.streams import FromOllama, Translator
 
 
 def _event(data: dict[str, Any]) -> bytes:
@@ -32,50 +31,36 @@ def _event(data: dict[str, Any]) -> bytes:
             + json.dumps(data, ensure_ascii=False).encode() + b"\n\n")
 
 
-class NdjsonToResponses:
+class NdjsonToResponses(FromOllama):
     """Feed Ollama `/api/chat` NDJSON bytes, get Responses SSE bytes."""
 
-    at_boundary = True
-
     def __init__(self, body: dict[str, Any], model: str) -> None:
+        super().__init__()
         self.body, self.model = body, model
-        self.lines = Lines()
         self.id = new_id("resp")
         self.created = 0
         self.sequence = 0
         self.output: list[dict[str, Any]] = []
         self.open: dict[str, Any] | None = None  # the item receiving deltas
-        self.complete = False
-        self.tokens: int | None = None
-        self.error: str | None = None
-
-    def feed(self, chunk: bytes) -> bytes:
-        return b"".join(self._line(line) for line in self.lines.split(chunk))
-
-    def finish(self) -> bytes:
-        return b"".join(self._line(line) for line in self.lines.rest())
 
     def _emit(self, kind: str, **fields: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.sequence, **fields}
         self.sequence += 1
         return _event(data)
 
-    def _line(self, line: bytes) -> bytes:
-        raw = parse_object(line)
-        if raw is None or self.complete:
+    def _opening(self, data: dict[str, Any]) -> bytes:
+        if self.sequence:
             return b""
-        data = chat_object(raw)
+        self.created = int(time.time())
+        snapshot = self._response(None, "in_progress")
+        return (self._emit("response.created", response=snapshot)
+                + self._emit("response.in_progress", response=snapshot))
+
+    def _error(self, message: str) -> bytes:
+        return self._emit("error", code="backend_error", message=message, param=None)
+
+    def _object(self, raw: dict[str, Any], data: dict[str, Any]) -> bytes:
         out = b""
-        if self.sequence == 0:
-            self.created = int(time.time())
-            snapshot = self._response(None, "in_progress")
-            out += self._emit("response.created", response=snapshot)
-            out += self._emit("response.in_progress", response=snapshot)
-        if data["error"] is not None:
-            self.error = data["error"]
-            self.complete = True
-            return out + self._emit("error", code="backend_error", message=self.error,
-                                    param=None)
         message = data["message"]
         if message["thinking"]:
             out += self._delta("reasoning", message["thinking"])
@@ -156,27 +141,16 @@ class NdjsonToResponses:
         return out + self._emit("response.output_item.done", output_index=index, item=item)
 
 
-class CompleteResponsesEvents:
+class CompleteResponsesEvents(Translator):
     """A native Responses stream, with `sequence_number`, `output_index` and `content_index`
     added where the server left them out (llama-server does; the official client's stream
     helper indexes by them). Events that carry them pass unchanged."""
 
-    at_boundary = True
-
     def __init__(self) -> None:
-        self.lines = Lines()
+        super().__init__()
         self.name = b""
         self.sequence = 0
         self.items: dict[str, int] = {}  # item id -> output index
-        self.complete = False
-        self.tokens: int | None = None
-        self.error: str | None = None
-
-    def feed(self, chunk: bytes) -> bytes:
-        return b"".join(self._line(line) for line in self.lines.split(chunk))
-
-    def finish(self) -> bytes:
-        return b"".join(self._line(line) for line in self.lines.rest())
 
     def _line(self, line: bytes) -> bytes:
         if line.startswith(b"event:"):

@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any
 
+from sollol.dialects.errors import openai_error
 from sollol.dialects.lines import LineBuffer, parse_object
 from sollol.dialects.ollama_shape import chat_object
 from sollol.dialects.replies import (
@@ -125,36 +126,48 @@ class Lines:
         return [rest] if rest else []
 
 
-class SseToNdjson:
+class Translator:
+    """A stream turned into another dialect: whole upstream lines in (`_line` says what one
+    becomes), whole client lines or events out."""
+
+    at_boundary = True  # only whole lines or events are ever emitted
+
+    def __init__(self) -> None:
+        self.lines = Lines()
+        self.complete = False
+        self.tokens: int | None = None
+        self.prompt_tokens: int | None = None
+        self.error: str | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        return b"".join([self._line(line) for line in self.lines.split(chunk)])
+
+    def finish(self) -> bytes:
+        return b"".join([self._line(line) for line in self.lines.rest()])
+
+    def _line(self, line: bytes) -> bytes:
+        raise NotImplementedError
+
+
+class SseToNdjson(Translator):
     """An OpenAI-compatible server's SSE stream as Ollama NDJSON (chat or generate)."""
 
-    at_boundary = True  # we only ever emit whole lines
-
     def __init__(self, op: str, model: str, raw_generate: bool = False) -> None:
+        super().__init__()
         self.op, self.model, self.raw_generate = op, model, raw_generate
-        self.lines = Lines()
         self.started = time.perf_counter()
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] = {}
         self.timings: dict[str, Any] | None = None
         self.tool_calls: dict[int, dict[str, Any]] = {}
-        self.complete = False
-        self.tokens: int | None = None
-        self.prompt_tokens: int | None = None
-        self.error: str | None = None
-        self.done_sent = False
-
-    def feed(self, chunk: bytes) -> bytes:
-        return b"".join(self._line(line) for line in self.lines.split(chunk))
 
     def finish(self) -> bytes:
-        out = b"".join(self._line(line) for line in self.lines.rest())
-        if self.complete or self.finish_reason is not None:
-            out += self._done()
-        return out
+        out = super().finish()
+        # a stream cut after its finish reason still gets its `done` object (once: `_done`)
+        return out + self._done() if self.finish_reason is not None else out
 
     def _line(self, line: bytes) -> bytes:
-        if not line.startswith(b"data:") or self.done_sent:
+        if not line.startswith(b"data:") or self.complete:
             return b""  # comments, event names and anything after the end
         payload = line[5:].strip()
         if payload == b"[DONE]":
@@ -165,7 +178,7 @@ class SseToNdjson:
         if data.get("error") is not None:
             error = data["error"]
             self.error = str(error.get("message") if isinstance(error, dict) else error)
-            self.done_sent = self.complete = True  # the error object is the stream's end
+            self.complete = True  # the error object is the stream's end
             return _ndjson({"error": self.error})
         # a field of the wrong JSON type counts as absent: an odd node never crashes the stream
         self.usage = _mapping(data.get("usage")) or self.usage
@@ -216,9 +229,9 @@ class SseToNdjson:
         slot["function"]["arguments"] += _text(function.get("arguments"))
 
     def _done(self) -> bytes:
-        if self.done_sent:
+        if self.complete:
             return b""
-        self.done_sent = self.complete = True
+        self.complete = True
         out = b""
         if self.tool_calls:
             calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
@@ -232,43 +245,52 @@ class SseToNdjson:
         return out + _ndjson(final)
 
 
-class NdjsonToSse:
+class FromOllama(Translator):
+    """An Ollama NDJSON stream in: each object, well typed by `chat_object`, goes to `_object`;
+    an `{"error": ...}` object ends the stream with `_error`'s event instead."""
+
+    def _line(self, line: bytes) -> bytes:
+        if self.complete:
+            return b""  # anything after the end
+        raw = parse_object(line)
+        if raw is None:
+            return b""
+        data = chat_object(raw)
+        out = self._opening(data)
+        if data["error"] is not None:
+            self.error, self.complete = data["error"], True
+            return out + self._error(data["error"])
+        return out + self._object(raw, data)
+
+    def _opening(self, data: dict[str, Any]) -> bytes:
+        """What the client gets before the first object's events (nothing by default)."""
+        return b""
+
+    def _error(self, message: str) -> bytes:
+        raise NotImplementedError
+
+    def _object(self, raw: dict[str, Any], data: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+
+class NdjsonToSse(FromOllama):
     """An Ollama server's NDJSON stream as OpenAI SSE (chat or completions)."""
 
-    at_boundary = True
-
     def __init__(self, op: str, model: str, include_usage: bool = False) -> None:
+        super().__init__()
         self.op, self.model, self.include_usage = op, model, include_usage
-        self.lines = Lines()
         chat = op == "chat"
         self.id = new_id("chatcmpl" if chat else "cmpl")
         self.object = "chat.completion.chunk" if chat else "text_completion"
         self.created = int(time.time())
         self.role_sent = False
         self.saw_tool_calls = False
-        self.complete = False
-        self.tokens: int | None = None
-        self.prompt_tokens: int | None = None
-        self.error: str | None = None
 
-    def feed(self, chunk: bytes) -> bytes:
-        return b"".join(self._line(line) for line in self.lines.split(chunk))
+    def _error(self, message: str) -> bytes:
+        return _sse(openai_error(500, message, "backend_error"))
 
-    def finish(self) -> bytes:
-        return b"".join(self._line(line) for line in self.lines.rest())
-
-    def _line(self, line: bytes) -> bytes:
-        data = parse_object(line)
-        if data is None or self.complete:
-            return b""
-        if data.get("error") is not None:
-            self.error = str(data["error"])
-            self.complete = True  # the error event is the stream's end
-            event = {"error": {"message": self.error, "type": "server_error", "param": None,
-                               "code": "backend_error"}}
-            return _sse(event)
+    def _object(self, data: dict[str, Any], shaped: dict[str, Any]) -> bytes:
         out = b""
-        shaped = chat_object(data)  # fields of the wrong JSON type count as absent
         if self.op == "chat":
             message = shaped["message"]
             delta: dict[str, Any] = {}
@@ -330,6 +352,10 @@ class Chain:
     @property
     def tokens(self) -> int | None:
         return self.second.tokens
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        return self.second.prompt_tokens
 
     @property
     def error(self) -> str | None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from sollol.names import canonical_model
+from sollol.names import canonical
 
 KEY_PREFIX = "sollol-"
 HASH_PREFIX = "sha256:"
@@ -76,8 +76,8 @@ def model_spellings(model: str) -> tuple[str, ...]:
     """`model` as written and in its canonical form (`sollol.names`), with and without the
     default tag, lower-cased: a glob decides on the model, not on how a client spelled it."""
     written = model.strip().lower()
-    canonical = canonical_model(model.strip()).lower()
-    return (written, canonical, canonical.removesuffix(":latest"))
+    full = canonical(model.strip()).lower()
+    return (written, full, full.removesuffix(":latest"))
 
 
 def _plain_digest(key: str, where: str) -> bytes:

@@ -37,8 +37,17 @@ def is_file_name(name: str) -> bool:
 
 
 def canonical_model(name: str) -> str:
-    """The one spelling of `name`: default tag added, default registry host and `library/`
-    namespace dropped, the host in lower case; a file name is only normalised."""
+    """The one spelling of `name` that things are keyed by: default registry host, `library/`
+    namespace and `:latest` tag dropped, the host in lower case ("llama3"); a file name is only
+    normalised."""
+    while True:  # one step can expose another default part ("library/library/m"): to a fixpoint
+        step = _canonical_step(name)
+        if step == name:
+            return step
+        name = step
+
+
+def _canonical_step(name: str) -> str:
     name = name.strip()
     if is_file_name(name):
         return posixpath.normpath(name) if "/" in name else name
@@ -50,21 +59,23 @@ def canonical_model(name: str) -> str:
         host = ""
     if not host and len(parts) == 2 and parts[0].lower() == DEFAULT_NAMESPACE:
         parts = parts[1:]
-    last = parts[-1]
-    if ":" not in last and "@" not in last:
-        parts[-1] = f"{last}:{DEFAULT_TAG}"
-    return "/".join([host, *parts] if host else parts)
+    while parts[-1].endswith(f":{DEFAULT_TAG}"):
+        parts[-1] = parts[-1].removesuffix(f":{DEFAULT_TAG}")
+    return "/".join([host, *parts] if host else parts).strip()
 
 
 def canonical(name: str) -> str:
-    """Alias of `canonical_model` (the name the placement and "did you mean" code uses)."""
-    return canonical_model(name)
+    """The full spelling of `name`: `canonical_model` with the default tag ("llama3:latest")."""
+    short = canonical_model(name)
+    last = short.rsplit("/", 1)[-1]
+    if is_file_name(short) or ":" in last or "@" in last:
+        return short
+    return f"{short}:{DEFAULT_TAG}"
 
 
 def spellings(name: str) -> frozenset[str]:
     """The spellings a node may list one model under: as written, with and without `:latest`."""
-    full = canonical_model(name)
-    return frozenset({name.strip(), full, full.removesuffix(f":{DEFAULT_TAG}")})
+    return frozenset({name.strip(), canonical(name), canonical_model(name)})
 
 
 def is_path(name: str) -> bool:

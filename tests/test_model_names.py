@@ -15,7 +15,13 @@ from sollol.config import Config
 from sollol.defaults import sollol_resolve_gguf
 from sollol.errors import RequestError
 from sollol.models import RouteRequest
-from sollol.names import MAX_MODEL_NAME, canonical_model, check_model_name, spellings
+from sollol.names import (
+    MAX_MODEL_NAME,
+    canonical,
+    canonical_model,
+    check_model_name,
+    spellings,
+)
 from sollol.testing.static_route import StaticRoute, Upstream
 from sollol.testing.tiny_models import make_tiny_model
 
@@ -26,16 +32,17 @@ from sollol.testing.tiny_models import make_tiny_model
     "REGISTRY.OLLAMA.AI/Library/llama3", " llama3 ",
 ])
 def test_every_spelling_of_one_model_has_one_canonical_name(spelling):
-    assert canonical_model(spelling) == "llama3:latest"
-    assert RouteRequest(model=spelling).key == "llama3:latest"
+    assert canonical_model(spelling) == "llama3"
+    assert canonical(spelling) == "llama3:latest"
+    assert RouteRequest(model=spelling).key == "llama3"
 
 
 @pytest.mark.parametrize(("name", "canonical"), [
     ("llama3:8b", "llama3:8b"),
-    ("someone/model", "someone/model:latest"),
+    ("someone/model:latest", "someone/model"),
     ("HF.co/Org/Model-GGUF:Q4_K_M", "hf.co/Org/Model-GGUF:Q4_K_M"),
-    ("localhost:5000/m", "localhost:5000/m:latest"),
-    ("meta-llama/Llama-3-8B", "meta-llama/Llama-3-8B:latest"),
+    ("LocalHost:5000/m:latest", "localhost:5000/m"),
+    ("meta-llama/Llama-3-8B", "meta-llama/Llama-3-8B"),
     ("m@sha256:abcd", "m@sha256:abcd"),
     ("tiny.gguf", "tiny.gguf"),
     ("/models/./a/../tiny.gguf", "/models/tiny.gguf"),
@@ -44,11 +51,17 @@ def test_canonical_names_keep_what_distinguishes_models(name, canonical):
     assert canonical_model(name) == canonical
 
 
-@given(st.text(min_size=1, max_size=60).filter(lambda t: t.strip()))
+_PARTS = st.sampled_from(["a", "B", "/", ":", ".", "@", " ", ":latest", "library/", "Library/",
+                          "registry.ollama.ai/", "hf.co/", ".gguf", "..", "./", "~"])
+
+
+@given(st.one_of(st.text(min_size=1, max_size=60),
+                 st.lists(_PARTS, min_size=1, max_size=12).map("".join))
+       .filter(lambda t: t.strip()))
 def test_canonical_form_is_stable_and_a_spelling(name):
     once = canonical_model(name)
-    assert canonical_model(once) == once
-    assert once in spellings(name)
+    assert canonical_model(once) == once and canonical_model(canonical(name)) == once
+    assert once in spellings(name) and canonical(name) in spellings(name)
 
 
 def test_names_past_the_limit_or_with_control_characters_are_refused():
@@ -61,7 +74,7 @@ def test_names_past_the_limit_or_with_control_characters_are_refused():
 
 def test_a_request_keeps_the_name_the_client_wrote():
     request = RouteRequest(model="library/llama3")
-    assert request.model == "library/llama3" and request.key == "llama3:latest"
+    assert request.model == "library/llama3" and request.key == "llama3"
 
 
 def test_the_gateway_refuses_a_huge_model_name_with_a_short_400(scripted_node, gateway):

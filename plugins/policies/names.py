@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
-from sollol.names import canonical_model
+from sollol.names import canonical as core_canonical
 
 GLOB_CHARS = frozenset("*?[")
 
 
 def canonical(name: str) -> str:
-    """The core's one spelling of a model name (sollol.names.canonical_model)."""
-    return canonical_model(name)
+    """The full spelling, default tag included ("llama3:latest"; sollol.names.canonical)."""
+    return core_canonical(name)
 
 
 def same_model(a: str, b: str) -> bool:

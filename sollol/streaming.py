@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from sollol.dialects.streams import Lines
 from sollol.errors import BackendError
 
 if TYPE_CHECKING:
@@ -62,15 +63,12 @@ class Chunk:
 
 async def chunks(lines: AsyncIterator[bytes]) -> AsyncIterator[Chunk]:
     """Chunks from NDJSON bytes; an `{"error": ...}` object (a cut stream) is raised."""
-    buffer = b""
+    split = Lines()  # the gateway's own line splitter (and its line length limit)
     async for piece in lines:
-        buffer += piece
-        *complete, buffer = buffer.split(b"\n")
-        for line in complete:
-            if line.strip():
-                yield _chunk(line)
-    if buffer.strip():
-        yield _chunk(buffer)
+        for line in split.split(piece):
+            yield _chunk(line)
+    for line in split.rest():
+        yield _chunk(line)
 
 
 def _chunk(line: bytes) -> Chunk:

@@ -8,9 +8,12 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import sollol
 from sollol.errors import BackendError, ModelNotFound
+from sollol.streaming import chunks
 from sollol.testing.emulator import EmulatedModel
 
 MODEL = "llama3.2:1b"
@@ -170,3 +173,24 @@ def test_a_remote_gateway_with_access_keys(emulator, pool_gateway, monkeypatch) 
             list(c.stream_chat(MODEL, "no key"))
     with pytest.raises(TypeError, match="gateway="):
         sollol.Cluster(api_key=key)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(min_value=0), max_size=10))
+def test_chunks_do_not_depend_on_how_the_bytes_arrive(cuts: list[int]) -> None:
+    raw = b'{"response": "a"}\n\n {"response": "b"} \n{"done": true, "eval_count": 2}'
+    points = sorted({c % (len(raw) + 1) for c in cuts})
+    pieces = [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)], strict=True)]
+
+    async def read(parts: list[bytes]) -> list[dict]:
+        async def source():
+            for part in parts:
+                yield part
+        return [dict(chunk.data) async for chunk in chunks(source())]
+
+    assert asyncio.run(read(pieces)) == asyncio.run(read([raw])) == [
+        {"response": "a"}, {"response": "b"}, {"done": True, "eval_count": 2}]
+    with pytest.raises(BackendError, match="not JSON"):
+        asyncio.run(read([b'{"response": "a"}\nnot json\n']))
+    with pytest.raises(BackendError, match="boom"):
+        asyncio.run(read([b'{"error": "boom"}\n']))

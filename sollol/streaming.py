@@ -88,11 +88,8 @@ Opener = Callable[["Task", dict[str, str]], "AsyncIterator[Chunk]"]
 """Opens a task's stream, filling the dict with where it was routed (route, backend, ...)."""
 
 
-class AsyncChunkStream:
-    """`async for chunk in stream`; `await stream.aclose()` stops it early.
-
-    Runs on the cluster's loop; when read from another loop, each step hops there.
-    """
+class _Reader:
+    """What both kinds of stream share: the task, how it is opened, and one read on the loop."""
 
     def __init__(self, task: Task, open_stream: Opener, loop: asyncio.AbstractEventLoop,
                  ) -> None:
@@ -102,8 +99,33 @@ class AsyncChunkStream:
         self.route: dict[str, str] = {}
         """Where the stream was routed (`route`, `backend`, `policy`, `reason`), once open."""
         self._source: AsyncIterator[Chunk] | None = None
-        self._step: asyncio.Future[Any] | None = None
         self.closed = False
+
+    async def _advance(self) -> Any:
+        """The next chunk, or `_END`; runs on the cluster's loop (the first read opens it)."""
+        if self._source is None:
+            self._source = self._open(self.task, self.route)
+        try:
+            return await anext(self._source)
+        except StopAsyncIteration:
+            return _END
+
+    def _detach(self) -> Any:
+        """The source to close, if it can be closed, now no longer ours."""
+        source, self._source = self._source, None
+        return source if source is not None and hasattr(source, "aclose") else None
+
+
+class AsyncChunkStream(_Reader):
+    """`async for chunk in stream`; `await stream.aclose()` stops it early.
+
+    Runs on the cluster's loop; when read from another loop, each step hops there.
+    """
+
+    def __init__(self, task: Task, open_stream: Opener, loop: asyncio.AbstractEventLoop,
+                 ) -> None:
+        super().__init__(task, open_stream, loop)
+        self._step: asyncio.Future[Any] | None = None
 
     def __aiter__(self) -> AsyncChunkStream:
         return self
@@ -131,21 +153,13 @@ class AsyncChunkStream:
             raise StopAsyncIteration
         return item
 
-    async def _advance(self) -> Any:
-        if self._source is None:
-            self._source = self._open(self.task, self.route)
-        try:
-            return await anext(self._source)
-        except StopAsyncIteration:
-            return _END
-
     async def aclose(self) -> None:
         """Stop the stream (cutting the upstream request) if it is still open."""
         self.closed = True
         if self._step is not None:
             self._step.cancel()
-        source, self._source = self._source, None
-        if source is not None and hasattr(source, "aclose"):
+        source = self._detach()
+        if source is not None:
             # RuntimeError: the cancelled read is still unwinding; it closes the source itself
             with contextlib.suppress(RuntimeError, asyncio.CancelledError):
                 if _on(self._loop):
@@ -161,20 +175,14 @@ class AsyncChunkStream:
         await self.aclose()
 
 
-class ChunkStream:
+class ChunkStream(_Reader):
     """`for chunk in stream`; `stream.close()` (from any thread) stops it early."""
 
     def __init__(self, task: Task, open_stream: Opener, loop: asyncio.AbstractEventLoop,
                  ) -> None:
-        self.task = task
-        self._open = open_stream
-        self._loop = loop
-        self.route: dict[str, str] = {}
-        """Where the stream was routed (`route`, `backend`, `policy`, `reason`), once open."""
-        self._source: AsyncIterator[Chunk] | None = None
+        super().__init__(task, open_stream, loop)
         self._step: concurrent.futures.Future[Any] | None = None
         self._lock = threading.Lock()
-        self.closed = False
 
     def __iter__(self) -> ChunkStream:
         return self
@@ -200,14 +208,6 @@ class ChunkStream:
             raise StopIteration
         return item
 
-    async def _advance(self) -> Any:
-        if self._source is None:
-            self._source = self._open(self.task, self.route)
-        try:
-            return await anext(self._source)
-        except StopAsyncIteration:
-            return _END
-
     def close(self) -> None:
         """Stop the stream (cutting the upstream request); safe from any thread, and twice."""
         with self._lock:
@@ -215,8 +215,8 @@ class ChunkStream:
             step = self._step
         if step is not None:
             step.cancel()  # the pending read is cancelled on the loop: the upstream is closed
-        source, self._source = self._source, None
-        if source is not None and hasattr(source, "aclose") and not _on(self._loop):
+        source = self._detach()
+        if source is not None and not _on(self._loop):
             # RuntimeError: already closing because its pending read was cancelled
             with contextlib.suppress(RuntimeError, concurrent.futures.CancelledError):
                 asyncio.run_coroutine_threadsafe(source.aclose(), self._loop).result()

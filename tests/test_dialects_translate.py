@@ -159,7 +159,20 @@ def test_line_splitting_does_not_depend_on_chunking(lines: list[bytes], end: byt
     assert got == [line.strip() for line in raw.split(b"\n") if line.strip()]
     passthrough = Passthrough(sse=False)
     assert b"".join(passthrough.feed(piece) for piece in pieces) == raw
+    complete = [line.strip() for line in raw.split(b"\n")[:-1] if line.strip()]
+    assert passthrough.last == complete[-2:]
     assert passthrough.buffer.peek() == raw.split(b"\n")[-1]
+
+
+def test_passthrough_counts_tokens_when_usage_and_done_arrive_together() -> None:
+    usage = b'data: {"choices": [], "usage": {"completion_tokens": 5, "prompt_tokens": 3}}\n\n'
+    together = Passthrough(sse=True)
+    together.feed(usage + b"data: [DONE]\n\n")
+    apart = Passthrough(sse=True)
+    apart.feed(usage)
+    apart.feed(b"data: [DONE]\n\n")
+    for stream in (together, apart):
+        assert stream.complete and (stream.tokens, stream.prompt_tokens) == (5, 3)
 
 
 def _strip_ids(value: Any) -> Any:

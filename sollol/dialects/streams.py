@@ -47,8 +47,7 @@ class Passthrough:
         self.end = (self.end + chunk[-2:])[-2:]
         head = self.buffer.push(chunk)
         if head:
-            lines = [s for line in head.rsplit(b"\n", 3)[-3:] if (s := line.strip())]
-            self.last = (self.last + lines)[-2:]
+            self.last = _last_two(self.last, head)
         return chunk
 
     def finish(self) -> bytes:
@@ -107,6 +106,23 @@ class Passthrough:
 
 SSE_ENDS = frozenset({"message_stop", "response.completed", "response.incomplete",
                       "response.failed"})
+
+
+def _last_two(last: list[bytes], head: bytes) -> list[bytes]:
+    """The last two non-empty lines of `last` and then `head`'s lines, read from the end of
+    `head` (blank lines count for nothing: an SSE stream has one after every event)."""
+    found: list[bytes] = []
+    end = len(head)
+    while len(found) < 2:
+        start = head.rfind(b"\n", 0, end)
+        line = head[start + 1:end].strip()
+        if line:
+            found.append(line)
+        if start < 0:
+            break
+        end = start
+    found.reverse()
+    return (last + found)[-2:]
 
 
 class Lines:

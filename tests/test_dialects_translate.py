@@ -19,7 +19,14 @@ from sollol.dialects.replies import openai_reply_to_ollama
 from sollol.dialects.requests import ollama_to_openai, openai_to_ollama
 from sollol.dialects.responses import ollama_reply_to_responses, responses_to_ollama
 from sollol.dialects.responses_stream import CompleteResponsesEvents, NdjsonToResponses
-from sollol.dialects.streams import Chain, Lines, NdjsonToSse, Passthrough, SseToNdjson
+from sollol.dialects.streams import (
+    SSE_ENDS,
+    Chain,
+    Lines,
+    NdjsonToSse,
+    Passthrough,
+    SseToNdjson,
+)
 from sollol.dialects.translate import plan
 from sollol.errors import RequestError
 from sollol.gateway.validate import validate
@@ -476,3 +483,29 @@ def test_odd_node_answers_are_translated_without_crashing(objects: list[dict[str
         ollama_reply_to_anthropic(data, "m")
         ollama_reply_to_responses({}, data, "m")
         ollama_reply_to_anthropic(openai_reply_to_ollama("chat", data, "m", 0.1), "m")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(SSE_ENDS)),
+       st.one_of(_NODE_VALUE, st.builds(lambda usage: {"usage": usage}, _NODE_VALUE)))
+def test_odd_end_events_of_native_streams_end_them_without_crashing(kind: str,
+                                                                   response: Any) -> None:
+    """A native Anthropic or Responses stream's last event with a `response` (or its `usage`)
+    of any JSON type ends the stream; the token count is read only from a well-typed one."""
+    raw = b"event: " + kind.encode() + b"\ndata: " + json.dumps(
+        {"type": kind, "response": response}).encode() + b"\n\n"
+    passthrough = Passthrough(sse=True)
+    passthrough.feed(raw)
+    assert passthrough.complete
+    native = CompleteResponsesEvents()
+    _run(native, [raw])
+    assert native.complete is (kind != "message_stop")
+
+
+@settings(max_examples=100, deadline=None)
+@given(_NODE_VALUE)
+def test_an_odd_event_type_in_a_native_stream_does_not_crash(kind: Any) -> None:
+    raw = b"data: " + json.dumps({"type": kind}).encode() + b"\n\n"
+    passthrough = Passthrough(sse=True)
+    passthrough.feed(raw)
+    assert passthrough.complete is (kind in ("error", *SSE_ENDS))

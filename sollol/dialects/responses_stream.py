@@ -23,7 +23,7 @@ from sollol.dialects.responses import (
     response_object,
     responses_logprobs,
 )
-from sollol.dialects.streams import FromOllama, Translator
+from sollol.dialects.streams import RESPONSES_ENDS, FromOllama, Translator, end_usage
 
 
 def _event(data: dict[str, Any]) -> bytes:
@@ -164,10 +164,9 @@ class CompleteResponsesEvents(Translator):
             return (name + b"\n" if name else b"") + line + b"\n\n"
         self._fill(data)
         kind = data.get("type")
-        if kind in ("response.completed", "response.incomplete", "response.failed"):
+        if isinstance(kind, str) and kind in RESPONSES_ENDS:
             self.complete = True
-            usage = (data.get("response") or {}).get("usage") or {}
-            self.tokens = usage.get("output_tokens")
+            self.tokens = end_usage(data).get("output_tokens")
         elif kind == "error":
             self.complete = True
             self.error = str(data.get("message") or data.get("error"))

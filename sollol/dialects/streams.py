@@ -91,21 +91,30 @@ class Passthrough:
         data = parse_object(payload)
         if data is None:
             return False
-        kind = data.get("type")
+        kind = _text(data.get("type"))  # never unhashable: a set lookup follows
         if kind in SSE_ENDS:
-            usage = (data.get("response") or {}).get("usage") or {}
+            usage = end_usage(data)
             self.tokens = usage.get("output_tokens")
             self.prompt_tokens = usage.get("input_tokens")
             return True
         if kind == "error":
-            error = data.get("error")
-            self.error = str(error.get("message") if isinstance(error, dict) else error)
+            self.error = error_text(data.get("error"))
             return True
         return False
 
 
-SSE_ENDS = frozenset({"message_stop", "response.completed", "response.incomplete",
-                      "response.failed"})
+RESPONSES_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+SSE_ENDS = RESPONSES_ENDS | {"message_stop"}  # with Anthropic's
+
+
+def end_usage(data: dict[str, Any]) -> dict[str, Any]:
+    """A Responses end event's `response.usage`; `{}` if absent or of the wrong JSON type."""
+    return _mapping(_mapping(data.get("response")).get("usage"))
+
+
+def error_text(error: Any) -> str:
+    """The message of an error event's `error` (an object with a `message`, or a bare value)."""
+    return str(error.get("message") if isinstance(error, dict) else error)
 
 
 def _last_two(last: list[bytes], head: bytes) -> list[bytes]:
@@ -192,8 +201,7 @@ class SseToNdjson(Translator):
         if data is None:
             return b""
         if data.get("error") is not None:
-            error = data["error"]
-            self.error = str(error.get("message") if isinstance(error, dict) else error)
+            self.error = error_text(data["error"])
             self.complete = True  # the error object is the stream's end
             return _ndjson({"error": self.error})
         # a field of the wrong JSON type counts as absent: an odd node never crashes the stream

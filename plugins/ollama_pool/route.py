@@ -23,9 +23,9 @@ from sollol.routes import Lease, Outcome
 from . import catalog, manage, members, placing
 from .balance import choose
 from .discovery import base_url, pool_dialects
+from .index import NodeIndex
 from .node import Node, model_names
 from .settings import SETTINGS, PoolSettings
-from .table import ModelTable
 from .waiters import Waiter, WaitQueues, canonical
 
 if TYPE_CHECKING:
@@ -55,14 +55,7 @@ class PoolRoute:
     """Nodes an operator added: re-discovery and config reloads keep them."""
     removed: set[str] = attrs.field(factory=set)
     """Nodes an operator removed: re-discovery does not bring them back."""
-    _holders: dict[str, list[Node]] | None = None
-    _tables: dict[tuple[str, frozenset[str]], ModelTable] = attrs.field(factory=dict)
-    _free: set[Node] = attrs.field(factory=set)
-    """Member nodes that are available with a free slot (decisions look only at these)."""
-    _stamp: int = 0
-    """Bumped by every change a table may depend on; `_hard` by those it must see at once."""
-    _hard: int = 0
-    """Nodes by the (canonical) models they hold; None when it must be rebuilt."""
+    index: NodeIndex = attrs.field(init=False)
     _affinity: OrderedDict[str, tuple[str, float]] = attrs.field(factory=OrderedDict)
     _task: asyncio.Task[None] | None = None
     _stopping: bool = False
@@ -72,6 +65,7 @@ class PoolRoute:
 
     def __attrs_post_init__(self) -> None:
         self.settings = PoolSettings.from_config(self.cluster.config)
+        self.index = NodeIndex(self.nodes)
 
     # ---- lifecycle
 
@@ -116,14 +110,14 @@ class PoolRoute:
         was, models = node.available(now), node.models
         node.apply(report, now, self.settings)
         if node.models != models:
-            self._holders = None
+            self.index.models_changed()
         if was != node.available(now):
             log.info("pool node %s is %s: %s", node.id,
                      "up" if node.available(now) else "down", node.detail)
             if node.available(now) and node.served:  # it served before: ramp it up
                 node.begin_warmup(now, self.settings.warmup_seconds)
         moved = node.models != models or was != node.available(now)
-        self._mark(node, now, hard=moved)
+        self.index.mark(node, now, hard=moved)
         return moved or node.warming
 
     def _check(self, node: Node, timeout: float) -> HealthReport:
@@ -232,56 +226,18 @@ class PoolRoute:
         return time.monotonic()
 
     def membership_changed(self) -> None:
-        self._holders = None
-        now = time.monotonic()
-        for node in [*self._free, *self.nodes.values()]:
-            self._mark(node, now, hard=True)
-
-    def _mark(self, node: Node, now: float, *, hard: bool = False) -> None:
-        """Record a change of `node`: its place in the free set, and the tables' staleness."""
-        if (self.nodes.get(node.id) is node and node.in_flight < node.cap
-                and node.available(now)):
-            self._free.add(node)
-        else:
-            self._free.discard(node)
-        self._stamp += 1
-        if hard:
-            self._hard = self._stamp
-
-    def _table(self, model: str, now: float, needs: frozenset[str] = frozenset()) -> ModelTable:
-        key = (canonical(model), needs)  # a node that cannot do what is asked is never in it
-        table = self._tables.get(key)
-        if table is None or not table.fresh(self._stamp, self._hard, now):
-            nodes = [n for n in self.holders(model)
-                     if n.available(now) and not n.missing(model, needs)]
-            self._tables.pop(key, None)
-            table = self._tables[key] = ModelTable.build(
-                nodes, model, avg_tokens=self.avg_tokens,
-                cold_penalty=self.settings.cold_penalty, stamp=self._stamp, now=now)
-            while len(self._tables) > _MAX_CACHED:  # a table is cheap to build again
-                del self._tables[next(iter(self._tables))]
-        return table
+        self.index.rebuild(time.monotonic())
 
     def wake(self, nodes: Collection[Node]) -> None:
         """Re-examine the requests waiting for these nodes (e.g. after they left)."""
         self._pump(nodes, models=[m for n in nodes for m in n.models])
-
-    def holders(self, model: str) -> list[Node]:
-        """The nodes that hold `model` (healthy or not), from an index kept per model."""
-        if self._holders is None:
-            index: dict[str, dict[str, Node]] = {}
-            for node in self.nodes.values():
-                for name in node.models:
-                    index.setdefault(canonical(name), {})[node.id] = node
-            self._holders = {name: list(nodes.values()) for name, nodes in index.items()}
-        return self._holders.get(canonical(model), [])
 
     def _candidates(self, waiter: Waiter, now: float) -> list[Node]:
         if waiter.backend:
             node = self.nodes.get(waiter.backend)
             nodes = [node] if node is not None and node.has_model(waiter.request.model) else []
         else:
-            nodes = self.holders(waiter.request.model)
+            nodes = self.index.holders(waiter.request.model)
         needs = waiter.request.needs
         return [n for n in nodes if n.available(now) and n.id not in waiter.exclude
                 and not n.missing(waiter.request.model, needs)]
@@ -332,14 +288,16 @@ class PoolRoute:
 
     def _place(self, waiter: Waiter, now: float, queued: float) -> Node | None:
         if not waiter.backend and not waiter.exclude:  # the common case: from the table
-            table = self._table(waiter.request.model, now, waiter.request.needs)
+            table = self.index.table(waiter.request.model, now, waiter.request.needs,
+                                     avg_tokens=self.avg_tokens,
+                                     cold_penalty=self.settings.cold_penalty)
             if table.order:
                 key = waiter.request.conversation_key
                 if key and key in self._affinity:
                     sticky = self.nodes.get(self._affinity[key][0])
-                    if sticky in self._free and sticky in table.times:
+                    if sticky in self.index.free and sticky in table.times:
                         return sticky
-                return table.decide(self._free, queued)
+                return table.decide(self.index.free, queued)
         candidates = self._candidates(waiter, now)
         if not candidates:
             try:
@@ -363,7 +321,7 @@ class PoolRoute:
         self._picks += 1
         node.last_pick = self._picks
         if node.in_flight >= node.cap:
-            self._free.discard(node)
+            self.index.free.discard(node)
 
         def release(outcome: Outcome) -> None:
             self._released(node, request, outcome)
@@ -379,15 +337,14 @@ class PoolRoute:
         node.in_flight = max(0, node.in_flight - 1)
         if outcome.unsupported is not None:
             node.learn_lack(request.model, outcome.unsupported)
-            self._stamp += 1  # placement tables must see the missing capability at once
-            self._hard = self._stamp
+            self.index.force()  # placement tables must see the missing capability at once
         if self.nodes.get(node.id) is not node:  # removed while this request ran: it drained
             if node.in_flight == 0:
                 self.draining.pop(node.id, None)
             return
         # the last node that can serve this model stays: ejecting it turns its errors into 503s
-        others_up = not outcome.ok and any(n.available(now) for n in self.holders(request.model)
-                                           if n is not node)
+        holders = self.index.holders(request.model)
+        others_up = not outcome.ok and any(n.available(now) for n in holders if n is not node)
         ejected = node.record(outcome, now, self.settings, may_eject=others_up)
         if ejected:
             log.warning("pool node %s ejected: %s", node.id, node.detail)
@@ -400,7 +357,7 @@ class PoolRoute:
             node.loaded = node.loaded | model_names(request.model)
             if request.conversation_key:
                 self._remember(request.conversation_key, node.id, now)
-        self._mark(node, now, hard=ejected)
+        self.index.mark(node, now, hard=ejected)
         self._pump((node,))
 
     def _remember(self, key: str, node_id: str, now: float) -> None:

@@ -90,3 +90,30 @@ def test_rpc_add_and_remove_through_the_gateway(rpc_servers, sharding_config) ->
         assert [x["address"] for x in backends] == [b]
         result = runner.invoke(cli, ["rpc", "remove", a, "--gateway", gw.url])
         assert result.exit_code == 1 and "is not an rpc-server" in result.output
+
+
+async def test_a_loopback_rpc_server_started_later_is_found_by_rediscovery(
+        processes, llama_binaries, sharding_config) -> None:
+    from sollol.processes import free_port
+
+    port = free_port()
+    config = sharding_config([], rpc_discover_loopback=True, rpc_discovery_ports=[port],
+                             discovery_interval=0.2)
+    cluster = Cluster(config=config, pm=get_plugin_manager(["llamacpp_rpc"]))
+    await cluster.start()
+    try:
+        route = cluster.routes["sharding"]
+        assert route.shards.shards == {}
+        proc = processes.start("rpc-later", [llama_binaries.rpc_server, "-H", "127.0.0.1",
+                                             "-p", str(port), "-t", "1"])
+        address = f"127.0.0.1:{port}"
+        for _ in range(600):  # polls, not a clock: until it answers and discovery ran again
+            if address in route.shards.shards and route.shards.shards[address].healthy:
+                break
+            assert proc.alive(), proc.log_text()[-2000:]
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"re-discovery never found {address}: {route.shards.shards}")
+        assert route.shards.shards[address].backend.labels["source"] == "loopback"
+    finally:
+        await cluster.stop()

@@ -255,8 +255,12 @@ def test_current_ollama_fields_on_a_llama_server_node(llama_server, tiny_model, 
 
     url, _proc = llama_server(tiny_model, "--alias", "tiny")
     gw = pool_gateway("openai://" + url.removeprefix("http://"))
+    # Greedy decoding: with sampling the first token is sometimes half of a UTF-8 character,
+    # and this llama-server build then drops its first stream event (one logprob short here;
+    # see test_dialects_anthropic_repair.py, where the gateway can repair what is lost).
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": False,
-            "options": {"num_predict": 3}, "logprobs": True, "top_logprobs": 2, "think": False}
+            "options": {"num_predict": 3, "temperature": 0}, "logprobs": True,
+            "top_logprobs": 2, "think": False}
     reply = httpx.post(gw.url + "/api/chat", json=body, timeout=120).json()
     assert reply["done_reason"] == "length" and len(reply["logprobs"]) == 3
     assert len(reply["logprobs"][0]["top_logprobs"]) == 2

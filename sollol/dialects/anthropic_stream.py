@@ -12,14 +12,71 @@ from typing import Any
 
 from sollol.dialects.anthropic import stop_reason, tool_use_block, usage
 from sollol.dialects.errors import anthropic_error
+from sollol.dialects.lines import parse_object
 from sollol.dialects.replies import new_id
-from sollol.dialects.streams import FromOllama
+from sollol.dialects.streams import FromOllama, Passthrough
 
 
 def event(name: str, data: dict[str, Any]) -> bytes:
     """One server-sent event with Anthropic's `event:` name."""
     return (f"event: {name}\ndata: ".encode() + json.dumps(data, ensure_ascii=False).encode()
             + b"\n\n")
+
+
+def message_start(model: str, input_tokens: int) -> bytes:
+    """The event that opens every Messages stream."""
+    message = {"id": new_id("msg").replace("-", "_"), "type": "message",
+               "role": "assistant", "model": model, "content": [],
+               "stop_reason": None, "stop_sequence": None,
+               "usage": {"input_tokens": input_tokens, "output_tokens": 0}}
+    return event("message_start", {"type": "message_start", "message": message})
+
+
+class AnthropicPassthrough(Passthrough):
+    """A node's own Messages stream, forwarded untouched, except that a stream whose first
+    event is not `message_start` gets one: llama-server (this project's build) drops it when
+    the first generated token is an incomplete UTF-8 sequence, and Anthropic clients cannot
+    read a stream without it."""
+
+    HOLD_LIMIT = 64 * 1024  # never hold more than this while looking for the first event
+
+    def __init__(self, model: str) -> None:
+        super().__init__(sse=True)
+        self.model = model
+        self.held = b""
+        self.checked = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        chunk = super().feed(chunk)
+        if self.checked:
+            return chunk
+        self.held += chunk
+        name = _first_event(self.held)
+        if name is None and len(self.held) < self.HOLD_LIMIT:
+            return b""  # the first event's name has not arrived whole yet
+        self.checked = True
+        held, self.held = self.held, b""
+        if name in (None, b"message_start", b"error"):
+            return held
+        return message_start(self.model, 0) + held
+
+    def finish(self) -> bytes:
+        held, self.held = self.held, b""
+        return held
+
+
+def _first_event(data: bytes) -> bytes | None:
+    """The name of the first event in SSE bytes (`event:` line, else the `data:` type), or
+    None until its line is complete."""
+    for line in data.split(b"\n")[:-1]:  # complete lines only
+        text = line.strip()
+        if not text or text.startswith(b":"):
+            continue
+        if text.startswith(b"event:"):
+            return text.removeprefix(b"event:").strip()
+        kind = parse_object(text.removeprefix(b"data:"))
+        return str((kind or {}).get("type", "")).encode()
+    return None
 
 
 class NdjsonToAnthropic(FromOllama):
@@ -75,11 +132,7 @@ class NdjsonToAnthropic(FromOllama):
         if self.started:
             return b""
         self.started = True
-        message = {"id": new_id("msg").replace("-", "_"), "type": "message",
-                   "role": "assistant", "model": self.model, "content": [],
-                   "stop_reason": None, "stop_sequence": None,
-                   "usage": {"input_tokens": data["prompt_eval_count"], "output_tokens": 0}}
-        return event("message_start", {"type": "message_start", "message": message})
+        return message_start(self.model, data["prompt_eval_count"])
 
     def _delta(self, kind: str, delta: dict[str, Any]) -> bytes:
         out = b""

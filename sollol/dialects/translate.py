@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from sollol.dialects.anthropic import anthropic_to_ollama, ollama_reply_to_anthropic
-from sollol.dialects.anthropic_stream import NdjsonToAnthropic
+from sollol.dialects.anthropic_stream import AnthropicPassthrough, NdjsonToAnthropic
 from sollol.dialects.replies import (
     error_message,
     ollama_reply_to_openai,
@@ -148,6 +148,8 @@ def new_stream(call: Call, plan: Plan) -> Stream:
     if not plan.translated:
         if call.op == "responses":
             return CompleteResponsesEvents()
+        if call.op == "messages":
+            return AnthropicPassthrough(call.request.model)
         return Passthrough(sse=call.api != "ollama")
     model = call.request.model
     if call.op in ("messages", "responses"):

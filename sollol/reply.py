@@ -97,6 +97,12 @@ class StreamReply(Reply):
                           seconds=self._elapsed(), first_byte_sent=True))
         return stream_error(self._api, message, at_line_start=stream.at_boundary)
 
+    @property
+    def at_boundary(self) -> bool:
+        """True when what the client got so far ends a line or event (where an error object
+        can start without a separator)."""
+        return self._stream is None or self._stream.at_boundary
+
     def _elapsed(self) -> float:
         return time.perf_counter() - self._started
 

@@ -230,7 +230,7 @@ class Gateway:
         """A request cut by shutdown: say so instead of just dropping the connection."""
         try:
             if started:
-                at_start = getattr(getattr(reply, "_stream", None), "at_boundary", True)
+                at_start = reply.at_boundary if isinstance(reply, StreamReply) else True
                 chunk = stream_error(api, f"stream cut: {SHUTDOWN_MESSAGE}", at_line_start=at_start)
                 await send({"type": "http.response.body", "body": chunk})
             else:

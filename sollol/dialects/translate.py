@@ -10,6 +10,7 @@ import attrs
 
 from sollol.dialects.anthropic import anthropic_to_ollama, ollama_reply_to_anthropic
 from sollol.dialects.anthropic_stream import AnthropicPassthrough, NdjsonToAnthropic
+from sollol.dialects.errors import error_body
 from sollol.dialects.replies import (
     error_message,
     ollama_reply_to_openai,
@@ -138,8 +139,6 @@ def convert_error(call: Call, plan: Plan, raw: bytes, status: int) -> bytes:
     Anthropic clients always get Anthropic's error shape, which llama-server does not send)."""
     if not plan.translated and call.api != "anthropic":
         return raw
-    from sollol.dialects.errors import error_body
-
     return error_body(call.api, status, error_message(raw))
 
 

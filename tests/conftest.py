@@ -18,6 +18,7 @@ import pytest
 
 from sollol.plugins import SollolPluginManager, get_plugin_manager
 from sollol.processes import ProcessGroup
+from sollol.testing.pytest_plugin import stopped_at_teardown
 
 if TYPE_CHECKING:
     from sollol.llamacpp import Binaries
@@ -64,19 +65,11 @@ def pool_gateway() -> Iterator[Callable[..., Any]]:
     from sollol.cluster import Cluster
     from sollol.gateway import GatewayThread
 
-    running: list[GatewayThread] = []
+    def make(*nodes: str, **config: Any) -> GatewayThread:
+        return GatewayThread(Cluster.from_config(overrides={"ollama_nodes": list(nodes),
+                                                            **config}))
 
-    def start(*nodes: str, **config: Any) -> GatewayThread:
-        cluster = Cluster.from_config(overrides={"ollama_nodes": list(nodes), **config})
-        thread = GatewayThread(cluster)
-        running.append(thread)
-        return thread.start()
-
-    try:
-        yield start
-    finally:
-        for thread in reversed(running):
-            thread.stop()
+    yield from stopped_at_teardown(make, GatewayThread.stop, GatewayThread.start)
 
 
 
@@ -89,18 +82,7 @@ def hostile_node() -> Iterator[Callable[..., Any]]:
     playing a script of broken HTTP); every one started is stopped when the test ends."""
     from sollol.testing.hostile_node import HostileNode
 
-    nodes: list[HostileNode] = []
-
-    def start(script: Any, **kwargs: Any) -> HostileNode:
-        node = HostileNode(script, **kwargs).start()
-        nodes.append(node)
-        return node
-
-    try:
-        yield start
-    finally:
-        for node in nodes:
-            node.stop()
+    yield from stopped_at_teardown(HostileNode, HostileNode.stop, HostileNode.start)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -25,6 +25,30 @@ if TYPE_CHECKING:
     from sollol.testing.netns import Network
     from sollol.testing.ollama_store import OllamaStoreBuilder
     from sollol.testing.scripted_node import ScriptedNode
+
+T = TypeVar("T")
+
+
+def stopped_at_teardown(make: Callable[..., T], stop: Callable[[T], object],
+                        start: Callable[[T], T] | None = None) -> Iterator[Callable[..., T]]:
+    """The body of a factory fixture: `yield from stopped_at_teardown(make, stop)`.
+
+    The test calls the factory to `make` things (then `start` each, if given); every one made
+    is stopped at teardown, newest first, also when its start failed or the test did.
+    """
+    made: list[T] = []
+
+    def factory(*args: Any, **kwargs: Any) -> T:
+        item = make(*args, **kwargs)
+        made.append(item)
+        return start(item) if start is not None else item
+
+    try:
+        yield factory
+    finally:
+        for item in reversed(made):
+            stop(item)
+
 
 # ------------------------------------------------------------------------------------ processes
 
@@ -173,18 +197,7 @@ def emulator() -> Iterator[Callable[..., EmulatorNode]]:
     """
     from sollol.testing.emulator import EmulatorNode
 
-    nodes: list[EmulatorNode] = []
-
-    def start(**kwargs: Any) -> EmulatorNode:
-        node = EmulatorNode(**kwargs)
-        nodes.append(node)
-        return node.start()
-
-    try:
-        yield start
-    finally:
-        for node in reversed(nodes):
-            node.stop()
+    yield from stopped_at_teardown(EmulatorNode, EmulatorNode.stop, EmulatorNode.start)
 
 
 @pytest.fixture
@@ -217,18 +230,7 @@ def scripted_node() -> Iterator[Callable[..., ScriptedNode]]:
     ScriptedNode that records every request body; every node is stopped at the end."""
     from sollol.testing.scripted_node import ScriptedNode
 
-    nodes: list[ScriptedNode] = []
-
-    def start(**kwargs: Any) -> ScriptedNode:
-        node = ScriptedNode(**kwargs).start()
-        nodes.append(node)
-        return node
-
-    try:
-        yield start
-    finally:
-        for node in nodes:
-            node.stop()
+    yield from stopped_at_teardown(ScriptedNode, ScriptedNode.stop, ScriptedNode.start)
 
 
 # --------------------------------------------------------------------------------------- gateway
@@ -246,23 +248,15 @@ def sollol_gateway(sollol_isolated_config: Path) -> Iterator[Callable[..., Gatew
     from sollol.cluster import Cluster, load
     from sollol.gateway import GatewayThread
 
-    running: list[GatewayThread] = []
-
-    def start(plugins: Sequence[str] | None = None, register: Collection[object] = (),
-              **config: Any) -> GatewayThread:
+    def make(plugins: Sequence[str] | None = None, register: Collection[object] = (),
+             **config: Any) -> GatewayThread:
         overrides = dict(config)
         if plugins is not None:
             overrides["plugins"] = list(plugins)
         loaded, pm = load(overrides=overrides, register=register)
-        thread = GatewayThread(Cluster(config=loaded, pm=pm))
-        running.append(thread)
-        return thread.start()
+        return GatewayThread(Cluster(config=loaded, pm=pm))
 
-    try:
-        yield start
-    finally:
-        for thread in reversed(running):
-            thread.stop()
+    yield from stopped_at_teardown(make, GatewayThread.stop, GatewayThread.start)
 
 
 # ----------------------------------------------------------------------------- multi-host tests

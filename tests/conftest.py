@@ -10,11 +10,13 @@ so through a `ProcessGroup` or an owner object that is stopped at teardown.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import settings
 
 from sollol.plugins import SollolPluginManager, get_plugin_manager
 from sollol.processes import ProcessGroup
@@ -38,6 +40,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # ---------------------------------------------------------------------------------------- core
+
+# Property-based tests: no per-example deadline (the machine is shared and slow); in CI
+# (`CI` set, as .ci/run does) a fixed seed and no example database, so a run is reproducible.
+settings.register_profile("dev", deadline=None, max_examples=200)
+settings.register_profile("ci", deadline=None, max_examples=200, derandomize=True,
+                          database=None, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
 
 
 @pytest.fixture
@@ -116,6 +126,43 @@ def gateway() -> Iterator[Callable[..., Any]]:
         for thread, pm, plugin in reversed(running):
             thread.stop()
             pm.unregister(plugin)
+
+
+@pytest.fixture(scope="module")
+def asgi_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The gateway's ASGI app, driven in-process, over the real pool route with two nodes: an
+    emulated Ollama node (`OLLAMA_MODELS` of `sollol.testing.asgi_client`) and a scripted
+    OpenAI-compatible node (`OPENAI_MODEL`), so both dialects and both translations are served.
+
+    Yields an `AsgiGateway` (`.request(method, path, body=..., query=...)` -> httpx.Response,
+    `.gateway`, `.errors`: log records of the gateway that carried a traceback). Everything
+    started is stopped at teardown.
+    """
+    import os
+
+    from sollol.testing.asgi_client import OLLAMA_MODELS, OPENAI_MODEL, AsgiGateway
+    from sollol.testing.emulator import EmulatorNode
+    from sollol.testing.scripted_node import ScriptedNode
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith("SOLLOL_"):
+                patch.delenv(name)
+        patch.setenv("SOLLOL_CONFIG", str(tmp_path_factory.mktemp("asgi") / "config.toml"))
+        node = EmulatorNode(models=OLLAMA_MODELS).start()
+        openai = ScriptedNode(api="openai", models=(OPENAI_MODEL,)).start()
+        client = None
+        try:
+            address = openai.url.removeprefix("http://")
+            client = AsgiGateway.start(ollama_nodes=[node.url, f"openai://{address}"],
+                                       pool_eject_seconds=0.1, health_interval=0.5)
+            client.wait_healthy(2)
+            yield client
+        finally:
+            if client is not None:
+                client.stop()
+            openai.stop()
+            node.stop()
 
 
 # ------------------------------------------------------------------------------------ sharding

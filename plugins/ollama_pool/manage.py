@@ -95,8 +95,12 @@ async def _lines(reply: httpx.Response, idle: float) -> AsyncIterator[bytes]:
 
 async def _node_progress(node: Node, path: str, body: Mapping[str, Any],
                          queue: asyncio.Queue[Any], timeout: httpx.Timeout,
-                         idle: float) -> str | None:
-    """Stream one node's progress into `queue`; return its error message, or None."""
+                         idle: float, statuses: dict[str, int]) -> str | None:
+    """Stream one node's progress into `queue`; return its error message, or None.
+
+    A node that refused the request records its HTTP status in `statuses`: an error status,
+    or 400 for an error object in its stream (Ollama streams its refusals: "model not found").
+    """
     try:
         async with httpx.AsyncClient(base_url=base_url(node.backend), timeout=timeout,
                                      headers=node.backend.auth_headers(),
@@ -104,6 +108,7 @@ async def _node_progress(node: Node, path: str, body: Mapping[str, Any],
                 client.stream("POST", path, json=dict(body)) as reply:
             if reply.status_code >= 400:
                 raw = await _head_of(reply)
+                statuses[node.id] = reply.status_code
                 return _error_text(raw, reply.status_code)
             last = None
             async for line in _lines(reply, idle):
@@ -114,6 +119,7 @@ async def _node_progress(node: Node, path: str, body: Mapping[str, Any],
                 if not isinstance(event, dict):
                     return f"sent a line that is not a JSON object: {_clip(line)}"
                 if event.get("error"):
+                    statuses[node.id] = 400
                     return _clip(str(event["error"]))
                 last = event
                 await queue.put({**event, "node": node.id})
@@ -156,10 +162,11 @@ async def progress(route: PoolRoute, path: str, body: Mapping[str, Any],
     # bounded: a node that floods progress waits for the client instead of filling memory
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
     results: dict[str, str] = {}
+    statuses: dict[str, int] = {}
 
     async def run(node: Node) -> None:
         error = await _node_progress(node, path, body, queue, _timeout(route),
-                                     route.settings.manage_idle_timeout)
+                                     route.settings.manage_idle_timeout, statuses)
         results[node.id] = "success" if error is None else error
         if error is not None:
             await queue.put({"node": node.id, "error": error})
@@ -181,8 +188,14 @@ async def progress(route: PoolRoute, path: str, body: Mapping[str, Any],
     await route.probe(nodes)  # the model lists changed: routing must see it now
     failed = {k: v for k, v in results.items() if v != "success"}
     if failed:
-        yield {"error": "failed on " + "; ".join(f"{k}: {v}" for k, v in failed.items()),
-               "nodes": results}
+        summary = {"error": "failed on " + "; ".join(f"{k}: {v}" for k, v in failed.items()),
+                   "nodes": results}
+        refused = [statuses.get(node, 502) for node in failed]
+        if all(400 <= status < 500 for status in refused):
+            # Every node refused the request itself (a bad name, missing fields): a client
+            # error, answered as one, not a 502 that says a node broke.
+            summary["http_status"] = refused[0] if len(set(refused)) == 1 else 400
+        yield summary
     else:
         yield {"status": "success", "nodes": results}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sollol.dialects import jsonin
 from sollol.errors import RequestError
 
 # Ollama `options` that OpenAI-compatible servers accept as top-level fields under the same name
@@ -248,7 +249,7 @@ def _tool_call_to_ollama(call: Any, index: int) -> dict[str, Any]:
     arguments = function.get("arguments") or "{}"
     if isinstance(arguments, str):
         try:
-            arguments = json.loads(arguments)
+            arguments = jsonin.loads(arguments)
         except ValueError:
             raise RequestError(f"messages[{index}].tool_calls: arguments are not valid JSON") \
                 from None

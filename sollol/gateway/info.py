@@ -154,8 +154,9 @@ def _int(query: dict[str, str], name: str) -> int | None:
     text = query.get(name)
     if text is None or text == "":
         return None
-    if not text.isdigit():
-        raise RequestError(f"query parameter {name!r} must be a whole number, not {text!r}")
+    if not (text.isascii() and text.isdigit() and len(text) <= 12):
+        raise RequestError(f"query parameter {name!r} must be a whole number below 10^12, "
+                           f"not {text[:40]!r}")
     return int(text)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from sollol.dialects.jsonin import parse_json_object
 from sollol.errors import Forbidden, NoRouteAvailable, RequestError
 from sollol.gateway.asgi import DisconnectWatch, Receive, Scope, Send, read_body, send_json
 from sollol.gateway.blobs import parse_digest
@@ -40,13 +41,7 @@ def _route(cluster: Cluster, operation: str) -> Any:
 
 
 def _body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError as exc:
-        raise RequestError(f"invalid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise RequestError("the request body must be a JSON object")
-    return body
+    return parse_json_object(raw)[0] if raw.strip() else {}
 
 
 def _nodes(scope: Scope, body: dict[str, Any]) -> list[str] | None:
@@ -54,7 +49,7 @@ def _nodes(scope: Scope, body: dict[str, Any]) -> list[str] | None:
     if named is not None and (not isinstance(named, list)
                               or not all(isinstance(n, str) for n in named)):
         raise RequestError("field 'nodes' must be a list of node ids")
-    query = parse_qs(scope.get("query_string", b"").decode()).get("node", [])
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("node", [])
     return [*(named or []), *query] or None
 
 
@@ -153,13 +148,15 @@ async def _relay(send: Send, events: AsyncIterator[dict[str, Any]], stream: bool
         last = first
         async for event in events:
             last = event
-        await send_json(send, 200 if "error" not in last else 502, last)
+        status = int(last.pop("http_status", 502)) if "error" in last else 200
+        await send_json(send, status, last)
         return
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", _NDJSON), (b"cache-control", b"no-cache")]})
     await send({"type": "http.response.body", "body": json.dumps(first).encode() + b"\n",
                 "more_body": True})
     async for event in events:
+        event.pop("http_status", None)  # the summary's status for unstreamed replies only
         await send({"type": "http.response.body", "body": json.dumps(event).encode() + b"\n",
                     "more_body": True})
     await send({"type": "http.response.body", "body": b""})

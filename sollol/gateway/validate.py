@@ -9,6 +9,7 @@ from typing import Any
 
 from sollol import capabilities
 from sollol.calls import Call, Op
+from sollol.dialects.jsonin import JSON_NAMES, json_type, parse_json_object
 from sollol.errors import RequestError
 from sollol.models import Api, Endpoint, RouteRequest
 
@@ -65,26 +66,11 @@ _ENDPOINTS: dict[Op, Endpoint] = {"chat": "chat", "generate": "generate", "compl
                                   "embed": "embed", "embeddings": "embed", "show": "chat",
                                   "messages": "chat", "responses": "chat"}
 _STREAM_DEFAULT = {("ollama", "chat"): True, ("ollama", "generate"): True}
-_JSON_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-               list: "an array", dict: "an object"}
-
-
-def parse_json(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or a RequestError saying what is wrong with it."""
-    if not raw.strip():
-        raise RequestError("request body is empty; expected a JSON object")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(f"invalid JSON in request body: {exc}") from None
-    if not isinstance(body, dict):
-        raise RequestError(f"request body must be a JSON object, not {_json_type(body)}")
-    return body
 
 
 def validate(api: Api, op: Op, raw: bytes) -> Call:
     """Parse and check a request for `op` in dialect `api`; raise RequestError when it is bad."""
-    body = parse_json(raw)
+    body, raw = parse_json_object(raw)
     schema = _SCHEMAS[(api, op)]
     if op == "show" and "model" not in body and isinstance(body.get("name"), str):
         body["model"] = body["name"]  # older Ollama clients send `name`
@@ -95,12 +81,13 @@ def validate(api: Api, op: Op, raw: bytes) -> Call:
         types = schema.get(name)
         if types is not None and value is not None and not _is(value, types):
             raise RequestError(f"field {name!r} must be {_describe(types)}, "
-                               f"not {_json_type(value)}")
+                               f"not {json_type(value)}")
     for name in _REQUIRED.get((api, op), ()):
         if body.get(name) is None:
             raise RequestError(f"field {name!r} is required")
     if op in ("chat", "messages"):
         _check_messages(body.get("messages") or [], api)
+    _check_formats(api, body, schema)
     if api == "ollama" and isinstance(body.get("options"), dict):
         _check_options(body["options"])
     think = body.get("think")
@@ -111,7 +98,8 @@ def validate(api: Api, op: Op, raw: bytes) -> Call:
     stream = body.get("stream")
     if stream is None:
         stream = _STREAM_DEFAULT.get((api, op), False)
-    ctx = (body.get("options") or {}).get("num_ctx") if api == "ollama" else None
+    options = body.get("options")  # (not in every op's schema: may be anything)
+    ctx = options.get("num_ctx") if api == "ollama" and isinstance(options, dict) else None
     request = RouteRequest(
         model=model, endpoint=_ENDPOINTS[op], api=api,
         context_length=ctx if isinstance(ctx, int) and ctx > 0 else None,
@@ -165,21 +153,85 @@ def _check_messages(messages: list[Any], api: Api) -> None:
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            raise RequestError(f"{where} must be an object, not {_json_type(message)}")
+            raise RequestError(f"{where} must be an object, not {json_type(message)}")
         if not isinstance(message.get("role"), str):
             raise RequestError(f"{where}.role must be a string")
         content = message.get("content")
         allowed: tuple[type, ...] = (str,) if api == "ollama" else (str, list)
         if content is not None and not isinstance(content, allowed):
             raise RequestError(f"{where}.content must be {_describe(allowed)}, "
-                               f"not {_json_type(content)}")
-        for name in ("thinking", "tool_name"):
-            if api == "ollama" and not isinstance(message.get(name), str | None):
-                raise RequestError(f"{where}.{name} must be a string")
+                               f"not {json_type(content)}")
+        if isinstance(content, list):
+            _check_objects(content, f"{where}.content", "type")
         images = message.get("images")
         if images is not None and not (isinstance(images, list)
                                        and all(isinstance(i, str) for i in images)):
             raise RequestError(f"{where}.images must be an array of base64 strings")
+        for name in _MESSAGE_STRINGS:
+            value = message.get(name)
+            if value is not None and not isinstance(value, str):
+                raise RequestError(f"{where}.{name} must be a string, not {json_type(value)}")
+        if message.get("tool_calls") is not None:
+            _check_tool_calls(message["tool_calls"], f"{where}.tool_calls", api)
+
+
+# Message fields that are strings in both dialects; translation copies them across.
+_MESSAGE_STRINGS = ("name", "thinking", "tool_name", "tool_call_id", "reasoning_content")
+
+
+def _check_tool_calls(calls: Any, where: str, api: Api) -> None:
+    """Calls the model made, sent back in the history: each names a function object.
+
+    Arguments are an object in Ollama and a JSON string in OpenAI (some clients send an
+    object there too, which the gateway accepts).
+    """
+    _check_objects(calls, where)
+    arguments: tuple[type, ...] = (dict,) if api == "ollama" else (str, dict)
+    for index, call in enumerate(calls):
+        function = call.get("function")
+        if not isinstance(function, dict):
+            raise RequestError(f"{where}[{index}].function must be an object")
+        if not isinstance(function.get("name", ""), str):
+            raise RequestError(f"{where}[{index}].function.name must be a string")
+        value = function.get("arguments")
+        if value is not None and not isinstance(value, arguments):
+            raise RequestError(f"{where}[{index}].function.arguments must be "
+                               f"{_describe(arguments)}, not {json_type(value)}")
+        if not isinstance(call.get("id", ""), str):
+            raise RequestError(f"{where}[{index}].id must be a string")
+
+
+def _check_objects(items: Any, where: str, text_field: str | None = None) -> None:
+    """An array of objects, each with a string `text_field` when one is named."""
+    if not isinstance(items, list):
+        raise RequestError(f"{where} must be an array, not {json_type(items)}")
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise RequestError(f"{where}[{index}] must be an object, not {json_type(item)}")
+        if text_field and not isinstance(item.get(text_field), str):
+            raise RequestError(f"{where}[{index}].{text_field} must be a string")
+
+
+def _check_formats(api: Api, body: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Tools and structured-output requests: objects where translation reads fields (only
+    for operations that take them: elsewhere unknown fields pass through)."""
+    if "tools" in schema and body.get("tools") is not None:
+        _check_objects(body["tools"], "tools")
+        for index, tool in enumerate(body["tools"]):
+            if tool.get("function") is not None and not isinstance(tool["function"], dict):
+                raise RequestError(f"tools[{index}].function must be an object")
+    fmt = body.get("response_format") if "response_format" in schema else None
+    if fmt is not None:
+        if not isinstance(fmt.get("type"), str):
+            raise RequestError("response_format.type must be a string")
+        json_schema = fmt.get("json_schema")
+        if json_schema is not None and not (isinstance(json_schema, dict) and isinstance(
+                json_schema.get("schema", {}), dict)):
+            raise RequestError("response_format.json_schema must be an object whose schema "
+                               "is an object")
+    stop = body.get("stop") if api == "openai" and "stop" in schema else None
+    if isinstance(stop, list) and not all(isinstance(s, str) for s in stop):
+        raise RequestError("field 'stop' must be a string or an array of strings")
 
 
 def _check_options(options: dict[str, Any]) -> None:
@@ -216,14 +268,5 @@ def _is(value: Any, types: tuple[type, ...] | type) -> bool:
 
 def _describe(types: tuple[type, ...] | type) -> str:
     wanted = types if isinstance(types, tuple) else (types,)
-    names = list(dict.fromkeys(_JSON_NAMES[t] for t in wanted))
+    names = list(dict.fromkeys(JSON_NAMES[t] for t in wanted))
     return " or ".join(names)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    for kind, name in _JSON_NAMES.items():
-        if isinstance(value, kind):
-            return name
-    return type(value).__name__

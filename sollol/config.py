@@ -210,6 +210,16 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("disabled_plugins", "list", [], "Plugin names never to load."),
     Setting("max_body_bytes", "int", 16 * 1024 * 1024, "Largest request body accepted.",
             check=positive),
+    Setting("header_timeout", "float", 10.0,
+            "Seconds a client has to send a request's headers, from connecting (or from the "
+            "end of the previous response plus the 30 s keep-alive); then 408 and closed.",
+            check=positive),
+    Setting("body_timeout", "float", 60.0,
+            "Seconds a client has to send a request's whole body once its headers are in; "
+            "then 408 and closed.", check=positive),
+    Setting("max_connections", "int", 1000,
+            "Client connections the gateway keeps open at once; a new one beyond is answered "
+            "503 and closed.", check=positive),
     Setting("blob_dir", "str", None,
             "Folder where blobs uploaded for /api/create wait until a create sends them to the "
             "nodes (unset: a folder in SOLLOL's user cache folder).", optional=True),

@@ -16,6 +16,7 @@ import uvicorn
 from sollol.access import BIND_FIX, open_bind
 from sollol.errors import SollolError
 from sollol.gateway.app import Gateway
+from sollol.gateway.slow_clients import ClientLimits, guarded_protocol
 
 if TYPE_CHECKING:
     from sollol.cluster import Cluster
@@ -29,11 +30,16 @@ DEFAULT_GRACE = 10.0
 def uvicorn_config(gateway: Gateway, host: str, port: int, *, grace: float = DEFAULT_GRACE,
                    log_level: str = "warning") -> uvicorn.Config:
     """uvicorn with httptools and uvloop when installed (the fastest pair it ships), no access
-    log, no proxy-header rewriting (nothing sits in front of the gateway)."""
+    log, no proxy-header rewriting (nothing sits in front of the gateway), and deadlines for
+    slow clients (sollol.gateway.slow_clients)."""
+    limits = ClientLimits.from_config(gateway.cluster.config)
     return uvicorn.Config(
-        gateway, host=host, port=port, loop="auto", http="httptools", lifespan="on",
-        log_level=log_level, access_log=False, server_header=False, proxy_headers=False,
-        timeout_graceful_shutdown=grace, timeout_keep_alive=30,
+        gateway, host=host, port=port, loop="auto", http=guarded_protocol(limits),
+        lifespan="on", log_level=log_level, access_log=False, server_header=False,
+        proxy_headers=False, timeout_graceful_shutdown=grace, timeout_keep_alive=30,
+        # a queue of accepted-but-unserved connections beyond max_connections is refused
+        # by the protocol; the listen backlog only absorbs bursts
+        backlog=min(2048, max(128, limits.max_connections)),
     )
 
 

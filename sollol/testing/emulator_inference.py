@@ -79,12 +79,18 @@ def _reply(app: EmulatorApp, slot: ModelSlot, body: dict[str, Any], prompt: str,
     words = reply_tokens(slot.model.name, prompt, count, speed.response_text)
     tools = body.get("tools")
     messages = body.get("messages") or []
-    if tools and messages and messages[-1].get("role") == "user" and "messages" in body:
+    # (Ollama's generate has neither tools nor messages: it ignores them, as here)
+    if (isinstance(tools, list) and tools and isinstance(messages, list) and messages
+            and isinstance(messages[-1], dict) and messages[-1].get("role") == "user"
+            and "prompt" not in body):
         if "tools" not in slot.model.capabilities:
             raise HttpError(400, f'"{slot.model.name}" does not support tools')
-        function = (tools[0] or {}).get("function") or {}
-        args = fill_schema(function.get("parameters") or {"type": "object"}, words)
-        return [""], "stop", [{"function": {"name": function.get("name", ""), "arguments": args}}]
+        function = (tools[0] if isinstance(tools[0], dict) else {}).get("function")
+        function = function if isinstance(function, dict) else {}
+        schema = function.get("parameters")
+        args = fill_schema(schema if isinstance(schema, dict) else {"type": "object"}, words)
+        return [""], "stop", [{"function": {"name": str(function.get("name", "")),
+                                             "arguments": args}}]
     fmt = body.get("format")
     if fmt == "json":
         return _pieces(json.dumps({"response": "".join(words).strip()})), reason, None
@@ -202,7 +208,7 @@ async def generate(app: EmulatorApp, call: Call, body: dict[str, Any], chat: boo
                      load_duration=int(load_s * NS), prompt_eval_count=count_tokens(prompt),
                      prompt_eval_duration=max(int(prompt_s * NS), 1),
                      eval_count=len(pieces), eval_duration=max(int(eval_s * NS), 1))
-        if tool_calls is not None:
+        if tool_calls is not None and chat:  # (generate has no message to carry them)
             final["message"]["tool_calls"] = tool_calls
         if top_logprobs is not None and not stream:
             final["logprobs"] = [p for c in chunks for p in fields.logprobs(c, top_logprobs)]

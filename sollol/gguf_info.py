@@ -31,6 +31,15 @@ _SCALARS = {
 }
 KV_CACHE_BYTES = 2
 """llama.cpp's default KV cache type is f16."""
+# Limits on what a header may declare: a hostile or corrupt file must fail fast with a clear
+# error, never make the reader allocate in proportion to a count it wrote (real files stay
+# far below these: ~50 metadata keys, a few thousand tensors, 4 dimensions, chat templates of
+# a few KiB).
+MAX_KEYS = 65_536
+MAX_TENSORS = 1_000_000
+MAX_DIMS = 8
+MAX_STRING = 16 * 1024 * 1024
+MAX_NESTING = 8
 
 
 @attrs.frozen
@@ -85,6 +94,8 @@ class _Cursor:
         length = self.take("Q")
         if self.pos + length > len(self.data):
             raise struct.error("string runs past the end of the file")
+        if length > MAX_STRING:
+            raise ValueError(f"a string of {length} bytes (the limit is {MAX_STRING})")
         raw = self.data[self.pos:self.pos + length]
         self.pos += length
         return bytes(raw).decode("utf-8", errors="replace")
@@ -93,16 +104,23 @@ class _Cursor:
         length = self.take("Q")
         self.pos += length
 
-    def value(self, kind: int) -> Any:
+    def value(self, kind: int, depth: int = 0) -> Any:
         kind = GGUFValueType(kind)
         if kind == GGUFValueType.STRING:
             return self.string()
         if kind == GGUFValueType.ARRAY:
-            return self.array()
+            return self.array(depth + 1)
         return self.take(_SCALARS[kind])
 
-    def array(self) -> Any:
+    def array(self, depth: int = 1) -> Any:
+        if depth > MAX_NESTING:
+            raise ValueError(f"arrays nested more than {MAX_NESTING} deep")
         kind, count = GGUFValueType(self.take("I")), self.take("Q")
+        # each element takes at least this many bytes: an absurd count fails at once
+        smallest = (struct.calcsize(_SCALARS[kind]) if kind in _SCALARS
+                    else 8 if kind == GGUFValueType.STRING else 12)
+        if count * smallest > len(self.data) - self.pos:
+            raise struct.error(f"an array of {count} elements runs past the end of the file")
         if kind in _SCALARS and count <= KEEP_ARRAY:
             return [self.take(_SCALARS[kind]) for _ in range(count)]
         if kind in _SCALARS:
@@ -112,7 +130,7 @@ class _Cursor:
                 self.skip_string()
         else:  # arrays of arrays: walk them without keeping anything
             for _ in range(count):
-                self.value(kind)
+                self.value(kind, depth)
         if self.pos > len(self.data):
             raise struct.error("array runs past the end of the file")
         return SkippedArray(kind, count)
@@ -131,6 +149,8 @@ def read_header(path: Path) -> GGUFHeader:
 
 
 def _parse(data: mmap.mmap, path: Path) -> GGUFHeader:
+    if len(data) < 24:
+        raise ModelFileError(f"{path}: truncated GGUF header ({len(data)} bytes)")
     (version,) = struct.unpack_from("<I", data, 4)
     order = "<"
     if version & 0xFFFF == 0:  # a big-endian file read as little-endian
@@ -141,6 +161,9 @@ def _parse(data: mmap.mmap, path: Path) -> GGUFHeader:
     cursor.pos = 8
     try:
         tensor_count, kv_count = cursor.take("Q"), cursor.take("Q")
+        if kv_count > MAX_KEYS or tensor_count > MAX_TENSORS:
+            raise ValueError(f"{kv_count} metadata keys and {tensor_count} tensors declared "
+                             f"(limits {MAX_KEYS} and {MAX_TENSORS})")
         metadata: dict[str, Any] = {}
         for _ in range(kv_count):
             key = cursor.string()
@@ -149,6 +172,8 @@ def _parse(data: mmap.mmap, path: Path) -> GGUFHeader:
         for _ in range(tensor_count):
             name = cursor.string()
             dims = cursor.take("I")
+            if dims > MAX_DIMS:
+                raise ValueError(f"tensor {name[:80]!r} has {dims} dimensions")
             shape = tuple(cursor.take("Q") for _ in range(dims))
             kind = cursor.take("I")
             cursor.take("Q")  # data offset

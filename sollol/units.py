@@ -75,9 +75,9 @@ MAX_SCAN_HOSTS = 1024
 
 
 def positive(value: float) -> float:
-    """A number above 0 (NaN is not)."""
-    if not value > 0:
-        raise ValueError("a number above 0")
+    """A finite number above 0 (NaN and infinity are not: timers and sizes need a number)."""
+    if not 0 < value < math.inf:
+        raise ValueError("a finite number above 0")
     return value
 
 

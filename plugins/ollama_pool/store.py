@@ -94,7 +94,8 @@ def blob_path(root: Path, digest: object) -> Path:
     """The blob for a digest; anything but `sha256:<64 hex>` is refused (no path traversal)."""
     match = _DIGEST.fullmatch(digest) if isinstance(digest, str) else None
     if match is None:
-        raise ModelFileError(f"refusing digest {digest!r}: expected sha256:<64 hex characters>")
+        shown = repr(digest)[:100]  # (a hostile manifest's digest may be megabytes)
+        raise ModelFileError(f"refusing digest {shown}: expected sha256:<64 hex characters>")
     return root / "blobs" / f"sha256-{match.group(1)}"
 
 
@@ -153,18 +154,28 @@ def _from_manifest(name_text: str, root: Path, manifest_path: Path) -> ResolvedM
     )
 
 
+MAX_MANIFEST = 4 * 1024 * 1024
+"""Bytes of a manifest read at most (Ollama's are a few KiB; a huge file is not one)."""
+
+
 def _load_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"corrupt manifest {path}: {exc}") from None
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_MANIFEST + 1)
+        if len(raw) > MAX_MANIFEST:
+            raise ModelFileError(f"corrupt manifest {path}: over {MAX_MANIFEST} bytes")
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        what = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise ModelFileError(f"corrupt manifest {path}: {what}") from None
     if not isinstance(data, dict):
         raise ModelFileError(f"corrupt manifest {path}: not a JSON object")
     return data
 
 
 def _is_manifest_list(manifest: Mapping[str, Any]) -> bool:
-    return manifest.get("mediaType") in MANIFEST_LIST_TYPES or (
+    media_type = manifest.get("mediaType")
+    return (isinstance(media_type, str) and media_type in MANIFEST_LIST_TYPES) or (
         "manifests" in manifest and "layers" not in manifest)
 
 
@@ -177,7 +188,8 @@ def _pick_platform(root: Path, index: Mapping[str, Any], where: Path) -> Path:
     system = platform.system().lower()
 
     def fits(entry: Mapping[str, Any]) -> bool:
-        wanted = entry.get("platform") or {}
+        wanted = entry.get("platform")
+        wanted = wanted if isinstance(wanted, dict) else {}
         return wanted.get("os", system) == system and wanted.get("architecture", arch) == arch
 
     chosen = next((e for e in entries if fits(e)), entries[0])

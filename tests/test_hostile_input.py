@@ -24,7 +24,10 @@ from sollol.testing.hostile import body_bytes, path_names, query_strings
 MODELS = [*OLLAMA_MODELS, OPENAI_MODEL]
 # Admin routes add and remove pool nodes at addresses named in the body: fuzzing them would
 # make the gateway probe arbitrary (non-loopback) addresses and drop this test's own nodes.
-TABLE = [route for route in ROUTES if route.kind != "admin"]
+# `/sollol/stream` (the dashboard's live events) never ends: a client reading it whole waits for
+# ever, so it is left out (tests/test_observe_*.py cover it).
+ENDLESS = {"/sollol/stream"}
+TABLE = [route for route in ROUTES if route.kind != "admin" and route.path not in ENDLESS]
 EVERY = [pytest.param(served, method, id=f"{method} {served.path}")
          for served in TABLE for method in served.methods]
 WITH_BODY = [p for p in EVERY if p.values[1] not in ("GET", "HEAD")]
@@ -79,6 +82,40 @@ def check_reply(path: str, reply: httpx.Response, routed: bool) -> None:
         reply.json()
 
 
+# (before the generated requests below, which may delete the fixture's models)
+@pytest.mark.parametrize(("body", "expected"), [
+    (b'{"model": "llama3.2:1b", "prompt": "x", "options": {"temperature": NaN}}',
+     "NaN is not a JSON number"),
+    (b'{"model": "llama3.2:1b", "prompt": "x", "options": {"seed": Infinity}}',
+     "Infinity is not a JSON number"),
+    (b'{"model": "llama3.2:1b", "prompt": "x", "options": {"temperature": 1e400}}',
+     "number 1e400 is out of range"),
+    (b'{"model": "llama3.2:1b", "prompt": "x", "context": [' + b"9" * 5000 + b"]}",
+     "4300 digits"),
+    (b'{"model": "llama3.2:1b", "prompt": "x", "format": ' + b"[" * 65 + b"]" * 65 + b"}",
+     "nested more than 64 deep"),
+    (b'{"model": "llama3.2:1b", "prompt": "x", "format": ' + b"[" * 9999 + b"]" * 9999 + b"}",
+     "nested more than 64 deep"),
+    ('{"model": "llama3.2:1b", "prompt": "x"}'.encode("utf-16"), "not UTF-8"),
+    (b'{"model": "llama3.2:1b", "prompt": "\xed\xa0\x80"}', "not UTF-8"),
+])
+def test_what_python_accepts_but_json_does_not_is_a_400(asgi_pool, body, expected) -> None:
+    reply = asgi_pool.request("POST", "/api/generate", body=body)
+    assert reply.status_code == 400
+    assert expected in reply.json()["error"]
+
+
+@pytest.mark.parametrize("model", [OPENAI_MODEL, OLLAMA_MODELS[0]])
+def test_lone_surrogates_become_replacement_characters_as_in_ollama(asgi_pool, model) -> None:
+    message = {"role": "user", "content": "cut \ud83d here, kept \ud83d\ude00"}
+    body = json.dumps({"model": model, "stream": False, "messages": [message]}).encode()
+    forwarded = validate("ollama", "chat", body).raw  # what goes upstream when dialects match
+    assert json.loads(forwarded)["messages"][0]["content"] == "cut \ufffd here, kept \U0001f600"
+    reply = asgi_pool.request("POST", "/api/chat", body=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["done"] is True
+
+
 @pytest.mark.parametrize(("served", "method"), WITH_BODY)
 @FUZZ
 @given(data=st.data())
@@ -131,34 +168,6 @@ def test_hostile_requests_over_real_http(emulator, scripted_node, pool_gateway) 
     run()
 
 
-@pytest.mark.parametrize(("body", "expected"), [
-    (b'{"model": "llama3.2:1b", "prompt": "x", "options": {"temperature": NaN}}',
-     "NaN is not a JSON number"),
-    (b'{"model": "llama3.2:1b", "prompt": "x", "options": {"seed": Infinity}}',
-     "Infinity is not a JSON number"),
-    (b'{"model": "llama3.2:1b", "prompt": "x", "options": {"temperature": 1e400}}',
-     "number 1e400 is out of range"),
-    (b'{"model": "llama3.2:1b", "prompt": "x", "context": [' + b"9" * 5000 + b"]}",
-     "4300 digits"),
-    (b'{"model": "llama3.2:1b", "prompt": "x", "format": ' + b"[" * 65 + b"]" * 65 + b"}",
-     "nested more than 64 deep"),
-    (b'{"model": "llama3.2:1b", "prompt": "x", "format": ' + b"[" * 9999 + b"]" * 9999 + b"}",
-     "nested more than 64 deep"),
-    ('{"model": "llama3.2:1b", "prompt": "x"}'.encode("utf-16"), "not UTF-8"),
-    (b'{"model": "llama3.2:1b", "prompt": "\xed\xa0\x80"}', "not UTF-8"),
-])
-def test_what_python_accepts_but_json_does_not_is_a_400(asgi_pool, body, expected) -> None:
-    reply = asgi_pool.request("POST", "/api/generate", body=body)
-    assert reply.status_code == 400
-    assert expected in reply.json()["error"]
-
-
-@pytest.mark.parametrize("model", [OPENAI_MODEL, OLLAMA_MODELS[0]])
-def test_lone_surrogates_become_replacement_characters_as_in_ollama(asgi_pool, model) -> None:
-    message = {"role": "user", "content": "cut \ud83d here, kept \ud83d\ude00"}
-    body = json.dumps({"model": model, "stream": False, "messages": [message]}).encode()
-    forwarded = validate("ollama", "chat", body).raw  # what goes upstream when dialects match
-    assert json.loads(forwarded)["messages"][0]["content"] == "cut \ufffd here, kept \U0001f600"
-    reply = asgi_pool.request("POST", "/api/chat", body=body)
-    assert reply.status_code == 200, reply.text
-    assert reply.json()["done"] is True
+def test_the_routes_left_out_exist() -> None:
+    """Guard: a renamed endless route must be renamed here, not fuzzed into a hang."""
+    assert {r.path for r in ROUTES} >= ENDLESS

@@ -211,8 +211,8 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("max_body_bytes", "int", 16 * 1024 * 1024, "Largest request body accepted.",
             check=positive),
     Setting("header_timeout", "float", 10.0,
-            "Seconds a client has to send a request's headers, from connecting (or from the "
-            "end of the previous response plus the 30 s keep-alive); then 408 and closed.",
+            "Seconds a client has to send a request's headers, from connecting (on a kept-alive "
+            "connection, from the request's first bytes); then 408 and closed.",
             check=positive),
     Setting("body_timeout", "float", 60.0,
             "Seconds a client has to send a request's whole body once its headers are in; "

@@ -139,3 +139,20 @@ def test_beyond_max_connections_a_new_connection_gets_503_then_service_resumes(g
         assert read_until_closed(sock).startswith(b"HTTP/1.1 408")
         sock.close()
     assert httpx.get(small.url + "/api/version", timeout=READ_LIMIT).status_code == 200
+
+
+def test_a_slow_request_on_a_kept_alive_connection_gets_its_own_deadline(slow_gateway) -> None:
+    sock = open_socket(slow_gateway)
+    sock.sendall(b"GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    first = b""
+    while b"\r\n\r\n" not in first:
+        first += sock.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200")
+    started = time.monotonic()
+    sock.sendall(b"GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+    with Trickler([sock]):
+        rest = read_until_closed(sock)
+    elapsed = time.monotonic() - started
+    sock.close()
+    assert b"HTTP/1.1 408" in rest
+    assert elapsed >= HEADER_TIMEOUT

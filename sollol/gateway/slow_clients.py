@@ -4,11 +4,12 @@ connection limit, on top of uvicorn's httptools protocol.
 uvicorn times out only a kept-alive connection between requests: a client that connects and
 sends nothing, or sends its headers a byte at a time (slow loris), or its body a byte at a time,
 holds its connection for ever, and `limit_concurrency` counts such connections against everyone.
-Here each connection gets a deadline for its request headers from the moment it opens (or its
-previous response ends) and, once they are in, one for the whole body; a connection past either
-is answered 408 (when nothing has been answered yet) and closed. Beyond `max_connections` open
-connections a new one is answered 503 at once and closed. Timers are per connection and event
-driven (`call_later`), so the request path pays nothing.
+Here a new connection gets a deadline for its first request's headers; a request that arrives
+in pieces gets one for its headers from its first piece and, once they are in, one for its
+whole body; bytes trickling in move neither. A connection past a deadline is answered 408
+(when nothing has been answered yet) and closed. Beyond `max_connections` open connections a
+new one is answered 503 at once and closed. A request that arrives whole (the common case)
+starts no timer, so the request path pays nothing.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def guarded_protocol(limits: ClientLimits) -> type[HttpToolsProtocol]:
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
+        _reading: str | None = None
+        """"headers" or "body" while a request is partly received, else None."""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -62,33 +65,36 @@ def guarded_protocol(limits: ClientLimits) -> type[HttpToolsProtocol]:
                              f"the gateway has {limits.max_connections} connections open "
                              "(max_connections); retry shortly", retry=True)
                 return
-            self._arm(limits.header_timeout, "headers")
+            self._arm(limits.header_timeout, "headers")  # a new connection owes a request
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
 
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            # A request that arrived whole armed nothing (the common case costs no timer);
+            # one cut between packets gets its deadline from its first partial packet, and
+            # later bytes do not move it.
+            if self._reading is not None and self._deadline is None \
+                    and not self.transport.is_closing():
+                seconds = limits.header_timeout if self._reading == "headers" \
+                    else limits.body_timeout
+                self._arm(seconds, self._reading)
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            if self._deadline is None:  # a kept-alive connection's next request
-                self._arm(limits.header_timeout, "headers")
+            self._reading = "headers"
 
         def on_headers_complete(self) -> None:
             self._disarm()
+            self._reading = "body"
             super().on_headers_complete()
-            if self.cycle is not None and not self.cycle.response_complete:
-                self._arm(limits.body_timeout, "body")
 
         def on_message_complete(self) -> None:
             self._disarm()
+            self._reading = None
             super().on_message_complete()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                # Idle until the next request is uvicorn's keep-alive timer, which any byte
-                # cancels: the next request's headers must still be in within this deadline.
-                self._arm(self.timeout_keep_alive + limits.header_timeout, "headers")
 
         def _arm(self, seconds: float, what: str) -> None:
             self._disarm()

@@ -58,6 +58,12 @@ def test_every_stream_gets_exactly_one_message_start_and_loses_nothing(
     assert stream.complete
 
 
+def test_a_stream_cut_before_its_first_event_is_whole_starts_with_the_error() -> None:
+    stream = AnthropicPassthrough("m")
+    assert stream.feed(b"event: content_blo") == b""
+    assert stream.at_boundary  # nothing reached the client: the error event comes first
+
+
 @pytest.fixture
 def node_without_message_start() -> Iterator[str]:
     """An OpenAI-compatible node whose `/v1/messages` stream starts at content_block_start."""

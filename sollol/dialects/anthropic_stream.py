@@ -64,6 +64,12 @@ class AnthropicPassthrough(Passthrough):
         held, self.held = self.held, b""
         return held
 
+    @property
+    def at_boundary(self) -> bool:
+        # while the start is held nothing has reached the client: an error event cutting the
+        # stream now is its first line (the held partial line is dropped with the stream)
+        return not self.checked or super().at_boundary
+
 
 def _first_event(data: bytes) -> bytes | None:
     """The name of the first event in SSE bytes (`event:` line, else the `data:` type), or

@@ -8,10 +8,11 @@ Backends report what they can do (llama-server's `/props`, Ollama's `/api/show`
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
+
+from sollol.dialects.jsonin import from_node
 
 COMPLETION = "completion"
 CHAT = "chat"
@@ -101,7 +102,7 @@ def unsupported(status: int, raw: bytes, wanted: frozenset[str]) -> str | None:
 
 def _message(raw: bytes) -> str:
     try:
-        data = json.loads(raw)
+        data = from_node(raw)
     except (ValueError, UnicodeDecodeError):
         return raw[:500].decode("utf-8", "replace")
     if isinstance(data, Mapping):

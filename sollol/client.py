@@ -22,7 +22,6 @@ With `gateway=URL` the same API talks to a remote SOLLOL gateway over HTTP inste
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -30,6 +29,7 @@ from typing import Any, TypeVar
 from sollol import aggregate
 from sollol.cluster import Cluster as Runtime
 from sollol.cluster import load
+from sollol.dialects.jsonin import from_node
 from sollol.errors import BackendError
 from sollol.fanout import FanOut
 from sollol.loop_thread import LoopThread
@@ -319,7 +319,7 @@ class Cluster:
         status, body, route = await self._transport.send(task.op, task.body())
         raise_for(status, body, task.model)
         try:
-            data = json.loads(body)
+            data = from_node(body)
         except ValueError:
             raise BackendError(f"backend sent a reply that is not JSON: "
                                f"{body[:200]!r}") from None

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from sollol.dialects.jsonin import from_node
 from sollol.dialects.streams import Lines
 from sollol.errors import BackendError
 
@@ -73,7 +73,7 @@ async def chunks(lines: AsyncIterator[bytes]) -> AsyncIterator[Chunk]:
 
 def _chunk(line: bytes) -> Chunk:
     try:
-        data = json.loads(line)
+        data = from_node(line)
     except ValueError:
         raise BackendError(f"the stream carried a line that is not JSON: {line[:200]!r}") \
             from None

@@ -319,3 +319,34 @@ async def test_a_large_body_arriving_with_its_headers_is_not_taken_for_huge_head
     pool = UpstreamPool()
     assert await fetch(pool, node.url) == (200, body)
     await pool.close()
+
+
+DEEP = b"[" * 200_000 + b"]" * 200_000
+
+
+@pytest.mark.parametrize(("path", "body", "reply"), [
+    # whole replies translated for the client (the JSON is parsed, not relayed)
+    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "x"}]},
+     response(b'{"message": ' + DEEP + b', "done": true}')),
+    # an error body whose message the gateway reads
+    ("/api/generate", {"model": "m", "prompt": "x", "stream": False},
+     b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+     % (len(DEEP) + 11) + b'{"error": ' + DEEP + b"}"),
+    # a stream line translated chunk by chunk, and tool-call arguments as a nested string
+    ("/v1/chat/completions", {"model": "m", "stream": True,
+                              "messages": [{"role": "user", "content": "x"}]},
+     response(b'{"message": {"role": "assistant", "content": "", "tool_calls": [{"function": '
+              b'{"name": "f", "arguments": "' + b"[" * 100_000 + b'"}}]}, "done": false}\n'
+              + DEEP + b'\n{"done": true}\n')),
+], ids=["whole-reply", "error-body", "stream-and-arguments"])
+def test_json_nested_without_end_from_a_node_is_an_error_not_a_crash(hostile_node, gateway, path,
+                                                                       body, reply):
+    """Python's json raises RecursionError (not ValueError) on deep nesting: every place that
+    reads a node's JSON must turn it into an ordinary error."""
+    node = hostile_node(answer(reply, keep=False))
+    gw = gateway([StaticRoute("pool", [Upstream("node-5", node.url, "ollama", ("m",))])])
+    got = httpx.post(gw.url + path, json=body, timeout=60)
+    assert got.status_code < 500 or got.status_code in (502, 503)
+    assert got.headers["content-type"].startswith(("application/json", "text/event-stream"))
+    if got.status_code >= 500:
+        assert "node-5" in got.text

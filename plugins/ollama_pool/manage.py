@@ -114,7 +114,7 @@ async def _node_progress(node: Node, path: str, body: Mapping[str, Any],
             async for line in _lines(reply, idle):
                 try:
                     event = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):  # nested without end
                     return f"sent a line that is not JSON: {_clip(line)}"
                 if not isinstance(event, dict):
                     return f"sent a line that is not a JSON object: {_clip(line)}"
@@ -151,7 +151,7 @@ def _clip(text: str | bytes, limit: int = 200) -> str:
 def _error_text(raw: bytes, status: int) -> str:
     try:
         return _clip(str(json.loads(raw)["error"]))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return f"HTTP {status}: {_clip(raw)}"
 
 

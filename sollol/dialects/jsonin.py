@@ -33,6 +33,15 @@ def loads(text: str) -> Any:
     return value
 
 
+def from_node(text: str | bytes) -> Any:
+    """`json.loads` for what a node sent: ValueError, never RecursionError, however deeply a
+    hostile node nests its reply (a node's NaN is left as Python reads it)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"nested too deeply to read ({len(text)} bytes)") from None
+
+
 def parse_json_object(raw: bytes) -> tuple[dict[str, Any], bytes]:
     """The body as a JSON object, and the bytes to forward (rewritten only to drop lone
     surrogates); RequestError saying what is wrong otherwise."""

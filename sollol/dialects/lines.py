@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from sollol.dialects.jsonin import from_node
 from sollol.errors import BackendError
 
 
@@ -50,7 +50,7 @@ class LineBuffer:
 def parse_object(raw: bytes) -> dict[str, Any] | None:
     """A JSON object from bytes, or None for anything else."""
     try:
-        data = json.loads(raw)
+        data = from_node(raw)
     except ValueError:
         return None
     return data if isinstance(data, dict) else None

@@ -4,9 +4,10 @@ absent, so an odd node answer is translated as far as it makes sense and never c
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
+
+from sollol.dialects.jsonin import from_node
 
 
 def text(value: Any) -> str:
@@ -33,7 +34,7 @@ def tool_call(call: Mapping[str, Any]) -> dict[str, Any]:
     arguments = function.get("arguments")
     if isinstance(arguments, str):
         try:
-            arguments = json.loads(arguments or "{}")
+            arguments = from_node(arguments or "{}")
         except ValueError:
             arguments = {"_raw": arguments}
     if not isinstance(arguments, dict):

@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from sollol.dialects.jsonin import from_node
 from sollol.dialects.ollama_shape import chat_object, count, logprob, text
 
 _FINISH_TO_OLLAMA = {"stop": "stop", "length": "length", "tool_calls": "stop",
@@ -28,7 +29,7 @@ def new_id(prefix: str) -> str:
 def error_message(raw: bytes) -> str:
     """The human message inside an error body of either dialect (or the text itself)."""
     try:
-        data = json.loads(raw)
+        data = from_node(raw)
     except ValueError:
         return raw.decode("utf-8", "replace").strip()[:2000] or "(empty body)"
     error = data.get("error") if isinstance(data, dict) else None
@@ -155,7 +156,7 @@ def _number(value: Any) -> float:
 def _arguments(value: Any) -> Any:
     if isinstance(value, str):
         try:
-            return json.loads(value or "{}")
+            return from_node(value or "{}")
         except ValueError:
             return {"_raw": value}
     return value or {}

@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+from sollol.dialects.jsonin import loads
 from sollol.dialects.ollama_shape import chat_object
 from sollol.dialects.replies import new_id
 from sollol.errors import RequestError
@@ -151,7 +152,7 @@ def _arguments(item: dict[str, Any], where: str) -> Any:
     if not isinstance(raw, str):
         return raw
     try:
-        return json.loads(raw)
+        return loads(raw)
     except ValueError:
         raise RequestError(f"{where}.arguments is not valid JSON") from None
 

@@ -11,6 +11,7 @@ import attrs
 from sollol.dialects.anthropic import anthropic_to_ollama, ollama_reply_to_anthropic
 from sollol.dialects.anthropic_stream import AnthropicPassthrough, NdjsonToAnthropic
 from sollol.dialects.errors import error_body
+from sollol.dialects.jsonin import from_node
 from sollol.dialects.replies import (
     error_message,
     ollama_reply_to_openai,
@@ -113,7 +114,7 @@ def convert_reply(call: Call, plan: Plan, raw: bytes, seconds: float) -> bytes:
     if not plan.translated:
         return raw
     try:
-        data: Any = json.loads(raw)
+        data: Any = from_node(raw)
     except ValueError:
         msg = f"backend sent a reply that is not JSON: {raw[:200]!r}"
         raise BackendError(msg) from None

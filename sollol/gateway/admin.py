@@ -12,10 +12,10 @@ the same request path as every other `/sollol/` endpoint.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from sollol.dialects.jsonin import loads
 from sollol.errors import NoRouteAvailable, RequestError
 from sollol.gateway.asgi import Receive, Scope, Send, read_body, send_json
 from sollol.membership import members
@@ -61,7 +61,7 @@ def _body(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
+        body = loads(raw.decode("utf-8", "replace"))
     except ValueError as exc:
         raise RequestError(f"invalid JSON: {exc}") from None
     if not isinstance(body, dict):

@@ -188,6 +188,20 @@ def sharding_config(tmp_path: Path, llama_binaries: Binaries) -> Callable[..., A
 
 
 @pytest.fixture
+def sharding_gateway(sharding_config: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+    """Factory: `sharding_gateway(addresses, **keys)` -> a running GatewayThread whose only
+    plugin is llamacpp_rpc, loaded through its entry point; stopped when the test ends."""
+    from sollol.cluster import Cluster
+    from sollol.gateway import GatewayThread
+
+    def make(addresses: Sequence[str], **more: Any) -> GatewayThread:
+        return GatewayThread(Cluster(config=sharding_config(addresses, **more),
+                                     pm=get_plugin_manager(["llamacpp_rpc"])))
+
+    yield from stopped_at_teardown(make, GatewayThread.stop, GatewayThread.start)
+
+
+@pytest.fixture
 async def sharding_route(sharding_config: Callable[..., Any]) -> Any:
     """Factory for a started ShardingRoute on a real Cluster; every route is stopped (with its
     coordinators) when the test ends: `route = await sharding_route(addresses, **keys)`."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,6 @@ import anthropic
 import openai
 import pytest
 
-from sollol.cluster import Cluster
-from sollol.plugins import get_plugin_manager
 from sollol.testing.emulator import EmulatedModel
 
 WEATHER = {"name": "get_weather", "description": "Weather in a city",
@@ -44,26 +41,6 @@ class Target:
     def openai(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0,
                              timeout=120)
-
-
-@pytest.fixture
-def sharding_gateway(sharding_config: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
-    from sollol.gateway import GatewayThread
-
-    threads: list[GatewayThread] = []
-
-    def start(addresses: list[str]) -> GatewayThread:
-        cluster = Cluster(config=sharding_config(addresses),
-                          pm=get_plugin_manager(["llamacpp_rpc"]))
-        thread = GatewayThread(cluster)
-        threads.append(thread)
-        return thread.start()
-
-    try:
-        yield start
-    finally:
-        for thread in reversed(threads):
-            thread.stop()
 
 
 @pytest.fixture(params=["ollama", "llama-server", "sharding"])

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import ollama
@@ -14,32 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from sollol.cli import build_cli
-from sollol.cluster import Cluster
-from sollol.plugins import get_plugin_manager
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.slow]
 MESSAGES = [{"role": "user", "content": "tell me about the shard layer"}]
-
-
-@pytest.fixture
-def sharding_gateway(sharding_config: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
-    """A gateway whose only plugin is llamacpp_rpc, loaded through its entry point."""
-    from sollol.gateway import GatewayThread
-
-    threads: list[GatewayThread] = []
-
-    def start(addresses: list[str], **more: Any) -> GatewayThread:
-        cluster = Cluster(config=sharding_config(addresses, **more),
-                          pm=get_plugin_manager(["llamacpp_rpc"]))
-        thread = GatewayThread(cluster)
-        threads.append(thread)
-        return thread.start()
-
-    try:
-        yield start
-    finally:
-        for thread in reversed(threads):
-            thread.stop()
 
 
 def direct_reply(llama_server, model: Path) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,14 +27,6 @@ class GatewaySpec:
     read_write: tuple[Path, ...] = ()
     """Folders the gateway writes besides its state directory (e.g. rpc_state_dir)."""
     grace: float = 10.0
-
-
-def unit_path(name: str, user_unit: bool) -> Path:
-    """Where systemd looks for the unit: the user's config dir, or /etc/systemd/system."""
-    if user_unit:
-        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-        return base / "systemd" / "user" / f"{name}.service"
-    return Path("/etc/systemd/system") / f"{name}.service"
 
 
 def render(spec: GatewaySpec) -> str:

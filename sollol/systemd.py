@@ -4,12 +4,17 @@ systemd expands `%` specifiers in `ExecStart=` and `Environment=`, and `$VAR` in
 arguments (not in the program path); it splits words on spaces and unquotes `"..."` with C-style
 escapes; and it refuses to run a program whose path holds quotes or backslashes. A path like
 `/opt/50%n $HOME/...` must therefore be written `"/opt/50%%n $HOME/..."`.
+
+Also where units go (`unit_path`) and writing one (`write_unit`), for both `sollol install-service`
+and `sollol rpc install-service`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 _PLAIN = re.compile(r"[A-Za-z0-9_./:@+,=-]+")
 _UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f\"'\\]")
@@ -51,3 +56,23 @@ def path_value(path: str) -> str:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
         raise ValueError(f"control characters cannot go in a unit file: {path!r}")
     return _quoted(path.replace("%", "%%"))
+
+
+def unit_path(name: str, user_unit: bool) -> Path:
+    """Where systemd looks for the unit: the user's config dir, or /etc/systemd/system."""
+    if user_unit:
+        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        return base / "systemd" / "user" / f"{name}.service"
+    return Path("/etc/systemd/system") / f"{name}.service"
+
+
+def write_unit(text: str, name: str, user_unit: bool,
+               output: Path | None = None) -> tuple[Path, str]:
+    """Write a unit where systemd finds it (or to `output`); return its path and the commands
+    that start it. PermissionError when a system unit is written without root."""
+    target = output or unit_path(name, user_unit)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    scope = "--user " if user_unit else ""
+    return target, (f"systemctl {scope}daemon-reload && "
+                    f"systemctl {scope}enable --now {target.stem}")

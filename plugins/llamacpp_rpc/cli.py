@@ -256,7 +256,9 @@ def install_service(dry_run: bool, user_unit: bool, host: str, port: int, thread
                     cache: bool, name: str, run_as: str | None, output: Path | None,
                     allow_text: str | None, config_file: Path | None) -> None:
     """Write a hardened systemd unit that runs ggml-rpc-server."""
-    from .service import ServiceSpec, parse_allow, render, unit_path
+    from sollol.cli.service import emit_unit
+
+    from .service import ServiceSpec, parse_allow, render
 
     try:
         allow = parse_allow(allow_text) if allow_text is not None else ()
@@ -280,18 +282,7 @@ def install_service(dry_run: bool, user_unit: bool, host: str, port: int, thread
         click.secho(f"warning: {binary} is in a home folder, which a DynamicUser cannot read; "
                     "pass --run-as USER or install the binaries system-wide", fg="yellow",
                     err=True)
-    if dry_run:
-        click.echo(text, nl=False)
-        return
-    path = output or unit_path(name, user_unit)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    except PermissionError:
-        raise click.ClickException(f"cannot write {path}: run as root, or use --user") from None
-    scope = "--user " if user_unit else ""
-    click.echo(f"wrote {path}\nnext: systemctl {scope}daemon-reload && "
-               f"systemctl {scope}enable --now {path.stem}")
+    emit_unit(text, name, user_unit, output, dry_run)
 
 
 @rpc.command("add")

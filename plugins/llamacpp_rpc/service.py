@@ -9,7 +9,6 @@ GPU devices let through).
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import attrs
 
 from sollol.systemd import exec_line
 
-__all__ = ["GPU_DEVICES", "ServiceSpec", "exec_line", "parse_allow", "render", "unit_path"]
+__all__ = ["GPU_DEVICES", "ServiceSpec", "exec_line", "parse_allow", "render"]
 
 CACHE_NAME = "sollol-rpc"
 GPU_DEVICES = ("char-drm", "char-kfd", "char-nvidia-frontend", "char-nvidia-uvm",
@@ -60,14 +59,6 @@ class ServiceSpec:
     allow: tuple[str, ...] = ()
     """Networks allowed to connect (`IPAddressAllow`); everyone else is dropped. Empty: only
     loopback when bound to loopback, no filter for a wider bind (the CLI warns)."""
-
-
-def unit_path(name: str, user_unit: bool) -> Path:
-    """Where systemd looks for the unit: the user's config dir, or /etc/systemd/system."""
-    if user_unit:
-        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-        return base / "systemd" / "user" / f"{name}.service"
-    return Path("/etc/systemd/system") / f"{name}.service"
 
 
 def render(spec: ServiceSpec) -> str:

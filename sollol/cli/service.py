@@ -11,6 +11,7 @@ import click
 from sollol.cli import config_option, handle_errors, load_for_cli
 from sollol.config import config_path
 from sollol.gateway.access_log import FORMATS
+from sollol.systemd import write_unit
 
 
 @click.command("install-service")
@@ -38,7 +39,7 @@ def install_service(dry_run: bool, user_unit: bool, name: str, run_as: str | Non
     from sollol.access import BIND_FIX, open_bind
     from sollol.errors import BinaryNotFound
     from sollol.llamacpp import find_binaries
-    from sollol.service import GatewaySpec, render, unit_path
+    from sollol.service import GatewaySpec, render
 
     path = (config_file or config_path()).expanduser().resolve()
     if not path.is_file():
@@ -68,15 +69,19 @@ def install_service(dry_run: bool, user_unit: bool, name: str, run_as: str | Non
     if not user_unit and run_as is None and str(python).startswith(("/root/", "/home/")):
         click.secho(f"warning: {python} is in a home folder, which a DynamicUser cannot read; "
                     "pass --run-as USER or install SOLLOL system-wide", fg="yellow", err=True)
+    emit_unit(text, name, user_unit, output, dry_run)
+
+
+def emit_unit(text: str, name: str, user_unit: bool, output: Path | None,
+              dry_run: bool) -> None:
+    """Print a unit (--dry-run), or write it and say how to start it (a one-line error when a
+    system unit needs root)."""
     if dry_run:
         click.echo(text, nl=False)
         return
-    target = output or unit_path(name, user_unit)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-    except PermissionError:
-        raise click.ClickException(f"cannot write {target}: run as root, or use --user") from None
-    scope = "--user " if user_unit else ""
-    click.echo(f"wrote {target}\nnext: systemctl {scope}daemon-reload && "
-               f"systemctl {scope}enable --now {target.stem}")
+        target, start = write_unit(text, name, user_unit, output)
+    except PermissionError as exc:
+        raise click.ClickException(f"cannot write {exc.filename}: run as root, or use --user") \
+            from None
+    click.echo(f"wrote {target}\nnext: {start}")

@@ -27,6 +27,7 @@ from sollol.models import (
     RouteEvent,
     RouteRequest,
     RouteState,
+    join_host_port,
     split_host_port,
 )
 from sollol.names import canonical_model, closest
@@ -369,7 +370,7 @@ def _authority(address: str) -> str:
         host, port = split_host_port(address, default_port=11434)
     except ValueError:
         return address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return join_host_port(host, port)
 
 
 async def _await_all(results: list[Any]) -> None:

@@ -20,7 +20,7 @@ import tomli_w
 
 from sollol import access
 from sollol.errors import ConfigError
-from sollol.models import check_host, check_node_address, split_host_port
+from sollol.models import check_host, check_node_address, join_host_port, split_host_port
 from sollol.secret import REDACTED, redact_url, scrub
 from sollol.units import at_least, port_number, positive
 
@@ -94,7 +94,7 @@ def _host_port(value: Any) -> str:
     if not host:
         raise ValueError("host:port with a host")
     check_host(host, str(value))  # "gpu box:50052" is a typo, not a host
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return join_host_port(host, port)
 
 
 def _host_port_list(values: list[Any]) -> list[str]:

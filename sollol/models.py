@@ -266,6 +266,11 @@ class RouteEvent:
         return attrs.asdict(self)
 
 
+def join_host_port(host: str, port: int) -> str:
+    """"host:port", an IPv6 host in brackets ("[fd00::1]:50052"); split_host_port reads it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def split_host_port(address: str, default_port: int | None = None) -> tuple[str, int]:
     """Split "host:port", "[v6]:port" or a URL's authority into (host, port)."""
     text = address.strip()

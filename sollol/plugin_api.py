@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-VERSION = "2.3"
+VERSION = "2.4"
 """The plugin API's version (see the module docstring for when to bump which part)."""
 
 RECORD = Path(__file__).with_name("plugin_api.json")
@@ -31,7 +31,7 @@ PUBLIC: Mapping[str, tuple[str, ...]] = {
     "sollol.models": ("Api", "Endpoint", "Backend", "BackendKind", "HealthReport",
                       "ResolvedModel", "ModelInfo", "RouteRequest", "BackendState", "RouteState",
                       "RouteDecision", "RouteEvent", "ShardOffer", "ShardPlacement",
-                      "split_host_port"),
+                      "split_host_port", "join_host_port"),
     "sollol.routes": ("Outcome", "Lease", "RouteProvider", "Policy"),
     "sollol.config": ("Setting", "Config"),
     "sollol.errors": ("SollolError", "ConfigError", "PluginError", "DuplicateNameError",

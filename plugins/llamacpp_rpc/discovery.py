@@ -7,7 +7,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from sollol.config import Config
-from sollol.models import Backend
+from sollol.models import Backend, join_host_port
 
 from . import attached
 from .probe import ProbeError, ProtocolMismatch, probe
@@ -33,15 +33,13 @@ def discover(config: Config) -> list[Backend]:
     if cidr:
         network = ipaddress.ip_network(cidr)
         hosts = list(network.hosts()) or [network.network_address]
-        candidates = [_address(str(h), p) for h in hosts for p in ports]
+        candidates = [join_host_port(str(h), p) for h in hosts for p in ports]
         known = {b.address for b in found}
         found += [backend_for(a, "cidr") for a in _answering(candidates, timeout)
                   if a not in known]
     return found
 
 
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _answering(addresses: list[str], timeout: float) -> list[str]:

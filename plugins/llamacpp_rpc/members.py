@@ -12,7 +12,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from sollol.errors import BackendNotFound, RequestError
-from sollol.models import Backend, split_host_port
+from sollol.models import Backend, join_host_port, split_host_port
 
 from .discovery import KIND, backend_for
 
@@ -32,7 +32,7 @@ def parse_address(text: str) -> str:
         raise RequestError(f"rpc-server {text!r}: {exc}") from None
     if not host:
         raise RequestError(f"rpc-server {text!r}: no host (expected host:port)")
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return join_host_port(host, port)
 
 
 async def join(route: ShardingRoute, backends: Collection[Backend]) -> list[str]:

@@ -28,7 +28,7 @@ import attrs
 import httpx
 
 from sollol.config import Config
-from sollol.models import Backend, check_node_address, split_host_port
+from sollol.models import Backend, check_node_address, join_host_port, split_host_port
 from sollol.secret import bearer, redact_url, scrub, split_userinfo
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def _parse(text: str, source: str) -> Backend:
         raise ValueError(f"node {text!r}: {exc}") from None
     if not host:
         raise ValueError(f"node {text!r}: no host")
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = join_host_port(host, port)
     # OpenAI clients are configured with .../v1: accept that spelling of the server's root
     prefix = ("/" + path.strip("/")).removesuffix("/v1").rstrip("/") if path.strip("/") else ""
     labels = {"scheme": scheme, "source": source}
@@ -153,7 +153,7 @@ def scan(cidr: str, port: int, *, timeout: float = 0.5, workers: int = 64) -> li
     hosts = [str(h) for h in (network.hosts() if network.num_addresses > 2 else network)]
 
     def probe(host: str) -> Backend | None:
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        address = join_host_port(host, port)
         try:
             with socket.create_connection((host, port), timeout=timeout):
                 pass

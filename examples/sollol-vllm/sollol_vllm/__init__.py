@@ -21,7 +21,7 @@ import httpx
 
 from sollol.config import Config, Setting
 from sollol.hookspecs import hookimpl
-from sollol.models import Backend, BackendKind, HealthReport, split_host_port
+from sollol.models import Backend, BackendKind, HealthReport, join_host_port, split_host_port
 
 KIND = "vllm"
 DEFAULT_PORT = 8000  # `vllm serve` listens here unless told otherwise
@@ -54,7 +54,7 @@ def sollol_discover_backends(config: Config) -> Iterable[Backend]:
     for entry in config["vllm_nodes"]:
         scheme = "https" if entry.lower().startswith("https://") else "http"
         host, port = split_host_port(entry, default_port=DEFAULT_PORT)
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        address = join_host_port(host, port)
         labels = {"scheme": scheme, "max_waiting": str(config["vllm_max_waiting"])}
         found.append(Backend(id=address, kind=KIND, address=address, labels=labels))
     return found

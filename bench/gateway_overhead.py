@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from sollol.processes import ProcessGroup, free_port, wait_http
 
@@ -248,10 +249,15 @@ def main() -> None:
                   f"throughput at 32 {many['gateway-keys']['rps'] / many['gateway']['rps']:.0%} "
                   "of the keyless gateway's")
     checks = verdicts(results)
+    report(checks, results, args.json)
+
+
+def report(checks: list[tuple[str, bool, str]], results: Any, path: Path | None) -> None:
+    """Print each check as PASS/FAIL; with --json, write the results and the checks too."""
     for label, ok, value in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {label}: {value}")
-    if args.json:
-        args.json.write_text(json.dumps({"results": results, "checks": [
+    if path:
+        path.write_text(json.dumps({"results": results, "checks": [
             {"check": c, "ok": ok, "value": v} for c, ok, v in checks]}, indent=2))
 
 

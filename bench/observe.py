@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
 import statistics
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_overhead import MODEL, WORKLOADS, run_wrk, start_emulators, wrk_script
+from gateway_overhead import MODEL, WORKLOADS, report, run_wrk, start_emulators, wrk_script
 
 from sollol.processes import ProcessGroup, free_port, wait_http
 
@@ -240,11 +239,7 @@ def main() -> None:
                            "(CPU per request <= 1/0.9 of metrics off)",
                            cpu <= 1 / 0.9 and median[target]["errors"] == 0,
                            f"CPU {cpu:.3f}x, requests/s {ratio:.1%}"))
-    for label, ok, value in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {label}: {value}")
-    if args.json:
-        args.json.write_text(json.dumps({"results": results, "checks": [
-            {"check": c, "ok": ok, "value": v} for c, ok, v in checks]}, indent=2))
+    report(checks, results, args.json)
 
 
 if __name__ == "__main__":

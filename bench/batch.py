@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import sollol
-from sollol.processes import ProcessGroup, free_port, wait_http
+from sollol.core.processes import ProcessGroup, free_port, wait_http
 
 MODEL = "bench:latest"
 NODE_SPEEDS = (40.0, 40.0, 20.0, 20.0)

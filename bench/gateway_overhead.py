@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sollol.processes import ProcessGroup, free_port, wait_http
+from sollol.core.processes import ProcessGroup, free_port, wait_http
 
 MODEL = "bench:latest"
 WORKLOADS = {
@@ -61,10 +61,10 @@ BENCH_KEY = "sollol-bench-key-0123456789abcdef"
 def serve_gateway(port: int, nodes: list[str], key: str | None = None) -> None:
     """Run the gateway over a static route on `nodes` (the process the benchmark starts);
     with `key`, the gateway requires it (every request then passes the key check)."""
-    from sollol.cluster import Cluster
     from sollol.config import load_config
+    from sollol.core.plugin_manager import get_plugin_manager
+    from sollol.core.runtime import ClusterRuntime
     from sollol.gateway.server import serve
-    from sollol.plugins import get_plugin_manager
     from sollol.testing.static_route import RoutesPlugin, StaticRoute, Upstream
 
     route = StaticRoute("pool", [Upstream(f"node{i}", url, "ollama", (MODEL,))
@@ -73,7 +73,7 @@ def serve_gateway(port: int, nodes: list[str], key: str | None = None) -> None:
     pm.register(RoutesPlugin([route]))
     keys = {"api_keys": [key]} if key else {}
     config = load_config(overrides={"task_distribution_enabled": True, **keys})
-    serve(Cluster(config=config, pm=pm), "127.0.0.1", port, log_level="warning")
+    serve(ClusterRuntime(config=config, pm=pm), "127.0.0.1", port, log_level="warning")
 
 
 def guard_cost(rounds: int = 200_000) -> dict[str, float]:

@@ -84,7 +84,7 @@ def run_clients(mode: str, url: str, count: int, concurrency: int) -> dict[str, 
 # ----------------------------------------------------------------------------- the server side
 
 def start_nodes(group: Any, fast_nodes: int) -> tuple[list[str], list[int]]:
-    from sollol.processes import free_port, wait_http
+    from sollol.core.processes import free_port, wait_http
 
     addresses, ports = [], []
     specs = [(FAST, ["--response-tokens", "12"])] * fast_nodes  # answers at once
@@ -101,10 +101,10 @@ def start_nodes(group: Any, fast_nodes: int) -> tuple[list[str], list[int]]:
 
 
 def gateway(addresses: list[str], **config: Any) -> Any:
-    from sollol.cluster import Cluster
+    from sollol.core.runtime import ClusterRuntime
     from sollol.gateway import GatewayThread
 
-    cluster = Cluster.from_config(overrides={
+    cluster = ClusterRuntime.from_config(overrides={
         "plugins": ["ollama_pool"], "ollama_nodes": addresses, "pool_queue_timeout": 600.0,
         "discovery_interval": 0, **config})
     return GatewayThread(cluster)  # started by `with`
@@ -148,7 +148,7 @@ def queue_limit_run(addresses: list[str], clients: int) -> dict[str, Any]:
 
 def soak_run(addresses: list[str], ports: list[int], requests: int,
              disconnects: int) -> dict[str, Any]:
-    from sollol.router import POOL
+    from sollol.core.router import POOL
     from sollol.testing.gauges import read
 
     with gateway(addresses, pool_node_concurrency=8) as gw:
@@ -200,15 +200,15 @@ def _count(values: Any) -> dict[str, int]:
 
 async def _scale_one(nodes: int, queued: int) -> dict[str, Any]:
     from sollol_plugins.ollama_pool.node import Node
-    from sollol_plugins.ollama_pool.route import PoolRoute
+    from sollol_plugins.ollama_pool.pool_route import PoolRoute
 
-    from sollol.cluster import Cluster, load
+    from sollol.core.runtime import ClusterRuntime, load
     from sollol.models import Backend, HealthReport, RouteRequest
     from sollol.routes import Outcome
 
     config, pm = load(overrides={"plugins": ["ollama_pool"], "pool_queue_size": queued * 2,
                                  "pool_queue_timeout": 3600.0})
-    route = PoolRoute(Cluster(config=config, pm=pm))
+    route = PoolRoute(ClusterRuntime(config=config, pm=pm))
     for i in range(nodes):
         node = Node(Backend(f"n{i}", "ollama", f"n{i}"), 1)
         node.apply(HealthReport(node.id, True, models=("m",), loaded_models=("m",)), 0.0,
@@ -280,7 +280,7 @@ def main() -> None:
         return
     import resource
 
-    from sollol.processes import ProcessGroup
+    from sollol.core.processes import ProcessGroup
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 clients need the fds

@@ -33,17 +33,17 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway_overhead import MODEL, WORKLOADS, report, run_wrk, start_emulators, wrk_script
 
-from sollol.processes import ProcessGroup, free_port, wait_http
+from sollol.core.processes import ProcessGroup, free_port, wait_http
 
 STATIC = Path(__file__).resolve().parent.parent / "sollol" / "gateway" / "static"
 
 
 def serve_gateway(port: int, nodes: list[str], metrics: bool) -> None:
     """The gateway over a static route on `nodes` (the process the benchmark starts)."""
-    from sollol.cluster import Cluster
     from sollol.config import load_config
+    from sollol.core.plugin_manager import get_plugin_manager
+    from sollol.core.runtime import ClusterRuntime
     from sollol.gateway.server import serve
-    from sollol.plugins import get_plugin_manager
     from sollol.testing.static_route import RoutesPlugin, StaticRoute, Upstream
 
     route = StaticRoute("pool", [Upstream(f"node{i}", url, "ollama", (MODEL,))
@@ -52,7 +52,7 @@ def serve_gateway(port: int, nodes: list[str], metrics: bool) -> None:
     pm.register(RoutesPlugin([route]))
     config = load_config(overrides={"task_distribution_enabled": True,
                                     "metrics_enabled": metrics})
-    serve(Cluster(config=config, pm=pm), "127.0.0.1", port, log_level="warning")
+    serve(ClusterRuntime(config=config, pm=pm), "127.0.0.1", port, log_level="warning")
 
 
 def start_gateway(group: ProcessGroup, nodes: list[str], metrics: bool) -> tuple[str, int]:
@@ -83,18 +83,18 @@ def measured(url: str, pid: int, path: str, script: Path, connections: int,
 
 
 def record_cost(metrics: bool, events: int = 200_000) -> float:
-    """CPU microseconds of `Cluster.record` per finished request: the event log, the
+    """CPU microseconds of `ClusterRuntime.record` per finished request: the event log, the
     `sollol_request_routed` hook and (with metrics) the recorder on it. This is everything
     metrics add to a request's path, timed in CPU time, which other work on the machine
     hardly changes."""
-    from sollol.cluster import Cluster
     from sollol.config import load_config
+    from sollol.core.plugin_manager import get_plugin_manager
+    from sollol.core.runtime import ClusterRuntime
     from sollol.models import RouteEvent
     from sollol.observe import Recorder
-    from sollol.plugins import get_plugin_manager
 
     pm = get_plugin_manager(load_entry_points=False)
-    cluster = Cluster(config=load_config(overrides={}), pm=pm)
+    cluster = ClusterRuntime(config=load_config(overrides={}), pm=pm)
     if metrics:
         pm.register(Recorder(), name="bench-recorder")
     sample = [RouteEvent(model=MODEL, endpoint="generate", api="ollama", route="pool",

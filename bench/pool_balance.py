@@ -31,7 +31,7 @@ from typing import Any
 
 import aiohttp
 
-from sollol.cluster import Cluster
+from sollol.core.runtime import ClusterRuntime
 from sollol.gateway import GatewayThread
 from sollol.testing.emulator import EmulatedModel, EmulatorNode
 
@@ -77,7 +77,7 @@ async def batch(urls: list[str], tasks: int, model: str = MODEL, *, concurrency:
 
 
 def _gateway(nodes: list[EmulatorNode], parallel: int) -> GatewayThread:
-    cluster = Cluster.from_config(overrides={
+    cluster = ClusterRuntime.from_config(overrides={
         "ollama_nodes": [n.address for n in nodes], "pool_node_concurrency": parallel,
         "pool_queue_size": 10_000, "pool_queue_timeout": 600.0, "health_interval": 1.0})
     return GatewayThread(cluster).start()

@@ -29,11 +29,11 @@ from typing import Any
 
 import httpx
 
-from sollol.cluster import Cluster, load
+from sollol.core.plugin_manager import get_plugin_manager
+from sollol.core.processes import ProcessGroup, free_port, wait_http
+from sollol.core.runtime import ClusterRuntime, load
 from sollol.llamacpp import find_binaries
 from sollol.models import RouteRequest
-from sollol.plugins import get_plugin_manager
-from sollol.processes import ProcessGroup, free_port, wait_http
 from sollol.routes import Outcome
 from sollol.testing.tiny_models import make_preset, make_tiny_model
 
@@ -89,8 +89,8 @@ async def sharded(model: Path, addresses: list[str], state: Path, tokens: int,
         "model_sharding_enabled": True, "task_distribution_enabled": False,
         "rpc_backends": addresses, "rpc_state_dir": str(state), "plugins": ["llamacpp_rpc"],
         "rpc_ctx_size": 2048, "gguf_dirs": [str(model.parent)]})  # requests name it by path
-    cluster = Cluster(config=config, pm=get_plugin_manager(["llamacpp_rpc"]))
-    from sollol_plugins.llamacpp_rpc.route import ShardingRoute
+    cluster = ClusterRuntime(config=config, pm=get_plugin_manager(["llamacpp_rpc"]))
+    from sollol_plugins.llamacpp_rpc.sharding_route import ShardingRoute
 
     route = ShardingRoute(cluster)
     await route.start()

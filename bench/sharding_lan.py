@@ -34,11 +34,11 @@ from typing import Any
 import httpx
 import platformdirs
 
-from sollol.cluster import Cluster, load
+from sollol.core.plugin_manager import get_plugin_manager
+from sollol.core.processes import free_port, wait_http
+from sollol.core.runtime import ClusterRuntime, load
 from sollol.llamacpp import find_binaries
 from sollol.models import RouteRequest
-from sollol.plugins import get_plugin_manager
-from sollol.processes import free_port, wait_http
 from sollol.routes import Outcome
 from sollol.testing.netns import Network, isolated, run_isolated
 from sollol.testing.tiny_models import make_preset
@@ -93,7 +93,7 @@ class Shards:
             self.procs.append(host.start(f"rpc-{cache or 'plain'}", [
                 self.binary, "-H", host.address, "-p", str(PORT), "-t", "1", *extra], env=env))
         for host, proc in zip(self.hosts, self.procs, strict=True):
-            from sollol.processes import wait_port
+            from sollol.core.processes import wait_port
 
             wait_port(host.address, PORT, process=proc, timeout=30)
 
@@ -111,7 +111,7 @@ class Shards:
 
 async def by_hand(binary: Path, model: Path, addresses: list[str], logs: Path) -> float:
     """`llama-server --rpc ...` started the way its docs say: seconds to /health 200."""
-    from sollol.processes import ProcessGroup
+    from sollol.core.processes import ProcessGroup
 
     port = free_port()
     with ProcessGroup(log_dir=logs) as group:
@@ -128,14 +128,14 @@ async def through_sollol(model: Path, addresses: list[str], state: Path, *, bina
                          tokens: int = 0, **keys: Any) -> dict[str, Any]:
     """The sharding route as the gateway runs it: request to ready, then optionally a timed
     generation; returns the layer report too."""
-    from sollol_plugins.llamacpp_rpc.route import ShardingRoute
+    from sollol_plugins.llamacpp_rpc.sharding_route import ShardingRoute
 
     config, _ = load(overrides={
         "model_sharding_enabled": True, "task_distribution_enabled": False,
         "rpc_backends": addresses, "rpc_state_dir": str(state), "plugins": ["llamacpp_rpc"],
         "rpc_ctx_size": 2048, "llama_cpp_dir": str(binaries_dir), "rpc_startup_timeout": 1800,
         "rpc_placement": "all", "gguf_dirs": [str(model.parent)], **keys})
-    route = ShardingRoute(Cluster(config=config, pm=get_plugin_manager(["llamacpp_rpc"])))
+    route = ShardingRoute(ClusterRuntime(config=config, pm=get_plugin_manager(["llamacpp_rpc"])))
     await route.start()
     try:
         start = time.perf_counter()
@@ -161,7 +161,7 @@ async def generate(base_url: str, tokens: int) -> float:
 
 async def direct_speed(binary: Path, model: Path, tokens: int, threads: int,
                        logs: Path) -> float:
-    from sollol.processes import ProcessGroup
+    from sollol.core.processes import ProcessGroup
 
     port = free_port()
     with ProcessGroup(log_dir=logs) as group:
@@ -176,7 +176,7 @@ async def pair_vs_spread(shards: Shards, preset: str, work: Path, binaries_dir: 
                          tokens: int) -> dict[str, Any]:
     """Two models at once on disjoint shards vs both spread over all three, one after the
     other: total generated tokens per second over the same work."""
-    from sollol_plugins.llamacpp_rpc.route import ShardingRoute
+    from sollol_plugins.llamacpp_rpc.sharding_route import ShardingRoute
 
     first = model_file(preset)
     second = work / "pair-second.gguf"
@@ -191,7 +191,8 @@ async def pair_vs_spread(shards: Shards, preset: str, work: Path, binaries_dir: 
             "plugins": ["llamacpp_rpc"], "rpc_ctx_size": 2048,
             "gguf_dirs": [str(first.parent), str(work)],  # requests name the models by path
             "llama_cpp_dir": str(binaries_dir), **keys})
-        route = ShardingRoute(Cluster(config=config, pm=get_plugin_manager(["llamacpp_rpc"])))
+        pm = get_plugin_manager(["llamacpp_rpc"])
+        route = ShardingRoute(ClusterRuntime(config=config, pm=pm))
         await route.start()
         try:
             async def serve(model: Path, route: ShardingRoute = route) -> None:

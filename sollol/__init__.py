@@ -10,26 +10,30 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+from sollol import _moved
+
 try:
     __version__ = version("sollol")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
 if TYPE_CHECKING:
-    from sollol.aggregate import concatenate
-    from sollol.client import Cluster
+    from sollol.client.aggregate import concatenate
+    from sollol.client.facade import Cluster
+    from sollol.client.fanout import FanOut
+    from sollol.client.streaming import Chunk
+    from sollol.client.tasks import Response, Task, TaskResult
     from sollol.errors import SollolError
-    from sollol.fanout import FanOut
-    from sollol.streaming import Chunk
-    from sollol.tasks import Response, Task, TaskResult
 
-_LAZY = {"Cluster": "sollol.client", "FanOut": "sollol.fanout", "Task": "sollol.tasks",
-         "Chunk": "sollol.streaming",
-         "Response": "sollol.tasks", "TaskResult": "sollol.tasks",
-         "concatenate": "sollol.aggregate", "SollolError": "sollol.errors"}
+_LAZY = {"Cluster": "sollol.client.facade", "FanOut": "sollol.client.fanout",
+         "Task": "sollol.client.tasks", "Chunk": "sollol.client.streaming",
+         "Response": "sollol.client.tasks", "TaskResult": "sollol.client.tasks",
+         "concatenate": "sollol.client.aggregate", "SollolError": "sollol.errors"}
 
 __all__ = ["Chunk", "Cluster", "FanOut", "Response", "SollolError", "Task", "TaskResult",
            "__version__", "concatenate"]
+
+_moved.install()
 
 
 def __getattr__(name: str) -> Any:

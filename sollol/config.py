@@ -18,11 +18,11 @@ import attrs
 import platformdirs
 import tomli_w
 
-from sollol import access
+from sollol.core import access
+from sollol.core.secret import REDACTED, redact_url, scrub
+from sollol.core.units import at_least, port_number, positive
 from sollol.errors import ConfigError
 from sollol.models import check_host, check_node_address, join_host_port, split_host_port
-from sollol.secret import REDACTED, redact_url, scrub
-from sollol.units import at_least, port_number, positive
 
 Kind = Literal["bool", "int", "float", "str", "list", "table"]
 _TRUE = {"1", "true", "yes", "on"}
@@ -170,13 +170,13 @@ def _patterns(values: list[Any]) -> list[str]:
 
 
 def _aliases(value: Any) -> Any:
-    from sollol.aliases import check_aliases
+    from sollol.core.aliases import check_aliases
 
     return check_aliases(value)
 
 
 def _fallbacks(value: Any) -> Any:
-    from sollol.aliases import check_fallbacks
+    from sollol.core.aliases import check_fallbacks
 
     return check_fallbacks(value)
 

@@ -23,8 +23,8 @@ from sollol.models import (
 )
 
 if TYPE_CHECKING:
-    from sollol.cluster import Cluster
     from sollol.config import Config, Setting
+    from sollol.core.runtime import ClusterRuntime
     from sollol.routes import Policy, RouteProvider
 
 PolicyFactory = Callable[[dict[str, Any]], "Policy"]
@@ -105,7 +105,9 @@ def sollol_register_policies(register: Callable[[str, PolicyFactory], None]) -> 
 
 
 @hookspec
-def sollol_register_routes(register: Callable[[RouteProvider], None], cluster: Cluster) -> None:
+def sollol_register_routes(
+    register: Callable[[RouteProvider], None], cluster: ClusterRuntime
+) -> None:
     """Register route providers (such as "pool" or "sharding") for a starting cluster.
 
     Called once per cluster start. A route name registered twice is an error.
@@ -118,7 +120,7 @@ def sollol_register_commands(cli: click.Group) -> None:
 
 
 @hookspec
-def sollol_startup(cluster: Cluster) -> Awaitable[None] | None:
+def sollol_startup(cluster: ClusterRuntime) -> Awaitable[None] | None:
     """The cluster (gateway or embedded) has started its routes; start background work here.
 
     Called inside the running event loop; an awaitable result is awaited.
@@ -126,12 +128,12 @@ def sollol_startup(cluster: Cluster) -> Awaitable[None] | None:
 
 
 @hookspec
-def sollol_shutdown(cluster: Cluster) -> Awaitable[None] | None:
+def sollol_shutdown(cluster: ClusterRuntime) -> Awaitable[None] | None:
     """The cluster is stopping; stop background work. An awaitable result is awaited."""
 
 
 @hookspec
-def sollol_request_routed(event: RouteEvent, cluster: Cluster) -> None:
+def sollol_request_routed(event: RouteEvent, cluster: ClusterRuntime) -> None:
     """Called after each routed request finishes (success or not), for metrics and dashboards.
 
     `cluster` is the one that routed it (a process may run several). Must be quick and must

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 import attrs
 
-from sollol.names import canonical_model, check_model_name
-from sollol.secret import Secret
+from sollol.core.names import canonical_model, check_model_name
+from sollol.core.secret import Secret
 
 Api = Literal["ollama", "openai", "anthropic"]
 """The HTTP dialect a backend or a client speaks (clients also speak Anthropic's Messages API)."""
@@ -125,10 +125,10 @@ class RouteRequest:
     stream: bool = False
     conversation_key: str | None = None
     needs: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
-    """Capabilities the request needs (see sollol/capabilities.py), e.g. {"embedding"}."""
+    """Capabilities the request needs (see sollol/core/capabilities.py), e.g. {"embedding"}."""
     key: str = attrs.field(init=False, eq=False, default=attrs.Factory(
         lambda self: canonical_model(self.model), takes_self=True))
-    """The model's canonical name (sollol/names.py): what anything kept per model is keyed by."""
+    """The model's canonical name (sollol/core/names.py): what anything per model is keyed by."""
 
 
 @attrs.frozen
@@ -194,7 +194,7 @@ class RouteDecision:
     backend: str | None = None
     numbers: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
     placement: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
-    """Per route: whether it could serve the request and why (see sollol/placement.py)."""
+    """Per route: whether it could serve the request and why (see sollol/core/placement.py)."""
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)

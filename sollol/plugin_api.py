@@ -3,7 +3,7 @@
 `VERSION` is `MAJOR.MINOR`. An addition that cannot break a plugin (a new hook, a new model
 class, a new field or argument with a default) bumps MINOR; a removal or a change of anything
 listed here bumps MAJOR. `sollol/plugin_api.json` records the description of every released
-version; `tests/test_plugin_api.py` fails when the code no longer matches the record of
+version; `tests/plugin_api/test_plugin_api.py` fails when the code no longer matches the record of
 `VERSION`, and when a bump is smaller than the change since the previous version.
 
 After a bump: `python -m sollol.plugin_api --write` records the new version. It refuses to
@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-VERSION = "2.4"
+VERSION = "3.0"
 """The plugin API's version (see the module docstring for when to bump which part)."""
 
 RECORD = Path(__file__).with_name("plugin_api.json")

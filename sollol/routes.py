@@ -93,7 +93,7 @@ class RouteProvider(Protocol):
     def snapshot(self) -> Mapping[str, Any]:
         """The route's state as plain data (JSON-ready), for `sollol nodes` and dashboards."""
 
-    # Optional: `async def placement(self, request: RouteRequest) -> sollol.placement.Placement`
+    # Optional: `async def placement(self, request: RouteRequest) -> Placement` (core.placement)
     # says whether this route holds the model and can do what the request needs; without it
     # the cluster judges the route by its backends' model lists (see docs/policies.md).
 

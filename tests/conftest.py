@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from hypothesis import settings
 
-from sollol.plugins import SollolPluginManager, get_plugin_manager
-from sollol.processes import ProcessGroup
+from sollol.core.plugin_manager import SollolPluginManager, get_plugin_manager
+from sollol.core.processes import ProcessGroup
 from sollol.testing.pytest_plugin import stopped_at_teardown
 
 if TYPE_CHECKING:
+    from sollol.core.processes import ManagedProcess
     from sollol.llamacpp import Binaries
-    from sollol.processes import ManagedProcess
 
 
 
@@ -72,11 +72,11 @@ def pool_gateway() -> Iterator[Callable[..., Any]]:
     Unlike `gateway`, the cluster loads the installed plugins (so the real pool route serves),
     with `ollama_nodes` set to the given addresses; stopped when the test ends.
     """
-    from sollol.cluster import Cluster
+    from sollol.core.runtime import ClusterRuntime
     from sollol.gateway import GatewayThread
 
     def make(*nodes: str, **config: Any) -> GatewayThread:
-        return GatewayThread(Cluster.from_config(overrides={"ollama_nodes": list(nodes),
+        return GatewayThread(ClusterRuntime.from_config(overrides={"ollama_nodes": list(nodes),
                                                             **config}))
 
     yield from stopped_at_teardown(make, GatewayThread.stop, GatewayThread.start)
@@ -103,8 +103,8 @@ def gateway() -> Iterator[Callable[..., Any]]:
     providers and policies, and is unregistered when the test ends, after the gateway stops.
     Config keys (e.g. `model_sharding_enabled=True`) override the isolated config.
     """
-    from sollol.cluster import Cluster
     from sollol.config import load_config
+    from sollol.core.runtime import ClusterRuntime
     from sollol.gateway import GatewayThread
     from sollol.testing.static_route import RoutesPlugin
 
@@ -115,7 +115,7 @@ def gateway() -> Iterator[Callable[..., Any]]:
         pm = get_plugin_manager(load_entry_points=False)
         plugin = RoutesPlugin(routes, policies)
         pm.register(plugin, name="gateway-test-routes")
-        cluster = Cluster(config=load_config(overrides=config), pm=pm)
+        cluster = ClusterRuntime(config=load_config(overrides=config), pm=pm)
         thread = GatewayThread(cluster)
         running.append((thread, pm, plugin))
         return thread.start()
@@ -174,7 +174,7 @@ def sharding_config(tmp_path: Path, llama_binaries: Binaries) -> Callable[..., A
 
     Sharding on, distribution off, state (logs, pid files) in tmp, binaries from the fixture.
     """
-    from sollol.cluster import load
+    from sollol.core.runtime import load
 
     def make(addresses: Sequence[str], **more: Any) -> Any:
         overrides = {"model_sharding_enabled": True, "task_distribution_enabled": False,
@@ -191,11 +191,11 @@ def sharding_config(tmp_path: Path, llama_binaries: Binaries) -> Callable[..., A
 def sharding_gateway(sharding_config: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
     """Factory: `sharding_gateway(addresses, **keys)` -> a running GatewayThread whose only
     plugin is llamacpp_rpc, loaded through its entry point; stopped when the test ends."""
-    from sollol.cluster import Cluster
+    from sollol.core.runtime import ClusterRuntime
     from sollol.gateway import GatewayThread
 
     def make(addresses: Sequence[str], **more: Any) -> GatewayThread:
-        return GatewayThread(Cluster(config=sharding_config(addresses, **more),
+        return GatewayThread(ClusterRuntime(config=sharding_config(addresses, **more),
                                      pm=get_plugin_manager(["llamacpp_rpc"])))
 
     yield from stopped_at_teardown(make, GatewayThread.stop, GatewayThread.start)
@@ -203,18 +203,18 @@ def sharding_gateway(sharding_config: Callable[..., Any]) -> Iterator[Callable[.
 
 @pytest.fixture
 async def sharding_route(sharding_config: Callable[..., Any]) -> Any:
-    """Factory for a started ShardingRoute on a real Cluster; every route is stopped (with its
+    """Factory for a started ShardingRoute on a real runtime; every route is stopped (with its
     coordinators) when the test ends: `route = await sharding_route(addresses, **keys)`."""
-    from sollol.cluster import Cluster
-    from sollol.plugins import get_plugin_manager
+    from sollol.core.plugin_manager import get_plugin_manager
+    from sollol.core.runtime import ClusterRuntime
 
     routes: list[Any] = []
 
     async def start(addresses: Sequence[str], **more: Any) -> Any:
-        from sollol_plugins.llamacpp_rpc.route import ShardingRoute
+        from sollol_plugins.llamacpp_rpc.sharding_route import ShardingRoute
 
         config = sharding_config(addresses, **more)
-        cluster = Cluster(config=config, pm=get_plugin_manager(["llamacpp_rpc"]))
+        cluster = ClusterRuntime(config=config, pm=get_plugin_manager(["llamacpp_rpc"]))
         route = ShardingRoute(cluster)
         routes.append(route)
         await route.start()

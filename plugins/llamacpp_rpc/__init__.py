@@ -13,12 +13,12 @@ import click
 from sollol.hookspecs import hookimpl
 from sollol.models import Backend, BackendKind, HealthReport, ShardOffer, ShardPlacement
 
-from .discovery import KIND
-from .settings import SETTINGS
+from .rpc_discovery import KIND
+from .rpc_settings import SETTINGS
 
 if TYPE_CHECKING:
-    from sollol.cluster import Cluster
     from sollol.config import Config, Setting
+    from sollol.core.runtime import ClusterRuntime
     from sollol.routes import RouteProvider
 
 
@@ -36,7 +36,7 @@ def sollol_register_backend_kinds(register: Callable[[BackendKind], None]) -> No
 
 @hookimpl
 def sollol_discover_backends(config: Config) -> Iterable[Backend] | None:
-    from .discovery import discover
+    from .rpc_discovery import discover
 
     if not config["model_sharding_enabled"] and not config["rpc_backends"]:
         return None  # sharding is off and nothing is configured: don't touch the network
@@ -62,17 +62,19 @@ def sollol_place_shards(model: str, needed: int, offers: Sequence[ShardOffer],
 
 
 @hookimpl
-def sollol_register_routes(register: Callable[[RouteProvider], None], cluster: Cluster) -> None:
+def sollol_register_routes(
+    register: Callable[[RouteProvider], None], cluster: ClusterRuntime
+) -> None:
     if not cluster.config["model_sharding_enabled"]:
         return
-    from .route import ShardingRoute
+    from .sharding_route import ShardingRoute
 
     register(ShardingRoute(cluster))
 
 
 @hookimpl
 def sollol_register_commands(cli: click.Group) -> None:
-    from .cli import rpc, shard
+    from .rpc_commands import rpc, shard
 
     cli.add_command(shard)
     cli.add_command(rpc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sollol.models import Backend, HealthReport
 
 from . import attached
-from .probe import ProbeError, ProtocolMismatch, format_version, probe
+from .rpc_probe import ProbeError, ProtocolMismatch, format_version, probe
 
 
 def check(backend: Backend, timeout: float) -> HealthReport:

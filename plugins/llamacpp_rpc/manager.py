@@ -19,9 +19,9 @@ from typing import Any
 
 import attrs
 
+from sollol.core.names import canonical_model
 from sollol.errors import ModelNotFound, NoRouteAvailable, Overloaded
 from sollol.models import ModelInfo, ResolvedModel, ShardOffer, ShardPlacement
-from sollol.names import canonical_model
 
 from . import links, procs
 from .coordinator import FAILED, READY, STARTING, STOPPED, Coordinator, CoordinatorFailed

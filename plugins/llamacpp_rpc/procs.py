@@ -15,7 +15,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from sollol.processes import die_with_parent, free_port, terminate
+from sollol.core.processes import die_with_parent, free_port, terminate
 
 __all__ = ["free_port", "kill", "read_pid_files", "reap_orphans", "spawn", "terminate",
            "write_pid_file"]

@@ -12,7 +12,7 @@ import attrs
 from sollol.models import Backend, BackendState, ShardOffer
 
 from . import attached
-from .probe import (
+from .rpc_probe import (
     DeviceMemory,
     ProbeError,
     ProtocolMismatch,

@@ -7,11 +7,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from sollol.core.processes import die_with_parent
 from sollol.llamacpp import Binaries
-from sollol.processes import die_with_parent
 
-from .probe import ProbeError, Version, probe
 from .procs import free_port
+from .rpc_probe import ProbeError, Version, probe
 
 _cache: dict[tuple[str, int, int], Version | None] = {}
 

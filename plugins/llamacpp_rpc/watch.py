@@ -14,7 +14,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 
-from sollol.processes import die_with_parent
+from sollol.core.processes import die_with_parent
 
 from . import links
 from .sockets import established_sockets

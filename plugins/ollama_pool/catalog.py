@@ -9,11 +9,11 @@ from typing import Any
 
 import httpx
 
+from sollol.core.names import canonical, is_path, stem
 from sollol.models import ModelInfo
-from sollol.names import canonical, is_path, stem
 
-from .discovery import OPENAI, base_url
 from .node import Node, model_names
+from .node_discovery import OPENAI, base_url
 
 NEVER = "2318-11-26T00:00:00Z"
 """`expires_at` of a model that stays loaded (the far-future time Ollama reports for one)."""

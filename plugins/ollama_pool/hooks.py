@@ -10,13 +10,13 @@ import click
 from sollol.hookspecs import hookimpl
 from sollol.models import Backend, BackendKind, HealthReport
 
-from .discovery import KINDS, OLLAMA, OPENAI
+from .node_discovery import KINDS, OLLAMA, OPENAI
+from .pool_settings import SETTINGS
 from .resolve import register_store_commands, register_store_settings
-from .settings import SETTINGS
 
 if TYPE_CHECKING:
-    from sollol.cluster import Cluster
     from sollol.config import Config, Setting
+    from sollol.core.runtime import ClusterRuntime
     from sollol.routes import RouteProvider
 
 
@@ -36,7 +36,7 @@ def sollol_register_backend_kinds(register: Callable[[BackendKind], None]) -> No
 
 @hookimpl
 def sollol_discover_backends(config: Config) -> Iterable[Backend] | None:
-    from .discovery import discover
+    from .node_discovery import discover
 
     return discover(config)
 
@@ -45,21 +45,23 @@ def sollol_discover_backends(config: Config) -> Iterable[Backend] | None:
 def sollol_check_health(backend: Backend, timeout: float) -> HealthReport | None:
     if backend.kind not in KINDS:
         return None
-    from .probe import check
+    from .node_probe import check
 
     return check(backend, timeout)
 
 
 @hookimpl
-def sollol_register_routes(register: Callable[[RouteProvider], None], cluster: Cluster) -> None:
-    from .route import PoolRoute
+def sollol_register_routes(
+    register: Callable[[RouteProvider], None], cluster: ClusterRuntime
+) -> None:
+    from .pool_route import PoolRoute
 
     register(PoolRoute(cluster))
 
 
 @hookimpl
 def sollol_register_commands(cli: click.Group) -> None:
-    from .cli import nodes, pull
+    from .pool_commands import nodes, pull
 
     cli.add_command(nodes)
     cli.add_command(pull)

@@ -18,11 +18,11 @@ import httpx
 
 from sollol.errors import BackendError, NoRouteAvailable, RequestError
 
-from .discovery import OLLAMA, base_url
 from .node import Node
+from .node_discovery import OLLAMA, base_url
 
 if TYPE_CHECKING:
-    from .route import PoolRoute
+    from .pool_route import PoolRoute
 
 _DONE = object()
 MAX_LINE = 1024 * 1024

@@ -9,11 +9,11 @@ from typing import Any
 
 import attrs
 
+from sollol.core.names import is_path, spellings, stem
 from sollol.models import Backend, BackendState, HealthReport
-from sollol.names import is_path, spellings, stem
 from sollol.routes import Outcome
 
-from .settings import PoolSettings
+from .pool_settings import PoolSettings
 
 SPEED_WEIGHT = 0.3
 """Weight of the newest sample in the moving averages (about the last 5 requests count)."""

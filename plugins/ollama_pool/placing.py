@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
-from sollol.capabilities import EMBEDDING, describe
+from sollol.core.capabilities import EMBEDDING, describe
+from sollol.core.placement import Placement
+from sollol.core.router import POOL
 from sollol.models import RouteRequest
-from sollol.placement import Placement
-from sollol.router import POOL
 
 from .node import Node
 
 
 def placement(nodes: Iterable[Node], request: RouteRequest) -> Placement:
-    """The pool's answer for `request` (see sollol/placement.py)."""
+    """The pool's answer for `request` (see sollol/core/placement.py)."""
     everyone = list(nodes)
     model, needs = request.model, request.needs
     holders = [n for n in everyone if n.has_model(model)]

@@ -9,8 +9,8 @@ from typing import Any
 import click
 
 from sollol.cli import config_option, handle_errors, load_for_cli
+from sollol.core.gguf_info import read_model_info
 from sollol.errors import SollolError
-from sollol.gguf_info import read_model_info
 
 from .store import resolve, store_roots, stored_names
 

@@ -7,7 +7,7 @@ and capacity) and is rebuilt only after something changed: at once for small poo
 node joining, leaving, going down or coming back, and at most every `REFRESH` seconds for speed
 estimates of large pools. A decision then looks only at the free nodes (the route keeps that
 set) and, when the queue is long, at no other node at all: with a fresh table it is exactly
-`choose()`'s decision (tests/test_pool_scheduler.py checks that).
+`choose()`'s decision (tests/pool/test_pool_scheduler.py checks that).
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator
 
 import attrs
 
+from sollol.core.names import canonical_model
 from sollol.models import RouteRequest
-from sollol.names import canonical_model
 
 from .node import Node
 

@@ -12,6 +12,7 @@ import click
 import httpx
 
 from sollol.cli import UsageFailure
+from sollol.core.units import format_bytes
 from sollol.errors import (
     ConfigError,
     NoRouteAvailable,
@@ -21,7 +22,6 @@ from sollol.errors import (
     SollolError,
 )
 from sollol.models import RouteRequest
-from sollol.units import format_bytes
 
 
 @click.command("route")
@@ -80,7 +80,7 @@ def route_command(
 
 
 def _default_gateway(config_file: Path | None) -> str:
-    from sollol.cli.admin import gateway_url
+    from sollol.cli.gateway_client import gateway_url
 
     return gateway_url(config_file)
 
@@ -88,11 +88,11 @@ def _default_gateway(config_file: Path | None) -> str:
 async def decide_here(model: str, context: int | None, endpoint: str,
                       config_file: Path | None) -> dict[str, Any]:
     """Start a cluster from config (routes probe their backends), decide, stop."""
-    from sollol.aliases import targets
-    from sollol.capabilities import needs
-    from sollol.cluster import Cluster
+    from sollol.core.aliases import targets
+    from sollol.core.capabilities import needs
+    from sollol.core.runtime import ClusterRuntime
 
-    cluster = Cluster.from_config(path=config_file)
+    cluster = ClusterRuntime.from_config(path=config_file)
     first = targets(cluster.config, model)[0]  # an alias is explained as what it stands for
     request = RouteRequest(model=first.model, context_length=context,
                            endpoint=endpoint,  # type: ignore[arg-type]
@@ -114,7 +114,7 @@ def ask_gateway(
 
     `probe`: the gateway is only presumed (the config's address): wait briefly.
     """
-    from sollol.cli.admin import gateway_headers
+    from sollol.cli.gateway_client import gateway_headers
 
     params: dict[str, Any] = {"model": model}
     if context is not None:

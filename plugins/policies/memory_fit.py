@@ -7,14 +7,14 @@ from typing import Any, ClassVar
 
 import attrs
 
+from sollol.core.router import POOL, SHARDING
+from sollol.core.units import format_bytes
 from sollol.errors import NoRouteAvailable
 from sollol.models import BackendState, ModelInfo, RouteDecision, RouteRequest, RouteState
-from sollol.router import POOL, SHARDING
-from sollol.units import format_bytes
 
 from .common import UNKNOWN_CHOICES, decided, route_down, unknown_size
-from .names import listed
-from .settings import SettingsReader, fraction, positive_int
+from .name_match import listed
+from .policy_settings import SettingsReader, fraction, positive_int
 
 F16_BYTES = 2
 

@@ -7,14 +7,14 @@ from typing import Any, ClassVar
 
 import attrs
 
+from sollol.core.router import POOL, SHARDING
 from sollol.errors import ConfigError, NoRouteAvailable
 from sollol.models import BackendState, ModelInfo, RouteDecision, RouteRequest, RouteState
-from sollol.router import POOL, SHARDING
 from sollol.routes import Policy
 
 from .common import route_down
-from .names import glob_matches, is_glob, listed, same_model
-from .settings import SettingsReader, boolean, policy_name
+from .name_match import glob_matches, is_glob, listed, same_model
+from .policy_settings import SettingsReader, boolean, policy_name
 
 DEFAULT_FALLBACK = "size-threshold"
 

@@ -7,13 +7,13 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
+from sollol.core.router import POOL, SHARDING
+from sollol.core.units import format_bytes, format_count, parse_bytes, parse_count
 from sollol.errors import ConfigError
 from sollol.models import ModelInfo, RouteDecision, RouteRequest, RouteState
-from sollol.router import POOL, SHARDING
-from sollol.units import format_bytes, format_count, parse_bytes, parse_count
 
 from .common import UNKNOWN_CHOICES, decided, unknown_size
-from .settings import SettingsReader
+from .policy_settings import SettingsReader
 
 DEFAULT_MIN_PARAMETERS = 13 * 10**9
 

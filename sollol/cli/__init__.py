@@ -48,7 +48,7 @@ def config_option(func: F) -> F:
 
 def load_for_cli(config_file: Path | None = None, overrides: dict[str, Any] | None = None):
     """(config, plugin manager) for a command, with errors as one-line CLI messages."""
-    from sollol.cluster import load
+    from sollol.core.runtime import load
 
     try:
         return load(path=config_file, overrides=overrides)
@@ -75,7 +75,7 @@ def plugins(ctx: click.Context, as_json: bool, config_file: Path | None) -> None
     if ctx.invoked_subcommand is not None:
         return
     from sollol.config import plugin_lists
-    from sollol.plugins import get_plugin_manager, implemented_hooks
+    from sollol.core.plugin_manager import get_plugin_manager, implemented_hooks
 
     allow, block = plugin_lists(path=config_file)
     pm = get_plugin_manager(allow, block)
@@ -119,7 +119,7 @@ def add_core_commands(group: click.Group) -> None:
     from sollol.cli.doctor import doctor
     from sollol.cli.keys import keys
     from sollol.cli.llamacpp import llamacpp
-    from sollol.cli.models import models
+    from sollol.cli.model_tools import models
     from sollol.cli.run import run
     from sollol.cli.service import install_service
     from sollol.cli.status import status
@@ -137,7 +137,7 @@ def build_cli() -> click.Group:
 def _build_cli() -> tuple[click.Group, SollolError | None]:
     """The CLI, and the error that kept plugin commands out of it (if any)."""
     from sollol.config import plugin_lists
-    from sollol.plugins import get_plugin_manager
+    from sollol.core.plugin_manager import get_plugin_manager
 
     add_core_commands(cli)
     try:

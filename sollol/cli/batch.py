@@ -11,7 +11,7 @@ import click
 from sollol.cli import UsageFailure, config_option, handle_errors
 
 if TYPE_CHECKING:
-    from sollol.batch import BatchSummary
+    from sollol.cli.batch_job import BatchSummary
 
 INTERRUPTED_EXIT = 130
 """Exit status after SIGINT/SIGTERM (as a shell reports a Ctrl-C)."""
@@ -54,10 +54,10 @@ def batch(input_file: Path, output: Path | None, concurrency: int | None, model:
     are already there, so an interrupted batch resumes where it stopped. Exits 1 when any line
     failed, 130 when interrupted.
     """
-    from sollol import batch as runner
-    from sollol.batch_io import BatchInputError, read_input
-    from sollol.client import Cluster
-    from sollol.progress import Progress
+    from sollol.cli import batch_job as runner
+    from sollol.cli.batch_io import BatchInputError, read_input
+    from sollol.cli.progress import Progress
+    from sollol.client.facade import Cluster
 
     if gateway and (nodes or plugins or config_file):
         raise UsageFailure("--gateway sends every request to that gateway (its nodes, plugins "

@@ -13,8 +13,8 @@ import click
 
 from sollol.cli import UsageFailure, config_option, load_for_cli
 from sollol.config import Setting, check_value, config_path, parse_text, read_file, write_file
+from sollol.core.names import closest
 from sollol.errors import ConfigError, PluginError
-from sollol.names import closest
 
 _MISSING = object()
 
@@ -135,7 +135,7 @@ def config_unset(key: str, config_file: Path | None) -> None:
 
 
 def _settings(pm: Any) -> dict[str, Setting]:
-    from sollol.plugins import collect_named
+    from sollol.core.plugin_manager import collect_named
 
     return {n: s for n, (s, _) in
             collect_named(pm, "sollol_register_settings", "config key").items()}
@@ -173,7 +173,7 @@ def _json_or_text(text: str) -> Any:
 def _validate(data: dict[str, Any], path: Path, config_file: Path | None) -> None:
     """Load the would-be file as SOLLOL would (every key and each policy's settings); refuse
     it, with "did you mean" for unknown names, before anything is written."""
-    from sollol.cluster import load
+    from sollol.core.runtime import load
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".check-", suffix=".toml", dir=path.parent)
@@ -191,8 +191,8 @@ def _validate(data: dict[str, Any], path: Path, config_file: Path | None) -> Non
 
 def _check_policies(cfg: Any, pm: Any) -> None:
     """Build each policy named in `policy_settings`: its own checks reject bad settings."""
-    from sollol.cluster import _build_policy
-    from sollol.plugins import collect_named
+    from sollol.core.plugin_manager import collect_named
+    from sollol.core.runtime import _build_policy
 
     policies = collect_named(pm, "sollol_register_policies", "routing policy")
     table = cfg["policy_settings"]

@@ -67,7 +67,7 @@ def _run(keep: bool, count: int, port: int | None, config_file: Path | None) -> 
 
 def _with_cluster(local: LocalCluster, keep: bool, count: int, port: int | None,
                   config_file: Path | None) -> int:
-    from sollol.cluster import Cluster
+    from sollol.core.runtime import ClusterRuntime
     from sollol.gateway import GatewayThread
     from sollol.local import report
     from sollol.local.signals import uninterrupted
@@ -81,7 +81,7 @@ def _with_cluster(local: LocalCluster, keep: bool, count: int, port: int | None,
     # The demo needs every installed plugin (pool, sharding, policies), whatever the config says.
     overrides = {**local.overrides(), "plugins": None, "disabled_plugins": []}
     config, pm = load_for_cli(config_file, overrides)
-    gateway = GatewayThread(Cluster(config=config, pm=pm), port=port or 0)
+    gateway = GatewayThread(ClusterRuntime(config=config, pm=pm), port=port or 0)
     _step(3, "gateway")
     try:
         gateway.start(timeout=300)  # starts the routes: probes every node and rpc-server

@@ -20,7 +20,7 @@ _MARKS = {"ok": ("ok  ", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", 
 @config_option
 def doctor(timeout: float, as_json: bool, config_file: Path | None) -> None:
     """Check config, binaries, nodes, rpc-servers, the model store and the gateway port."""
-    from sollol.doctor import problems, run_checks
+    from sollol.cli.checks import problems, run_checks
 
     findings = run_checks(config_file, timeout=timeout)
     failed = list(problems(findings))

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from sollol.access import BIND_FIX, is_loopback, open_bind
 from sollol.cli import UsageFailure, config_option, handle_errors, load_for_cli
 from sollol.config import CORE_SETTINGS, load_config
+from sollol.core.access import BIND_FIX, is_loopback, open_bind
 from sollol.gateway.access_log import FORMATS, AccessLog
 
 __all__ = ["is_loopback", "run"]
@@ -46,7 +46,7 @@ def port_in_use(host: str, port: int) -> str | None:
 
 def local_models() -> str:
     """The model a local cluster's pool serves (for the client examples)."""
-    from sollol.local.models import SMALL
+    from sollol.local.model_set import SMALL
 
     return SMALL.name
 
@@ -77,7 +77,7 @@ def run(plugins: tuple[str, ...], host: str | None, port: int | None, grace: flo
     SIGHUP re-reads the config file and environment: nodes and rpc-servers added or removed
     there join or leave at once; the log says what changed and what needs a restart.
     """
-    from sollol.cluster import Cluster, load
+    from sollol.core.runtime import ClusterRuntime, load
     from sollol.gateway.server import serve
 
     overrides: dict[str, object] = {}
@@ -96,7 +96,7 @@ def run(plugins: tuple[str, ...], host: str | None, port: int | None, grace: flo
     if busy:  # before a local cluster starts for nothing, and without uvicorn's traceback
         raise PortBusy(busy)
     if local_size is not None:  # stopped when the command ends, after the gateway
-        from sollol.local.run import start_local
+        from sollol.local.serve import start_local
 
         overrides.update(start_local(local_size))
     config, pm = load_for_cli(config_file, overrides)
@@ -117,7 +117,7 @@ def run(plugins: tuple[str, ...], host: str | None, port: int | None, grace: flo
             click.echo(line, err=True)
     if access_log:
         pm.register(AccessLog(access_log), name="sollol-access-log")
-    cluster = Cluster(config=config, pm=pm,
+    cluster = ClusterRuntime(config=config, pm=pm,
                       reloader=lambda: load(path=config_file, overrides=overrides)[0])
     serve(cluster, bind_host, bind_port, grace=grace, insecure=insecure)
     click.echo("sollol gateway stopped", err=True)

@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 
 from sollol.cli import config_option, handle_errors, load_for_cli
+from sollol.cli.systemd import write_unit
 from sollol.config import config_path
 from sollol.gateway.access_log import FORMATS
-from sollol.systemd import write_unit
 
 
 @click.command("install-service")
@@ -36,10 +36,10 @@ def install_service(dry_run: bool, user_unit: bool, name: str, run_as: str | Non
     The config must exist and load (the unit would fail to start otherwise); its address must
     be safe to serve (loopback, or access keys configured). `systemctl reload` re-reads it.
     """
-    from sollol.access import BIND_FIX, open_bind
+    from sollol.cli.gateway_unit import GatewaySpec, render
+    from sollol.core.access import BIND_FIX, open_bind
     from sollol.errors import BinaryNotFound
     from sollol.llamacpp import find_binaries
-    from sollol.service import GatewaySpec, render
 
     path = (config_file or config_path()).expanduser().resolve()
     if not path.is_file():

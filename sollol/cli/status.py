@@ -11,7 +11,7 @@ import click
 import httpx
 
 from sollol.cli import config_option, handle_errors
-from sollol.cli.admin import KEY_HINT, gateway_headers, gateway_url
+from sollol.cli.gateway_client import KEY_HINT, gateway_headers, gateway_url
 
 
 class NoGateway(click.ClickException):

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from sollol.dialects.anthropic import stop_reason, tool_use_block, usage
-from sollol.dialects.errors import anthropic_error
+from sollol.dialects.error_shapes import anthropic_error
 from sollol.dialects.lines import parse_object
 from sollol.dialects.replies import new_id
 from sollol.dialects.streams import FromOllama, Passthrough

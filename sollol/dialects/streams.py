@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from sollol.dialects.errors import openai_error
+from sollol.dialects.error_shapes import openai_error
 from sollol.dialects.lines import LineBuffer, parse_object
 from sollol.dialects.ollama_shape import chat_object
 from sollol.dialects.replies import (

@@ -10,7 +10,7 @@ import attrs
 
 from sollol.dialects.anthropic import anthropic_to_ollama, ollama_reply_to_anthropic
 from sollol.dialects.anthropic_stream import AnthropicPassthrough, NdjsonToAnthropic
-from sollol.dialects.errors import error_body
+from sollol.dialects.error_shapes import error_body
 from sollol.dialects.jsonin import from_node
 from sollol.dialects.replies import (
     error_message,
@@ -25,7 +25,7 @@ from sollol.errors import BackendError, RequestError
 from sollol.models import Api
 
 if TYPE_CHECKING:
-    from sollol.calls import Call
+    from sollol.forwarding.calls import Call
 
 OLLAMA_PATHS = {"chat": "/api/chat", "generate": "/api/generate", "embed": "/api/embed",
                 "embeddings": "/api/embeddings", "show": "/api/show"}

@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Any
 from sollol.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from sollol.cluster import Cluster
+    from sollol.core.runtime import ClusterRuntime
     from sollol.models import RouteEvent
 
 FORMATS = ("text", "json")
@@ -30,7 +30,7 @@ class AccessLog:
         self.stream = stream or sys.stdout
 
     @hookimpl
-    def sollol_request_routed(self, event: RouteEvent, cluster: Cluster) -> None:
+    def sollol_request_routed(self, event: RouteEvent, cluster: ClusterRuntime) -> None:
         try:
             self.stream.write(self.line(event) + "\n")
             self.stream.flush()

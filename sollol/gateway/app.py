@@ -1,4 +1,4 @@
-"""The gateway as a plain ASGI application built from a `Cluster`.
+"""The gateway as a plain ASGI application built from a `ClusterRuntime`.
 
 A raw ASGI app rather than a framework: the request path is a dict lookup, a body read and a
 forward, and every layer skipped is latency saved (see docs/performance.md).
@@ -13,11 +13,21 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sollol.calls import Op
-from sollol.dialects.errors import error_body, error_code, error_status, retry_after, stream_error
-from sollol.dispatch import Dispatcher, StreamReply
+from sollol.dialects.error_shapes import (
+    error_body,
+    error_code,
+    error_status,
+    retry_after,
+    stream_error,
+)
 from sollol.errors import Forbidden, SollolError, Unauthorized
-from sollol.gateway import admin, info, manage, routes
+from sollol.forwarding.calls import Op
+from sollol.forwarding.dispatch import Dispatcher, StreamReply
+from sollol.forwarding.validate import validate
+from sollol.gateway import admin_api as admin
+from sollol.gateway import info
+from sollol.gateway import model_management as manage
+from sollol.gateway import route_table as routes
 from sollol.gateway.asgi import (
     DisconnectWatch,
     Receive,
@@ -31,11 +41,10 @@ from sollol.gateway.asgi import (
 from sollol.gateway.blobs import BlobSpool
 from sollol.gateway.guard import Guard, preflight_headers, request_header, with_cors
 from sollol.gateway.monitor import Monitor
-from sollol.gateway.validate import validate
 from sollol.models import Api
 
 if TYPE_CHECKING:
-    from sollol.cluster import Cluster
+    from sollol.core.runtime import ClusterRuntime
 
 log = logging.getLogger("sollol.gateway")
 
@@ -46,7 +55,7 @@ SHUTDOWN_MESSAGE = "the gateway is shutting down"
 class Gateway:
     """ASGI app: Ollama and OpenAI endpoints over `cluster`, plus SOLLOL's own under /sollol/."""
 
-    def __init__(self, cluster: Cluster, *, manage_cluster: bool = True,
+    def __init__(self, cluster: ClusterRuntime, *, manage_cluster: bool = True,
                  tune_gc: bool = False, reload_on_sighup: bool = False,
                  bind_host: str | None = None, insecure: bool = False) -> None:
         self.cluster = cluster

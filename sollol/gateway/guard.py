@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from sollol.access import AccessKey, KeyRing, open_bind, presented
+from sollol.core.access import AccessKey, KeyRing, open_bind, presented
 from sollol.errors import Forbidden, Unauthorized
-from sollol.gateway.routes import ROUTES
+from sollol.gateway.route_table import ROUTES
 
 if TYPE_CHECKING:
     from sollol.config import Config

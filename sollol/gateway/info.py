@@ -9,12 +9,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from sollol import __version__, capabilities
-from sollol.aliases import aliases, targets
+from sollol import __version__
+from sollol.core import capabilities
+from sollol.core.aliases import aliases, targets
+from sollol.core.names import canonical, is_path
+from sollol.core.router import POOL
 from sollol.errors import ModelNotFound, NoRouteAvailable, RequestError
 from sollol.models import RouteRequest
-from sollol.names import canonical, is_path
-from sollol.router import POOL
 
 log = logging.getLogger("sollol.gateway")
 
@@ -22,10 +23,10 @@ OLLAMA_API_VERSION = "0.33.0"
 """The Ollama API level the gateway speaks (what `GET /api/version` reports)."""
 
 if TYPE_CHECKING:
-    from sollol.cluster import Cluster
+    from sollol.core.runtime import ClusterRuntime
 
 
-async def _gather(cluster: Cluster, method: str) -> list[dict[str, Any]]:
+async def _gather(cluster: ClusterRuntime, method: str) -> list[dict[str, Any]]:
     """`list_models()` or `running()` from every route, de-duplicated by model name."""
     providers = list(cluster.routes.values())
     results = await asyncio.gather(*(getattr(p, method)() for p in providers),
@@ -56,19 +57,19 @@ def _visible(scope: dict[str, Any], entries: list[dict[str, Any]]) -> list[dict[
     return [e for e in entries if key.allows_model(str(e.get("name") or e.get("model")))]
 
 
-async def tags(cluster: Cluster, scope: dict[str, Any]) -> Any:
+async def tags(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:
     return {"models": _visible(scope, await _gather(cluster, "list_models"))}
 
 
-async def ps(cluster: Cluster, scope: dict[str, Any]) -> Any:
+async def ps(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:
     return {"models": _visible(scope, await _gather(cluster, "running"))}
 
 
-async def version(cluster: Cluster, scope: dict[str, Any]) -> Any:
+async def version(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:
     return {"version": OLLAMA_API_VERSION, "sollol": __version__}
 
 
-async def status(cluster: Cluster, scope: dict[str, Any]) -> Any:
+async def status(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:
     """`GET /api/status`: whether anything can serve, and per route its healthy backends and
     the requests it takes at once (what a remote `sollol.Cluster` sizes a fan-out by)."""
     states = cluster.route_states()
@@ -82,7 +83,7 @@ async def status(cluster: Cluster, scope: dict[str, Any]) -> Any:
             "sollol": __version__, "routes": routes}
 
 
-async def openai_models(cluster: Cluster, scope: dict[str, Any]) -> Any:
+async def openai_models(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:
     now = int(time.time())
     data = [{"id": entry.get("name") or entry.get("model"), "object": "model", "created": now,
              "owned_by": "sollol"}
@@ -90,7 +91,7 @@ async def openai_models(cluster: Cluster, scope: dict[str, Any]) -> Any:
     return {"object": "list", "data": data}
 
 
-async def openai_model(cluster: Cluster, scope: dict[str, Any]) -> Any:
+async def openai_model(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:
     name = scope["path"].removeprefix("/v1/models/")
     for entry in (await openai_models(cluster, scope))["data"]:
         if name in (entry["id"], str(entry["id"]).removesuffix(":latest")):
@@ -98,18 +99,18 @@ async def openai_model(cluster: Cluster, scope: dict[str, Any]) -> Any:
     raise ModelNotFound(f"model {name!r} not found")
 
 
-async def state(cluster: Cluster, scope: dict[str, Any]) -> Any:
+async def state(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:
     return cluster.snapshot()
 
 
-async def nodes(cluster: Cluster, scope: dict[str, Any]) -> Any:
+async def nodes(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:
     provider = cluster.routes.get(POOL)
     if provider is None:
         raise NoRouteAvailable("no pool route is running (is the ollama_pool plugin enabled?)")
     return dict(provider.snapshot())
 
 
-async def route_snapshot(cluster: Cluster, scope: dict[str, Any]) -> Any:
+async def route_snapshot(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:
     name = scope["path"].removeprefix("/sollol/routes/")
     provider = cluster.routes.get(name)
     if provider is None:
@@ -118,7 +119,7 @@ async def route_snapshot(cluster: Cluster, scope: dict[str, Any]) -> Any:
     return dict(provider.snapshot())
 
 
-async def route_decision(cluster: Cluster, scope: dict[str, Any]) -> Any:
+async def route_decision(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:
     """The decision for a model and context, with its reason and numbers; nothing is sent."""
     query = _query(scope)
     model = query.get("model")
@@ -140,7 +141,7 @@ async def route_decision(cluster: Cluster, scope: dict[str, Any]) -> Any:
     return {"model": model, **extra, "context_length": ctx, **decision.as_dict()}
 
 
-async def events(cluster: Cluster, scope: dict[str, Any]) -> Any:
+async def events(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:
     limit = _int(_query(scope), "limit") or 100
     return {"events": [e.as_dict() for e in cluster.events.recent(limit)]}
 
@@ -160,7 +161,7 @@ def _int(query: dict[str, str], name: str) -> int | None:
     return int(text)
 
 
-Handler = Callable[["Cluster", dict[str, Any]], Awaitable[Any]]
+Handler = Callable[["ClusterRuntime", dict[str, Any]], Awaitable[Any]]
 GET_HANDLERS: dict[str, Handler] = {
     "/api/tags": tags, "/api/ps": ps, "/api/version": version, "/api/status": status,
     "/v1/models": openai_models,

@@ -25,7 +25,7 @@ from sollol.observe.recorder import request_row
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from sollol.cluster import Cluster
+    from sollol.core.runtime import ClusterRuntime
 
 log = logging.getLogger("sollol.gateway")
 STREAM = "/sollol/stream"
@@ -78,7 +78,7 @@ def dashboard_paths() -> dict[str, str]:
 class Monitor:
     """Metrics recorder, backend scraper and dashboard for one gateway."""
 
-    cluster: Cluster
+    cluster: ClusterRuntime
     running: Any  # Callable[[], int]: requests the gateway is serving now
     recorder: Recorder | None = None
     registry: CollectorRegistry | None = None

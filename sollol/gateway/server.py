@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from sollol.access import BIND_FIX, open_bind
+from sollol.core.access import BIND_FIX, open_bind
 from sollol.errors import SollolError
 from sollol.gateway.app import Gateway
 from sollol.gateway.slow_clients import ClientLimits, guarded_protocol
 
 if TYPE_CHECKING:
-    from sollol.cluster import Cluster
+    from sollol.core.runtime import ClusterRuntime
 
 log = logging.getLogger("sollol.gateway")
 
@@ -76,13 +76,13 @@ class _ForegroundServer(uvicorn.Server):
         self.gateway.monitor.begin_shutdown()
 
 
-def _check_bind(cluster: Cluster, host: str, insecure: bool) -> None:
+def _check_bind(cluster: ClusterRuntime, host: str, insecure: bool) -> None:
     problem = open_bind(host, cluster.config["api_keys"])
     if problem and not insecure:
         raise GatewayError(f"refusing to start: {problem}; {BIND_FIX}")
 
 
-def serve(cluster: Cluster, host: str, port: int, *, grace: float = DEFAULT_GRACE,
+def serve(cluster: ClusterRuntime, host: str, port: int, *, grace: float = DEFAULT_GRACE,
           log_level: str = "info", insecure: bool = False) -> Gateway:
     """Run the gateway until SIGINT/SIGTERM (SIGHUP re-reads the config); in-flight requests
     get `grace` s to finish. Refuses a bind beyond loopback without access keys unless
@@ -126,9 +126,9 @@ class GatewayError(SollolError):
 class GatewayThread:
     """The gateway on its own thread and event loop, on a chosen port (tests, embedding)."""
 
-    def __init__(self, cluster: Cluster, host: str = "127.0.0.1", port: int = 0, *,
+    def __init__(self, cluster: ClusterRuntime, host: str = "127.0.0.1", port: int = 0, *,
                  grace: float = 2.0, insecure: bool = False) -> None:
-        from sollol.processes import free_port
+        from sollol.core.processes import free_port
 
         _check_bind(cluster, host, insecure)
         self.host = host

@@ -1,7 +1,7 @@
 """A whole SOLLOL cluster on this machine, for `sollol demo`, `sollol run --local` and tests."""
 
-from sollol.local.cluster import LocalCluster, LocalServer, default_root, ensure_binaries
-from sollol.local.models import LARGE, SMALL, THRESHOLD, LocalModel, ModelSet, ensure_models
+from sollol.local.model_set import LARGE, SMALL, THRESHOLD, LocalModel, ModelSet, ensure_models
+from sollol.local.servers import LocalCluster, LocalServer, default_root, ensure_binaries
 
 __all__ = [
     "LARGE",

@@ -8,11 +8,11 @@ from typing import Any
 
 import click
 
+from sollol.core.names import same_model
 from sollol.llamacpp import BuildProgress
-from sollol.local.cluster import LocalCluster
-from sollol.local.models import LocalModel
+from sollol.local.model_set import LocalModel
+from sollol.local.servers import LocalCluster
 from sollol.local.traffic import Reply
-from sollol.names import same_model
 
 MIB = 1024 * 1024
 

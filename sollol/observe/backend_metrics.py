@@ -22,7 +22,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 if TYPE_CHECKING:
-    from sollol.cluster import Cluster
+    from sollol.core.runtime import ClusterRuntime
 
 log = logging.getLogger("sollol.observe")
 RETRY_UNSUPPORTED = 12
@@ -182,7 +182,7 @@ def _round(value: float | None) -> float | None:
     return round(value, 2) if value is not None else None
 
 
-def credentials(cluster: Cluster) -> dict[str, dict[str, str]]:
+def credentials(cluster: ClusterRuntime) -> dict[str, dict[str, str]]:
     """Backend id -> its `Authorization` header, for backends that carry their own key (read
     from the routes' states: snapshots are plain data and never hold keys)."""
     found: dict[str, dict[str, str]] = {}
@@ -193,7 +193,7 @@ def credentials(cluster: Cluster) -> dict[str, dict[str, str]]:
     return found
 
 
-def targets(cluster: Cluster) -> dict[str, str]:
+def targets(cluster: ClusterRuntime) -> dict[str, str]:
     """The llama-server backends of a cluster: OpenAI-speaking pool nodes and coordinators."""
     found: dict[str, str] = {}
     for provider in cluster.routes.values():

@@ -18,12 +18,12 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from sollol import __version__
+from sollol.core.router import SHARDING
 from sollol.observe.histogram import Histogram
 from sollol.observe.recorder import Recorder
-from sollol.router import SHARDING
 
 if TYPE_CHECKING:
-    from sollol.cluster import Cluster
+    from sollol.core.runtime import ClusterRuntime
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 """The classic text format: every Prometheus version reads it (our names need no escaping)."""
@@ -32,7 +32,8 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 class GatewayCollector(Collector):
     """Collects at scrape time: request metrics from the recorder, state from the routes."""
 
-    def __init__(self, recorder: Recorder, cluster: Cluster, running: Callable[[], int]) -> None:
+    def __init__(self, recorder: Recorder, cluster: ClusterRuntime,
+                 running: Callable[[], int]) -> None:
         self.recorder = recorder
         self.cluster = cluster
         self.running = running
@@ -133,7 +134,7 @@ def _counters(name: str, text: str, table: dict[tuple[str, str], int]) -> Metric
     return family
 
 
-def make_registry(recorder: Recorder, cluster: Cluster,
+def make_registry(recorder: Recorder, cluster: ClusterRuntime,
                   running: Callable[[], int]) -> CollectorRegistry:
     """A registry of its own per gateway (several may run in one process, e.g. in tests)."""
     registry = CollectorRegistry(auto_describe=False)

@@ -14,10 +14,10 @@ from sollol.observe.backend_metrics import BackendMetrics
 from sollol.observe.recorder import Recorder, request_row
 
 if TYPE_CHECKING:
-    from sollol.cluster import Cluster
+    from sollol.core.runtime import ClusterRuntime
 
 
-def overview(cluster: Cluster, recorder: Recorder | None, scraped: BackendMetrics | None, *,
+def overview(cluster: ClusterRuntime, recorder: Recorder | None, scraped: BackendMetrics | None, *,
              started_at: float, running: int) -> dict[str, Any]:
     """Nodes, rpc-servers, coordinators and request totals, as plain JSON-ready data."""
     stats = recorder.node_stats if recorder else {}
@@ -61,7 +61,7 @@ def overview(cluster: Cluster, recorder: Recorder | None, scraped: BackendMetric
     }
 
 
-def recent_requests(cluster: Cluster, limit: int = 200) -> list[dict[str, Any]]:
+def recent_requests(cluster: ClusterRuntime, limit: int = 200) -> list[dict[str, Any]]:
     return [request_row(e) for e in cluster.events.recent(limit)]
 
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import attrs
 
+from sollol.core.router import SHARDING
 from sollol.hookspecs import hookimpl
 from sollol.models import RouteEvent
 from sollol.observe.histogram import DURATION, FIRST_TOKEN, OVERHEAD, PER_TOKEN, Histogram
 from sollol.observe.history import History
 from sollol.observe.labels import OTHER, BoundedLabels
-from sollol.router import SHARDING
 
 NONE = "none"
 """The route or node label of a request that never got that far (e.g. an unknown model)."""

@@ -9,7 +9,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from sollol.units import format_bytes
+from sollol.core.units import format_bytes
 
 HEALTH_STYLE = {"healthy": "green", "ready": "green", "up": "green", "starting": "yellow",
                 "unknown": "yellow", "ejected": "red", "down": "red", "failed": "red",

@@ -15,9 +15,9 @@ from typing import Any
 import attrs
 import httpx
 
-from sollol.cluster import Cluster
+from sollol.client.loop_thread import LoopThread
+from sollol.core.runtime import ClusterRuntime
 from sollol.gateway.app import Gateway
-from sollol.loop_thread import LoopThread
 
 OLLAMA_MODELS = ("llama3.2:1b", "qwen2:0.5b")
 OPENAI_MODEL = "gpt-scripted"
@@ -48,9 +48,9 @@ class AsgiGateway:
 
     @classmethod
     def start(cls, **config: Any) -> AsgiGateway:
-        """A gateway over `Cluster.from_config(overrides=config)` (installed plugins)."""
+        """A gateway over `ClusterRuntime.from_config(overrides=config)` (installed plugins)."""
         loop = LoopThread("asgi-gateway")
-        gateway = Gateway(Cluster.from_config(overrides=config))
+        gateway = Gateway(ClusterRuntime.from_config(overrides=config))
         handler = _Tracebacks()
         for name in ("sollol", "uvicorn", "asyncio"):
             logging.getLogger(name).addHandler(handler)

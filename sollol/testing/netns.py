@@ -32,7 +32,7 @@ from pathlib import Path
 
 import attrs
 
-from sollol.processes import ManagedProcess, ProcessGroup, die_with_parent
+from sollol.core.processes import ManagedProcess, ProcessGroup, die_with_parent
 
 __all__ = ["Host", "Network", "isolated", "missing_tools", "require_isolated", "run_isolated"]
 

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 if TYPE_CHECKING:
+    from sollol.core.processes import ManagedProcess, ProcessGroup
     from sollol.gateway import GatewayThread
     from sollol.llamacpp import Binaries
-    from sollol.processes import ManagedProcess, ProcessGroup
     from sollol.testing.emulator import EmulatorNode
     from sollol.testing.netns import Network
     from sollol.testing.ollama_store import OllamaStoreBuilder
@@ -56,7 +56,7 @@ def stopped_at_teardown(make: Callable[..., T], stop: Callable[[T], object],
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[ProcessGroup]:
     """A process group for one test; everything in it is stopped when the test ends."""
-    from sollol.processes import ProcessGroup
+    from sollol.core.processes import ProcessGroup
 
     group = ProcessGroup(log_dir=tmp_path / "logs")
     try:
@@ -68,7 +68,7 @@ def processes(tmp_path: Path) -> Iterator[ProcessGroup]:
 @pytest.fixture(scope="session")
 def session_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessGroup]:
     """A process group shared by the whole session (slow-to-start servers)."""
-    from sollol.processes import ProcessGroup
+    from sollol.core.processes import ProcessGroup
 
     group = ProcessGroup(log_dir=tmp_path_factory.mktemp("session-logs"))
     try:
@@ -145,7 +145,7 @@ def llama_server(
 
     Waits for /health to answer 200; the server stops with the test's process group.
     """
-    from sollol.processes import free_port, wait_http
+    from sollol.core.processes import free_port, wait_http
 
     def start(model: Path, *extra: str, threads: int = 1) -> tuple[str, ManagedProcess]:
         port = free_port()
@@ -167,7 +167,7 @@ def rpc_servers(
 
     Each is accepting connections before this returns; all stop with the test's process group.
     """
-    from sollol.processes import free_port, wait_port
+    from sollol.core.processes import free_port, wait_port
 
     def start(count: int, *extra: str) -> list[tuple[str, ManagedProcess]]:
         started = []
@@ -209,7 +209,7 @@ def emulator_process(processes: ProcessGroup) -> Callable[..., str]:
     """
     import sys
 
-    from sollol.processes import free_port, wait_http
+    from sollol.core.processes import free_port, wait_http
 
     def start(*models: str, flags: Sequence[str] = ()) -> str:
         port = free_port()
@@ -245,7 +245,7 @@ def sollol_gateway(sollol_isolated_config: Path) -> Iterator[Callable[..., Gatew
     defined in the test, and keyword arguments are config keys (`ollama_nodes=[url]`).
     The config file and SOLLOL_* variables of the machine are ignored.
     """
-    from sollol.cluster import Cluster, load
+    from sollol.core.runtime import ClusterRuntime, load
     from sollol.gateway import GatewayThread
 
     def make(plugins: Sequence[str] | None = None, register: Collection[object] = (),
@@ -254,7 +254,7 @@ def sollol_gateway(sollol_isolated_config: Path) -> Iterator[Callable[..., Gatew
         if plugins is not None:
             overrides["plugins"] = list(plugins)
         loaded, pm = load(overrides=overrides, register=register)
-        return GatewayThread(Cluster(config=loaded, pm=pm))
+        return GatewayThread(ClusterRuntime(config=loaded, pm=pm))
 
     yield from stopped_at_teardown(make, GatewayThread.stop, GatewayThread.start)
 

@@ -1,0 +1,327 @@
+"""`sollol shard status|logs` and `sollol rpc serve|seed|install-service|add|remove`."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sollol.cli import config_option, handle_errors, load_for_cli
+from sollol.cli.gateway_client import call, gateway_headers, gateway_option, gateway_url, item
+
+GIB = 1024**3
+
+
+@click.group()
+def shard() -> None:
+    """Model sharding: layer distribution and coordinator logs."""
+
+
+@shard.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--url", help="Gateway to ask (default: gateway_host:gateway_port from the config).")
+@click.option("--local", is_flag=True, help="Do not ask a gateway; read pid files and probe.")
+@config_option
+@handle_errors
+def status(as_json: bool, url: str | None, local: bool, config_file: Path | None) -> None:
+    """Show rpc-servers and each coordinator's layer distribution.
+
+    Asks the running gateway first (GET /sollol/routes/sharding): it knows live health and
+    in-flight requests. Without one, it reads the coordinators' pid files and saved reports and
+    probes only the rpc-servers no live coordinator holds (a probe must never reach a held one).
+    """
+    config, _pm = load_for_cli(config_file)
+    data = None if local else _from_gateway(url or _gateway_url(config))
+    if data is None:
+        from .shard_status import local_status
+
+        data = local_status(config)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    from .shard_status import render
+
+    click.echo(render(data))
+
+
+def _gateway_url(config: Any) -> str:
+    host = config["gateway_host"]
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{host}:{config['gateway_port']}"
+
+
+def _from_gateway(url: str) -> dict[str, Any] | None:
+    import httpx
+
+    try:  # our own gateway: never via $http_proxy
+        response = httpx.get(url.rstrip("/") + "/sollol/routes/sharding", timeout=3.0,
+                             trust_env=False, headers=gateway_headers())
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    return {**data, "source": f"gateway {url}"} if isinstance(data, dict) else None
+
+
+@shard.command("logs")
+@click.argument("model")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
+@click.option("-n", "--lines", default=100, show_default=True, help="Lines of history to show.")
+@click.option("--url", help="Gateway to ask (default: gateway_host:gateway_port from the config).")
+@click.option("--local", is_flag=True, help="Do not ask a gateway; use the config's state dir.")
+@config_option
+@handle_errors
+def logs(model: str, follow: bool, lines: int, url: str | None, local: bool,
+         config_file: Path | None) -> None:
+    """Print (and follow) the coordinator log of MODEL.
+
+    The running gateway says where its coordinators keep their logs (a `sollol run --local`
+    cluster keeps them in its run folder, not the config's state dir); without one, the
+    config's `rpc_state_dir` is read.
+    """
+    from .manager import slug
+    from .sharding_route import state_dir
+
+    config, _pm = load_for_cli(config_file)
+    folder = state_dir(config)
+    data = None if local else _from_gateway(url or _gateway_url(config))
+    if data is not None and data.get("state_dir") and Path(data["state_dir"]).is_dir():
+        folder = Path(data["state_dir"])  # on this machine: the gateway's own folder
+    path = folder / "logs" / f"{slug(model)}.log"
+    if not path.exists():
+        known = sorted(p.stem.rsplit("-", 1)[0] for p in path.parent.glob("*.log"))
+        hint = f" (logs exist for: {', '.join(known)})" if known else ""
+        raise click.ClickException(f"no coordinator log for {model!r} at {path}{hint}")
+    with path.open("rb") as handle:
+        text = handle.read().decode(errors="replace")
+        click.echo("\n".join(text.splitlines()[-lines:]) if lines else "", nl=bool(lines))
+        while follow:
+            chunk = handle.read()
+            if chunk:
+                click.echo(chunk.decode(errors="replace"), nl=False)
+            else:
+                try:
+                    time.sleep(0.25)
+                except KeyboardInterrupt:
+                    return
+
+
+@click.group()
+def rpc() -> None:
+    """rpc-servers: run one on this machine (a shard for model sharding), or add and remove
+    them on a running gateway."""
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _warn_if_open(host: str) -> None:
+    if not _is_loopback(host):
+        click.secho(f"warning: binding to {host}: ggml-rpc-server has no authentication; anyone "
+                    "who can reach this port can run code on its devices. Use a trusted network "
+                    "only.", fg="yellow", err=True)
+
+
+def _rpc_binary(config: Any) -> Path:
+    from sollol.llamacpp import find_binaries
+
+    return find_binaries(config).rpc_server
+
+
+@rpc.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=50052, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: llama.cpp's).")
+@click.option("--cache", "cache", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep a tensor cache in DIR/rpc (helps reloads over slow links).")
+@click.option("--seed", "seeds", multiple=True, metavar="MODEL",
+              help="Before serving, fill the tensor cache from MODEL on this machine (a name in "
+                   "its Ollama store or a GGUF path), so a first load sends hashes, not weights "
+                   "(repeatable; turns the cache on).")
+@click.option("--client-timeout", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              metavar="SECONDS",
+              help="Drop a client (a coordinator) that stops answering for this long, e.g. "
+                   "behind a cut link, so the next one can connect; 0: run ggml-rpc-server "
+                   "in this process's place, with no timeout.")
+@config_option
+@handle_errors
+def serve(host: str, port: int, threads: int | None, cache: Path | None,
+          seeds: tuple[str, ...], client_timeout: float, config_file: Path | None) -> None:
+    """Run ggml-rpc-server in the foreground, as a child that drops silent clients (or, with
+    --client-timeout 0, in this process's place)."""
+    config, pm = load_for_cli(config_file)
+    binary = _rpc_binary(config)
+    _warn_if_open(host)
+    argv = [str(binary), "-H", host, "-p", str(port)]
+    if threads:
+        argv += ["-t", str(threads)]
+    env = dict(os.environ)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        env["LLAMA_CACHE"] = str(cache.resolve())  # rpc-server's -c takes no folder
+    if cache is not None or seeds:
+        argv.append("-c")
+    if seeds:
+        from .seed import rpc_cache_dir
+
+        _seed_models(config, pm, seeds, rpc_cache_dir(env))
+    click.echo(f"starting {' '.join(argv)}", err=True)
+    sys.stdout.flush()
+    if not client_timeout:
+        os.execve(argv[0], argv, env)
+    from .watch import serve as watched
+
+    sys.exit(watched(argv, env, client_timeout,
+                     lambda text: click.secho(f"warning: {text}", fg="yellow", err=True)))
+
+
+@rpc.command("seed")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--cache", "cache", type=click.Path(file_okay=False, path_type=Path),
+              help="The folder given to `sollol rpc serve --cache` (default: llama.cpp's cache, "
+                   "$LLAMA_CACHE).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@config_option
+@handle_errors
+def seed_command(models: tuple[str, ...], cache: Path | None, as_json: bool,
+                 config_file: Path | None) -> None:
+    """Fill this machine's rpc-server tensor cache from MODELS it has (Ollama store names or
+    GGUF paths): a coordinator's first load then sends hashes instead of weights."""
+    from .seed import rpc_cache_dir
+
+    config, pm = load_for_cli(config_file)
+    env = dict(os.environ)
+    if cache is not None:
+        env["LLAMA_CACHE"] = str(cache.resolve())
+    reports = _seed_models(config, pm, models, rpc_cache_dir(env), quiet=as_json)
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in reports], indent=2))
+
+
+def _seed_models(config: Any, pm: Any, models: tuple[str, ...], folder: Path,
+                 quiet: bool = False) -> list[Any]:
+    from sollol.errors import ModelNotFound
+
+    from .seed import seed
+
+    reports = []
+    for model in models:
+        resolved = pm.hook.sollol_resolve_gguf(model=model, config=config)
+        if resolved is None:
+            raise ModelNotFound(f"model {model!r} not found on this machine (an Ollama store "
+                                "name or a path to a GGUF file)")
+        say = None if quiet else (lambda text: click.echo(text, err=True))
+        report = seed(resolved.path, folder, say)
+        reports.append(report)
+        if not quiet:
+            click.echo(f"{model}: {report.written} tensor(s) written "
+                       f"({report.bytes_written / GIB:.2f} GiB), {report.present} already there, "
+                       f"of {report.tensors} over 10 MiB, in {folder} ({report.seconds:.1f}s)",
+                       err=True)
+    return reports
+
+
+@rpc.command("install-service")
+@click.option("--dry-run", is_flag=True, help="Print the unit instead of writing it.")
+@click.option("--user", "user_unit", is_flag=True, help="A systemd user unit (no root needed).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=50052, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--threads", type=click.IntRange(1))
+@click.option("--cache", is_flag=True, help="Enable the rpc-server tensor cache.")
+@click.option("--name", default="sollol-rpc", show_default=True, help="Unit name.")
+@click.option("--run-as", help="Account for a system unit (default: $SUDO_USER, else a "
+                               "DynamicUser).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the unit here instead of systemd's folder.")
+@click.option("--allow", "allow_text", metavar="CIDR,...",
+              help="Networks that may connect (IPAddressAllow; all others are dropped), e.g. "
+                   "the gateway's: 10.0.0.2/32.")
+@config_option
+@handle_errors
+def install_service(dry_run: bool, user_unit: bool, host: str, port: int, threads: int | None,
+                    cache: bool, name: str, run_as: str | None, output: Path | None,
+                    allow_text: str | None, config_file: Path | None) -> None:
+    """Write a hardened systemd unit that runs ggml-rpc-server."""
+    from sollol.cli.service import emit_unit
+
+    from .rpc_unit import ServiceSpec, parse_allow, render
+
+    try:
+        allow = parse_allow(allow_text) if allow_text is not None else ()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    config, _pm = load_for_cli(config_file)
+    binary = _rpc_binary(config).resolve()
+    _warn_if_open(host)
+    if not allow and not _is_loopback(host):
+        click.secho("warning: no --allow: any machine that can reach the port may connect; "
+                    "pass --allow with the gateway's address (e.g. --allow 10.0.0.2/32)",
+                    fg="yellow", err=True)
+    run_as = None if user_unit else (run_as or os.environ.get("SUDO_USER") or None)
+    spec = ServiceSpec(binary, host, port, threads, cache, user_unit, run_as, allow)
+    try:
+        text = render(spec)
+    except ValueError as exc:  # a program path systemd cannot run
+        raise click.ClickException(str(exc)) from None
+    if not user_unit and run_as is None and str(binary).startswith(("/root/", "/home/")):
+        # also with --dry-run: the unit printed would fail to start (status 203/EXEC)
+        click.secho(f"warning: {binary} is in a home folder, which a DynamicUser cannot read; "
+                    "pass --run-as USER or install the binaries system-wide", fg="yellow",
+                    err=True)
+    emit_unit(text, name, user_unit, output, dry_run)
+
+
+@rpc.command("add")
+@click.argument("address")
+@gateway_option
+@config_option
+@handle_errors
+def rpc_add(address: str, gateway: str | None, config_file: Path | None) -> None:
+    """Add the rpc-server at ADDRESS (host:port) to the running gateway's sharding route.
+
+    It is probed once; the next coordinator started can use it. It stays until removed (also
+    through re-discovery and config reloads); add it to `rpc_backends` to keep it after a
+    restart.
+    """
+    url = gateway_url(config_file, gateway)
+    result = call(url, "POST", "/sollol/rpc", {"address": address})
+    backend = result.get("backend") or {}
+    if not result.get("added"):
+        click.echo(result.get("detail") or f"{address} was already an rpc-server")
+        return
+    state = "healthy" if backend.get("healthy") else "not healthy"
+    click.echo(f"added rpc-server {backend.get('address', address)} to {url}: {state} "
+               f"({backend.get('detail', '')})")
+
+
+@rpc.command("remove")
+@click.argument("address")
+@gateway_option
+@config_option
+@handle_errors
+def rpc_remove(address: str, gateway: str | None, config_file: Path | None) -> None:
+    """Remove the rpc-server ADDRESS (host:port) from the running gateway.
+
+    A coordinator using it drains: its requests in flight finish, then it stops, and the next
+    request for its model starts one on the remaining rpc-servers.
+    """
+    url = gateway_url(config_file, gateway)
+    result = call(url, "DELETE", item("/sollol/rpc", address))
+    for entry in result.get("removed", []):
+        drained = entry.get("draining") or []
+        tail = f"; draining {', '.join(drained)}" if drained else ""
+        click.echo(f"removed rpc-server {entry['address']} from {url}{tail}")

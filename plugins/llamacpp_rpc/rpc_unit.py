@@ -1,0 +1,139 @@
+"""A hardened systemd unit for a `ggml-rpc-server` (what `sollol rpc install-service` writes).
+
+ggml-rpc-server has no authentication, so the unit itself limits who can reach it
+(`IPAddressAllow`/`IPAddressDeny` from `--allow`) and what a crafted RPC message could do to the
+machine if the server had a bug (system-call filter, hidden /proc, closed device policy with the
+GPU devices let through).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from pathlib import Path
+
+import attrs
+
+from sollol.cli.systemd import exec_line
+
+__all__ = ["GPU_DEVICES", "ServiceSpec", "exec_line", "parse_allow", "render"]
+
+CACHE_NAME = "sollol-rpc"
+GPU_DEVICES = ("char-drm", "char-kfd", "char-nvidia-frontend", "char-nvidia-uvm",
+               "char-nvidia-caps", "char-nvidiactl")
+"""Device classes (from /proc/devices) of GPUs: DRM (Vulkan, AMD, Intel), ROCm's KFD, NVIDIA.
+A class this machine does not have is skipped by systemd."""
+
+
+def parse_allow(text: str) -> tuple[str, ...]:
+    """`--allow CIDR,...` as normalised networks; ValueError naming a bad entry."""
+    networks = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if part == "localhost":
+            networks.append(part)
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise ValueError(f"--allow: {part!r} is not an address or CIDR network "
+                             "(e.g. 10.0.0.0/24,fd00::/8)") from None
+    if not networks:
+        raise ValueError("--allow: name at least one address or CIDR network")
+    return tuple(dict.fromkeys(networks))
+
+
+@attrs.frozen
+class ServiceSpec:
+    """What the unit runs and for whom."""
+
+    binary: Path
+    host: str = "127.0.0.1"
+    port: int = 50052
+    threads: int | None = None
+    cache: bool = False
+    user_unit: bool = False
+    run_as: str | None = None
+    """The account a system unit runs as (None: root's manager picks `DynamicUser`)."""
+    allow: tuple[str, ...] = ()
+    """Networks allowed to connect (`IPAddressAllow`); everyone else is dropped. Empty: only
+    loopback when bound to loopback, no filter for a wider bind (the CLI warns)."""
+
+
+def render(spec: ServiceSpec) -> str:
+    """The unit file's text."""
+    args = [str(spec.binary), "-H", spec.host, "-p", str(spec.port)]
+    if spec.threads:
+        args += ["-t", str(spec.threads)]
+    if spec.cache:
+        args.append("-c")
+    lines = [
+        "[Unit]",
+        "Description=llama.cpp RPC server for SOLLOL model sharding",
+        "Documentation=https://github.com/ggml-org/llama.cpp/tree/master/tools/rpc",
+        "# ggml-rpc-server has no authentication: bind it to loopback or a trusted network only.",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        "Type=simple",
+        "ExecStart=" + exec_line(args),
+        # the tensor cache lives in $LLAMA_CACHE/rpc; CacheDirectory makes it writable
+        f"Environment=LLAMA_CACHE=%C/{CACHE_NAME}",
+        f"CacheDirectory={CACHE_NAME}",
+        "Restart=on-failure",
+        "RestartSec=2",
+    ]
+    if not spec.user_unit:
+        lines += [f"User={spec.run_as}"] if spec.run_as else ["DynamicUser=yes"]
+        lines += ["CapabilityBoundingSet=", "AmbientCapabilities=", "ProtectKernelModules=yes",
+                  "ProtectKernelLogs=yes", "ProtectClock=yes", "ProtectHostname=yes"]
+    lines += [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=read-only",
+        "PrivateTmp=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectControlGroups=yes",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "RestrictNamespaces=yes",
+        "RestrictRealtime=yes",
+        "RestrictSUIDSGID=yes",
+        "LockPersonality=yes",
+        "SystemCallArchitectures=native",
+        # what a network service needs, minus privileged calls; a refused call fails with
+        # EPERM instead of killing the server (a GPU driver may probe something unusual)
+        "SystemCallFilter=@system-service",
+        "SystemCallFilter=~@privileged",
+        "SystemCallErrorNumber=EPERM",
+        "ProtectProc=invisible",
+        "ProcSubset=pid",
+        "UMask=0077",
+        # PrivateDevices would hide the GPU: a closed device list that lets the GPUs through
+        "DevicePolicy=closed",
+        *(f"DeviceAllow={device} rw" for device in GPU_DEVICES),
+        *_ip_lines(spec),
+        "",
+        "[Install]",
+        "WantedBy=" + ("default.target" if spec.user_unit else "multi-user.target"),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _ip_lines(spec: ServiceSpec) -> Iterable[str]:
+    allow = spec.allow
+    if not allow and _loopback(spec.host):
+        allow = ("localhost",)
+    if allow:
+        yield "# ggml-rpc-server has no authentication: only these networks may connect"
+        yield "IPAddressAllow=" + " ".join(dict.fromkeys(("localhost", *allow)))
+        yield "IPAddressDeny=any"
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -1,0 +1,96 @@
+"""`sollol shard status` without a gateway, and the text rendering of either source."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from . import attached, procs
+from .health import check
+from .manager import slug
+
+GIB = 1024**3
+
+
+def local_status(config: Any) -> dict[str, Any]:
+    """Live coordinators from pid files (with saved reports) and probes of free rpc-servers."""
+    from .rpc_discovery import discover
+    from .sharding_route import state_dir
+
+    folder = state_dir(config)
+    coordinators = []
+    for record in procs.read_pid_files(folder / "coordinators"):
+        owner = f"coordinator pid {record['pid']} ({record.get('model', '?')})"
+        attached.attach(record.get("backends", []), owner)  # so nothing below probes them
+        report = folder / "reports" / f"{slug(record.get('model', ''))}.json"
+        try:
+            saved = json.loads(report.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        state = "ready" if saved.get("pid") == record["pid"] else "starting"
+        coordinators.append({**saved, "model": record.get("model"), "pid": record["pid"],
+                             "backends": record.get("backends", []), "state": state,
+                             "url": f"http://127.0.0.1:{record.get('port')}",
+                             "log": record.get("log")})
+    backends = []
+    for backend in discover(config):
+        report = check(backend, config["rpc_probe_timeout"])
+        backends.append({"id": backend.id, "address": backend.address, "healthy": report.healthy,
+                         "detail": report.detail, "version": report.version,
+                         "memory_free": report.memory_free, "memory_total": report.memory_total,
+                         "attached_to": report.extra.get("attached")})
+    return {"source": f"local (pid files in {folder})", "backends": backends,
+            "coordinators": coordinators, "unservable": {}, "warnings": []}
+
+
+def render(data: dict[str, Any]) -> str:
+    """Human-readable status: rpc-servers, then each coordinator's layers per rpc-server."""
+    out = [f"source: {data.get('source', 'gateway')}"]
+    if data.get("unavailable"):
+        out.append(f"unavailable: {data['unavailable']}")
+    out.append("rpc-servers:")
+    for b in data.get("backends", []) or [{}]:
+        if not b:
+            out.append("  (none: set rpc_backends or run `sollol rpc serve`)")
+            continue
+        mark = "up  " if b.get("healthy") else "DOWN"
+        mem = ""
+        if b.get("memory_total"):
+            mem = f"  {b['memory_free'] / GIB:.1f}/{b['memory_total'] / GIB:.1f} GiB free"
+        held = f"  held by {b['attached_to']}" if b.get("attached_to") else ""
+        out.append(f"  {mark} {b['address']:<22} v{b.get('version') or '?'}{mem}{held}")
+        if not b.get("healthy") or b.get("incompatible"):
+            out.append(f"       {b.get('incompatible') or b.get('detail')}")
+        devices = b.get("devices") or []
+        if len(devices) > 1:
+            out.extend(f"       device {d.get('index')}: {d.get('free', 0) / GIB:.1f}/"
+                       f"{d.get('total', 0) / GIB:.1f} GiB free" for d in devices)
+    for c in data.get("coordinators", []):
+        load = f", loaded in {c['load_seconds']}s" if c.get("load_seconds") else ""
+        out.append(f"model {c.get('model')}: {c.get('state')} (pid {c.get('pid')}, "
+                   f"{c.get('url')}{load})")
+        if c.get("error"):
+            out.append(f"  error: {c['error']}")
+        if c.get("state") == "starting" and c.get("upload"):
+            out.append("  loading: " + ", ".join(
+                f"{address} {u['bytes'] / GIB:.2f}/{u['expected_bytes'] / GIB:.2f} GiB"
+                for address, u in c["upload"].items()))
+        placement = (c.get("placement") or {}).get("reason")
+        if placement:
+            out.append(f"  placement: {placement}")
+        report = c.get("layers")
+        if not report:
+            out.append("  layer distribution: not known yet")
+            continue
+        out.append(f"  layers offloaded: {report.get('offloaded')} "
+                   f"(output layer on {report.get('output_layer_on')})")
+        for share in [*report.get("backends", []), report.get("coordinator", {})]:
+            out.append(f"  {share.get('address', '?'):<22} {share.get('layers', 0):>3} layers "
+                       f"[{share.get('layer_range') or '-'}]  weights "
+                       f"{share.get('weights_mib', 0):.1f} MiB  "
+                       f"KV {share.get('kv_mib', 0):.1f} MiB")
+    for model, why in (data.get("unservable") or {}).items():
+        out.append(f"unservable {model}: {why.get('reason')}")
+    for warning in data.get("warnings", [])[-5:]:
+        out.append(f"warning: {warning}")
+    return "\n".join(out)

@@ -1,0 +1,139 @@
+"""What a pool node can do, from what it reports (run inside the health probe's worker thread).
+
+- llama-server: `/props` (chat template, its tool support, vision modality); embeddings by
+  asking `/v1/embeddings` with an empty body, which costs no compute: a server without
+  `--embeddings` answers 501, one whose pooling cannot give OpenAI embeddings a 400 naming the
+  pooling type, one that can a 400 about the missing input.
+- Ollama: `/api/show` `capabilities` per model, cached by digest (a model's capabilities change
+  only when the model does).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from sollol.core import capabilities as caps
+
+SHOW_CACHE_SIZE = 4096
+_show_cache: OrderedDict[tuple[str, str, str], frozenset[str]] = OrderedDict()
+_family_cache: OrderedDict[tuple[str, str, str], str | None] = OrderedDict()
+_lock = threading.Lock()
+
+
+def openai_server(client: httpx.Client) -> tuple[str, frozenset[str] | None, dict[str, str]]:
+    """(server kind in words, capabilities or None when the server does not tell, model
+    details: `family` and `quantization_level` where llama-server's `/props` and the GGUF
+    header, when the file is readable here, say)."""
+    props = _json(client.get("/props", headers={"Accept": "application/json"}))
+    found: set[str] | None = None
+    server = "openai-compatible server"
+    details: dict[str, str] = {}
+    if isinstance(props, dict) and ("model_path" in props or "build_info" in props):
+        server = "llama-server"
+        details = _details(props)
+        # tools too: llama-server takes tool definitions with any chat template (a template
+        # without native support gets its generic tool-call format)
+        found = {caps.COMPLETION, caps.TOOLS}
+        if props.get("chat_template"):
+            found.add(caps.CHAT)
+        modalities = props.get("modalities")
+        if isinstance(modalities, dict) and modalities.get("vision"):
+            found.add(caps.VISION)
+    if found is None:
+        return server, None, details  # another server: learned from its answers
+    if _embeds(client):
+        found.add(caps.EMBEDDING)
+    return server, frozenset(found), details
+
+
+def _details(props: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if isinstance(props.get("model_ftype"), str):
+        out["quantization_level"] = props["model_ftype"]
+    path = props.get("model_path")
+    if isinstance(path, str) and path:
+        family = _family(path)
+        if family:
+            out["family"] = family
+    return out
+
+
+def _family(path: str) -> str | None:
+    """The GGUF's architecture when the node's model file is readable here (same machine)."""
+    from sollol.core.gguf_info import read_model_info
+    from sollol.errors import ModelFileError
+
+    file = Path(path)
+    try:
+        stat = file.stat()
+    except OSError:
+        return None
+    key = (path, "", f"{stat.st_size}:{stat.st_mtime_ns}")
+    with _lock:
+        if key in _family_cache:
+            return _family_cache[key]
+    try:
+        family = read_model_info(file, file.name).architecture
+    except (ModelFileError, OSError, ValueError):
+        family = None
+    with _lock:
+        _family_cache[key] = family
+        while len(_family_cache) > SHOW_CACHE_SIZE:
+            _family_cache.popitem(last=False)
+    return family
+
+
+def _embeds(client: httpx.Client) -> bool:
+    reply = client.post("/v1/embeddings", content=b"{}",
+                        headers={"Content-Type": "application/json"})
+    if reply.status_code in (404, 405):
+        return False
+    return caps.unsupported(reply.status_code, reply.content,
+                            frozenset({caps.EMBEDDING})) is None
+
+
+def ollama_models(client: httpx.Client, node: str, tags: list[dict[str, Any]],
+                  ) -> dict[str, frozenset[str]]:
+    """Capabilities per model name from `/api/show`; models it would not show are left out."""
+    out: dict[str, frozenset[str]] = {}
+    for entry in tags:
+        name = str(entry.get("name") or entry.get("model") or "")
+        key = (node, name, str(entry.get("digest") or ""))
+        with _lock:
+            known = _show_cache.get(key)
+        if known is None:
+            reply = client.post("/api/show", json={"model": name})
+            body = _json(reply) if reply.status_code == 200 else None
+            reported = body.get("capabilities") if isinstance(body, dict) else None
+            if not isinstance(reported, list):
+                continue  # an older Ollama: capabilities unknown, learned from answers
+            known = ollama_capabilities(str(c) for c in reported)
+            with _lock:
+                _show_cache[key] = known
+                while len(_show_cache) > SHOW_CACHE_SIZE:
+                    _show_cache.popitem(last=False)
+        out[name] = known
+    return out
+
+
+def ollama_capabilities(reported: Any) -> frozenset[str]:
+    """Ollama's capability words as ours: a "completion" model chats, and Ollama computes
+    embeddings with any model that has "completion" or "embedding"."""
+    found = set(reported)
+    if caps.COMPLETION in found:
+        found |= {caps.CHAT, caps.EMBEDDING}
+    return frozenset(found)
+
+
+def _json(reply: httpx.Response) -> Any:
+    if reply.status_code != 200:
+        return None
+    try:
+        return reply.json()
+    except ValueError:
+        return None

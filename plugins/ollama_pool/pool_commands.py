@@ -1,0 +1,288 @@
+"""`sollol nodes` (the pool's nodes and their state) and `sollol pull` (a model onto many nodes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import httpx
+
+from sollol.cli import config_option, handle_errors, load_for_cli
+from sollol.cli.gateway_client import call, gateway_headers, gateway_option, gateway_url, item
+
+T = TypeVar("T")
+
+
+def _with_route(config_file: Path | None, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    """Start a pool route from the config (one probe round), run `work(route)`, stop it."""
+    from sollol.core.runtime import ClusterRuntime
+
+    from .pool_route import PoolRoute
+
+    config, pm = load_for_cli(config_file)
+
+    async def main() -> T:
+        route = PoolRoute(ClusterRuntime(config=config, pm=pm))
+        await route.start()
+        try:
+            return await work(route)
+        finally:
+            await route.stop()
+
+    return asyncio.run(main())
+
+
+def _gateway_nodes(url: str) -> dict[str, Any] | None:
+    """The live pool state from a running gateway, or None when none answers."""
+    try:
+        reply = httpx.get(url.rstrip("/") + "/sollol/nodes", timeout=2.0, trust_env=False,
+                          headers=gateway_headers())
+    except httpx.HTTPError:
+        return None
+    if reply.status_code != 200:
+        return None
+    try:
+        data = reply.json()
+    except ValueError:  # something else listens there, not a SOLLOL gateway
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _size(value: Any) -> str:
+    if not value:
+        return "-"
+    return f"{value / 2**30:.1f}G"
+
+
+def _row(node: dict[str, Any]) -> list[str]:
+    until = node.get("ejected_until")
+    speed = node.get("tokens_per_second")
+    memory = "-"
+    if node.get("memory_total"):
+        memory = f"{_size(node.get('memory_free'))}/{_size(node['memory_total'])} free"
+    elif node.get("vram_used"):
+        memory = f"{_size(node['vram_used'])} used"
+    return [node["id"], node.get("api") or node["kind"], node["health"],
+            time.strftime("%H:%M:%S", time.localtime(until)) if until else "-",
+            f"{node['in_flight']}/{node['limit']}", ",".join(node.get("loaded") or []) or "-",
+            memory, f"{speed:.1f} tok/s" if speed else "-"]
+
+
+def render(snapshot: dict[str, Any]) -> str:
+    """The pool's nodes as an aligned text table, then the detail of unhealthy ones."""
+    header = ["NODE", "KIND", "HEALTH", "EJECTED UNTIL", "IN FLIGHT", "LOADED", "MEMORY",
+              "SPEED"]
+    rows = [header] + [_row(n) for n in snapshot.get("nodes", [])]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in rows]
+    lines += [f"  {n['id']}: {n['detail']}" for n in snapshot.get("nodes", [])
+              if n["health"] != "healthy"]
+    lines += [line for n in snapshot.get("nodes", []) if (line := _cannot(n))]
+    return "\n".join(lines)
+
+
+def _cannot(node: dict[str, Any]) -> str:
+    """What a node serving one model is known not to do (reported or learned), in words."""
+    from sollol.core.capabilities import ALL, describe
+
+    known = (node.get("capabilities") or {}).get("")
+    gone = set((node.get("lacks") or {}).get("", []))
+    if known is not None:
+        gone |= set(ALL) - set(known)
+    if not gone:
+        return ""
+    return f"  {node['id']} ({node.get('server') or node.get('kind')}) cannot do " \
+           f"{describe(frozenset(gone))}"
+
+
+@click.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--gateway", metavar="URL",
+              help="Ask this gateway (default: gateway_host:gateway_port from the config).")
+@click.option("--direct", is_flag=True, help="Probe the nodes now instead of asking a gateway.")
+@config_option
+@click.pass_context
+@handle_errors
+def nodes(ctx: click.Context, as_json: bool, gateway: str | None, direct: bool,
+          config_file: Path | None) -> None:
+    """Pool nodes: kind, health, ejection, requests in flight, loaded models, memory, speed.
+
+    Live numbers come from a running gateway; without one the nodes are probed directly.
+    `sollol nodes add|remove ADDR` changes a running gateway's pool.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    snapshot = None
+    source = "direct probe"
+    if not direct:
+        if gateway is None:
+            config, _pm = load_for_cli(config_file)
+            gateway = f"http://{config['gateway_host']}:{config['gateway_port']}"
+        snapshot = _gateway_nodes(gateway)
+        source = f"gateway {gateway}"
+    if snapshot is None:
+        async def grab(route: Any) -> dict[str, Any]:
+            return dict(route.snapshot())
+        snapshot = _with_route(config_file, grab)
+        source = "direct probe" if direct else f"direct probe (no gateway at {gateway})"
+    if as_json:
+        click.echo(json.dumps({"source": source, **snapshot}, indent=2, default=str))
+        return
+    click.echo(f"# {source}")
+    click.echo(render(snapshot))
+
+
+@nodes.command("add")
+@click.argument("address")
+@gateway_option
+@config_option
+@handle_errors
+def nodes_add(address: str, gateway: str | None, config_file: Path | None) -> None:
+    """Add the pool node at ADDRESS to the running gateway (host:port, http://..., openai://...).
+
+    It is probed once, then takes requests. It stays until removed (also through re-discovery
+    and config reloads); add it to `ollama_nodes` to keep it after a restart.
+    """
+    url = gateway_url(config_file, gateway)
+    result = call(url, "POST", "/sollol/nodes", {"address": address})
+    node = result.get("node") or {}
+    if not result.get("added"):
+        click.echo(result.get("detail") or f"{address} was already a pool node")
+        return
+    click.echo(f"added {node.get('id', address)} to {url}: {node.get('health', '?')}"
+               f" ({node.get('detail', '')})")
+
+
+@nodes.command("remove")
+@click.argument("address")
+@gateway_option
+@config_option
+@handle_errors
+def nodes_remove(address: str, gateway: str | None, config_file: Path | None) -> None:
+    """Remove the pool node ADDRESS (id, host:port or URL) from the running gateway.
+
+    It takes no new requests; the ones it is serving finish. Discovery does not bring it
+    back until it is added again.
+    """
+    url = gateway_url(config_file, gateway)
+    result = call(url, "DELETE", item("/sollol/nodes", address))
+    for entry in result.get("removed", []):
+        running = entry.get("draining") or 0
+        tail = f"; {running} request(s) in flight finish there" if running else ""
+        click.echo(f"removed {entry['id']} from {url}{tail}")
+
+
+class _Bars:
+    """One progress line per node: redrawn in place on a terminal, logged on changes otherwise."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.lines: dict[str, str] = {}
+        self.drawn = 0
+
+    def update(self, event: dict[str, Any]) -> None:
+        node = event.get("node", "?")
+        if event.get("error"):
+            text = f"error: {event['error']}"
+        elif event.get("total"):
+            done, total = int(event.get("completed") or 0), int(event["total"])
+            filled = int(30 * done / total) if total else 30
+            text = (f"[{'#' * filled}{'.' * (30 - filled)}] {100 * done / max(total, 1):5.1f}% "
+                    f"{event.get('status', '')}")
+        else:
+            text = str(event.get("status", ""))
+        if self.lines.get(node) == text:
+            return
+        self.lines[node] = text
+        if not self.tty:
+            click.echo(f"{node}: {text}")
+            return
+        if self.drawn:
+            click.echo(f"\x1b[{self.drawn}A", nl=False)
+        width = max(len(n) for n in self.lines)
+        for name, line in self.lines.items():
+            click.echo(f"\x1b[2K{name.ljust(width)}  {line}")
+        self.drawn = len(self.lines)
+
+
+@click.command()
+@click.argument("model")
+@click.option("--node", "node_names", multiple=True, metavar="NODE",
+              help="Pull only on this node (repeatable; default: every healthy Ollama node).")
+@click.option("--insecure", is_flag=True, help="Allow an insecure registry.")
+@click.option("--gateway", metavar="URL",
+              help="Pull through this gateway (default: gateway_host:gateway_port in config).")
+@click.option("--direct", is_flag=True,
+              help="Talk to the nodes from here even when a gateway runs.")
+@config_option
+@handle_errors
+def pull(model: str, node_names: tuple[str, ...], insecure: bool, gateway: str | None,
+         direct: bool, config_file: Path | None) -> None:
+    """Pull MODEL onto the pool's Ollama nodes, with a progress bar per node.
+
+    Goes through the running gateway when there is one, so that it knows the new model at
+    once; without one, talks to the nodes directly.
+    """
+    bars = _Bars(sys.stdout.isatty())
+    summary: dict[str, Any] | None = None
+    if not direct:
+        url = gateway_url(config_file, gateway)
+        summary = _pull_through(url, model, node_names, insecure, bars, required=bool(gateway))
+
+    async def run(route: Any) -> dict[str, Any]:
+        last: dict[str, Any] = {}
+        async for event in route.pull(model, node_names or None, insecure=insecure):
+            if "node" in event:
+                bars.update(event)
+            last = event
+        return last
+
+    if summary is None:
+        summary = _with_route(config_file, run)
+    if summary.get("error"):
+        raise click.ClickException(f"pull {model}: {summary['error']}")
+    click.echo(f"pulled {model} on {len(summary.get('nodes', {}))} node(s)")
+
+
+def _pull_through(url: str, model: str, node_names: tuple[str, ...], insecure: bool,
+                  bars: _Bars, *, required: bool) -> dict[str, Any] | None:
+    """Pull through the gateway at `url`: its last progress event, or None when no gateway
+    answers there (and none was named)."""
+    body: dict[str, Any] = {"model": model, "stream": True, "insecure": insecure}
+    if node_names:
+        body["nodes"] = list(node_names)
+    last: dict[str, Any] = {}
+    try:  # our own gateway: never through $http_proxy
+        with httpx.stream("POST", url + "/api/pull", json=body, timeout=None, trust_env=False,
+                          headers=gateway_headers()) as reply:
+            if reply.status_code != 200:
+                reply.read()
+                try:
+                    error = reply.json().get("error")
+                except (ValueError, AttributeError):
+                    error = None
+                if error is None and not required:
+                    return None  # something else listens there
+                raise click.ClickException(f"pull {model} through {url}: "
+                                           f"{error or reply.text[:200]}")
+            for line in reply.iter_lines():
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if "node" in event:
+                    bars.update(event)
+                last = event
+    except httpx.ConnectError as exc:
+        if required:
+            raise click.ClickException(f"no gateway answers at {url} ({exc})") from None
+        return None
+    except (httpx.HTTPError, ValueError) as exc:
+        raise click.ClickException(f"pull {model} through {url}: {exc}") from None
+    return last

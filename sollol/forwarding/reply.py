@@ -1,0 +1,122 @@
+"""What the dispatcher hands back: a finished `Reply`, or a `StreamReply` to iterate.
+
+A stream that fails after its first byte ends with an error object in the client's dialect,
+never a silent truncation; one that stalls for `stream_idle_timeout` between chunks is cut too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+
+from sollol.dialects.error_shapes import stream_error
+from sollol.dialects.translate import Stream
+from sollol.errors import BackendError, SollolError
+from sollol.forwarding.upstream import StreamIdle, UpstreamError, UpstreamResponse
+from sollol.models import Api
+from sollol.routes import Outcome
+
+NETWORK_ERRORS = (UpstreamError, TimeoutError, OSError)
+
+
+@attrs.define(eq=False)
+class Reply:
+    """A finished reply in the client's dialect, with where it was routed."""
+
+    status: int
+    content_type: str
+    route: dict[str, str]
+    body: bytes = b""
+
+
+@attrs.define(eq=False)
+class StreamReply(Reply):
+    """A streamed reply whose first upstream chunk has arrived; iterate it, then `aclose()`."""
+
+    _finish: Any = None  # Callable[[Outcome], None], set by the dispatcher
+    _response: UpstreamResponse | None = None
+    _stream: Stream | None = None
+    _first: bytes = b""
+    _api: Api = "ollama"
+    _backend: str = ""
+    _started: float = 0.0
+    _done: bool = False
+    _explain: Any = None  # Callable[[str], str]: adds the route's explanation of a failure
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        assert self._response is not None and self._stream is not None
+        stream = self._stream
+        try:
+            first = stream.feed(self._first)
+        except BackendError as exc:  # a line past MAX_LINE already
+            yield self._cut(stream, exc)
+            return
+        if first:
+            yield first
+        try:
+            while chunk := await self._response.next_chunk():
+                out = stream.feed(chunk)
+                if out:
+                    yield out
+        except (*NETWORK_ERRORS, BackendError) as exc:
+            yield self._cut(stream, exc)
+            return
+        tail = stream.finish()
+        if tail:
+            yield tail
+        if stream.complete:
+            self._end(Outcome(stream.error is None, 200, stream.error, tokens=stream.tokens,
+                              seconds=self._elapsed(), first_byte_sent=True))
+            return
+        message = self._explain(
+            f"stream cut: backend {self._backend} closed the stream before it was complete")
+        self._end(Outcome(False, 502, message, seconds=self._elapsed(), first_byte_sent=True))
+        yield stream_error(self._api, message, at_line_start=stream.at_boundary)
+
+    async def aclose(self, reason: str = "client disconnected") -> None:
+        """Stop the stream (cancelling the upstream request) if it has not ended yet."""
+        if self._response is not None:
+            if self._done:
+                self._response.release()
+            else:
+                self._response.close()  # closing the socket is how the backend learns to stop
+        self._end(Outcome(False, 499, reason, seconds=self._elapsed(), first_byte_sent=True))
+
+    def _cut(self, stream: Stream, exc: BaseException) -> bytes:
+        """End the stream on a failure: the outcome, and the error object for the client."""
+        if isinstance(exc, StreamIdle):
+            what = f"stalled: it {exc}"
+        else:
+            what = f"failed mid-stream ({describe_error(exc)})"
+        message = self._explain(f"stream cut: backend {self._backend} {what}")
+        timed_out = isinstance(exc, (TimeoutError, StreamIdle))
+        self._end(Outcome(False, 504 if timed_out else 502, message,
+                          seconds=self._elapsed(), first_byte_sent=True))
+        return stream_error(self._api, message, at_line_start=stream.at_boundary)
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when what the client got so far ends a line or event (where an error object
+        can start without a separator)."""
+        return self._stream is None or self._stream.at_boundary
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self._started
+
+    def _end(self, outcome: Outcome) -> None:
+        if not self._done:
+            self._done = True
+            self._finish(outcome)
+
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, UpstreamError):
+        return str(exc)
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, SollolError) else text

@@ -89,8 +89,7 @@ def logs(model: str, follow: bool, lines: int, url: str | None, local: bool,
     cluster keeps them in its run folder, not the config's state dir); without one, the
     config's `rpc_state_dir` is read.
     """
-    from .manager import slug
-    from .sharding_route import state_dir
+    from .options import slug, state_dir
 
     config, _pm = load_for_cli(config_file)
     folder = state_dir(config)

@@ -7,15 +7,15 @@ from typing import Any
 
 from . import attached, procs
 from .health import check
-from .manager import slug
+from .options import slug
 
 GIB = 1024**3
 
 
 def local_status(config: Any) -> dict[str, Any]:
     """Live coordinators from pid files (with saved reports) and probes of free rpc-servers."""
+    from .options import state_dir
     from .rpc_discovery import discover
-    from .sharding_route import state_dir
 
     folder = state_dir(config)
     coordinators = []

@@ -103,7 +103,7 @@ class ShardRegistry:
         return [b.address for b in new]
 
     def remove(self, address: str) -> Shard | None:
-        """Forget an rpc-server (its coordinator, if any, is drained by the manager)."""
+        """Forget an rpc-server (its coordinator, if any, is drained by the supervisor)."""
         return self.shards.pop(address, None)
 
     async def probe(self, shard: Shard) -> None:

@@ -173,7 +173,7 @@ async def test_sharding_route_refuses_embeddings_at_once(rpc_servers, sharding_r
     assert place.holds is True and place.missing == {"embedding"}
     with pytest.raises(NotSupported, match="--embeddings"):
         await route.acquire(request)
-    assert not route.manager.coordinators  # nothing was started for it
+    assert not route.supervisor.coordinators  # nothing was started for it
     chat = await route.placement(RouteRequest(model=str(tiny_model), needs=frozenset({"chat"})))
     assert chat.able
     ghost = await route.placement(RouteRequest(model="ghost"))

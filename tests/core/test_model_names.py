@@ -153,7 +153,7 @@ def test_the_gateway_does_not_read_an_arbitrary_file_for_a_client(folders, gatew
 
 
 def test_one_coordinator_log_per_model_whatever_the_spelling():
-    from sollol_plugins.llamacpp_rpc.manager import slug
+    from sollol_plugins.llamacpp_rpc.options import slug
 
     assert slug("llama3") == slug("llama3:latest") == slug("library/llama3")
     assert slug("llama3") != slug("llama3:8b")

@@ -95,7 +95,7 @@ async def test_shard_status_and_logs_without_a_gateway(
     lease.release(Outcome(ok=True))
     isolated_config.parent.mkdir(parents=True, exist_ok=True)
     isolated_config.write_text(tomli_w.dumps({
-        "rpc_backends": addresses, "rpc_state_dir": str(route.manager.options.state_dir),
+        "rpc_backends": addresses, "rpc_state_dir": str(route.supervisor.options.state_dir),
         # no gateway on that port: the command falls back to its local view
         "gateway_port": free_port(), "plugins": ONLY_US}))
 

@@ -37,7 +37,7 @@ async def test_a_removed_rpc_server_drains_its_coordinator_then_it_restarts_on_t
     route = await sharding_route([a, b], rpc_placement="all")  # spread: a layer on each
     model = str(tiny_model)
     lease = await route.acquire(RouteRequest(model=model))
-    old = route.manager.coordinators[model]
+    old = route.supervisor.coordinators[model]
     assert old.plan.addresses == [a, b]
 
     added = await route.add_backend(c)
@@ -54,7 +54,7 @@ async def test_a_removed_rpc_server_drains_its_coordinator_then_it_restarts_on_t
     assert not waiting.done()
     lease.release(Outcome(ok=True))  # the last request ends: the coordinator stops
     new_lease = await asyncio.wait_for(waiting, 120)
-    new = route.manager.coordinators[model]
+    new = route.supervisor.coordinators[model]
     assert new is not old and not old.alive()
     assert sorted(new.plan.addresses) == sorted([a, c])
     assert await chat(new_lease.base_url)

@@ -133,7 +133,7 @@ async def test_two_models_run_at_once_on_disjoint_shards(
     first, second = two_models
     leases = [await route.acquire(RouteRequest(model=m)) for m in (first, second)]
     try:
-        plans = [route.manager.coordinators[m].plan.addresses for m in (first, second)]
+        plans = [route.supervisor.coordinators[m].plan.addresses for m in (first, second)]
         assert [len(p) for p in plans] == [1, 1] and set(plans[0]).isdisjoint(plans[1])
         from test_sharding_route import chat
 
@@ -164,7 +164,7 @@ async def test_a_model_needing_every_shard_evicts_or_waits_as_configured(
                                  rpc_backend_memory={a: share for a in addresses})
     small_lease = await route.acquire(RouteRequest(model=str(tiny_model)))
     small_lease.release(Outcome(ok=True))  # idle now, still holding one rpc-server
-    small = route.manager.coordinators[str(tiny_model)]
+    small = route.supervisor.coordinators[str(tiny_model)]
     assert len(small.plan.addresses) == 1
     if when_busy == "wait":
         with pytest.raises(Overloaded, match="busy"):
@@ -174,7 +174,7 @@ async def test_a_model_needing_every_shard_evicts_or_waits_as_configured(
     lease = await route.acquire(RouteRequest(model=str(big)))
     lease.release(Outcome(ok=True))
     assert small.state == "stopped"
-    assert sorted(route.manager.coordinators[str(big)].plan.addresses) == sorted(addresses)
+    assert sorted(route.supervisor.coordinators[str(big)].plan.addresses) == sorted(addresses)
 
 
 @pytest.mark.llamacpp
@@ -195,7 +195,7 @@ async def test_a_two_device_rpc_server_is_planned_per_device(
     route = await sharding_route([address])
     lease = await route.acquire(RouteRequest(model=str(tiny_model)))
     try:
-        coord = route.manager.coordinators[str(tiny_model)]
+        coord = route.supervisor.coordinators[str(tiny_model)]
         assert len(coord.plan.tensor_split.split(",")) == 2
         assert await chat(lease.base_url, 4)
     finally:
@@ -238,7 +238,7 @@ async def test_a_plugin_can_choose_the_shards(
     try:
         lease = await route.acquire(RouteRequest(model=str(tiny_model)))
         lease.release(Outcome(ok=True))
-        coord = route.manager.coordinators[str(tiny_model)]
+        coord = route.supervisor.coordinators[str(tiny_model)]
         assert coord.plan.addresses == [addresses[0]]
         assert coord.as_dict()["placement"]["reason"] == "pinned to the first shard by a plugin"
         assert plugin.calls and plugin.calls[0][0] == str(tiny_model)
@@ -297,7 +297,7 @@ async def test_a_coordinators_rpc_connections_carried_its_weights(
     route = await sharding_route(addresses, rpc_placement="all")
     lease = await route.acquire(RouteRequest(model=str(tiny_model)))
     lease.release(Outcome(ok=True))
-    coord = route.manager.coordinators[str(tiny_model)]
+    coord = route.supervisor.coordinators[str(tiny_model)]
     coord.note_upload(sockets.bytes_delivered(coord.proc.pid), sockets.resolve)
     assert set(coord.upload) == set(addresses)
     for figures in coord.upload.values():
@@ -312,15 +312,15 @@ async def test_preloaded_models_are_warm_before_their_first_request(
     route = await sharding_route([a for a, _ in rpc_servers(1)],
                                  rpc_preload=[str(tiny_model), "no-such-model"])
     for _ in range(600):
-        coord = route.manager.coordinators.get(str(tiny_model))
+        coord = route.supervisor.coordinators.get(str(tiny_model))
         if coord is not None and coord.state == "ready":
             break
         await asyncio.sleep(0.05)
     assert coord is not None and coord.state == "ready" and coord.served == 0
-    assert any("rpc_preload 'no-such-model' failed" in w for w in route.manager.warnings)
+    assert any("rpc_preload 'no-such-model' failed" in w for w in route.supervisor.warnings)
     lease = await route.acquire(RouteRequest(model=str(tiny_model)))
     lease.release(Outcome(ok=True))
-    assert route.manager.coordinators[str(tiny_model)] is coord  # the warm one served it
+    assert route.supervisor.coordinators[str(tiny_model)] is coord  # the warm one served it
 
 
 @pytest.mark.llamacpp
@@ -363,7 +363,7 @@ async def test_layers_the_gateway_machine_can_hold_stay_there(
                                  rpc_local_memory=str(needed // 2))
     lease = await route.acquire(RouteRequest(model=str(tiny_model)))
     try:
-        coord = route.manager.coordinators[str(tiny_model)]
+        coord = route.supervisor.coordinators[str(tiny_model)]
         assert coord.plan.layer_count == 8 and 0 < coord.plan.local_layers < 8
         ngl = coord.argv(Path("llama-server"), 0, [])
         assert ngl[ngl.index("-ngl") + 1] == str(9 - coord.plan.local_layers)
@@ -376,18 +376,17 @@ async def test_layers_the_gateway_machine_can_hold_stay_there(
 
 
 def test_whole_layers_are_kept_local_as_memory_allows() -> None:
-    from sollol_plugins.llamacpp_rpc.manager import CoordinatorManager, Options
+    from sollol_plugins.llamacpp_rpc.options import Options
 
     from sollol.models import ModelInfo
 
-    def manager(local: int) -> CoordinatorManager:
-        options = Options(mode="persistent", idle_timeout=1, max_coordinators=1,
-                          startup_timeout=1, wait_timeout=1, ctx_size=0, extra_args=(),
-                          state_dir=Path("/nonexistent"), local_memory=local)
-        return CoordinatorManager(options, ShardRegistry(timeout=1), None, None)
+    def options(local: int) -> Options:
+        return Options(mode="persistent", idle_timeout=1, max_coordinators=1,
+                       startup_timeout=1, wait_timeout=1, ctx_size=0, extra_args=(),
+                       state_dir=Path("/nonexistent"), local_memory=local)
 
     info = ModelInfo("m", file_size=900, layer_count=8)  # 100 bytes per layer (+ the output)
-    assert manager(0).split_local(900, info) == (900, 0)
-    assert manager(350).split_local(900, info) == (600, 3)
-    assert manager(10_000).split_local(900, info) == (100, 8)  # the output layer is sharded
-    assert manager(350).split_local(900, None) == (900, 0)  # layers unknown: nothing local
+    assert options(0).split_local(900, info) == (900, 0)
+    assert options(350).split_local(900, info) == (600, 3)
+    assert options(10_000).split_local(900, info) == (100, 8)  # the output layer is sharded
+    assert options(350).split_local(900, None) == (900, 0)  # layers unknown: nothing local

@@ -86,7 +86,7 @@ async def test_a_seeded_rpc_server_receives_hashes_not_weights(
                                      rpc_state_dir=str(tmp_path / f"state-{label}"))
         lease = await route.acquire(RouteRequest(model=str(big_tensor_model)))
         try:
-            coord = route.manager.coordinators[str(big_tensor_model)]
+            coord = route.supervisor.coordinators[str(big_tensor_model)]
             peers = sockets.bytes_delivered(coord.proc.pid)
             delivered[label] = sum(n for (_ip, p), n in peers.items() if p == port)
             replies[label] = await chat(lease.base_url, 4)

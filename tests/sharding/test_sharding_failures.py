@@ -44,7 +44,7 @@ async def test_killing_a_shard_mid_request_fails_it_and_restarts_on_survivors(
     route = await sharding_route([a for a, _ in servers], rpc_placement="all")
     model = str(tiny_model)
     lease = await route.acquire(RouteRequest(model=model))
-    first = route.manager.coordinators[model]
+    first = route.supervisor.coordinators[model]
     victim, victim_proc = servers[1]
     error: Exception | None = None
     done = False
@@ -70,7 +70,7 @@ async def test_killing_a_shard_mid_request_fails_it_and_restarts_on_survivors(
 
     lease = await route.acquire(RouteRequest(model=model))
     try:
-        second = route.manager.coordinators[model]
+        second = route.supervisor.coordinators[model]
         assert second is not first and second.proc.pid != first.proc.pid
         assert second.plan.addresses == [a for a, _ in servers if a != victim]
         assert await chat(lease.base_url)
@@ -91,14 +91,14 @@ async def test_a_shard_killed_while_idle_is_noticed_without_probing_it(
     lease = await route.acquire(RouteRequest(model=model))
     await chat(lease.base_url, 4)
     lease.release(Outcome(ok=True))
-    first = route.manager.coordinators[model]
+    first = route.supervisor.coordinators[model]
 
     # llama-server's /health would still say ok; the supervisor reads the dropped connection.
     servers[0][1].kill()
-    await wait_for(lambda: route.manager.coordinators.get(model) not in (None, first))
+    await wait_for(lambda: route.supervisor.coordinators.get(model) not in (None, first))
     lease = await route.acquire(RouteRequest(model=model))
     try:
-        assert route.manager.coordinators[model].plan.addresses == [servers[1][0]]
+        assert route.supervisor.coordinators[model].plan.addresses == [servers[1][0]]
         assert await chat(lease.base_url, 4)  # served, no error: restarted before it was asked
     finally:
         lease.release(Outcome(ok=True))
@@ -111,12 +111,12 @@ async def test_stopping_the_route_leaves_no_process(
     route = await sharding_route([a for a, _ in rpc_servers(1)])
     lease = await route.acquire(RouteRequest(model=str(tiny_model)))
     lease.release(Outcome(ok=True))
-    coord = route.manager.coordinators[str(tiny_model)]
-    pid_files = list(route.manager.pid_dir.glob("*.json"))
+    coord = route.supervisor.coordinators[str(tiny_model)]
+    pid_files = list(route.supervisor.pid_dir.glob("*.json"))
     assert [p.stem for p in pid_files] == [str(coord.proc.pid)]
     await route.stop()
     assert coord.proc.poll() is not None
-    assert not list(route.manager.pid_dir.glob("*.json"))
+    assert not list(route.supervisor.pid_dir.glob("*.json"))
 
 
 ORPHAN_MAKER = """
@@ -204,8 +204,8 @@ async def test_a_coordinator_too_slow_to_start_is_stopped_and_frees_its_shards(
     model = str(tiny_model)
     with pytest.raises(NoRouteAvailable, match="did not become ready within"):
         await route.acquire(RouteRequest(model=model))
-    coord = route.manager.coordinators[model]
+    coord = route.supervisor.coordinators[model]
     assert coord.proc.poll() is not None, "the slow llama-server was left running"
-    assert not list(route.manager.pid_dir.glob("*.json"))
+    assert not list(route.supervisor.pid_dir.glob("*.json"))
     shard = route.shards.shards[address]
     assert shard.healthy and shard.owner is None and rpc_proc.alive()

@@ -30,16 +30,16 @@ async def test_waiters_past_the_queue_size_get_429_at_once(
     small = await route.acquire(RouteRequest(model=str(tiny_model)))
     try:  # the small model holds one rpc-server: the big one (needing both) must wait
         first = asyncio.create_task(route.acquire(RouteRequest(model=str(big))))
-        while route.manager.waiting < 1 and not first.done():
+        while route.scheduler.waiting < 1 and not first.done():
             await asyncio.sleep(0.01)
-        assert route.manager.waiting == 1
+        assert route.scheduler.waiting == 1
         with pytest.raises(Overloaded, match="rpc_queue_size") as refused:
             await route.acquire(RouteRequest(model=str(big)))
         assert refused.value.retry_after > 0
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
-        assert route.manager.waiting == 0  # a waiter that leaves frees its place
+        assert route.scheduler.waiting == 0  # a waiter that leaves frees its place
     finally:
         small.release(Outcome(ok=True))
 
@@ -54,5 +54,45 @@ async def test_spellings_of_one_model_share_one_coordinator(
     for name in spellings:
         lease = await route.acquire(RouteRequest(model=name))
         lease.release(Outcome(ok=True))
-    assert list(route.manager.coordinators) == [str(tiny_model)]
-    assert route.manager.starts == {str(tiny_model): 1}
+    assert list(route.supervisor.coordinators) == [str(tiny_model)]
+    assert route.supervisor.starts == {str(tiny_model): 1}
+
+
+@pytest.mark.llamacpp
+async def test_a_release_wakes_a_waiting_request_without_polling(
+    rpc_servers, sharding_route, tmp_path: Path, tiny_model: Path,
+) -> None:
+    """A request waiting for busy rpc-servers sleeps until something comes free: it looks again
+    once the lease holding them is released (then evicts the idle coordinator and starts its
+    own), never on a timer in between."""
+    from sollol.testing.tiny_models import make_tiny_model
+
+    big = make_tiny_model(tmp_path / "big.gguf", layers=8, dim=128, seed=3)
+    share = model_needs(big) * 6 // 10
+    addresses = [a for a, _ in rpc_servers(2)]
+    route = await sharding_route(addresses, rpc_max_coordinators=2, rpc_when_busy="evict",
+                                 rpc_wait_timeout=60.0,
+                                 rpc_backend_memory={a: share for a in addresses})
+    small = await route.acquire(RouteRequest(model=str(tiny_model)))
+    held = route.supervisor.coordinators[str(tiny_model)]
+    events: list[str] = []
+    waiter = asyncio.create_task(route.acquire(RouteRequest(model=str(big))))
+    waiter.add_done_callback(lambda _: events.append("acquired"))
+    try:  # the small model's request holds an rpc-server: the big model (needing both) waits
+        while route.scheduler.waiting < 1 and not waiter.done():
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(1.0)  # what a polling waiter would spend looking again, repeatedly
+        assert not waiter.done() and route.scheduler.waiting == 1
+        assert route.scheduler.rechecks == 0, "a waiter looked again with nothing released"
+    finally:
+        events.append("released")
+        small.release(Outcome(ok=True))
+    lease = await waiter
+    try:
+        assert events == ["released", "acquired"]
+        assert route.scheduler.rechecks == 1  # woken once, by the release
+        assert held.state == "stopped"  # the idle coordinator made room
+        assert sorted(lease.backend.labels["rpc"].split(",")) == sorted(addresses)
+        assert route.scheduler.waiting == 0
+    finally:
+        lease.release(Outcome(ok=True))

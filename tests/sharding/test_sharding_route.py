@@ -57,14 +57,14 @@ async def test_second_request_reuses_the_warm_coordinator(
     route = await sharding_route([a for a, _ in rpc_servers(2)])
     request = RouteRequest(model=str(tiny_model))
     first = await route.acquire(request)
-    pid = route.manager.coordinators[str(tiny_model)].proc.pid
+    pid = route.supervisor.coordinators[str(tiny_model)].proc.pid
     second = await route.acquire(request)  # concurrent: shares the same process
     assert second.base_url == first.base_url
     first.release(Outcome(ok=True))
     second.release(Outcome(ok=True))
     third = await route.acquire(request)
     assert third.base_url == first.base_url
-    assert route.manager.coordinators[str(tiny_model)].proc.pid == pid
+    assert route.supervisor.coordinators[str(tiny_model)].proc.pid == pid
     await chat(third.base_url, 4)
     third.release(Outcome(ok=True))
 
@@ -76,7 +76,7 @@ async def test_concurrent_requests_for_a_starting_model_wait_for_one_coordinator
     request = RouteRequest(model=str(tiny_model))
     leases = await asyncio.gather(*(route.acquire(request) for _ in range(4)))
     assert len({lease.base_url for lease in leases}) == 1
-    assert route.manager._generation == 1
+    assert route.supervisor._generation == 1
     for lease in leases:
         lease.release(Outcome(ok=True))
 
@@ -87,15 +87,15 @@ async def test_ephemeral_mode_stops_the_coordinator_after_the_request(
     route = await sharding_route([a for a, _ in rpc_servers(1)],
                                  rpc_coordinator_mode="ephemeral")
     lease = await route.acquire(RouteRequest(model=str(tiny_model)))
-    proc = route.manager.coordinators[str(tiny_model)].proc
+    proc = route.supervisor.coordinators[str(tiny_model)].proc
     await chat(lease.base_url, 4)
     lease.release(Outcome(ok=True))
     for _ in range(200):
-        if proc.poll() is not None and not route.manager.coordinators:
+        if proc.poll() is not None and not route.supervisor.coordinators:
             break
         await asyncio.sleep(0.05)
     assert proc.poll() is not None
-    assert not route.manager.coordinators
+    assert not route.supervisor.coordinators
     assert all(s["attached_to"] is None for s in route.snapshot()["backends"])
 
 
@@ -133,7 +133,7 @@ async def test_a_backend_down_at_start_is_left_out_with_a_warning(
     route.shards.shards[dead].healthy = True  # as if killed right after the last health probe
     lease = await route.acquire(RouteRequest(model=str(tiny_model)))
     try:
-        assert route.manager.coordinators[str(tiny_model)].plan.addresses == [alive]
+        assert route.supervisor.coordinators[str(tiny_model)].plan.addresses == [alive]
         assert any(dead in w and "leaving out" in w for w in route.snapshot()["warnings"])
         assert await chat(lease.base_url, 4)
     finally:
@@ -165,11 +165,11 @@ async def test_a_second_model_evicts_the_least_recently_used_idle_one(
     with pytest.raises(Overloaded, match="busy"):  # its rpc-servers are held by a busy model
         await route.acquire(RouteRequest(model=other))
     first.release(Outcome(ok=True))
-    old = route.manager.coordinators[str(tiny_model)].proc
+    old = route.supervisor.coordinators[str(tiny_model)].proc
     second = await route.acquire(RouteRequest(model=other))  # the idle one makes room
     try:
         assert old.poll() is not None
-        assert list(route.manager.coordinators) == [other]
+        assert list(route.supervisor.coordinators) == [other]
         assert await chat(second.base_url, 4)
     finally:
         second.release(Outcome(ok=True))
@@ -180,20 +180,20 @@ async def test_an_idle_coordinator_stops_after_the_idle_timeout(
 ) -> None:
     route = await sharding_route([a for a, _ in rpc_servers(1)], rpc_idle_timeout=0.5)
     lease = await route.acquire(RouteRequest(model=str(tiny_model)))
-    proc = route.manager.coordinators[str(tiny_model)].proc
+    proc = route.supervisor.coordinators[str(tiny_model)].proc
     lease.release(Outcome(ok=True))
-    for _ in range(200):  # the process exits a moment before the manager forgets it
-        if proc.poll() is not None and not route.manager.coordinators:
+    for _ in range(200):  # the process exits a moment before the supervisor forgets it
+        if proc.poll() is not None and not route.supervisor.coordinators:
             break
         await asyncio.sleep(0.05)
-    assert proc.poll() is not None and not route.manager.coordinators
+    assert proc.poll() is not None and not route.supervisor.coordinators
 
 
 async def test_a_request_cancelled_during_an_eviction_leaves_no_rpc_server_held(
     rpc_servers, sharding_route, tiny_model: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The gateway cancels a request whose client went away: the manager's bookkeeping
+    """The gateway cancels a request whose client went away: the scheduler's bookkeeping
     (stop the least recently used coordinator, release its rpc-servers) must still finish."""
     from sollol_plugins.llamacpp_rpc import procs
 
@@ -204,7 +204,7 @@ async def test_a_request_cancelled_during_an_eviction_leaves_no_rpc_server_held(
                                  rpc_max_coordinators=1)
     first = await route.acquire(RouteRequest(model=str(tiny_model)))
     first.release(Outcome(ok=True))
-    old = route.manager.coordinators[str(tiny_model)]
+    old = route.supervisor.coordinators[str(tiny_model)]
 
     terminate = procs.terminate
     monkeypatch.setattr(procs, "terminate", lambda proc: (time.sleep(0.5), terminate(proc))[1])
@@ -221,7 +221,7 @@ async def test_a_request_cancelled_during_an_eviction_leaves_no_rpc_server_held(
     lease = await route.acquire(RouteRequest(model=other))
     try:
         assert old.proc.poll() is not None
-        assert sorted(route.manager.coordinators) == [other]
+        assert sorted(route.supervisor.coordinators) == [other]
         assert await chat(lease.base_url, 4)
     finally:
         lease.release(Outcome(ok=True))
@@ -241,4 +241,4 @@ async def test_a_proxy_in_the_environment_is_not_used_to_reach_a_coordinator(
     route = await sharding_route([a for a, _ in rpc_servers(1)], rpc_startup_timeout=60)
     lease = await route.acquire(RouteRequest(model=str(tiny_model)))
     lease.release(Outcome(ok=True))
-    assert route.manager.coordinators[str(tiny_model)].report is not None
+    assert route.supervisor.coordinators[str(tiny_model)].report is not None

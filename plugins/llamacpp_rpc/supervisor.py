@@ -285,8 +285,8 @@ class Supervisor:
             coord.ready.set_exception(CoordinatorFailed(unservable or reason))
             coord.ready.exception()  # retrieved: a failure nobody awaits is not an error
 
-    async def _after_failure(self, coord: Coordinator, reason: str) -> tuple[list[str],
-                                                                              str | None]:
+    async def _after_failure(self, coord: Coordinator,
+                             reason: str) -> tuple[list[str], str | None]:
         """Find the dead shards, then restart on the survivors or report the model unservable;
         returns the dead shards' addresses and why the model cannot be served (or None)."""
         known = [self.shards.shards[a] for a in coord.plan.addresses if a in self.shards.shards]

@@ -214,14 +214,14 @@ async def _scale_one(nodes: int, queued: int) -> dict[str, Any]:
         node.apply(HealthReport(node.id, True, models=("m",), loaded_models=("m",)), 0.0,
                    route.settings)
         route.nodes[node.id] = node
-    route.membership_changed()
+    route.scheduler.members_changed()
     ok = Outcome(True, 200, tokens=10, seconds=0.1)
     held = [await route.acquire(RouteRequest("m")) for _ in range(nodes)]
     waiting = [asyncio.create_task(route.acquire(RouteRequest("m"))) for _ in range(queued)]
     for _ in range(3):
         await asyncio.sleep(0)
     cpu = 0.0
-    inspected = route._waiters.inspections
+    inspected = route.scheduler.waiters.inspections
     decisions = 0
     pending = list(waiting)
     while held and decisions < queued:
@@ -238,7 +238,7 @@ async def _scale_one(nodes: int, queued: int) -> dict[str, Any]:
             else:
                 still.append(task)
         pending = still
-    inspected = route._waiters.inspections - inspected
+    inspected = route.scheduler.waiters.inspections - inspected
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)

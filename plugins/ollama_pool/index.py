@@ -15,7 +15,7 @@ MAX_TABLES = 1024
 
 @attrs.define
 class NodeIndex:
-    """Indexes over the route's member nodes (`nodes` is the route's own dict)."""
+    """Indexes over the pool's member nodes (`nodes` is the member table's own dict, only read)."""
 
     nodes: dict[str, Node]
     free: set[Node] = attrs.field(factory=set)

@@ -7,9 +7,11 @@ from collections.abc import Collection, Iterable
 from sollol.core.capabilities import EMBEDDING, describe
 from sollol.core.placement import Placement
 from sollol.core.router import POOL
+from sollol.errors import ModelNotFound, NoRouteAvailable, NotSupported
 from sollol.models import RouteRequest
 
 from .node import Node
+from .waiters import Waiter
 
 
 def placement(nodes: Iterable[Node], request: RouteRequest) -> Placement:
@@ -40,3 +42,24 @@ def unable_message(holders: Collection[Node], model: str, needs: frozenset[str])
         parts.append(f"{node.id} ({node.server or node.backend.kind}) lacks "
                      f"{describe(gap)}{hint}")
     return f"no pool node holding {model!r} supports {describe(needs)}: " + "; ".join(parts)
+
+
+def unservable(scope: Collection[Node], waiter: Waiter, now: float) -> Exception:
+    """Why none of `scope` (the pinned node, or every member) can take `waiter`'s request now:
+    none supports what it needs, none holds the model, all holders are excluded, or they are down.
+    """
+    model, needs = waiter.request.model, waiter.request.needs
+    holders = [n for n in scope if n.has_model(model)]
+    able = [n for n in holders if not n.missing(model, needs)]
+    if holders and not able:
+        return NotSupported(unable_message(holders, model, needs))
+    holders = able
+    if scope and not holders and all(n.probed and n.healthy for n in scope):
+        where = f"node {waiter.backend}" if waiter.backend else "any pool node"
+        return ModelNotFound(f"model '{model}' not found on {where}")
+    if holders and all(n.id in waiter.exclude for n in holders if n.available(now)) \
+            and any(n.available(now) for n in holders):
+        return NoRouteAvailable(f"no other pool node holds {model!r} "
+                                f"(already tried {', '.join(sorted(waiter.exclude))})")
+    down = "; ".join(f"{n.id}: {n.detail}" for n in (holders or scope)) or "no nodes"
+    return NoRouteAvailable(f"no healthy pool node can serve {model!r} ({down})")

@@ -36,7 +36,7 @@ def add_node(route: PoolRoute, name: str, models: tuple[str, ...], limit: int = 
     node.apply(HealthReport(name, True, models=models, loaded_models=models), 0.0,
                route.settings)
     route.nodes[name] = node
-    route.membership_changed()
+    route.scheduler.members_changed()
     return node
 
 
@@ -54,22 +54,22 @@ async def test_a_release_inspects_a_bounded_number_of_waiters_at_any_queue_lengt
     tasks = [asyncio.create_task(route.acquire(RouteRequest(models[i % 8])))
              for i in range(4000)]
     await settle()
-    assert len(route._waiters) == 4000
+    assert len(route.scheduler.waiters) == 4000
     order: list[int] = []
     per_release: list[int] = []
     done: set[asyncio.Task] = set()
     while held:
         lease = held.pop(0)
-        before = route._waiters.inspections
+        before = route.scheduler.waiters.inspections
         lease.release(OK)
-        per_release.append(route._waiters.inspections - before)
+        per_release.append(route.scheduler.waiters.inspections - before)
         await settle()
         for index, task in enumerate(tasks):
             if task.done() and task not in done:
                 done.add(task)
                 order.append(index)
                 held.append(task.result())
-    assert len(done) == 4000 and len(route._waiters) == 0
+    assert len(done) == 4000 and len(route.scheduler.waiters) == 0
     # one placement per release (the freed slot), plus at most the one head that must wait
     assert max(per_release) <= 2, max(per_release)
     for model in range(8):  # first come, first served within each model
@@ -86,10 +86,10 @@ async def test_the_work_of_a_release_does_not_grow_with_nodes_or_queue():
         held = [await route.acquire(RouteRequest("m")) for _ in range(nodes)]
         tasks = [asyncio.create_task(route.acquire(RouteRequest("m"))) for _ in range(queued)]
         await settle()
-        before = route._waiters.inspections
+        before = route.scheduler.waiters.inspections
         for lease in held[:8]:
             lease.release(OK)
-        counts[(nodes, queued)] = route._waiters.inspections - before
+        counts[(nodes, queued)] = route.scheduler.waiters.inspections - before
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -131,8 +131,8 @@ async def _run_steps(steps) -> None:
             node = nodes[y]
             report = HealthReport(node.id, action == "up", models=catalog[y],
                                   loaded_models=catalog[y])
-            if route.apply(node, report, route.now()):
-                route.wake([node])
+            if route.scheduler.apply(node, report, route.now()):
+                route.scheduler.wake([node])
         await settle()
         still = []
         for task in waiting:
@@ -142,8 +142,8 @@ async def _run_steps(steps) -> None:
                 leases.append(task.result())
         waiting = still
         now = route.now()
-        for waiter in route._waiters:
-            free = [n for n in route._candidates(waiter, now) if n.in_flight < n.cap]
+        for waiter in route.scheduler.waiters:
+            free = [n for n in route.scheduler._candidates(waiter, now) if n.in_flight < n.cap]
             assert not free, f"{waiter.request.model} waits while {free[0].id} is free"
     for task in waiting:
         task.cancel()

@@ -8,6 +8,7 @@ and a request is routed through it by `sollol run --plugin ...`.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -152,3 +153,20 @@ def test_the_latency_example_passes_its_tests_and_routes_through_sollol_run(
         assert reply.headers["x-sollol-policy"] == "latency"
         routes.append(reply.headers["x-sollol-route"])
     assert sorted(routes) == ["pool", "sharding"]
+
+
+SCAFFOLDED_BEFORE = Path(__file__).with_name("scaffolded_2_4")
+
+
+@pytest.mark.parametrize("kind", ["backend", "policy", "command"])
+def test_a_plugin_scaffolded_by_an_earlier_sollol_still_passes(tmp_path: Path, kind: str) -> None:
+    """`sollol plugins new` output kept byte for byte from plugin API 2.4 (before the layered
+    tree): it installs, loads and passes its own tests against this SOLLOL, unchanged."""
+    package = tmp_path / f"sollol-v2-{kind}"
+    shutil.copytree(SCAFFOLDED_BEFORE / f"sollol-v2-{kind}", package)
+    site = tmp_path / "site"
+    pip_install(package, site)
+    listed = subprocess.run([sys.executable, "-m", "sollol", "plugins", "--json"],
+                            env=env_with(site), capture_output=True, text=True, check=True)
+    assert f'"name": "v2-{kind}"' in listed.stdout
+    run_plugin_tests(package, site)

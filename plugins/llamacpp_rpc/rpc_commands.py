@@ -13,7 +13,14 @@ from typing import Any
 import click
 
 from sollol.cli import config_option, handle_errors, load_for_cli
-from sollol.cli.gateway_client import call, gateway_headers, gateway_option, gateway_url, item
+from sollol.cli.gateway_client import (
+    call,
+    gateway_address,
+    gateway_client,
+    gateway_option,
+    gateway_url,
+    item,
+)
 
 GIB = 1024**3
 
@@ -37,7 +44,7 @@ def status(as_json: bool, url: str | None, local: bool, config_file: Path | None
     probes only the rpc-servers no live coordinator holds (a probe must never reach a held one).
     """
     config, _pm = load_for_cli(config_file)
-    data = None if local else _from_gateway(url or _gateway_url(config))
+    data = None if local else _from_gateway(url or gateway_address(config))
     if data is None:
         from .shard_status import local_status
 
@@ -50,18 +57,12 @@ def status(as_json: bool, url: str | None, local: bool, config_file: Path | None
     click.echo(render(data))
 
 
-def _gateway_url(config: Any) -> str:
-    host = config["gateway_host"]
-    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    return f"http://{host}:{config['gateway_port']}"
-
-
 def _from_gateway(url: str) -> dict[str, Any] | None:
     import httpx
 
-    try:  # our own gateway: never via $http_proxy
-        response = httpx.get(url.rstrip("/") + "/sollol/routes/sharding", timeout=3.0,
-                             trust_env=False, headers=gateway_headers())
+    try:
+        with gateway_client(url, timeout=3.0) as client:
+            response = client.get("/sollol/routes/sharding")
     except httpx.HTTPError:
         return None
     if response.status_code != 200:
@@ -93,7 +94,7 @@ def logs(model: str, follow: bool, lines: int, url: str | None, local: bool,
 
     config, _pm = load_for_cli(config_file)
     folder = state_dir(config)
-    data = None if local else _from_gateway(url or _gateway_url(config))
+    data = None if local else _from_gateway(url or gateway_address(config))
     if data is not None and data.get("state_dir") and Path(data["state_dir"]).is_dir():
         folder = Path(data["state_dir"])  # on this machine: the gateway's own folder
     path = folder / "logs" / f"{slug(model)}.log"

@@ -14,7 +14,7 @@ import click
 import httpx
 
 from sollol.cli import config_option, handle_errors, load_for_cli
-from sollol.cli.gateway_client import call, gateway_headers, gateway_option, gateway_url, item
+from sollol.cli.gateway_client import call, gateway_client, gateway_option, gateway_url, item
 
 T = TypeVar("T")
 
@@ -41,8 +41,8 @@ def _with_route(config_file: Path | None, work: Callable[[Any], Coroutine[Any, A
 def _gateway_nodes(url: str) -> dict[str, Any] | None:
     """The live pool state from a running gateway, or None when none answers."""
     try:
-        reply = httpx.get(url.rstrip("/") + "/sollol/nodes", timeout=2.0, trust_env=False,
-                          headers=gateway_headers())
+        with gateway_client(url, timeout=2.0) as client:
+            reply = client.get("/sollol/nodes")
     except httpx.HTTPError:
         return None
     if reply.status_code != 200:
@@ -122,9 +122,7 @@ def nodes(ctx: click.Context, as_json: bool, gateway: str | None, direct: bool,
     snapshot = None
     source = "direct probe"
     if not direct:
-        if gateway is None:
-            config, _pm = load_for_cli(config_file)
-            gateway = f"http://{config['gateway_host']}:{config['gateway_port']}"
+        gateway = gateway_url(config_file, gateway)
         snapshot = _gateway_nodes(gateway)
         source = f"gateway {gateway}"
     if snapshot is None:
@@ -259,9 +257,9 @@ def _pull_through(url: str, model: str, node_names: tuple[str, ...], insecure: b
     if node_names:
         body["nodes"] = list(node_names)
     last: dict[str, Any] = {}
-    try:  # our own gateway: never through $http_proxy
-        with httpx.stream("POST", url + "/api/pull", json=body, timeout=None, trust_env=False,
-                          headers=gateway_headers()) as reply:
+    try:
+        with gateway_client(url, timeout=None) as client, \
+                client.stream("POST", "/api/pull", json=body) as reply:
             if reply.status_code != 200:
                 reply.read()
                 try:

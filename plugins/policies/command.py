@@ -114,17 +114,16 @@ def ask_gateway(
 
     `probe`: the gateway is only presumed (the config's address): wait briefly.
     """
-    from sollol.cli.gateway_client import gateway_headers
+    from sollol.cli.gateway_client import gateway_client
 
     params: dict[str, Any] = {"model": model}
     if context is not None:
         params["ctx"] = context
     if endpoint != "chat":
         params["endpoint"] = endpoint
-    try:  # our own gateway: never through $http_proxy
-        with httpx.Client(transport=transport, timeout=2.0 if probe else 30.0,
-                          trust_env=False, headers=gateway_headers()) as client:
-            response = client.get(url.rstrip("/") + "/sollol/route", params=params)
+    try:
+        with gateway_client(url, timeout=2.0 if probe else 30.0, transport=transport) as client:
+            response = client.get("/sollol/route", params=params)
     except httpx.HTTPError as exc:
         raise SollolError(f"cannot reach the gateway at {url}: {exc}") from None
     try:

@@ -2,58 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
 from sollol import __version__
+from sollol.cli.common import UsageFailure, config_option, handle_errors, load_for_cli
 from sollol.errors import ConfigError, PluginError, SollolError
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class UsageFailure(click.ClickException):
-    """A one-line error with exit code 2 (bad config, bad plugin set-up)."""
-
-    exit_code = 2
-
-
-def handle_errors(func: F) -> F:
-    """Turn SOLLOL's errors into one-line CLI messages; config and plugin errors exit 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (ConfigError, PluginError) as exc:
-            raise UsageFailure(str(exc)) from None
-        except SollolError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def config_option(func: F) -> F:
-    """The `--config FILE` option shared by commands that read the configuration."""
-    return click.option(
-        "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-        help="Config file to use instead of the default (also SOLLOL_CONFIG).",
-    )(func)
-
-
-def load_for_cli(config_file: Path | None = None, overrides: dict[str, Any] | None = None):
-    """(config, plugin manager) for a command, with errors as one-line CLI messages."""
-    from sollol.core.runtime import load
-
-    try:
-        return load(path=config_file, overrides=overrides)
-    except (ConfigError, PluginError) as exc:
-        raise UsageFailure(str(exc)) from None
+__all__ = ["UsageFailure", "build_cli", "cli", "config_option", "handle_errors", "load_for_cli",
+           "main"]
 
 
 @click.group()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from sollol.cli import UsageFailure, config_option, handle_errors
+from sollol.cli.common import UsageFailure, config_option, handle_errors
 
 if TYPE_CHECKING:
     from sollol.cli.batch_job import BatchSummary

@@ -6,7 +6,6 @@ health and versions from `sollol_check_health`, store names from `sollol_gguf_na
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import tempfile
@@ -18,13 +17,14 @@ from typing import Literal
 import attrs
 import httpx
 
+from sollol.cli.gateway_client import gateway_address, gateway_client
 from sollol.config import Config
 from sollol.core.access import open_bind
 from sollol.core.plugin_manager import collect_named
 from sollol.core.runtime import ClusterRuntime, load
 from sollol.errors import BinaryNotFound, ConfigError, PluginError
 from sollol.llamacpp import INSTALL_COMMAND, Binaries, find_binaries
-from sollol.models import Backend, HealthReport
+from sollol.models import Backend, HealthReport, join_host_port
 
 Status = Literal["ok", "warn", "fail"]
 RPC_API = "ggml-rpc"
@@ -195,14 +195,10 @@ def _backends(cluster: ClusterRuntime, timeout: float, local_rpc: str | None) ->
 def _held_by_gateway(config: Config) -> dict[str, str]:
     """rpc-servers a running gateway's coordinators hold (address -> who), asked of the
     gateway at the config's address; empty when none answers."""
-    host = config["gateway_host"]
-    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    url = f"http://{host}:{config['gateway_port']}"
-    key = os.environ.get("SOLLOL_KEY", "").strip()
+    url = gateway_address(config)
     try:
-        reply = httpx.get(url + "/sollol/routes/sharding", timeout=2.0, trust_env=False,
-                          headers={"Authorization": f"Bearer {key}"} if key else {})
+        with gateway_client(url, timeout=2.0) as client:
+            reply = client.get("/sollol/routes/sharding")
         backends = reply.json().get("backends") if reply.status_code == 200 else None
     except (httpx.HTTPError, ValueError, AttributeError):
         return {}
@@ -304,7 +300,9 @@ def _gateway_port(host: str, port: int) -> Finding:
     except OSError as exc:
         reason = exc.strerror or str(exc)
     try:
-        reply = httpx.get(f"http://{host}:{port}/api/version", timeout=2.0, trust_env=False)
+        with gateway_client("http://" + join_host_port(host.strip("[]"), port),
+                            timeout=2.0) as client:
+            reply = client.get("/api/version")
         if reply.status_code == 200 and "sollol" in reply.json():
             return Finding("gateway", subject, "ok", "a SOLLOL gateway is already running here")
     except (httpx.HTTPError, ValueError):

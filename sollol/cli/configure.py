@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from sollol.cli import UsageFailure, config_option, load_for_cli
+from sollol.cli.common import UsageFailure, config_option, load_for_cli
 from sollol.config import Setting, check_value, config_path, parse_text, read_file, write_file
 from sollol.core.names import closest
 from sollol.errors import ConfigError, PluginError

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from sollol.cli import config_option, handle_errors, load_for_cli
+from sollol.cli.common import config_option, handle_errors, load_for_cli
 
 if TYPE_CHECKING:
     from sollol.config import Config

@@ -8,7 +8,7 @@ from pathlib import Path
 import attrs
 import click
 
-from sollol.cli import config_option
+from sollol.cli.common import config_option
 
 _MARKS = {"ok": ("ok  ", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "red")}
 

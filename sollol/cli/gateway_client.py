@@ -1,17 +1,38 @@
-"""Talking to a running gateway's admin endpoints (`sollol nodes add`, `sollol rpc remove`, ...)."""
+"""Talking to our own running gateway: its address, its key, and its admin endpoints.
+
+Every command that asks a running gateway (`sollol status`, `sollol nodes add`, `sollol rpc
+remove`, ...) finds it with `gateway_url` and talks to it through `gateway_client`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import click
 
-from sollol.cli import load_for_cli
+from sollol.cli.common import load_for_cli
 from sollol.core.access import KEY_ENV, gateway_headers
+from sollol.models import join_host_port
 
-__all__ = ["KEY_HINT", "call", "gateway_headers", "gateway_option", "gateway_url", "item"]
+if TYPE_CHECKING:
+    import httpx
+
+    from sollol.config import Config
+
+__all__ = ["KEY_HINT", "call", "gateway_address", "gateway_client", "gateway_headers",
+           "gateway_option", "gateway_url", "item"]
+
+WILDCARDS = ("0.0.0.0", "::", "")
+"""Bind addresses that mean "every interface": this machine asks them on loopback."""
+
+
+def gateway_address(config: Config) -> str:
+    """`http://host:port` of the gateway the config describes (IPv6 hosts in brackets)."""
+    host = str(config["gateway_host"]).strip("[]")
+    host = "127.0.0.1" if host in WILDCARDS else host
+    return "http://" + join_host_port(host, int(config["gateway_port"]))
 
 
 def gateway_url(config_file: Path | None, url: str | None = None) -> str:
@@ -19,10 +40,17 @@ def gateway_url(config_file: Path | None, url: str | None = None) -> str:
     if url:
         return url.rstrip("/")
     config, _pm = load_for_cli(config_file)
-    host = config["gateway_host"]
-    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    return f"http://{host}:{config['gateway_port']}"
+    return gateway_address(config)
+
+
+def gateway_client(url: str, *, timeout: float | None = 60.0,
+                   transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """An httpx.Client for our own gateway at `url`: paths are relative to it, requests carry
+    $SOLLOL_KEY, and no proxy from the environment ever answers for it (`trust_env=False`)."""
+    import httpx
+
+    return httpx.Client(base_url=url.rstrip("/"), headers=gateway_headers(), timeout=timeout,
+                        trust_env=False, transport=transport)
 
 
 KEY_HINT = f"set {KEY_ENV} to an admin key (`sollol keys create NAME --admin`)"
@@ -32,9 +60,9 @@ def call(url: str, method: str, path: str, body: dict[str, Any] | None = None) -
     """One admin request; a missing gateway or an error reply is a one-line CLI error."""
     import httpx
 
-    try:  # our own gateway: never through $http_proxy
-        reply = httpx.request(method, url + path, json=body, timeout=60.0, trust_env=False,
-                              headers=gateway_headers())
+    try:
+        with gateway_client(url) as client:
+            reply = client.request(method, path, json=body)
     except httpx.HTTPError as exc:
         raise click.ClickException(f"no gateway answers at {url} ({exc}); start one with "
                                    "`sollol run` or name it with --gateway") from None

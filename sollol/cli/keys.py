@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from sollol.cli import UsageFailure, config_option, handle_errors
+from sollol.cli.common import UsageFailure, config_option, handle_errors
 from sollol.config import CORE_SETTINGS, config_path, load_config, read_file, write_file
 from sollol.core import access
 

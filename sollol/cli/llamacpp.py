@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sollol.cli import config_option, handle_errors, load_for_cli
+from sollol.cli.common import config_option, handle_errors, load_for_cli
 
 
 @click.group()

@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 import click
 
-from sollol.cli import config_option, handle_errors, load_for_cli
+from sollol.cli.common import config_option, handle_errors, load_for_cli
 from sollol.errors import ModelFileError, ModelNotFound
 
 

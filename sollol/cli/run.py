@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sollol.cli import UsageFailure, config_option, handle_errors, load_for_cli
+from sollol.cli.common import UsageFailure, config_option, handle_errors, load_for_cli
 from sollol.config import CORE_SETTINGS, load_config
 from sollol.core.access import BIND_FIX, is_loopback, open_bind
 from sollol.gateway.access_log import FORMATS, AccessLog

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from sollol.cli import config_option, handle_errors, load_for_cli
+from sollol.cli.common import config_option, handle_errors, load_for_cli
 from sollol.cli.systemd import write_unit
 from sollol.config import config_path
 from sollol.gateway.access_log import FORMATS

@@ -10,8 +10,8 @@ from typing import Any
 import click
 import httpx
 
-from sollol.cli import config_option, handle_errors
-from sollol.cli.gateway_client import KEY_HINT, gateway_headers, gateway_url
+from sollol.cli.common import config_option, handle_errors
+from sollol.cli.gateway_client import KEY_HINT, gateway_client, gateway_url
 
 
 class NoGateway(click.ClickException):
@@ -21,8 +21,8 @@ class NoGateway(click.ClickException):
 def fetch(url: str, timeout: float = 5.0) -> dict[str, Any]:
     """The gateway's `/sollol/overview`; NoGateway with the reason when it cannot be read."""
     try:
-        reply = httpx.get(url.rstrip("/") + "/sollol/overview", timeout=timeout,
-                          trust_env=False, headers=gateway_headers())
+        with gateway_client(url, timeout=timeout) as client:
+            reply = client.get("/sollol/overview")
     except httpx.HTTPError as exc:
         msg = (f"no gateway answers at {url} ({type(exc).__name__}); start one with "
                "`sollol run`, or name it with --gateway URL")

@@ -109,7 +109,7 @@ class RemoteGateway:
         self.url = url.rstrip("/")
         self.timeout = timeout
         # the gateway's access key: given, or $SOLLOL_KEY (as SOLLOL's CLI commands send it)
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else gateway_headers()
+        self.headers = gateway_headers(api_key)
         self.client: httpx.AsyncClient | None = None
 
     async def open(self) -> None:

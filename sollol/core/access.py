@@ -230,7 +230,8 @@ KEY_ENV = "SOLLOL_KEY"
 running gateway; its admin endpoints need an admin key."""
 
 
-def gateway_headers() -> dict[str, str]:
-    """`Authorization: Bearer $SOLLOL_KEY` when that is set, for requests to our gateway."""
-    key = os.environ.get(KEY_ENV, "").strip()
+def gateway_headers(key: str | None = None) -> dict[str, str]:
+    """`Authorization: Bearer KEY` for requests to our gateway: `key`, else $SOLLOL_KEY when
+    that is set; no header without either."""
+    key = (key or os.environ.get(KEY_ENV, "")).strip()
     return {"Authorization": f"Bearer {key}"} if key else {}

@@ -2,7 +2,7 @@
 
 `import sollol.cluster` still works: it is answered with the module's new home
 (`sollol.core.runtime`) and a DeprecationWarning naming it. Nothing in SOLLOL itself imports an
-old path (tests/core/test_layers.py checks); this only keeps third-party code working.
+old path (tests/project/test_layers.py checks); this only keeps third-party code working.
 """
 
 from __future__ import annotations

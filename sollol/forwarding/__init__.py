@@ -1,4 +1,4 @@
 """Forwarding: a validated request (`Call`) routed, sent to a backend, retried, and answered.
 
-Shared by the gateway and the library; it never imports either (tests/core/test_layers.py).
+Shared by the gateway and the library; it never imports either (tests/project/test_layers.py).
 """

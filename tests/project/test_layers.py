@@ -1,0 +1,283 @@
+"""The shape of the tree, checked: import cycles only where docs/architecture.md keeps them (with
+the reason), small product modules, no old module paths, test-only dependencies kept in testing.
+
+The import graph is read from the source (ast), not from `sys.modules`: every import counts,
+at module level, inside a function, and under `if TYPE_CHECKING:` (a type named across two
+modules ties them as much as a call does). Relative imports are resolved, and `plugins.X` is the
+installed `sollol_plugins.X`.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator, Mapping, Set
+from pathlib import Path
+
+from sollol._moved import MOVED
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = {"sollol": ROOT / "sollol", "sollol_plugins": ROOT / "plugins"}
+"""The product: top-level package -> its folder (`plugins/` installs as `sollol_plugins`)."""
+SCANNED = ("sollol", "plugins", "tests", "bench", "examples", "scripts")
+"""Folders whose Python must not import an old module path."""
+SKIPPED_PARTS = {"__pycache__", ".venv", "build", "node_modules"}
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+KEPT_HEADING = "## Import cycles we keep"
+KEPT_LINE = re.compile(r"^- `(?P<importer>[\w.]+)` -> `(?P<imported>[\w.]+)`: (?P<reason>\S.*)$")
+LOWER = ("core", "forwarding", "dialects")
+UPPER = ("gateway", "client", "cli")
+"""Folders of sollol/: the lower layers never import the upper ones."""
+MAX_LINES = 400
+"""A product module at this length is a sign to split it by job (STYLE.md)."""
+TEST_ONLY = ("aiohttp",)
+"""Dependencies of the `test` extra only: product code outside sollol.testing never reaches them."""
+
+Graph = Mapping[str, Set[str]]
+
+
+def python_files(folder: Path) -> Iterator[Path]:
+    for path in sorted(folder.rglob("*.py")):
+        if not SKIPPED_PARTS & set(path.relative_to(ROOT).parts):
+            yield path
+
+
+def product_modules() -> dict[str, Path]:
+    """Dotted name -> file, for every module of sollol/ and plugins/ (packages by `__init__`)."""
+    modules = {}
+    for top, folder in PACKAGES.items():
+        for path in python_files(folder):
+            parts = path.relative_to(folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join((top, *parts))] = path
+    return modules
+
+
+def installed_name(name: str) -> str:
+    """`plugins.ollama_pool.x` is the module Python knows as `sollol_plugins.ollama_pool.x`."""
+    return "sollol_plugins" + name.removeprefix("plugins") if name.split(".")[0] == "plugins" \
+        else name
+
+
+def imported(path: Path, module: str | None = None) -> Iterator[tuple[str, str | None]]:
+    """(module, name) for every import in the file: `import a.b` gives ("a.b", None),
+    `from a import b` gives ("a", "b"); relative imports are resolved against `module` (the
+    file's dotted name). `importlib.import_module("a.b")` counts as `import a.b`."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = (module or "") if path.name == "__init__.py" else (module or "").rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield installed_name(alias.name), None
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                yield installed_name(base), alias.name
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)):
+            yield installed_name(node.args[0].value), None
+
+
+def import_graph(modules: Mapping[str, Path]) -> dict[str, set[str]]:
+    """Module -> the product modules it imports (`from pkg import sub` imports pkg.sub)."""
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        targets = set()
+        for base, name in imported(path, module):
+            full = f"{base}.{name}" if name else base
+            targets.add(full if full in modules else known(base))
+        graph[module] = targets - {None, module}
+    return graph
+
+
+def cycles(graph: Graph) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def reaches(graph: Graph, start: str, goal: str) -> bool:
+    seen, todo = {start}, [start]
+    while todo:
+        for child in graph.get(todo.pop(), ()):
+            if child == goal:
+                return True
+            if child not in seen:
+                seen.add(child)
+                todo.append(child)
+    return False
+
+
+def kept_cycles(text: str) -> dict[tuple[str, str], str]:
+    """(importer, imported) -> reason, from the "Import cycles we keep" section of the doc."""
+    lines = text.splitlines()
+    assert KEPT_HEADING in lines, f"docs/architecture.md has no {KEPT_HEADING!r} section"
+    section = lines[lines.index(KEPT_HEADING) + 1:]
+    kept = {}
+    for line in section:
+        if line.startswith("#"):
+            break
+        if line.startswith("- "):
+            match = KEPT_LINE.match(line)
+            assert match, f"not `- `importer` -> `imported`: reason`: {line!r}"
+            kept[match["importer"], match["imported"]] = match["reason"]
+    return kept
+
+
+def describe(graph: Graph, component: list[str]) -> str:
+    edges = [f"{a} -> {b}" for a in component for b in sorted(graph[a]) if b in component]
+    return "\n  ".join(edges)
+
+
+def test_no_import_cycles_but_the_kept_ones() -> None:
+    graph = import_graph(product_modules())
+    kept = kept_cycles(ARCHITECTURE.read_text())
+    for importer, target in kept:
+        assert target in graph.get(importer, ()), \
+            f"docs/architecture.md keeps {importer} -> {target}, but there is no such import"
+        assert reaches(graph, target, importer), \
+            f"{importer} -> {target} closes no cycle any more: drop it from docs/architecture.md"
+    rest = {module: targets - {b for a, b in kept if a == module}
+            for module, targets in graph.items()}
+    found = cycles(rest)
+    assert not found, "import cycles (break them, or keep one in docs/architecture.md with the " \
+        "reason):\n  " + "\n\n  ".join(describe(rest, c) for c in found)
+
+
+def test_the_layers_below_the_gateway_the_library_and_the_cli_never_reach_them() -> None:
+    """Core, forwarding and dialects serve the gateway and the library alike: not even through
+    another module may they import either, or the CLI."""
+    graph = import_graph(product_modules())
+    above = [m for m in graph if m.split(".")[:2] in (["sollol", t] for t in UPPER)]
+    below = [m for m in graph if m.split(".")[:2] in (["sollol", t] for t in LOWER)]
+    assert above and below
+    found = {f"{low} -> {high}" for low in below for high in above if reaches(graph, low, high)}
+    assert not found, sorted(found)
+
+
+def test_the_cycle_finder_sees_function_level_type_checking_and_relative_imports(
+        tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("def f():\n    from . import b\n")
+    (package / "b.py").write_text("from typing import TYPE_CHECKING\n"
+                                  "if TYPE_CHECKING:\n    from pkg.c import C\n")
+    (package / "c.py").write_text("from .a import f\nimport plugins.x\n")
+    modules = {f"pkg.{n}": package / f"{n}.py" for n in "abc"} | {"pkg": package / "__init__.py"}
+    graph = import_graph(modules)
+    assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.c"}
+    assert graph["pkg.c"] == {"pkg.a"}  # plugins.x is sollol_plugins.x: not in this graph
+    assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
+    assert cycles({**graph, "pkg.c": set()}) == []
+    assert kept_cycles("## Import cycles we keep\n\n- `pkg.b` -> `pkg.c`: only a type\n"
+                       "\n## Next\n- not a kept cycle\n") == {("pkg.b", "pkg.c"): "only a type"}
+
+
+def test_product_modules_are_small() -> None:
+    long = {f"{path.relative_to(ROOT)}: {n} lines"
+            for path in product_modules().values()
+            if (n := len(path.read_text().splitlines())) >= MAX_LINES}
+    assert not long, f"modules of {MAX_LINES} lines or more (split them by job): {sorted(long)}"
+
+
+def old_path(base: str, name: str | None, real: Set[str]) -> str | None:
+    """The old module path (a key of sollol._moved.MOVED) this import goes through, if any."""
+    for candidate in (f"{base}.{name}" if name else None, base):
+        if candidate is None:
+            continue
+        parts = candidate.split(".")
+        for end in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:end])
+            if prefix in MOVED and prefix not in real:
+                return prefix
+    # a package that now lives at an old module's path (`sollol.client`) answers only its
+    # submodules; a name taken from it is the old module's name
+    if name and base in MOVED and f"{base}.{name}" not in real:
+        return base
+    return None
+
+
+def test_nothing_imports_an_old_module_path() -> None:
+    modules = product_modules()
+    real, names = set(modules), {path: module for module, path in modules.items()}
+    found = set()
+    for folder in SCANNED:
+        for path in python_files(ROOT / folder):
+            for base, name in imported(path, names.get(path)):
+                if (old := old_path(base, name, real)) is not None:
+                    found.add(f"{path.relative_to(ROOT)}: {old} (now {MOVED[old]})")
+    assert not found, sorted(found)
+
+
+def test_the_old_path_check_knows_moved_modules_and_packages() -> None:
+    real = {"sollol.core.runtime", "sollol.client", "sollol.client.facade", "sollol"}
+    assert old_path("sollol.cluster", None, real) == "sollol.cluster"
+    assert old_path("sollol", "cluster", real) == "sollol.cluster"
+    assert old_path("sollol.cluster", "ClusterRuntime", real) == "sollol.cluster"
+    assert old_path("sollol.client", "Cluster", real) == "sollol.client"
+    assert old_path("sollol.client", "facade", real) is None
+    assert old_path("sollol.core.runtime", "ClusterRuntime", real) is None
+
+
+def test_moved_paths_point_at_real_modules() -> None:
+    real = set(product_modules())
+    assert not {new for new in MOVED.values() if new not in real}
+
+
+def test_test_only_dependencies_stay_in_sollol_testing() -> None:
+    modules = product_modules()
+    graph = import_graph(modules)
+    users = {module for module, path in modules.items()
+             for base, _ in imported(path, module) if base.split(".")[0] in TEST_ONLY}
+    assert users and all(m.startswith("sollol.testing.") for m in users), users
+    reaching = {module for module in graph if any(reaches(graph, module, u) for u in users)}
+    outside = {m for m in reaching if not m.startswith("sollol.testing.")}
+    assert not outside, f"product modules that import {TEST_ONLY} through others: {outside}"

@@ -107,6 +107,10 @@ def test_retry_failed_after_a_kill_mid_write_and_on_a_foreign_file(tmp_path: Pat
     assert foreign.read_text() == '["not a result"]\n'
 
 
+ERASE = "\r\x1b[2K"
+"""Back to the start of the line and clear it: a redraw in place."""
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
@@ -132,7 +136,8 @@ def test_progress_line_shows_count_failures_rate_and_eta() -> None:
     assert stream.getvalue().splitlines()[-1].startswith("20/20") and " in 0:" in stream.getvalue()
 
 
-def test_progress_redraws_one_line_on_a_terminal() -> None:
+def test_progress_redraws_one_line_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "xterm-256color")
     stream = _Terminal()
     progress = Progress(3, stream=stream)
     progress.begin()
@@ -140,4 +145,20 @@ def test_progress_redraws_one_line_on_a_terminal() -> None:
         progress.update(ok=True, tokens=5)
     progress.finish()
     text = stream.getvalue()
-    assert text.count("\n") == 1 and text.endswith("\n") and "\r\x1b[K3/3" in text
+    assert text.count("\n") == 1  # one line, redrawn in place, ended once
+    first, last = text.partition(ERASE)[0], text.rpartition(ERASE)[2]  # the first and last draw
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", last)
+    assert "0/3" in first and plain.startswith("3/3") and "100%" in plain and "tok/s" in plain
+
+
+def test_a_dumb_terminal_gets_log_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "dumb")
+    stream = _Terminal()
+    progress = Progress(2, stream=stream)
+    progress.begin()
+    for _ in range(2):
+        progress.update(ok=False)
+    progress.finish()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("0/2") and lines[-1].startswith("2/2  [")
+    assert "2 failed" in lines[-1] and "\x1b" not in stream.getvalue()

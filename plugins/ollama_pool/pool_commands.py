@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import httpx
@@ -16,7 +17,12 @@ import httpx
 from sollol.cli import config_option, handle_errors, load_for_cli
 from sollol.cli.gateway_client import call, gateway_client, gateway_option, gateway_url, item
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
 T = TypeVar("T")
+UNWRAPPED = 10_000
+"""Columns for the plain-text table: wide enough that no row is wrapped or cut."""
 
 
 def _with_route(config_file: Path | None, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
@@ -70,22 +76,65 @@ def _row(node: dict[str, Any]) -> list[str]:
         memory = f"{_size(node['vram_used'])} used"
     return [node["id"], node.get("api") or node["kind"], node["health"],
             time.strftime("%H:%M:%S", time.localtime(until)) if until else "-",
-            f"{node['in_flight']}/{node['limit']}", ",".join(node.get("loaded") or []) or "-",
+            f"{node['in_flight']}/{node['limit']}", ", ".join(node.get("loaded") or []) or "-",
             memory, f"{speed:.1f} tok/s" if speed else "-"]
 
 
+HEADER = ("NODE", "KIND", "HEALTH", "EJECTED UNTIL", "IN FLIGHT", "LOADED", "MEMORY", "SPEED")
+WHOLE = ("NODE", "HEALTH")
+"""Columns never wrapped; the others wrap on a narrow terminal, only between words."""
+HEALTH_STYLES = {"healthy": "green", "down": "red"}
+"""Other states (ejected, unknown, ...) are yellow."""
+
+
+def node_table(snapshot: dict[str, Any]) -> Table:
+    """The pool's nodes as a rich table: borderless columns, health in colour."""
+    from rich.table import Table
+    from rich.text import Text
+
+    rows = [_row(node) for node in snapshot.get("nodes", [])]
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for index, name in enumerate(HEADER):
+        if name in WHOLE:
+            table.add_column(name, no_wrap=True)
+        else:
+            words = [w for row in rows for w in row[index].split()] + name.split()
+            table.add_column(name, min_width=max(map(len, words)), overflow="fold")
+    for node, row in zip(snapshot.get("nodes", []), rows, strict=True):
+        cells = [Text(cell) for cell in row]  # ids and model names are not markup
+        cells[2].stylize(HEALTH_STYLES.get(node["health"], "yellow"))
+        table.add_row(*cells)
+    return table
+
+
+def notes(snapshot: dict[str, Any]) -> list[str]:
+    """Under the table: why each unhealthy node is so, and what nodes cannot do."""
+    nodes = snapshot.get("nodes", [])
+    return [*(f"  {n['id']}: {n['detail']}" for n in nodes if n["health"] != "healthy"),
+            *(line for n in nodes if (line := _cannot(n)))]
+
+
 def render(snapshot: dict[str, Any]) -> str:
-    """The pool's nodes as an aligned text table, then the detail of unhealthy ones."""
-    header = ["NODE", "KIND", "HEALTH", "EJECTED UNTIL", "IN FLIGHT", "LOADED", "MEMORY",
-              "SPEED"]
-    rows = [header] + [_row(n) for n in snapshot.get("nodes", [])]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in rows]
-    lines += [f"  {n['id']}: {n['detail']}" for n in snapshot.get("nodes", [])
-              if n["health"] != "healthy"]
-    lines += [line for n in snapshot.get("nodes", []) if (line := _cannot(n))]
-    return "\n".join(lines)
+    """The table as plain text, as wide as its rows (logs, pipes), then the notes."""
+    from rich.console import Console
+
+    out = io.StringIO()
+    Console(file=out, width=UNWRAPPED, color_system=None).print(node_table(snapshot))
+    return "\n".join([*(line.rstrip() for line in out.getvalue().splitlines()),
+                      *notes(snapshot)])
+
+
+def show(snapshot: dict[str, Any]) -> None:
+    """Print the table: fitted to a terminal and coloured there, plain text anywhere else."""
+    from rich.console import Console
+
+    if not sys.stdout.isatty():
+        click.echo(render(snapshot))
+        return
+    console = Console()
+    console.print(node_table(snapshot))
+    for line in notes(snapshot):
+        console.print(line, markup=False, highlight=False)
 
 
 def _cannot(node: dict[str, Any]) -> str:
@@ -134,7 +183,7 @@ def nodes(ctx: click.Context, as_json: bool, gateway: str | None, direct: bool,
         click.echo(json.dumps({"source": source, **snapshot}, indent=2, default=str))
         return
     click.echo(f"# {source}")
-    click.echo(render(snapshot))
+    show(snapshot)
 
 
 @nodes.command("add")

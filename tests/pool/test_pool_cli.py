@@ -92,3 +92,46 @@ def test_a_non_gateway_answering_on_the_gateway_port_is_not_trusted() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+SNAPSHOT = {"nodes": [
+    {"id": "127.0.0.1:11434", "kind": "ollama", "health": "healthy", "in_flight": 1, "limit": 4,
+     "loaded": ["llama3:8b", "[bold]odd"], "memory_total": 8 * 2**30, "memory_free": 3 * 2**30,
+     "tokens_per_second": 41.2},
+    {"id": "[::1]:11434", "kind": "ollama", "api": "openai", "health": "down", "in_flight": 0,
+     "limit": 4, "detail": "connection failed"},
+]}
+
+
+def test_the_node_table_is_plain_aligned_text_off_a_terminal() -> None:
+    from sollol_plugins.ollama_pool.pool_commands import render
+
+    lines = render(SNAPSHOT).splitlines()
+    assert lines[1].split()[:5] == ["127.0.0.1:11434", "ollama", "healthy", "-", "1/4"]
+    assert "llama3:8b, [bold]odd" in lines[1]  # a name is never read as markup
+    assert "3.0G/8.0G free" in lines[1] and lines[1].endswith("41.2 tok/s")
+    assert lines[2].startswith("[::1]:11434  ") and lines[2].split()[1:3] == ["openai", "down"]
+    assert lines[0].index("HEALTH") == lines[1].index("healthy") == lines[2].index("down")
+    assert lines[3:] == ["  [::1]:11434: connection failed"]
+    assert all(line == line.rstrip() and "\x1b" not in line for line in lines)
+
+
+def test_the_node_table_on_a_terminal_shows_health_in_colour(monkeypatch) -> None:
+    import io
+    import sys
+
+    from sollol_plugins.ollama_pool.pool_commands import show
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setenv("COLUMNS", "160")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    show(SNAPSHOT)
+    text = screen.getvalue()
+    assert "\x1b[32mhealthy" in text and "\x1b[31mdown" in text
+    assert "[bold]odd" in text and "[::1]:11434: connection failed" in text

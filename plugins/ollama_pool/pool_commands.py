@@ -20,6 +20,8 @@ from sollol.cli.gateway_client import call, gateway_client, gateway_option, gate
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from .pull_progress import PullProgress
+
 T = TypeVar("T")
 UNWRAPPED = 10_000
 """Columns for the plain-text table: wide enough that no row is wrapped or cut."""
@@ -226,39 +228,6 @@ def nodes_remove(address: str, gateway: str | None, config_file: Path | None) ->
         click.echo(f"removed {entry['id']} from {url}{tail}")
 
 
-class _Bars:
-    """One progress line per node: redrawn in place on a terminal, logged on changes otherwise."""
-
-    def __init__(self, tty: bool) -> None:
-        self.tty = tty
-        self.lines: dict[str, str] = {}
-        self.drawn = 0
-
-    def update(self, event: dict[str, Any]) -> None:
-        node = event.get("node", "?")
-        if event.get("error"):
-            text = f"error: {event['error']}"
-        elif event.get("total"):
-            done, total = int(event.get("completed") or 0), int(event["total"])
-            filled = int(30 * done / total) if total else 30
-            text = (f"[{'#' * filled}{'.' * (30 - filled)}] {100 * done / max(total, 1):5.1f}% "
-                    f"{event.get('status', '')}")
-        else:
-            text = str(event.get("status", ""))
-        if self.lines.get(node) == text:
-            return
-        self.lines[node] = text
-        if not self.tty:
-            click.echo(f"{node}: {text}")
-            return
-        if self.drawn:
-            click.echo(f"\x1b[{self.drawn}A", nl=False)
-        width = max(len(n) for n in self.lines)
-        for name, line in self.lines.items():
-            click.echo(f"\x1b[2K{name.ljust(width)}  {line}")
-        self.drawn = len(self.lines)
-
-
 @click.command()
 @click.argument("model")
 @click.option("--node", "node_names", multiple=True, metavar="NODE",
@@ -277,29 +246,32 @@ def pull(model: str, node_names: tuple[str, ...], insecure: bool, gateway: str |
     Goes through the running gateway when there is one, so that it knows the new model at
     once; without one, talks to the nodes directly.
     """
-    bars = _Bars(sys.stdout.isatty())
+    from .pull_progress import PullProgress
+
     summary: dict[str, Any] | None = None
-    if not direct:
-        url = gateway_url(config_file, gateway)
-        summary = _pull_through(url, model, node_names, insecure, bars, required=bool(gateway))
+    with PullProgress(sys.stdout.isatty()) as bars:
+        if not direct:
+            url = gateway_url(config_file, gateway)
+            summary = _pull_through(url, model, node_names, insecure, bars,
+                                    required=bool(gateway))
 
-    async def run(route: Any) -> dict[str, Any]:
-        last: dict[str, Any] = {}
-        async for event in route.pull(model, node_names or None, insecure=insecure):
-            if "node" in event:
-                bars.update(event)
-            last = event
-        return last
+        async def run(route: Any) -> dict[str, Any]:
+            last: dict[str, Any] = {}
+            async for event in route.pull(model, node_names or None, insecure=insecure):
+                if "node" in event:
+                    bars.update(event)
+                last = event
+            return last
 
-    if summary is None:
-        summary = _with_route(config_file, run)
+        if summary is None:
+            summary = _with_route(config_file, run)
     if summary.get("error"):
         raise click.ClickException(f"pull {model}: {summary['error']}")
     click.echo(f"pulled {model} on {len(summary.get('nodes', {}))} node(s)")
 
 
 def _pull_through(url: str, model: str, node_names: tuple[str, ...], insecure: bool,
-                  bars: _Bars, *, required: bool) -> dict[str, Any] | None:
+                  bars: PullProgress, *, required: bool) -> dict[str, Any] | None:
     """Pull through the gateway at `url`: its last progress event, or None when no gateway
     answers there (and none was named)."""
     body: dict[str, Any] = {"model": model, "stream": True, "insecure": insecure}

@@ -77,10 +77,17 @@ def imported(path: Path, module: str | None = None) -> Iterator[tuple[str, str |
                 base = ".".join([*anchor, base] if base else anchor)
             for alias in node.names:
                 yield installed_name(base), alias.name
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module"
+        elif (isinstance(node, ast.Call) and _called(node.func) == "import_module"
               and node.args and isinstance(node.args[0], ast.Constant)
               and isinstance(node.args[0].value, str)):
             yield installed_name(node.args[0].value), None
+
+
+def _called(func: ast.expr) -> str | None:
+    """`f` of a call `f(...)` or `x.f(...)`."""
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return func.id if isinstance(func, ast.Name) else None
 
 
 def import_graph(modules: Mapping[str, Path]) -> dict[str, set[str]]:
@@ -210,11 +217,13 @@ def test_the_cycle_finder_sees_function_level_type_checking_and_relative_imports
     (package / "a.py").write_text("def f():\n    from . import b\n")
     (package / "b.py").write_text("from typing import TYPE_CHECKING\n"
                                   "if TYPE_CHECKING:\n    from pkg.c import C\n")
-    (package / "c.py").write_text("from .a import f\nimport plugins.x\n")
+    (package / "c.py").write_text("from .a import f\nimport plugins.x\n"
+                                  "from importlib import import_module\n"
+                                  "def g():\n    return import_module('pkg')\n")
     modules = {f"pkg.{n}": package / f"{n}.py" for n in "abc"} | {"pkg": package / "__init__.py"}
     graph = import_graph(modules)
     assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.c"}
-    assert graph["pkg.c"] == {"pkg.a"}  # plugins.x is sollol_plugins.x: not in this graph
+    assert graph["pkg.c"] == {"pkg.a", "pkg"}  # plugins.x is sollol_plugins.x: not here
     assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
     assert cycles({**graph, "pkg.c": set()}) == []
     assert kept_cycles("## Import cycles we keep\n\n- `pkg.b` -> `pkg.c`: only a type\n"

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from sollol.errors import SollolError
 from sollol.routes import Membership
 
 if TYPE_CHECKING:
     from sollol.config import Config
-    from sollol.core.runtime import ClusterRuntime
+    from sollol.models import Backend
 
 log = logging.getLogger("sollol")
 LIVE_CORE_KEYS = frozenset({"discovery_interval", "api_keys", "allowed_hosts",
@@ -28,73 +30,86 @@ IDLE_CHECK = 5.0
 """Seconds between looks at `discovery_interval` while it is 0 (a reload may turn it on)."""
 
 
-def members(cluster: ClusterRuntime) -> dict[str, Membership]:
+def members(routes: Mapping[str, object]) -> dict[str, Membership]:
     """The routes whose backends can change while they serve."""
-    return {name: route for name, route in cluster.routes.items()
-            if isinstance(route, Membership)}
+    return {name: route for name, route in routes.items() if isinstance(route, Membership)}
 
 
-async def rediscover(
-    cluster: ClusterRuntime, *, prune: bool = False
-) -> dict[str, dict[str, list[str]]]:
-    """Run discovery again and hand each member route its kinds of backends."""
-    routes = members(cluster)
-    if not routes:
-        return {}
-    backends = await asyncio.to_thread(cluster.discover)
-    changes: dict[str, dict[str, list[str]]] = {}
-    for name, route in routes.items():
-        kinds = set(route.kinds)
-        mine = [b for b in backends if b.kind in kinds]
-        changes[name] = dict(await route.sync_backends(mine, prune=prune))
-    return changes
+@attrs.define
+class LiveMembership:
+    """Re-discovery and reloads for the member routes of one runtime, which owns the config.
+
+    It is handed the runtime's route table (read at each call: routes register at start), its
+    discovery and a way to read the current config, so it never needs the runtime itself.
+    """
+
+    routes: Mapping[str, object]
+    discover: Callable[[], list[Backend]]
+    config: Callable[[], Config]
+
+    def members(self) -> dict[str, Membership]:
+        return members(self.routes)
+
+    async def rediscover(self, *, prune: bool = False) -> dict[str, dict[str, list[str]]]:
+        """Run discovery again and hand each member route its kinds of backends."""
+        routes = self.members()
+        if not routes:
+            return {}
+        backends = await asyncio.to_thread(self.discover)
+        changes: dict[str, dict[str, list[str]]] = {}
+        for name, route in routes.items():
+            kinds = set(route.kinds)
+            mine = [b for b in backends if b.kind in kinds]
+            changes[name] = dict(await route.sync_backends(mine, prune=prune))
+        return changes
+
+    async def loop(self) -> None:
+        """Re-run discovery every `discovery_interval` seconds (read each round: reloads apply)."""
+        while True:
+            interval = float(self.config().get("discovery_interval", 0) or 0)
+            await asyncio.sleep(interval or IDLE_CHECK)
+            if not interval or not self.config().get("discovery_interval"):
+                continue
+            try:
+                changes = _changed(await self.rediscover())
+            except Exception:  # a discovery hook must not end the loop
+                log.exception("re-discovery failed")
+                continue
+            if changes:
+                log.info("discovery: %s", describe(changes))
+
+    async def reload(self, load: Callable[[], Config],
+                     adopt: Callable[[Config], None]) -> dict[str, Any]:
+        """Re-read the config with `load`, `adopt` it, apply what can change live, report.
+
+        An invalid config changes nothing: the error is logged and returned, the old config stays.
+        """
+        try:
+            config = await asyncio.to_thread(load)
+        except SollolError as exc:
+            log.error("config reload failed, keeping the running config: %s", exc)
+            return {"ok": False, "error": str(exc)}
+        old = self.config()
+        changed = sorted(k for k in {*old.values, *config.values}
+                         if old.get(k) != config.get(k))
+        adopt(config)
+        live = set(LIVE_CORE_KEYS)
+        for route in self.members().values():
+            live |= set(route.reconfigure(config))
+        changes = _changed(await self.rediscover(prune=True))
+        report = {"ok": True, "changed": changed,
+                  "restart_needed": [k for k in changed if k not in live],
+                  "membership": changes}
+        log.info("config reloaded: %s changed%s%s", ", ".join(changed) or "nothing",
+                 f"; {describe(changes)}" if changes else "",
+                 f"; needs a restart to apply: {', '.join(report['restart_needed'])}"
+                 if report["restart_needed"] else "")
+        return report
 
 
 def _changed(changes: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
     return {name: {k: v for k, v in change.items() if v}
             for name, change in changes.items() if any(change.values())}
-
-
-async def discovery_loop(cluster: ClusterRuntime) -> None:
-    """Re-run discovery every `discovery_interval` seconds (read each round: reloads apply)."""
-    while True:
-        interval = float(cluster.config.get("discovery_interval", 0) or 0)
-        await asyncio.sleep(interval or IDLE_CHECK)
-        if not interval or not cluster.config.get("discovery_interval"):
-            continue
-        try:
-            changes = _changed(await rediscover(cluster))
-        except Exception:  # a discovery hook must not end the loop
-            log.exception("re-discovery failed")
-            continue
-        if changes:
-            log.info("discovery: %s", describe(changes))
-
-
-async def reload(cluster: ClusterRuntime, load: Callable[[], Config]) -> dict[str, Any]:
-    """Re-read the config with `load`, apply what can change live, report what changed.
-
-    An invalid config changes nothing: the error is logged and returned, the old config stays.
-    """
-    try:
-        config = await asyncio.to_thread(load)
-    except SollolError as exc:
-        log.error("config reload failed, keeping the running config: %s", exc)
-        return {"ok": False, "error": str(exc)}
-    old = cluster.config
-    changed = sorted(k for k in {*old.values, *config.values} if old.get(k) != config.get(k))
-    cluster.config = config
-    live = set(LIVE_CORE_KEYS)
-    for route in members(cluster).values():
-        live |= set(route.reconfigure(config))
-    changes = _changed(await rediscover(cluster, prune=True))
-    report = {"ok": True, "changed": changed,
-              "restart_needed": [k for k in changed if k not in live], "membership": changes}
-    log.info("config reloaded: %s changed%s%s", ", ".join(changed) or "nothing",
-             f"; {describe(changes)}" if changes else "",
-             f"; needs a restart to apply: {', '.join(report['restart_needed'])}"
-             if report["restart_needed"] else "")
-    return report
 
 
 def describe(changes: dict[str, dict[str, list[str]]]) -> str:

@@ -17,6 +17,7 @@ import attrs
 from sollol.config import Config, Setting, load_config, plugin_lists
 from sollol.core.aliases import Alias, aliases
 from sollol.core.events import EventLog
+from sollol.core.membership import LiveMembership
 from sollol.core.names import canonical_model, closest
 from sollol.core.placement import Placement, from_state
 from sollol.core.plugin_manager import SollolPluginManager, collect_named, get_plugin_manager
@@ -112,20 +113,25 @@ class ClusterRuntime:
                 await provider.stop()
             raise
         self.started = True
-        from sollol.core.membership import discovery_loop, members
-
-        if members(self):
-            self._discovery = asyncio.create_task(discovery_loop(self),
+        if self.membership.members():
+            self._discovery = asyncio.create_task(self.membership.loop(),
                                                   name="sollol-discovery")
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the config and apply node and rpc-server changes (see sollol.core.membership)."""
-        from sollol.core.membership import reload
-
         if self.reloader is None:
             return {"ok": False, "error": "this cluster was built from a Config object; "
                                           "there is nothing to re-read"}
-        return await reload(self, self.reloader)
+        return await self.membership.reload(self.reloader, self._adopt)
+
+    def _adopt(self, config: Config) -> None:
+        self.config = config
+
+    @property
+    def membership(self) -> LiveMembership:
+        """Re-discovery and reloads for the routes whose backends can change."""
+        return LiveMembership(routes=self.routes, discover=self.discover,
+                              config=lambda: self.config)
 
     async def stop(self) -> None:
         """Run shutdown hooks, then stop every route (each even if another fails)."""

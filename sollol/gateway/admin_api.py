@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from sollol.core.membership import members
 from sollol.core.router import POOL, SHARDING
 from sollol.dialects.jsonin import loads
 from sollol.errors import NoRouteAvailable, RequestError
@@ -42,7 +41,7 @@ async def handle(cluster: ClusterRuntime, scope: Scope, receive: Receive, send: 
         return
     collection = next(p for p in COLLECTIONS if path == p or path.startswith(p + "/"))
     route_name, what, needs = COLLECTIONS[collection]
-    route = members(cluster).get(route_name)
+    route = cluster.membership.members().get(route_name)
     if route is None:
         raise NoRouteAvailable(f"no {route_name} route is running to take a {what} "
                                f"(it needs {needs})")

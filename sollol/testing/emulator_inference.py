@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
 from sollol.testing import emulator_fields as fields
 from sollol.testing.emulator_http import Call, DroppedConnection, HttpError
 from sollol.testing.emulator_models import (
     ModelSlot,
+    ModelStore,
     count_tokens,
     embedding,
     fill_schema,
@@ -18,11 +20,23 @@ from sollol.testing.emulator_models import (
     parse_keep_alive,
     reply_tokens,
 )
-
-if TYPE_CHECKING:
-    from sollol.testing.emulator_app import EmulatorApp
+from sollol.testing.emulator_state import Faults, Speed, Stats
 
 NS = 1_000_000_000
+
+
+class EmulatorApp(Protocol):
+    """What inference needs of the emulator (emulator_app.EmulatorApp is the one there is)."""
+
+    store: ModelStore
+    speed: Speed
+    faults: Faults
+    stats: Stats
+    load_locks: dict[str, asyncio.Lock]
+
+    def slots(self) -> AbstractAsyncContextManager[None]: ...
+
+    def log_request(self, path: str, prompt: str) -> None: ...
 
 
 def _model(app: EmulatorApp, body: dict[str, Any]) -> ModelSlot:

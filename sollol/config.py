@@ -1,11 +1,13 @@
 """Configuration: TOML in the user config dir, `SOLLOL_<KEY>` env overrides, CLI overrides on top.
 
 Keys are declared as `Setting`s, by the core here and by plugins through
-`sollol_register_settings`; a key nobody declared is an error.
+`sollol_register_settings` (each plugin declares the keys it owns, such as the pool's
+`ollama_nodes`); a key nobody declared is an error.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -19,10 +21,8 @@ import platformdirs
 import tomli_w
 
 from sollol.core import access
-from sollol.core.secret import REDACTED, redact_url, scrub
 from sollol.core.units import at_least, port_number, positive
 from sollol.errors import ConfigError
-from sollol.models import check_host, check_node_address, join_host_port, split_host_port
 
 Kind = Literal["bool", "int", "float", "str", "list", "table"]
 _TRUE = {"1", "true", "yes", "on"}
@@ -43,6 +43,9 @@ class Setting:
     """Takes the typed value, returns it (possibly normalised) or raises ValueError(expected)."""
     redact: Callable[[Any], Any] | None = None
     """For keys that hold secrets: the value as it may be shown (`config show`, errors)."""
+    extra_env: str | None = None
+    """Another environment variable that sets this key when it is not empty (`SOLLOL_<KEY>`
+    wins over it): a name users already know, such as the pool's `OLLAMA_HOSTS`."""
 
     @property
     def env_var(self) -> str:
@@ -80,6 +83,13 @@ class Config:
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
 
+    def read(self, setting: Setting) -> Any:
+        """The value of `setting`'s key, or its default (a copy) when this config was built
+        without the key: by hand, or loaded before the plugin that declares it was."""
+        if setting.name in self.values:
+            return self.values[setting.name]
+        return copy.deepcopy(setting.default)
+
     def evolve(self, **changes: Any) -> Config:
         """A copy with some values replaced (marked as coming from code)."""
         values = {**self.values, **changes}
@@ -87,79 +97,10 @@ class Config:
         return Config(values=values, sources=sources, path=self.path)
 
 
-def _host_port(value: Any) -> str:
-    if isinstance(value, Mapping):
-        value = f"{value.get('host', '')}:{value.get('port', '')}"
-    host, port = split_host_port(str(value))
-    if not host:
-        raise ValueError("host:port with a host")
-    check_host(host, str(value))  # "gpu box:50052" is a typo, not a host
-    return join_host_port(host, port)
-
-
-def _host_port_list(values: list[Any]) -> list[str]:
-    try:
-        return [_host_port(v) for v in values]
-    except ValueError:
-        raise ValueError("a list of host:port entries (e.g. 10.0.0.2:50052)") from None
-
-
-def _non_negative(value: float) -> float:
+def _seconds(value: float) -> float:
     if not value >= 0:  # NaN is not
         raise ValueError("a number of seconds, 0 or more")
     return value
-
-
-_NODE_FIELDS = {"url", "api_key", "api_key_env"}
-_NODE_EXPECTED = ("a list of node addresses (host:port, http://host:port, "
-                  "openai://KEY@host:port/prefix) or tables {url, api_key | api_key_env}")
-
-
-def _node_address(text: str) -> str:
-    try:
-        check_node_address(text)
-    except ValueError as exc:
-        raise ValueError(f"{_NODE_EXPECTED}; {scrub(str(exc), text)}") from None
-    return text.strip()
-
-
-def _node_entry(value: Any) -> str | dict[str, str]:
-    if isinstance(value, str) and value.strip():
-        return _node_address(value)
-    if not isinstance(value, Mapping) or set(value) - _NODE_FIELDS:
-        raise ValueError(_NODE_EXPECTED)
-    if not (isinstance(value.get("url"), str) and value["url"].strip()):
-        raise ValueError(f"{_NODE_EXPECTED}: a table needs a 'url'")
-    _node_address(value["url"])
-    if "api_key" in value and "api_key_env" in value:
-        raise ValueError(f"{_NODE_EXPECTED}: one of 'api_key' or 'api_key_env'")
-    for name in ("api_key", "api_key_env"):
-        if name in value and not (isinstance(value[name], str) and value[name].strip()
-                                  and value[name].isprintable()):
-            raise ValueError(f"{_NODE_EXPECTED}: {name!r} a printable string")
-    return {k: v.strip() for k, v in value.items()}
-
-
-def _node_list(values: list[Any]) -> list[str | dict[str, str]]:
-    return [_node_entry(v) for v in values]
-
-
-def _redact_nodes(values: Any) -> Any:
-    """`ollama_nodes` for display: keys in URLs and tables as `***`."""
-    if not isinstance(values, list):
-        return "<hidden>"
-    shown: list[Any] = []
-    for value in values:
-        if isinstance(value, str):
-            shown.append(redact_url(value))
-        elif isinstance(value, Mapping):
-            # anything but the URL and the variable's name may be a key (a misspelled field too)
-            shown.append({k: (redact_url(v) if k == "url" and isinstance(v, str) else
-                              v if k == "api_key_env" else REDACTED)
-                          for k, v in value.items()})
-        else:
-            shown.append("<hidden>")
-    return shown
 
 
 def _patterns(values: list[Any]) -> list[str]:
@@ -193,12 +134,6 @@ CORE_SETTINGS: tuple[Setting, ...] = (
             "Serve models through llama.cpp RPC sharding."),
     Setting("task_distribution_enabled", "bool", True,
             "Balance requests over the pool of nodes."),
-    Setting("rpc_backends", "list", [], "rpc-servers for sharding, as host:port.",
-            check=_host_port_list),
-    Setting("ollama_nodes", "list", [],
-            "Pool nodes (Ollama or OpenAI-compatible), as host:port or URL. "
-            "OLLAMA_HOSTS is read too. A node's own key: openai://KEY@host:port or a table "
-            "{url, api_key | api_key_env}.", check=_node_list, redact=_redact_nodes),
     Setting("routing_policy", "str", "size-threshold",
             "Policy that picks a route when sharding and distribution are both on."),
     Setting("policy_settings", "table", {},
@@ -244,7 +179,7 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("discovery_interval", "float", 60.0,
             "Seconds between re-runs of backend discovery while the gateway serves (subnet "
             "scans, loopback rpc-servers, every plugin's discovery); 0 turns it off.",
-            check=_non_negative),
+            check=_seconds),
     Setting("llama_cpp_dir", "str", None, "Folder holding llama-server and ggml-rpc-server.",
             optional=True),
     Setting("metrics_enabled", "bool", True,
@@ -257,7 +192,7 @@ CORE_SETTINGS: tuple[Setting, ...] = (
             "(otherwise it needs an admin key, like the dashboard)."),
     Setting("backend_metrics_interval", "float", 5.0,
             "Seconds between reads of llama-server backends' own /metrics (0: never).",
-            check=_non_negative),
+            check=_seconds),
     Setting("api_keys", "list", [],
             "Access keys the gateway requires (`sollol keys create`): plain keys or tables "
             "{name, hash|key, admin, models}.", check=access.normalise, redact=access.redact),
@@ -276,6 +211,15 @@ CORE_SETTINGS: tuple[Setting, ...] = (
             "Models to try, in order, when a model is unavailable or overloaded.",
             check=_fallbacks),
 )
+
+
+def core_setting(name: str) -> Setting:
+    """The core's declaration of key `name`, for a plugin that reads a core key (such as
+    `health_interval`) through its `Setting`; KeyError when the core declares no such key."""
+    for setting in CORE_SETTINGS:
+        if setting.name == name:
+            return setting
+    raise KeyError(name)
 
 
 def config_path(env: Mapping[str, str] | None = None) -> Path:
@@ -384,7 +328,8 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
     ignore_unknown: bool = False,
 ) -> Config:
-    """Defaults, then the file, then `OLLAMA_HOSTS` and `SOLLOL_<KEY>`, then `overrides`."""
+    """Defaults, then the file, then the environment (a setting's `extra_env`, then
+    `SOLLOL_<KEY>`), then `overrides`."""
     env = os.environ if env is None else env
     path = path or config_path(env)
     by_name = {s.name: s for s in settings}
@@ -397,11 +342,10 @@ def load_config(
             raise ConfigError(key, "...", "a known key (see `sollol config show`)", str(path))
         values[key] = check_value(by_name[key], value, str(path))
         sources[key] = str(path)
-    if env.get("OLLAMA_HOSTS") and "ollama_nodes" in by_name:
-        values["ollama_nodes"] = _from_text(by_name["ollama_nodes"], env["OLLAMA_HOSTS"],
-                                            "OLLAMA_HOSTS")
-        sources["ollama_nodes"] = "OLLAMA_HOSTS"
     for name, setting in by_name.items():
+        if setting.extra_env and env.get(setting.extra_env):
+            values[name] = _from_text(setting, env[setting.extra_env], setting.extra_env)
+            sources[name] = setting.extra_env
         if setting.env_var in env:
             values[name] = _from_text(setting, env[setting.env_var], setting.env_var)
             sources[name] = setting.env_var

@@ -27,16 +27,41 @@ VERSION = "3.0"
 RECORD = Path(__file__).with_name("plugin_api.json")
 
 PUBLIC: Mapping[str, tuple[str, ...]] = {
+    # the contract: hooks, the values they pass, the interfaces routes and policies implement
     "sollol.hookspecs": ("hookimpl", "PolicyFactory"),  # and every `sollol_*` hook spec
     "sollol.models": ("Api", "Endpoint", "Backend", "BackendKind", "HealthReport",
                       "ResolvedModel", "ModelInfo", "RouteRequest", "BackendState", "RouteState",
                       "RouteDecision", "RouteEvent", "ShardOffer", "ShardPlacement",
-                      "split_host_port", "join_host_port"),
-    "sollol.routes": ("Outcome", "Lease", "RouteProvider", "Policy"),
-    "sollol.config": ("Setting", "Config"),
+                      "split_host_port", "join_host_port", "check_host", "check_node_address"),
+    "sollol.routes": ("POOL", "SHARDING", "Outcome", "Lease", "RouteProvider", "Placement",
+                      "Membership", "ModelManagement", "Policy"),
+    "sollol.config": ("Setting", "Config", "core_setting"),
     "sollol.errors": ("SollolError", "ConfigError", "PluginError", "DuplicateNameError",
-                      "RequestError", "ModelNotFound", "PayloadTooLarge", "Overloaded",
-                      "NoRouteAvailable", "BackendError"),
+                      "BinaryNotFound", "ModelFileError", "RequestError", "ModelNotFound",
+                      "BackendNotFound", "PayloadTooLarge", "Overloaded", "NoRouteAvailable",
+                      "NotSupported", "BackendError"),
+    # the running cluster every route and lifecycle hook is given
+    "sollol.core.runtime": ("ClusterRuntime",),
+    # what a backend plugin shares with the core, so both agree
+    "sollol.core.capabilities": ("COMPLETION", "CHAT", "EMBEDDING", "VISION", "TOOLS", "ALL",
+                                 "describe", "unsupported"),
+    "sollol.core.names": ("canonical", "canonical_model", "spellings", "stem", "is_path",
+                          "closest"),
+    "sollol.core.units": ("parse_bytes", "parse_count", "format_bytes", "format_count",
+                          "positive", "non_negative", "at_least", "port_number", "port_list",
+                          "cidr"),
+    "sollol.core.secret": ("Secret", "REDACTED", "bearer", "split_userinfo", "redact_url",
+                           "scrub"),
+    "sollol.core.gguf_info": ("read_model_info",),
+    # running local servers
+    "sollol.core.processes": ("free_port", "die_with_parent", "terminate"),
+    "sollol.llamacpp": ("Binaries", "find_binaries"),
+    # plugin commands: options, errors, config, our own gateway, systemd units
+    "sollol.cli": ("UsageFailure", "handle_errors", "config_option", "load_for_cli"),
+    "sollol.cli.gateway_client": ("gateway_option", "gateway_url", "gateway_headers", "call",
+                                  "item"),
+    "sollol.cli.service": ("emit_unit",),
+    "sollol.cli.systemd": ("exec_line",),
 }
 """Modules and names plugins may import; anything else in `sollol` may change at any time."""
 

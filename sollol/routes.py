@@ -3,11 +3,15 @@
 A *route* is one way of serving requests ("pool": whole models on many nodes; "sharding": one
 model spread over rpc-servers). Plugins provide routes through `sollol_register_routes`; the
 router picks one per request; the route then hands out a `Lease` on a concrete upstream server.
+Beside the contract every route keeps (`RouteProvider`), a route may implement `Membership`
+(backends that join and leave) and `ModelManagement` (Ollama's pull, push, create, delete and
+copy, which the gateway serves through the pool route).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
@@ -16,6 +20,11 @@ from sollol.models import Api, Backend, ModelInfo, RouteDecision, RouteRequest, 
 
 if TYPE_CHECKING:
     from sollol.config import Config
+
+POOL = "pool"
+"""Route name for task distribution: whole models on a pool of nodes."""
+SHARDING = "sharding"
+"""Route name for model sharding: one model over llama.cpp rpc-servers."""
 
 
 @attrs.frozen
@@ -93,9 +102,42 @@ class RouteProvider(Protocol):
     def snapshot(self) -> Mapping[str, Any]:
         """The route's state as plain data (JSON-ready), for `sollol nodes` and dashboards."""
 
-    # Optional: `async def placement(self, request: RouteRequest) -> Placement` (core.placement)
+    # Optional: `async def placement(self, request: RouteRequest) -> Placement` (below)
     # says whether this route holds the model and can do what the request needs; without it
     # the cluster judges the route by its backends' model lists (see docs/policies.md).
+
+
+@attrs.frozen
+class Placement:
+    """One route's answer to "could you serve this request?".
+
+    `holds` is True (the route has the model), False (it does not) or None (it cannot tell
+    now, e.g. its nodes are down); `missing` is what the request needs that no backend of the
+    route holding the model can do (capability names of `sollol.core.capabilities`).
+    """
+
+    route: str
+    holds: bool | None
+    reason: str
+    missing: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+
+    @property
+    def able(self) -> bool:
+        """The route holds the model and can do what the request needs."""
+        return self.holds is True and not self.missing
+
+    @property
+    def excluded(self) -> bool:
+        """The route certainly cannot serve the request."""
+        return self.holds is False or bool(self.missing)
+
+    def as_dict(self) -> dict[str, Any]:
+        verdict = ("can serve" if self.able else "cannot tell" if self.holds is None
+                   else "cannot serve")
+        out: dict[str, Any] = {"verdict": verdict, "why": self.reason}
+        if self.missing:
+            out["missing"] = sorted(self.missing)
+        return out
 
 
 @runtime_checkable
@@ -123,6 +165,48 @@ class Membership(Protocol):
 
     def reconfigure(self, config: Config) -> Collection[str]:
         """Take a reloaded config; return the keys now in effect (others need a restart)."""
+
+
+@runtime_checkable
+class ModelManagement(Protocol):
+    """Optional for a route: Ollama's model-management calls, fanned out to its nodes.
+
+    The gateway serves `/api/pull`, `/api/push`, `/api/create`, `/api/delete` and `/api/copy`
+    through the pool route when it implements this (the bundled pool route does). `nodes`
+    names the nodes to act on (ids or addresses; None: every healthy node that can).
+
+    Streamed operations yield Ollama's progress objects, each with a `node` field; the last
+    one sums up: `{"status": "success", "nodes": {...}}`, or `{"error": ..., "nodes": {...},
+    "http_status": N}` naming the nodes that failed. The first object is taken before any
+    byte goes to the client, so an error raised there (NoRouteAvailable, RequestError)
+    becomes the HTTP answer. `delete` and `copy` answer `{"status": "success", "nodes":
+    {...}}` or a summary with `"error"` and the `"http_status"` the client gets.
+    """
+
+    def pull(self, model: str, nodes: Collection[str] | None = None,
+             insecure: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """Pull `model` onto the nodes: merged progress."""
+
+    def push(self, model: str, nodes: Collection[str] | None = None,
+             insecure: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """Push `model` from the nodes to its registry: merged progress."""
+
+    def create(self, body: Mapping[str, Any], nodes: Collection[str] | None = None,
+               ) -> AsyncIterator[dict[str, Any]]:
+        """Create a model from an Ollama `/api/create` body on the nodes: merged progress."""
+
+    async def upload_blobs(self, blobs: Mapping[str, Path],
+                           nodes: Collection[str] | None = None) -> dict[str, list[str]]:
+        """Send each blob (digest -> file) to the nodes that lack it, before a create names
+        it; returns the digests sent per node (BackendError when a node refuses one)."""
+
+    async def delete(self, model: str, nodes: Collection[str] | None = None,
+                     ) -> dict[str, Any]:
+        """Delete `model` from the nodes: per-node results and a summary."""
+
+    async def copy(self, source: str, destination: str,
+                   nodes: Collection[str] | None = None) -> dict[str, Any]:
+        """Copy model `source` to `destination` on the nodes: per-node results and a summary."""
 
 
 @runtime_checkable

@@ -37,8 +37,9 @@ def sollol_register_backend_kinds(register: Callable[[BackendKind], None]) -> No
 @hookimpl
 def sollol_discover_backends(config: Config) -> Iterable[Backend] | None:
     from .rpc_discovery import discover
+    from .rpc_settings import backends
 
-    if not config["model_sharding_enabled"] and not config["rpc_backends"]:
+    if not config["model_sharding_enabled"] and not backends(config):
         return None  # sharding is off and nothing is configured: don't touch the network
     return discover(config)
 

@@ -11,6 +11,7 @@ from sollol.models import Backend, join_host_port
 
 from . import attached
 from .rpc_probe import ProbeError, ProtocolMismatch, probe
+from .rpc_settings import backends
 
 KIND = "rpc"
 log = logging.getLogger("sollol.sharding")
@@ -23,7 +24,7 @@ def backend_for(address: str, source: str) -> Backend:
 
 def discover(config: Config) -> list[Backend]:
     """Configured rpc-servers, else answering loopback ones; plus a named CIDR's answering hosts."""
-    found = [backend_for(a, "config") for a in config["rpc_backends"]]
+    found = [backend_for(a, "config") for a in backends(config)]
     ports: list[int] = config["rpc_discovery_ports"]
     timeout: float = config["rpc_probe_timeout"]
     if not found and config["rpc_discover_loopback"]:

@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from sollol.config import Setting
+from sollol.config import Config, Setting
 from sollol.core.units import at_least, cidr, non_negative, parse_bytes, port_list, positive
+from sollol.models import check_host, join_host_port, split_host_port
+
+
+def _host_port(value: Any) -> str:
+    if isinstance(value, Mapping):
+        value = f"{value.get('host', '')}:{value.get('port', '')}"
+    host, port = split_host_port(str(value))
+    if not host:
+        raise ValueError("host:port with a host")
+    check_host(host, str(value))  # "gpu box:50052" is a typo, not a host
+    return join_host_port(host, port)
+
+
+def _host_port_list(values: list[Any]) -> list[str]:
+    try:
+        return [_host_port(v) for v in values]
+    except ValueError:
+        raise ValueError("a list of host:port entries (e.g. 10.0.0.2:50052)") from None
 
 
 def _args(values: list[Any]) -> list[str]:
@@ -26,7 +45,11 @@ def _size(value: str) -> str:
     return value
 
 
+BACKENDS = Setting("rpc_backends", "list", [], "rpc-servers for sharding, as host:port.",
+                   check=_host_port_list)
+
 SETTINGS: tuple[Setting, ...] = (
+    BACKENDS,
     Setting("rpc_coordinator_mode", "str", "persistent",
             "persistent: keep a llama-server coordinator warm between requests; "
             "ephemeral: stop it after each request.", choices=("persistent", "ephemeral")),
@@ -94,3 +117,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Folder for coordinator logs, pid files and layer reports "
             "(default: the user state dir).", optional=True),
 )
+
+
+def backends(config: Config) -> list[str]:
+    """The configured rpc-servers (none when `config` was loaded without this plugin's keys)."""
+    return config.read(BACKENDS)

@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from sollol.core.capabilities import EMBEDDING
-from sollol.core.placement import Placement
-from sollol.core.router import SHARDING
 from sollol.core.units import parse_bytes
 from sollol.errors import NotSupported
 from sollol.models import (
@@ -25,7 +23,7 @@ from sollol.models import (
     ShardOffer,
     ShardPlacement,
 )
-from sollol.routes import Lease, Outcome
+from sollol.routes import SHARDING, Lease, Outcome, Placement
 
 from .coordinator import READY, STARTING
 from .options import options_from

@@ -31,6 +31,8 @@ from sollol.config import Config
 from sollol.core.secret import bearer, redact_url, scrub, split_userinfo
 from sollol.models import Backend, check_node_address, join_host_port, split_host_port
 
+from .pool_settings import read
+
 if TYPE_CHECKING:
     from sollol.core.runtime import ClusterRuntime
 
@@ -135,12 +137,12 @@ def discover(config: Config) -> list[Backend]:
     the default local Ollama when nothing at all is configured."""
     source = config.sources.get("ollama_nodes", "config")
     found: dict[str, Backend] = {}
-    for entry in config["ollama_nodes"]:
+    for entry in read(config, "ollama_nodes"):
         backend = parse_entry(entry, source)
         found.setdefault(backend.id, backend)
-    cidr = config.get("pool_discovery_cidr")
+    cidr = read(config, "pool_discovery_cidr")
     if cidr:
-        for backend in scan(cidr, config.get("pool_discovery_port", DEFAULT_PORT)):
+        for backend in scan(cidr, read(config, "pool_discovery_port")):
             found.setdefault(backend.id, backend)
     if not found and not cidr:
         found[DEFAULT_NODE] = parse_node(DEFAULT_NODE, "default")

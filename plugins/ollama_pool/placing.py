@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 
 from sollol.core.capabilities import EMBEDDING, describe
-from sollol.core.placement import Placement
-from sollol.core.router import POOL
 from sollol.errors import ModelNotFound, NoRouteAvailable, NotSupported
 from sollol.models import RouteRequest
+from sollol.routes import POOL, Placement
 
 from .node import Node
 from .waiters import Waiter

@@ -19,10 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from sollol.core.placement import Placement
-from sollol.core.router import POOL
 from sollol.models import Backend, HealthReport, ModelInfo, RouteRequest, RouteState
-from sollol.routes import Lease
+from sollol.routes import POOL, Lease, Placement
 
 from . import catalog, placing
 from .manage import ModelManager

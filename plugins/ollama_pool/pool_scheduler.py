@@ -18,10 +18,9 @@ from typing import Any
 
 import attrs
 
-from sollol.core.router import POOL
 from sollol.errors import ModelNotFound, NoRouteAvailable, NotSupported, Overloaded
 from sollol.models import HealthReport, RouteRequest
-from sollol.routes import Lease, Outcome
+from sollol.routes import POOL, Lease, Outcome
 
 from . import placing
 from .balance import choose

@@ -21,7 +21,6 @@ from sollol.errors import (
     RequestError,
     SollolError,
 )
-from sollol.models import RouteRequest
 
 
 @click.command("route")
@@ -88,22 +87,11 @@ def _default_gateway(config_file: Path | None) -> str:
 async def decide_here(model: str, context: int | None, endpoint: str,
                       config_file: Path | None) -> dict[str, Any]:
     """Start a cluster from config (routes probe their backends), decide, stop."""
-    from sollol.core.aliases import targets
-    from sollol.core.capabilities import needs
     from sollol.core.runtime import ClusterRuntime
 
     cluster = ClusterRuntime.from_config(path=config_file)
-    first = targets(cluster.config, model)[0]  # an alias is explained as what it stands for
-    request = RouteRequest(model=first.model, context_length=context,
-                           endpoint=endpoint,  # type: ignore[arg-type]
-                           needs=needs(endpoint, {}))
     async with cluster:
-        if first.alias is not None and (first.alias.route or first.alias.nodes):
-            decision = await cluster.decide_for_alias(request, first.alias)
-        else:
-            decision = await cluster.decide(request)
-    extra = {"alias_of": first.model} if first.alias is not None else {}
-    return {**extra, **decision.as_dict()}
+        return await cluster.explain(model, endpoint=endpoint, context_length=context)
 
 
 def ask_gateway(

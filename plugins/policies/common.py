@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sollol.core.router import POOL, SHARDING
 from sollol.errors import NoRouteAvailable
 from sollol.models import RouteDecision, RouteState
+from sollol.routes import POOL, SHARDING
 
 UNKNOWN_CHOICES = (POOL, SHARDING, "error")
 """What a policy does with a model whose size nobody reported (`unknown = ...`)."""

@@ -7,10 +7,10 @@ from typing import Any, ClassVar
 
 import attrs
 
-from sollol.core.router import POOL, SHARDING
 from sollol.core.units import format_bytes
 from sollol.errors import NoRouteAvailable
 from sollol.models import BackendState, ModelInfo, RouteDecision, RouteRequest, RouteState
+from sollol.routes import POOL, SHARDING
 
 from .common import UNKNOWN_CHOICES, decided, route_down, unknown_size
 from .name_match import listed

@@ -7,10 +7,9 @@ from typing import Any, ClassVar
 
 import attrs
 
-from sollol.core.router import POOL, SHARDING
 from sollol.errors import ConfigError, NoRouteAvailable
 from sollol.models import BackendState, ModelInfo, RouteDecision, RouteRequest, RouteState
-from sollol.routes import Policy
+from sollol.routes import POOL, SHARDING, Policy
 
 from .common import route_down
 from .name_match import glob_matches, is_glob, listed, same_model

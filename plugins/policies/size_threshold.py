@@ -7,10 +7,10 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
-from sollol.core.router import POOL, SHARDING
 from sollol.core.units import format_bytes, format_count, parse_bytes, parse_count
 from sollol.errors import ConfigError
 from sollol.models import ModelInfo, RouteDecision, RouteRequest, RouteState
+from sollol.routes import POOL, SHARDING
 
 from .common import UNKNOWN_CHOICES, decided, unknown_size
 from .policy_settings import SettingsReader

@@ -192,7 +192,7 @@ def _validate(data: dict[str, Any], path: Path, config_file: Path | None) -> Non
 def _check_policies(cfg: Any, pm: Any) -> None:
     """Build each policy named in `policy_settings`: its own checks reject bad settings."""
     from sollol.core.plugin_manager import collect_named
-    from sollol.core.runtime import _build_policy
+    from sollol.core.policy_chain import build_policy
 
     policies = collect_named(pm, "sollol_register_policies", "routing policy")
     table = cfg["policy_settings"]
@@ -203,7 +203,7 @@ def _check_policies(cfg: Any, pm: Any) -> None:
                 f"known policies: {', '.join(sorted(policies)) or 'none'}"
             raise ConfigError(f"policy_settings.{name}", table[name],
                               f"settings of a registered policy ({hint})")
-        _build_policy(name, policies, table, ())
+        build_policy(name, policies, table)
 
 
 def _with_hint(exc: Exception) -> str:

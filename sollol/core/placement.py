@@ -5,44 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import attrs
-
 from sollol.core.capabilities import describe
 from sollol.core.names import spellings
 from sollol.models import RouteRequest, RouteState
+from sollol.routes import Placement
 
-
-@attrs.frozen
-class Placement:
-    """One route's answer to "could you serve this request?".
-
-    `holds` is True (the route has the model), False (it does not) or None (it cannot tell
-    now, e.g. its nodes are down); `missing` is what the request needs that no backend of the
-    route holding the model can do.
-    """
-
-    route: str
-    holds: bool | None
-    reason: str
-    missing: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
-
-    @property
-    def able(self) -> bool:
-        """The route holds the model and can do what the request needs."""
-        return self.holds is True and not self.missing
-
-    @property
-    def excluded(self) -> bool:
-        """The route certainly cannot serve the request."""
-        return self.holds is False or bool(self.missing)
-
-    def as_dict(self) -> dict[str, Any]:
-        verdict = ("can serve" if self.able else "cannot tell" if self.holds is None
-                   else "cannot serve")
-        out: dict[str, Any] = {"verdict": verdict, "why": self.reason}
-        if self.missing:
-            out["missing"] = sorted(self.missing)
-        return out
+__all__ = ["Placement", "from_state"]  # Placement is public, in sollol.routes
 
 
 def from_state(state: RouteState, request: RouteRequest) -> Placement:

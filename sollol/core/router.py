@@ -8,15 +8,11 @@ from typing import Any
 import attrs
 
 from sollol.core.capabilities import describe
-from sollol.core.placement import Placement
 from sollol.errors import ModelNotFound, NoRouteAvailable, NotSupported
 from sollol.models import ModelInfo, RouteDecision, RouteRequest, RouteState
-from sollol.routes import Policy
+from sollol.routes import POOL, SHARDING, Placement, Policy
 
-POOL = "pool"
-"""Route name for task distribution: whole models on a pool of nodes."""
-SHARDING = "sharding"
-"""Route name for model sharding: one model over llama.cpp rpc-servers."""
+__all__ = ["POOL", "SHARDING", "choose_route"]  # the route names live in sollol.routes
 
 
 def choose_route(

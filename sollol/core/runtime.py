@@ -15,12 +15,14 @@ from typing import Any
 import attrs
 
 from sollol.config import Config, Setting, load_config, plugin_lists
-from sollol.core.aliases import Alias, aliases
+from sollol.core.aliases import Alias, aliases, targets
+from sollol.core.capabilities import needs
 from sollol.core.events import EventLog
 from sollol.core.membership import LiveMembership
 from sollol.core.names import canonical_model, closest
 from sollol.core.placement import Placement, from_state
 from sollol.core.plugin_manager import SollolPluginManager, collect_named, get_plugin_manager
+from sollol.core.policy_chain import build_policy
 from sollol.core.router import POOL, SHARDING, choose_route
 from sollol.errors import ConfigError, ModelNotFound, NoRouteAvailable, NotSupported, PluginError
 from sollol.models import (
@@ -167,7 +169,7 @@ class ClusterRuntime:
                 known = ", ".join(sorted(policies)) or "none (is the policies plugin disabled?)"
                 raise ConfigError("routing_policy", name, f"a registered policy: {known}")
             return None
-        return _build_policy(name, policies, self.config["policy_settings"], ())
+        return build_policy(name, policies, self.config["policy_settings"])
 
     def discover(self, kinds: Collection[str] | None = None) -> list[Backend]:
         """Backends from every discovery hook, merged by id, optionally only of some kinds."""
@@ -255,6 +257,20 @@ class ClusterRuntime:
             f"alias {alias.name!r} is {alias.model} on the {route} route{nodes}"),
             placement={route: place.as_dict()} if place is not None else {})
 
+    async def explain(self, model: str, *, endpoint: str = "chat",
+                      context_length: int | None = None) -> dict[str, Any]:
+        """The decision for a request naming `model` (an alias as what it stands for), as
+        `RouteDecision.as_dict()` and `alias_of`; nothing is sent (`/sollol/route`)."""
+        first = targets(self.config, model)[0]
+        request = RouteRequest(model=first.model, endpoint=endpoint,  # type: ignore[arg-type]
+                               context_length=context_length, needs=needs(endpoint, {}))
+        alias = first.alias
+        if alias is not None and (alias.route or alias.nodes):
+            decision = await self.decide_for_alias(request, alias)
+        else:
+            decision = await self.decide(request)
+        return {**({"alias_of": first.model} if alias else {}), **decision.as_dict()}
+
     def outside(self, alias: Alias) -> list[str]:
         """Ids of the pool backends an alias's `nodes` leave out."""
         pool = self.routes.get(POOL)
@@ -338,36 +354,6 @@ class ClusterRuntime:
             "routes": {name: dict(p.snapshot()) for name, p in self.routes.items()},
             "recent": [e.as_dict() for e in self.events.recent(50)],
         }
-
-
-def _build_policy(
-    name: str, policies: dict[str, tuple[Any, str]], settings: dict[str, Any],
-    chain: tuple[str, ...],
-) -> Policy:
-    """Build policy `name` from `policy_settings[name]`.
-
-    A factory that takes a `policies` keyword gets a function building another policy by name,
-    for policies that delegate (such as "pinned" falling through); cycles are config errors.
-    """
-    factory, _plugin = policies[name]
-    table = settings.get(name, {})
-    table = dict(table) if isinstance(table, dict) else table  # a factory reports a non-table
-
-    def build(other: str) -> Policy:
-        key = f"policy_settings.{name}"
-        if other not in policies:
-            known = ", ".join(sorted(policies))
-            raise ConfigError(key, other, f"the name of a registered policy ({known})")
-        if other in (*chain, name):
-            loop = " -> ".join((*chain, name, other))
-            raise ConfigError(key, other, f"a policy that does not lead back to itself ({loop})")
-        return _build_policy(other, policies, settings, (*chain, name))
-
-    try:
-        delegates = "policies" in inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # a callable Python cannot introspect takes settings only
-        delegates = False
-    return factory(table, policies=build) if delegates else factory(table)
 
 
 def _authority(address: str) -> str:

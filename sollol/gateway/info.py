@@ -10,12 +10,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from sollol import __version__
-from sollol.core import capabilities
-from sollol.core.aliases import aliases, targets
+from sollol.core.aliases import aliases
 from sollol.core.names import canonical, is_path
 from sollol.core.router import POOL
 from sollol.errors import ModelNotFound, NoRouteAvailable, RequestError
-from sollol.models import RouteRequest
 
 log = logging.getLogger("sollol.gateway")
 
@@ -129,16 +127,9 @@ async def route_decision(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:
     endpoint = query.get("endpoint", "chat")
     if endpoint not in ("chat", "generate", "embed"):
         raise RequestError("query parameter 'endpoint' must be chat, generate or embed")
-    first = targets(cluster.config, model)[0]  # an alias is explained as what it stands for
-    request = RouteRequest(model=first.model, endpoint=endpoint,  # type: ignore[arg-type]
-                           context_length=ctx, needs=capabilities.needs(endpoint, {}))
-    alias = first.alias
-    if alias is not None and (alias.route or alias.nodes):
-        decision = await cluster.decide_for_alias(request, alias)
-    else:
-        decision = await cluster.decide(request)
-    extra = {"alias_of": first.model} if alias is not None else {}
-    return {"model": model, **extra, "context_length": ctx, **decision.as_dict()}
+    answer = await cluster.explain(model, endpoint=endpoint, context_length=ctx)
+    alias = {"alias_of": answer.pop("alias_of")} if "alias_of" in answer else {}
+    return {"model": model, **alias, "context_length": ctx, **answer}
 
 
 async def events(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:

@@ -5,8 +5,8 @@ A create that names uploaded blobs (`files`, `adapters`: name -> digest) first s
 the gateway holds to the target nodes that lack it (`upload_blobs` on the route).
 
 Nodes are named with a SOLLOL extension: a `nodes` list in the body, or `?node=ID` (repeatable).
-The route must offer `pull`, `push`, `create`, `upload_blobs`, `delete` and `copy` (the bundled
-pool plugin does); the core never imports a plugin, so this module looks them up on the route.
+The pool route serves these calls when it implements `sollol.routes.ModelManagement` (the bundled
+pool plugin's does); the core never imports a plugin, so the protocol is the whole contract.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from sollol.core.names import check_model_name
-from sollol.core.router import POOL
 from sollol.dialects.jsonin import parse_json_object
 from sollol.errors import Forbidden, NoRouteAvailable, RequestError
 from sollol.gateway.asgi import DisconnectWatch, Receive, Scope, Send, read_body, send_json
 from sollol.gateway.blobs import parse_digest
+from sollol.routes import POOL, ModelManagement
 
 if TYPE_CHECKING:
     from sollol.core.runtime import ClusterRuntime
@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 _NDJSON = b"application/x-ndjson"
 
 
-def _route(cluster: ClusterRuntime, operation: str) -> Any:
+def _route(cluster: ClusterRuntime, operation: str) -> ModelManagement:
     route = cluster.routes.get(POOL)
-    if route is None or not callable(getattr(route, operation, None)):
+    if not isinstance(route, ModelManagement):
         raise NoRouteAvailable(f"model management needs a pool route that supports "
                                f"{operation!r} (is the ollama_pool plugin enabled?)")
     return route

@@ -351,7 +351,8 @@ def load_config(
             sources[name] = setting.env_var
     for key, value in (overrides or {}).items():
         if key not in by_name:
-            raise ConfigError(key, value, "a known key (see `sollol config show`)", "command line")
+            # the value is not shown: nobody declared whether this key holds a secret
+            raise ConfigError(key, "...", "a known key (see `sollol config show`)", "command line")
         if isinstance(value, str) and by_name[key].kind != "str":
             values[key] = _from_text(by_name[key], value, "command line")
         else:

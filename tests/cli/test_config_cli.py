@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sollol.cli import build_cli
-from sollol.config import load_config
+from sollol.core.runtime import load
 from sollol.errors import ConfigError
 from sollol.models import check_node_address
 
@@ -57,8 +57,8 @@ def test_bad_changes_are_refused_before_writing(isolated_config: Path, args, say
 
 def test_node_typos_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="did you mean http://host"):
-        load_config(overrides={"ollama_nodes": ["http//host"]})
-    config = load_config(overrides={"ollama_nodes": ["http://h:1", "h2", "openai://[::1]:8080"]})
+        load(overrides={"ollama_nodes": ["http//host"]})
+    config, _ = load(overrides={"ollama_nodes": ["http://h:1", "h2", "openai://[::1]:8080"]})
     assert len(config["ollama_nodes"]) == 3
 
 
@@ -74,4 +74,4 @@ def test_any_node_address_is_accepted_or_refused_with_a_value_error(text: str) -
 
 def test_rpc_backend_typos_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="rpc_backends"):
-        load_config(overrides={"rpc_backends": ["gpu box:50052"]})
+        load(overrides={"rpc_backends": ["gpu box:50052"]})

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from sollol.config import CORE_SETTINGS, config_path, load_config, read_file, write_file
+from sollol.config import (
+    CORE_SETTINGS,
+    Setting,
+    config_path,
+    core_setting,
+    load_config,
+    read_file,
+    write_file,
+)
+from sollol.core.plugin_manager import collect_named
 from sollol.core.runtime import load
 from sollol.errors import ConfigError
 
@@ -23,7 +32,8 @@ def test_defaults_hold_the_seed_keys() -> None:
     config = load_config(path=Path(os.devnull), env={})
     assert config["model_sharding_enabled"] is False
     assert config["task_distribution_enabled"] is True
-    assert config["rpc_backends"] == []
+    assert "rpc_backends" not in config.values  # declared by the llamacpp_rpc plugin
+    assert load(path=os.devnull, env={})[0]["rpc_backends"] == []
     assert config["gateway_port"] == 11435
     assert config.sources["gateway_port"] == "default"
 
@@ -35,22 +45,50 @@ def test_env_overrides_every_key_and_beats_the_file(isolated_config: Path) -> No
         "SOLLOL_RPC_BACKENDS": "10.0.0.2:50052, 10.0.0.3:50052",
         "SOLLOL_POLICY_SETTINGS": '{"size-threshold": {"min_parameters": 7e9}}',
     }
-    config = load_config(path=isolated_config, env=env)
+    config, pm = load(path=isolated_config, env=env)
     assert config["model_sharding_enabled"] is True
     assert config["rpc_backends"] == ["10.0.0.2:50052", "10.0.0.3:50052"]
     assert config["gateway_port"] == 9000
     assert config.sources["gateway_port"] == str(isolated_config)
     assert config.sources["model_sharding_enabled"] == "SOLLOL_MODEL_SHARDING_ENABLED"
     assert config["policy_settings"]["size-threshold"]["min_parameters"] == 7e9
-    for setting in CORE_SETTINGS:
+    every = collect_named(pm, "sollol_register_settings", "config key")
+    assert {s.name for s in CORE_SETTINGS} < set(every)
+    for setting, _plugin in every.values():
         assert setting.env_var == "SOLLOL_" + setting.name.upper()
 
 
 def test_ollama_hosts_lists_pool_nodes_and_sollol_key_wins() -> None:
-    config = load_config(path=Path(os.devnull), env={"OLLAMA_HOSTS": "a:11434,b:11434"})
+    config = load(path=os.devnull, env={"OLLAMA_HOSTS": "a:11434,b:11434"})[0]
     assert config["ollama_nodes"] == ["a:11434", "b:11434"]
+    assert config.sources["ollama_nodes"] == "OLLAMA_HOSTS"
     both = {"OLLAMA_HOSTS": "a:11434", "SOLLOL_OLLAMA_NODES": "c:1"}
-    assert load_config(path=Path(os.devnull), env=both)["ollama_nodes"] == ["c:1"]
+    assert load(path=os.devnull, env=both)[0]["ollama_nodes"] == ["c:1"]
+    assert load(path=os.devnull, env={"OLLAMA_HOSTS": ""})[0]["ollama_nodes"] == []
+
+
+def test_a_settings_extra_env_var_is_read_below_its_own() -> None:
+    """A plugin names another variable for its key (the pool: OLLAMA_HOSTS); the core names none."""
+    setting = Setting("demo_hosts", "list", [], "Hosts.", extra_env="DEMO_HOSTS")
+    assert load_config([setting], path=Path(os.devnull), env={"DEMO_HOSTS": "a,b"}).sources == {
+        "demo_hosts": "DEMO_HOSTS"}
+    both = {"DEMO_HOSTS": "a", "SOLLOL_DEMO_HOSTS": "c"}
+    assert load_config([setting], path=Path(os.devnull), env=both)["demo_hosts"] == ["c"]
+    with pytest.raises(ConfigError, match="from DEMO_N"):
+        load_config([Setting("n", "int", 0, "N.", extra_env="DEMO_N")], path=Path(os.devnull),
+                    env={"DEMO_N": "many"})
+    assert not any(s.extra_env for s in CORE_SETTINGS)
+
+
+def test_a_config_reads_an_undeclared_key_as_its_settings_default() -> None:
+    setting = Setting("demo_list", "list", ["a"], "A list.")
+    config = load_config(path=Path(os.devnull), env={})
+    first = config.read(setting)
+    assert first == ["a"] and first is not setting.default  # a copy: callers may not share it
+    assert config.evolve(demo_list=["b"]).read(setting) == ["b"]
+    assert core_setting("gateway_port").default == 11435
+    with pytest.raises(KeyError):
+        core_setting("ollama_nodes")  # the pool plugin's key
 
 
 def test_command_line_overrides_win(isolated_config: Path) -> None:
@@ -64,7 +102,7 @@ def test_command_line_overrides_win(isolated_config: Path) -> None:
 def test_rpc_backends_accept_tables_in_toml(isolated_config: Path) -> None:
     isolated_config.parent.mkdir(parents=True)
     isolated_config.write_text('rpc_backends = [{host = "10.0.0.2", port = 50052}, "h:1"]\n')
-    assert load_config(path=isolated_config, env={})["rpc_backends"] == ["10.0.0.2:50052", "h:1"]
+    assert load(path=isolated_config, env={})[0]["rpc_backends"] == ["10.0.0.2:50052", "h:1"]
 
 
 @pytest.mark.parametrize(
@@ -84,7 +122,7 @@ def test_bad_values_name_key_value_and_expectation(
     isolated_config.parent.mkdir(parents=True)
     isolated_config.write_text(content)
     with pytest.raises(ConfigError) as info:
-        load_config(path=isolated_config, env={})
+        load(path=isolated_config, env={})  # with every installed plugin's keys
     assert info.value.key == key
     assert fragment in str(info.value)
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from sollol_plugins.ollama_pool.node_discovery import base_url, parse_entry, parse_node
 
 from sollol.cli import build_cli
-from sollol.config import load_config
+from sollol.core.runtime import load
 from sollol.errors import ConfigError
 
 NODE_KEY = "sk-node-7f3a9c1e5b2d4086a1c3e5f7"
@@ -50,7 +50,7 @@ def test_bad_node_addresses_never_echo_the_key(bad):
         parse_node(bad)
     assert NODE_KEY not in str(err.value)
     try:  # the config check refuses most of them already
-        load_config(overrides={"ollama_nodes": [bad]})
+        load(overrides={"ollama_nodes": [bad]})
     except ConfigError as exc:
         assert NODE_KEY not in str(exc)
 
@@ -60,7 +60,7 @@ def test_bad_node_addresses_never_echo_the_key(bad):
                                    {"url": "h:1", "token": NODE_KEY}, 42])
 def test_bad_node_tables_are_config_errors_without_the_key(entry):
     with pytest.raises(ConfigError) as err:
-        load_config(overrides={"ollama_nodes": [entry]})
+        load(overrides={"ollama_nodes": [entry]})
     assert NODE_KEY not in str(err.value) and "a\r\nX-Evil" not in str(err.value)
 
 

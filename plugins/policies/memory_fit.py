@@ -14,7 +14,7 @@ from sollol.routes import POOL, SHARDING
 
 from .common import UNKNOWN_CHOICES, decided, route_down, unknown_size
 from .name_match import listed
-from .policy_settings import SettingsReader, fraction, positive_int
+from .policy_settings import SettingsReader, default, fraction, positive_int
 
 F16_BYTES = 2
 
@@ -77,9 +77,10 @@ class MemoryFit:
         """Build from `policy_settings.memory-fit` (default_context, reserve, unknown)."""
         read = SettingsReader(cls.name, settings)
         policy = cls(
-            default_context=read.get("default_context", 4096, positive_int),
-            reserve=read.get("reserve", 0.10, fraction),
-            unknown=read.choice("unknown", POOL, UNKNOWN_CHOICES),
+            default_context=read.get("default_context", default(cls, "default_context"),
+                                     positive_int),
+            reserve=read.get("reserve", default(cls, "reserve"), fraction),
+            unknown=read.choice("unknown", default(cls, "unknown"), UNKNOWN_CHOICES),
         )
         read.finish()
         return policy

@@ -13,7 +13,7 @@ from sollol.routes import POOL, SHARDING, Policy
 
 from .common import route_down
 from .name_match import glob_matches, is_glob, listed, same_model
-from .policy_settings import SettingsReader, boolean, policy_name
+from .policy_settings import SettingsReader, boolean, default, policy_name
 
 DEFAULT_FALLBACK = "size-threshold"
 
@@ -76,7 +76,7 @@ class Pinned:
         read = SettingsReader(cls.name, settings)
         pins = read_pins(read)
         fallback = read.get("fallback", DEFAULT_FALLBACK, policy_name)
-        strict = read.get("strict", True, boolean)
+        strict = read.get("strict", default(cls, "strict"), boolean)
         read.finish()
         return cls(pins, policies(fallback), strict)
 

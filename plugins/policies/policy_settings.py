@@ -1,4 +1,8 @@
-"""Reading one policy's table from `policy_settings`, with errors that name the exact key."""
+"""Reading one policy's table from `policy_settings`, with errors that name the exact key.
+
+A policy writes each default once, on its attrs class; `default(cls, field)` hands it to the
+reader.
+"""
 
 from __future__ import annotations
 
@@ -57,6 +61,11 @@ class SettingsReader:
             hint = f"; did you mean {close[0]}?" if close else ""
             raise ConfigError(self.key(unknown[0]), self.values[unknown[0]],
                               f"a known key of this policy ({known}){hint}")
+
+
+def default(cls: type, field: str) -> Any:
+    """The default of attrs class `cls`'s field `field` (the one place it is written)."""
+    return attrs.fields_dict(cls)[field].default
 
 
 def positive_int(value: Any) -> int:

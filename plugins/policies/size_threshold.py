@@ -13,7 +13,7 @@ from sollol.models import ModelInfo, RouteDecision, RouteRequest, RouteState
 from sollol.routes import POOL, SHARDING
 
 from .common import UNKNOWN_CHOICES, decided, unknown_size
-from .policy_settings import SettingsReader
+from .policy_settings import SettingsReader, default
 
 DEFAULT_MIN_PARAMETERS = 13 * 10**9
 
@@ -34,7 +34,7 @@ class SizeThreshold:
         read = SettingsReader(cls.name, settings)
         by_count = read.get("min_parameters", None, parse_count)
         by_file = read.get("min_file_size", None, parse_bytes)
-        unknown = read.choice("unknown", POOL, UNKNOWN_CHOICES)
+        unknown = read.choice("unknown", default(cls, "unknown"), UNKNOWN_CHOICES)
         read.finish()
         if by_count is not None and by_file is not None:
             raise ConfigError(read.key("min_file_size"), settings["min_file_size"],

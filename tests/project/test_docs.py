@@ -127,3 +127,16 @@ def test_every_test_named_in_the_threat_table_exists() -> None:
                 if not re.search(rf"def {name}\b", (ROOT / current).read_text()):
                     missing.append(f"{current}::{name}")
     assert named >= 20 and not missing, f"docs/security.md names missing tests: {missing}"
+
+
+def test_plugins_md_lists_exactly_the_public_names() -> None:
+    """docs/plugins.md's table of public names is `sollol.plugin_api.PUBLIC`, row for row."""
+    from sollol.plugin_api import PUBLIC
+
+    text = (ROOT / "docs" / "plugins.md").read_text()
+    table = text[text.index("### Public names"):]
+    rows = set(re.findall(r"^\| `(sollol[\w.]*)` \| `(\w+)` \| \S", table, re.MULTILINE))
+    public = {(module, name) for module, names in PUBLIC.items() for name in names}
+    assert len(public) > 50
+    assert rows == public, (f"docs/plugins.md lacks {sorted(public - rows)}; lists names that "
+                            f"are not public: {sorted(rows - public)}")

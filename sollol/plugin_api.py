@@ -58,8 +58,8 @@ PUBLIC: Mapping[str, tuple[str, ...]] = {
     "sollol.llamacpp": ("Binaries", "find_binaries"),
     # plugin commands: options, errors, config, our own gateway, systemd units
     "sollol.cli": ("UsageFailure", "handle_errors", "config_option", "load_for_cli"),
-    "sollol.cli.gateway_client": ("gateway_option", "gateway_url", "gateway_headers", "call",
-                                  "item"),
+    "sollol.cli.gateway_client": ("gateway_option", "gateway_url", "gateway_address",
+                                  "gateway_client", "gateway_headers", "call", "item"),
     "sollol.cli.service": ("emit_unit",),
     "sollol.cli.systemd": ("exec_line",),
 }

@@ -3,8 +3,9 @@
 Retries happen only before the first byte reaches the client: a connect error, a timeout or a
 5xx on one backend sends the request to another (at most `max_retries` more). After the first
 byte a failure ends the stream with an error object in the client's dialect; so does a stream
-that stalls for `stream_idle_timeout` seconds between chunks. Every lease is
-released once with an `Outcome`, and every request is recorded as a `RouteEvent`.
+that stalls for `stream_idle_timeout` seconds between chunks. Each request is carried by one
+`InFlight` (forwarding/inflight.py): every lease goes back once with an `Outcome`, and the
+request is recorded once as a `RouteEvent`, when it finishes.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ from sollol.dialects.translate import (
 )
 from sollol.errors import BackendError, ModelNotFound, NoRouteAvailable, Overloaded, SollolError
 from sollol.forwarding.calls import Call, Op
+from sollol.forwarding.inflight import InFlight
 from sollol.forwarding.reply import NETWORK_ERRORS as _NETWORK_ERRORS
 from sollol.forwarding.reply import Reply, StreamReply
 from sollol.forwarding.reply import describe_error as _describe
 from sollol.forwarding.upstream import ConnectFailed, UpstreamPool, UpstreamResponse
-from sollol.models import RouteDecision, RouteEvent
+from sollol.models import RouteDecision
 from sollol.routes import Lease, Outcome
 
 if TYPE_CHECKING:
@@ -47,26 +49,15 @@ if TYPE_CHECKING:
 __all__ = ["Call", "Dispatcher", "Op", "Reply", "StreamReply"]
 FALLBACK_STATUSES = frozenset({429, 500, 502, 503, 504})
 """Replies after which the next fallback model is tried (unavailable or overloaded)."""
+CANCELLED = "cancelled before the first byte (client gone or gateway stopping)"
+
+
 @attrs.define
 class _Failure:
     """An attempt that failed before the first byte; `reply` is the upstream's error, if any."""
 
     message: str
     reply: Reply | None = None
-    kind: str = "network"
-    """For metrics: "connect", "timeout", "http_5xx" or "network"."""
-
-
-@attrs.define
-class _Trace:
-    """Where one request's time went, for its RouteEvent (metrics and the dashboard)."""
-
-    started: float = attrs.field(factory=time.perf_counter)
-    wait_s: float = 0.0
-    upstream_s: float = 0.0
-    ttft_s: float | None = None
-    prompt_tokens: int | None = None
-    failovers: list[str] = attrs.field(factory=list)
 
 
 @attrs.define
@@ -117,77 +108,70 @@ class Dispatcher:
         raise AssertionError("targets() always names the requested model")  # pragma: no cover
 
     async def _open(self, call: Call, alias: Alias | None) -> Reply:
-        """Route and send `call` for one model (an alias may fix its route or nodes)."""
-        trace = _Trace()
+        """Route and send `call` for one model (an alias may fix its route or nodes). One
+        `InFlight` carries it; whatever ends it (a reply, an error, a cancellation) finishes
+        it, once."""
+        request = InFlight(call, self.cluster.record)
         try:
-            if alias is not None and (alias.route or alias.nodes):
-                decision = await self.cluster.decide_for_alias(call.request, alias)
-            else:
-                decision = await self.cluster.decide(call.request)
-        except SollolError as exc:
-            self._record(call, None, None, int(getattr(exc, "status", 500)), trace, 0, str(exc))
+            return await self._serve(request, alias)
+        except BaseException as exc:
+            request.finish(_ended_by(exc, request))  # nothing if a reply already finished it
             raise
+
+    async def _serve(self, request: InFlight, alias: Alias | None) -> Reply:
+        """Decide the route once, then lease its backends in turn until one answers (at most
+        `max_retries` more after the first, within `request_timeout`)."""
+        wanted = request.call.request
+        if alias is not None and (alias.route or alias.nodes):
+            request.decision = await self.cluster.decide_for_alias(wanted, alias)
+        else:
+            request.decision = await self.cluster.decide(wanted)
+        decision = request.decision
         outside = self.cluster.outside(alias) if alias is not None and alias.nodes else []
-        tried: list[str] = []
         failures: list[str] = []
-        last_kind = ""
         last: Reply | None = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + float(self.cluster.config["request_timeout"])
-        try:
-            while len(tried) <= self.max_retries and loop.time() < deadline:
-                waited = time.perf_counter()
-                try:
-                    lease = await self.cluster.acquire(call.request, decision,
-                                                       exclude=[*tried, *outside])
-                except SollolError as exc:
-                    trace.wait_s += time.perf_counter() - waited
-                    if not failures:
-                        self._record(call, decision, None, int(getattr(exc, "status", 500)),
-                                     trace, 0, str(exc))
-                        raise
-                    failures.append(f"no other backend ({exc})")
-                    break
-                trace.wait_s += time.perf_counter() - waited
-                if last_kind:
-                    trace.failovers.append(last_kind)  # a failed attempt, and now another
-                tried.append(lease.backend.id)
-                result = await self._attempt(call, decision, lease, trace, len(tried), deadline)
-                if isinstance(result, Reply):
-                    return result
-                failures.append(result.message)
-                last_kind = result.kind
-                last = result.reply or last
-                if decision.backend is not None:
-                    break  # the decision pinned one backend: there is nowhere else to go
-        except asyncio.CancelledError:
-            # the client left (or the gateway is stopping) before the first byte: still an event
-            self._record(call, decision, tried[-1] if tried else None, 499, trace, len(tried),
-                         "cancelled before the first byte (client gone or gateway stopping)")
-            raise
+        while request.attempts <= self.max_retries and loop.time() < deadline:
+            asked = time.perf_counter()
+            try:
+                lease = await self.cluster.acquire(wanted, decision,
+                                                   exclude=[*request.tried, *outside])
+            except SollolError as exc:
+                if not failures:
+                    raise
+                failures.append(f"no other backend ({exc})")
+                break
+            finally:
+                request.waited(time.perf_counter() - asked)
+            request.leased(lease)
+            result = await self._attempt(request, deadline)
+            if isinstance(result, Reply):
+                return result
+            failures.append(result.message)
+            last = result.reply or last
+            if decision.backend is not None:
+                break  # the decision pinned one backend: there is nowhere else to go
         message = "; ".join(failures) or "request timed out"
         if last is not None:
-            self._record(call, decision, tried[-1], last.status, trace, len(tried), message)
+            request.finish(Outcome(False, last.status, message))
             return last
-        self._record(call, decision, tried[-1] if tried else None, 503, trace, len(tried),
-                     message)
-        raise NoRouteAvailable(f"no backend could serve {call.request.model!r}: {message}")
+        request.finish(Outcome(False, 503, message))
+        raise NoRouteAvailable(f"no backend could serve {wanted.model!r}: {message}")
 
-    async def _attempt(self, call: Call, decision: RouteDecision, lease: Lease, trace: _Trace,
-                       attempts: int, deadline: float) -> Reply | _Failure:
-        """One try on one leased backend; releases the lease unless it hands back a stream."""
-        t0 = time.perf_counter()
+    async def _attempt(self, request: InFlight, deadline: float) -> Reply | _Failure:
+        """One try on the leased backend: a reply finishes the request (a stream, when it
+        ends); a failure before the first byte gives the lease back for another try."""
+        call, lease, decision = request.call, request.lease, request.decision
+        assert lease is not None and decision is not None
         route = _route_headers(decision, lease)
-        try:
-            upstream = plan(call, lease.api)
-        except BaseException as exc:
-            lease.release(Outcome(False, 400, str(exc)))
-            raise
+        upstream = plan(call, lease.api)
         if upstream.path is None:
-            return await self._answer_locally(call, decision, lease, trace, attempts)
+            return await self._answer_locally(request, route)
         response: UpstreamResponse | None = None
         handed_off = False
         try:
+            request.sending()
             auth = _authorization(lease)
             response = await self.pool.post(_root(lease.base_url), upstream.path,
                                             upstream.payload, deadline, auth)
@@ -198,130 +182,93 @@ class Dispatcher:
                 response = await self.pool.post(_root(lease.base_url), upstream.path,
                                                 upstream.payload, deadline, auth)
             if response.status >= 400:
-                raw = await response.read()
-                trace.upstream_s += time.perf_counter() - t0
-                lacking = capabilities.unsupported(response.status, raw, call.request.needs)
-                if lacking is not None:
-                    return self._unsupported(call, decision, lease, response.status, raw,
-                                             lacking, trace, attempts, t0)
-                message = f"{lease.backend.id}: HTTP {response.status}: {error_message(raw)}"
-                if response.status >= 500:
-                    message = _explained(lease, message)
-                lease.release(Outcome(False, response.status, message,
-                                      seconds=time.perf_counter() - t0))
-                reply = Reply(response.status, JSON_TYPE, route,
-                              convert_error(call, upstream, raw, response.status))
-                if response.status >= 500:
-                    return _Failure(message, reply, "http_5xx")
-                self._record(call, decision, lease.backend.id, response.status, trace,
-                             attempts, message)
-                return reply
+                return await self._refused(request, upstream, response, route)
             if call.request.stream:
                 first = await response.next_chunk()
                 if not first:
                     raise BackendError("closed the stream before sending anything")
                 handed_off = True
-                trace.ttft_s = time.perf_counter() - trace.started
-                return self._stream_reply(call, decision, lease, upstream, response, first,
-                                          trace, t0, attempts, route)
+                request.first_chunk()
+                # From the first chunk on, silence means a stalled backend (the wait for the
+                # first chunk, which may include loading the model, is bounded by
+                # request_timeout alone).
+                response.watch_idle(self.stream_idle_timeout)
+                return StreamReply(200, STREAM_TYPES[call.api], route, request=request,
+                                   response=response, stream=new_stream(call, upstream),
+                                   first=first)
             raw = await response.read()
-            body = convert_reply(call, upstream, raw, time.perf_counter() - t0)
-            tokens = tokens_in(raw, lease.api)
-            trace.prompt_tokens = prompt_tokens_in(raw, lease.api)
-            trace.upstream_s += time.perf_counter() - t0
-            lease.release(Outcome(True, 200, tokens=tokens, seconds=time.perf_counter() - t0))
-            self._record(call, decision, lease.backend.id, 200, trace, attempts, None, tokens)
+            body = convert_reply(call, upstream, raw, request.elapsed())
+            request.prompt_tokens = prompt_tokens_in(raw, lease.api)
+            request.finish(Outcome(True, 200, tokens=tokens_in(raw, lease.api),
+                                   seconds=request.elapsed()))
             content_type = response.content_type or JSON_TYPE
             return Reply(200, JSON_TYPE if upstream.translated else content_type, route, body)
         except (*_NETWORK_ERRORS, BackendError) as exc:
             connect = isinstance(exc, ConnectFailed)
             timeout = isinstance(exc, TimeoutError)
-            status = 504 if timeout else 502
-            message = _explained(lease, f"{lease.backend.id}: {_describe(exc)}")
-            trace.upstream_s += time.perf_counter() - t0
-            lease.release(Outcome(False, status, message, connect_failed=connect,
-                                  seconds=time.perf_counter() - t0))
-            kind = "connect" if connect else "timeout" if timeout else "network"
-            return _Failure(message, kind=kind)
-        except BaseException:
-            lease.release(Outcome(False, 499, "cancelled", seconds=time.perf_counter() - t0))
-            raise
+            message = request.explained(f"{lease.backend.id}: {_describe(exc)}")
+            request.failed_attempt(Outcome(False, 504 if timeout else 502, message,
+                                           connect_failed=connect, seconds=request.elapsed()),
+                                   "connect" if connect else "timeout" if timeout else "network")
+            return _Failure(message)
         finally:
             if response is not None and not handed_off:
                 response.release()  # keeps the connection only if the reply was read in full
 
-    def _unsupported(self, call: Call, decision: RouteDecision, lease: Lease, status: int,
-                     raw: bytes, lacking: str, trace: _Trace, attempts: int,
-                     t0: float) -> Reply:
+    async def _refused(self, request: InFlight, upstream: Plan, response: UpstreamResponse,
+                       route: dict[str, str]) -> Reply | _Failure:
+        """The backend answered with an error status: a 5xx may be retried elsewhere; a 4xx
+        (or a capability the backend lacks) is the client's answer."""
+        call, lease, status = request.call, request.lease, response.status
+        assert lease is not None
+        raw = await response.read()
+        lacking = capabilities.unsupported(status, raw, call.request.needs)
+        if lacking is not None:
+            return self._unsupported(request, status, raw, lacking, route)
+        message = f"{lease.backend.id}: HTTP {status}: {error_message(raw)}"
+        if status >= 500:
+            message = request.explained(message)
+            request.failed_attempt(Outcome(False, status, message, seconds=request.elapsed()),
+                                   "http_5xx")
+        else:
+            request.finish(Outcome(False, status, message, seconds=request.elapsed()))
+        reply = Reply(status, JSON_TYPE, route, convert_error(call, upstream, raw, status))
+        return _Failure(message, reply) if status >= 500 else reply
+
+    def _unsupported(self, request: InFlight, status: int, raw: bytes, lacking: str,
+                     route: dict[str, str]) -> Reply:
         """The backend cannot do what was asked: the client hears it at once, naming the
         backend and its kind; the route learns the capability is missing (not a failure)."""
+        call, lease = request.call, request.lease
+        assert lease is not None
         kind = lease.backend.labels.get("server") or lease.backend.kind
         message = (f"{lease.route} backend {lease.backend.id} ({kind}) does not support "
                    f"{capabilities.WORDS.get(lacking, lacking)} for {call.request.model!r}: "
                    f"{error_message(raw)}")
-        lease.release(Outcome(False, status, message, seconds=time.perf_counter() - t0,
-                              unsupported=lacking))
-        self._record(call, decision, lease.backend.id, status, trace, attempts, message)
+        request.finish(Outcome(False, status, message, seconds=request.elapsed(),
+                               unsupported=lacking))
         body = error_body(call.api, status, message, "not_supported")
-        return Reply(status, JSON_TYPE, _route_headers(decision, lease), body)
+        return Reply(status, JSON_TYPE, route, body)
 
-    def _stream_reply(self, call: Call, decision: RouteDecision, lease: Lease, upstream: Plan,
-                      response: UpstreamResponse, first: bytes, trace: _Trace, t0: float,
-                      attempts: int, route: dict[str, str]) -> StreamReply:
-        stream = new_stream(call, upstream)
-
-        def finish(outcome: Outcome) -> None:
-            lease.release(outcome)
-            trace.upstream_s += time.perf_counter() - t0
-            trace.prompt_tokens = stream.prompt_tokens
-            self._record(call, decision, lease.backend.id, outcome.status, trace, attempts,
-                         outcome.error, outcome.tokens)
-
-        # From the first chunk on, silence means a stalled backend (the wait for the first chunk,
-        # which may include loading the model, is bounded by request_timeout alone).
-        response.watch_idle(self.stream_idle_timeout)
-        content_type = STREAM_TYPES[call.api]
-        return StreamReply(200, content_type, route, finish=finish, response=response,
-                           stream=stream, first=first, api=call.api,
-                           backend=lease.backend.id, started=time.perf_counter(),
-                           explain=lambda message: _explained(lease, message))
-
-    async def _answer_locally(self, call: Call, decision: RouteDecision, lease: Lease,
-                              trace: _Trace, attempts: int) -> Reply:
+    async def _answer_locally(self, request: InFlight, route: dict[str, str]) -> Reply:
         """What an OpenAI-compatible backend has no endpoint for: `/api/show` (from the model's
         metadata) and Ollama's load request (the server has its model loaded already)."""
-        try:
-            if call.op == "show":
-                data = show_from_info(await self.cluster.model_info(call.request.model))
-            else:
-                data = load_reply(call.op, call.request.model)
-        finally:
-            lease.release(Outcome(True, 200))
-        self._record(call, decision, lease.backend.id, 200, trace, attempts, None)
-        body = json.dumps(data).encode()
-        return Reply(200, JSON_TYPE, _route_headers(decision, lease), body)
-
-    def _record(self, call: Call, decision: RouteDecision | None, backend: str | None,
-                status: int, trace: _Trace, attempts: int, error: str | None,
-                tokens: int | None = None) -> None:
-        self.cluster.record(RouteEvent(
-            model=call.request.model, endpoint=call.request.endpoint, api=call.api,
-            route=decision.route if decision else "", policy=decision.policy if decision else "",
-            reason=decision.reason if decision else (error or ""), backend=backend,
-            status=status, ok=status < 400, duration_s=time.perf_counter() - trace.started,
-            attempts=attempts, tokens=tokens, error=error, prompt_tokens=trace.prompt_tokens,
-            ttft_s=trace.ttft_s, upstream_s=trace.upstream_s, wait_s=trace.wait_s,
-            failovers=tuple(trace.failovers),
-        ))
+        call = request.call
+        if call.op == "show":
+            data = show_from_info(await self.cluster.model_info(call.request.model))
+        else:
+            data = load_reply(call.op, call.request.model)
+        request.finish(Outcome(True, 200))
+        return Reply(200, JSON_TYPE, route, json.dumps(data).encode())
 
 
-def _explained(lease: Lease, message: str) -> str:
-    """`message` plus the route's own account of the failure, when it has one."""
-    try:
-        detail = lease.failure_detail()
-    except Exception:  # an explanation must never turn a failure into a crash
-        return message
-    return f"{message} ({detail})" if detail and detail not in message else message
+def _ended_by(exc: BaseException, request: InFlight) -> Outcome:
+    """How a request ends that an exception cut short (unless a reply had finished it)."""
+    seconds = request.elapsed() if request.lease is not None else None
+    if isinstance(exc, asyncio.CancelledError):
+        # the client left (or the gateway is stopping) before the first byte: still an event
+        return Outcome(False, 499, CANCELLED, seconds=seconds)
+    return Outcome(False, int(getattr(exc, "status", 500)), str(exc), seconds=seconds)
 
 
 def _route_headers(decision: RouteDecision, lease: Lease) -> dict[str, str]:

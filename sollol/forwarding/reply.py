@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import attrs
 
 from sollol.dialects.error_shapes import stream_error
 from sollol.dialects.translate import Stream
 from sollol.errors import BackendError, SollolError
+from sollol.forwarding.inflight import InFlight
 from sollol.forwarding.upstream import StreamIdle, UpstreamError, UpstreamResponse
-from sollol.models import Api
 from sollol.routes import Outcome
 
 NETWORK_ERRORS = (UpstreamError, TimeoutError, OSError)
@@ -36,19 +35,17 @@ class Reply:
 class StreamReply(Reply):
     """A streamed reply whose first upstream chunk has arrived; iterate it, then `aclose()`."""
 
-    _finish: Any = None  # Callable[[Outcome], None], set by the dispatcher
+    _request: InFlight | None = None
+    """The request this reply ends: finished once, when the stream ends or is closed."""
     _response: UpstreamResponse | None = None
     _stream: Stream | None = None
     _first: bytes = b""
-    _api: Api = "ollama"
-    _backend: str = ""
-    _started: float = 0.0
-    _done: bool = False
-    _explain: Any = None  # Callable[[str], str]: adds the route's explanation of a failure
+    _started: float = attrs.field(factory=time.perf_counter)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         assert self._response is not None and self._stream is not None
-        stream = self._stream
+        assert self._request is not None
+        stream, api = self._stream, self._request.call.api
         try:
             first = stream.feed(self._first)
         except BackendError as exc:  # a line past MAX_LINE already
@@ -71,15 +68,16 @@ class StreamReply(Reply):
             self._end(Outcome(stream.error is None, 200, stream.error, tokens=stream.tokens,
                               seconds=self._elapsed(), first_byte_sent=True))
             return
-        message = self._explain(
-            f"stream cut: backend {self._backend} closed the stream before it was complete")
+        message = self._request.explained(
+            f"stream cut: backend {self._request.backend} closed the stream before it was "
+            "complete")
         self._end(Outcome(False, 502, message, seconds=self._elapsed(), first_byte_sent=True))
-        yield stream_error(self._api, message, at_line_start=stream.at_boundary)
+        yield stream_error(api, message, at_line_start=stream.at_boundary)
 
     async def aclose(self, reason: str = "client disconnected") -> None:
         """Stop the stream (cancelling the upstream request) if it has not ended yet."""
         if self._response is not None:
-            if self._done:
+            if self._request is None or self._request.finished:
                 self._response.release()
             else:
                 self._response.close()  # closing the socket is how the backend learns to stop
@@ -87,15 +85,16 @@ class StreamReply(Reply):
 
     def _cut(self, stream: Stream, exc: BaseException) -> bytes:
         """End the stream on a failure: the outcome, and the error object for the client."""
+        assert self._request is not None
         if isinstance(exc, StreamIdle):
             what = f"stalled: it {exc}"
         else:
             what = f"failed mid-stream ({describe_error(exc)})"
-        message = self._explain(f"stream cut: backend {self._backend} {what}")
+        message = self._request.explained(f"stream cut: backend {self._request.backend} {what}")
         timed_out = isinstance(exc, (TimeoutError, StreamIdle))
         self._end(Outcome(False, 504 if timed_out else 502, message,
                           seconds=self._elapsed(), first_byte_sent=True))
-        return stream_error(self._api, message, at_line_start=stream.at_boundary)
+        return stream_error(self._request.call.api, message, at_line_start=stream.at_boundary)
 
     @property
     def at_boundary(self) -> bool:
@@ -107,9 +106,12 @@ class StreamReply(Reply):
         return time.perf_counter() - self._started
 
     def _end(self, outcome: Outcome) -> None:
-        if not self._done:
-            self._done = True
-            self._finish(outcome)
+        request = self._request
+        if request is None or request.finished:
+            return
+        if self._stream is not None:
+            request.prompt_tokens = self._stream.prompt_tokens
+        request.finish(outcome)
 
 
 

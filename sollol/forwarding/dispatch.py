@@ -115,7 +115,8 @@ class Dispatcher:
         try:
             return await self._serve(request, alias)
         except BaseException as exc:
-            request.finish(_ended_by(exc, request))  # nothing if a reply already finished it
+            if not request.finished:  # (an error reply may have finished it before raising)
+                request.finish(_ended_by(exc, request))
             raise
 
     async def _serve(self, request: InFlight, alias: Alias | None) -> Reply:

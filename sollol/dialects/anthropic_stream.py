@@ -13,8 +13,9 @@ from typing import Any
 from sollol.dialects.anthropic import stop_reason, tool_use_block, usage
 from sollol.dialects.error_shapes import anthropic_error
 from sollol.dialects.lines import parse_object
+from sollol.dialects.passthrough import Passthrough
 from sollol.dialects.replies import new_id
-from sollol.dialects.streams import FromOllama, Passthrough
+from sollol.dialects.streams import FromOllama
 
 
 def event(name: str, data: dict[str, Any]) -> bytes:

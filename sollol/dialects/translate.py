@@ -12,6 +12,9 @@ from sollol.dialects.anthropic import anthropic_to_ollama, ollama_reply_to_anthr
 from sollol.dialects.anthropic_stream import AnthropicPassthrough, NdjsonToAnthropic
 from sollol.dialects.error_shapes import error_body
 from sollol.dialects.jsonin import from_node
+from sollol.dialects.ollama_stream import SseToNdjson
+from sollol.dialects.openai_stream import NdjsonToSse
+from sollol.dialects.passthrough import Passthrough
 from sollol.dialects.replies import (
     error_message,
     ollama_reply_to_openai,
@@ -20,7 +23,7 @@ from sollol.dialects.replies import (
 from sollol.dialects.requests import ollama_to_openai, openai_to_ollama
 from sollol.dialects.responses import ollama_reply_to_responses, responses_to_ollama
 from sollol.dialects.responses_stream import CompleteResponsesEvents, NdjsonToResponses
-from sollol.dialects.streams import Chain, NdjsonToSse, Passthrough, SseToNdjson
+from sollol.dialects.streams import Chain
 from sollol.errors import BackendError, RequestError
 from sollol.models import Api
 

@@ -14,18 +14,14 @@ from hypothesis import strategies as st
 from sollol.dialects.anthropic import anthropic_to_ollama, ollama_reply_to_anthropic
 from sollol.dialects.anthropic_stream import NdjsonToAnthropic
 from sollol.dialects.error_shapes import error_body, stream_error
+from sollol.dialects.ollama_stream import SseToNdjson
+from sollol.dialects.openai_stream import NdjsonToSse
+from sollol.dialects.passthrough import Passthrough
 from sollol.dialects.replies import openai_reply_to_ollama
 from sollol.dialects.requests import ollama_to_openai, openai_to_ollama
 from sollol.dialects.responses import ollama_reply_to_responses, responses_to_ollama
 from sollol.dialects.responses_stream import CompleteResponsesEvents, NdjsonToResponses
-from sollol.dialects.streams import (
-    SSE_ENDS,
-    Chain,
-    Lines,
-    NdjsonToSse,
-    Passthrough,
-    SseToNdjson,
-)
+from sollol.dialects.streams import SSE_ENDS, Chain, Lines
 from sollol.dialects.translate import plan
 from sollol.errors import RequestError
 from sollol.forwarding.calls import Call

@@ -9,9 +9,11 @@ import struct
 import pytest
 
 from sollol.dialects.error_shapes import error_body, stream_error
+from sollol.dialects.ollama_stream import SseToNdjson
+from sollol.dialects.openai_stream import NdjsonToSse
+from sollol.dialects.passthrough import Passthrough
 from sollol.dialects.replies import ollama_reply_to_openai, openai_reply_to_ollama
 from sollol.dialects.requests import ollama_to_openai, openai_to_ollama
-from sollol.dialects.streams import NdjsonToSse, Passthrough, SseToNdjson
 from sollol.dialects.translate import plan
 from sollol.errors import RequestError
 from sollol.forwarding.validate import conversation_key, validate

@@ -35,16 +35,14 @@ class Reply:
 class StreamReply(Reply):
     """A streamed reply whose first upstream chunk has arrived; iterate it, then `aclose()`."""
 
-    _request: InFlight | None = None
+    _request: InFlight = attrs.field(kw_only=True)
     """The request this reply ends: finished once, when the stream ends or is closed."""
-    _response: UpstreamResponse | None = None
-    _stream: Stream | None = None
-    _first: bytes = b""
-    _started: float = attrs.field(factory=time.perf_counter)
+    _response: UpstreamResponse = attrs.field(kw_only=True)
+    _stream: Stream = attrs.field(kw_only=True)
+    _first: bytes = attrs.field(kw_only=True)
+    _started: float = attrs.field(factory=time.perf_counter, kw_only=True)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        assert self._response is not None and self._stream is not None
-        assert self._request is not None
         stream, api = self._stream, self._request.call.api
         try:
             first = stream.feed(self._first)
@@ -76,16 +74,14 @@ class StreamReply(Reply):
 
     async def aclose(self, reason: str = "client disconnected") -> None:
         """Stop the stream (cancelling the upstream request) if it has not ended yet."""
-        if self._response is not None:
-            if self._request is None or self._request.finished:
-                self._response.release()
-            else:
-                self._response.close()  # closing the socket is how the backend learns to stop
+        if self._request.finished:
+            self._response.release()
+        else:
+            self._response.close()  # closing the socket is how the backend learns to stop
         self._end(Outcome(False, 499, reason, seconds=self._elapsed(), first_byte_sent=True))
 
     def _cut(self, stream: Stream, exc: BaseException) -> bytes:
         """End the stream on a failure: the outcome, and the error object for the client."""
-        assert self._request is not None
         if isinstance(exc, StreamIdle):
             what = f"stalled: it {exc}"
         else:
@@ -100,18 +96,16 @@ class StreamReply(Reply):
     def at_boundary(self) -> bool:
         """True when what the client got so far ends a line or event (where an error object
         can start without a separator)."""
-        return self._stream is None or self._stream.at_boundary
+        return self._stream.at_boundary
 
     def _elapsed(self) -> float:
         return time.perf_counter() - self._started
 
     def _end(self, outcome: Outcome) -> None:
         request = self._request
-        if request is None or request.finished:
-            return
-        if self._stream is not None:
+        if not request.finished:
             request.prompt_tokens = self._stream.prompt_tokens
-        request.finish(outcome)
+            request.finish(outcome)
 
 
 

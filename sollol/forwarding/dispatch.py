@@ -114,9 +114,17 @@ class Dispatcher:
         request = InFlight(call, self.cluster.record)
         try:
             return await self._serve(request, alias)
-        except BaseException as exc:
-            if not request.finished:  # (an error reply may have finished it before raising)
-                request.finish(_ended_by(exc, request))
+        except SollolError as exc:
+            if not request.finished:  # (`_serve` finishes it before raising "no backend")
+                request.finish(Outcome(False, exc.status, str(exc), seconds=request.held()))
+            raise
+        except Exception as exc:  # a fault of the gateway's own, never the backend's
+            request.fault(f"gateway error: {_describe(exc)}")
+            raise
+        except BaseException:
+            # the client left (or the gateway is stopping) before the first byte: still an event
+            if not request.finished:
+                request.finish(Outcome(False, 499, CANCELLED, seconds=request.held()))
             raise
 
     async def _serve(self, request: InFlight, alias: Alias | None) -> Reply:
@@ -261,15 +269,6 @@ class Dispatcher:
             data = load_reply(call.op, call.request.model)
         request.finish(Outcome(True, 200))
         return Reply(200, JSON_TYPE, route, json.dumps(data).encode())
-
-
-def _ended_by(exc: BaseException, request: InFlight) -> Outcome:
-    """How a request ends that an exception cut short (unless a reply had finished it)."""
-    seconds = request.elapsed() if request.lease is not None else None
-    if isinstance(exc, asyncio.CancelledError):
-        # the client left (or the gateway is stopping) before the first byte: still an event
-        return Outcome(False, 499, CANCELLED, seconds=seconds)
-    return Outcome(False, int(getattr(exc, "status", 500)), str(exc), seconds=seconds)
 
 
 def _route_headers(decision: RouteDecision, lease: Lease) -> dict[str, str]:

@@ -82,6 +82,10 @@ class InFlight:
         """Seconds since the lease in hand was taken (an attempt's own time, for its Outcome)."""
         return time.perf_counter() - self._attempt_at
 
+    def held(self) -> float | None:
+        """`elapsed()` while a lease is in hand, else None (an Outcome's `seconds`)."""
+        return self.elapsed() if self.lease is not None else None
+
     def explained(self, message: str) -> str:
         """`message` plus the route's own account of the failure, when it has one."""
         if self.lease is None:
@@ -117,6 +121,15 @@ class InFlight:
             ttft_s=self.ttft_s, upstream_s=self.upstream_s, wait_s=self.wait_s,
             failovers=tuple(self.failovers),
         ))
+
+    def fault(self, message: str) -> None:
+        """The gateway itself failed (a bug, an unreadable model file): the request is recorded
+        as a 500, and the lease in hand goes back as a failure that is not the backend's (the
+        route must not count it against a node)."""
+        if self.finished:
+            return
+        self._give_back(Outcome(False, 499, message, seconds=self.held()))
+        self.finish(Outcome(False, 500, message))
 
     def _give_back(self, outcome: Outcome) -> None:
         lease, self.lease = self.lease, None

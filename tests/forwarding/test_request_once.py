@@ -262,3 +262,21 @@ async def test_a_request_the_backend_cannot_take_is_one_event(emulator, rig) -> 
             {"model": "m", "input": "hi"}).encode()))
     assert r.event.status == 400 and r.event.backend == "n1"
     assert [o.status for o in r.outcomes] == [400]
+
+
+async def test_a_fault_of_the_gateway_is_one_event_and_not_the_backends(
+        scripted_node, rig, monkeypatch) -> None:
+    node = scripted_node(api="openai", models=("m",))
+    r = await rig([Upstream("n1", node.url, "openai", ("m",))])
+
+    async def unreadable(self: StaticRoute, model: str) -> None:
+        raise ValueError("not a GGUF file")
+
+    # an OpenAI node has no /api/show: the gateway answers from the model's facts, which fail
+    monkeypatch.setattr(StaticRoute, "model_info", unreadable)
+    call = validate("ollama", "show", json.dumps({"model": "m"}).encode())
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        await r.dispatcher.open(call)
+    assert r.event.status == 500 and "gateway error" in str(r.event.error)
+    [outcome] = r.outcomes
+    assert outcome.status == 499  # a failure the route must not count against the node

@@ -40,7 +40,7 @@ _SCHEMAS: dict[tuple[Api, Op], dict[str, Any]] = {
     ("openai", "completions"): {"model": str, "prompt": _TEXT_OR_LIST, "stream": bool, "n": int,
                                 "max_tokens": int, "temperature": _NUMBER, "top_p": _NUMBER,
                                 "seed": int, "stop": _TEXT_OR_LIST, "stream_options": dict,
-                                "suffix": str, "echo": bool},
+                                "suffix": str, "echo": bool, "response_format": dict},
     ("openai", "embed"): {"model": str, "input": _TEXT_OR_LIST, "encoding_format": str,
                           "dimensions": int},
     ("openai", "responses"): {"model": str, "input": _TEXT_OR_LIST, "instructions": str,

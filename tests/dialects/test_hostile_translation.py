@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 
 from sollol.dialects.translate import convert_reply, new_stream, plan
 from sollol.errors import RequestError
-from sollol.forwarding.validate import validate
+from sollol.forwarding.validate import _SCHEMAS, validate
 from sollol.gateway.route_table import ROUTES
 from sollol.testing.hostile import body_bytes
 
@@ -80,3 +80,31 @@ def test_a_body_is_refused_with_a_400_or_translated_whole(api, op, backend, raw)
         stream.finish()
         assert stream.error is None
         assert stream.complete
+
+
+VALID = {"messages": [{"role": "user", "content": "hi"}], "prompt": "hi", "input": "hi",
+         "max_tokens": 8}
+WRONG = [1, -1, 2.5, "x", "", True, None, [], [1], {}, {"type": 1}, {"type": "json_schema",
+         "json_schema": 1}, [{"type": 1}], [None]]
+FIELDS = sorted({name for schema in _SCHEMAS.values() for name in schema})
+
+
+@pytest.mark.parametrize("backend", ["ollama", "openai"])
+@pytest.mark.parametrize(("api", "op"), OPS, ids=[f"{a}-{o}" for a, o in OPS])
+def test_every_field_of_any_dialect_with_a_wrong_type_is_a_400_or_translated(
+    api, op, backend,
+) -> None:
+    """Each field any dialect knows, with each ill-typed value, in a body otherwise valid for
+    this operation: translation never reads a field its own validation let through untyped
+    (as `response_format: 1` once did for /v1/completions)."""
+    for field in FIELDS:
+        for wrong in WRONG:
+            body = {"model": "m", **VALID, field: wrong}
+            try:
+                call = validate(api, op, json.dumps(body).encode())
+                upstream = plan(call, backend)
+            except RequestError:
+                continue
+            if upstream.path is not None:
+                assert isinstance(strict_json(upstream.payload), dict), (field, wrong)
+                convert_reply(call, upstream, reply_for(backend, upstream.path), 0.01)

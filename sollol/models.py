@@ -210,6 +210,8 @@ class ShardOffer:
     operator declared and the configured reserve)."""
     latency_s: float | None = None
     """The last probe's round trip: a rough measure of the link to it."""
+    devices: tuple[str, ...] = ()
+    """llama.cpp's name of each device (`Vulkan0`, `CPU`) where known, in the same order."""
 
     @property
     def total_free(self) -> int:

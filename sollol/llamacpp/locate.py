@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
-import platformdirs
 
 from sollol.config import CORE_SETTINGS, Config, load_config
 from sollol.errors import BinaryNotFound
+from sollol.llamacpp.layout import INSTALL_COMMAND, MARKER, RPC_NAMES, SERVER_NAME, cache_root
+from sollol.llamacpp.spec import BuildSpec
 
-SERVER_NAME = "llama-server"
-RPC_NAMES = ("ggml-rpc-server", "rpc-server")
-"""The RPC server was renamed upstream; older builds and docs use `rpc-server`."""
-INSTALL_COMMAND = "sollol llamacpp install"
+__all__ = ["ENV_VAR", "INSTALL_COMMAND", "MARKER", "RPC_NAMES", "SERVER_NAME", "Binaries",
+           "cache_root", "find_binaries", "find_cached", "find_gpu_rpc_server",
+           "for_serving"]
+
 ENV_VAR = "SOLLOL_LLAMA_CPP_DIR"
-MARKER = "build.json"
-"""Written last into a finished cache entry; a folder without it is not a usable entry."""
 
 
 @attrs.frozen
@@ -30,11 +30,8 @@ class Binaries:
     rpc_server: Path
     source: str
     """"config" (with the file), "SOLLOL_LLAMA_CPP_DIR", "PATH" or "cache"."""
-
-
-def cache_root() -> Path:
-    """Where `sollol llamacpp install` keeps its builds (one folder per version and flags)."""
-    return Path(platformdirs.user_cache_dir("sollol")) / "llama.cpp"
+    backend: str = "cpu"
+    """The rpc-server's GPU backend as built by SOLLOL; "unknown" for binaries found elsewhere."""
 
 
 def find_binaries(
@@ -61,8 +58,6 @@ def find_binaries(
     if found is not None:
         return found
     if preferred_key is None:
-        from sollol.llamacpp.build import BuildSpec  # build imports this module
-
         preferred_key = BuildSpec().key
     found = find_cached(cache or cache_root(), preferred_key)
     if found is not None:
@@ -83,15 +78,51 @@ def find_cached(root: Path, preferred_key: str | None = None) -> Binaries | None
         if (entry / MARKER).is_file():
             found = _in_folder(entry / "bin", "cache", explicit=False)
             if found is not None:
-                return found
+                return attrs.evolve(found, backend=_marker_backend(entry))
     return None
+
+
+def find_gpu_rpc_server(root: Path | None = None) -> tuple[str, Path] | None:
+    """(backend, path) of a GPU rpc-server in the build cache, the newest first; None if none.
+
+    `sollol rpc serve` prefers it to the CPU one: a worker whose owner built a GPU backend
+    means to serve on the GPU.
+    """
+    root = root or cache_root()
+    if not root.is_dir():
+        return None
+    entries = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    for entry in sorted(entries, key=lambda p: p.stat().st_mtime, reverse=True):
+        backend = _marker_backend(entry)
+        rpc = _executable(entry / "bin" / RPC_NAMES[0])
+        if backend not in ("cpu", "unknown") and rpc:
+            return backend, rpc
+    return None
+
+
+def for_serving(found: Binaries, root: Path | None = None) -> Binaries:
+    """The binaries `sollol rpc serve` runs: a GPU build's rpc-server from the cache when there
+    is one and the lookup itself came from the cache (a configured folder or PATH is honoured)."""
+    gpu = find_gpu_rpc_server(root) if found.source == "cache" else None
+    if gpu is None:
+        return found
+    backend, rpc = gpu
+    return attrs.evolve(found, rpc_server=rpc, backend=backend)
+
+
+def _marker_backend(entry: Path) -> str:
+    try:
+        info = json.loads((entry / MARKER).read_text())
+    except (OSError, ValueError):
+        return "unknown"
+    return str(info.get("backend", "cpu")) if isinstance(info, dict) else "unknown"
 
 
 def _in_folder(folder: Path, source: str, *, explicit: bool) -> Binaries | None:
     server = _executable(folder / SERVER_NAME)
     rpc = next((p for p in (_executable(folder / n) for n in RPC_NAMES) if p), None)
     if server and rpc:
-        return Binaries(llama_server=server, rpc_server=rpc, source=source)
+        return Binaries(llama_server=server, rpc_server=rpc, source=source, backend="unknown")
     if not explicit:
         return None
     missing = " and ".join(n for n, p in ((SERVER_NAME, server), (RPC_NAMES[0], rpc)) if not p)
@@ -104,7 +135,8 @@ def _on_path(search_path: str) -> Binaries | None:
     server = shutil.which(SERVER_NAME, path=search_path)
     rpc = next((p for p in (shutil.which(n, path=search_path) for n in RPC_NAMES) if p), None)
     if server and rpc:
-        return Binaries(llama_server=Path(server), rpc_server=Path(rpc), source="PATH")
+        return Binaries(llama_server=Path(server), rpc_server=Path(rpc), source="PATH",
+                        backend="unknown")
     return None
 
 

@@ -136,10 +136,29 @@ def _warn_if_open(host: str) -> None:
                     "only.", fg="yellow", err=True)
 
 
-def _rpc_binary(config: Any) -> Path:
-    from sollol.llamacpp import find_binaries
+def _serving(config: Any) -> Any:
+    """The binaries to serve with: a GPU build's rpc-server from the cache when there is one."""
+    from sollol.llamacpp import find_binaries, for_serving
 
-    return find_binaries(config).rpc_server
+    return for_serving(find_binaries(config))
+
+
+def _rpc_binary(config: Any) -> Path:
+    return _serving(config).rpc_server
+
+
+def _devices(binary: Any, requested: str | None, env: dict[str, str]) -> list[Any]:
+    """The devices to serve (`--devices`, else every GPU); warns when a visible GPU goes unused."""
+    from sollol.llamacpp import toolchain
+    from sollol.llamacpp.devices import rpc_server_devices
+
+    from .rpc_devices import choose, gpu_warning
+
+    serving = choose(requested, rpc_server_devices(binary.rpc_server, env))
+    warning = gpu_warning(serving, toolchain.visible_gpus(), binary.backend)
+    if warning and not requested:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    return serving
 
 
 @rpc.command("serve")
@@ -157,19 +176,29 @@ def _rpc_binary(config: Any) -> Path:
               help="Drop a client (a coordinator) that stops answering for this long, e.g. "
                    "behind a cut link, so the next one can connect; 0: run ggml-rpc-server "
                    "in this process's place, with no timeout.")
+@click.option("--devices", metavar="NAMES",
+              help="Devices to serve, comma-separated, as llama.cpp names them (e.g. "
+                   "Vulkan0,CUDA0 or CPU; see `sollol llamacpp which`). Default: every GPU "
+                   "device of the binary, else the CPU.")
 @config_option
 @handle_errors
 def serve(host: str, port: int, threads: int | None, cache: Path | None,
-          seeds: tuple[str, ...], client_timeout: float, config_file: Path | None) -> None:
+          seeds: tuple[str, ...], client_timeout: float, devices: str | None,
+          config_file: Path | None) -> None:
     """Run ggml-rpc-server in the foreground, as a child that drops silent clients (or, with
     --client-timeout 0, in this process's place)."""
+    from .rpc_devices import forget, record
+    from .sharding_route import state_dir
+
     config, pm = load_for_cli(config_file)
-    binary = _rpc_binary(config)
+    binary = _serving(config)
+    env = dict(os.environ)
+    serving = _devices(binary, devices, env)
     _warn_if_open(host)
-    argv = [str(binary), "-H", host, "-p", str(port)]
+    argv = [str(binary.rpc_server), "-H", host, "-p", str(port),
+            "-d", ",".join(d.name for d in serving)]
     if threads:
         argv += ["-t", str(threads)]
-    env = dict(os.environ)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         env["LLAMA_CACHE"] = str(cache.resolve())  # rpc-server's -c takes no folder
@@ -180,13 +209,19 @@ def serve(host: str, port: int, threads: int | None, cache: Path | None,
 
         _seed_models(config, pm, seeds, rpc_cache_dir(env))
     click.echo(f"starting {' '.join(argv)}", err=True)
+    click.echo("serving " + "; ".join(d.line() for d in serving), err=True)
+    names = record(state_dir(config) / "rpc-servers", host, port, serving)
     sys.stdout.flush()
     if not client_timeout:
-        os.execve(argv[0], argv, env)
+        os.execve(argv[0], argv, env)  # same pid: the record stays valid while it runs
     from .watch import serve as watched
 
-    sys.exit(watched(argv, env, client_timeout,
-                     lambda text: click.secho(f"warning: {text}", fg="yellow", err=True)))
+    try:
+        code = watched(argv, env, client_timeout,
+                       lambda text: click.secho(f"warning: {text}", fg="yellow", err=True))
+    finally:
+        forget(names)
+    sys.exit(code)
 
 
 @rpc.command("seed")

@@ -82,8 +82,7 @@ def names(folder: Path, address: str) -> tuple[str, ...]:
 
 def annotate(snapshot: dict[str, Any]) -> dict[str, Any]:
     """Name the devices of each coordinator's shares from its rpc-servers' device names."""
-    known = {b["address"]: [d.get("name") for d in b.get("devices") or [] if d.get("name")]
-             for b in snapshot.get("backends", [])}
+    known = {b["address"]: b.get("device_names") or [] for b in snapshot.get("backends", [])}
     for coordinator in snapshot.get("coordinators", []):
         for share in (coordinator.get("layers") or {}).get("backends", []):
             share["devices"] = known.get(share["address"], [])

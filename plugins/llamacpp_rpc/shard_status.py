@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from . import attached, procs
+from . import attached, procs, rpc_devices
 from .health import check
 from .options import slug
 
@@ -35,12 +35,16 @@ def local_status(config: Any) -> dict[str, Any]:
     backends = []
     for backend in discover(config):
         report = check(backend, config["rpc_probe_timeout"])
+        names = rpc_devices.names(folder / "rpc-servers", backend.address)
+        devices = [{**d, "name": names[i] if i < len(names) else f"device {i}"}
+                   for i, d in enumerate(report.extra.get("devices", []))]
         backends.append({"id": backend.id, "address": backend.address, "healthy": report.healthy,
                          "detail": report.detail, "version": report.version,
                          "memory_free": report.memory_free, "memory_total": report.memory_total,
-                         "attached_to": report.extra.get("attached")})
-    return {"source": f"local (pid files in {folder})", "backends": backends,
-            "coordinators": coordinators, "unservable": {}, "warnings": []}
+                         "attached_to": report.extra.get("attached"), "devices": devices,
+                         "device_names": list(names)})
+    return rpc_devices.annotate({"source": f"local (pid files in {folder})", "backends": backends,
+                                 "coordinators": coordinators, "unservable": {}, "warnings": []})
 
 
 def render(data: dict[str, Any]) -> str:
@@ -58,13 +62,16 @@ def render(data: dict[str, Any]) -> str:
         if b.get("memory_total"):
             mem = f"  {b['memory_free'] / GIB:.1f}/{b['memory_total'] / GIB:.1f} GiB free"
         held = f"  held by {b['attached_to']}" if b.get("attached_to") else ""
-        out.append(f"  {mark} {b['address']:<22} v{b.get('version') or '?'}{mem}{held}")
+        devices = b.get("devices") or []
+        named = b.get("device_names") or []
+        on = f" on {','.join(named)}" if named else ""
+        out.append(f"  {mark} {b['address']:<22} v{b.get('version') or '?'}{on}{mem}{held}")
         if not b.get("healthy") or b.get("incompatible"):
             out.append(f"       {b.get('incompatible') or b.get('detail')}")
-        devices = b.get("devices") or []
         if len(devices) > 1:
-            out.extend(f"       device {d.get('index')}: {d.get('free', 0) / GIB:.1f}/"
-                       f"{d.get('total', 0) / GIB:.1f} GiB free" for d in devices)
+            out.extend(f"       {d.get('name') or 'device ' + str(d.get('index'))}: "
+                       f"{d.get('free', 0) / GIB:.1f}/{d.get('total', 0) / GIB:.1f} GiB free"
+                       for d in devices)
     for c in data.get("coordinators", []):
         load = f", loaded in {c['load_seconds']}s" if c.get("load_seconds") else ""
         out.append(f"model {c.get('model')}: {c.get('state')} (pid {c.get('pid')}, "
@@ -85,7 +92,10 @@ def render(data: dict[str, Any]) -> str:
         out.append(f"  layers offloaded: {report.get('offloaded')} "
                    f"(output layer on {report.get('output_layer_on')})")
         for share in [*report.get("backends", []), report.get("coordinator", {})]:
-            out.append(f"  {share.get('address', '?'):<22} {share.get('layers', 0):>3} layers "
+            where = share.get("address", "?")
+            if share.get("devices"):
+                where += f" ({','.join(share['devices'])})"
+            out.append(f"  {where:<22} {share.get('layers', 0):>3} layers "
                        f"[{share.get('layer_range') or '-'}]  weights "
                        f"{share.get('weights_mib', 0):.1f} MiB  "
                        f"KV {share.get('kv_mib', 0):.1f} MiB")

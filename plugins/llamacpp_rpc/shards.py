@@ -84,6 +84,7 @@ class Shard:
             "checked_at": self.checked_at,
             "devices": [{**attrs.asdict(d), "name": name}
                         for d, name in zip(self.devices, self.names(), strict=True)],
+            "device_names": list(self.device_names),
             "memory_free": sum(d.free for d in self.devices) if self.devices else None,
             "memory_total": sum(d.total for d in self.devices) if self.devices else None,
             "probe_latency_s": self.latency_s,

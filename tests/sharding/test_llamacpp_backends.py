@@ -274,3 +274,25 @@ def test_rpc_serve_uses_a_gpu_build_from_the_cache(tmp_path: Path) -> None:
     assert for_serving(cpu, cache).backend == "cuda"
     on_path = Binaries(Path("/p/llama-server"), Path("/p/ggml-rpc-server"), "PATH", "unknown")
     assert for_serving(on_path, cache) == on_path  # the user's own binaries win
+
+
+def test_cli_auto_prints_what_it_found_and_why_it_chose(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    nvidia_without_nvcc = probe(("nvidia-smi",))
+    monkeypatch.setattr(toolchain, "Probe", lambda: nvidia_without_nvcc)
+    chosen: list[str] = []
+
+    def fake_install(backend: str, **_kwargs: object) -> object:
+        chosen.append(backend)
+        raise BuildError("stop here")  # the build itself is tested above
+
+    monkeypatch.setattr("sollol.llamacpp.install_backend", fake_install)
+    result = CliRunner().invoke(build_cli(), ["llamacpp", "install", "--backend", "auto"])
+    assert chosen == ["cpu"]
+    lines = result.output.splitlines()
+    assert "auto: cuda: GPU seen by nvidia-smi; no toolkit (the CUDA backend needs nvcc" \
+        in lines[0]
+    assert any(line.startswith("auto: vulkan: no GPU seen") for line in lines)
+    assert "auto: chose cpu: a cuda GPU is visible (nvidia-smi) but the CUDA backend needs " \
+           "nvcc" in result.output

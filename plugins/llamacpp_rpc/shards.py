@@ -60,7 +60,8 @@ class Shard:
         if limit is not None and total > limit:
             free = [f * limit // total for f in free]
         return ShardOffer(self.address, tuple(max(0, f - reserve) for f in free),
-                          self.latency_s, devices=self.names())
+                          self.latency_s, devices=self.device_names
+                          if len(self.device_names) == len(self.devices) else ())
 
     def names(self) -> tuple[str, ...]:
         """A name per device: llama.cpp's where known, else `device N`."""

@@ -116,3 +116,19 @@ def test_rpc_serve_with_an_unknown_device_exits_in_one_line_leaving_nothing(
     assert result.stderr.strip().splitlines() == [
         "Error: unknown device Vulkan7: this ggml-rpc-server has CPU"]
     assert not state.exists()  # no device record, nothing started
+
+
+@pytest.mark.llamacpp
+def test_rpc_serve_warns_when_a_visible_gpu_would_go_unused(
+    llama_binaries, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from sollol_plugins.llamacpp_rpc.rpc_commands import _devices
+
+    nvidia = toolchain.Probe(which=lambda n: "/usr/bin/nvidia-smi" if n == "nvidia-smi" else None,
+                             exists=lambda _p: False, glob=lambda _p: [], platform="linux")
+    monkeypatch.setattr(toolchain, "Probe", lambda: nvidia)
+    serving = _devices(llama_binaries, None, dict(os.environ))  # the CPU build
+    assert [d.name for d in serving] == ["CPU"]
+    warning = capsys.readouterr().err
+    assert "shows a cuda GPU (nvidia-smi)" in warning
+    assert "sollol llamacpp install --backend cuda" in warning

@@ -149,13 +149,12 @@ def _rpc_binary(config: Any) -> Path:
 
 def _devices(binary: Any, requested: str | None, env: dict[str, str]) -> list[Any]:
     """The devices to serve (`--devices`, else every GPU); warns when a visible GPU goes unused."""
-    from sollol.llamacpp import toolchain
-    from sollol.llamacpp.devices import rpc_server_devices
+    from sollol.llamacpp import rpc_server_devices, visible_gpus
 
     from .rpc_devices import choose, gpu_warning
 
     serving = choose(requested, rpc_server_devices(binary.rpc_server, env))
-    warning = gpu_warning(serving, toolchain.visible_gpus(), binary.backend)
+    warning = gpu_warning(serving, visible_gpus(), binary.backend)
     if warning and not requested:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     return serving

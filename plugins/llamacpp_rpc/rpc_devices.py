@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sollol.errors import SollolError
-from sollol.llamacpp.devices import Device
+from sollol.llamacpp import Device
 from sollol.models import split_host_port
 
 WILDCARDS = ("0.0.0.0", "::", "")

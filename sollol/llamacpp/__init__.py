@@ -8,6 +8,7 @@ from sollol.llamacpp.build import (
     install,
     install_backend,
 )
+from sollol.llamacpp.devices import Device, llama_server_devices, rpc_server_devices
 from sollol.llamacpp.layout import INSTALL_COMMAND, cache_root
 from sollol.llamacpp.locate import (
     ENV_VAR,
@@ -18,6 +19,7 @@ from sollol.llamacpp.locate import (
     for_serving,
 )
 from sollol.llamacpp.spec import BACKENDS, CMAKE_FLAGS, SDIST_VERSION, BuildSpec, spec_for
+from sollol.llamacpp.toolchain import visible_gpus
 
 __all__ = [
     "BACKENDS",
@@ -29,6 +31,7 @@ __all__ = [
     "BuildProgress",
     "BuildSpec",
     "CMakeCommands",
+    "Device",
     "ProgressCallback",
     "cache_root",
     "cmake_commands",
@@ -38,5 +41,8 @@ __all__ = [
     "for_serving",
     "install",
     "install_backend",
+    "llama_server_devices",
+    "rpc_server_devices",
     "spec_for",
+    "visible_gpus",
 ]

@@ -116,7 +116,8 @@ class _Printer:
 
     def __call__(self, event) -> None:  # event: sollol.llamacpp.BuildProgress
         stamp = f"[{int(event.elapsed) // 60:3d}m{int(event.elapsed) % 60:02d}s]"
-        if event.phase != self.phase:
+        # a GPU install reports the CPU coordinator's entry first: "cached" or "done" twice
+        if event.phase != self.phase or event.phase in ("cached", "done"):
             self.phase, self.percent = event.phase, None
             click.echo(f"{stamp} {event.phase}: {event.line}", err=True)
         elif event.percent is not None and event.percent != self.percent:

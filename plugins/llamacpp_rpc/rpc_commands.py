@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +21,9 @@ from sollol.cli.gateway_client import (
     gateway_url,
     item,
 )
+
+if TYPE_CHECKING:
+    from sollol.llamacpp import Binaries, Device
 
 GIB = 1024**3
 
@@ -136,7 +139,7 @@ def _warn_if_open(host: str) -> None:
                     "only.", fg="yellow", err=True)
 
 
-def _serving(config: Any) -> Any:
+def _serving(config: Any) -> Binaries:
     """The binaries to serve with: a GPU build's rpc-server from the cache when there is one."""
     from sollol.llamacpp import find_binaries, for_serving
 
@@ -147,7 +150,7 @@ def _rpc_binary(config: Any) -> Path:
     return _serving(config).rpc_server
 
 
-def _devices(binary: Any, requested: str | None, env: dict[str, str]) -> list[Any]:
+def _devices(binary: Binaries, requested: str | None, env: dict[str, str]) -> list[Device]:
     """The devices to serve (`--devices`, else every GPU); warns when a visible GPU goes unused."""
     from sollol.llamacpp import rpc_server_devices, visible_gpus
 

@@ -55,7 +55,8 @@ PUBLIC: Mapping[str, tuple[str, ...]] = {
     "sollol.core.gguf_info": ("read_model_info",),
     # running local servers
     "sollol.core.processes": ("free_port", "die_with_parent", "terminate"),
-    "sollol.llamacpp": ("Binaries", "find_binaries"),
+    "sollol.llamacpp": ("Binaries", "find_binaries", "for_serving", "Device",
+                        "rpc_server_devices", "visible_gpus"),
     # plugin commands: options, errors, config, our own gateway, systemd units
     "sollol.cli": ("UsageFailure", "handle_errors", "config_option", "load_for_cli"),
     "sollol.cli.gateway_client": ("gateway_option", "gateway_url", "gateway_address",

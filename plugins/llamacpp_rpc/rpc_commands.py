@@ -20,6 +20,7 @@ from sollol.cli.gateway_client import (
     gateway_option,
     gateway_url,
     item,
+    refusal_hint,
 )
 
 if TYPE_CHECKING:
@@ -35,7 +36,8 @@ def shard() -> None:
 
 @shard.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--url", help="Gateway to ask (default: gateway_host:gateway_port from the config).")
+@click.option("--gateway", "--url", "url", metavar="URL",
+              help="Gateway to ask (default: gateway_host:gateway_port from the config).")
 @click.option("--local", is_flag=True, help="Do not ask a gateway; read pid files and probe.")
 @config_option
 @handle_errors
@@ -68,20 +70,29 @@ def _from_gateway(url: str) -> dict[str, Any] | None:
             response = client.get("/sollol/routes/sharding")
     except httpx.HTTPError:
         return None
-    if response.status_code != 200:
-        return None
+    if response.status_code in (401, 403):
+        # a gateway is there: its pid files and probes would answer something else
+        status = response.status_code
+        raise click.ClickException(f"gateway {url} refused GET /sollol/routes/sharding (HTTP "
+                                   f"{status}){refusal_hint(status)}; --local reads this "
+                                   "machine's pid files instead")
     try:
         data = response.json()
     except ValueError:
+        data = None
+    if response.status_code != 200 or not isinstance(data, dict):
+        click.secho(f"warning: {url} is not a SOLLOL gateway with sharding (HTTP "
+                    f"{response.status_code}); reading local pid files", fg="yellow", err=True)
         return None
-    return {**data, "source": f"gateway {url}"} if isinstance(data, dict) else None
+    return {**data, "source": f"gateway {url}"}
 
 
 @shard.command("logs")
 @click.argument("model")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
 @click.option("-n", "--lines", default=100, show_default=True, help="Lines of history to show.")
-@click.option("--url", help="Gateway to ask (default: gateway_host:gateway_port from the config).")
+@click.option("--gateway", "--url", "url", metavar="URL",
+              help="Gateway to ask (default: gateway_host:gateway_port from the config).")
 @click.option("--local", is_flag=True, help="Do not ask a gateway; use the config's state dir.")
 @config_option
 @handle_errors

@@ -23,6 +23,10 @@ from sollol.errors import (
 )
 
 
+class GatewayRefused(SollolError):
+    """The gateway answered 401/403: it is there, so deciding here instead would mislead."""
+
+
 @click.command("route")
 @click.argument("model")
 @click.option("--ctx", "context", type=click.IntRange(min=1), default=None,
@@ -55,6 +59,8 @@ def route_command(
             try:
                 answer = ask_gateway(url, model, context, endpoint=endpoint, probe=True)
                 source = f"gateway {url}"
+            except GatewayRefused:
+                raise
             except SollolError:
                 source = f"decided here (no gateway answers at {url})"
         else:
@@ -118,6 +124,13 @@ def ask_gateway(
         body = response.json()
     except ValueError:
         body = None
+    if response.status_code in (401, 403):
+        from sollol.cli.gateway_client import refusal_hint
+
+        error = body.get("error") if isinstance(body, dict) else None
+        message = error.get("message") if isinstance(error, dict) else error
+        raise GatewayRefused(f"the gateway at {url} refused: {message or response.status_code}"
+                          f"{refusal_hint(response.status_code)}")
     if not isinstance(body, dict):
         text = response.text[:200]
         raise SollolError(f"the gateway at {url} answered {response.status_code}: {text}")

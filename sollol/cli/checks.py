@@ -17,8 +17,8 @@ from typing import Literal
 import attrs
 import httpx
 
+from sollol.cli.credentials import describe
 from sollol.cli.gateway_client import gateway_address, gateway_client
-from sollol.config import Config
 from sollol.core.access import open_bind
 from sollol.core.plugin_manager import collect_named
 from sollol.core.runtime import ClusterRuntime, load
@@ -60,11 +60,61 @@ def run_checks(config_file: Path | None = None, timeout: float = 3.0) -> list[Fi
     if all(f.status == "ok" for f in binaries):
         findings.append(_gpu(cluster.config))
     local_rpc = _local_rpc_version(cluster, timeout) if binaries[0].status == "ok" else None
-    findings += _backends(cluster, timeout, local_rpc)
+    running = RunningGateway.ask(gateway_address(config))
+    findings += _backends(cluster, timeout, local_rpc, running)
     findings.append(_store(cluster))
-    findings.append(_gateway_port(config["gateway_host"], config["gateway_port"]))
+    findings.append(_gateway_port(config["gateway_host"], config["gateway_port"], running))
     findings.append(_gateway_access(config["gateway_host"], config["api_keys"]))
     return findings
+
+
+@attrs.frozen
+class RunningGateway:
+    """What the SOLLOL gateway at the config's address (if one runs) says about itself.
+
+    Doctor runs beside a live cluster: the gateway's own port is taken by it, and the
+    rpc-servers its coordinators hold are busy by design. Only the gateway can say which.
+    """
+
+    url: str
+    status: int | None = None
+    """HTTP status of GET /sollol/routes/sharding; None when no SOLLOL gateway answers."""
+    held: dict[str, str] = attrs.field(factory=dict)
+    """rpc-server address -> which coordinator holds it (when the gateway said)."""
+
+    @property
+    def running(self) -> bool:
+        return self.status is not None
+
+    @property
+    def refused(self) -> bool:
+        """A gateway runs but would not show its sharding state to the key we sent."""
+        return self.status in (401, 403)
+
+    @classmethod
+    def ask(cls, url: str) -> RunningGateway:
+        try:
+            with gateway_client(url, timeout=2.0) as client:
+                reply = client.get("/sollol/routes/sharding")
+        except httpx.HTTPError:
+            return cls(url)
+        # a refusal from SOLLOL's guard names its realm; anything else is not ours
+        ours = 'realm="sollol"' in reply.headers.get("www-authenticate", "")
+        if reply.status_code in (401, 403):
+            return cls(url, reply.status_code) if ours or reply.status_code == 403 else cls(url)
+        try:
+            data = reply.json()
+        except ValueError:
+            return cls(url)
+        if reply.status_code == 404 and isinstance(data, dict) and "error" in data:
+            return cls(url, 404)  # a gateway without the sharding plugin
+        backends = data.get("backends") if isinstance(data, dict) else None
+        if reply.status_code != 200 or not isinstance(backends, list):
+            return cls(url)
+        held = {str(b["address"]): f"held by coordinator {b['attached_to']} of the gateway at "
+                f"{url}" for b in backends
+                if isinstance(b, dict) and b.get("attached_to") and b.get("address")}
+        return cls(url, 200, held)
 
 
 def _gateway_access(host: str, api_keys: list[dict[str, object]]) -> Finding:
@@ -191,7 +241,8 @@ def _rpc_kind(cluster: ClusterRuntime) -> str | None:
     return next((k.name for k in cluster.kinds.values() if k.api == RPC_API), None)
 
 
-def _backends(cluster: ClusterRuntime, timeout: float, local_rpc: str | None) -> list[Finding]:
+def _backends(cluster: ClusterRuntime, timeout: float, local_rpc: str | None,
+              running: RunningGateway) -> list[Finding]:
     config = cluster.config
     try:
         backends = cluster.discover()
@@ -201,9 +252,12 @@ def _backends(cluster: ClusterRuntime, timeout: float, local_rpc: str | None) ->
     pool = [b for b in backends if b.kind != rpc_kind]
     rpc = [b for b in backends if b.kind == rpc_kind]
     # an rpc-server a running gateway's coordinator holds serves only that coordinator: it is
-    # busy by design, and a probe would only wait on it
-    held = _held_by_gateway(config) if rpc else {}
-    probed = [b for b in backends if not (b.kind == rpc_kind and b.address in held)]
+    # busy by design, and a probe would only wait on it (or reach it). A gateway that will not
+    # say which it holds gets none of its rpc-servers probed.
+    held = running.held
+    unasked = running.refused
+    probed = [b for b in backends
+              if not (b.kind == rpc_kind and (unasked or b.address in held))]
     with ThreadPoolExecutor(max_workers=8) as workers:
         reports = list(workers.map(
             lambda b: cluster.pm.hook.sollol_check_health(backend=b, timeout=timeout), probed))
@@ -215,6 +269,7 @@ def _backends(cluster: ClusterRuntime, timeout: float, local_rpc: str | None) ->
                            "sollol config set ollama_nodes 10.0.0.5:11434,10.0.0.6:11434"))
     out += [Finding("sharding", f"rpc-server {b.address}", "ok",
                     f"busy by design: {held[b.address]}") if b.address in held
+            else _not_probed(b, running) if unasked
             else _rpc_server(b, by_id[b.id], local_rpc) for b in rpc]
     if config["model_sharding_enabled"] and not rpc:
         out.append(Finding("sharding", "rpc-servers", "fail", "no rpc-servers configured or "
@@ -224,20 +279,11 @@ def _backends(cluster: ClusterRuntime, timeout: float, local_rpc: str | None) ->
     return out
 
 
-def _held_by_gateway(config: Config) -> dict[str, str]:
-    """rpc-servers a running gateway's coordinators hold (address -> who), asked of the
-    gateway at the config's address; empty when none answers."""
-    url = gateway_address(config)
-    try:
-        with gateway_client(url, timeout=2.0) as client:
-            reply = client.get("/sollol/routes/sharding")
-        backends = reply.json().get("backends") if reply.status_code == 200 else None
-    except (httpx.HTTPError, ValueError, AttributeError):
-        return {}
-    if not isinstance(backends, list):
-        return {}
-    return {str(b["address"]): f"held by coordinator {b['attached_to']} of the gateway at {url}"
-            for b in backends if isinstance(b, dict) and b.get("attached_to") and b.get("address")}
+def _not_probed(backend: Backend, running: RunningGateway) -> Finding:
+    return Finding("sharding", f"rpc-server {backend.address}", "warn",
+                   f"not probed: the gateway at {running.url} may hold it (a probe would reach "
+                   f"a busy rpc-server) and did not say, HTTP {running.status}",
+                   f"let doctor ask it: {describe(running.status or 401)}")
 
 
 def _pool_node(backend: Backend, report: HealthReport | None, source: str) -> Finding:
@@ -323,7 +369,7 @@ def _store(cluster: ClusterRuntime) -> Finding:
                    "ollama_models_dir /path/to/.ollama/models (or OLLAMA_MODELS)")
 
 
-def _gateway_port(host: str, port: int) -> Finding:
+def _gateway_port(host: str, port: int, running: RunningGateway) -> Finding:
     subject = f"gateway port {host}:{port}"
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
@@ -331,14 +377,10 @@ def _gateway_port(host: str, port: int) -> Finding:
         return Finding("gateway", subject, "ok", "free")
     except OSError as exc:
         reason = exc.strerror or str(exc)
-    try:
-        with gateway_client("http://" + join_host_port(host.strip("[]"), port),
-                            timeout=2.0) as client:
-            reply = client.get("/api/version")
-        if reply.status_code == 200 and "sollol" in reply.json():
-            return Finding("gateway", subject, "ok", "a SOLLOL gateway is already running here")
-    except (httpx.HTTPError, ValueError):
-        pass
+    if running.running:
+        keys = " (it requires keys)" if running.refused else ""
+        return Finding("gateway", subject, "ok",
+                       f"a SOLLOL gateway is already running here{keys}")
     return Finding("gateway", subject, "fail", f"cannot listen: {reason}",
                    "stop what uses it, or: sollol config set gateway_port 11436")
 

@@ -13,7 +13,8 @@ from urllib.parse import quote
 import click
 
 from sollol.cli.common import load_for_cli
-from sollol.core.access import KEY_ENV, gateway_headers
+from sollol.cli.credentials import cli_key, describe
+from sollol.core.access import gateway_headers
 from sollol.models import join_host_port
 
 if TYPE_CHECKING:
@@ -21,8 +22,16 @@ if TYPE_CHECKING:
 
     from sollol.config import Config
 
-__all__ = ["KEY_HINT", "call", "gateway_address", "gateway_client", "gateway_headers",
-           "gateway_option", "gateway_url", "item"]
+__all__ = [
+    "call",
+    "gateway_address",
+    "gateway_client",
+    "gateway_headers",
+    "gateway_option",
+    "gateway_url",
+    "item",
+    "refusal_hint",
+]
 
 WILDCARDS = ("0.0.0.0", "::", "")
 """Bind addresses that mean "every interface": this machine asks them on loopback."""
@@ -46,14 +55,18 @@ def gateway_url(config_file: Path | None, url: str | None = None) -> str:
 def gateway_client(url: str, *, timeout: float | None = 60.0,
                    transport: httpx.BaseTransport | None = None) -> httpx.Client:
     """An httpx.Client for our own gateway at `url`: paths are relative to it, requests carry
-    $SOLLOL_KEY, and no proxy from the environment ever answers for it (`trust_env=False`)."""
+    the CLI's key ($SOLLOL_KEY, else the saved one: `sollol.cli.credentials`), and no proxy
+    from the environment ever answers for it (`trust_env=False`)."""
     import httpx
 
-    return httpx.Client(base_url=url.rstrip("/"), headers=gateway_headers(), timeout=timeout,
-                        trust_env=False, transport=transport)
+    sent = cli_key()
+    return httpx.Client(base_url=url.rstrip("/"), headers=gateway_headers(sent and sent.key),
+                        timeout=timeout, trust_env=False, transport=transport)
 
 
-KEY_HINT = f"set {KEY_ENV} to an admin key (`sollol keys create NAME --admin`)"
+def refusal_hint(status: int) -> str:
+    """` (which key was sent, and the fix)` for a 401/403 reply; empty for any other status."""
+    return f" ({describe(status)})" if status in (401, 403) else ""
 
 
 def call(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -76,8 +89,8 @@ def call(url: str, method: str, path: str, body: dict[str, Any] | None = None) -
     if reply.status_code >= 400:
         error = data.get("error")
         message = error.get("message") if isinstance(error, dict) else error
-        hint = f" ({KEY_HINT})" if reply.status_code in (401, 403) else ""
-        raise click.ClickException(f"gateway {url}: {message or reply.text}{hint}")
+        raise click.ClickException(f"gateway {url}: {message or reply.text}"
+                                   f"{refusal_hint(reply.status_code)}")
     return data
 
 

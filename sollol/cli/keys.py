@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from sollol.cli.common import UsageFailure, config_option, handle_errors
+from sollol.cli.credentials import key_file, save_key
 from sollol.config import CORE_SETTINGS, config_path, load_config, read_file, write_file
 from sollol.core import access
 
@@ -45,10 +47,17 @@ def keys() -> None:
               help="May also pull, create, copy, delete and push models and read /sollol/*.")
 @click.option("--models", "models", default="*", show_default=True, metavar="GLOB,...",
               help="Models the key may use (comma-separated globs, e.g. 'llama3*,qwen*').")
+@click.option("--save/--no-save", "save", default=None,
+              help="Also keep the key for this account's `sollol` commands, in a 0600 file "
+                   "beside the config (asked for an admin key on a terminal).")
 @config_option
 @handle_errors
-def create(name: str, admin: bool, models: str, config_file: Path | None) -> None:
-    """Make a key NAME, print it once, and save only its hash in the config file."""
+def create(name: str, admin: bool, models: str, save: bool | None,
+           config_file: Path | None) -> None:
+    """Make a key NAME, print it once, and save only its hash in the config file.
+
+    The CLI sends $SOLLOL_KEY, else the key saved with --save, to a running gateway.
+    """
     path = config_file or config_path()
     data, entries = _file_entries(path)
     key = access.new_key()
@@ -63,7 +72,17 @@ def create(name: str, admin: bool, models: str, config_file: Path | None) -> Non
     click.echo(key)
     scope = "admin" if admin else "inference"
     click.echo(f"saved key {name!r} ({scope}, models {', '.join(entry['models'])}) to {path} as "
-               "a hash: this is the only time the key is shown", err=True)
+               "a hash: this is the only time the key is shown; a running gateway accepts it "
+               "after a reload (`kill -HUP PID` or `systemctl reload sollol`)", err=True)
+    if save is None and admin and sys.stdin.isatty():
+        save = click.confirm(f"save it for this account's sollol commands ({key_file()}, "
+                             "readable by you only)?", default=True, err=True)
+    if save:
+        click.echo(f"the sollol commands now send this key (saved in {save_key(key)}; "
+                   f"{access.KEY_ENV} takes precedence when set)", err=True)
+    elif admin:
+        click.echo(f"the sollol commands send it once you set {access.KEY_ENV} or save it "
+                   f"(`--save`)", err=True)
     _env_note()
 
 

@@ -11,7 +11,7 @@ import click
 import httpx
 
 from sollol.cli.common import config_option, handle_errors
-from sollol.cli.gateway_client import KEY_HINT, gateway_client, gateway_url
+from sollol.cli.gateway_client import gateway_client, gateway_url, refusal_hint
 
 
 class NoGateway(click.ClickException):
@@ -36,9 +36,8 @@ def fetch(url: str, timeout: float = 5.0) -> dict[str, Any]:
         error = data.get("error") if isinstance(data, dict) else None
         if isinstance(error, dict):
             error = error.get("message")
-        hint = f" ({KEY_HINT})" if reply.status_code in (401, 403) else ""
         raise NoGateway(f"{url}/sollol/overview: HTTP {reply.status_code}: "
-                        f"{error or 'not a SOLLOL gateway'}{hint}")
+                        f"{error or 'not a SOLLOL gateway'}{refusal_hint(reply.status_code)}")
     return data
 
 

@@ -172,3 +172,51 @@ def test_a_missing_config_file_is_not_called_valid(tmp_path: Path) -> None:
     assert config["status"] == "warn"
     assert "no config file at" in config["detail"] and "is valid" not in config["detail"]
     assert "sollol config set" in config["fix"]
+
+
+def test_a_healthy_running_cluster_with_keys_passes(
+    tmp_path: Path, local_cluster: Any, processes: Any, isolated_config: Path,
+) -> None:
+    """Issue 28, finding 1: a real `sollol run` that requires keys, with a sharded model
+    loaded. Doctor knows its port is the gateway's, and never fails the rpc-servers it holds:
+    without a key it does not probe them (a warning saying why); with the saved admin key it
+    asks the gateway which it holds."""
+    import os
+    import sys
+
+    import httpx
+
+    from sollol.cli.credentials import save_key
+    from sollol.core.access import hash_key, new_key
+    from sollol.core.processes import wait_http
+
+    key, port = new_key(), free_port()
+    values = {**local_cluster.overrides(), "gateway_port": port,
+              "api_keys": [{"name": "me", "hash": hash_key(key), "admin": True}]}
+    config = write(tmp_path, values)
+    proc = processes.start("sollol-run", [sys.executable, "-m", "sollol", "run", "--config",
+                                          str(config)], env={**os.environ})
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/api/version", process=proc, timeout=60,
+              headers={"Authorization": f"Bearer {key}"})
+    reply = httpx.post(url + "/api/generate", timeout=300, headers={
+        "Authorization": f"Bearer {key}"}, json={
+        "model": "sollol-demo-large", "prompt": "hi", "stream": False,
+        "options": {"num_predict": 2}})
+    assert reply.status_code == 200 and reply.headers["x-sollol-route"] == "sharding"
+    rpc_subject = f"rpc-server {local_cluster.rpc[0].address}"
+
+    code, output, findings = doctor(config)
+    assert code == 0, output
+    subjects = by_subject(findings)
+    assert subjects[f"gateway port 127.0.0.1:{port}"]["status"] == "ok", output
+    assert "already running here (it requires keys)" in output
+    assert subjects[rpc_subject]["status"] == "warn", output
+    assert "sent no key" in subjects[rpc_subject]["fix"]
+    assert "--save" in subjects[rpc_subject]["fix"]
+
+    save_key(key)  # what `sollol keys create me --admin --save` does
+    code, output, findings = doctor(config)
+    assert code == 0, output
+    assert all(f["status"] == "ok" for f in findings), output
+    assert "busy by design" in by_subject(findings)[rpc_subject]["detail"]

@@ -290,6 +290,8 @@ def _seed_models(config: Any, pm: Any, models: tuple[str, ...], folder: Path,
 @click.option("--port", default=50052, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--threads", type=click.IntRange(1))
 @click.option("--cache", is_flag=True, help="Enable the rpc-server tensor cache.")
+@click.option("--client-timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="As `sollol rpc serve --client-timeout` (default: serve's).")
 @click.option("--name", default="sollol-rpc", show_default=True, help="Unit name.")
 @click.option("--run-as", help="Account for a system unit (default: $SUDO_USER, else a "
                                "DynamicUser).")
@@ -301,10 +303,16 @@ def _seed_models(config: Any, pm: Any, models: tuple[str, ...], folder: Path,
 @config_option
 @handle_errors
 def install_service(dry_run: bool, user_unit: bool, host: str, port: int, threads: int | None,
-                    cache: bool, name: str, run_as: str | None, output: Path | None,
-                    allow_text: str | None, config_file: Path | None) -> None:
-    """Write a hardened systemd unit that runs ggml-rpc-server."""
-    from sollol.cli.service import emit_unit
+                    cache: bool, client_timeout: float | None, name: str, run_as: str | None,
+                    output: Path | None, allow_text: str | None,
+                    config_file: Path | None) -> None:
+    """Write a hardened systemd unit that runs `sollol rpc serve` (ggml-rpc-server, with the
+    client timeout that frees it after a cut link).
+
+    Refused, with the fix, when the unit's account could not read the programs it runs.
+    """
+    from sollol.cli.service import emit_unit, program_needs, refuse_unreadable
+    from sollol.cli.unit_access import Need
 
     from .rpc_unit import ServiceSpec, parse_allow, render
 
@@ -313,23 +321,22 @@ def install_service(dry_run: bool, user_unit: bool, host: str, port: int, thread
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     config, _pm = load_for_cli(config_file)
-    binary = _rpc_binary(config).resolve()
+    binary = _rpc_binary(config)  # its folder, as found, becomes the unit's SOLLOL_LLAMA_CPP_DIR
     _warn_if_open(host)
     if not allow and not _is_loopback(host):
         click.secho("warning: no --allow: any machine that can reach the port may connect; "
                     "pass --allow with the gateway's address (e.g. --allow 10.0.0.2/32)",
                     fg="yellow", err=True)
     run_as = None if user_unit else (run_as or os.environ.get("SUDO_USER") or None)
-    spec = ServiceSpec(binary, host, port, threads, cache, user_unit, run_as, allow)
+    if not user_unit:
+        refuse_unreadable([*program_needs(), Need(binary, "ggml-rpc-server", execute=True)],
+                          run_as)
+    spec = ServiceSpec(Path(sys.executable), binary.parent, host, port, threads, cache,
+                       client_timeout, user_unit, run_as, allow)
     try:
         text = render(spec)
     except ValueError as exc:  # a program path systemd cannot run
         raise click.ClickException(str(exc)) from None
-    if not user_unit and run_as is None and str(binary).startswith(("/root/", "/home/")):
-        # also with --dry-run: the unit printed would fail to start (status 203/EXEC)
-        click.secho(f"warning: {binary} is in a home folder, which a DynamicUser cannot read; "
-                    "pass --run-as USER or install the binaries system-wide", fg="yellow",
-                    err=True)
     emit_unit(text, name, user_unit, output, dry_run)
 
 

@@ -1,4 +1,7 @@
-"""A hardened systemd unit for a `ggml-rpc-server` (what `sollol rpc install-service` writes).
+"""A hardened systemd unit for an rpc-server (what `sollol rpc install-service` writes).
+
+The unit runs `sollol rpc serve`, not a bare `ggml-rpc-server`: serve drops a client that stops
+answering (a coordinator behind a cut link), which the bare server never does.
 
 ggml-rpc-server has no authentication, so the unit itself limits who can reach it
 (`IPAddressAllow`/`IPAddressDeny` from `--allow`) and what a crafted RPC message could do to the
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import attrs
 
-from sollol.cli.systemd import exec_line
+from sollol.cli.systemd import environment_line, exec_line
 
 __all__ = ["GPU_DEVICES", "ServiceSpec", "exec_line", "parse_allow", "render"]
 
@@ -48,11 +51,16 @@ def parse_allow(text: str) -> tuple[str, ...]:
 class ServiceSpec:
     """What the unit runs and for whom."""
 
-    binary: Path
+    python: Path
+    """The interpreter that has SOLLOL: the unit runs `PYTHON -m sollol rpc serve`."""
+    binaries: Path
+    """The folder holding ggml-rpc-server (and llama-server): SOLLOL_LLAMA_CPP_DIR."""
     host: str = "127.0.0.1"
     port: int = 50052
     threads: int | None = None
     cache: bool = False
+    client_timeout: float | None = None
+    """`sollol rpc serve --client-timeout` (None: serve's default)."""
     user_unit: bool = False
     run_as: str | None = None
     """The account a system unit runs as (None: root's manager picks `DynamicUser`)."""
@@ -63,11 +71,15 @@ class ServiceSpec:
 
 def render(spec: ServiceSpec) -> str:
     """The unit file's text."""
-    args = [str(spec.binary), "-H", spec.host, "-p", str(spec.port)]
+    args = [str(spec.python), "-m", "sollol", "rpc", "serve", "--host", spec.host, "--port",
+            str(spec.port)]
     if spec.threads:
-        args += ["-t", str(spec.threads)]
-    if spec.cache:
-        args.append("-c")
+        args += ["--threads", str(spec.threads)]
+    if spec.client_timeout is not None:
+        args += ["--client-timeout", f"{spec.client_timeout:g}"]
+    execute = exec_line(args)
+    if spec.cache:  # %C: systemd's cache folder, which CacheDirectory= makes writable
+        execute += f" --cache %C/{CACHE_NAME}"
     lines = [
         "[Unit]",
         "Description=llama.cpp RPC server for SOLLOL model sharding",
@@ -78,7 +90,9 @@ def render(spec: ServiceSpec) -> str:
         "",
         "[Service]",
         "Type=simple",
-        "ExecStart=" + exec_line(args),
+        "ExecStart=" + execute,
+        "Environment=PYTHONUNBUFFERED=1",
+        "Environment=" + environment_line("SOLLOL_LLAMA_CPP_DIR", str(spec.binaries)),
         # the tensor cache lives in $LLAMA_CACHE/rpc; CacheDirectory makes it writable
         f"Environment=LLAMA_CACHE=%C/{CACHE_NAME}",
         f"CacheDirectory={CACHE_NAME}",

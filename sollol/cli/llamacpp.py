@@ -28,9 +28,12 @@ def llamacpp() -> None:
 @click.option("--with-llama-server", is_flag=True, help="Also build llama-server with the GPU "
               "backend (by default a GPU build is ggml-rpc-server only, coordinated by the CPU "
               "llama-server).")
+@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path),
+              help="Also copy both programs into PREFIX/bin (e.g. /usr/local): on everyone's "
+                   "PATH, and where a systemd unit's account can run them.")
 @handle_errors
 def install(jobs: int | None, force: bool, sdist: Path | None, quiet: bool, backend: str,
-            with_llama_server: bool) -> None:
+            with_llama_server: bool, prefix: Path | None) -> None:
     """Build llama-server and ggml-rpc-server into the cache (once; later calls return at once)."""
     from sollol.llamacpp import install_backend
 
@@ -38,6 +41,8 @@ def install(jobs: int | None, force: bool, sdist: Path | None, quiet: bool, back
         backend = _auto()
     binaries = install_backend(backend, with_server=with_llama_server, jobs=jobs, force=force,
                                sdist=sdist, progress=None if quiet else _Printer())
+    if prefix is not None:
+        binaries = _copy_to(binaries, prefix / "bin")
     click.echo(f"backend:         {binaries.backend}")
     click.echo(f"llama-server:    {binaries.llama_server}")
     click.echo(f"ggml-rpc-server: {binaries.rpc_server}")
@@ -56,6 +61,31 @@ def _auto() -> str:
         click.echo(f"auto: {f.backend}: {seen}; {kit}", err=True)
     click.echo(f"auto: chose {choice.reason}", err=True)
     return choice.backend
+
+
+def _copy_to(built, folder: Path):
+    """Copy the programs into `folder` (0755); each replaces the old one in one rename, so a
+    running server keeps its file and the next start gets the new one."""
+    import os
+    import shutil
+
+    from sollol.llamacpp import Binaries
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        copies = []
+        for program in (built.llama_server, built.rpc_server):
+            target = folder / program.name
+            partial = folder / f".{program.name}.partial"
+            shutil.copyfile(program, partial)
+            partial.chmod(0o755)
+            os.replace(partial, target)
+            copies.append(target)
+    except PermissionError as exc:
+        raise click.ClickException(f"cannot write {exc.filename}: run it as root (sudo) for a "
+                                   "system folder") from None
+    return Binaries(copies[0], copies[1], source=f"prefix {folder.parent}",
+                    backend=built.backend)
 
 
 def _note_if_shadowed(built) -> None:

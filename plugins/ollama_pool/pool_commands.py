@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import sys
@@ -12,10 +11,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import httpx
 
 from sollol.cli import config_option, handle_errors, load_for_cli
-from sollol.cli.gateway_client import call, gateway_client, gateway_option, gateway_url, item
+from sollol.cli.gateway_client import (
+    call,
+    gateway_client,
+    gateway_option,
+    gateway_url,
+    item,
+    refusal_hint,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -29,6 +34,8 @@ UNWRAPPED = 10_000
 
 def _with_route(config_file: Path | None, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
     """Start a pool route from the config (one probe round), run `work(route)`, stop it."""
+    import asyncio
+
     from sollol.core.runtime import ClusterRuntime
 
     from .pool_route import PoolRoute
@@ -48,11 +55,16 @@ def _with_route(config_file: Path | None, work: Callable[[Any], Coroutine[Any, A
 
 def _gateway_nodes(url: str) -> dict[str, Any] | None:
     """The live pool state from a running gateway, or None when none answers."""
+    import httpx
+
     try:
         with gateway_client(url, timeout=2.0) as client:
             reply = client.get("/sollol/nodes")
     except httpx.HTTPError:
         return None
+    if reply.status_code in (401, 403):  # a gateway is there: probing here would answer else
+        raise click.ClickException(f"gateway {url} refused GET /sollol/nodes (HTTP "
+                                   f"{reply.status_code}){refusal_hint(reply.status_code)}")
     if reply.status_code != 200:
         return None
     try:
@@ -274,6 +286,8 @@ def _pull_through(url: str, model: str, node_names: tuple[str, ...], insecure: b
                   bars: PullProgress, *, required: bool) -> dict[str, Any] | None:
     """Pull through the gateway at `url`: its last progress event, or None when no gateway
     answers there (and none was named)."""
+    import httpx
+
     body: dict[str, Any] = {"model": model, "stream": True, "insecure": insecure}
     if node_names:
         body["nodes"] = list(node_names)
@@ -290,7 +304,8 @@ def _pull_through(url: str, model: str, node_names: tuple[str, ...], insecure: b
                 if error is None and not required:
                     return None  # something else listens there
                 raise click.ClickException(f"pull {model} through {url}: "
-                                           f"{error or reply.text[:200]}")
+                                           f"{error or reply.text[:200]}"
+                                           f"{refusal_hint(reply.status_code)}")
             for line in reply.iter_lines():
                 if not line.strip():
                     continue

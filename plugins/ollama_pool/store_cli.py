@@ -9,7 +9,6 @@ from typing import Any
 import click
 
 from sollol.cli import config_option, handle_errors, load_for_cli
-from sollol.core.gguf_info import read_model_info
 from sollol.errors import SollolError
 
 from .store import resolve, store_roots, stored_names
@@ -41,6 +40,8 @@ def list_models(as_json: bool, config_file: Path | None) -> None:
 
 def _row(name: str, root: Path) -> dict[str, Any]:
     """One model's facts; a broken entry is reported, not fatal, so the rest still list."""
+    from sollol.core.gguf_info import read_model_info  # gguf and numpy: only when listing
+
     row: dict[str, Any] = {"name": name, "path": None, "size": None, "parameters": None,
                            "layers": None, "quantization": None, "error": None}
     try:

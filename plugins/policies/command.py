@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import httpx
 
 from sollol.cli import UsageFailure
 from sollol.core.units import format_bytes
@@ -21,6 +19,9 @@ from sollol.errors import (
     RequestError,
     SollolError,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class GatewayRefused(SollolError):
@@ -49,6 +50,8 @@ def route_command(
     Asks the running gateway (what it would really do); with no gateway answering, or with
     --direct, starts the routes here (they probe their backends), decides and stops.
     """
+    import asyncio
+
     try:
         answer: dict[str, Any] | None = None
         if gateway:
@@ -108,6 +111,8 @@ def ask_gateway(
 
     `probe`: the gateway is only presumed (the config's address): wait briefly.
     """
+    import httpx
+
     from sollol.cli.gateway_client import gateway_client
 
     params: dict[str, Any] = {"model": model}

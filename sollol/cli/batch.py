@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,6 +53,8 @@ def batch(input_file: Path, output: Path | None, concurrency: int | None, model:
     are already there, so an interrupted batch resumes where it stopped. Exits 1 when any line
     failed, 130 when interrupted.
     """
+    import asyncio
+
     from sollol.cli import batch_job as runner
     from sollol.cli.batch_io import BatchInputError, read_input
     from sollol.cli.progress import Progress

@@ -51,7 +51,7 @@ def config_option(func: F) -> F:
 
 def load_for_cli(config_file: Path | None = None, overrides: dict[str, Any] | None = None):
     """(config, plugin manager) for a command, with errors as one-line CLI messages."""
-    from sollol.core.runtime import load
+    from sollol.core.loading import load  # not the runtime: config commands stay quick
 
     try:
         return load(path=config_file, overrides=overrides)

@@ -173,7 +173,7 @@ def _json_or_text(text: str) -> Any:
 def _validate(data: dict[str, Any], path: Path, config_file: Path | None) -> None:
     """Load the would-be file as SOLLOL would (every key and each policy's settings); refuse
     it, with "did you mean" for unknown names, before anything is written."""
-    from sollol.core.runtime import load
+    from sollol.core.loading import load  # not the runtime: config commands stay quick
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".check-", suffix=".toml", dir=path.parent)

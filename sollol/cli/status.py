@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 
 from sollol.cli.common import config_option, handle_errors
 from sollol.cli.gateway_client import gateway_client, gateway_url, refusal_hint
@@ -20,6 +19,8 @@ class NoGateway(click.ClickException):
 
 def fetch(url: str, timeout: float = 5.0) -> dict[str, Any]:
     """The gateway's `/sollol/overview`; NoGateway with the reason when it cannot be read."""
+    import httpx  # here, not at the top: `sollol --help` must not pay for it
+
     try:
         with gateway_client(url, timeout=timeout) as client:
             reply = client.get("/sollol/overview")

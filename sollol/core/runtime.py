@@ -14,14 +14,15 @@ from typing import Any
 
 import attrs
 
-from sollol.config import Config, Setting, load_config, plugin_lists
+from sollol.config import Config, Setting
 from sollol.core.aliases import Alias, aliases, targets
 from sollol.core.capabilities import needs
 from sollol.core.events import EventLog
+from sollol.core.loading import load as load
 from sollol.core.membership import LiveMembership
 from sollol.core.names import canonical_model, closest
 from sollol.core.placement import Placement, from_state
-from sollol.core.plugin_manager import SollolPluginManager, collect_named, get_plugin_manager
+from sollol.core.plugin_manager import SollolPluginManager, collect_named
 from sollol.core.policy_chain import build_policy
 from sollol.core.router import POOL, SHARDING, choose_route
 from sollol.errors import ConfigError, ModelNotFound, NoRouteAvailable, NotSupported, PluginError
@@ -44,28 +45,6 @@ KNOWN_MODELS_SECONDS = 5.0
 """How long the model names behind "did you mean" are reused."""
 MODEL_INFO_CACHE = 256
 """Most models whose GGUF metadata is kept in memory."""
-
-
-def load(
-    *, path: os.PathLike[str] | str | None = None, overrides: dict[str, Any] | None = None,
-    env: dict[str, str] | None = None, register: Collection[object] = (),
-) -> tuple[Config, SollolPluginManager]:
-    """Load the plugin manager (honouring allow/block lists) and the full, validated config.
-
-    `register`: plugin objects to add beside the entry points (tests' inline plugins); their
-    config keys count like any plugin's.
-    """
-    from pathlib import Path
-
-    file = Path(path) if path else None
-    allow, block = plugin_lists(path=file, env=env, overrides=overrides)
-    pm = get_plugin_manager(allow, block)
-    for plugin in register:
-        pm.register(plugin)
-    settings = collect_named(pm, "sollol_register_settings", "config key")
-    config = load_config([s for s, _ in settings.values()], path=file, env=env,
-                         overrides=overrides)
-    return config, pm
 
 
 @attrs.define

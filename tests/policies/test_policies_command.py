@@ -14,7 +14,7 @@ from sollol_plugins.policies.command import ask_gateway, render, route_command
 from test_policies_cluster import RoutesPlugin
 from test_policies_support import node, rpc
 
-import sollol.core.runtime
+import sollol.core.loading
 from sollol.cli import build_cli
 from sollol.core.plugin_manager import SollolPluginManager, get_plugin_manager
 from sollol.errors import SollolError
@@ -33,7 +33,7 @@ def routes_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[RoutesPlugin]:
         pm.register(plugin, name="test-routes")
         return pm
 
-    monkeypatch.setattr(sollol.core.runtime, "get_plugin_manager", manager)
+    monkeypatch.setattr(sollol.core.loading, "get_plugin_manager", manager)
     yield plugin
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sollol.cli import config_option, handle_errors, load_for_cli
+from sollol.cli import config_option, handle_errors, load_for_cli, operator_gguf
 from sollol.cli.gateway_client import (
     call,
     gateway_address,
@@ -268,7 +268,9 @@ def _seed_models(config: Any, pm: Any, models: tuple[str, ...], folder: Path,
 
     reports = []
     for model in models:
-        resolved = pm.hook.sollol_resolve_gguf(model=model, config=config)
+        resolved = operator_gguf(pm, config, model)  # any GGUF path: the operator typed it
+        if resolved is None and Path(model).expanduser().is_file():
+            raise ModelNotFound(f"{model} is not a GGUF file (it does not start with 'GGUF')")
         if resolved is None:
             raise ModelNotFound(f"model {model!r} not found on this machine (an Ollama store "
                                 "name or a path to a GGUF file)")

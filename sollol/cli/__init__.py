@@ -9,11 +9,17 @@ from pathlib import Path
 import click
 
 from sollol import __version__
-from sollol.cli.common import UsageFailure, config_option, handle_errors, load_for_cli
+from sollol.cli.common import (
+    UsageFailure,
+    config_option,
+    handle_errors,
+    load_for_cli,
+    operator_gguf,
+)
 from sollol.errors import ConfigError, PluginError, SollolError
 
 __all__ = ["UsageFailure", "build_cli", "cli", "config_option", "handle_errors", "load_for_cli",
-           "main"]
+           "main", "operator_gguf"]
 
 
 @click.group()

@@ -15,7 +15,7 @@ import click
 
 from sollol.errors import ConfigError, PluginError, SollolError
 
-__all__ = ["UsageFailure", "config_option", "handle_errors", "load_for_cli"]
+__all__ = ["UsageFailure", "config_option", "handle_errors", "load_for_cli", "operator_gguf"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,3 +57,19 @@ def load_for_cli(config_file: Path | None = None, overrides: dict[str, Any] | No
         return load(path=config_file, overrides=overrides)
     except (ConfigError, PluginError) as exc:
         raise UsageFailure(str(exc)) from None
+
+
+def operator_gguf(pm: Any, config: Any, name: str) -> Any:
+    """The GGUF behind `name` for a command the operator typed: a model the plugins resolve,
+    else any GGUF file the name points to (a `sollol.models.ResolvedModel`, or None).
+
+    `gguf_dirs` limits which files a gateway's remote clients may name; a path on this
+    machine's command line comes from its operator, who may read it anyway.
+    """
+    from sollol.core.defaults import gguf_file
+    from sollol.core.names import is_file_name
+
+    found = pm.hook.sollol_resolve_gguf(model=name, config=config)
+    if found is None and is_file_name(name) and Path(name).expanduser().is_file():
+        found = gguf_file(Path(name).expanduser(), name)
+    return found

@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 import click
 
-from sollol.cli.common import config_option, handle_errors, load_for_cli
+from sollol.cli.common import config_option, handle_errors, load_for_cli, operator_gguf
 from sollol.errors import ModelFileError, ModelNotFound
 
 
@@ -60,16 +60,10 @@ def make_tiny(path: Path, preset: str, **fields: Any) -> None:
 @handle_errors
 def resolve(name: str, as_json: bool, verify: bool, config_file: Path | None) -> None:
     """Print the GGUF file behind NAME (a store name such as llama3:8b, or a path)."""
-    from sollol.core.defaults import gguf_file
     from sollol.core.gguf_info import read_model_info
-    from sollol.core.names import is_file_name
 
     config, pm = load_for_cli(config_file)
-    found = pm.hook.sollol_resolve_gguf(model=name, config=config)
-    if found is None and is_file_name(name) and Path(name).expanduser().is_file():
-        # the local user may name any file on the command line; clients of the gateway may
-        # name files only inside `gguf_dirs`
-        found = gguf_file(Path(name).expanduser(), name)
+    found = operator_gguf(pm, config, name)
     if found is None:
         lists = pm.hook.sollol_gguf_names(config=config)
         known = sorted({n for names in lists for n in names or ()})

@@ -114,3 +114,26 @@ def test_the_seed_command_resolves_names_from_this_machines_store(
                               "--cache", str(tmp_path / "cache")], capture_output=True,
                              text=True, env=dict(os.environ))
     assert missing.returncode == 1 and "not found on this machine" in missing.stderr
+
+
+@pytest.mark.llamacpp
+def test_the_seed_command_takes_any_gguf_path_the_operator_names(
+    big_tensor_model: Path, tmp_path: Path,
+) -> None:
+    """Issue 28, finding 12: `gguf_dirs` limits what a gateway's remote clients may name; the
+    operator's own argument on the shard machine may be any GGUF file it can read."""
+    elsewhere = tmp_path / "gguf-dirs-hold-nothing-else"
+    elsewhere.mkdir()
+    env = {**os.environ, "SOLLOL_GGUF_DIRS": str(elsewhere)}
+    done = subprocess.run([sys.executable, "-m", "sollol", "rpc", "seed", str(big_tensor_model),
+                           "--cache", str(tmp_path / "cache"), "--json"],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    (report,) = json.loads(done.stdout)
+    assert report["written"] == 3
+    not_gguf = tmp_path / "notes.gguf"
+    not_gguf.write_text("not a model")
+    refused = subprocess.run([sys.executable, "-m", "sollol", "rpc", "seed", str(not_gguf),
+                              "--cache", str(tmp_path / "cache")],
+                             capture_output=True, text=True, env=env)
+    assert refused.returncode == 1 and "not a GGUF file" in refused.stderr

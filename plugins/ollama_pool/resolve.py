@@ -42,11 +42,13 @@ def store_model_names(config: Config) -> Iterable[str]:
 
 
 def register_store_commands(cli: click.Group) -> None:
-    from .store_cli import list_models
+    from .store_cli import import_model, list_models
 
     group = cli.commands.get("models")
     if isinstance(group, click.Group):
         group.add_command(list_models, "list")
-    else:  # the core's `models` group is missing (an older core): offer the command on its own
-        cli.add_command(click.Group("models", commands={"list": list_models},
+        group.add_command(import_model, "import")
+    else:  # the core's `models` group is missing (an older core): offer the commands on their own
+        cli.add_command(click.Group("models", commands={"list": list_models,
+                                                        "import": import_model},
                                     help="Models in Ollama's store."))

@@ -1,4 +1,4 @@
-"""`sollol models list`: every model in Ollama's store with its GGUF path and size facts."""
+"""`sollol models list|import`: the models in Ollama's store, and putting a GGUF file there."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import click
 from sollol.cli import config_option, handle_errors, load_for_cli
 from sollol.errors import SollolError
 
-from .store import resolve, store_roots, stored_names
+from .store import parse_name, resolve, store_roots, stored_names
 
 
 @click.command("list")
@@ -36,6 +36,41 @@ def list_models(as_json: bool, config_file: Path | None) -> None:
             continue
         click.echo(f"{row['name']:32} {_human(row['size'], 'B'):>9} "
                    f"{_human(row['parameters'], ''):>8} {row['layers'] or '?':>6}  {row['path']}")
+
+
+@click.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("name")
+@click.option("--store", "store", type=click.Path(file_okay=False, path_type=Path),
+              help="The store to write (default: ollama_models_dir, else OLLAMA_MODELS, else "
+                   "~/.ollama/models).")
+@click.option("--copy", is_flag=True,
+              help="Copy the file even where a hard link would do (the store then keeps its "
+                   "own bytes if the original changes).")
+@click.option("--force", is_flag=True, help="Replace a model stored under NAME already.")
+@config_option
+@handle_errors
+def import_model(file: Path, name: str, store: Path | None, copy: bool, force: bool,
+                 config_file: Path | None) -> None:
+    """Put the GGUF FILE into Ollama's model store as NAME[:TAG], where the gateway (and
+    Ollama) find it: no Ollama is needed on this machine."""
+    from sollol.core.gguf_info import read_model_info
+
+    from .store_import import import_gguf
+
+    parsed = parse_name(name)
+    if parsed is None:
+        raise click.BadParameter(f"{name!r} is not a model name ([namespace/]model[:tag], "
+                                 "letters, digits and _.-)", param_hint="NAME")
+    config, _pm = load_for_cli(config_file)
+    root = store or store_roots(config.get("ollama_models_dir"))[0]
+    info = read_model_info(file, name)
+    done = import_gguf(root, file, parsed, family=info.architecture, copy=copy, replace=force)
+    how = "hard-linked" if done.linked else "copied"
+    click.echo(f"imported {parsed.display()}: {done.model.path} ({how} from {file}, "
+               f"{done.model.size} bytes, {info.architecture}, {info.layer_count} layers)")
+    click.echo(f"manifest {done.manifest}; a running gateway reading {root} serves it by name",
+               err=True)
 
 
 def _row(name: str, root: Path) -> dict[str, Any]:

@@ -275,7 +275,7 @@ def _backends(cluster: ClusterRuntime, timeout: float, local_rpc: str | None,
         out.append(Finding("sharding", "rpc-servers", "fail", "no rpc-servers configured or "
                            "answering on loopback",
                            "sollol config set rpc_backends 10.0.0.7:50052,10.0.0.8:50052 (start "
-                           "each with `ggml-rpc-server -H 0.0.0.0 -p 50052`)"))
+                           "each with `sollol rpc serve --host 0.0.0.0 --port 50052`)"))
     return out
 
 
@@ -327,8 +327,8 @@ def _rpc_server(backend: Backend, report: HealthReport | None, local: str | None
         return Finding("sharding", subject, "fail", "the sharding plugin did not answer",
                        "enable the llamacpp_rpc plugin (`sollol plugins`)")
     if not report.healthy:
-        fix = (f"start it: ggml-rpc-server -H 0.0.0.0 -p {backend.port}; if a SOLLOL gateway "
-               "has a sharded model loaded on it, it is busy by design")
+        fix = (f"start it: sollol rpc serve --host 0.0.0.0 --port {backend.port}; if a SOLLOL "
+               "gateway has a sharded model loaded on it, it is busy by design")
         if report.extra.get("incompatible"):
             fix = "rebuild that machine's ggml-rpc-server from the same llama.cpp as this one"
         return Finding("sharding", subject, "fail", report.detail, fix)

@@ -81,7 +81,7 @@ def test_unreachable_node_and_rpc_server(tmp_path: Path, local_cluster: Any) -> 
     assert "unreachable" in subjects[f"pool node {node}"]["detail"]
     assert "remove it from ollama_nodes" in subjects[f"pool node {node}"]["fix"]
     assert subjects[f"rpc-server {rpc}"]["status"] == "fail"
-    assert f"ggml-rpc-server -H 0.0.0.0 -p {rpc.rsplit(':', 1)[1]}" in \
+    assert f"sollol rpc serve --host 0.0.0.0 --port {rpc.rsplit(':', 1)[1]}" in \
         subjects[f"rpc-server {rpc}"]["fix"]
     assert "2 problem(s)" in output
 

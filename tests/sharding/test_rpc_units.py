@@ -137,13 +137,14 @@ async def test_established_peers_sees_a_connection_and_its_loss() -> None:
 
 
 def test_service_unit_is_hardened(tmp_path) -> None:
-    text = render(ServiceSpec(tmp_path / "ggml-rpc-server", port=50099, threads=2, cache=True))
-    assert f"ExecStart={tmp_path}/ggml-rpc-server -H 127.0.0.1 -p 50099 -t 2 -c" in text
+    text = render(ServiceSpec(tmp_path / "python", tmp_path, port=50099, threads=2, cache=True))
+    assert (f"ExecStart={tmp_path}/python -m sollol rpc serve --host 127.0.0.1 --port 50099 "
+            "--threads 2 --cache %C/sollol-rpc") in text
     for line in ("DynamicUser=yes", "NoNewPrivileges=yes", "ProtectSystem=strict",
                  "CapabilityBoundingSet=", "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
                  "Environment=LLAMA_CACHE=%C/sollol-rpc", "WantedBy=multi-user.target"):
         assert line in text.splitlines()
-    user = render(ServiceSpec(tmp_path / "ggml-rpc-server", user_unit=True))
+    user = render(ServiceSpec(tmp_path / "python", tmp_path, user_unit=True))
     assert "WantedBy=default.target" in user and "DynamicUser" not in user
 
 

@@ -63,20 +63,20 @@ def unreadable(needs: Iterable[Need], account: Account) -> list[str]:
     for need in needs:
         path = need.path.resolve()
         shown = str(need.path) if path == need.path else f"{need.path} (-> {path})"
-        for folder in reversed(path.parents):
-            if not account.may(folder.stat(), stat.S_IXOTH):
-                problems.append(f"{account.describe()} cannot enter {folder}, so it cannot "
-                                f"read {need.why} {shown}")
-                break
-        else:
-            try:
-                info = path.stat()
-            except FileNotFoundError:
-                problems.append(f"{need.why} {need.path} does not exist")
-                continue
-            mask = stat.S_IROTH | (stat.S_IXOTH if need.execute or path.is_dir() else 0)
-            if not account.may(info, mask):
-                what = "run" if need.execute else "read"
-                problems.append(f"{account.describe()} cannot {what} {need.why} {shown} "
-                                f"(mode {stat.filemode(info.st_mode)}, owner uid {info.st_uid})")
+        try:
+            blocked = next((f for f in reversed(path.parents)
+                            if not account.may(f.stat(), stat.S_IXOTH)), None)
+            info = path.stat()
+        except FileNotFoundError:
+            problems.append(f"{need.why} {shown} does not exist")
+            continue
+        if blocked is not None:
+            problems.append(f"{account.describe()} cannot enter {blocked}, so it cannot read "
+                            f"{need.why} {shown}")
+            continue
+        mask = stat.S_IROTH | (stat.S_IXOTH if need.execute or path.is_dir() else 0)
+        if not account.may(info, mask):
+            what = "run" if need.execute else "read"
+            problems.append(f"{account.describe()} cannot {what} {need.why} {shown} "
+                            f"(mode {stat.filemode(info.st_mode)}, owner uid {info.st_uid})")
     return problems

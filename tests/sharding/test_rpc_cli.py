@@ -36,10 +36,11 @@ def test_install_service_dry_run_prints_a_hardened_unit(llama_binaries,
     isolated_config.write_text(tomli_w.dumps(
         {"llama_cpp_dir": str(llama_binaries.rpc_server.parent), "plugins": ONLY_US}))
     result = CliRunner().invoke(build_cli(), ["rpc", "install-service", "--dry-run", "--port",
-                                              "50111", "--threads", "2"])
+                                              "50111", "--threads", "2", "--run-as", "root"])
     assert result.exit_code == 0, result.output
-    assert f"ExecStart={llama_binaries.rpc_server.resolve()} -H 127.0.0.1 -p 50111 -t 2" \
-        in result.output
+    assert (f"ExecStart={sys.executable} -m sollol rpc serve --host 127.0.0.1 --port 50111 "
+            "--threads 2") in result.output
+    assert f"SOLLOL_LLAMA_CPP_DIR={llama_binaries.rpc_server.parent}" in result.output
     assert "NoNewPrivileges=yes" in result.output and "[Install]" in result.output
 
 
@@ -120,19 +121,21 @@ async def test_shard_status_and_logs_without_a_gateway(
     assert missing.returncode != 0 and "no coordinator log" in missing.stderr
 
 
-def test_install_service_dry_run_warns_when_a_dynamic_user_cannot_run_the_binary(
+def test_install_service_refuses_a_unit_whose_account_cannot_run_the_binary(
     isolated_config: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The printed unit is what a user pastes: it must not silently fail with 203/EXEC."""
+    """The printed unit is what a user pastes: it must not fail with 203/EXEC, so it is
+    refused (also with --dry-run), naming the path and the fix."""
     monkeypatch.setattr("sollol_plugins.llamacpp_rpc.rpc_commands._rpc_binary",
                         lambda config: Path("/home/someone/bin/ggml-rpc-server"))
     monkeypatch.delenv("SUDO_USER", raising=False)
     isolated_config.parent.mkdir(parents=True, exist_ok=True)
     isolated_config.write_text(tomli_w.dumps({"plugins": ONLY_US}))
     result = CliRunner().invoke(build_cli(), ["rpc", "install-service", "--dry-run"])
-    assert result.exit_code == 0, result.output
-    assert "DynamicUser=yes" in result.stdout
-    assert "a DynamicUser cannot read" in result.stderr
+    assert result.exit_code == 1, result.output
+    assert "[Service]" not in result.stdout
+    assert "ggml-rpc-server /home/someone/bin/ggml-rpc-server does not exist" in result.output
+    assert "--run-as USER" in result.output
     with_account = CliRunner().invoke(build_cli(), ["rpc", "install-service", "--dry-run",
-                                                    "--run-as", "someone"])
-    assert "User=someone" in with_account.stdout and "DynamicUser" not in with_account.stderr
+                                                    "--run-as", "someone-h8-absent"])
+    assert with_account.exit_code == 1 and "no such account" in with_account.output

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from sollol.core.capabilities import EMBEDDING
+from sollol.core.names import canonical
 from sollol.core.units import parse_bytes
-from sollol.errors import NotSupported
+from sollol.errors import NotSupported, SollolError
 from sollol.models import (
     Backend,
     ModelInfo,
@@ -128,16 +129,39 @@ class ShardingRoute:
         return RouteState(self.name, tuple(backends), detail=detail)
 
     async def list_models(self) -> list[dict[str, Any]]:
-        """Running models, plus every GGUF the resolution hooks can name (e.g. Ollama's store)."""
-        entries = {c.model: _tag(c.model, c.resolved) for c in self.supervisor.coordinators.values()
-                   if c.state in (STARTING, READY)}
+        """Running models, plus every GGUF the resolution hooks can name (e.g. Ollama's store).
+
+        One entry per model under its full name (`bigmodel:latest`), loaded or not: a client
+        must not see the name change when the model loads. Details come from the GGUF header.
+        """
+        entries: dict[str, dict[str, Any]] = {}
+        for c in self.supervisor.coordinators.values():
+            if c.state in (STARTING, READY):
+                entries.setdefault(canonical(c.model), await self._tag(c.model, c.resolved))
         config, hook = self.cluster.config, self.cluster.pm.hook.sollol_gguf_names
         names = await asyncio.to_thread(
             lambda: sorted({n for found in hook(config=config) for n in found or ()}))
         for name in names:
-            if name not in entries and (resolved := await self.cluster.resolve_gguf(name)):
-                entries[name] = _tag(name, resolved)
+            if canonical(name) not in entries and (
+                    resolved := await self.cluster.resolve_gguf(name)):
+                entries[canonical(name)] = await self._tag(name, resolved)
         return list(entries.values())
+
+    async def _tag(self, model: str, resolved: ResolvedModel) -> dict[str, Any]:
+        """A model as Ollama's `/api/tags` lists it, with the family, size and quantization."""
+        name = canonical(model)
+        details: dict[str, Any] = {"format": "gguf"}
+        try:
+            info = await self.cluster.model_info(model)
+        except SollolError:  # a broken file is reported when it is asked for, not in listings
+            info = None
+        if info is not None:
+            family = info.architecture or ""
+            details.update(family=family, families=[family] if family else [],
+                           parameter_size=_parameter_size(info.parameter_count),
+                           quantization_level=info.quantization or "")
+        return {"name": name, "model": name, "size": resolved.size,
+                "digest": resolved.digest or "", "details": details}
 
     async def running(self) -> list[dict[str, Any]]:
         """Ready coordinators, with real times: loaded when it became ready, and expiring
@@ -148,10 +172,11 @@ class ShardingRoute:
             if c.state != READY:
                 continue
             last = time.time() - (0 if c.in_flight else time.monotonic() - c.last_used)
-            out.append({**_tag(c.model, c.resolved), "size_vram": 0,
+            tag = await self._tag(c.model, c.resolved)
+            out.append({**tag, "size_vram": 0,
                         "modified_at": _iso(c.ready_at or c.started_at),
                         "expires_at": _iso(last + idle),
-                        "details": {"format": "gguf", "sharded_over": c.plan.addresses}})
+                        "details": {**tag["details"], "sharded_over": c.plan.addresses}})
         return out
 
     async def model_info(self, model: str) -> ModelInfo | None:
@@ -245,9 +270,14 @@ class ShardingRoute:
         })
 
 
-def _tag(model: str, resolved: ResolvedModel) -> dict[str, Any]:
-    return {"name": model, "model": model, "size": resolved.size,
-            "digest": resolved.digest or "", "details": {"format": "gguf"}}
+def _parameter_size(count: int | None) -> str:
+    """Ollama's way of writing a parameter count: `7.2B`, `135M`."""
+    if not count:
+        return ""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f}{unit}".replace(".0", "")
+    return str(count)
 
 
 def _iso(seconds: float) -> str:

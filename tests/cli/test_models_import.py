@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from sollol.cli import build_cli
 from sollol.core.processes import free_port, wait_http
 
-NAME = "imported/tiny:v1"
+NAME = "imported/tiny"
+LISTED = "imported/tiny:latest"
 
 
 def sollol(*args: str):
@@ -39,8 +40,8 @@ def test_an_imported_model_is_served_by_a_running_gateway(
         "rpc_state_dir": str(tmp_path / "state")}))
     result = sollol("models", "import", str(tiny_model), NAME)
     assert result.exit_code == 0, result.output
-    assert "imported imported/tiny:v1" in result.stdout
-    manifest = store / "manifests" / "registry.ollama.ai" / "imported" / "tiny" / "v1"
+    assert f"imported {LISTED}" in result.stdout
+    manifest = store / "manifests" / "registry.ollama.ai" / "imported" / "tiny" / "latest"
     layers = json.loads(manifest.read_text())["layers"]
     blob = store / "blobs" / layers[0]["digest"].replace(":", "-")
     assert blob.read_bytes() == tiny_model.read_bytes()
@@ -53,11 +54,19 @@ def test_an_imported_model_is_served_by_a_running_gateway(
                            env={**os.environ})
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/api/version", process=proc, timeout=60)
-    assert NAME in [m["name"] for m in httpx.get(url + "/api/tags").json()["models"]]
+    (listed,) = [m for m in httpx.get(url + "/api/tags").json()["models"]
+                 if m["name"] == LISTED]
+    # finding 9: Ollama's details from the GGUF header, not only the format
+    assert listed["details"]["family"] == "llama" and listed["details"]["parameter_size"]
+    assert listed["details"]["quantization_level"]
     reply = httpx.post(url + "/api/generate", timeout=300, json={
         "model": NAME, "prompt": "hi", "stream": False, "options": {"num_predict": 2}})
     assert reply.status_code == 200, reply.text
     assert reply.headers["x-sollol-route"] == "sharding"
+    # loaded (asked for without a tag), the model keeps its one full name in the list
+    loaded = [m for m in httpx.get(url + "/api/tags").json()["models"]
+              if m["name"].startswith("imported/tiny")]
+    assert [m["name"] for m in loaded] == [LISTED] and loaded[0]["details"] == listed["details"]
 
 
 def test_import_refuses_what_it_cannot_store(tiny_model: Path, tmp_path: Path) -> None:

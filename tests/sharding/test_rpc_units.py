@@ -170,3 +170,26 @@ async def test_list_models_names_what_the_resolution_hooks_know(tiny_model) -> N
         pm.unregister(name="test-names")
     assert entry["name"] == str(tiny_model)
     assert entry["size"] == tiny_model.stat().st_size
+
+
+async def test_a_stored_model_is_listed_under_its_full_name_with_details(
+    ollama_store, tiny_model,
+) -> None:
+    """Issue 28, finding 9: `bigmodel` is listed as `bigmodel:latest` loaded or not, with the
+    family, size and quantization its GGUF header gives."""
+    from sollol_plugins.llamacpp_rpc.sharding_route import ShardingRoute
+
+    from sollol.core.plugin_manager import get_plugin_manager
+    from sollol.core.runtime import ClusterRuntime
+
+    ollama_store.add_model("bigmodel", tiny_model)
+    config, _ = load(overrides={"model_sharding_enabled": True,
+                                "plugins": ["llamacpp_rpc", "ollama_pool"]})
+    route = ShardingRoute(ClusterRuntime(config=config,
+                                         pm=get_plugin_manager(["llamacpp_rpc", "ollama_pool"])))
+    (entry,) = [m for m in await route.list_models() if "bigmodel" in m["name"]]
+    assert entry["name"] == entry["model"] == "bigmodel:latest"
+    details = entry["details"]
+    assert details["format"] == "gguf" and details["family"] == "llama"
+    assert details["families"] == ["llama"] and details["parameter_size"]
+    assert details["quantization_level"] == "F16"

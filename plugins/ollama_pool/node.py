@@ -233,6 +233,9 @@ class Node:
         """Plain data for `sollol nodes` and `/sollol/nodes`."""
         ejected = self.ejected(now)
         report = self.report
+        # what a node has loaded and how fast it answers are live facts: a node that is down
+        # has none (its last healthy report is history, not its state)
+        live = report if self.healthy else None
         return {
             "id": self.id, "address": self.backend.address, "kind": self.backend.kind,
             "api": self.api, "source": self.backend.labels.get("source", ""),
@@ -244,11 +247,11 @@ class Node:
             "warming": {"cap": self.cap, "until": time.time() + (self.warm_until - now)}
             if self.warm_cap is not None else None,
             "models": sorted(report.models) if report else [],
-            "loaded": sorted(report.loaded_models) if report else [],
-            "running": _running(report),
+            "loaded": sorted(live.loaded_models) if live else [],
+            "running": _running(live),
             "memory_total": self.memory_total, "memory_free": self.memory_free(),
-            "vram_used": report.extra.get("vram_used") if report else None,
-            "tokens_per_second": 1 / self.sec_per_token if self.sec_per_token else None,
+            "vram_used": live.extra.get("vram_used") if live else None,
+            "tokens_per_second": 1 / self.sec_per_token if live and self.sec_per_token else None,
             "request_seconds": self.request_seconds, "served": self.served,
             "failed": self.failed, "version": report.version if report else None,
             "probe_latency_s": report.latency_s if report else None,

@@ -191,3 +191,17 @@ def test_hooks_through_the_plugin_manager(pm, emulator):
     closed = parse_node(f"openai://127.0.0.1:{free_port()}")
     refused = pm.hook.sollol_check_health(backend=closed, timeout=2.0)
     assert not refused.healthy and "connection failed" in refused.detail
+
+
+def test_a_down_node_lists_no_loaded_models_and_no_speed() -> None:
+    """Issue 28, finding 9: what a node has loaded and how fast it is are live facts; once a
+    probe finds it down, `sollol nodes`, `sollol status` and the dashboard show neither."""
+    n = node("a", spt=0.02, loaded=("m",))
+    up = n.snapshot(1.0)
+    assert up["loaded"] == ["m"]
+    assert up["tokens_per_second"] == pytest.approx(50.0)
+    n.apply(HealthReport("a", False, detail="connection refused"), 2.0, SETTINGS)
+    down = n.snapshot(3.0)
+    assert down["health"] == "down"
+    assert down["loaded"] == [] and down["running"] == [] and down["tokens_per_second"] is None
+    assert down["models"] == up["models"]  # what it serves is still known, for the notes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -22,15 +22,15 @@ def render(data: dict[str, Any], source: str) -> RenderableType:
     """Header, nodes, rpc-servers, coordinators and recent requests."""
     parts: list[RenderableType] = [header(data, source)]
     if data.get("nodes"):
-        parts.append(nodes_table(data["nodes"]))
+        parts.append(_Fitted(nodes_table(data["nodes"])))
     if data.get("rpc_servers"):
-        parts.append(rpc_table(data["rpc_servers"]))
+        parts.append(_Fitted(rpc_table(data["rpc_servers"])))
     if data.get("coordinators"):
-        parts.append(coordinators_table(data["coordinators"]))
+        parts.append(_Fitted(coordinators_table(data["coordinators"])))
     if not (data.get("nodes") or data.get("rpc_servers") or data.get("coordinators")):
         parts.append(Text("no nodes, rpc-servers or coordinators yet", style="yellow"))
     if data.get("recent"):
-        parts.append(requests_table(data["recent"][-10:]))
+        parts.append(_Fitted(requests_table(data["recent"][-10:])))
     return Group(*parts)
 
 
@@ -158,13 +158,65 @@ def requests_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
+FREE_TEXT = ("last error / detail", "reason", "loaded models", "layers per rpc-server")
+"""Columns of prose or lists: in the narrow layout each goes on a line of its own."""
+
+
 def _column(table: Table, name: str) -> None:
     """Short columns stay on one line; the free-text ones take what room is left and wrap."""
-    if name in ("last error / detail", "reason", "loaded models", "layers per rpc-server",
-                "state"):
+    if name in FREE_TEXT or name == "state":
         table.add_column(name, overflow="fold", ratio=1)
     else:
         table.add_column(name, no_wrap=True, overflow="ellipsis")
+
+
+class _Fitted:
+    """A table where its words fit the width; else each row as lines (`name: value`).
+
+    A table too wide for the terminal (80 columns, or piped) would squeeze its free-text
+    columns into strips two letters wide. Whether it fits is measured at print time.
+    """
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        # the narrowest table in which no word is cut: each column as wide as its longest
+        # word (the short ones as wide as their longest cell), plus padding and borders
+        needed = self.table._extra_width
+        for column in self.table.columns:
+            cells = [_plain(c) for c in column._cells]
+            words = [w for text in [str(column.header), *cells] for w in text.split()]
+            if column.no_wrap:
+                words += [line for text in cells for line in text.splitlines()]
+            column.min_width = max(map(len, words), default=1)
+            needed += column.min_width + 2  # padding (0, 1)
+        if needed <= options.max_width:
+            yield self.table
+            return
+        yield Text(str(self.table.title or ""), style="italic")
+        columns = self.table.columns
+        for row in range(self.table.row_count):
+            cells = [(str(c.header), c._cells[row]) for c in columns]
+            yield Text("  ").join(_labelled(name, cell) for name, cell in cells
+                                  if name not in FREE_TEXT)
+            for name, cell in cells:
+                if name in FREE_TEXT and _plain(cell).strip() not in ("", "-"):
+                    line = Text(f"    {name}: ", style="dim")
+                    yield line.append_text(cell if isinstance(cell, Text) else Text(str(cell)))
+
+
+SELF_EVIDENT = ("node", "kind", "health", "time", "model", "route", "address", "state")
+"""Values that need no label in the narrow layout (an address, a state, a time)."""
+
+
+def _labelled(name: str, cell: Any) -> Text:
+    text = cell.copy() if isinstance(cell, Text) else Text(str(cell))
+    return text if name in SELF_EVIDENT else Text(f"{name} ", style="dim").append_text(text)
+
+
+def _plain(cell: Any) -> str:
+    return cell.plain if isinstance(cell, Text) else str(cell)
 
 
 def speed(item: dict[str, Any]) -> str:

@@ -90,3 +90,20 @@ def test_something_else_at_the_address_is_named(emulator) -> None:
     result = run("--gateway", node.url)
     assert result.exit_code == 1
     assert f"{node.url} answered, but it is not a SOLLOL gateway (HTTP 404" in result.output
+
+
+@pytest.mark.parametrize("columns", ["80", "60"])
+def test_a_narrow_or_piped_terminal_never_cuts_a_word(busy_gateway, columns: str) -> None:
+    """Issue 28, finding 9: at 80 columns (or piped) the tables' free-text columns were
+    squeezed to two letters; rows that do not fit become lines, words kept whole."""
+    gateway, nodes = busy_gateway
+    result = CliRunner().invoke(build_cli(), ["status", "--gateway", gateway.url],
+                                env={"COLUMNS": columns})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(map(len, lines)) <= int(columns)
+    words = result.output.split()
+    for node in nodes:
+        assert node.address in words
+    assert MODEL in words and "no-such-model" in words
+    assert "4 requests (1 errors)" in " ".join(words)

@@ -88,6 +88,31 @@ def generate(url: str, model: str, stream: bool = False) -> httpx.Response:
         "options": {"temperature": 0, "num_predict": 16}})
 
 
+def assert_nothing_clipped_or_broken(page: Any) -> None:
+    """Issue 28, finding 11: every chart's axis labels lie inside the chart ("10.00 s", not
+    "0.00 s" cut at the edge), and no node name or address is broken over lines."""
+    outside = ("ts => ts.filter(t => t.getBoundingClientRect().left < "
+               "t.ownerSVGElement.getBoundingClientRect().left - 0.5).map(t => t.textContent)")
+    clipped = page.eval_on_selector_all("svg text.axis", outside)
+    assert clipped == [], f"axis labels cut off: {clipped}"
+    # and with wide labels: the page's own chart code, on a chart of its own, tens of seconds
+    clipped = page.evaluate(
+        "() => { const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');"
+        " document.querySelector('figure.chart').append(svg);"
+        " SollolCharts.draw(svg, [{values: [1, 12.5, 3], cls: 's0'}],"
+        "                   {step: 10, format: v => v.toFixed(2) + ' s'});"
+        " const box = svg.getBoundingClientRect();"
+        " const cut = [...svg.querySelectorAll('text.axis')]"
+        "   .filter(t => t.getBoundingClientRect().left < box.left - 0.5).map(t => t.textContent);"
+        " svg.remove(); return cut; }")
+    assert clipped == [], f"axis labels cut off: {clipped}"
+    broken = page.eval_on_selector_all(
+        ".grid .id", "ids => ids.filter(e => Math.round(e.getBoundingClientRect().height) > "
+        "Math.ceil(parseFloat(getComputedStyle(e).lineHeight) || 18) + 1)"
+        ".map(e => e.textContent)")
+    assert broken == [], f"names broken over lines: {broken}"
+
+
 def test_dashboard_shows_the_cluster_live(
     page, emulator, rpc_servers, ollama_store, llama_binaries, tmp_path: Path,
 ) -> None:
@@ -148,6 +173,7 @@ def test_dashboard_shows_the_cluster_live(
         page.locator(f'#requests tr[data-model="{POOL_MODEL}"]').nth(before).wait_for(
             timeout=WAIT_MS)
         shoot(page, tmp_path, "desktop", height=1300)
+        assert_nothing_clipped_or_broken(page)
 
         # a node taken down turns unhealthy on the page within a few seconds
         nodes[1].refuse()
@@ -164,6 +190,7 @@ def test_dashboard_shows_the_cluster_live(
         page.wait_for_timeout(300)  # one layout pass for the resized charts (not a wait for data)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the page scrolls sideways on a phone ({width}px wide)"
+        assert_nothing_clipped_or_broken(page)
         page.emulate_media(color_scheme="light")
         shoot(page, tmp_path, "narrow", height=2000)
     finally:

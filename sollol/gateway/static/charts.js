@@ -19,25 +19,40 @@ window.SollolCharts = (function () {
     return 10 * power;
   }
 
+  // The widest of `labels` as the chart's axis text renders it (an estimate while hidden).
+  function labelWidth(svg, labels) {
+    const probe = node("text", {class: "axis", x: 0, y: -100});
+    svg.append(probe);
+    let widest = 0;
+    for (const label of labels) {
+      probe.textContent = label;
+      widest = Math.max(widest, probe.getComputedTextLength() || label.length * 7);
+    }
+    probe.remove();
+    return Math.ceil(widest);
+  }
+
   // series: [{values: [number|null], cls: "s0", area: bool}]; opts: {step, format}
   function draw(svg, series, opts) {
     const box = svg.getBoundingClientRect();
     const W = Math.max(Math.round(box.width), 200), H = Math.max(Math.round(box.height), 80);
     svg.setAttribute("viewBox", "0 0 " + W + " " + H);
     svg.replaceChildren();
-    const left = 44, right = 8, top = 8, bottom = 18;
-    const w = W - left - right, h = H - top - bottom;
     const n = Math.max(2, ...series.map(s => s.values.length));
     let max = 0;
     for (const s of series) for (const v of s.values) if (v !== null && v > max) max = v;
     max = niceMax(max * 1.1);
+    const ticks = [0, 0.5, 1].map(frac => [max * frac, opts.format(max * frac)]);
+    // the y-axis labels decide the left margin: "10.00 s" must not be cut off
+    const left = labelWidth(svg, ticks.map(t => t[1])) + 10, right = 8, top = 8, bottom = 18;
+    const w = W - left - right, h = H - top - bottom;
     const x = i => left + (w * i) / (n - 1);
     const y = v => top + h - (h * v) / max;
-    for (const frac of [0, 0.5, 1]) {
-      const v = max * frac, py = y(v);
+    for (const [v, label] of ticks) {
+      const py = y(v);
       svg.append(node("line", {class: "gridline", x1: left, x2: W - right, y1: py, y2: py}));
       svg.append(node("text", {class: "axis", x: left - 6, y: py + 3, "text-anchor": "end"},
-                      opts.format(v)));
+                      label));
     }
     const span = (n * (opts.step || 10)) / 60;
     for (const frac of [0, 1 / 3, 2 / 3, 1]) {

@@ -95,6 +95,8 @@ def clients(url: str, model: str) -> list[str]:
         f"  OpenAI API:  {url}/v1",
         f"  curl {url}/api/generate -d '{{\"model\": \"{model}\", \"prompt\": \"hello\"}}'",
         f"  state:       {url}/sollol/state   decisions: {url}/sollol/events",
+        f"  watch it:    {url}/dashboard in a browser, or `sollol status --watch --gateway "
+        f"{url}`",
     ]
 
 

@@ -151,6 +151,7 @@ def test_demo_end_to_end(demo: Any) -> None:
     for shard in shards:
         assert re.search(rf"rpc-server {re.escape(shard)}\s+\d+ layers \[\d", output), output
     assert re.search(r"Ollama API:  http://127\.0\.0\.1:\d+", output)
+    assert re.search(r"watch it: +http://127\.0\.0\.1:\d+/dashboard", output)
     # the local cluster serves embeddings, on the node started with --embeddings
     assert f"embeddings: 2 vectors of 128 for sollol-demo-small from {nodes[0]}" in output
     assert "stopped everything the demo started" in output
@@ -211,6 +212,7 @@ def test_run_local_serves_until_sigterm(
         assert embed.status_code == 200, embed.text  # the local cluster serves embeddings
         log = proc.log_text()
         assert "point your clients at the gateway:" in log and f"OpenAI API:  {url}/v1" in log
+        assert f"{url}/dashboard" in log  # the last step names the dashboard (issue 28)
         lines = [json.loads(line) for line in log.splitlines() if line.startswith('{"time"')]
         assert [(e["model"], e["route"], e["status"]) for e in lines] == [
             ("sollol-demo-small", "pool", 200), ("sollol-demo-large", "sharding", 200),

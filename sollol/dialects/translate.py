@@ -24,6 +24,7 @@ from sollol.dialects.requests import ollama_to_openai, openai_to_ollama
 from sollol.dialects.responses import ollama_reply_to_responses, responses_to_ollama
 from sollol.dialects.responses_stream import CompleteResponsesEvents, NdjsonToResponses
 from sollol.dialects.streams import Chain
+from sollol.dialects.usage_tap import HiddenUsage, ask_for_usage
 from sollol.errors import BackendError, RequestError
 from sollol.models import Api
 
@@ -70,6 +71,8 @@ class Plan:
     payload: bytes
     translated: bool
     raw_generate: bool = False
+    hidden_usage: bool = False
+    """The payload asks an OpenAI server for the usage chunk the client did not ask for."""
 
 
 def plan(call: Call, backend_api: Api, native: bool = True) -> Plan:
@@ -77,7 +80,10 @@ def plan(call: Call, backend_api: Api, native: bool = True) -> Plan:
     (`native=False`: translated even so, for a node that turned out not to serve it)."""
     native_path = NATIVE.get((call.api, call.op), {}).get(backend_api) if native else None
     if native_path is not None:
-        return Plan(backend_api, native_path, call.raw, translated=False)
+        asked = (ask_for_usage(call.op, dict(call.body))
+                 if call.api == backend_api == "openai" else None)
+        return Plan(backend_api, native_path, asked or call.raw, translated=False,
+                    hidden_usage=asked is not None)
     if call.op in ("messages", "responses"):
         # through Ollama's chat shape; an OpenAI node then gets it as a chat completion
         body = (anthropic_to_ollama(dict(call.body)) if call.op == "messages"
@@ -153,7 +159,7 @@ def new_stream(call: Call, plan: Plan) -> Stream:
             return CompleteResponsesEvents()
         if call.op == "messages":
             return AnthropicPassthrough(call.request.model)
-        return Passthrough(sse=call.api != "ollama")
+        return HiddenUsage() if plan.hidden_usage else Passthrough(sse=call.api != "ollama")
     model = call.request.model
     if call.op in ("messages", "responses"):
         out: Stream = (NdjsonToAnthropic(model) if call.op == "messages"

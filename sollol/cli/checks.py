@@ -19,13 +19,14 @@ import httpx
 
 from sollol.cli.credentials import describe
 from sollol.cli.gateway_client import gateway_address, gateway_client
+from sollol.config import Config
 from sollol.core.access import open_bind
 from sollol.core.plugin_manager import collect_named
 from sollol.core.runtime import ClusterRuntime, load
 from sollol.errors import BinaryNotFound, ConfigError, PluginError, SollolError
 from sollol.llamacpp import INSTALL_COMMAND, Binaries, find_binaries, for_serving, toolchain
 from sollol.llamacpp.devices import Device, rpc_server_devices
-from sollol.models import Backend, HealthReport, join_host_port
+from sollol.models import Backend, HealthReport
 
 Status = Literal["ok", "warn", "fail"]
 RPC_API = "ggml-rpc"

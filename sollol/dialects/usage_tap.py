@@ -13,7 +13,8 @@ import json
 from typing import Any
 
 from sollol.dialects.lines import LineBuffer, parse_object
-from sollol.dialects.streams import MAX_LINE, Passthrough
+from sollol.dialects.passthrough import Passthrough
+from sollol.dialects.streams import MAX_LINE
 
 STREAMED_OPS = ("chat", "completions")
 """OpenAI endpoints whose streams end with a usage chunk when asked."""

@@ -58,11 +58,14 @@ PUBLIC: Mapping[str, tuple[str, ...]] = {
     "sollol.llamacpp": ("Binaries", "find_binaries", "for_serving", "Device",
                         "rpc_server_devices", "visible_gpus"),
     # plugin commands: options, errors, config, our own gateway, systemd units
-    "sollol.cli": ("UsageFailure", "handle_errors", "config_option", "load_for_cli"),
+    "sollol.cli": ("UsageFailure", "handle_errors", "config_option", "load_for_cli",
+                   "operator_gguf"),
     "sollol.cli.gateway_client": ("gateway_option", "gateway_url", "gateway_address",
-                                  "gateway_client", "gateway_headers", "call", "item"),
-    "sollol.cli.service": ("emit_unit",),
-    "sollol.cli.systemd": ("exec_line",),
+                                  "gateway_client", "gateway_headers", "refusal_hint", "call",
+                                  "item"),
+    "sollol.cli.service": ("emit_unit", "program_needs", "refuse_unreadable"),
+    "sollol.cli.unit_access": ("Need",),
+    "sollol.cli.systemd": ("exec_line", "environment_line"),
 }
 """Modules and names plugins may import; anything else in `sollol` may change at any time."""
 

@@ -91,6 +91,8 @@ class Node:
     """Per model spelling ("" for the node's one model), from the probe."""
     lacks: dict[str, frozenset[str]] = attrs.field(factory=dict)
     """Capabilities the node answered it lacks, per model ("" when it serves one model)."""
+    _capabilities_from: object = attrs.field(default=None, init=False, repr=False)
+    """The probe's `capabilities` that `capabilities` was spelled out from."""
 
     def __attrs_post_init__(self) -> None:
         self.api = self.api or self.backend.kind
@@ -168,10 +170,13 @@ class Node:
             self.loaded = all_names(report.loaded_models)
             self.server = str(report.extra.get("server") or self.server)
             reported = report.extra.get("capabilities")
-            if isinstance(reported, dict):
+            if isinstance(reported, dict) and reported is not self._capabilities_from:
+                # the prober hands the same dict until it learns anew: spell it out once
+                self._capabilities_from = reported
                 self.capabilities = {spelling: frozenset(found)
                                      for name, found in reported.items()
                                      for spelling in (model_names(name) if name else [""])}
+            if isinstance(reported, dict) and self.lacks:
                 # what the node now reports it can do outweighs what it once answered
                 self.lacks = {key: gone - self.capabilities.get(key, frozenset())
                               for key, gone in self.lacks.items()}

@@ -1,4 +1,5 @@
-"""What a pool node can do, from what it reports (run inside the health probe's worker thread).
+"""What a pool node can do, from what it reports (asked by the health probe when a node's model
+list changes, see node_probe.Prober).
 
 - llama-server: `/props` (chat template, its tool support, vision modality); embeddings by
   asking `/v1/embeddings` with an empty body, which costs no compute: a server without
@@ -10,14 +11,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from sollol.core import capabilities as caps
+
+from .node_http import NodeClient, Reply
 
 SHOW_CACHE_SIZE = 4096
 _show_cache: OrderedDict[tuple[str, str, str], frozenset[str]] = OrderedDict()
@@ -25,17 +28,18 @@ _family_cache: OrderedDict[tuple[str, str, str], str | None] = OrderedDict()
 _lock = threading.Lock()
 
 
-def openai_server(client: httpx.Client) -> tuple[str, frozenset[str] | None, dict[str, str]]:
+async def openai_server(client: NodeClient,
+                        ) -> tuple[str, frozenset[str] | None, dict[str, str]]:
     """(server kind in words, capabilities or None when the server does not tell, model
     details: `family` and `quantization_level` where llama-server's `/props` and the GGUF
     header, when the file is readable here, say)."""
-    props = _json(client.get("/props", headers={"Accept": "application/json"}))
+    props = _json(await client.get("/props"))
     found: set[str] | None = None
     server = "openai-compatible server"
     details: dict[str, str] = {}
     if isinstance(props, dict) and ("model_path" in props or "build_info" in props):
         server = "llama-server"
-        details = _details(props)
+        details = await asyncio.to_thread(_details, props)  # may read a GGUF header
         # tools too: llama-server takes tool definitions with any chat template (a template
         # without native support gets its generic tool-call format)
         found = {caps.COMPLETION, caps.TOOLS}
@@ -46,7 +50,7 @@ def openai_server(client: httpx.Client) -> tuple[str, frozenset[str] | None, dic
             found.add(caps.VISION)
     if found is None:
         return server, None, details  # another server: learned from its answers
-    if _embeds(client):
+    if await _embeds(client):
         found.add(caps.EMBEDDING)
     return server, frozenset(found), details
 
@@ -88,17 +92,16 @@ def _family(path: str) -> str | None:
     return family
 
 
-def _embeds(client: httpx.Client) -> bool:
-    reply = client.post("/v1/embeddings", content=b"{}",
-                        headers={"Content-Type": "application/json"})
-    if reply.status_code in (404, 405):
+async def _embeds(client: NodeClient) -> bool:
+    reply = await client.post("/v1/embeddings", b"{}")
+    if reply.status in (404, 405):
         return False
-    return caps.unsupported(reply.status_code, reply.content,
+    return caps.unsupported(reply.status, reply.body,
                             frozenset({caps.EMBEDDING})) is None
 
 
-def ollama_models(client: httpx.Client, node: str, tags: list[dict[str, Any]],
-                  ) -> dict[str, frozenset[str]]:
+async def ollama_models(client: NodeClient, node: str, tags: list[dict[str, Any]],
+                        ) -> dict[str, frozenset[str]]:
     """Capabilities per model name from `/api/show`; models it would not show are left out."""
     out: dict[str, frozenset[str]] = {}
     for entry in tags:
@@ -107,8 +110,8 @@ def ollama_models(client: httpx.Client, node: str, tags: list[dict[str, Any]],
         with _lock:
             known = _show_cache.get(key)
         if known is None:
-            reply = client.post("/api/show", json={"model": name})
-            body = _json(reply) if reply.status_code == 200 else None
+            reply = await client.post("/api/show", json.dumps({"model": name}).encode())
+            body = _json(reply)
             reported = body.get("capabilities") if isinstance(body, dict) else None
             if not isinstance(reported, list):
                 continue  # an older Ollama: capabilities unknown, learned from answers
@@ -130,8 +133,8 @@ def ollama_capabilities(reported: Any) -> frozenset[str]:
     return frozenset(found)
 
 
-def _json(reply: httpx.Response) -> Any:
-    if reply.status_code != 200:
+def _json(reply: Reply) -> Any:
+    if reply.status != 200:
         return None
     try:
         return reply.json()

@@ -3,83 +3,185 @@
 Ollama: `/api/version` (alive), `/api/tags` (models on disk), `/api/ps` (loaded models, VRAM).
 OpenAI-compatible: `/health` (llama-server and vLLM; 503 while loading), `/v1/models`, and
 llama-server's `/slots` (its parallel slots) when it is enabled.
-Runs in a worker thread (sync httpx) and never raises for network trouble: it reports it.
+
+A probe costs its few GETs and nothing more: a `Prober` keeps one session whose connections are
+reused probe after probe, and asks what a node can do (`/api/show`, `/props`, an empty
+`/v1/embeddings`) only when the node's model list changed, when it came back from being down, or
+every `RELEARN_SECONDS` (a restart with other options between two probes). Probes are coroutines
+on the event loop: a hung node holds its own probe, never another's. A probe never raises for
+network trouble: it reports it.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import time
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
-import httpx
+import aiohttp
+import attrs
 
 from sollol.models import Backend, HealthReport
 
 from . import node_capabilities
 from .node_discovery import OLLAMA, OPENAI, base_url
+from .node_http import NodeClient, new_session
+
+RELEARN_SECONDS = 600.0
+"""What a node can do is asked again at least this often even when its models stay the same."""
 
 
 class _NotThisApi(Exception):
     """The server answered, but not in this dialect (e.g. 404 on /api/version)."""
 
 
+@attrs.frozen
+class Learned:
+    """What a node can do, and the model list it was learned for."""
+
+    models: tuple[Any, ...]
+    at: float
+    extra: dict[str, Any]
+    """The report fields it gives: `capabilities`, `server`, `details`."""
+
+
+@attrs.define(eq=False)
+class Prober:
+    """Probes nodes over one shared session; owned by a pool route, closed when it stops.
+
+    Bounded: one `Learned` and one detected dialect per node probed, dropped by `retain` when
+    the node leaves the pool, and one idle connection per node.
+    """
+
+    interval: float = 5.0
+    """The probe interval (idle connections are kept past the next probe)."""
+    _session: aiohttp.ClientSession | None = None
+    _learned: dict[str, Learned] = attrs.field(factory=dict)
+    _dialect: dict[str, str] = attrs.field(factory=dict)
+    """For nodes whose dialect is detected: the one that answered last (tried first)."""
+
+    async def check(self, backend: Backend, timeout: float) -> HealthReport:
+        """Probe one node in its dialect (trying both when its address asked for detection),
+        within `timeout` seconds in all."""
+        if self._session is None:
+            self._session = new_session(self.interval)
+        client = NodeClient(self._session, base_url(backend),
+                            {"Accept": "application/json", **backend.auth_headers()})
+        order = [OLLAMA, OPENAI] if backend.kind == OLLAMA else [OPENAI]
+        if backend.labels.get("detect") != "1":
+            order = order[:1]
+        elif self._dialect.get(backend.id) == OPENAI:
+            order.reverse()
+        report = await self._check(client, backend, order, timeout)
+        if not report.healthy:
+            self._learned.pop(backend.id, None)  # when it is back it may have restarted with other options
+        return report
+
+    async def _check(self, client: NodeClient, backend: Backend, order: list[str],
+                     timeout: float) -> HealthReport:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                for api in order:
+                    try:
+                        probe = _ollama if api == OLLAMA else _openai
+                        report = await probe(client, backend, started, self)
+                    except _NotThisApi as exc:
+                        last = str(exc)
+                        continue
+                    if len(order) > 1:
+                        self._dialect[backend.id] = api
+                    return report
+                return HealthReport(backend.id, healthy=False, detail=f"not a known API: {last}")
+        except TimeoutError:
+            return HealthReport(backend.id, healthy=False,
+                                detail=f"probe timed out after {timeout}s")
+        except aiohttp.ClientError as exc:
+            return HealthReport(backend.id, healthy=False, detail=_describe(exc))
+        except ValueError as exc:  # a body that is not the JSON the API documents
+            return HealthReport(backend.id, healthy=False, detail=f"bad reply: {exc}")
+
+    async def learned(self, node: str, models: tuple[Any, ...],
+                      learn: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """What `node` can do: remembered while its models stay `models`, else `await learn()`.
+        A failed look is not a sick node: nothing is reported, and the next probe asks again."""
+        known = self._learned.get(node)
+        now = time.monotonic()
+        if known is not None and known.models == models and now - known.at < RELEARN_SECONDS:
+            return known.extra
+        try:
+            extra = await learn()
+        except (aiohttp.ClientError, ValueError):
+            return {}
+        self._learned[node] = Learned(models, now, extra)
+        return extra
+
+    def retain(self, nodes: Collection[str]) -> None:
+        """Forget nodes not in `nodes` (a container of node ids)."""
+        for table in (self._learned, self._dialect):
+            if len(table) > len(nodes):
+                for gone in [n for n in table if n not in nodes]:
+                    del table[gone]
+
+    def sizes(self) -> dict[str, int]:
+        """Entries per table (what the soak test checks for growth)."""
+        return {"learned": len(self._learned), "dialect": len(self._dialect)}
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
 def check(backend: Backend, timeout: float) -> HealthReport:
-    """Probe one node in its dialect (trying both when its address asked for detection)."""
-    url = base_url(backend)
-    detect = backend.labels.get("detect") == "1"
-    order = [OLLAMA, OPENAI] if backend.kind == OLLAMA else [OPENAI]
-    if not detect:
-        order = order[:1]
-    started = time.perf_counter()
-    try:
-        with httpx.Client(base_url=url, timeout=timeout, trust_env=False,
-                          headers=backend.auth_headers()) as client:
-            for api in order:
-                try:
-                    return (_ollama if api == OLLAMA else _openai)(client, backend, started)
-                except _NotThisApi as exc:
-                    last = str(exc)
-            return HealthReport(backend.id, healthy=False, detail=f"not a known API: {last}")
-    except httpx.TimeoutException:
-        return HealthReport(backend.id, healthy=False, detail=f"probe timed out after {timeout}s")
-    except httpx.HTTPError as exc:
-        return HealthReport(backend.id, healthy=False, detail=_describe(exc))
-    except ValueError as exc:  # a body that is not the JSON the API documents
-        return HealthReport(backend.id, healthy=False, detail=f"bad reply: {exc}")
+    """One probe from a thread that runs no event loop (the `sollol_check_health` hook)."""
+    async def once() -> HealthReport:
+        prober = Prober()
+        try:
+            return await prober.check(backend, timeout)
+        finally:
+            await prober.close()
+
+    return asyncio.run(once())
 
 
-def _describe(exc: httpx.HTTPError) -> str:
-    if isinstance(exc, httpx.ConnectError):
-        return f"connection failed: {exc}" if str(exc) else "connection failed"
+def _describe(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"connection failed: {exc.os_error.strerror or exc}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection failed: the node closed the connection"
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return f"connection failed: {exc}"
     return f"{type(exc).__name__}: {exc}"
 
 
-def _get(client: httpx.Client, path: str) -> httpx.Response:
-    return client.get(path, headers={"Accept": "application/json"})
-
-
-def _ollama(client: httpx.Client, backend: Backend, started: float) -> HealthReport:
-    version = _get(client, "/api/version")
+async def _ollama(client: NodeClient, backend: Backend, started: float,
+                  prober: Prober) -> HealthReport:
+    version = await client.get("/api/version")
     latency = time.perf_counter() - started
-    if version.status_code == 404:
+    if version.status == 404:
         raise _NotThisApi("GET /api/version: HTTP 404")
-    if version.status_code != 200:
+    if version.status != 200:
         return HealthReport(backend.id, healthy=False, latency_s=latency,
-                            detail=f"GET /api/version: HTTP {version.status_code}")
-    tags, ps = _get(client, "/api/tags"), _get(client, "/api/ps")
+                            detail=f"GET /api/version: HTTP {version.status}")
+    tags, ps = await client.get("/api/tags"), await client.get("/api/ps")
     for path, reply in (("/api/tags", tags), ("/api/ps", ps)):
-        if reply.status_code != 200:
+        if reply.status != 200:
             return HealthReport(backend.id, healthy=False, latency_s=latency,
-                                detail=f"GET {path}: HTTP {reply.status_code}")
+                                detail=f"GET {path}: HTTP {reply.status}")
     tag_entries = _entries(tags.json())
     ps_entries = _entries(ps.json())
     vram = sum(int(e.get("size_vram") or 0) for e in ps_entries)
     extra: dict[str, Any] = {"api": OLLAMA, "tags": tag_entries, "ps": ps_entries,
                              "vram_used": vram, "server": "ollama"}
-    # what a node can do is learned as it goes: a failed look is not a sick node
-    with contextlib.suppress(httpx.HTTPError):
-        extra["capabilities"] = node_capabilities.ollama_models(client, backend.id, tag_entries)
+    models = tuple((_name(e), str(e.get("digest") or "")) for e in tag_entries)
+
+    async def learn() -> dict[str, Any]:
+        found = await node_capabilities.ollama_models(client, backend.id, tag_entries)
+        return {"capabilities": found}
+
+    extra.update(await prober.learned(backend.id, models, learn))
     return HealthReport(
         backend.id, healthy=True, latency_s=latency, detail="ok",
         version=str(version.json().get("version", "")),
@@ -89,37 +191,42 @@ def _ollama(client: httpx.Client, backend: Backend, started: float) -> HealthRep
     )
 
 
-def _openai(client: httpx.Client, backend: Backend, started: float) -> HealthReport:
-    health = _get(client, "/health")
+async def _openai(client: NodeClient, backend: Backend, started: float,
+                  prober: Prober) -> HealthReport:
+    health = await client.get("/health")
     latency = time.perf_counter() - started
-    if health.status_code == 503:
+    if health.status == 503:
         return HealthReport(backend.id, healthy=False, latency_s=latency,
                             detail="GET /health: 503 (loading the model)")
-    if health.status_code not in (200, 404):
+    if health.status not in (200, 404):
         return HealthReport(backend.id, healthy=False, latency_s=latency,
-                            detail=f"GET /health: HTTP {health.status_code}")
-    models = _get(client, "/v1/models")
-    if models.status_code == 404:
+                            detail=f"GET /health: HTTP {health.status}")
+    models = await client.get("/v1/models")
+    if models.status == 404:
         raise _NotThisApi("GET /v1/models: HTTP 404")
-    if models.status_code != 200:
+    if models.status != 200:
         return HealthReport(backend.id, healthy=False, latency_s=latency,
-                            detail=f"GET /v1/models: HTTP {models.status_code}")
+                            detail=f"GET /v1/models: HTTP {models.status}")
     data = models.json().get("data")
     if not isinstance(data, list):
         raise ValueError("/v1/models has no data list")
     ids = tuple(str(m["id"]) for m in data if isinstance(m, dict) and "id" in m)
     meta = {str(m["id"]): m.get("meta") or {} for m in data if isinstance(m, dict) and "id" in m}
     extra: dict[str, Any] = {"api": OPENAI, "meta": meta}
-    slots = _get(client, "/slots")
-    if slots.status_code == 200 and isinstance(slots.json(), list):
-        busy = [s for s in slots.json() if isinstance(s, dict) and s.get("is_processing")]
-        extra.update(slots=len(slots.json()), slots_busy=len(busy))
-    try:
-        extra["server"], found, extra["details"] = node_capabilities.openai_server(client)
+    slots = await client.get("/slots")
+    listed = slots.json() if slots.status == 200 else None
+    if isinstance(listed, list):
+        busy = [s for s in listed if isinstance(s, dict) and s.get("is_processing")]
+        extra.update(slots=len(listed), slots_busy=len(busy))
+
+    async def learn() -> dict[str, Any]:
+        server, found, details = await node_capabilities.openai_server(client)
+        learned: dict[str, Any] = {"server": server, "details": details}
         if found is not None:
-            extra["capabilities"] = {"": found}
-    except httpx.HTTPError:
-        pass
+            learned["capabilities"] = {"": found}
+        return learned
+
+    extra.update(await prober.learned(backend.id, ids, learn))
     return HealthReport(backend.id, healthy=True, latency_s=latency, detail="ok",
                         models=ids, loaded_models=ids, extra=extra)
 

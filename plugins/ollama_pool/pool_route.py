@@ -25,7 +25,8 @@ from sollol.routes import POOL, Lease, Placement
 from . import catalog, placing
 from .manage import ModelManager
 from .node import Node
-from .node_discovery import pool_dialects
+from .node_discovery import KINDS, pool_dialects
+from .node_probe import Prober
 from .pool_members import PoolMembers
 from .pool_scheduler import PoolScheduler
 from .pool_settings import SETTINGS, PoolSettings
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("sollol.pool")
 _MAX_CACHED = 1024
 """Most models whose tables and metadata are kept (the least recently refreshed go first)."""
+PROBE_SLACK = 0.05
+"""A node due within this share of `health_interval` is probed with the nodes due now."""
 
 
 @attrs.define(eq=False)
@@ -54,6 +57,9 @@ class PoolRoute:
     _stopping: bool = False
     _wake: asyncio.Event = attrs.field(factory=asyncio.Event)
     _info: dict[str, tuple[float, ModelInfo | None]] = attrs.field(factory=dict)
+    _prober: Prober = attrs.field(init=False)
+    _probing: dict[str, asyncio.Task[None]] = attrs.field(factory=dict)
+    """Background probes in flight, by node id (at most one per node)."""
 
     def __attrs_post_init__(self) -> None:
         self.settings = PoolSettings.from_config(self.cluster.config)
@@ -62,6 +68,7 @@ class PoolRoute:
                                    probe=self.probe, changed=self._members_changed)
         self.scheduler = PoolScheduler(self.members, self.settings, probe_soon=self._probe_soon)
         self.management = ModelManager(self.members.nodes, self.settings, refresh=self.probe)
+        self._prober = Prober(self.settings.health_interval)
 
     @property
     def nodes(self) -> dict[str, Node]:
@@ -84,43 +91,79 @@ class PoolRoute:
         self._stopping = True
         if self._task is not None:
             self._wake.set()
-            try:  # the loop ends at its next check; a probe in flight takes <= its timeout
+            try:  # the loop ends at its next check; it never waits for a probe
                 await asyncio.wait({self._task}, timeout=self.settings.health_timeout * 2 + 1)
             finally:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
             self._task = None
+        probing = list(self._probing.values())
+        for task in probing:
+            task.cancel()
+        await asyncio.gather(*probing, return_exceptions=True)
+        await self._prober.close()
         self.scheduler.stop()
 
     async def probe(self, nodes: list[Node]) -> None:
-        """Probe nodes concurrently (each in a worker thread), then apply the results."""
-        timeout = self.settings.health_timeout
-        reports = await asyncio.gather(*(asyncio.to_thread(self._check, n, timeout)
-                                         for n in nodes))
+        """Probe nodes now, concurrently, then apply the results. A background probe of one of
+        them still in flight started earlier: it is cancelled, its answer would be older."""
+        for node in nodes:
+            task = self._probing.pop(node.id, None)
+            if task is not None:
+                task.cancel()
+        reports = await asyncio.gather(*(self._check(n) for n in nodes))
         now = time.monotonic()
         changed = [node for node, report in zip(nodes, reports, strict=True)
                    if self.scheduler.apply(node, report, now)]
         self.scheduler.wake(changed)
 
-    def _check(self, node: Node, timeout: float) -> HealthReport:
+    async def _check(self, node: Node) -> HealthReport:
+        """Our kinds: the shared prober, on this loop. Another plugin's kind that the pool
+        serves: its `sollol_check_health` hook, in a worker thread."""
         try:
-            report = self.cluster.pm.hook.sollol_check_health(backend=node.backend,
-                                                              timeout=timeout)
+            if node.backend.kind in KINDS:
+                return await self._prober.check(node.backend, self.settings.health_timeout)
+            report = await asyncio.to_thread(self.cluster.pm.hook.sollol_check_health,
+                                             backend=node.backend,
+                                             timeout=self.settings.health_timeout)
         except Exception as exc:  # a probe hook must not take the pool down
             log.exception("health probe of %s failed", node.id)
             return HealthReport(node.id, healthy=False, detail=f"probe error: {exc}")
         return report or HealthReport(node.id, healthy=False, detail="no probe for this kind")
 
+    async def _probe_in_background(self, node: Node) -> None:
+        try:
+            report = await self._check(node)
+        finally:
+            if self._probing.get(node.id) is asyncio.current_task():
+                del self._probing[node.id]
+        if self.nodes.get(node.id) is not node:
+            return  # removed while it was probed
+        if self.scheduler.apply(node, report, time.monotonic()):
+            self.scheduler.wake([node])
+
     async def _health_loop(self) -> None:
+        """Start each due node's probe as a task of its own and never wait for one: a hung
+        node holds only its own next probe (at most `pool_health_timeout` late)."""
         while not self._stopping:
-            self._wake.clear()  # before probing: a stop or a failure reported meanwhile counts
+            self._wake.clear()  # before looking: a stop or a failure reported meanwhile counts
             now = time.monotonic()
-            due = [n for n in self.nodes.values() if now >= n.next_probe]
-            if due:
-                await self.probe(due)
-            upcoming = min((n.next_probe for n in self.nodes.values()), default=now + 1.0)
-            pause = min(max(upcoming - time.monotonic(), 0.02), self.settings.health_interval)
+            upcoming = now + self.settings.health_interval
+            # nodes due within the slack go now too: probed together, they come due together
+            # again, so the loop wakes a few times per interval, not once per node
+            soon = now + PROBE_SLACK * self.settings.health_interval
+            for node in self.nodes.values():
+                if node.id in self._probing:
+                    continue
+                # (an ejected node's probe waits for the ejection's end: it readmits only then)
+                if (now if node.readmit_pending else soon) >= node.next_probe:
+                    self._probing[node.id] = asyncio.create_task(
+                        self._probe_in_background(node), name=f"sollol-probe-{node.id}")
+                else:
+                    upcoming = min(upcoming, node.next_probe)
+            self._prober.retain(self.nodes)
+            pause = max(upcoming - time.monotonic(), 0.02)
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(pause):

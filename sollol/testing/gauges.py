@@ -37,6 +37,22 @@ def rss_kib(pid: int | str = "self") -> int:
     return 0
 
 
+def peak_rss_kib(pid: int | str = "self") -> int:
+    """The process's resident set high-water mark (VmHWM)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """CPU time the process has used, user and system, all its threads."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def open_fds(pid: int | str = "self") -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 

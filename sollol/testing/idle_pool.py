@@ -61,13 +61,14 @@ def start_fleet(group: ProcessGroup, count: int, model: str = "m",
 
 def start_gateway(group: ProcessGroup, nodes: Sequence[str], interval: float,
                   probe_timeout: float = 2.0, name: str = "gateway",
-                  ) -> tuple[str, ManagedProcess]:
-    """`sollol run` over `nodes` (pool route only) probing every `interval` seconds."""
+                  env: dict[str, str] | None = None) -> tuple[str, ManagedProcess]:
+    """`sollol run` over `nodes` (pool route only) probing every `interval` seconds; `env`
+    adds to its environment."""
     port = free_port()
     env = {**os.environ, "SOLLOL_OLLAMA_NODES": ",".join(nodes),
            "SOLLOL_HEALTH_INTERVAL": str(interval),
            "SOLLOL_POOL_HEALTH_TIMEOUT": str(probe_timeout),
-           "SOLLOL_MODEL_SHARDING_ENABLED": "false", "SOLLOL_LOG_LEVEL": "warning"}
+           "SOLLOL_MODEL_SHARDING_ENABLED": "false", **(env or {})}
     proc = group.start(name, [sys.executable, "-m", "sollol", "run", "--port", str(port)],
                        env=env)
     url = f"http://127.0.0.1:{port}"

@@ -75,7 +75,7 @@ class Prober:
             order.reverse()
         report = await self._check(client, backend, order, timeout)
         if not report.healthy:
-            self._learned.pop(backend.id, None)  # when it is back it may have restarted with other options
+            self._learned.pop(backend.id, None)  # back later, it may have other options
         return report
 
     async def _check(self, client: NodeClient, backend: Backend, order: list[str],

@@ -21,6 +21,8 @@ from . import layers, procs
 from .plan import Plan
 
 STARTING, READY, FAILED, STOPPED = "starting", "ready", "failed", "stopped"
+LOG_MAX_BYTES = 16 * 1024 * 1024
+"""A model's coordinator log is kept under this (and one previous part, `<model>.log.1`)."""
 _LOADED = re.compile(r"llama_server: model loaded|main: model loaded")
 _REASONS = (
     (re.compile(r"Failed to connect to (\S+)"), "could not connect to rpc-server {0}"),
@@ -101,11 +103,17 @@ class Coordinator:
               verbose: bool = False) -> None:
         """Spawn the process (from the event loop's thread: see `procs.spawn`)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        procs.bound_log(self.log_path, LOG_MAX_BYTES)  # the runs before this one
         with self.log_path.open("a") as out:
             out.write(f"\n==== sollol: starting coordinator #{self.generation} for {self.model} "
                       f"on {', '.join(self.plan.addresses)} at {time.ctime()} ====\n")
         self.log_offset = self.log_path.stat().st_size
         self.proc = procs.spawn(self.argv(llama_server, ctx_size, extra, verbose), self.log_path)
+
+    def bound_log(self) -> None:
+        """Keep this run's log under LOG_MAX_BYTES (llama-server logs every request)."""
+        if procs.bound_log(self.log_path, LOG_MAX_BYTES):
+            self.log_offset = 0
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -11,13 +11,14 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
 
 from sollol.core.processes import die_with_parent, free_port, terminate
 
-__all__ = ["free_port", "kill", "read_pid_files", "reap_orphans", "spawn", "terminate",
+__all__ = ["bound_log", "free_port", "kill", "read_pid_files", "reap_orphans", "spawn", "terminate",
            "write_pid_file"]
 
 log = logging.getLogger("sollol.sharding")
@@ -35,6 +36,20 @@ def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None) ->
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True, preexec_fn=die_with_parent,
         )
+
+
+def bound_log(path: Path, max_bytes: int) -> bool:
+    """Past `max_bytes`, copy the log to `<name>.1` (dropping the copy before) and empty it;
+    True when it did. A child that appends (O_APPEND, as `spawn` opens it) writes on from the
+    start of the emptied file."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+        shutil.copyfile(path, path.with_name(path.name + ".1"))
+        os.truncate(path, 0)
+    except OSError:
+        return False
+    return True
 
 
 def kill(proc: subprocess.Popen) -> None:

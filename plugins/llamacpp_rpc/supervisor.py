@@ -210,6 +210,7 @@ class Supervisor:
         for coord in list(self.coordinators.values()):
             if coord.state in (STARTING, READY) and coord.alive():
                 await self._watch_links(coord)
+                coord.bound_log()
             if coord.state == STARTING and coord.proc is not None and coord.alive():
                 delivered = await asyncio.to_thread(sockets.bytes_delivered, coord.proc.pid)
                 coord.note_upload(delivered, sockets.resolve)

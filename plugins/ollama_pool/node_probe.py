@@ -1,13 +1,15 @@
 """Health probes for pool nodes: Ollama's API, or an OpenAI-compatible server's.
 
-Ollama: `/api/version` (alive), `/api/tags` (models on disk), `/api/ps` (loaded models, VRAM).
+Ollama: `/api/tags` (models on disk), `/api/ps` (loaded models, VRAM), and `/api/version` on a
+first look (it tells Ollama from other servers, and its version changes only with a restart).
 OpenAI-compatible: `/health` (llama-server and vLLM; 503 while loading), `/v1/models`, and
 llama-server's `/slots` (its parallel slots) when it is enabled.
 
 A probe costs its few GETs and nothing more: a `Prober` keeps one session whose connections are
-reused probe after probe, and asks what a node can do (`/api/show`, `/props`, an empty
-`/v1/embeddings`) only when the node's model list changed, when it came back from being down, or
-every `RELEARN_SECONDS` (a restart with other options between two probes). Probes are coroutines
+reused probe after probe, and takes a first look (Ollama's version; what a node can do:
+`/api/show`, `/props`, an empty `/v1/embeddings`) only when the node is new, came back from being
+down, or every `RELEARN_SECONDS` (a restart between two probes); what it can do is also asked
+again when its model list changed. Probes are coroutines
 on the event loop: a hung node holds its own probe, never another's. A probe never raises for
 network trouble: it reports it.
 """
@@ -44,6 +46,8 @@ class Learned:
     at: float
     extra: dict[str, Any]
     """The report fields it gives: `capabilities`, `server`, `details`."""
+    version: str = ""
+    """Ollama's version (it changes only with a restart, which `RELEARN_SECONDS` bounds)."""
 
 
 @attrs.define(eq=False)
@@ -102,19 +106,26 @@ class Prober:
         except ValueError as exc:  # a body that is not the JSON the API documents
             return HealthReport(backend.id, healthy=False, detail=f"bad reply: {exc}")
 
+    def recall(self, node: str) -> Learned | None:
+        """What was learned of `node`, unless it is time to look again."""
+        known = self._learned.get(node)
+        if known is None or time.monotonic() - known.at >= RELEARN_SECONDS:
+            return None
+        return known
+
     async def learned(self, node: str, models: tuple[Any, ...],
-                      learn: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+                      learn: Callable[[], Awaitable[dict[str, Any]]],
+                      version: str = "") -> dict[str, Any]:
         """What `node` can do: remembered while its models stay `models`, else `await learn()`.
         A failed look is not a sick node: nothing is reported, and the next probe asks again."""
-        known = self._learned.get(node)
-        now = time.monotonic()
-        if known is not None and known.models == models and now - known.at < RELEARN_SECONDS:
+        known = self.recall(node)
+        if known is not None and known.models == models:
             return known.extra
         try:
             extra = await learn()
         except (aiohttp.ClientError, ValueError):
             return {}
-        self._learned[node] = Learned(models, now, extra)
+        self._learned[node] = Learned(models, time.monotonic(), extra, version)
         return extra
 
     def retain(self, nodes: Collection[str]) -> None:
@@ -158,14 +169,22 @@ def _describe(exc: aiohttp.ClientError) -> str:
 
 async def _ollama(client: NodeClient, backend: Backend, started: float,
                   prober: Prober) -> HealthReport:
-    version = await client.get("/api/version")
-    latency = time.perf_counter() - started
-    if version.status == 404:
-        raise _NotThisApi("GET /api/version: HTTP 404")
-    if version.status != 200:
-        return HealthReport(backend.id, healthy=False, latency_s=latency,
-                            detail=f"GET /api/version: HTTP {version.status}")
-    tags, ps = await client.get("/api/tags"), await client.get("/api/ps")
+    known = prober.recall(backend.id)
+    if known is None:  # a first look (or a fresh one): is it Ollama, which version
+        reply = await client.get("/api/version")
+        latency = time.perf_counter() - started
+        if reply.status == 404:
+            raise _NotThisApi("GET /api/version: HTTP 404")
+        if reply.status != 200:
+            return HealthReport(backend.id, healthy=False, latency_s=latency,
+                                detail=f"GET /api/version: HTTP {reply.status}")
+        version = str(reply.json().get("version", ""))
+    else:  # known alive and Ollama: its model lists say whether it still is
+        version = known.version
+    tags = await client.get("/api/tags")
+    if known is not None:
+        latency = time.perf_counter() - started
+    ps = await client.get("/api/ps")
     for path, reply in (("/api/tags", tags), ("/api/ps", ps)):
         if reply.status != 200:
             return HealthReport(backend.id, healthy=False, latency_s=latency,
@@ -181,10 +200,9 @@ async def _ollama(client: NodeClient, backend: Backend, started: float,
         found = await node_capabilities.ollama_models(client, backend.id, tag_entries)
         return {"capabilities": found}
 
-    extra.update(await prober.learned(backend.id, models, learn))
+    extra.update(await prober.learned(backend.id, models, learn, version))
     return HealthReport(
-        backend.id, healthy=True, latency_s=latency, detail="ok",
-        version=str(version.json().get("version", "")),
+        backend.id, healthy=True, latency_s=latency, detail="ok", version=version,
         models=tuple(_name(e) for e in tag_entries),
         loaded_models=tuple(_name(e) for e in ps_entries),
         extra=extra,

@@ -26,7 +26,7 @@ class Reading:
     rss_kib: int
     peak_kib: int
     probes: int
-    """`GET /api/version` requests all nodes have had (one per Ollama probe)."""
+    """`GET /api/ps` requests all nodes have had (one per Ollama probe)."""
 
     def __sub__(self, other: Reading) -> Reading:
         return Reading(self.at - other.at, self.cpu_s - other.cpu_s,
@@ -77,11 +77,11 @@ def start_gateway(group: ProcessGroup, nodes: Sequence[str], interval: float,
 
 
 def probes(nodes: Sequence[str], client: httpx.Client) -> int:
-    """Probes the nodes have answered so far (their `/api/version` requests)."""
+    """Probes the nodes have answered so far (their `/api/ps` requests: every probe asks it)."""
     total = 0
     for node in nodes:
         stats = client.get(f"http://{node}/_emulator/stats").json()
-        total += int(stats["requests"].get("/api/version", 0))
+        total += int(stats["requests"].get("/api/ps", 0))
     return total
 
 

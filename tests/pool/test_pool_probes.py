@@ -112,7 +112,8 @@ async def test_probes_reuse_one_connection_and_ask_show_once_per_model(emulator)
                                                                              "b:latest"}
         assert connections_to({node.port}) == 1  # kept open between probes, and only one
         requests = node.stats()["requests"]
-        assert requests["/api/version"] == 10 and requests["/api/show"] == 2
+        assert requests["/api/tags"] == 10 and requests["/api/ps"] == 10
+        assert requests["/api/version"] == 1 and requests["/api/show"] == 2  # on the first look
     finally:
         await prober.close()
     assert connections_to({node.port}) == 0
@@ -127,8 +128,8 @@ async def test_a_hung_node_delays_no_other_nodes_probes(emulator):
     try:
         stuck.set_faults(hang=True, scope="all")
         await wait_for(lambda: stuck.stats()["in_flight"] == 1)  # its probe waits for an answer
-        before = good.stats()["requests"]["/api/version"]
-        await wait_for(lambda: good.stats()["requests"]["/api/version"] >= before + 5)
+        before = good.stats()["requests"]["/api/ps"]
+        await wait_for(lambda: good.stats()["requests"]["/api/ps"] >= before + 5)
         # five rounds of the good node's probes came and went while that one probe hung
         assert stuck.stats()["in_flight"] == 1
         assert cluster.routes[POOL].nodes[good.address].healthy

@@ -101,9 +101,9 @@ async def test_no_table_grows_with_probes():
             route = cluster.routes[POOL]
 
             async def after(probes: int) -> tuple[dict[str, int], int]:
-                target = await asyncio.to_thread(fleet.requests, "/api/version") + probes
+                target = await asyncio.to_thread(fleet.requests, "/api/ps") + probes
                 deadline = time.monotonic() + GIVE_UP_S
-                while await asyncio.to_thread(fleet.requests, "/api/version") < target:
+                while await asyncio.to_thread(fleet.requests, "/api/ps") < target:
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.2)
                 return {**tables(cluster), **tables(route)}, len(asyncio.all_tasks())

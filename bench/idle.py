@@ -80,7 +80,8 @@ def measure(count: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         after_low, after_high = watch_rss(proc.pid, args.after)
         return {
             "nodes": count, "interval_s": args.interval, "idle_s": round(idle.at, 1),
-            "probes": idle.probes, "ms_per_probe": round(idle.ms_per_probe, 3),
+            "probes": idle.probes, "idle_cpu_s": round(idle.cpu_s, 2),
+            "ms_per_probe": round(idle.ms_per_probe, 3),
             "idle_core_pct": round(100 * idle.core_share, 2),
             "rss_start_mib": round(started_kib / 1024, 1),
             "rss_idle_min_mib": round(low / 1024, 1), "rss_idle_max_mib": round(high / 1024, 1),
@@ -90,6 +91,15 @@ def measure(count: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "rss_after_load_min_mib": round(after_low / 1024, 1),
             "rss_after_load_max_mib": round(after_high / 1024, 1),
         }
+
+
+def per_probe(rows: list[dict[str, Any]]) -> float:
+    """Milliseconds of CPU per probe: the least-squares slope of CPU seconds over probes."""
+    xs = [r["probes"] for r in rows]
+    ys = [r["idle_cpu_s"] for r in rows]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mx) ** 2 for x in xs)
+    return 1000 * sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / spread
 
 
 def main() -> int:
@@ -116,8 +126,12 @@ def main() -> int:
               f"{r['rss_after_load_min_mib']:>5.1f}-{r['rss_after_load_max_mib']:<5.1f}MB")
     print(f"(health_interval {args.interval:g} s; idle CPU as a share of one core over "
           f"{args.seconds:g} s; load: {args.concurrency} clients for {args.load_seconds:g} s)")
-    ok = all(r["ms_per_probe"] <= GOAL_MS_PER_PROBE for r in rows)
-    print(f"{'PASS' if ok else 'FAIL'}: gateway CPU per probe <= {GOAL_MS_PER_PROBE} ms")
+    # idle CPU = what the gateway spends anyway + probes x cost per probe: the slope over the
+    # sizes is the probes' own cost (at 8 nodes the first term is most of ms_per_probe)
+    marginal = per_probe(rows) if len(rows) > 1 else rows[0]["ms_per_probe"]
+    ok = marginal <= GOAL_MS_PER_PROBE
+    print(f"{'PASS' if ok else 'FAIL'}: gateway CPU per probe {marginal:.3f} ms "
+          f"(<= {GOAL_MS_PER_PROBE} ms; the slope of idle CPU over probes across the sizes)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0 if ok else 1

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import httpx
 import pytest
+from sollol_plugins.ollama_pool import node, node_capabilities
 
 from sollol.core.router import POOL
 from sollol.core.runtime import ClusterRuntime
@@ -106,7 +107,10 @@ async def test_no_table_grows_with_probes():
                 while await asyncio.to_thread(fleet.requests, "/api/ps") < target:
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.2)
-                return {**tables(cluster), **tables(route)}, len(asyncio.all_tasks())
+                caches = {"show_cache": len(node_capabilities._show_cache),
+                          "model_names": node.model_names.cache_info().currsize}
+                return ({**tables(cluster), **tables(route), **caches},
+                        len(asyncio.all_tasks()))
 
             before, tasks_before = await after(10 * NODES)
             later, tasks_later = await after(WARMUP_PROBES)

@@ -34,6 +34,15 @@ RELEARN_SECONDS = 600.0
 """What a node can do is asked again at least this often even when its models stay the same."""
 
 
+@attrs.frozen
+class Lesson:
+    """What a good probe saw of a node's models, and how to ask what it can do with them."""
+
+    models: tuple[Any, ...]
+    learn: Callable[[], Awaitable[dict[str, Any]]]
+    version: str = ""
+
+
 class _NotThisApi(Exception):
     """The server answered, but not in this dialect (e.g. 404 on /api/version)."""
 
@@ -90,14 +99,16 @@ class Prober:
                 for api in order:
                     try:
                         probe = _ollama if api == OLLAMA else _openai
-                        report = await probe(client, backend, started, self)
+                        report, lesson = await probe(client, backend, started, self)
                     except _NotThisApi as exc:
                         last = str(exc)
                         continue
                     if len(order) > 1:
                         self._dialect[backend.id] = api
-                    return report
-                return HealthReport(backend.id, healthy=False, detail=f"not a known API: {last}")
+                    break
+                else:
+                    return HealthReport(backend.id, healthy=False,
+                                        detail=f"not a known API: {last}")
         except TimeoutError:
             return HealthReport(backend.id, healthy=False,
                                 detail=f"probe timed out after {timeout}s")
@@ -105,6 +116,11 @@ class Prober:
             return HealthReport(backend.id, healthy=False, detail=_describe(exc))
         except ValueError as exc:  # a body that is not the JSON the API documents
             return HealthReport(backend.id, healthy=False, detail=f"bad reply: {exc}")
+        if lesson is None:
+            return report
+        # outside the probe's time: a slow /api/show makes no node look down
+        learned = await self._learn(backend.id, lesson, timeout)
+        return attrs.evolve(report, extra={**report.extra, **learned}) if learned else report
 
     def recall(self, node: str) -> Learned | None:
         """What was learned of `node`, unless it is time to look again."""
@@ -113,19 +129,18 @@ class Prober:
             return None
         return known
 
-    async def learned(self, node: str, models: tuple[Any, ...],
-                      learn: Callable[[], Awaitable[dict[str, Any]]],
-                      version: str = "") -> dict[str, Any]:
-        """What `node` can do: remembered while its models stay `models`, else `await learn()`.
-        A failed look is not a sick node: nothing is reported, and the next probe asks again."""
+    async def _learn(self, node: str, lesson: Lesson, timeout: float) -> dict[str, Any]:
+        """What `node` can do: remembered while its models stay the same, else asked. A failed
+        look is not a sick node: nothing is reported, and the next probe asks again."""
         known = self.recall(node)
-        if known is not None and known.models == models:
+        if known is not None and known.models == lesson.models:
             return known.extra
         try:
-            extra = await learn()
-        except (aiohttp.ClientError, ValueError):
+            async with asyncio.timeout(timeout):
+                extra = await lesson.learn()
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             return {}
-        self._learned[node] = Learned(models, time.monotonic(), extra, version)
+        self._learned[node] = Learned(lesson.models, time.monotonic(), extra, lesson.version)
         return extra
 
     def retain(self, nodes: Collection[str]) -> None:
@@ -168,7 +183,7 @@ def _describe(exc: aiohttp.ClientError) -> str:
 
 
 async def _ollama(client: NodeClient, backend: Backend, started: float,
-                  prober: Prober) -> HealthReport:
+                  prober: Prober) -> tuple[HealthReport, Lesson | None]:
     known = prober.recall(backend.id)
     if known is None:  # a first look (or a fresh one): is it Ollama, which version
         reply = await client.get("/api/version")
@@ -177,7 +192,7 @@ async def _ollama(client: NodeClient, backend: Backend, started: float,
             raise _NotThisApi("GET /api/version: HTTP 404")
         if reply.status != 200:
             return HealthReport(backend.id, healthy=False, latency_s=latency,
-                                detail=f"GET /api/version: HTTP {reply.status}")
+                                detail=f"GET /api/version: HTTP {reply.status}"), None
         version = str(reply.json().get("version", ""))
     else:  # known alive and Ollama: its model lists say whether it still is
         version = known.version
@@ -188,7 +203,7 @@ async def _ollama(client: NodeClient, backend: Backend, started: float,
     for path, reply in (("/api/tags", tags), ("/api/ps", ps)):
         if reply.status != 200:
             return HealthReport(backend.id, healthy=False, latency_s=latency,
-                                detail=f"GET {path}: HTTP {reply.status}")
+                                detail=f"GET {path}: HTTP {reply.status}"), None
     tag_entries = _entries(tags.json())
     ps_entries = _entries(ps.json())
     vram = sum(int(e.get("size_vram") or 0) for e in ps_entries)
@@ -200,31 +215,30 @@ async def _ollama(client: NodeClient, backend: Backend, started: float,
         found = await node_capabilities.ollama_models(client, backend.id, tag_entries)
         return {"capabilities": found}
 
-    extra.update(await prober.learned(backend.id, models, learn, version))
     return HealthReport(
         backend.id, healthy=True, latency_s=latency, detail="ok", version=version,
         models=tuple(_name(e) for e in tag_entries),
         loaded_models=tuple(_name(e) for e in ps_entries),
         extra=extra,
-    )
+    ), Lesson(models, learn, version)
 
 
 async def _openai(client: NodeClient, backend: Backend, started: float,
-                  prober: Prober) -> HealthReport:
+                  prober: Prober) -> tuple[HealthReport, Lesson | None]:
     health = await client.get("/health")
     latency = time.perf_counter() - started
     if health.status == 503:
         return HealthReport(backend.id, healthy=False, latency_s=latency,
-                            detail="GET /health: 503 (loading the model)")
+                            detail="GET /health: 503 (loading the model)"), None
     if health.status not in (200, 404):
         return HealthReport(backend.id, healthy=False, latency_s=latency,
-                            detail=f"GET /health: HTTP {health.status}")
+                            detail=f"GET /health: HTTP {health.status}"), None
     models = await client.get("/v1/models")
     if models.status == 404:
         raise _NotThisApi("GET /v1/models: HTTP 404")
     if models.status != 200:
         return HealthReport(backend.id, healthy=False, latency_s=latency,
-                            detail=f"GET /v1/models: HTTP {models.status}")
+                            detail=f"GET /v1/models: HTTP {models.status}"), None
     data = models.json().get("data")
     if not isinstance(data, list):
         raise ValueError("/v1/models has no data list")
@@ -244,9 +258,8 @@ async def _openai(client: NodeClient, backend: Backend, started: float,
             learned["capabilities"] = {"": found}
         return learned
 
-    extra.update(await prober.learned(backend.id, ids, learn))
     return HealthReport(backend.id, healthy=True, latency_s=latency, detail="ok",
-                        models=ids, loaded_models=ids, extra=extra)
+                        models=ids, loaded_models=ids, extra=extra), Lesson(ids, learn)
 
 
 def _entries(body: Any) -> list[dict[str, Any]]:

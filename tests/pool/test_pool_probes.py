@@ -31,6 +31,7 @@ class LlamaServerLike:
         self.seen: collections.Counter[str] = collections.Counter()
         self.models = ["tiny"]
         self.health = 200
+        self.props_delay = 0.0
         self.runner: web.AppRunner | None = None
         self.port = 0
 
@@ -66,6 +67,7 @@ class LlamaServerLike:
         return self._json(request, [{"id": 0, "is_processing": False}])
 
     async def _props(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(self.props_delay)
         return self._json(request, {"model_path": "/nowhere/tiny.gguf", "chat_template": "x"})
 
     async def _embeddings(self, request: web.Request) -> web.Response:
@@ -96,6 +98,24 @@ async def test_capabilities_are_asked_when_the_models_change_or_the_node_comes_b
         assert prober.sizes() == {"learned": 1, "dialect": 0}
         prober.retain(set())  # the node left the pool
         assert prober.sizes() == {"learned": 0, "dialect": 0}
+    finally:
+        await prober.close()
+        await node.stop()
+
+
+async def test_a_slow_capabilities_answer_is_not_a_sick_node():
+    node = LlamaServerLike()
+    node.props_delay = 5.0
+    await node.start()
+    prober = Prober()
+    backend = Backend(f"127.0.0.1:{node.port}", "openai", f"127.0.0.1:{node.port}")
+    try:
+        report = await prober.check(backend, 0.5)
+        assert report.healthy and "capabilities" not in report.extra
+        node.props_delay = 0.0  # the next probe asks again
+        report = await prober.check(backend, 0.5)
+        assert report.healthy and report.extra["capabilities"] == {"": {"completion", "tools",
+                                                                         "chat"}}
     finally:
         await prober.close()
         await node.stop()

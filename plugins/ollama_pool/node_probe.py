@@ -9,9 +9,8 @@ A probe costs its few GETs and nothing more: a `Prober` keeps one session whose 
 reused probe after probe, and takes a first look (Ollama's version; what a node can do:
 `/api/show`, `/props`, an empty `/v1/embeddings`) only when the node is new, came back from being
 down, or every `RELEARN_SECONDS` (a restart between two probes); what it can do is also asked
-again when its model list changed. Probes are coroutines
-on the event loop: a hung node holds its own probe, never another's. A probe never raises for
-network trouble: it reports it.
+again when its model list changed. Probes are coroutines on the event loop: a hung node holds
+its own probe, never another's. A probe never raises for network trouble: it reports it.
 """
 
 from __future__ import annotations

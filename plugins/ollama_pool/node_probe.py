@@ -16,6 +16,9 @@ its own probe, never another's. A probe never raises for network trouble: it rep
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
+import socket
 import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
@@ -23,7 +26,7 @@ from typing import Any
 import aiohttp
 import attrs
 
-from sollol.models import Backend, HealthReport
+from sollol.models import Backend, HealthReport, join_host_port
 
 from . import node_capabilities
 from .node_discovery import OLLAMA, OPENAI, base_url
@@ -76,25 +79,44 @@ class Prober:
     async def check(self, backend: Backend, timeout: float) -> HealthReport:
         """Probe one node in its dialect (trying both when its address asked for detection),
         within `timeout` seconds in all."""
-        if self._session is None:
-            self._session = new_session(self.interval)
-        client = NodeClient(self._session, base_url(backend),
-                            {"Accept": "application/json", **backend.auth_headers()})
         order = [OLLAMA, OPENAI] if backend.kind == OLLAMA else [OPENAI]
         if backend.labels.get("detect") != "1":
             order = order[:1]
         elif self._dialect.get(backend.id) == OPENAI:
             order.reverse()
-        report = await self._check(client, backend, order, timeout)
+        report = await self._check(backend, order, timeout)
         if not report.healthy:
             self._learned.pop(backend.id, None)  # back later, it may have other options
         return report
 
-    async def _check(self, client: NodeClient, backend: Backend, order: list[str],
-                     timeout: float) -> HealthReport:
+    async def _client(self, backend: Backend) -> NodeClient:
+        """The node through the shared session. A node named by a host name has the name looked
+        up on every probe: a kept-alive connection would hide a name that stopped resolving or
+        moved. Plain HTTP then goes to the address the name gives now (the name in `Host`)."""
+        if self._session is None:
+            self._session = new_session(self.interval)
+        headers = {"Accept": "application/json", **backend.auth_headers()}
+        host, port = backend.host, backend.port
+        if _is_ip(host):
+            return NodeClient(self._session, base_url(backend), headers)
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(host, port,
+                                                                 type=socket.SOCK_STREAM)
+        except OSError as exc:
+            msg = f"cannot resolve {host}: {exc.strerror or exc}"
+            raise aiohttp.ClientConnectionError(msg) from None
+        root = base_url(backend)
+        if backend.labels.get("scheme", "http") == "http" and found:
+            now_at = join_host_port(str(found[0][4][0]), port)
+            root = root.replace(f"://{backend.address}", f"://{now_at}", 1)
+            headers["Host"] = backend.address
+        return NodeClient(self._session, root, headers)
+
+    async def _check(self, backend: Backend, order: list[str], timeout: float) -> HealthReport:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
+                client = await self._client(backend)
                 for api in order:
                     try:
                         probe = _ollama if api == OLLAMA else _openai
@@ -169,6 +191,15 @@ def check(backend: Backend, timeout: float) -> HealthReport:
             await prober.close()
 
     return asyncio.run(once())
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _describe(exc: aiohttp.ClientError) -> str:

@@ -155,3 +155,17 @@ async def test_a_hung_node_delays_no_other_nodes_probes(emulator):
         assert cluster.routes[POOL].nodes[good.address].healthy
     finally:
         await cluster.stop()
+
+
+async def test_a_node_named_by_host_name_is_looked_up_on_every_probe(emulator):
+    node = emulator(models=["m"])
+    prober = Prober()
+    named = Backend(f"localhost:{node.port}", "ollama", f"localhost:{node.port}")
+    gone = Backend("node.invalid:11434", "ollama", "node.invalid:11434")
+    try:
+        assert (await prober.check(named, 5.0)).healthy
+        # a kept-alive connection must not hide a name that no longer resolves
+        report = await prober.check(gone, 5.0)
+        assert not report.healthy and "cannot resolve node.invalid" in report.detail
+    finally:
+        await prober.close()

@@ -1,5 +1,6 @@
 """The shape of the tree, checked: import cycles only where docs/architecture.md keeps them (with
-the reason), small product modules, no old module paths, test-only dependencies kept in testing.
+the reason), small product modules, no old module paths, and product code importing only what a
+plain `pip install sollol` brings (the test extra serves sollol.testing alone).
 
 The import graph is read from the source (ast), not from `sys.modules`: every import counts,
 at module level, inside a function, and under `if TYPE_CHECKING:` (a type named across two
@@ -10,7 +11,10 @@ installed `sollol_plugins.X`.
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import re
+import sys
+import tomllib
 from collections.abc import Iterator, Mapping, Set
 from pathlib import Path
 
@@ -30,8 +34,7 @@ UPPER = ("gateway", "client", "cli")
 """Folders of sollol/: the lower layers never import the upper ones."""
 MAX_LINES = 400
 """A product module at this length is a sign to split it by job (STYLE.md)."""
-TEST_ONLY = ("aiohttp",)
-"""Dependencies of the `test` extra only: product code outside sollol.testing never reaches them."""
+PYPROJECT = ROOT / "pyproject.toml"
 
 Graph = Mapping[str, Set[str]]
 
@@ -281,12 +284,47 @@ def test_moved_paths_point_at_real_modules() -> None:
     assert not {new for new in MOVED.values() if new not in real}
 
 
-def test_test_only_dependencies_stay_in_sollol_testing() -> None:
-    modules = product_modules()
-    graph = import_graph(modules)
-    users = {module for module, path in modules.items()
-             for base, _ in imported(path, module) if base.split(".")[0] in TEST_ONLY}
-    assert users and all(m.startswith("sollol.testing.") for m in users), users
-    reaching = {module for module in graph if any(reaches(graph, module, u) for u in users)}
-    outside = {m for m in reaching if not m.startswith("sollol.testing.")}
-    assert not outside, f"product modules that import {TEST_ONLY} through others: {outside}"
+def distributions(requirements: list[str]) -> set[str]:
+    """Normalised distribution names of PEP 508 requirement strings, with what their extras
+    bring (`uvicorn[standard]` declares uvloop too)."""
+    names = set()
+    for requirement in requirements:
+        match = re.match(r"([\w.-]+)(?:\[([\w,\s-]+)\])?", requirement)
+        name, extras = match.group(1), match.group(2)
+        names.add(name.lower().replace("_", "-"))
+        for extra in (extras or "").split(","):
+            if extra.strip():
+                names |= distributions([r.split(";")[0] for r in
+                                        importlib.metadata.requires(name) or ()
+                                        if re.search(rf"extra == [\"']{extra.strip()}[\"']", r)])
+    return names
+
+
+def third_party(path: Path, module: str) -> set[str]:
+    """Top-level names of what the file imports from outside the standard library and SOLLOL."""
+    return {base.split(".")[0] for base, _ in imported(path, module) if base
+            and base.split(".")[0] not in sys.stdlib_module_names | {"sollol", "sollol_plugins"}}
+
+
+def test_product_code_imports_only_declared_dependencies() -> None:
+    """A plain install runs every product module: what one imports is a runtime dependency in
+    pyproject.toml (sollol.testing, for tests and plugin authors, may also use the test extra)."""
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    runtime = distributions(project["dependencies"])
+    testing = runtime | distributions(project["optional-dependencies"]["test"])
+    providers = importlib.metadata.packages_distributions()
+    missing = set()
+    for module, path in product_modules().items():
+        allowed = testing if module.startswith("sollol.testing.") else runtime
+        for name in third_party(path, module):
+            dists = {d.lower().replace("_", "-") for d in providers.get(name, [name])}
+            if not dists & allowed:
+                missing.add(f"{module}: {name} ({', '.join(sorted(dists))})")
+    assert not missing, f"imports of undeclared dependencies: {sorted(missing)}"
+
+
+def test_the_dependency_check_would_catch_one(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text("import json\nimport requests\nfrom yaml import safe_load\n"
+                      "from sollol.core import units\nfrom . import sibling\n")
+    assert third_party(sample, "sollol.core.sample") == {"requests", "yaml"}

@@ -3,8 +3,13 @@
 The built-in placement (`rpc_placement = "fewest"`) gives a model the fewest rpc-servers that
 hold it, so other models can run on the rest at the same time and fewer links carry each token.
 Among sets of that size it takes the one with the best worst link, then the tightest fit (a small
-model on a small shard leaves the big ones for big models). `"all"` spreads every model over every
-free rpc-server, as llama.cpp does when given them all.
+model on a small shard leaves the big ones for big models), then the configured order. `"all"`
+spreads every model over every free rpc-server, as llama.cpp does when given them all.
+
+Probe latency and free memory are measurements that move between two probes (two CPU rpc-servers
+on hosts alike report nearly the same RAM, and loopback latency jitters by microseconds). Links
+within LINK_TOLERANCE_S and fits within FIT_TOLERANCE count as equal, so noise never decides
+where a model goes: `sollol route` and the coordinator that then starts name the same rpc-servers.
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ MiB = 1024**2
 EXACT_SEARCH_LIMIT = 16
 """Up to this many free rpc-servers every set of the minimal size is compared (llama.cpp takes at
 most 16 RPC servers); beyond it the largest ones are taken greedily."""
+
+LINK_TOLERANCE_S = 0.002
+"""Worst links closer than this are equally good (loopback and LAN jitter is far below it)."""
+FIT_TOLERANCE = 0.10
+"""Sets whose free memory is within this fraction of the tightest fit are equally tight."""
 
 Candidate = ShardOffer  # the plugin's older name for an offer
 
@@ -119,12 +129,16 @@ def _fewest(needed: int, usable: Sequence[ShardOffer]) -> list[ShardOffer]:
                  if sum(o.total_free for o in by_size[:n]) >= needed)
     if len(usable) > EXACT_SEARCH_LIMIT:
         return by_size[:count]
-    fitting = (set_ for set_ in itertools.combinations(by_size, count)
-               if sum(o.total_free for o in set_) >= needed)
-    best = min(fitting, key=lambda s: (max(_latency(o) for o in s),
-                                       sum(o.total_free for o in s), [o.address for o in s]))
     order = {o.address: i for i, o in enumerate(usable)}
-    return sorted(best, key=lambda o: order[o.address])  # keep the configured order
+    fitting = [sorted(set_, key=lambda o: order[o.address])  # keep the configured order
+               for set_ in itertools.combinations(by_size, count)
+               if sum(o.total_free for o in set_) >= needed]
+    link = {id(s): max(_latency(o) for o in s) for s in fitting}
+    best_link = min(link.values())
+    fitting = [s for s in fitting if link[id(s)] <= best_link + LINK_TOLERANCE_S]
+    tightest = min(sum(o.total_free for o in s) for s in fitting)
+    fitting = [s for s in fitting if sum(o.total_free for o in s) <= tightest * (1 + FIT_TOLERANCE)]
+    return min(fitting, key=lambda s: [order[o.address] for o in s])
 
 
 def _split(chosen: Sequence[ShardOffer]) -> tuple[float, ...]:

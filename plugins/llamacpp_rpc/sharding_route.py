@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     from sollol.core.runtime import ClusterRuntime
 
 log = logging.getLogger("sollol.sharding")
+RESTART_KEYS = frozenset({"rpc_state_dir"})
+"""The sharding settings a reload cannot apply: the state folder holds the running
+coordinators' pid files."""
 NO_EMBEDDINGS = ("the sharding route's llama-server coordinators run without --embeddings, so "
                  "they serve no embeddings (add \"--embeddings\" to rpc_coordinator_args)")
 
@@ -238,15 +241,20 @@ class ShardingRoute:
 
     def reconfigure(self, config: Any) -> Collection[str]:
         """Take new sharding settings; new coordinators use them (running ones keep theirs).
-        The state folder holds the running coordinators' pid files: it needs a restart."""
+        Every setting but RESTART_KEYS applies here (models new to `rpc_preload` start now)."""
         from .rpc_settings import SETTINGS
 
         self.shards.timeout = config["rpc_probe_timeout"]
+        self.shards.limits = dict(config["rpc_backend_memory"])
+        self.shards.reserve = parse_bytes(config["rpc_memory_reserve"])
         options = attrs.evolve(options_from(config),
                                state_dir=self.supervisor.options.state_dir)
         self.supervisor.options = self.scheduler.options = options
         self.scheduler.wake()  # more coordinators or room may be allowed now
-        return (*(s.name for s in SETTINGS if s.name != "rpc_state_dir"), "rpc_backends",
+        for model in config["rpc_preload"]:
+            if model not in self.supervisor.coordinators:
+                self.scheduler.preload(model)
+        return (*(s.name for s in SETTINGS if s.name not in RESTART_KEYS), "rpc_backends",
                 "health_interval")
 
     def snapshot(self) -> Mapping[str, Any]:

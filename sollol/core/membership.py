@@ -22,10 +22,27 @@ if TYPE_CHECKING:
     from sollol.models import Backend
 
 log = logging.getLogger("sollol")
-LIVE_CORE_KEYS = frozenset({"discovery_interval", "api_keys", "allowed_hosts",
-                            "allowed_origins", "metrics_public"})
-"""Core keys a reload applies at once (the gateway rebuilds its guard); the routes name their
-own."""
+LIVE_CORE_KEYS = frozenset({
+    # the gateway rebuilds its guard from the new config
+    "api_keys", "allowed_hosts", "allowed_origins", "metrics_public",
+    # read from the runtime's current config on every request or round
+    "discovery_interval", "model_aliases", "model_fallbacks", "gguf_dirs", "request_timeout",
+})
+"""Core keys a reload applies at once; the routes name their own (`reconfigure`)."""
+RESTART_CORE_KEYS = frozenset({
+    # the listening socket, its limits, the plugin set and the routes are built at start
+    "gateway_host", "gateway_port", "max_connections", "header_timeout", "body_timeout",
+    "max_body_bytes", "blob_dir", "max_blob_bytes", "plugins", "disabled_plugins",
+    "model_sharding_enabled", "task_distribution_enabled", "routing_policy", "policy_settings",
+    # the dispatcher's upstream pool, the monitor and the binaries are made once
+    "connect_timeout", "max_reply_bytes", "stream_idle_timeout", "metrics_enabled",
+    "metrics_max_models", "backend_metrics_interval", "llama_cpp_dir",
+    # the routes' own probes read it (they name it from reconfigure when they follow it)
+    "health_interval", "rpc_backends", "ollama_nodes",
+})
+"""Core keys that take a restart unless a route's `reconfigure` says it follows them. Every core
+setting is in exactly one of the two sets (tests/core/test_membership.py checks it), so a new
+setting cannot be reported wrongly by default."""
 IDLE_CHECK = 5.0
 """Seconds between looks at `discovery_interval` while it is 0 (a reload may turn it on)."""
 

@@ -268,3 +268,35 @@ async def test_a_readmitted_node_warms_up_instead_of_taking_a_burst(emulator):
         for task in tasks:
             if not task.result().released:
                 task.result().release(slow)
+
+
+def test_every_core_setting_is_either_live_or_needs_a_restart():
+    """A reload's "needs a restart" list is only true if each core key is classified."""
+    from sollol.config import CORE_SETTINGS
+    from sollol.core.membership import LIVE_CORE_KEYS, RESTART_CORE_KEYS
+
+    names = {s.name for s in CORE_SETTINGS}
+    assert not LIVE_CORE_KEYS & RESTART_CORE_KEYS
+    assert names - LIVE_CORE_KEYS - RESTART_CORE_KEYS == set()
+
+
+async def test_reload_applies_aliases_and_fallbacks_at_once_and_says_so(emulator, tmp_path):
+    from sollol.core.aliases import targets
+
+    node = emulator(models=["m", "n"])
+    path = tmp_path / "sollol.toml"
+    head = f'plugins = ["ollama_pool"]\nollama_nodes = ["{node.address}"]\n'
+    path.write_text(head)
+    cluster = ClusterRuntime.from_config(path=path)
+    await cluster.start()
+    try:
+        path.write_text(head + '[model_aliases]\nfast = "m"\n'
+                               '[model_fallbacks]\ngone = ["n"]\n')
+        report = await cluster.reload()
+        assert report["ok"] and set(report["changed"]) == {"model_aliases", "model_fallbacks"}
+        assert report["restart_needed"] == []
+        # what every request reads (dispatch asks targets() of the runtime's current config)
+        assert [t.model for t in targets(cluster.config, "fast")] == ["m"]
+        assert [t.model for t in targets(cluster.config, "gone")] == ["gone", "n"]
+    finally:
+        await cluster.stop()

@@ -140,3 +140,12 @@ def test_plugins_md_lists_exactly_the_public_names() -> None:
     assert len(public) > 50
     assert rows == public, (f"docs/plugins.md lacks {sorted(public - rows)}; lists names that "
                             f"are not public: {sorted(rows - public)}")
+
+
+def test_readmes_sharding_set_up_names_the_placement_keys() -> None:
+    """An operator reading only the README learns where sharded models go and how to cap a
+    CPU rpc-server's memory (issue 28: neither was named)."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Use it with your real cluster")
+    section = readme[start:readme.index("\n## ", start + 1)]
+    assert "`rpc_placement`" in section and "`rpc_backend_memory`" in section

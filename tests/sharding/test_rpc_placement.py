@@ -106,6 +106,19 @@ def test_every_placement_fits_is_minimal_and_splits_per_device(raw, needed, stra
                        for subset in itertools.combinations(usable, smaller))
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(-3, 3), st.floats(0, 0.0015)), min_size=2, max_size=2))
+def test_measurement_noise_never_decides_the_placement(noise) -> None:
+    """Two CPU rpc-servers on hosts alike report nearly the same RAM, and loopback probes jitter:
+    what `sollol route` predicts from one probe and what the start decides from the next must
+    name the same rpc-server (issue 28: the route named w1, the layers landed on w2)."""
+    ram = 31 * 1024 * MiB
+    offers = [ShardOffer(address, (ram + shift * 7 * MiB,), latency)
+              for address, (shift, latency) in zip((A, B), noise, strict=True)]
+    assert place(2 * 1024 * MiB, offers).addresses == (A,)  # the configured order decides
+    assert place(2 * 1024 * MiB, offers[::-1]).addresses == (B,)
+
+
 # ------------------------------------------------------------------- with real rpc-servers
 
 
@@ -390,3 +403,23 @@ def test_whole_layers_are_kept_local_as_memory_allows() -> None:
     assert options(350).split_local(900, info) == (600, 3)
     assert options(10_000).split_local(900, info) == (100, 8)  # the output layer is sharded
     assert options(350).split_local(900, None) == (900, 0)  # layers unknown: nothing local
+
+
+@pytest.mark.llamacpp
+async def test_the_route_names_the_rpc_server_that_gets_the_layers(
+    rpc_servers, sharding_route, tiny_model: Path,
+) -> None:
+    """Two CPU rpc-servers on one host each report the host's whole RAM: the route's reason,
+    the coordinator's rpc-servers and the layer report all name the same one, every time."""
+    addresses = [a for a, _ in rpc_servers(2)]
+    route = await sharding_route(addresses)
+    for _ in range(3):
+        await route.shards.probe_free()  # fresh measurements, as a later `sollol route` sees
+        said = await route.placement(RouteRequest(model=str(tiny_model)))
+        assert f"fits on 1 of 2 free rpc-server(s): {addresses[0]} (" in said.reason
+    lease = await route.acquire(RouteRequest(model=str(tiny_model)))
+    lease.release(Outcome(ok=True))
+    coord = route.supervisor.coordinators[str(tiny_model)]
+    assert coord.plan.addresses == [addresses[0]]
+    report = route.snapshot()["coordinators"][0]["layers"]
+    assert [b["address"] for b in report["backends"] if b["layers"]] == [addresses[0]]

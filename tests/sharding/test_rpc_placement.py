@@ -423,3 +423,21 @@ async def test_the_route_names_the_rpc_server_that_gets_the_layers(
     assert coord.plan.addresses == [addresses[0]]
     report = route.snapshot()["coordinators"][0]["layers"]
     assert [b["address"] for b in report["backends"] if b["layers"]] == [addresses[0]]
+
+
+@pytest.mark.llamacpp
+async def test_a_reload_applies_every_placement_key_the_route_says_it_applies(
+    sharding_route, sharding_config,
+) -> None:
+    """reconfigure() names the keys in effect; memory caps and the reserve must be among the
+    applied, not only named (issue 28: the reload report must be true)."""
+    from sollol_plugins.llamacpp_rpc.rpc_probe import DeviceMemory
+
+    address = "127.0.0.1:9"
+    route = await sharding_route([address])
+    applied = set(route.reconfigure(sharding_config(
+        [address], rpc_backend_memory={address: "3 MiB"}, rpc_memory_reserve="1 MiB")))
+    assert {"rpc_backend_memory", "rpc_memory_reserve"} <= applied
+    shard = route.shards.shards[address]
+    shard.devices = (DeviceMemory(index=0, free=64 * MiB, total=64 * MiB),)
+    assert route.shards.offer(shard).free == (2 * MiB,)

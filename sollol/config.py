@@ -8,6 +8,7 @@ Keys are declared as `Setting`s, by the core here and by plugins through
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import os
 import tempfile
@@ -320,6 +321,13 @@ def _from_text(setting: Setting, text: str, source: str) -> Any:
     return check_value(setting, value, source)
 
 
+def _known_key(key: str, known: Iterable[str]) -> str:
+    """What an unknown key should have been: the close known names, if any."""
+    close = difflib.get_close_matches(key, list(known), n=2, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"a known key (see `sollol config show`){hint}"
+
+
 def load_config(
     settings: Iterable[Setting] = CORE_SETTINGS,
     *,
@@ -339,7 +347,7 @@ def load_config(
         if key not in by_name:
             if ignore_unknown:
                 continue
-            raise ConfigError(key, "...", "a known key (see `sollol config show`)", str(path))
+            raise ConfigError(key, "...", _known_key(key, by_name), str(path))
         values[key] = check_value(by_name[key], value, str(path))
         sources[key] = str(path)
     for name, setting in by_name.items():
@@ -352,7 +360,7 @@ def load_config(
     for key, value in (overrides or {}).items():
         if key not in by_name:
             # the value is not shown: nobody declared whether this key holds a secret
-            raise ConfigError(key, "...", "a known key (see `sollol config show`)", "command line")
+            raise ConfigError(key, "...", _known_key(key, by_name), "command line")
         if isinstance(value, str) and by_name[key].kind != "str":
             values[key] = _from_text(by_name[key], value, "command line")
         else:

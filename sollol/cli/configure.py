@@ -12,7 +12,8 @@ from typing import Any
 import click
 
 from sollol.cli.common import UsageFailure, config_option, load_for_cli
-from sollol.config import Setting, check_value, config_path, parse_text, read_file, write_file
+from sollol.cli.config_file import ConfigDocument
+from sollol.config import Setting, check_value, config_path, parse_text
 from sollol.core.names import closest
 from sollol.errors import ConfigError, PluginError
 
@@ -81,7 +82,7 @@ def config_set(key: str, value: str, config_file: Path | None) -> None:
     parts = _split(key, settings)
     setting = settings[parts[0]]
     path = config_file or config_path()
-    data = read_file(path)
+    document = _read(path)
     if len(parts) == 1:
         try:
             typed = check_value(setting, parse_text(setting, value), "command line")
@@ -89,19 +90,18 @@ def config_set(key: str, value: str, config_file: Path | None) -> None:
             raise UsageFailure(str(ConfigError(key, value, setting.expected()))) from None
         except ConfigError as exc:
             raise UsageFailure(str(exc)) from None
-        data[key] = typed
         if typed is None:
-            data.pop(key)
+            document.remove(parts)
+        else:
+            document.set(parts, typed)
     else:
         typed = _json_or_text(value)
-        table = data.setdefault(parts[0], {})
-        for part in parts[1:-1]:
-            table = table.setdefault(part, {})
-            if not isinstance(table, dict):
-                raise UsageFailure(f"config key {key!r}: {part!r} is not a table")
-        table[parts[-1]] = typed
-    _validate(data, path, config_file)
-    write_file(path, data)
+        try:
+            document.set(parts, typed)
+        except ConfigError as exc:
+            raise UsageFailure(exc.expected) from None
+    _validate(document)
+    document.write()
     shown = setting.shown(typed) if len(parts) == 1 else typed
     click.echo(f"{key} = {json.dumps(shown)}  (written to {path})")
 
@@ -115,22 +115,12 @@ def config_unset(key: str, config_file: Path | None) -> None:
     _cfg, pm = load_for_cli(config_file)
     parts = _split(key, _settings(pm))
     path = config_file or config_path()
-    data = read_file(path)
-    trail = [data]
-    for part in parts[:-1]:
-        inner = trail[-1].get(part)
-        if not isinstance(inner, dict):
-            inner = {}
-        trail.append(inner)
-    if parts[-1] not in trail[-1]:
+    document = _read(path)
+    if not document.remove(parts):  # (tables the removal leaves empty go too)
         click.echo(f"{key} is not set in {path}")
         return
-    del trail[-1][parts[-1]]
-    for depth in range(len(parts) - 1, 0, -1):  # drop tables the removal left empty
-        if not trail[depth]:
-            del trail[depth - 1][parts[depth - 1]]
-    _validate(data, path, config_file)
-    write_file(path, data)
+    _validate(document)
+    document.write()
     click.echo(f"{key} removed (from {path})")
 
 
@@ -170,21 +160,34 @@ def _json_or_text(text: str) -> Any:
         return text
 
 
-def _validate(data: dict[str, Any], path: Path, config_file: Path | None) -> None:
+def _read(path: Path) -> ConfigDocument:
+    try:
+        return ConfigDocument.read(path)
+    except ConfigError as exc:
+        raise UsageFailure(str(exc)) from None
+
+
+def _validate(document: ConfigDocument) -> None:
     """Load the would-be file as SOLLOL would (every key and each policy's settings); refuse
-    it, with "did you mean" for unknown names, before anything is written."""
+    it, with "did you mean" for unknown names, before anything is written. Errors name the
+    config file: the copy checked is the command's business, not the operator's."""
     from sollol.core.loading import load  # not the runtime: config commands stay quick
 
+    path = document.path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".check-", suffix=".toml", dir=path.parent)
     os.close(fd)
     try:
-        write_file(Path(tmp), data)
+        document.write(Path(tmp))
         try:
             cfg, pm = load(path=tmp)
             _check_policies(cfg, pm)
-        except (ConfigError, PluginError) as exc:
+        except ConfigError as exc:
+            if exc.source == tmp:
+                exc = ConfigError(exc.key, exc.value, exc.expected, str(path))
             raise UsageFailure(_with_hint(exc)) from None
+        except PluginError as exc:
+            raise UsageFailure(_with_hint(exc).replace(tmp, str(path))) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
 

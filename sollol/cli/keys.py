@@ -11,15 +11,17 @@ from typing import Any
 import click
 
 from sollol.cli.common import UsageFailure, config_option, handle_errors
+from sollol.cli.config_file import ConfigDocument
 from sollol.cli.credentials import key_file, save_key
-from sollol.config import CORE_SETTINGS, config_path, load_config, read_file, write_file
+from sollol.config import CORE_SETTINGS, config_path, load_config, read_file
 from sollol.core import access
 
 ENV_VAR = "SOLLOL_API_KEYS"
 
 
-def _file_entries(path: Path) -> tuple[dict[str, Any], list[Any]]:
-    data = read_file(path)
+def _file_entries(path: Path) -> tuple[ConfigDocument, list[Any]]:
+    """The config file (edited in place: comments and order stay) and its `api_keys`."""
+    data = ConfigDocument.read(path)
     entries = data.get("api_keys", [])
     if not isinstance(entries, list):
         raise UsageFailure(f"api_keys in {path} is not a list; fix it by hand first")
@@ -67,8 +69,8 @@ def create(name: str, admin: bool, models: str, save: bool | None,
         access.parse_entries([*entries, entry])
     except ValueError as exc:
         raise UsageFailure(str(exc)) from None
-    data["api_keys"] = [*entries, entry]
-    write_file(path, data)
+    data.set(["api_keys"], [*entries, entry])
+    data.write()
     click.echo(key)
     scope = "admin" if admin else "inference"
     click.echo(f"saved key {name!r} ({scope}, models {', '.join(entry['models'])}) to {path} as "
@@ -128,8 +130,8 @@ def revoke(name: str, config_file: Path | None) -> None:
         known = ", ".join(access.parse_entry(e, i).name for i, e in enumerate(entries))
         raise click.ClickException(f"no key named {name!r} in {path} (keys there: "
                                    f"{known or 'none'})")
-    data["api_keys"] = kept
-    write_file(path, data)
+    data.set(["api_keys"], kept)
+    data.write()
     click.echo(f"revoked key {name!r} in {path}; a running gateway applies it on reload "
                "(`kill -HUP PID` or POST /sollol/reload)")
     _env_note()

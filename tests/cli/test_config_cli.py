@@ -75,3 +75,91 @@ def test_any_node_address_is_accepted_or_refused_with_a_value_error(text: str) -
 def test_rpc_backend_typos_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="rpc_backends"):
         load(overrides={"rpc_backends": ["gpu box:50052"]})
+
+
+HAND_WRITTEN = """\
+# the gateway of the lab   (written by hand)
+gateway_port = 11435  # the port clients know
+
+# the pool
+ollama_nodes = ["10.0.0.5:11434"]
+"""
+WITH_A_SECTION = HAND_WRITTEN + """
+[model_fallbacks]
+# when the big one is away
+big = ["small"]
+"""
+COMMANDS = [
+    ("config", "set", "rpc_placement", "all"),
+    ("config", "set", "model_fallbacks.huge", '["big"]'),
+    ("config", "set", "policy_settings.size-threshold.min_parameters", "7B"),
+    ("keys", "create", "me", "--admin"),
+]
+
+
+def kept_lines(before: str, after: str) -> None:
+    """Every non-blank line of `before` is in `after`, in the same order."""
+    lines = [line for line in before.splitlines() if line]
+    assert [line for line in after.splitlines() if line in lines] == lines
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_commands_edit_the_file_in_place(isolated_config: Path, command) -> None:
+    """Comments, blank lines and order stay, and a command opens no [section]: a line the
+    operator then appends at the end is still a top-level key (issue 28: tables moved to the
+    end swallowed it)."""
+    isolated_config.parent.mkdir(parents=True, exist_ok=True)
+    isolated_config.write_text(HAND_WRITTEN)
+    done = sollol(*command)
+    assert done.exit_code == 0, done.output
+    text = isolated_config.read_text()
+    kept_lines(HAND_WRITTEN, text)
+    isolated_config.write_text(text + 'rpc_when_busy = "wait"\n')
+    assert tomllib.loads(isolated_config.read_text())["rpc_when_busy"] == "wait"
+    assert sollol("config", "get", "rpc_when_busy").exit_code == 0
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_sections_the_operator_wrote_stay_where_they_are(isolated_config: Path, command) -> None:
+    isolated_config.parent.mkdir(parents=True, exist_ok=True)
+    isolated_config.write_text(WITH_A_SECTION)
+    done = sollol(*command)
+    assert done.exit_code == 0, done.output
+    kept_lines(WITH_A_SECTION, isolated_config.read_text())
+    data = tomllib.loads(isolated_config.read_text())
+    assert data["model_fallbacks"]["big"] == ["small"] and data["gateway_port"] == 11435
+    again = sollol("keys", "create", "you") if command[0] == "keys" else sollol(*command)
+    assert again.exit_code == 0, again.output  # and the result is a valid file for the next
+    kept_lines(WITH_A_SECTION, isolated_config.read_text())
+
+
+def test_unset_and_revoke_leave_the_rest_of_the_file_alone(isolated_config: Path) -> None:
+    isolated_config.parent.mkdir(parents=True, exist_ok=True)
+    isolated_config.write_text(WITH_A_SECTION.replace("gateway_port", 'rpc_placement = "all"\n'
+                                                      "gateway_port"))
+    assert sollol("keys", "create", "me").exit_code == 0
+    assert sollol("config", "unset", "rpc_placement").exit_code == 0
+    assert sollol("keys", "revoke", "me").exit_code == 0
+    assert tomllib.loads(isolated_config.read_text()) == {
+        "gateway_port": 11435, "ollama_nodes": ["10.0.0.5:11434"], "api_keys": [],
+        "model_fallbacks": {"big": ["small"]}}
+    assert "# the port clients know" in isolated_config.read_text()
+
+
+def test_a_typo_in_the_file_gets_did_you_mean(isolated_config: Path) -> None:
+    isolated_config.parent.mkdir(parents=True, exist_ok=True)
+    isolated_config.write_text('rpc_placment = "all"\n')
+    from sollol.core.runtime import load
+
+    with pytest.raises(ConfigError, match=r"did you mean rpc_placement\b") as caught:
+        load(path=isolated_config)
+    assert str(isolated_config) in str(caught.value)
+    shown = sollol("config", "show")
+    assert shown.exit_code != 0 and "did you mean rpc_placement" in shown.output
+
+
+def test_an_alias_of_an_alias_is_refused_naming_the_config_file(isolated_config: Path) -> None:
+    assert sollol("config", "set", "model_aliases.fast", "llama3").exit_code == 0
+    refused = sollol("config", "set", "model_aliases.quick", "fast")
+    assert refused.exit_code != 0 and "points at another alias" in refused.output
+    assert str(isolated_config) in refused.output and ".check-" not in refused.output

@@ -120,6 +120,9 @@ class Placement:
     holds: bool | None
     reason: str
     missing: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    fails_now: str = ""
+    """Why a request sent now would fail at once (e.g. every rpc-server is down), or "": the
+    request then goes on to the model's fallbacks, and `sollol route` says so."""
 
     @property
     def able(self) -> bool:
@@ -137,6 +140,8 @@ class Placement:
         out: dict[str, Any] = {"verdict": verdict, "why": self.reason}
         if self.missing:
             out["missing"] = sorted(self.missing)
+        if self.fails_now:
+            out["fails_now"] = self.fails_now
         return out
 
 

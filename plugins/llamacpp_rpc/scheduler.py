@@ -174,11 +174,31 @@ class Scheduler:
 
     # ----------------------------------------------------------------- where, evict or wait
 
+    def fails_now(self, model: str, needed: int) -> str:
+        """Why a request for `model` would fail at once now (as `start_locked` would refuse
+        it: no llama-server, or the answering rpc-servers could not hold it even if every other
+        coordinator stopped), or "" (no side effects, no probes)."""
+        coord = self.supervisor.coordinators.get(model)
+        if coord is not None and coord.state in (STARTING, READY) and not coord.draining:
+            return ""
+        if self.supervisor.llama_server is None:
+            return self.supervisor.missing_binary or "no llama-server to start"
+        everything = [self.shards.offer(s) for s in self.shards.shards.values()
+                      if s.healthy and s.incompatible is None]
+        try:
+            self._plan(model, needed, everything)
+        except DoesNotFit as exc:
+            return str(exc)
+        return ""
+
     def preview(self, model: str, needed: int) -> str:
         """What a request for `model` would do now, in words (no side effects, no probes)."""
         coord = self.supervisor.coordinators.get(model)
         if coord is not None and coord.state in (STARTING, READY):
             return f"its coordinator is {coord.state} on {', '.join(coord.plan.addresses)}"
+        fails = self.fails_now(model, needed)
+        if fails:
+            return f"a request fails at once (503), and goes on to its fallbacks: {fails}"
         active = self._active()
         offers = [self.shards.offer(s) for s in self.shards.shards.values() if s.usable]
         if len(active) >= self.options.max_coordinators:

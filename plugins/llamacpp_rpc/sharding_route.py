@@ -203,7 +203,8 @@ class ShardingRoute:
         _resolved, info = await self._resolve(request.model)
         needed = self.scheduler.options.split_local(resolved.size, info)[0]
         return Placement(self.name, True, f"its GGUF resolves ({resolved.source}); "
-                         f"{self.scheduler.preview(request.model, needed)}")
+                         f"{self.scheduler.preview(request.model, needed)}",
+                         fails_now=self.scheduler.fails_now(request.model, needed))
 
     async def acquire(
         self, request: RouteRequest, *, backend: str | None = None, exclude: Collection[str] = ()

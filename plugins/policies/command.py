@@ -15,6 +15,7 @@ from sollol.errors import (
     ConfigError,
     NoRouteAvailable,
     NotSupported,
+    Overloaded,
     PluginError,
     RequestError,
     SollolError,
@@ -71,7 +72,7 @@ def route_command(
         if answer is None:
             try:
                 answer = asyncio.run(decide_here(model, context, endpoint, config_file))
-            except (NoRouteAvailable, RequestError, NotSupported) as exc:
+            except (NoRouteAvailable, RequestError, NotSupported, Overloaded) as exc:
                 answer = {"error": str(exc), "status": exc.status,
                           "numbers": getattr(exc, "numbers", {})}
     except (ConfigError, PluginError) as exc:
@@ -95,7 +96,7 @@ def _default_gateway(config_file: Path | None) -> str:
 
 async def decide_here(model: str, context: int | None, endpoint: str,
                       config_file: Path | None) -> dict[str, Any]:
-    """Start a cluster from config (routes probe their backends), decide, stop."""
+    """Start a cluster from config (routes probe their backends), explain, stop."""
     from sollol.core.runtime import ClusterRuntime
 
     cluster = ClusterRuntime.from_config(path=config_file)
@@ -152,8 +153,12 @@ def render(model: str, answer: Mapping[str, Any]) -> str:
         lines = [f"{model}: no route ({answer.get('status', 503)})", f"  {answer['error']}"]
     else:
         backend = f" (backend {answer['backend']})" if answer.get("backend") else ""
-        lines = [f"{model} -> {answer['route']}{backend}, by policy {answer['policy']}",
+        served = f"{model} (fallback {answer['fallback']})" if answer.get("fallback") else model
+        lines = [f"{served} -> {answer['route']}{backend}, by policy {answer['policy']}",
                  f"  {answer['reason']}"]
+    if answer.get("tried"):
+        lines.append("  tried first (as a request would):")
+        lines.extend(f"    {t['model']}: {t.get('status')}: {t['error']}" for t in answer["tried"])
     placement = answer.get("placement") or {}
     if placement:
         lines.append("  routes:")

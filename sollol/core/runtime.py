@@ -15,8 +15,7 @@ from typing import Any
 import attrs
 
 from sollol.config import Config, Setting
-from sollol.core.aliases import Alias, aliases, targets
-from sollol.core.capabilities import needs
+from sollol.core.aliases import Alias, aliases
 from sollol.core.events import EventLog
 from sollol.core.loading import load as load
 from sollol.core.membership import LiveMembership
@@ -238,17 +237,12 @@ class ClusterRuntime:
 
     async def explain(self, model: str, *, endpoint: str = "chat",
                       context_length: int | None = None) -> dict[str, Any]:
-        """The decision for a request naming `model` (an alias as what it stands for), as
-        `RouteDecision.as_dict()` and `alias_of`; nothing is sent (`/sollol/route`)."""
-        first = targets(self.config, model)[0]
-        request = RouteRequest(model=first.model, endpoint=endpoint,  # type: ignore[arg-type]
-                               context_length=context_length, needs=needs(endpoint, {}))
-        alias = first.alias
-        if alias is not None and (alias.route or alias.nodes):
-            decision = await self.decide_for_alias(request, alias)
-        else:
-            decision = await self.decide(request)
-        return {**({"alias_of": first.model} if alias else {}), **decision.as_dict()}
+        """What a request naming `model` would do now, through its alias and fallbacks, as
+        `RouteDecision.as_dict()` with `alias_of`, `fallback` and `tried`; the error the
+        request would get is raised. Nothing is sent (`/sollol/route`; sollol.core.explain)."""
+        from sollol.core.explain import explain
+
+        return await explain(self, model, context=context_length, endpoint=endpoint)
 
     def outside(self, alias: Alias) -> list[str]:
         """Ids of the pool backends an alias's `nodes` leave out."""

@@ -127,9 +127,7 @@ async def route_decision(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:
     endpoint = query.get("endpoint", "chat")
     if endpoint not in ("chat", "generate", "embed"):
         raise RequestError("query parameter 'endpoint' must be chat, generate or embed")
-    answer = await cluster.explain(model, endpoint=endpoint, context_length=ctx)
-    alias = {"alias_of": answer.pop("alias_of")} if "alias_of" in answer else {}
-    return {"model": model, **alias, "context_length": ctx, **answer}
+    return await cluster.explain(model, endpoint=endpoint, context_length=ctx)
 
 
 async def events(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:

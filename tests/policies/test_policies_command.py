@@ -131,3 +131,22 @@ def test_an_unreachable_gateway_is_a_clear_error() -> None:
 
     with pytest.raises(SollolError, match=r"cannot reach the gateway at http://127.0.0.1:9"):
         ask_gateway("http://127.0.0.1:9", "llama3", None, httpx.MockTransport(refuse))
+
+
+def test_route_answers_what_a_request_does_through_a_fallback(pool_gateway, emulator) -> None:
+    """A model served through `model_fallbacks` is routed, not `no route (404)` (issue 28),
+    and the gateway's answer is what a real request does."""
+    node = emulator(models=["m"])
+    gw = pool_gateway(node.address, model_fallbacks={"gone": ["m"]})
+    answer = httpx.get(gw.url + "/sollol/route", params={"model": "gone"}).json()
+    assert answer["route"] == "pool" and answer["fallback"] == "m"
+    assert answer["tried"][0]["model"] == "gone" and answer["tried"][0]["status"] == 404
+    reply = httpx.post(gw.url + "/api/chat", json={
+        "model": "gone", "messages": [{"role": "user", "content": "hi"}], "stream": False})
+    assert reply.status_code == 200 and reply.headers["x-sollol-route"] == "pool"
+    shown = CliRunner().invoke(build_cli(), ["route", "gone", "--gateway", gw.url])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.startswith("gone (fallback m) -> pool")
+    assert "tried first (as a request would):" in shown.output
+    unknown = CliRunner().invoke(build_cli(), ["route", "nothing", "--gateway", gw.url])
+    assert unknown.exit_code == 1 and "no route (404)" in unknown.output

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from sollol_plugins.llamacpp_rpc import procs
 
+from sollol.cli import build_cli
 from sollol.models import RouteRequest
 from sollol.routes import Outcome
 
@@ -209,3 +211,55 @@ async def test_a_coordinator_too_slow_to_start_is_stopped_and_frees_its_shards(
     assert not list(route.supervisor.pid_dir.glob("*.json"))
     shard = route.shards.shards[address]
     assert shard.healthy and shard.owner is None and rpc_proc.alive()
+
+
+@pytest.mark.llamacpp
+async def test_with_every_rpc_server_down_route_says_the_request_falls_back(
+    pool_gateway, emulator, tiny_model: Path, llama_binaries, tmp_path: Path,
+) -> None:
+    """Not "0.00 GiB free ... would wait up to 120s ... 429" (issue 28): a request fails at
+    once on the sharding route and goes on to its fallback, and `sollol route` says so."""
+    from sollol.core.processes import free_port
+
+    node = emulator(models=["m"])
+    model = str(tiny_model)
+    gw = pool_gateway(node.address, model_sharding_enabled=True,
+                      rpc_backends=[f"127.0.0.1:{free_port()}"],  # nothing listens there
+                      rpc_discover_loopback=False,
+                      llama_cpp_dir=str(llama_binaries.llama_server.parent),
+                      rpc_state_dir=str(tmp_path / "sharding"), model_fallbacks={model: ["m"]})
+    answer = httpx.get(gw.url + "/sollol/route", params={"model": model}).json()
+    assert answer.get("route") == "pool" and answer.get("fallback") == "m", answer
+    (step,) = answer["tried"]
+    assert step["status"] == 503 and "sharding route" in step["error"], step
+    assert "would wait" not in json.dumps(answer)
+    reply = httpx.post(gw.url + "/api/chat", json={
+        "model": model, "messages": [{"role": "user", "content": "hi"}], "stream": False},
+        timeout=60)
+    assert reply.status_code == 200 and reply.headers["x-sollol-route"] == "pool"
+
+
+@pytest.mark.llamacpp
+async def test_with_sharding_alone_and_every_rpc_server_down_route_says_503_at_once(
+    sharding_gateway, tiny_model: Path, tmp_path: Path,
+) -> None:
+    """Sharding is the only route: the decision stands, but the route says a request fails
+    at once, so its fallback is explained next; the last one's error is the request's."""
+    from sollol.core.processes import free_port
+    from sollol.testing.tiny_models import make_tiny_model
+
+    model, other = str(tiny_model), str(make_tiny_model(tmp_path / "other.gguf", seed=7))
+    gw = sharding_gateway([f"127.0.0.1:{free_port()}"], rpc_discover_loopback=False,
+                          model_fallbacks={model: [other]})
+    refused = httpx.get(gw.url + "/sollol/route", params={"model": model})
+    assert refused.status_code == 503, refused.text
+    error = refused.json()["error"]
+    assert "would wait" not in error and f"after trying {model}: the sharding route fails " \
+        "at once" in error
+    reply = httpx.post(gw.url + "/api/chat", json={
+        "model": model, "messages": [{"role": "user", "content": "hi"}], "stream": False},
+        timeout=60)
+    assert reply.status_code == 503
+    shown = CliRunner().invoke(build_cli(), ["route", other, "--gateway", gw.url])
+    assert shown.exit_code == 1 and "no route (503)" in shown.output
+    assert "a request fails at once (503)" in shown.output or "fails at once" in shown.output

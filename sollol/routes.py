@@ -215,6 +215,22 @@ class ModelManagement(Protocol):
 
 
 @runtime_checkable
+class KeepAlive(Protocol):
+    """Optional for a route whose backends do not read Ollama's `keep_alive` themselves (the
+    pool forwards it to Ollama nodes; a llama-server ignores it): the gateway hands it over.
+    Ollama's meaning: how long the model stays loaded after the request."""
+
+    def keep_alive(self, model: str, seconds: float) -> None:
+        """A request for `model` asked it to stay loaded `seconds` after its last request
+        (0: unload once idle; math.inf: never unload)."""
+
+    async def unload(self, model: str) -> bool:
+        """Stop serving `model` now (requests in flight finish first); False when it was not
+        loaded. Called for a request that only unloads (`keep_alive: 0`, no prompt), which
+        never starts anything."""
+
+
+@runtime_checkable
 class Policy(Protocol):
     """Decides which route serves a request when both sharding and distribution are on.
 

@@ -63,6 +63,12 @@ class Coordinator:
     draining: str | None = None
     """Why it takes no new requests and stops once those in flight finish (e.g. a removed
     rpc-server), or None."""
+    keep_alive: float | None = None
+    """Seconds it stays loaded after its last request, as the last request that said asked
+    (Ollama's `keep_alive`; 0: stop once idle), or None: `rpc_idle_timeout`."""
+    down_at_start: frozenset[str] = frozenset()
+    """rpc-servers that were down when it was placed: when one returns, an idle coordinator
+    moves back to the placement it would have had (see Scheduler.rebalance_locked)."""
     log_offset: int = 0
     links_armed: set[str] = attrs.field(factory=set)
     """Inodes of its sockets to rpc-servers whose dead-peer detection is on (see `links`)."""
@@ -219,6 +225,7 @@ class Coordinator:
             "served": self.served, "started_at": self.started_at,
             "load_seconds": round(self.ready_at - self.started_at, 2) if self.ready_at else None,
             "idle_seconds": round(time.monotonic() - self.last_used, 1),
+            "keep_alive": self.keep_alive,
             "progress": self.progress() if self.state == STARTING else None,
             "links_watched": len(self.links_armed),
             "error": self.error, "draining": self.draining, "log": str(self.log_path),

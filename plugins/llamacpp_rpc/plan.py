@@ -7,9 +7,10 @@ model on a small shard leaves the big ones for big models), then the configured 
 spreads every model over every free rpc-server, as llama.cpp does when given them all.
 
 Probe latency and free memory are measurements that move between two probes (two CPU rpc-servers
-on hosts alike report nearly the same RAM, and loopback latency jitters by microseconds). Links
-within LINK_TOLERANCE_S and fits within FIT_TOLERANCE count as equal, so noise never decides
-where a model goes: `sollol route` and the coordinator that then starts name the same rpc-servers.
+on hosts alike report nearly the same RAM, and a probe's round trip jitters by milliseconds on a
+busy host). Links within LINK_RATIO and LINK_SLACK_S of the best and fits within FIT_TOLERANCE
+count as equal, so noise never decides where a model goes: `sollol route` and the coordinator
+that then starts name the same rpc-servers.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ EXACT_SEARCH_LIMIT = 16
 """Up to this many free rpc-servers every set of the minimal size is compared (llama.cpp takes at
 most 16 RPC servers); beyond it the largest ones are taken greedily."""
 
-LINK_TOLERANCE_S = 0.002
-"""Worst links closer than this are equally good (loopback and LAN jitter is far below it)."""
+LINK_SLACK_S, LINK_RATIO = 0.005, 2.0
+"""A set's worst link is as good as the best set's when within twice it plus 5 ms: a probe on a
+busy host (or rpc-server) jitters by milliseconds, while the links worth avoiding (a WAN hop, a
+congested Wi-Fi) are tens of milliseconds."""
 FIT_TOLERANCE = 0.10
 """Sets whose free memory is within this fraction of the tightest fit are equally tight."""
 
@@ -135,7 +138,7 @@ def _fewest(needed: int, usable: Sequence[ShardOffer]) -> list[ShardOffer]:
                if sum(o.total_free for o in set_) >= needed]
     link = {id(s): max(_latency(o) for o in s) for s in fitting}
     best_link = min(link.values())
-    fitting = [s for s in fitting if link[id(s)] <= best_link + LINK_TOLERANCE_S]
+    fitting = [s for s in fitting if link[id(s)] <= best_link * LINK_RATIO + LINK_SLACK_S]
     tightest = min(sum(o.total_free for o in s) for s in fitting)
     fitting = [s for s in fitting if sum(o.total_free for o in s) <= tightest * (1 + FIT_TOLERANCE)]
     return min(fitting, key=lambda s: [order[o.address] for o in s])

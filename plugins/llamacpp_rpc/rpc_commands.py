@@ -1,4 +1,4 @@
-"""`sollol shard status|logs` and `sollol rpc serve|seed|install-service|add|remove`."""
+"""`sollol shard status|logs|unload` and `sollol rpc serve|seed|install-service|add|remove`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from sollol.cli.gateway_client import (
     refusal_hint,
 )
 
+from .shard_unload import unload
+
 if TYPE_CHECKING:
     from sollol.llamacpp import Binaries, Device
 
@@ -31,7 +33,10 @@ GIB = 1024**3
 
 @click.group()
 def shard() -> None:
-    """Model sharding: layer distribution and coordinator logs."""
+    """Model sharding: layer distribution, coordinator logs, unloading a model."""
+
+
+shard.add_command(unload)
 
 
 @shard.command("status")

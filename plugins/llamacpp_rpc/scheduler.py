@@ -148,7 +148,7 @@ class Scheduler:
         coord.served += served
         coord.last_used = time.monotonic()
         if coord.in_flight == 0 and coord.state == READY and (
-                coord.draining or self.options.mode == "ephemeral"):
+                coord.draining or self.options.mode == "ephemeral" or coord.keep_alive == 0):
             self.supervisor.background(self.supervisor.stop_if_idle(coord))
         if coord.in_flight == 0:
             self.wake()  # an idle coordinator may be evicted for a waiting request
@@ -262,12 +262,42 @@ class Scheduler:
                                                        f"are needed for {model!r}")
             active.remove(idle[0])
         self.unservable.pop(model, None)
+        down = frozenset(a for a, s in self.shards.shards.items() if not s.healthy)
         if local_layers:
             plan = attrs.evolve(plan, local_layers=local_layers,
                                 layer_count=info.layer_count if info else None,
                                 reason=f"{plan.reason}; {local_layers} layer(s) stay in the "
                                        "gateway machine's memory (rpc_local_memory)")
-        return self.supervisor.spawn_locked(model, resolved, plan)
+        coord = self.supervisor.spawn_locked(model, resolved, plan)
+        coord.down_at_start = down
+        return coord
+
+    async def rebalance_locked(self) -> list[str]:
+        """Move idle coordinators back where they would have gone: once an rpc-server that was
+        down when one was placed answers again, and the placement it would get now (on its own
+        rpc-servers and the free ones) uses it, it is restarted there. A busy one is judged
+        when idle; each return is judged once. Returns the models moved."""
+        moved = []
+        for coord in list(self.supervisor.coordinators.values()):
+            back = {a for a in coord.down_at_start
+                    if a in self.shards.shards and self.shards.shards[a].usable}
+            if not back or coord.state != READY or coord.in_flight or coord.draining:
+                continue
+            coord.down_at_start -= back
+            offers = [self.shards.offer(s) for s in self.shards.shards.values()  # config order
+                      if s.usable or s.owner == coord.id]
+            try:
+                preferred = self._plan(coord.model, coord.plan.needed, offers)
+            except DoesNotFit:
+                continue
+            if not back & set(preferred.addresses):
+                continue
+            await self.supervisor.stop_locked(
+                coord, f"moving to its preferred rpc-servers {', '.join(preferred.addresses)} "
+                       f"({', '.join(sorted(back))} answered again)")
+            await self.start_locked(coord.model)
+            moved.append(coord.model)
+        return moved
 
     async def replace_locked(self, model: str, after: str) -> str | None:
         """Start `model` again after its coordinator failed (`after` says why); returns why it

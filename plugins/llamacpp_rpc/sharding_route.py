@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from sollol.core.capabilities import EMBEDDING
-from sollol.core.names import canonical
+from sollol.core.names import canonical, canonical_model
 from sollol.core.units import parse_bytes
 from sollol.errors import NotSupported, SollolError
 from sollol.models import (
@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     from sollol.core.runtime import ClusterRuntime
 
 log = logging.getLogger("sollol.sharding")
+GO_MAX_DURATION_S = (2**63 - 1) / 1e9
+"""Ollama keeps a model with a negative keep_alive for Go's longest duration (~292 years):
+its `expires_at` is that far ahead."""
 RESTART_KEYS = frozenset({"rpc_state_dir"})
 """The sharding settings a reload cannot apply: the state folder holds the running
 coordinators' pid files."""
@@ -169,13 +172,13 @@ class ShardingRoute:
     async def running(self) -> list[dict[str, Any]]:
         """Ready coordinators, with real times: loaded when it became ready, and expiring
         `rpc_idle_timeout` after its last request (now, while one is in flight)."""
-        idle = self.supervisor.options.idle_timeout
         out = []
         for c in self.supervisor.coordinators.values():
             if c.state != READY:
                 continue
             last = time.time() - (0 if c.in_flight else time.monotonic() - c.last_used)
             tag = await self._tag(c.model, c.resolved)
+            idle = min(self.supervisor.idle_limit(c), GO_MAX_DURATION_S)
             out.append({**tag, "size_vram": 0,
                         "modified_at": _iso(c.ready_at or c.started_at),
                         "expires_at": _iso(last + idle),
@@ -227,6 +230,20 @@ class ShardingRoute:
 
         return Lease(route=self.name, backend=coord.backend, base_url=coord.base_url,
                      api="openai", on_release=release, explain=explain)
+
+    # ---- keep_alive (the optional KeepAlive interface of sollol/routes.py)
+
+    def keep_alive(self, model: str, seconds: float) -> None:
+        """Ollama's `keep_alive` for a request just handed a coordinator: how long it stays
+        loaded after its last request (0: stop it once idle)."""
+        coord = self.supervisor.coordinators.get(canonical_model(model))
+        if coord is not None:
+            coord.keep_alive = seconds
+
+    async def unload(self, model: str) -> bool:
+        """Stop the model's coordinator (`keep_alive: 0` with no prompt, `sollol shard
+        unload`); its rpc-servers come free for other models."""
+        return await self.supervisor.unload(canonical_model(model), "unloaded on request")
 
     # ---- membership (the optional Membership interface of sollol/routes.py)
 

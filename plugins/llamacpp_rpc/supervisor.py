@@ -42,6 +42,9 @@ class Replacer(Protocol):
     def wake(self) -> None:
         """rpc-servers or coordinators came free: waiting requests look again."""
 
+    async def rebalance_locked(self) -> list[str]:
+        """Move idle coordinators back to their preferred rpc-servers once those returned."""
+
 
 @attrs.define
 class Supervisor:
@@ -126,8 +129,18 @@ class Supervisor:
                     await self.shards.probe_free()
                     if self._usable() - usable:
                         self._freed()  # an rpc-server came back: a waiting request may fit
+                    await self._rebalance()
             except Exception:
                 log.exception("sharding supervisor pass failed")
+
+    async def _rebalance(self) -> None:
+        """Let the scheduler move idle coordinators placed while an rpc-server was down."""
+        if self.replacer is None or not any(c.down_at_start for c in self.coordinators.values()):
+            return
+        async with self.lock:
+            moved = await self.replacer.rebalance_locked()
+        if moved:
+            log.info("moved back to their preferred rpc-servers: %s", ", ".join(moved))
 
     def _usable(self) -> set[str]:
         return {a for a, s in self.shards.shards.items() if s.usable}
@@ -231,7 +244,7 @@ class Supervisor:
                             await self._cut_off_locked(coord, lost)
                     continue
             idle = time.monotonic() - coord.last_used
-            if coord.in_flight == 0 and idle > self.options.idle_timeout:
+            if coord.in_flight == 0 and idle > self.idle_limit(coord):
                 async with self.lock:
                     if coord.in_flight == 0 and coord.state == READY:
                         await self.stop_locked(coord, f"idle for {idle:.0f}s")
@@ -304,12 +317,32 @@ class Supervisor:
             return dead, None
         return dead, await self.replacer.replace_locked(coord.model, reason)
 
+    def idle_limit(self, coord: Coordinator) -> float:
+        """Seconds `coord` may stay idle: its requests' `keep_alive`, else rpc_idle_timeout."""
+        return self.options.idle_timeout if coord.keep_alive is None else coord.keep_alive
+
     async def stop_if_idle(self, coord: Coordinator) -> None:
-        """Stop a draining or ephemeral coordinator whose last request just ended."""
+        """Stop a draining, unloaded (keep_alive 0) or ephemeral coordinator whose last request
+        just ended."""
         async with self.lock:
             if coord.in_flight == 0 and coord.state == READY:
-                await self.stop_locked(coord, coord.draining or
-                                       "ephemeral mode: request finished")
+                why = coord.draining or ("keep_alive 0: unloaded after its request"
+                                         if coord.keep_alive == 0 else
+                                         "ephemeral mode: request finished")
+                await self.stop_locked(coord, why)
+
+    async def unload(self, model: str, why: str) -> bool:
+        """Stop `model`'s coordinator now, or once its requests finish (it takes no new ones);
+        False when none runs."""
+        async with self.lock:
+            coord = self.coordinators.get(model)
+            if coord is None or coord.state not in (STARTING, READY):
+                return False
+            if coord.state == STARTING or coord.in_flight == 0:
+                await self.stop_locked(coord, why)
+            else:
+                coord.draining = why
+            return True
 
     async def drain(self, addresses: list[str], why: str) -> list[str]:
         """Coordinators using `addresses` take no new requests and stop once idle; the next

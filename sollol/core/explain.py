@@ -9,21 +9,30 @@ now) sends the explanation on to the next step, as it sends the request.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sollol.core import capabilities
-from sollol.core.aliases import Target, targets
+from sollol.core.aliases import Alias, Target, targets
 from sollol.errors import ModelNotFound, NoRouteAvailable, Overloaded
 from sollol.models import RouteDecision, RouteRequest
 
-if TYPE_CHECKING:
-    from sollol.core.runtime import ClusterRuntime
+
+class Decides(Protocol):
+    """What explaining needs of the runtime (sollol.core.runtime.ClusterRuntime)."""
+
+    @property
+    def config(self) -> Any: ...
+
+    async def decide(self, request: RouteRequest) -> RouteDecision: ...
+
+    async def decide_for_alias(self, request: RouteRequest, alias: Alias) -> RouteDecision: ...
+
 
 LEAVES = (ModelNotFound, NoRouteAvailable, Overloaded)
 """What makes a request try the next model of its chain (as `Dispatcher.open` does)."""
 
 
-async def explain(cluster: ClusterRuntime, model: str, *, context: int | None = None,
+async def explain(cluster: Decides, model: str, *, context: int | None = None,
                   endpoint: str = "chat") -> dict[str, Any]:
     """The decision of the step that would serve, with the steps left before it in `tried`;
     when none would, the error the request would get (after the same tries) is raised."""
@@ -62,7 +71,7 @@ async def explain(cluster: ClusterRuntime, model: str, *, context: int | None = 
     raise last_error
 
 
-async def _decide(cluster: ClusterRuntime, request: RouteRequest,
+async def _decide(cluster: Decides, request: RouteRequest,
                   target: Target) -> RouteDecision:
     alias = target.alias
     if alias is not None and (alias.route or alias.nodes):

@@ -128,3 +128,34 @@ def cidr(value: str | None) -> str | None:
     if network.num_addresses > MAX_SCAN_HOSTS:
         raise ValueError(f"a CIDR of at most {MAX_SCAN_HOSTS} addresses (a /22 or smaller)")
     return str(network)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+                   "h": 3600.0}
+
+
+def keep_alive_seconds(value: object) -> float | None:
+    """Ollama's `keep_alive`: seconds a model stays loaded after a request (None: not given,
+    the server's default; 0: unload now; math.inf: never unload, for any negative value).
+    A number is seconds; text is a Go duration ("5m", "1h30m", "-1s") or a bare number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"keep_alive must be a number of seconds or a duration, not {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        sign = -1.0 if text.startswith("-") else 1.0
+        body = text.lstrip("+-")
+        try:
+            seconds = sign * float(body)
+        except ValueError:
+            parts = _DURATION_PART.findall(body)
+            if not body or "".join(n + u for n, u in parts) != body:
+                raise ValueError(f"keep_alive: invalid duration {value!r}") from None
+            seconds = sign * sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    else:
+        seconds = float(value)
+    if math.isnan(seconds):
+        raise ValueError(f"keep_alive: invalid duration {value!r}")
+    return math.inf if seconds < 0 else seconds

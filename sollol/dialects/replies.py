@@ -228,14 +228,15 @@ def encode_vector(vector: list[float], encoding: str) -> Any:
     return vector
 
 
-def load_reply(op: str, model: str) -> dict[str, Any]:
-    """Ollama's answer to a request that only loads the model."""
+def load_reply(op: str, model: str, unload: bool = False) -> dict[str, Any]:
+    """Ollama's answer to a request that only loads the model (or, with `keep_alive: 0`,
+    only unloads it)."""
     out: dict[str, Any] = {"model": model, "created_at": iso_now()}
     if op == "chat":
         out["message"] = {"role": "assistant", "content": ""}
     else:
         out["response"] = ""
-    return {**out, "done": True, "done_reason": "load"}
+    return {**out, "done": True, "done_reason": "unload" if unload else "load"}
 
 
 def show_from_info(info: Any) -> dict[str, Any]:

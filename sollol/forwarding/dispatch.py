@@ -19,6 +19,7 @@ import attrs
 
 from sollol.core import capabilities
 from sollol.core.aliases import Alias, targets
+from sollol.core.units import keep_alive_seconds
 from sollol.dialects.error_shapes import error_body
 from sollol.dialects.replies import error_message, load_reply, show_from_info
 from sollol.dialects.translate import (
@@ -28,6 +29,7 @@ from sollol.dialects.translate import (
     convert_error,
     convert_reply,
     falls_back,
+    is_load_request,
     new_stream,
     plan,
     prompt_tokens_in,
@@ -41,7 +43,7 @@ from sollol.forwarding.reply import Reply, StreamReply
 from sollol.forwarding.reply import describe_error as _describe
 from sollol.forwarding.upstream import ConnectFailed, UpstreamPool, UpstreamResponse
 from sollol.models import RouteDecision
-from sollol.routes import Lease, Outcome
+from sollol.routes import KeepAlive, Lease, Outcome
 
 if TYPE_CHECKING:
     from sollol.core.runtime import ClusterRuntime
@@ -136,6 +138,15 @@ class Dispatcher:
         else:
             request.decision = await self.cluster.decide(wanted)
         decision = request.decision
+        keeper = self.cluster.routes.get(decision.route)
+        keep_alive = _keep_alive(request.call)
+        if keep_alive == 0 and is_load_request(request.call):
+            # unload it wherever a route keeps it loaded, whichever route serves it next
+            for route in self.cluster.routes.values():
+                if isinstance(route, KeepAlive):
+                    await route.unload(wanted.key)
+            if isinstance(keeper, KeepAlive):
+                return self._unloaded(request)
         outside = self.cluster.outside(alias) if alias is not None and alias.nodes else []
         failures: list[str] = []
         last: Reply | None = None
@@ -154,6 +165,8 @@ class Dispatcher:
             finally:
                 request.waited(time.perf_counter() - asked)
             request.leased(lease)
+            if isinstance(keeper, KeepAlive):  # each request sets it, as in Ollama
+                keeper.keep_alive(wanted.key, keep_alive)
             result = await self._attempt(request, deadline)
             if isinstance(result, Reply):
                 return result
@@ -259,6 +272,16 @@ class Dispatcher:
         body = error_body(call.api, status, message, "not_supported")
         return Reply(status, JSON_TYPE, route, body)
 
+    def _unloaded(self, request: InFlight) -> Reply:
+        """Ollama's answer to its unload request (`keep_alive: 0`, no prompt) for a route that
+        keeps models loaded itself: nothing is started to give it."""
+        call, decision = request.call, request.decision
+        assert decision is not None
+        request.finish(Outcome(True, 200))
+        route = {"route": decision.route, "policy": decision.policy, "reason": decision.reason}
+        body = json.dumps(load_reply(call.op, call.request.model, unload=True)).encode()
+        return Reply(200, JSON_TYPE, route, body)
+
     async def _answer_locally(self, request: InFlight, route: dict[str, str]) -> Reply:
         """What an OpenAI-compatible backend has no endpoint for: `/api/show` (from the model's
         metadata) and Ollama's load request (the server has its model loaded already)."""
@@ -269,6 +292,11 @@ class Dispatcher:
             data = load_reply(call.op, call.request.model)
         request.finish(Outcome(True, 200))
         return Reply(200, JSON_TYPE, route, json.dumps(data).encode())
+
+
+def _keep_alive(call: Call) -> float | None:
+    """The Ollama request's `keep_alive` in seconds (checked valid by validate), or None."""
+    return keep_alive_seconds(call.body.get("keep_alive")) if call.api == "ollama" else None
 
 
 def _route_headers(decision: RouteDecision, lease: Lease) -> dict[str, str]:

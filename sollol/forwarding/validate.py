@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sollol.core import capabilities
+from sollol.core.units import keep_alive_seconds
 from sollol.dialects.jsonin import JSON_NAMES, json_type, parse_json_object
 from sollol.errors import RequestError
 from sollol.forwarding.calls import Call, Op
@@ -98,6 +99,11 @@ def validate(api: Api, op: Op, raw: bytes) -> Call:
     stream = body.get("stream")
     if stream is None:
         stream = _STREAM_DEFAULT.get((api, op), False)
+    if api == "ollama":
+        try:
+            keep_alive_seconds(body.get("keep_alive"))
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
     options = body.get("options")  # (not in every op's schema: may be anything)
     ctx = options.get("num_ctx") if api == "ollama" and isinstance(options, dict) else None
     request = RouteRequest(

@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-VERSION = "3.0"
+VERSION = "3.1"
 """The plugin API's version (see the module docstring for when to bump which part)."""
 
 RECORD = Path(__file__).with_name("plugin_api.json")
@@ -34,7 +34,7 @@ PUBLIC: Mapping[str, tuple[str, ...]] = {
                       "RouteDecision", "RouteEvent", "ShardOffer", "ShardPlacement",
                       "split_host_port", "join_host_port", "check_host", "check_node_address"),
     "sollol.routes": ("POOL", "SHARDING", "Outcome", "Lease", "RouteProvider", "Placement",
-                      "Membership", "ModelManagement", "Policy"),
+                      "Membership", "ModelManagement", "KeepAlive", "Policy"),
     "sollol.config": ("Setting", "Config", "core_setting"),
     "sollol.errors": ("SollolError", "ConfigError", "PluginError", "DuplicateNameError",
                       "BinaryNotFound", "ModelFileError", "RequestError", "ModelNotFound",

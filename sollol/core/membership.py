@@ -38,7 +38,7 @@ RESTART_CORE_KEYS = frozenset({
     "connect_timeout", "max_reply_bytes", "stream_idle_timeout", "metrics_enabled",
     "metrics_max_models", "backend_metrics_interval", "llama_cpp_dir",
     # the routes' own probes read it (they name it from reconfigure when they follow it)
-    "health_interval", "rpc_backends", "ollama_nodes",
+    "health_interval",
 })
 """Core keys that take a restart unless a route's `reconfigure` says it follows them. Every core
 setting is in exactly one of the two sets (tests/core/test_membership.py checks it), so a new

@@ -27,8 +27,12 @@ def local_status(config: Any) -> dict[str, Any]:
             saved = json.loads(report.read_text())
         except (OSError, ValueError):
             saved = {}
-        state = "ready" if saved.get("pid") == record["pid"] else "starting"
-        coordinators.append({**saved, "model": record.get("model"), "pid": record["pid"],
+        # a report describes the process that wrote it: one left by an earlier coordinator of
+        # the model (placed elsewhere, maybe) says nothing about this one, still loading
+        mine = saved.get("pid") == record["pid"]
+        state = "ready" if mine else "starting"
+        coordinators.append({**(saved if mine else {}), "model": record.get("model"),
+                             "pid": record["pid"],
                              "backends": record.get("backends", []), "state": state,
                              "url": f"http://127.0.0.1:{record.get('port')}",
                              "log": record.get("log")})

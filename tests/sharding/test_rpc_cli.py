@@ -139,3 +139,36 @@ def test_install_service_refuses_a_unit_whose_account_cannot_run_the_binary(
     with_account = CliRunner().invoke(build_cli(), ["rpc", "install-service", "--dry-run",
                                                     "--run-as", "someone-h8-absent"])
     assert with_account.exit_code == 1 and "no such account" in with_account.output
+
+
+def test_local_status_never_shows_an_earlier_coordinators_layers(tmp_path: Path) -> None:
+    """The saved report of a model's earlier coordinator (on other rpc-servers) must not stand
+    for the one now loading: the layers would name rpc-servers it does not use (issue 28)."""
+    import subprocess
+    import sys
+
+    from sollol_plugins.llamacpp_rpc import procs
+    from sollol_plugins.llamacpp_rpc.options import slug
+    from sollol_plugins.llamacpp_rpc.shard_status import local_status
+
+    from sollol.core.runtime import load
+
+    state = tmp_path / "sharding"
+    now, before = "127.0.0.1:1", "127.0.0.1:2"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        procs.write_pid_file(state / "coordinators", child,
+                             {"model": "big", "backends": [now], "port": 9})
+        (state / "reports").mkdir(parents=True)
+        (state / "reports" / f"{slug('big')}.json").write_text(json.dumps({
+            "pid": child.pid + 1, "backends": [before],
+            "placement": {"reason": f"fits on 1 of 2 free rpc-server(s): {before}"},
+            "layers": {"backends": [{"address": before, "layers": 8}]}}))
+        config, _pm = load(overrides={"rpc_backends": [], "rpc_state_dir": str(state),
+                                      "rpc_discover_loopback": False, "plugins": ONLY_US})
+        (coord,) = local_status(config)["coordinators"]
+    finally:
+        child.kill()
+        child.wait()
+    assert coord["state"] == "starting" and coord["backends"] == [now]
+    assert "layers" not in coord and "placement" not in coord

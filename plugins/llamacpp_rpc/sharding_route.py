@@ -206,8 +206,9 @@ class ShardingRoute:
         _resolved, info = await self._resolve(request.model)
         needed = self.scheduler.options.split_local(resolved.size, info)[0]
         return Placement(self.name, True, f"its GGUF resolves ({resolved.source}); "
-                         f"{self.scheduler.preview(request.model, needed)}",
-                         fails_now=self.scheduler.fails_now(request.model, needed))
+                         # by the key coordinators are kept under: "m:latest" is "m"'s
+                         f"{self.scheduler.preview(request.key, needed)}",
+                         fails_now=self.scheduler.fails_now(request.key, needed))
 
     async def acquire(
         self, request: RouteRequest, *, backend: str | None = None, exclude: Collection[str] = ()

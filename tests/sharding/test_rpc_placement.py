@@ -441,3 +441,24 @@ async def test_a_reload_applies_every_placement_key_the_route_says_it_applies(
     shard = route.shards.shards[address]
     shard.devices = (DeviceMemory(index=0, free=64 * MiB, total=64 * MiB),)
     assert route.shards.offer(shard).free == (2 * MiB,)
+
+
+@pytest.mark.llamacpp
+async def test_the_route_finds_the_running_coordinator_under_any_spelling(
+    rpc_servers, sharding_route, tiny_model: Path,
+) -> None:
+    """Issue 28's mismatch: the coordinator of "m" ran on w2, and `sollol route m:latest` looked
+    it up by the name as written, missed it and said "would start ... on w1" (the free one)."""
+    addresses = [a for a, _ in rpc_servers(2)]
+    route = await sharding_route(addresses, gguf_dirs=[str(tiny_model.parent)])
+    name = tiny_model.stem
+    lease = await route.acquire(RouteRequest(model=name))
+    try:
+        (held,) = route.supervisor.coordinators[name].plan.addresses
+        for spelling in (name, f"{name}:latest", name.upper()):
+            said = await route.placement(RouteRequest(model=spelling))
+            if said.holds is False:  # a spelling the GGUF store does not resolve
+                continue
+            assert f"its coordinator is ready on {held}" in said.reason, (spelling, said)
+    finally:
+        lease.release(Outcome(ok=True))

@@ -220,9 +220,10 @@ class KeepAlive(Protocol):
     pool forwards it to Ollama nodes; a llama-server ignores it): the gateway hands it over.
     Ollama's meaning: how long the model stays loaded after the request."""
 
-    def keep_alive(self, model: str, seconds: float) -> None:
-        """A request for `model` asked it to stay loaded `seconds` after its last request
-        (0: unload once idle; math.inf: never unload)."""
+    def keep_alive(self, model: str, seconds: float | None) -> None:
+        """A request for `model` asks it to stay loaded `seconds` after its last request (0:
+        unload once idle; math.inf: never; None: the request said nothing, the route's
+        default). Each request sets it, as each request to Ollama does."""
 
     async def unload(self, model: str) -> bool:
         """Stop serving `model` now (requests in flight finish first); False when it was not

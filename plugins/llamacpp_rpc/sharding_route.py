@@ -234,9 +234,9 @@ class ShardingRoute:
 
     # ---- keep_alive (the optional KeepAlive interface of sollol/routes.py)
 
-    def keep_alive(self, model: str, seconds: float) -> None:
+    def keep_alive(self, model: str, seconds: float | None) -> None:
         """Ollama's `keep_alive` for a request just handed a coordinator: how long it stays
-        loaded after its last request (0: stop it once idle)."""
+        loaded after its last request (0: stop it once idle; None: rpc_idle_timeout)."""
         coord = self.supervisor.coordinators.get(canonical_model(model))
         if coord is not None:
             coord.keep_alive = seconds

@@ -80,6 +80,14 @@ def test_keep_alive_sets_the_idle_time_and_shard_unload_stops_it(
     assert 7000 < expires - time.time() <= 7200  # 2h from its last request, not 60 s
     assert entry["details"]["sharded_over"] == [address]
 
+    # a request that says nothing goes back to rpc_idle_timeout, as Ollama goes back to its
+    # default: each request sets it
+    httpx.post(gw.url + "/api/generate", timeout=120, json={
+        "model": model, "prompt": "hi", "stream": False, "options": {"num_predict": 2}})
+    (entry,) = running(gw)
+    expires = datetime.fromisoformat(entry["expires_at"].replace("Z", "+00:00")).timestamp()
+    assert 0 < expires - time.time() <= 60
+
     done = CliRunner().invoke(build_cli(), ["shard", "unload", model, "--gateway", gw.url])
     assert done.exit_code == 0, done.output
     assert f"unloaded {model}" in done.output and address in done.output

@@ -44,11 +44,8 @@ class ConfigDocument:
         except tomlkit.exceptions.ParseError as exc:
             raise ConfigError("(file)", str(path), f"valid TOML ({exc})") from None
 
-    def values(self) -> dict[str, Any]:
-        """The document as plain Python values."""
-        return self.doc.unwrap()
-
     def get(self, key: str, default: Any = None) -> Any:
+        """A top-level key's value as plain Python values."""
         value = self.doc.get(key, default)
         return value.unwrap() if hasattr(value, "unwrap") else value
 

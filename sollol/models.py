@@ -152,6 +152,11 @@ class BackendState:
     """Capabilities it answered it does not have (from 501/4xx replies), per model ("": all)."""
     server: str = ""
     """The kind of server, in words ("llama-server", "ollama"), for messages."""
+    vram_used: int | None = None
+    """GPU memory its loaded models hold, where the backend says (Ollama's `/api/ps`
+    `size_vram`, summed); None where it does not."""
+    devices: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    """llama.cpp's names of its devices (`Vulkan0`, `CUDA0`, `CPU`), where they are known."""
 
     def missing(self, model: str, needs: frozenset[str]) -> frozenset[str]:
         """Which of `needs` this backend is known not to have for `model`."""

@@ -75,6 +75,7 @@ class Shard:
             loaded=loaded, in_flight=in_flight, detail=self.incompatible or self.detail,
             memory_total=sum(d.total for d in self.devices) if self.devices else None,
             memory_free=sum(d.free for d in self.devices) if self.devices else None,
+            devices=self.device_names if len(self.device_names) == len(self.devices) else (),
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -151,11 +151,17 @@ class Node:
     def is_loaded(self, model: str) -> bool:
         return bool(model_names(model) & self.loaded)
 
+    def vram_used(self) -> int | None:
+        """GPU memory its loaded models hold (Ollama's `/api/ps` `size_vram`); None when the
+        node does not say (llama-server's endpoints report no device memory)."""
+        used = self.report.extra.get("vram_used") if self.report else None
+        return used if isinstance(used, int) else None
+
     def memory_free(self) -> int | None:
+        """The declared memory (`pool_node_memory`) less what its loaded models hold on the GPU."""
         if self.memory_total is None:
             return None
-        used = int((self.report.extra.get("vram_used") if self.report else 0) or 0)
-        return max(0, self.memory_total - used)
+        return max(0, self.memory_total - (self.vram_used() or 0))
 
     def apply(self, report: HealthReport, now: float, settings: PoolSettings) -> None:
         """Take a probe's result; a good probe readmits an ejected node, a bad one backs off."""
@@ -232,6 +238,7 @@ class Node:
             loaded=self.loaded, memory_total=self.memory_total, memory_free=self.memory_free(),
             in_flight=self.in_flight, detail=self.detail, capacity=self.cap,
             capabilities=self.capabilities, lacks=self.lacks, server=self.server,
+            vram_used=self.vram_used(),
         )
 
     def snapshot(self, now: float) -> dict[str, Any]:
@@ -255,7 +262,7 @@ class Node:
             "loaded": sorted(live.loaded_models) if live else [],
             "running": _running(live),
             "memory_total": self.memory_total, "memory_free": self.memory_free(),
-            "vram_used": live.extra.get("vram_used") if live else None,
+            "vram_used": self.vram_used() if live else None,
             "tokens_per_second": 1 / self.sec_per_token if live and self.sec_per_token else None,
             "request_seconds": self.request_seconds, "served": self.served,
             "failed": self.failed, "version": report.version if report else None,

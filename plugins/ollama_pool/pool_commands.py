@@ -83,11 +83,14 @@ def _size(value: Any) -> str:
 def _row(node: dict[str, Any]) -> list[str]:
     until = node.get("ejected_until")
     speed = node.get("tokens_per_second")
-    memory = "-"
+    # Ollama says what its loaded models hold on the GPU (/api/ps size_vram), never its total:
+    # free memory needs the total declared in pool_node_memory
+    vram = node.get("vram_used")
+    on_gpu = f"{vram / 2**30:.1f}G on GPU" if isinstance(vram, int) else ""
+    memory = on_gpu or "-"
     if node.get("memory_total"):
         memory = f"{_size(node.get('memory_free'))}/{_size(node['memory_total'])} free"
-    elif node.get("vram_used"):
-        memory = f"{_size(node['vram_used'])} used"
+        memory += f", {on_gpu}" if vram else ""
     return [node["id"], node.get("api") or node["kind"], node["health"],
             time.strftime("%H:%M:%S", time.localtime(until)) if until else "-",
             f"{node['in_flight']}/{node['limit']}", ", ".join(node.get("loaded") or []) or "-",

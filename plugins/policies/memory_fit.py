@@ -106,7 +106,7 @@ class MemoryFit:
             # Let the pool balance when every node that has the model can take it.
             backend = None if len(fitting) == len(nodes) else best.backend.backend.id
             where = (f"it is loaded on {best.label}" if best.loaded else
-                     f"{best.label} has {format_bytes(best.free)} free")
+                     f"{best.label} has {format_bytes(best.free)} free{best.gpu_note()}")
             count = f" ({len(fitting)} of {len(nodes)} nodes fit)" if len(nodes) > 1 else ""
             reason = f"{head}; {where}{count}: the pool route"
             return decided(POOL, self.name, reason, routes, numbers, backend=backend)
@@ -135,9 +135,18 @@ class NodeFit:
     def label(self) -> str:
         return f"node {self.backend.backend.id}"
 
+    def gpu_note(self) -> str:
+        """How its free memory was found, when loaded models hold some of it on the GPU."""
+        used, total = self.backend.vram_used, self.backend.memory_total
+        if not used or total is None:
+            return ""
+        return (f" of {format_bytes(total)} declared, after the {format_bytes(used)} its loaded "
+                "models hold on the GPU")
+
     def as_numbers(self) -> dict[str, Any]:
         return {"free_bytes": self.free, "total_bytes": self.backend.memory_total,
-                "loaded": self.loaded, "fits": self.fits}
+                "vram_used_bytes": self.backend.vram_used, "loaded": self.loaded,
+                "fits": self.fits}
 
 
 def _pool_nodes(state: RouteState | None, model: str, need: int) -> list[NodeFit]:
@@ -160,8 +169,13 @@ def _pool_summary(nodes: list[NodeFit], state: RouteState | None, model: str) ->
         return f"none of the {len(state.healthy)} healthy pool nodes has {model}"
     known = [n for n in nodes if n.free is not None]
     if not known:
+        # Ollama says what its loaded models hold on the GPU, never how much GPU it has
+        using = [f"{format_bytes(n.backend.vram_used)} on {n.label}" for n in nodes
+                 if n.backend.vram_used]
+        held = (f"; they report only what loaded models hold on the GPU: {', '.join(using)}"
+                if using else "")
         return (f"the {len(nodes)} pool nodes with {model} declare no memory "
-                "(declare each node's memory in the pool's settings)")
+                f"(declare each node's memory in the pool's settings{held})")
     best = max(known, key=lambda n: n.free or 0)
     return f"the most free memory on a pool node is {format_bytes(best.free)} ({best.label})"
 

@@ -84,7 +84,8 @@ def nodes_table(nodes: list[dict[str, Any]]) -> Table:
 
 def rpc_table(servers: list[dict[str, Any]]) -> Table:
     table = Table(title="rpc-servers", title_justify="left", expand=True)
-    for column in ("address", "health", "protocol", "memory free / total", "coordinator"):
+    for column in ("address", "health", "protocol", "devices", "memory free / total",
+                   "coordinator"):
         _column(table, column)
     for server in servers:
         health = "up" if server.get("healthy") else "down"
@@ -92,8 +93,9 @@ def rpc_table(servers: list[dict[str, Any]]) -> Table:
         if server.get("memory_total"):
             memory = (f"{format_bytes(server.get('memory_free'))} / "
                       f"{format_bytes(server['memory_total'])}")
+        devices = ", ".join(str(d.get("name")) for d in server.get("devices") or []) or "-"
         table.add_row(server.get("address", "?"), Text(health, style=HEALTH_STYLE[health]),
-                      server.get("version") or "?", memory,
+                      server.get("version") or "?", devices, memory,
                       server.get("coordinator") or server.get("incompatible") or "-")
     return table
 
@@ -133,7 +135,10 @@ def layer_bars(coord: dict[str, Any]) -> Text:
         if not count and share is report.get("coordinator"):
             continue
         filled = round(BAR * count / total)
-        text.append(f"{share.get('address', '?'):<22} ")
+        where = share.get("address", "?")
+        if share.get("devices"):  # llama.cpp's names (`Vulkan0`), where the gateway knows them
+            where += f" ({','.join(share['devices'])})"
+        text.append(f"{where:<22} ")
         text.append("█" * filled, style="cyan")
         text.append("░" * (BAR - filled), style="dim")
         text.append(f" {count} [{share.get('layer_range') or '-'}]\n")
@@ -164,7 +169,7 @@ FREE_TEXT = ("last error / detail", "reason", "loaded models", "layers per rpc-s
 
 def _column(table: Table, name: str) -> None:
     """Short columns stay on one line; the free-text ones take what room is left and wrap."""
-    if name in FREE_TEXT or name == "state":
+    if name in FREE_TEXT or name in ("state", "devices"):
         table.add_column(name, overflow="fold", ratio=1)
     else:
         table.add_column(name, no_wrap=True, overflow="ellipsis")

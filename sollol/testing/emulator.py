@@ -69,6 +69,8 @@ class EmulatorNode:
     response_text: str | None = None
     faults: Faults = attrs.field(factory=Faults)
     max_loaded: int = 3
+    gpu_memory: int | None = None
+    """GPU memory in bytes, for `/api/ps` `size_vram` (None: every model wholly on the GPU)."""
     library: Iterable[str] | None = None
     version: str = "0.33.0"
     request_log: str | None = None
@@ -198,7 +200,7 @@ class EmulatorNode:
             sock = self._bind()
             self.name = self.name or f"emulator-{self.port}"
             self.app = EmulatorApp(
-                name=self.name, store=ModelStore.of(self.models, self.max_loaded),
+                name=self.name, store=ModelStore.of(self.models, self.max_loaded, self.gpu_memory),
                 speed=Speed(self.tokens_per_second, self.latency, self.response_tokens,
                             self.response_text, self.parallel),
                 version=self.version, on_refuse=self._refuse, request_log=self.request_log,
@@ -291,6 +293,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--response-tokens", type=int, default=12)
     p.add_argument("--response-text", help="Always answer with this text.")
     p.add_argument("--max-loaded", type=int, default=3)
+    p.add_argument("--gpu-memory", type=int, help="GPU bytes for /api/ps size_vram (0: CPU only; "
+                   "default: every model wholly on the GPU).")
     p.add_argument("--library", action="append", help="Names /api/pull may fetch (default: any).")
     p.add_argument("--request-log", help="Append a line per generation started to this file.")
     p.add_argument("--faults", default="{}", help="Initial faults as JSON, e.g. '{\"hang\":true}'.")
@@ -309,7 +313,7 @@ def node_from_args(args: argparse.Namespace) -> EmulatorNode:
         models=models or ["llama3.2:1b"], host=args.host, port=args.port, name=args.name,
         tokens_per_second=args.tokens_per_second, latency=args.latency, parallel=args.parallel,
         response_tokens=args.response_tokens, response_text=args.response_text,
-        max_loaded=args.max_loaded, library=args.library,
+        max_loaded=args.max_loaded, gpu_memory=args.gpu_memory, library=args.library,
         faults=Faults.from_json(json.loads(args.faults)), request_log=args.request_log,
     )
 

@@ -123,12 +123,16 @@ class ModelStore:
     """The models on one node; `max_loaded` bounds how many stay in memory (LRU eviction)."""
 
     max_loaded: int = 3
+    gpu_memory: int | None = None
+    """Bytes of GPU memory the node has: None holds every loaded model wholly on the GPU, 0 is a
+    CPU-only node, else models take what is left of it in load order and spill to the CPU."""
     slots: dict[str, ModelSlot] = attrs.field(factory=dict)
     blobs: dict[str, int] = attrs.field(factory=dict)
 
     @classmethod
-    def of(cls, models: Iterable[EmulatedModel], max_loaded: int = 3) -> ModelStore:
-        store = cls(max_loaded=max_loaded)
+    def of(cls, models: Iterable[EmulatedModel], max_loaded: int = 3,
+           gpu_memory: int | None = None) -> ModelStore:
+        store = cls(max_loaded=max_loaded, gpu_memory=gpu_memory)
         for model in models:
             store.add(model)
         return store
@@ -177,13 +181,19 @@ class ModelStore:
                 for s in self.slots.values()]
 
     def running(self) -> list[dict[str, Any]]:
-        """Entries of `/api/ps`."""
+        """Entries of `/api/ps`: `size` is the model's whole memory, `size_vram` the part of it
+        on the GPU (Ollama's meaning: 0 on a CPU-only node, less than `size` when it spilled)."""
         self.expire()
         far = time.time() + 10 * 365 * 86400
+        on_gpu: dict[str, int] = {}
+        left = self.gpu_memory
+        for s in sorted((s for s in self.slots.values() if s.loaded), key=lambda s: s.last_used):
+            on_gpu[s.model.name] = s.model.size if left is None else min(s.model.size, left)
+            left = None if left is None else left - on_gpu[s.model.name]
         return [{"name": s.model.name, "model": s.model.name, "size": s.model.size,
                  "digest": s.model.digest, "details": s.model.details(),
                  "expires_at": iso_at(s.expires_at if s.expires_at is not None else far),
-                 "size_vram": s.model.size, "context_length": s.model.context_length}
+                 "size_vram": on_gpu[s.model.name], "context_length": s.model.context_length}
                 for s in self.slots.values() if s.loaded]
 
     def show(self, name: str) -> dict[str, Any] | None:

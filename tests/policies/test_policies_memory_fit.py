@@ -37,7 +37,8 @@ def test_only_the_nodes_that_fit_are_used() -> None:
     assert (decision.route, decision.backend) == ("pool", "b")
     assert "2 of 3 nodes fit" in decision.reason
     assert decision.numbers["pool_nodes"]["a"] == {
-        "free_bytes": 2 * GiB, "total_bytes": None, "loaded": False, "fits": False}
+        "free_bytes": 2 * GiB, "total_bytes": None, "vram_used_bytes": None, "loaded": False,
+        "fits": False}
 
 
 def test_a_node_with_the_model_loaded_fits_without_free_memory() -> None:

@@ -165,11 +165,15 @@
       const health = s.healthy ? "up" : "down";
       const mem = s.memory_total
         ? [bytes(s.memory_free) + " / " + bytes(s.memory_total), meter(1 - s.memory_free / s.memory_total)] : "–";
+      // llama.cpp's device names (Vulkan0, CUDA0, CPU) where `sollol rpc serve` recorded them
+      const devices = (s.devices || []).map(d => el("div", "device", d.name + " · " + bytes(d.free) + " free"));
+      tr.dataset.devices = (s.devices || []).map(d => d.name).join(",");
       tr.append(
         cell("Address", el("span", "id", s.address)),
         cell("Health", [pill(health, healthKind(health)), !s.healthy && s.detail ? el("div", "err", s.detail) : null,
                         s.incompatible ? el("div", "err", s.incompatible) : null]),
         cell("Protocol", s.version || "?"),
+        cell("Devices", devices.length ? devices : "–"),
         cell("Memory", mem),
         cell("Held by", s.coordinator ? el("span", "model", s.coordinator) : "free"));
       rows.push(tr);
@@ -197,7 +201,8 @@
       fill.style.width = (100 * (s.layers || 0)) / total + "%";
       bar.append(fill);
       bar.dataset.layers = s.layers;
-      grid.append(el("span", "addr", s.host ? "gateway host" : s.address), bar,
+      const where = s.host ? "gateway host" : s.address + (s.devices && s.devices.length ? " (" + s.devices.join(",") + ")" : "");
+      grid.append(el("span", "addr", where), bar,
                   el("span", "what", s.layers + " layers [" + (s.layer_range || "–") + "] · " + (s.weights_mib || 0).toFixed(1) + " MiB"));
     });
     wrap.append(stack, grid);

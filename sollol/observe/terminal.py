@@ -130,15 +130,16 @@ def layer_bars(coord: dict[str, Any]) -> Text:
     if not total:
         return Text("not known yet", style="dim")
     text = Text()
-    for share in shares:
+    # llama.cpp's device names (`Vulkan0`) after the address, where the gateway knows them
+    labels = [share.get("address", "?") + (f" ({','.join(share['devices'])})"
+                                           if share.get("devices") else "") for share in shares]
+    width = max(22, *(len(label) for label in labels))
+    for share, where in zip(shares, labels, strict=True):
         count = share.get("layers") or 0
         if not count and share is report.get("coordinator"):
             continue
         filled = round(BAR * count / total)
-        where = share.get("address", "?")
-        if share.get("devices"):  # llama.cpp's names (`Vulkan0`), where the gateway knows them
-            where += f" ({','.join(share['devices'])})"
-        text.append(f"{where:<22} ")
+        text.append(f"{where:<{width}} ")
         text.append("█" * filled, style="cyan")
         text.append("░" * (BAR - filled), style="dim")
         text.append(f" {count} [{share.get('layer_range') or '-'}]\n")

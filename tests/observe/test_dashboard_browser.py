@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+import tomli_w
 
+from sollol.core.processes import free_port, wait_port
 from sollol.core.runtime import ClusterRuntime
 from sollol.gateway import GatewayThread
 
@@ -113,12 +116,28 @@ def assert_nothing_clipped_or_broken(page: Any) -> None:
     assert broken == [], f"names broken over lines: {broken}"
 
 
+def served_rpc_server(processes: Any, llama_dir: Path, state: Path, tmp_path: Path) -> str:
+    """`sollol rpc serve` as a user runs it: it records its devices' names in `state`."""
+    config = tmp_path / "serve.toml"
+    config.write_text(tomli_w.dumps({"llama_cpp_dir": str(llama_dir), "plugins": ["llamacpp_rpc"],
+                                     "rpc_state_dir": str(state)}))
+    port = free_port()
+    proc = processes.start("sollol-rpc-serve", [
+        sys.executable, "-m", "sollol", "rpc", "serve", "--port", str(port), "--threads", "1"],
+        env={**os.environ, "SOLLOL_CONFIG": str(config)})
+    wait_port("127.0.0.1", port, process=proc, timeout=120)
+    return f"127.0.0.1:{port}"
+
+
 def test_dashboard_shows_the_cluster_live(
-    page, emulator, rpc_servers, ollama_store, llama_binaries, tmp_path: Path,
+    page, emulator, rpc_servers, processes, ollama_store, llama_binaries, tmp_path: Path,
 ) -> None:
     nodes = [emulator(models=[POOL_MODEL], tokens_per_second=400.0, latency=0.02),
              emulator(models=[POOL_MODEL], tokens_per_second=250.0, latency=0.03)]
-    shards = [address for address, _proc in rpc_servers(2)]
+    # one rpc-server started by `sollol rpc serve` (its devices are named), one bare
+    named = served_rpc_server(processes, llama_binaries.rpc_server.parent,
+                              tmp_path / "sharding", tmp_path)
+    shards = [named, *(address for address, _proc in rpc_servers(1))]
     gateway = hybrid_gateway([n.url for n in nodes], shards, tmp_path / "sharding",
                              llama_binaries.llama_server.parent)
     try:
@@ -147,6 +166,11 @@ def test_dashboard_shows_the_cluster_live(
             assert address in page.inner_text(card)
             page.wait_for_selector(f'#rpc tr[data-rpc="{address}"]', timeout=WAIT_MS)
         assert "tiny" in page.inner_text("#rpc")  # each rpc-server names its coordinator
+        # devices by llama.cpp's names where `sollol rpc serve` recorded them, else by index
+        page.wait_for_selector(f'#rpc tr[data-rpc="{named}"][data-devices="CPU"]',
+                               timeout=WAIT_MS)
+        assert "device 0" in page.inner_text(f'#rpc tr[data-rpc="{shards[1]}"]')
+        assert f"{named} (CPU)" in page.inner_text(card)
         # `sollol status` tells the same story in the terminal, bars included
         from click.testing import CliRunner
 
@@ -155,7 +179,8 @@ def test_dashboard_shows_the_cluster_live(
         status = CliRunner().invoke(build_cli(), ["status", "--gateway", gateway.url],
                                     env={"COLUMNS": "220"})
         assert status.exit_code == 0, status.output
-        for text in (*shards, *(n.address for n in nodes), "tiny", "ready", "█", "layers"):
+        for text in (*shards, *(n.address for n in nodes), "tiny", "ready", "█", "layers",
+                     f"{named} (CPU)"):
             assert text in status.output, text
         # the charts drew the traffic
         page.wait_for_selector("#chart-rate path.series", timeout=WAIT_MS)

@@ -5,16 +5,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import tomli_w
+from click.testing import CliRunner
 from sollol_plugins.llamacpp_rpc import rpc_devices
 from sollol_plugins.llamacpp_rpc.plan import place
 
+from sollol.cli import build_cli
 from sollol.cli.checks import gpu_finding
+from sollol.core.processes import ProcessGroup, free_port, wait_port
 from sollol.errors import SollolError
-from sollol.llamacpp import toolchain
+from sollol.llamacpp import Binaries, toolchain
 from sollol.llamacpp.devices import Device
 from sollol.models import ShardOffer
 
@@ -132,3 +138,51 @@ def test_rpc_serve_warns_when_a_visible_gpu_would_go_unused(
     warning = capsys.readouterr().err
     assert "shows a cuda GPU (nvidia-smi)" in warning
     assert "sollol llamacpp install --backend cuda" in warning
+
+
+def served_rpc_server(processes: ProcessGroup, config: Path) -> str:
+    """`sollol rpc serve` on the CPU build, as a user runs it; its address once it answers."""
+    port = free_port()
+    proc = processes.start("sollol-rpc-serve", [
+        sys.executable, "-m", "sollol", "rpc", "serve", "--port", str(port), "--threads", "1"],
+        env={**os.environ, "SOLLOL_CONFIG": str(config)})
+    wait_port("127.0.0.1", port, process=proc, timeout=120)
+    return f"127.0.0.1:{port}"
+
+
+def named_backends(url: str) -> list[dict[str, Any]]:
+    """The sharding route's rpc-servers in `/sollol/state`, once each is probed and named."""
+    deadline = time.monotonic() + 60
+    while True:
+        state = httpx.get(url + "/sollol/state", timeout=10).json()
+        backends = state["routes"]["sharding"]["backends"]
+        if backends and all(b["healthy"] and b["device_names"] for b in backends):
+            return backends
+        assert time.monotonic() < deadline, backends
+        time.sleep(0.1)
+
+
+@pytest.mark.llamacpp
+def test_state_overview_and_status_name_the_devices_sollol_rpc_serve_serves(
+    processes: ProcessGroup, sharding_gateway: Any, llama_binaries: Binaries, tmp_path: Path,
+) -> None:
+    config = tmp_path / "serve.toml"  # the state dir the gateway's sharding config uses
+    config.write_text(tomli_w.dumps({"llama_cpp_dir": str(llama_binaries.rpc_server.parent),
+                                     "plugins": ["llamacpp_rpc"],
+                                     "rpc_state_dir": str(tmp_path / "sharding")}))
+    address = served_rpc_server(processes, config)
+    gateway = sharding_gateway([address])
+
+    (backend,) = named_backends(gateway.url)
+    assert backend["address"] == address and backend["device_names"] == ["CPU"]
+    assert [d["name"] for d in backend["devices"]] == ["CPU"]
+    assert backend["devices"][0]["free"] > 0
+    overview = httpx.get(gateway.url + "/sollol/overview", timeout=10).json()
+    (server,) = overview["rpc_servers"]  # what the dashboard's rpc-server table shows
+    assert [d["name"] for d in server["devices"]] == ["CPU"]
+
+    shown = CliRunner().invoke(build_cli(), ["status", "--gateway", gateway.url],
+                               env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    (row,) = [line for line in shown.output.splitlines() if address in line]
+    assert "│ CPU " in row, shown.output

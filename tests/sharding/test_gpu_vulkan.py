@@ -200,3 +200,13 @@ def test_a_mixed_cpu_and_vulkan_coordinator_through_the_gateway(
     assert [s["devices"] for s in shown["layers"]["backends"]] == [["Vulkan0"], ["CPU"]]
     text = CliRunner().invoke(build_cli(), ["shard", "status", "--url", gateway.url]).output
     assert f"{on_vulkan} (Vulkan0)" in text and "on Vulkan0" in text
+
+    state = httpx.get(gateway.url + "/sollol/state", timeout=10).json()["routes"]["sharding"]
+    named = {b["address"]: [d["name"] for d in b["devices"]] for b in state["backends"]}
+    assert named == {on_vulkan: ["Vulkan0"], on_cpu: ["CPU"]}
+    status = CliRunner().invoke(build_cli(), ["status", "--gateway", gateway.url],
+                                env={"COLUMNS": "220"})
+    assert status.exit_code == 0, status.output
+    assert f"{on_vulkan} (Vulkan0)" in status.output and f"{on_cpu} (CPU)" in status.output
+    (row,) = [line for line in status.output.splitlines() if line.startswith(f"│ {on_vulkan}")]
+    assert "│ Vulkan0 " in row, status.output

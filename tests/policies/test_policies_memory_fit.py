@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from sollol_plugins.policies.memory_fit import MemoryFit
 from test_policies_support import GiB, model, node, routes, rpc
@@ -123,3 +124,15 @@ def test_settings() -> None:
         with pytest.raises(ConfigError) as info:
             MemoryFit.from_settings(bad)
         assert info.value.key == f"policy_settings.memory-fit.{key}"
+
+
+def test_the_rpc_servers_devices_are_named_where_all_are_known() -> None:
+    vulkan = attrs.evolve(rpc("r1", 3), devices=("Vulkan0",))
+    cpu = attrs.evolve(rpc("r2", 3), devices=("CPU",))
+    decision = decide(routes(pool=[node("small", free=1)], sharding=[vulkan, cpu]))
+    assert decision.route == "sharding"
+    assert "the 2 healthy rpc-servers have 6.0 GiB free together on Vulkan0, CPU" in (
+        decision.reason)
+    # one remote rpc-server's names unknown: naming only the others would mislead
+    decision = decide(routes(pool=[node("small", free=1)], sharding=[vulkan, rpc("r2", 3)]))
+    assert decision.reason.endswith("have 6.0 GiB free together: the sharding route")

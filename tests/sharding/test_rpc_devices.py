@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -186,3 +187,21 @@ def test_state_overview_and_status_name_the_devices_sollol_rpc_serve_serves(
     assert shown.exit_code == 0, shown.output
     (row,) = [line for line in shown.output.splitlines() if address in line]
     assert "│ CPU " in row, shown.output
+
+
+@pytest.mark.llamacpp
+async def test_the_routes_backend_state_carries_the_device_names_for_policies(
+    processes: ProcessGroup, sharding_route: Any, llama_binaries: Binaries, tmp_path: Path,
+) -> None:
+    config = tmp_path / "serve.toml"
+    config.write_text(tomli_w.dumps({"llama_cpp_dir": str(llama_binaries.rpc_server.parent),
+                                     "plugins": ["llamacpp_rpc"],
+                                     "rpc_state_dir": str(tmp_path / "sharding")}))
+    address = served_rpc_server(processes, config)
+    route = await sharding_route([address])
+    deadline = time.monotonic() + 60
+    while not route.state().healthy:  # the first probe is under way
+        assert time.monotonic() < deadline, route.snapshot()
+        await asyncio.sleep(0.05)
+    (backend,) = route.state().backends
+    assert backend.devices == ("CPU",) and backend.memory_free

@@ -210,7 +210,7 @@ class ShardFit:
             text += f" ({healthy - self.reporting} of them report no memory)"
         # llama.cpp's device names, when every healthy rpc-server's are known
         servers = self.state.healthy if self.state else ()
-        if all(b.devices for b in servers):
+        if servers and all(b.devices for b in servers):
             text += f" on {', '.join(d for b in servers for d in b.devices)}"
         return text
 

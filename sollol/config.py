@@ -245,12 +245,17 @@ def read_file(path: Path) -> dict[str, Any]:
 
 def write_file(path: Path, values: Mapping[str, Any]) -> None:
     """Write the TOML atomically: a temp file in the same folder, then a rename."""
+    write_text_atomically(path, tomli_w.dumps({k: v for k, v in values.items() if v is not None}))
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace the config file at `path` with `text` in one rename: a reader sees the old file
+    or the new one, never half of it, and a failed write leaves the old one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = tomli_w.dumps({k: v for k, v in values.items() if v is not None})
     fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(data)
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

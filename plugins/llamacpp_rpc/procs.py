@@ -91,7 +91,7 @@ def reap_orphans(folder: Path) -> list[int]:
         except (OSError, ValueError):
             path.unlink(missing_ok=True)
             continue
-        if _same_process(data) and _alive(data.get("owner_pid")):
+        if _same_process(data) and alive(data.get("owner_pid")):
             continue  # another running gateway owns it
         if _same_process(data):
             log.warning("stopping orphaned coordinator pid %s (%s)", data["pid"],
@@ -103,7 +103,8 @@ def reap_orphans(folder: Path) -> list[int]:
     return reaped
 
 
-def _alive(pid: object) -> bool:
+def alive(pid: object) -> bool:
+    """Whether `pid` (as read from a pid file: any JSON value) names a live process."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -126,5 +127,5 @@ def _start_ticks(pid: int) -> int | None:
 
 def _same_process(data: dict) -> bool:
     pid = data.get("pid")
-    return _alive(pid) and data.get("start_ticks") is not None \
+    return alive(pid) and data.get("start_ticks") is not None \
         and _start_ticks(pid) == data.get("start_ticks")

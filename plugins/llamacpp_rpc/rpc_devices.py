@@ -21,6 +21,8 @@ from sollol.errors import SollolError
 from sollol.llamacpp import Device
 from sollol.models import split_host_port
 
+from . import procs
+
 WILDCARDS = ("0.0.0.0", "::", "")
 
 
@@ -72,7 +74,7 @@ def names(folder: Path, address: str) -> tuple[str, ...]:
         data = json.loads((folder / f"{port}.json").read_text())
     except (OSError, ValueError):
         return ()
-    if not isinstance(data, dict) or not _alive(data.get("pid")):
+    if not isinstance(data, dict) or not procs.alive(data.get("pid")):
         return ()
     bound = str(data.get("host", ""))
     if bound != host and bound not in WILDCARDS and not (_loopback(bound) and _loopback(host)):
@@ -94,15 +96,4 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True

@@ -11,8 +11,6 @@ they stand).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import tomlkit
 import tomlkit.exceptions
 from tomlkit.items import AoT, Table
 
+from sollol.config import write_text_atomically
 from sollol.errors import ConfigError
 
 
@@ -87,18 +86,7 @@ class ConfigDocument:
     def write(self, path: Path | None = None) -> None:
         """Write atomically (a temp file in the same folder, then a rename), mode 0600: the
         file may hold key hashes and node keys."""
-        path = path or self.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(self.text())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomically(path or self.path, self.text())
 
 
 def _item(value: Any) -> Any:

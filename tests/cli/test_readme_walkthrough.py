@@ -85,8 +85,10 @@ def test_the_readme_walk_through_works_as_written(
     which = user.ok("sollol llamacpp which")
     assert where in which and "llama-server" in which, which
 
-    # the workers: the README's command (its `sollol rpc serve` form), on loopback ports
-    (serve,) = [c.split("# or:")[-1].strip() for c in worker.splitlines() if "rpc serve" in c]
+    # the workers: the README's command (the `sollol rpc serve` part of its line, whichever
+    # side of the comment it is on), on loopback ports
+    (serve,) = [part.removeprefix(" or:").strip() for line in worker.splitlines()
+                for part in line.split("#") if "sollol rpc serve" in part]
     assert serve.startswith("sollol rpc serve --host")
     rpc = []
     for index in range(2):

@@ -63,8 +63,11 @@ def unreadable(needs: Iterable[Need], account: Account) -> list[str]:
     for need in needs:
         path = need.path.resolve()
         shown = str(need.path) if path == need.path else f"{need.path} (-> {path})"
+        # a symlink is followed from where it lies: the folders on the way to the link and on
+        # the way to its target all need search permission
+        on_the_way = [*reversed(need.path.absolute().parents), *reversed(path.parents)]
         try:
-            blocked = next((f for f in reversed(path.parents)
+            blocked = next((f for f in on_the_way
                             if not account.may(f.stat(), stat.S_IXOTH)), None)
             info = path.stat()
         except FileNotFoundError:

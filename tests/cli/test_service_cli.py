@@ -185,3 +185,23 @@ def test_unreadable_paths_name_the_folder_that_stops_the_account(open_folder: Pa
     assert problems == [f"the unit's DynamicUser cannot enter {closed}, so it cannot read the "
                         f"config file {inner}"]
     assert unreadable([Need(inner, "the config file")], Account.named("root")) == []
+
+
+def test_a_link_in_a_closed_folder_is_unreadable_whatever_it_points_at(open_folder: Path) -> None:
+    """Following a symlink needs search permission on the folders on the way to the link, not
+    only on the way to its target (a readable binary linked from a private bin/)."""
+    target = open_folder / "ggml-rpc-server"
+    target.write_text("")
+    target.chmod(0o755)
+    closed = open_folder / "bin"
+    closed.mkdir(mode=0o700)
+    link = closed / "ggml-rpc-server"
+    link.symlink_to(target)
+    problems = unreadable([Need(link, "ggml-rpc-server", execute=True)], Account(None))
+    assert problems == [f"the unit's DynamicUser cannot enter {closed}, so it cannot read "
+                        f"ggml-rpc-server {link} (-> {target})"]
+    opened = open_folder / "public"
+    opened.mkdir(mode=0o755)
+    (opened / "ggml-rpc-server").symlink_to(target)
+    assert unreadable([Need(opened / "ggml-rpc-server", "ggml-rpc-server", execute=True)],
+                      Account(None)) == []

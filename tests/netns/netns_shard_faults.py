@@ -292,6 +292,10 @@ def _fault_while_loading(s: Sharded, model: str, victim: Host, fault: Callable[[
     _wait("both rpc-servers healthy",
           lambda: all(b["healthy"] or b["detail"].startswith("held by")
                       for b in s.snapshot()["backends"]))
+    # an idle coordinator that an earlier fault moved moves back once its rpc-server returns
+    # (a restart where it would have gone): the load under test starts after that one's
+    _wait("no coordinator loading",
+          lambda: not any(c["state"] == "starting" for c in s.snapshot()["coordinators"]))
     victim.rate_limit(SLOW_LINK)
     seen: dict[str, Any] = {}
     fault_wall: list[float] = []

@@ -149,12 +149,28 @@ def _reply(s: Sharded, model: str | None = None, timeout: float = 120.0) -> floa
             "messages": [{"role": "user", "content": "hello"}]}
     last = ""
     while time.monotonic() - started < timeout:
-        reply = httpx.post(s.url + "/api/chat", json=body, timeout=60, trust_env=False)
+        try:
+            reply = httpx.post(s.url + "/api/chat", json=body, timeout=60, trust_env=False)
+        except httpx.TimeoutException as exc:  # still recovering: ask again, within `timeout`
+            last = f"no answer: {exc!r}"
+            continue
         if reply.status_code == 200 and reply.json().get("done"):
             return time.monotonic() - started
         last = reply.text
         time.sleep(0.2)
     raise AssertionError(f"no sharded reply within {timeout}s: {last}")
+
+
+def _settled(s: Sharded) -> None:
+    """Both rpc-servers answer, and no coordinator is loading: an idle coordinator that an
+    earlier fault moved goes back once its rpc-server returns (a restart where it would have
+    gone), and the test's own load starts after that one's."""
+    _wait("both rpc-servers healthy",
+          lambda: all(b["healthy"] or b["detail"].startswith("held by")
+                      for b in s.snapshot()["backends"]))
+    _wait("no coordinator loading",
+          lambda: not any(c["state"] == "starting" for c in s.snapshot()["coordinators"]),
+          timeout=120.0)
 
 
 def _wait(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
@@ -289,13 +305,7 @@ def _fault_while_loading(s: Sharded, model: str, victim: Host, fault: Callable[[
     """Requests for `model` arrive, its coordinator starts loading over both rpc-servers (the
     victim's link rate-limited); when a few MB reached the victim, `fault`. Returns the
     results, seconds from the fault to the restart and to its end, and the first coordinator."""
-    _wait("both rpc-servers healthy",
-          lambda: all(b["healthy"] or b["detail"].startswith("held by")
-                      for b in s.snapshot()["backends"]))
-    # an idle coordinator that an earlier fault moved moves back once its rpc-server returns
-    # (a restart where it would have gone): the load under test starts after that one's
-    _wait("no coordinator loading",
-          lambda: not any(c["state"] == "starting" for c in s.snapshot()["coordinators"]))
+    _settled(s)
     victim.rate_limit(SLOW_LINK)
     seen: dict[str, Any] = {}
     fault_wall: list[float] = []
@@ -356,9 +366,7 @@ def test_rpc_server_link_cut_while_a_sharded_model_loads(sharded: Sharded) -> No
 
 def test_rpc_server_killed_while_generating(sharded: Sharded) -> None:
     s = sharded
-    _wait("both rpc-servers healthy",
-          lambda: all(b["healthy"] or b["detail"].startswith("held by")
-                      for b in s.snapshot()["backends"]))
+    _settled(s)
     _reply(s)  # the coordinator is up on both shards (it evicts the last test's)
     victim = s.shard_process(s.shards[0])
     assert victim is not None

@@ -149,9 +149,9 @@ def test_a_killed_gateway_leaves_no_coordinator(
         os.killpg(gateway.pid, signal.SIGKILL)
         gateway.wait()
     deadline = time.monotonic() + 30
-    while procs._alive(child) and time.monotonic() < deadline:
+    while procs.alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not procs._alive(child)
+    assert not procs.alive(child)
     assert procs.reap_orphans(tmp_path / "coordinators") == []  # gone already; file removed
     assert not list((tmp_path / "coordinators").glob("*.json"))
 

@@ -295,6 +295,33 @@ def sollol_process(processes: ProcessGroup, tmp_path: Path) -> Callable[..., Man
 
 
 @pytest.fixture
+def rpc_serve(processes: ProcessGroup, llama_binaries: Binaries,
+              tmp_path: Path) -> Callable[[Path], str]:
+    """Start `sollol rpc serve` (the CPU build) as a user runs it, recording its devices' names
+    in the state dir given; returns its address once it answers. Stopped at teardown."""
+    import os
+    import sys
+
+    import tomli_w
+
+    from sollol.core.processes import free_port, wait_port
+
+    def start(state: Path) -> str:
+        config = tmp_path / f"serve-{free_port()}.toml"
+        config.write_text(tomli_w.dumps({"llama_cpp_dir": str(llama_binaries.rpc_server.parent),
+                                         "plugins": ["llamacpp_rpc"],
+                                         "rpc_state_dir": str(state)}))
+        port = free_port()
+        proc = processes.start(f"sollol-rpc-serve-{port}", [
+            sys.executable, "-m", "sollol", "rpc", "serve", "--port", str(port), "--threads", "1"],
+            env={**os.environ, "SOLLOL_CONFIG": str(config)})
+        wait_port("127.0.0.1", port, process=proc, timeout=120)
+        return f"127.0.0.1:{port}"
+
+    return start
+
+
+@pytest.fixture
 def wait_for_lines() -> Callable[..., int]:
     """`wait_for_lines(path, n, proc)`: wait until a file a child process writes has n lines."""
     import time

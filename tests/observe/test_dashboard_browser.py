@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-import tomli_w
 
-from sollol.core.processes import free_port, wait_port
 from sollol.core.runtime import ClusterRuntime
 from sollol.gateway import GatewayThread
 
@@ -116,27 +113,13 @@ def assert_nothing_clipped_or_broken(page: Any) -> None:
     assert broken == [], f"names broken over lines: {broken}"
 
 
-def served_rpc_server(processes: Any, llama_dir: Path, state: Path, tmp_path: Path) -> str:
-    """`sollol rpc serve` as a user runs it: it records its devices' names in `state`."""
-    config = tmp_path / "serve.toml"
-    config.write_text(tomli_w.dumps({"llama_cpp_dir": str(llama_dir), "plugins": ["llamacpp_rpc"],
-                                     "rpc_state_dir": str(state)}))
-    port = free_port()
-    proc = processes.start("sollol-rpc-serve", [
-        sys.executable, "-m", "sollol", "rpc", "serve", "--port", str(port), "--threads", "1"],
-        env={**os.environ, "SOLLOL_CONFIG": str(config)})
-    wait_port("127.0.0.1", port, process=proc, timeout=120)
-    return f"127.0.0.1:{port}"
-
-
 def test_dashboard_shows_the_cluster_live(
-    page, emulator, rpc_servers, processes, ollama_store, llama_binaries, tmp_path: Path,
+    page, emulator, rpc_servers, rpc_serve, ollama_store, llama_binaries, tmp_path: Path,
 ) -> None:
     nodes = [emulator(models=[POOL_MODEL], tokens_per_second=400.0, latency=0.02),
              emulator(models=[POOL_MODEL], tokens_per_second=250.0, latency=0.03)]
     # one rpc-server started by `sollol rpc serve` (its devices are named), one bare
-    named = served_rpc_server(processes, llama_binaries.rpc_server.parent,
-                              tmp_path / "sharding", tmp_path)
+    named = rpc_serve(tmp_path / "sharding")
     shards = [named, *(address for address, _proc in rpc_servers(1))]
     gateway = hybrid_gateway([n.url for n in nodes], shards, tmp_path / "sharding",
                              llama_binaries.llama_server.parent)

@@ -19,7 +19,6 @@ from sollol_plugins.llamacpp_rpc.plan import place
 
 from sollol.cli import build_cli
 from sollol.cli.checks import gpu_finding
-from sollol.core.processes import ProcessGroup, free_port, wait_port
 from sollol.errors import SollolError
 from sollol.llamacpp import Binaries, toolchain
 from sollol.llamacpp.devices import Device
@@ -141,16 +140,6 @@ def test_rpc_serve_warns_when_a_visible_gpu_would_go_unused(
     assert "sollol llamacpp install --backend cuda" in warning
 
 
-def served_rpc_server(processes: ProcessGroup, config: Path) -> str:
-    """`sollol rpc serve` on the CPU build, as a user runs it; its address once it answers."""
-    port = free_port()
-    proc = processes.start("sollol-rpc-serve", [
-        sys.executable, "-m", "sollol", "rpc", "serve", "--port", str(port), "--threads", "1"],
-        env={**os.environ, "SOLLOL_CONFIG": str(config)})
-    wait_port("127.0.0.1", port, process=proc, timeout=120)
-    return f"127.0.0.1:{port}"
-
-
 def named_backends(url: str) -> list[dict[str, Any]]:
     """The sharding route's rpc-servers in `/sollol/state`, once each is probed and named."""
     deadline = time.monotonic() + 60
@@ -165,13 +154,9 @@ def named_backends(url: str) -> list[dict[str, Any]]:
 
 @pytest.mark.llamacpp
 def test_state_overview_and_status_name_the_devices_sollol_rpc_serve_serves(
-    processes: ProcessGroup, sharding_gateway: Any, llama_binaries: Binaries, tmp_path: Path,
+    rpc_serve: Any, sharding_gateway: Any, llama_binaries: Binaries, tmp_path: Path,
 ) -> None:
-    config = tmp_path / "serve.toml"  # the state dir the gateway's sharding config uses
-    config.write_text(tomli_w.dumps({"llama_cpp_dir": str(llama_binaries.rpc_server.parent),
-                                     "plugins": ["llamacpp_rpc"],
-                                     "rpc_state_dir": str(tmp_path / "sharding")}))
-    address = served_rpc_server(processes, config)
+    address = rpc_serve(tmp_path / "sharding")  # the state dir the gateway's config uses
     gateway = sharding_gateway([address])
 
     (backend,) = named_backends(gateway.url)
@@ -191,13 +176,9 @@ def test_state_overview_and_status_name_the_devices_sollol_rpc_serve_serves(
 
 @pytest.mark.llamacpp
 async def test_the_routes_backend_state_carries_the_device_names_for_policies(
-    processes: ProcessGroup, sharding_route: Any, llama_binaries: Binaries, tmp_path: Path,
+    rpc_serve: Any, sharding_route: Any, llama_binaries: Binaries, tmp_path: Path,
 ) -> None:
-    config = tmp_path / "serve.toml"
-    config.write_text(tomli_w.dumps({"llama_cpp_dir": str(llama_binaries.rpc_server.parent),
-                                     "plugins": ["llamacpp_rpc"],
-                                     "rpc_state_dir": str(tmp_path / "sharding")}))
-    address = served_rpc_server(processes, config)
+    address = rpc_serve(tmp_path / "sharding")  # the state dir the gateway's config uses
     route = await sharding_route([address])
     deadline = time.monotonic() + 60
     while not route.state().healthy:  # the first probe is under way

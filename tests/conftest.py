@@ -322,6 +322,28 @@ def rpc_serve(processes: ProcessGroup, llama_binaries: Binaries,
 
 
 @pytest.fixture
+def fake_terminal(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], Any]:
+    """`fake_terminal(columns)`: stdout becomes a colour terminal that many columns wide, whose
+    output the returned StringIO holds (rich and our TTY checks take it for a real one)."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    def make(columns: int) -> io.StringIO:
+        screen = Terminal()
+        monkeypatch.setattr(sys, "stdout", screen)
+        monkeypatch.setenv("TERM", "xterm-256color")
+        monkeypatch.setenv("COLUMNS", str(columns))
+        monkeypatch.delenv("NO_COLOR", raising=False)
+        return screen
+
+    return make
+
+
+@pytest.fixture
 def wait_for_lines() -> Callable[..., int]:
     """`wait_for_lines(path, n, proc)`: wait until a file a child process writes has n lines."""
     import time

@@ -116,21 +116,10 @@ def test_the_node_table_is_plain_aligned_text_off_a_terminal() -> None:
     assert all(line == line.rstrip() and "\x1b" not in line for line in lines)
 
 
-def test_the_node_table_on_a_terminal_shows_health_in_colour(monkeypatch) -> None:
-    import io
-    import sys
-
+def test_the_node_table_on_a_terminal_shows_health_in_colour(fake_terminal) -> None:
     from sollol_plugins.ollama_pool.pool_commands import show
 
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    screen = Terminal()
-    monkeypatch.setattr(sys, "stdout", screen)
-    monkeypatch.setenv("TERM", "xterm-256color")
-    monkeypatch.setenv("COLUMNS", "160")
-    monkeypatch.delenv("NO_COLOR", raising=False)
+    screen = fake_terminal(160)
     show(SNAPSHOT)
     text = screen.getvalue()
     assert "\x1b[32mhealthy" in text and "\x1b[31mdown" in text

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import re
-import sys
+from typing import Any
 
 import pytest
 from sollol_plugins.ollama_pool.pull_progress import PullProgress
@@ -31,15 +30,8 @@ def test_off_a_terminal_each_change_of_a_node_is_one_line(
     ]
 
 
-def test_on_a_terminal_each_node_has_a_live_bar(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    screen = Terminal()
-    monkeypatch.setattr(sys, "stdout", screen)
-    monkeypatch.setenv("TERM", "xterm-256color")
-    monkeypatch.setenv("COLUMNS", "120")
+def test_on_a_terminal_each_node_has_a_live_bar(fake_terminal: Any) -> None:
+    screen = fake_terminal(120)
     with PullProgress(tty=True) as bars:
         for event in EVENTS:
             bars.update(event)

@@ -29,6 +29,7 @@ MIN_PLAIN_LENGTH = 16
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _FIELDS = {"name", "key", "hash", "admin", "models"}
+_WALKS = re.compile(r"(?:^|[/\\])\.{1,2}(?:[/\\]|$)")
 
 
 def new_key() -> str:
@@ -61,10 +62,19 @@ class AccessKey:
     def scope(self) -> str:
         return "admin" if self.admin else "inference"
 
+    @property
+    def limited(self) -> bool:
+        """Whether the key's globs leave some models out (anything but `*`)."""
+        return self._pattern is not None
+
     def allows_model(self, model: str) -> bool:
-        """Whether any of the key's model globs matches one spelling of `model`."""
+        """Whether any of the key's model globs matches one spelling of `model`. A name that
+        walks a path (a `.` or `..` segment) is never allowed to a limited key: a resolver
+        would turn it into another name than the one the glob saw."""
         if self._pattern is None:
             return True
+        if _WALKS.search(model.strip()):
+            return False
         return any(self._pattern.match(name) for name in model_spellings(model))
 
     def describe(self) -> dict[str, Any]:

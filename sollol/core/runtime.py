@@ -199,9 +199,11 @@ class ClusterRuntime:
                 return info
         return None
 
-    async def decide(self, request: RouteRequest) -> RouteDecision:
+    async def decide(self, request: RouteRequest, *,
+                     visible: Callable[[str], bool] | None = None) -> RouteDecision:
         """Pick the route for a request by the mode matrix and the configured policy, among
-        the routes that can serve the model (an unknown model gets "did you mean")."""
+        the routes that can serve the model (an unknown model gets "did you mean", among the
+        names `visible` passes)."""
         sharding = self.config["model_sharding_enabled"]
         distribution = self.config["task_distribution_enabled"]
         places = await self.placements(request) if sharding or distribution else {}
@@ -213,7 +215,7 @@ class ClusterRuntime:
                                 policy=self.policy, model=model, routes=self.route_states(),
                                 placements=places)
         except ModelNotFound as exc:
-            raise await self.not_found(exc, request.model) from None
+            raise await self.not_found(exc, request.model, visible=visible) from None
 
     async def decide_for_alias(self, request: RouteRequest, alias: Alias) -> RouteDecision:
         """The decision for an alias that fixes its route (or pool nodes): that route, if it
@@ -286,27 +288,31 @@ class ClusterRuntime:
         self._known = (now, list(names))
         return self._known[1]
 
-    async def not_found(self, exc: ModelNotFound, model: str) -> ModelNotFound:
-        """`exc` with the closest model names from every route, if any look alike."""
+    async def not_found(self, exc: ModelNotFound, model: str, *,
+                        visible: Callable[[str], bool] | None = None) -> ModelNotFound:
+        """`exc` with the closest model names from every route, if any look alike (only names
+        `visible` passes: those an access key may use, sollol.core.scope)."""
         message = str(exc)
         if "did you mean" in message:
             return exc
-        close = closest(model, await self.known_models())
+        known = await self.known_models()
+        close = closest(model, known if visible is None else [n for n in known if visible(n)])
         if close:
             message += f"; did you mean {' or '.join(repr(c) for c in close)}?"
         return ModelNotFound(message)
 
     async def acquire(
-        self, request: RouteRequest, decision: RouteDecision, *, exclude: Collection[str] = ()
+        self, request: RouteRequest, decision: RouteDecision, *, exclude: Collection[str] = (),
+        visible: Callable[[str], bool] | None = None,
     ) -> Lease:
-        """A lease on an upstream of the decided route."""
+        """A lease on an upstream of the decided route ("did you mean" as in `decide`)."""
         provider = self.routes.get(decision.route)
         if provider is None:
             raise NoRouteAvailable(f"route {decision.route!r} is not available")
         try:
             return await provider.acquire(request, backend=decision.backend, exclude=exclude)
         except ModelNotFound as exc:
-            raise await self.not_found(exc, request.model) from None
+            raise await self.not_found(exc, request.model, visible=visible) from None
 
     def record(self, event: RouteEvent) -> None:
         """Log a finished request and tell `sollol_request_routed` implementations."""

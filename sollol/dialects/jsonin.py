@@ -5,14 +5,21 @@ Python's `json` accepts what later steps choke on: `NaN`/`Infinity` literals and
 way out, lone UTF-16 surrogates (`"\\ud800"`: no UTF-8 encoder accepts them) and bodies in
 UTF-16. Each is a 400 here, except lone surrogates, which become U+FFFD as Ollama's decoder
 does (JavaScript clients emit them when they cut a string inside an emoji).
+
+One body, one meaning: the gateway checks a request (its model above all) and forwards the
+client's bytes, so every decoder must read them as the check did. Keys a Go decoder (Ollama)
+would read otherwise, duplicates and keys equal but for case, are a 400
+(sollol/dialects/jsonkeys.py).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Collection
 from typing import Any
 
+from sollol.dialects.jsonkeys import KeyCheck
 from sollol.errors import RequestError
 
 MAX_DEPTH = 64
@@ -21,11 +28,13 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def loads(text: str) -> Any:
+def loads(text: str,
+          object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None) -> Any:
     """`json.loads`, strict: ValueError for NaN/Infinity, out-of-range numbers, integers of
     more than 4300 digits and nesting deeper than MAX_DEPTH (never RecursionError)."""
     try:
-        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite,
+                           object_pairs_hook=object_pairs_hook)
     except RecursionError:
         raise ValueError(f"nested more than {MAX_DEPTH} deep") from None
     if text.count("[") + text.count("{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
@@ -42,9 +51,11 @@ def from_node(text: str | bytes) -> Any:
         raise ValueError(f"nested too deeply to read ({len(text)} bytes)") from None
 
 
-def parse_json_object(raw: bytes) -> tuple[dict[str, Any], bytes]:
+def parse_json_object(raw: bytes, fields: Collection[str] = ()) -> tuple[dict[str, Any], bytes]:
     """The body as a JSON object, and the bytes to forward (rewritten only to drop lone
-    surrogates); RequestError saying what is wrong otherwise."""
+    surrogates); RequestError saying what is wrong otherwise, also for keys a Go decoder would
+    read otherwise than the gateway (see the module docstring; `fields`: the top-level fields
+    the caller reads)."""
     if not raw.strip():
         raise RequestError("request body is empty; expected a JSON object")
     try:
@@ -52,12 +63,14 @@ def parse_json_object(raw: bytes) -> tuple[dict[str, Any], bytes]:
     except UnicodeDecodeError as exc:
         raise RequestError(f"request body is not UTF-8 ({exc.reason} at byte {exc.start})") \
             from None
+    keys = KeyCheck()
     try:
-        body = loads(text)
+        body = loads(text, keys)
     except ValueError as exc:
         raise RequestError(f"invalid JSON in request body: {exc}") from None
     if not isinstance(body, dict):
         raise RequestError(f"request body must be a JSON object, not {json_type(body)}")
+    keys.check(body, fields)
     if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(body):
         body = _replace_surrogates(body)
         raw = json.dumps(body).encode()

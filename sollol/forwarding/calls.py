@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import attrs
 
+from sollol.core.access import AccessKey
 from sollol.models import Api, RouteRequest
 
 Op = Literal["chat", "generate", "completions", "embed", "embeddings", "show", "messages",
@@ -23,3 +24,5 @@ class Call:
     body: Mapping[str, Any]
     raw: bytes
     request: RouteRequest
+    key: AccessKey | None = None
+    """The access key it came with, when its globs limit the models it may reach (core/scope.py)."""

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import attrs
 
 from sollol.core import capabilities
-from sollol.core.aliases import Alias, targets
+from sollol.core.aliases import Alias
+from sollol.core.scope import scoped_targets, visible_names
 from sollol.core.units import keep_alive_seconds
 from sollol.dialects.error_shapes import error_body
 from sollol.dialects.replies import error_message, load_reply, show_from_info
@@ -85,8 +86,8 @@ class Dispatcher:
 
     async def open(self, call: Call) -> Reply:
         """Route and send `call` (through its alias, then its fallbacks, before the first byte
-        only); raise SollolError when no backend could take it."""
-        chain = targets(self.cluster.config, call.request.model)
+        only, each one its key may use); raise SollolError when no backend could take it."""
+        chain = scoped_targets(self.cluster.config, call.request.model, call.key)
         failures: list[str] = []
         for index, target in enumerate(chain):
             last = index == len(chain) - 1
@@ -133,10 +134,11 @@ class Dispatcher:
         """Decide the route once, then lease its backends in turn until one answers (at most
         `max_retries` more after the first, within `request_timeout`)."""
         wanted = request.call.request
+        visible = visible_names(self.cluster.config, request.call.key)  # for "did you mean"
         if alias is not None and (alias.route or alias.nodes):
             request.decision = await self.cluster.decide_for_alias(wanted, alias)
         else:
-            request.decision = await self.cluster.decide(wanted)
+            request.decision = await self.cluster.decide(wanted, visible=visible)
         decision = request.decision
         keeper = self.cluster.routes.get(decision.route)
         keep_alive = _keep_alive(request.call)
@@ -155,7 +157,7 @@ class Dispatcher:
         while request.attempts <= self.max_retries and loop.time() < deadline:
             asked = time.perf_counter()
             try:
-                lease = await self.cluster.acquire(wanted, decision,
+                lease = await self.cluster.acquire(wanted, decision, visible=visible,
                                                    exclude=[*request.tried, *outside])
             except SollolError as exc:
                 if not failures:

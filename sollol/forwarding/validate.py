@@ -56,6 +56,8 @@ _SCHEMAS: dict[tuple[Api, Op], dict[str, Any]] = {
                                 "top_p": _NUMBER, "top_k": int, "stop_sequences": list,
                                 "metadata": dict, "output_config": dict},
 }
+_FIELDS = {where: frozenset(schema) | {"name"} for where, schema in _SCHEMAS.items()}
+"""Top-level fields read per operation: no key may spell one in another case (jsonkeys.py)."""
 _REQUIRED: dict[tuple[Api, Op], tuple[str, ...]] = {
     ("openai", "chat"): ("messages",),
     ("openai", "completions"): ("prompt",),
@@ -71,7 +73,7 @@ _STREAM_DEFAULT = {("ollama", "chat"): True, ("ollama", "generate"): True}
 
 def validate(api: Api, op: Op, raw: bytes) -> Call:
     """Parse and check a request for `op` in dialect `api`; raise RequestError when it is bad."""
-    body, raw = parse_json_object(raw)
+    body, raw = parse_json_object(raw, _FIELDS[(api, op)])
     schema = _SCHEMAS[(api, op)]
     if op == "show" and "model" not in body and isinstance(body.get("name"), str):
         body["model"] = body["name"]  # older Ollama clients send `name`

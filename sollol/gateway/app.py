@@ -13,6 +13,8 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from sollol.dialects.error_shapes import (
     error_body,
     error_code,
@@ -194,8 +196,8 @@ class Gateway:
         raw = await read_body(scope, receive, self.max_body)
         call = validate(api, op, raw)
         key = scope.get("sollol.key")
-        if key is not None and not key.allows_model(call.request.model):
-            raise Forbidden(f"key {key.name!r} may not use model {call.request.model[:200]!r}")
+        if key is not None and key.limited:  # every model the request may reach is checked
+            call = attrs.evolve(call, key=key)  # (sollol/core/scope.py, by the dispatcher)
         if self.dispatcher is None:
             await self._error(send, api, 503, "the gateway has not started (no lifespan startup)")
             return

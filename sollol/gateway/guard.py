@@ -32,6 +32,11 @@ log = logging.getLogger("sollol.gateway")
 
 ADMIN_PATHS = frozenset(r.path for r in ROUTES if r.kind in _ADMIN_KINDS and not r.prefix)
 ADMIN_PREFIXES = ("/sollol/", *(r.path for r in ROUTES if r.kind in _ADMIN_KINDS and r.prefix))
+# The whole cluster: its state, events, nodes, metrics and dashboard name every model, and
+# membership changes reach every model's requests. Not for a key limited to some models.
+_CLUSTER_KINDS = ("monitor", "admin")
+CLUSTER_PATHS = frozenset(r.path for r in ROUTES if r.kind in _CLUSTER_KINDS and not r.prefix)
+CLUSTER_PREFIXES = ("/sollol/", *(r.path for r in ROUTES if r.kind in _CLUSTER_KINDS and r.prefix))
 CORS_METHODS = b"GET, HEAD, POST, DELETE, OPTIONS"
 CORS_HEADERS = b"authorization, content-type, x-api-key, anthropic-version"
 EXPOSED = b"x-sollol-route, x-sollol-backend, x-sollol-policy, x-sollol-reason, retry-after"
@@ -159,6 +164,9 @@ class Guard:
         if not key.admin and (path in ADMIN_PATHS or path.startswith(ADMIN_PREFIXES)):
             raise Forbidden(f"key {key.name!r} is an inference key; {method} {path} needs an "
                             "admin key (`sollol keys create NAME --admin`)")
+        if key.limited and (path in CLUSTER_PATHS or path.startswith(CLUSTER_PREFIXES)):
+            raise Forbidden(f"key {key.name!r} is limited to some models; {method} {path} "
+                            "shows or changes the whole cluster and needs a key for every model")
         return self._admitted[key.name] if origin is None else Admitted(key, origin)
 
     def _check_host(self, value: bytes) -> None:

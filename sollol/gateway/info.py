@@ -13,6 +13,7 @@ from sollol import __version__
 from sollol.core.aliases import aliases
 from sollol.core.names import canonical, is_path
 from sollol.core.router import POOL
+from sollol.core.scope import visible_entries
 from sollol.errors import ModelNotFound, NoRouteAvailable, RequestError
 
 log = logging.getLogger("sollol.gateway")
@@ -47,20 +48,19 @@ async def _gather(cluster: ClusterRuntime, method: str) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def _visible(scope: dict[str, Any], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The entries the request's access key may use (all of them when there is no key)."""
-    key = scope.get("sollol.key")
-    if key is None:
-        return entries
-    return [e for e in entries if key.allows_model(str(e.get("name") or e.get("model")))]
+def _visible(cluster: ClusterRuntime, scope: dict[str, Any],
+             entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries the request's access key may use, aliases by their targets too (all of
+    them when there is no key; sollol.core.scope)."""
+    return visible_entries(cluster.config, scope.get("sollol.key"), entries)
 
 
 async def tags(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:
-    return {"models": _visible(scope, await _gather(cluster, "list_models"))}
+    return {"models": _visible(cluster, scope, await _gather(cluster, "list_models"))}
 
 
 async def ps(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:
-    return {"models": _visible(scope, await _gather(cluster, "running"))}
+    return {"models": _visible(cluster, scope, await _gather(cluster, "running"))}
 
 
 async def version(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:
@@ -85,7 +85,7 @@ async def openai_models(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:
     now = int(time.time())
     data = [{"id": entry.get("name") or entry.get("model"), "object": "model", "created": now,
              "owned_by": "sollol"}
-            for entry in _visible(scope, await _gather(cluster, "list_models"))]
+            for entry in _visible(cluster, scope, await _gather(cluster, "list_models"))]
     return {"object": "list", "data": data}
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from sollol.core.names import check_model_name
 from sollol.dialects.jsonin import parse_json_object
-from sollol.errors import Forbidden, NoRouteAvailable, RequestError
+from sollol.errors import NoRouteAvailable, RequestError
+from sollol.gateway import manage_scope
 from sollol.gateway.asgi import DisconnectWatch, Receive, Scope, Send, read_body, send_json
 from sollol.gateway.blobs import parse_digest
 from sollol.routes import POOL, ModelManagement
@@ -41,7 +41,7 @@ def _route(cluster: ClusterRuntime, operation: str) -> ModelManagement:
 
 
 def _body(raw: bytes) -> dict[str, Any]:
-    return parse_json_object(raw)[0] if raw.strip() else {}
+    return parse_json_object(raw, manage_scope.FIELDS)[0] if raw.strip() else {}
 
 
 def _nodes(scope: Scope, body: dict[str, Any]) -> list[str] | None:
@@ -53,15 +53,11 @@ def _nodes(scope: Scope, body: dict[str, Any]) -> list[str] | None:
     return [*(named or []), *query] or None
 
 
-def _text(scope: Scope, body: dict[str, Any], *names: str) -> str:
-    """A model name from the body, which the request's access key must be allowed to use."""
+def _text(body: dict[str, Any], *names: str) -> str:
+    """A model name from the body (`manage_scope.check` has checked it against the key)."""
     for name in names:
         value = body.get(name)
         if isinstance(value, str) and value.strip():
-            check_model_name(value)
-            key = scope.get("sollol.key")
-            if key is not None and not key.allows_model(value):
-                raise Forbidden(f"key {key.name!r} may not manage model {value[:200]!r}")
             return value
     raise RequestError(f"field {names[0]!r} is required")
 
@@ -89,10 +85,11 @@ async def handle(cluster: ClusterRuntime, scope: Scope, receive: Receive, send: 
 
 async def _manage(cluster: ClusterRuntime, scope: Scope, path: str, body: dict[str, Any],
                   nodes: list[str] | None, send: Send, blobs: BlobSpool | None) -> None:
+    manage_scope.check(scope.get("sollol.key"), path, body, blobs)  # every model it names
     if path in ("/api/pull", "/api/push", "/api/create"):
         operation = path.removeprefix("/api/")
         route = _route(cluster, operation)
-        model = _text(scope, body, "model", "name")
+        model = _text(body, "model", "name")
         stream = body.pop("stream", True) is not False
         insecure = bool(body.get("insecure"))
         if operation == "pull":
@@ -105,11 +102,11 @@ async def _manage(cluster: ClusterRuntime, scope: Scope, path: str, body: dict[s
         await _progress(send, events, stream)
         return
     if path == "/api/delete":
-        result = await _route(cluster, "delete").delete(_text(scope, body, "model", "name"),
+        result = await _route(cluster, "delete").delete(_text(body, "model", "name"),
                                                         nodes)
     else:
-        result = await _route(cluster, "copy").copy(_text(scope, body, "source"),
-                                                    _text(scope, body, "destination"), nodes)
+        result = await _route(cluster, "copy").copy(_text(body, "source"),
+                                                    _text(body, "destination"), nodes)
     status = 200 if result.get("status") == "success" else int(result.get("http_status", 502))
     await send_json(send, status, {k: v for k, v in result.items() if k != "http_status"})
 

@@ -28,6 +28,24 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+GO_FIELDS = ("model", "name", "messages", "prompt", "input", "stream", "options", "keep_alive",
+             "format", "think", "raw", "system", "template", "tools", "logprobs", "top_logprobs",
+             "dimensions", "from", "files", "modelfile", "source", "destination", "insecure")
+"""The top-level request fields the emulator reads, as Ollama's Go structs name them."""
+_GO_FOLDED = {field.casefold(): field for field in GO_FIELDS}
+
+
+def go_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's keys as Go's `encoding/json` gives them to a struct: a key equal to a field
+    but for case (Unicode simple folding: `Model`, `MODEL`) sets that field, and the last key
+    to set a field wins. A real Ollama runs `secret` for `{"model": "tiny", "Model": "secret"}`;
+    so does the emulator."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        out[_GO_FOLDED.get(key.casefold(), key)] = value
+    return out
+
+
 class HttpError(Exception):
     """Ends a request with an Ollama-style `{"error": ...}` body and a status."""
 
@@ -95,16 +113,23 @@ class Call:
                 return b"".join(chunks)
 
     async def json(self) -> dict[str, Any]:
+        """The body as Ollama's Go decoder reads it (`go_fields`)."""
         raw = await self.body()
         if not raw.strip():
             raise HttpError(400, "missing request body")
+        objects: list[list[tuple[str, Any]]] = []
+
+        def keep(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+            objects.append(pairs)
+            return dict(pairs)
+
         try:
-            value = json.loads(raw)
+            value = json.loads(raw, object_pairs_hook=keep)
         except (ValueError, UnicodeDecodeError) as exc:
             raise HttpError(400, f"invalid JSON: {exc}") from None
         if not isinstance(value, dict):
             raise HttpError(400, "request body must be a JSON object")
-        return value
+        return go_fields(objects[-1])  # (the outermost object is the last one built)
 
     async def wait_disconnect(self) -> None:
         """Block until the client goes away (used to hang without busy work)."""

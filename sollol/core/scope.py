@@ -9,12 +9,13 @@ are skipped, never tried, and a request left with none is refused (403) in words
 them. Listings and "did you mean" show a name only if the key could use it, alias and all.
 
 Every place that turns a name into a model asks here: the dispatcher for each request
-(sollol/forwarding/dispatch.py), the model lists (sollol/gateway/info.py) and the suggestions of
-a 404 (`ClusterRuntime.not_found`).
+(sollol/forwarding/dispatch.py), the model lists (sollol/gateway/info.py), the suggestions of a
+404 (`ClusterRuntime.not_found`) and `/api/show`'s `details.parent_model`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -88,3 +89,19 @@ def visible_entries(config: Mapping[str, Any] | Any, key: AccessKey | None,
             entry = {**entry, "details": {**details, "parent_model": ""}}
         out.append(entry)
     return out
+
+
+def visible_show(body: bytes, visible: Visible | None) -> bytes:
+    """An `/api/show` reply without a `details.parent_model` that `visible` hides (a model
+    created from one the key may not use names it there)."""
+    if visible is None or b"parent_model" not in body:
+        return body
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    details = data.get("details") if isinstance(data, dict) else None
+    parent = details.get("parent_model") if isinstance(details, dict) else None
+    if not isinstance(parent, str) or not parent or visible(parent):
+        return body
+    return json.dumps({**data, "details": {**details, "parent_model": ""}}).encode()

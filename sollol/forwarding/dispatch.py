@@ -19,7 +19,7 @@ import attrs
 
 from sollol.core import capabilities
 from sollol.core.aliases import Alias
-from sollol.core.scope import scoped_targets, visible_names
+from sollol.core.scope import scoped_targets, visible_names, visible_show
 from sollol.core.units import keep_alive_seconds
 from sollol.dialects.error_shapes import error_body
 from sollol.dialects.replies import error_message, load_reply, show_from_info
@@ -107,6 +107,9 @@ class Dispatcher:
             if index:
                 reply.route = {**reply.route, "fallback": target.name,
                                "requested": call.request.model}
+            if call.key is not None and call.op == "show" and reply.status == 200:
+                reply.body = visible_show(reply.body, visible_names(self.cluster.config,
+                                                                    call.key))
             return reply
         raise AssertionError("targets() always names the requested model")  # pragma: no cover
 

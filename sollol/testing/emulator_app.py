@@ -310,7 +310,8 @@ class EmulatorApp:
                 steps.append({"error": f"model '{base}' not found"})
                 await self._progress(call, stream, steps)
                 return
-            model = attrs.evolve(source.model, name=name, loaded=False)
+            model = attrs.evolve(source.model, name=name, loaded=False,
+                                 parent=source.model.name)
             steps.append({"status": f"using existing layer sha256:{source.model.digest}"})
         elif files:
             missing = [d for d in files.values() if d not in self.store.blobs]

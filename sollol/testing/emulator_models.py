@@ -92,6 +92,8 @@ class EmulatedModel:
     embedding_length: int = 16
     block_count: int = 28
     capabilities: tuple[str, ...] = ("completion", "tools")
+    parent: str = ""
+    """The model it was created from (Ollama's `details.parent_model`)."""
 
     @property
     def digest(self) -> str:
@@ -100,7 +102,7 @@ class EmulatedModel:
         return hashlib.sha256(repr(attrs.astuple(self)).encode()).hexdigest()
 
     def details(self) -> dict[str, Any]:
-        return {"parent_model": "", "format": "gguf", "family": self.family,
+        return {"parent_model": self.parent, "format": "gguf", "family": self.family,
                 "families": [self.family], "parameter_size": parameter_size(self.parameter_count),
                 "quantization_level": self.quantization}
 

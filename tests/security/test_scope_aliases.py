@@ -154,3 +154,21 @@ def test_no_get_endpoint_shows_a_hidden_name_to_a_limited_key(scoped):
             path = route.path + ("x" if route.prefix else "")
             reply = scoped.post(path, {}, scoped.manager, method=route.methods[0])
             assert reply.status_code == 403 and "limited to some models" in reply.text, path
+
+
+def test_a_model_built_from_a_hidden_one_does_not_name_it(scoped):
+    made = scoped.post("/api/create", {"model": "tiny-child", "from": "secret:7b",
+                                       "stream": False}, scoped.admin)
+    assert made.status_code == 200, made.text
+    try:
+        control = scoped.post("/api/show", {"model": "tiny-child"}, scoped.admin)
+        assert control.json()["details"]["parent_model"] == "secret:7b"
+        assert "secret" in scoped.get("/api/tags", scoped.admin).text
+        shown = scoped.post("/api/show", {"model": "tiny-child"}, scoped.limited)
+        assert shown.status_code == 200 and shown.json()["details"]["parent_model"] == ""
+        assert not scoped.leaks(shown), scoped.leaks(shown)
+        for path in ("/api/tags", "/v1/models"):
+            listed = scoped.get(path, scoped.limited)
+            assert "tiny-child" in listed.text and not scoped.leaks(listed), listed.text
+    finally:
+        scoped.post("/api/delete", {"model": "tiny-child"}, scoped.admin, method="DELETE")

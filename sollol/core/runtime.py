@@ -199,11 +199,15 @@ class ClusterRuntime:
                 return info
         return None
 
-    async def decide(self, request: RouteRequest, *,
-                     visible: Callable[[str], bool] | None = None) -> RouteDecision:
+    async def decide(self, request: RouteRequest) -> RouteDecision:
         """Pick the route for a request by the mode matrix and the configured policy, among
-        the routes that can serve the model (an unknown model gets "did you mean", among the
-        names `visible` passes)."""
+        the routes that can serve the model (an unknown model gets "did you mean")."""
+        return await self._decide(request)
+
+    async def _decide(self, request: RouteRequest,
+                      visible: Callable[[str], bool] | None = None) -> RouteDecision:
+        """`decide`, suggesting only names `visible` passes (the dispatcher's view for an
+        access key, sollol.core.scope; private so the plugin API keeps its signature)."""
         sharding = self.config["model_sharding_enabled"]
         distribution = self.config["task_distribution_enabled"]
         places = await self.placements(request) if sharding or distribution else {}
@@ -215,7 +219,7 @@ class ClusterRuntime:
                                 policy=self.policy, model=model, routes=self.route_states(),
                                 placements=places)
         except ModelNotFound as exc:
-            raise await self.not_found(exc, request.model, visible=visible) from None
+            raise await self._not_found(exc, request.model, visible) from None
 
     async def decide_for_alias(self, request: RouteRequest, alias: Alias) -> RouteDecision:
         """The decision for an alias that fixes its route (or pool nodes): that route, if it
@@ -288,10 +292,13 @@ class ClusterRuntime:
         self._known = (now, list(names))
         return self._known[1]
 
-    async def not_found(self, exc: ModelNotFound, model: str, *,
-                        visible: Callable[[str], bool] | None = None) -> ModelNotFound:
-        """`exc` with the closest model names from every route, if any look alike (only names
-        `visible` passes: those an access key may use, sollol.core.scope)."""
+    async def not_found(self, exc: ModelNotFound, model: str) -> ModelNotFound:
+        """`exc` with the closest model names from every route, if any look alike."""
+        return await self._not_found(exc, model)
+
+    async def _not_found(self, exc: ModelNotFound, model: str,
+                         visible: Callable[[str], bool] | None = None) -> ModelNotFound:
+        """`not_found` among the names `visible` passes (those an access key may use)."""
         message = str(exc)
         if "did you mean" in message:
             return exc
@@ -302,17 +309,22 @@ class ClusterRuntime:
         return ModelNotFound(message)
 
     async def acquire(
-        self, request: RouteRequest, decision: RouteDecision, *, exclude: Collection[str] = (),
-        visible: Callable[[str], bool] | None = None,
+        self, request: RouteRequest, decision: RouteDecision, *, exclude: Collection[str] = ()
     ) -> Lease:
-        """A lease on an upstream of the decided route ("did you mean" as in `decide`)."""
+        """A lease on an upstream of the decided route."""
+        return await self._acquire(request, decision, exclude=exclude)
+
+    async def _acquire(self, request: RouteRequest, decision: RouteDecision, *,
+                       exclude: Collection[str] = (),
+                       visible: Callable[[str], bool] | None = None) -> Lease:
+        """`acquire`, suggesting only names `visible` passes (as `_decide`)."""
         provider = self.routes.get(decision.route)
         if provider is None:
             raise NoRouteAvailable(f"route {decision.route!r} is not available")
         try:
             return await provider.acquire(request, backend=decision.backend, exclude=exclude)
         except ModelNotFound as exc:
-            raise await self.not_found(exc, request.model, visible=visible) from None
+            raise await self._not_found(exc, request.model, visible) from None
 
     def record(self, event: RouteEvent) -> None:
         """Log a finished request and tell `sollol_request_routed` implementations."""

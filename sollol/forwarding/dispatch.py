@@ -141,7 +141,7 @@ class Dispatcher:
         if alias is not None and (alias.route or alias.nodes):
             request.decision = await self.cluster.decide_for_alias(wanted, alias)
         else:
-            request.decision = await self.cluster.decide(wanted, visible=visible)
+            request.decision = await self.cluster._decide(wanted, visible)
         decision = request.decision
         keeper = self.cluster.routes.get(decision.route)
         keep_alive = _keep_alive(request.call)
@@ -160,8 +160,8 @@ class Dispatcher:
         while request.attempts <= self.max_retries and loop.time() < deadline:
             asked = time.perf_counter()
             try:
-                lease = await self.cluster.acquire(wanted, decision, visible=visible,
-                                                   exclude=[*request.tried, *outside])
+                lease = await self.cluster._acquire(wanted, decision, visible=visible,
+                                                    exclude=[*request.tried, *outside])
             except SollolError as exc:
                 if not failures:
                     raise

@@ -11,6 +11,8 @@ for every model. The listing sweep reads every GET endpoint of the route table.
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sollol.gateway.route_table import ROUTES, dialect
 
@@ -88,6 +90,23 @@ def test_the_hidden_model_itself_and_its_spellings_are_refused(scoped):
         reply = scoped.post("/api/chat", {"model": name, "messages": MSG, "stream": False},
                             scoped.limited)
         assert reply.status_code == 403, (name, reply.text)
+
+
+@settings(max_examples=80, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(["tiny-fast", "tiny-gone"]),
+       prefix=st.sampled_from(["", "library/", "registry.ollama.ai/library/",
+                               "Registry.Ollama.AI/library/"]),
+       tag=st.sampled_from(["", ":latest"]), upper=st.lists(st.booleans(), min_size=9,
+                                                            max_size=9),
+       route=st.sampled_from([r for r in ROUTES if r.kind == "dispatch"]))
+def test_no_spelling_of_an_alias_or_a_fallback_reaches_the_hidden_model(scoped, name, prefix,
+                                                                        tag, upper, route):
+    spelled = "".join(c.upper() if up else c for c, up in zip(name, upper, strict=True))
+    before = scoped.served().get("secret:7b", 0)
+    reply = scoped.post(route.path, body_for(route, prefix + spelled + tag), scoped.limited)
+    assert reply.status_code in (403, 404), reply.text
+    assert not scoped.leaks(reply), scoped.leaks(reply)
+    assert scoped.served().get("secret:7b", 0) == before
 
 
 # ---- finding 2: names the key may not use never show

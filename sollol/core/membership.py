@@ -32,7 +32,9 @@ LIVE_CORE_KEYS = frozenset({
 RESTART_CORE_KEYS = frozenset({
     # the listening socket, its limits, the plugin set and the routes are built at start
     "gateway_host", "gateway_port", "max_connections", "header_timeout", "body_timeout",
-    "max_body_bytes", "blob_dir", "max_blob_bytes", "plugins", "disabled_plugins",
+    "max_client_share", "max_header_bytes", "max_headers", "max_event_streams",
+    "max_body_bytes", "blob_dir", "max_blob_bytes", "blob_quota_bytes", "blob_min_free_bytes",
+    "blob_idle_timeout", "blob_keep_after_create", "plugins", "disabled_plugins",
     "model_sharding_enabled", "task_distribution_enabled", "routing_policy", "policy_settings",
     # the dispatcher's upstream pool, the monitor and the binaries are made once
     "connect_timeout", "max_reply_bytes", "stream_idle_timeout", "metrics_enabled",

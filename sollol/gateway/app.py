@@ -40,7 +40,7 @@ from sollol.gateway.asgi import (
     send_body,
     send_json,
 )
-from sollol.gateway.blobs import BlobSpool
+from sollol.gateway.blobs import BlobSpool, SpoolLimits
 from sollol.gateway.guard import Guard, preflight_headers, request_header, with_cors
 from sollol.gateway.monitor import Monitor
 from sollol.models import Api
@@ -69,7 +69,7 @@ class Gateway:
         self.max_body = int(cluster.config["max_body_bytes"])
         blob_dir = cluster.config["blob_dir"]
         self.blobs = BlobSpool(Path(blob_dir) if blob_dir else None,
-                               int(cluster.config["max_blob_bytes"]))
+                               SpoolLimits.from_config(cluster.config))
         self.in_progress = 0
         """Routed requests being served right now (queued ones included)."""
         self.monitor = Monitor(cluster, running=lambda: self.in_progress)

@@ -2,7 +2,8 @@
 `/api/copy` fanned out by the pool route to all of its Ollama nodes, or to the ones named.
 
 A create that names uploaded blobs (`files`, `adapters`: name -> digest) first sends each blob
-the gateway holds to the target nodes that lack it (`upload_blobs` on the route).
+the gateway holds to the target nodes that lack it (`upload_blobs` on the route); once the create
+has succeeded, the gateway keeps its copies only `blob_keep_after_create` seconds more.
 
 Nodes are named with a SOLLOL extension: a `nodes` list in the body, or `?node=ID` (repeatable).
 The pool route serves these calls when it implements `sollol.routes.ModelManagement` (the bundled
@@ -97,9 +98,12 @@ async def _manage(cluster: ClusterRuntime, scope: Scope, path: str, body: dict[s
         elif operation == "push":
             events = route.push(model, nodes, insecure=insecure)
         else:
-            await _send_blobs(cluster, body, nodes, blobs)
+            sent = await _send_blobs(cluster, body, nodes, blobs)
             events = route.create({**body, "model": model}, nodes)
-        await _progress(send, events, stream)
+        succeeded = await _progress(send, events, stream)
+        if succeeded and operation == "create" and blobs is not None:
+            for digest in sent:
+                blobs.created(digest)
         return
     if path == "/api/delete":
         result = await _route(cluster, "delete").delete(_text(body, "model", "name"),
@@ -112,8 +116,9 @@ async def _manage(cluster: ClusterRuntime, scope: Scope, path: str, body: dict[s
 
 
 async def _send_blobs(cluster: ClusterRuntime, body: dict[str, Any], nodes: list[str] | None,
-                      blobs: BlobSpool | None) -> None:
-    """Blobs named by a create and held by the gateway go to the nodes that lack them."""
+                      blobs: BlobSpool | None) -> list[str]:
+    """Blobs named by a create and held by the gateway go to the nodes that lack them; the
+    digests sent."""
     named: dict[str, Path] = {}
     for field in ("files", "adapters"):
         value = body.get(field)
@@ -127,19 +132,21 @@ async def _send_blobs(cluster: ClusterRuntime, body: dict[str, Any], nodes: list
                 named[parse_digest(digest)] = path
     if named:
         await _route(cluster, "upload_blobs").upload_blobs(named, nodes)
+    return list(named)
 
 
-async def _progress(send: Send, events: AsyncIterator[dict[str, Any]], stream: bool) -> None:
-    """Aggregated NDJSON progress, or only the summary when `stream` is false."""
+async def _progress(send: Send, events: AsyncIterator[dict[str, Any]], stream: bool) -> bool:
+    """Aggregated NDJSON progress, or only the summary when `stream` is false; whether it
+    ended without an error."""
     try:
-        await _relay(send, events, stream)
+        return await _relay(send, events, stream)
     finally:
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()  # (cancelled) stops every node's part of the fan-out now
 
 
-async def _relay(send: Send, events: AsyncIterator[dict[str, Any]], stream: bool) -> None:
+async def _relay(send: Send, events: AsyncIterator[dict[str, Any]], stream: bool) -> bool:
     first = await anext(events)  # raises (before any byte is sent) when no node can be used
     if not stream:
         last = first
@@ -147,13 +154,16 @@ async def _relay(send: Send, events: AsyncIterator[dict[str, Any]], stream: bool
             last = event
         status = int(last.pop("http_status", 502)) if "error" in last else 200
         await send_json(send, status, last)
-        return
+        return status == 200
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", _NDJSON), (b"cache-control", b"no-cache")]})
     await send({"type": "http.response.body", "body": json.dumps(first).encode() + b"\n",
                 "more_body": True})
+    last = first
     async for event in events:
         event.pop("http_status", None)  # the summary's status for unstreamed replies only
+        last = event
         await send({"type": "http.response.body", "body": json.dumps(event).encode() + b"\n",
                     "more_body": True})
     await send({"type": "http.response.body", "body": b""})
+    return "error" not in last

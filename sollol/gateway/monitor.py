@@ -85,6 +85,8 @@ class Monitor:
     scraper: BackendMetrics | None = None
     started_at: float = attrs.field(factory=time.time)
     closing: asyncio.Event = attrs.field(factory=asyncio.Event)
+    streams: int = 0
+    """Event streams open now (at most `max_event_streams`)."""
     _assets: dict[str, Asset] = attrs.field(factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
 
@@ -160,7 +162,22 @@ class Monitor:
 
     async def stream(self, receive: Receive, send: Send, head: bool = False) -> None:
         """Server-sent events: `overview` every second, `history` every ten, `requests` as they
-        finish. The browser reconnects by itself after a cut (`retry:`)."""
+        finish. The browser reconnects by itself after a cut (`retry:`). Each open stream holds
+        a connection for as long as its page is open: past `max_event_streams` a new one gets
+        503, so streams never take the slots that other clients need."""
+        limit = int(self.cluster.config["max_event_streams"])
+        if self.streams >= limit and not head:
+            await send_json(send, 503, {"error": f"{limit} dashboard event streams are open "
+                                                 "(max_event_streams); retry shortly"},
+                            headers=[(b"retry-after", b"5")])
+            return
+        self.streams += 1
+        try:
+            await self._stream(receive, send, head)
+        finally:
+            self.streams -= 1
+
+    async def _stream(self, receive: Receive, send: Send, head: bool) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]})

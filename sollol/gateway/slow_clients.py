@@ -1,5 +1,6 @@
-"""Slow and idle clients may not hold the gateway's connections: header and body deadlines and a
-connection limit, on top of uvicorn's httptools protocol.
+"""Slow, idle and greedy clients may not hold the gateway's connections: header and body
+deadlines, a bound on a request's head, and a connection limit, on top of uvicorn's httptools
+protocol.
 
 uvicorn times out only a kept-alive connection between requests: a client that connects and
 sends nothing, or sends its headers a byte at a time (slow loris), or its body a byte at a time,
@@ -7,9 +8,16 @@ holds its connection for ever, and `limit_concurrency` counts such connections a
 Here a new connection gets a deadline for its first request's headers; a request that arrives
 in pieces gets one for its headers from its first piece and, once they are in, one for its
 whole body; bytes trickling in move neither. A connection past a deadline is answered 408
-(when nothing has been answered yet) and closed. Beyond `max_connections` open connections a
-new one is answered 503 at once and closed. A request that arrives whole (the common case)
-starts no timer, so the request path pays nothing.
+(when nothing has been answered yet) and closed. At `max_connections` open connections a new one
+takes the slot of an idle or greedy one, or is answered 503 at once and closed
+(sollol.gateway.conn_slots). A request that arrives whole (the common case) starts no timer, so
+the request path pays nothing.
+
+httptools and uvicorn grow a request's URL and each header by concatenation, with no limit: an
+endless header line cost a gigabyte and seconds of CPU per copy. Here the bytes of a request's
+head (request line and headers) are counted before the parser sees them, and the parser is fed
+no more than `max_header_bytes` of them; one byte more, or a header past `max_headers`, is
+answered 431 and the connection closed.
 """
 
 from __future__ import annotations
@@ -20,23 +28,35 @@ import logging
 from typing import Any
 
 import attrs
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from sollol.gateway.conn_slots import SlotTable
 
 log = logging.getLogger("sollol.gateway")
 
 
 @attrs.frozen
 class ClientLimits:
-    """The `header_timeout`, `body_timeout` and `max_connections` config keys."""
+    """The `header_timeout`, `body_timeout`, `max_connections`, `max_client_share`,
+    `max_header_bytes` and `max_headers` config keys."""
 
     header_timeout: float = 10.0
     body_timeout: float = 60.0
     max_connections: int = 1000
+    client_share: float = 0.5
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
 
     @classmethod
     def from_config(cls, config: Any) -> ClientLimits:
         return cls(float(config["header_timeout"]), float(config["body_timeout"]),
-                   int(config["max_connections"]))
+                   int(config["max_connections"]), float(config["max_client_share"]),
+                   int(config["max_header_bytes"]), int(config["max_headers"]))
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a request whose head is over a limit."""
 
 
 def _reply(status: int, reason: str, message: str, retry: bool = False) -> bytes:
@@ -49,30 +69,64 @@ def _reply(status: int, reason: str, message: str, retry: bool = False) -> bytes
 
 
 def guarded_protocol(limits: ClientLimits) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol class with `limits` applied (pass as `Config(http=...)`)."""
+    """uvicorn's httptools protocol class with `limits` applied (pass as `Config(http=...)`);
+    the class's connections share one slot table (one class per server)."""
+    slots = SlotTable(limits.max_connections, limits.client_share)
+    head_limit = limits.max_header_bytes
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
         _reading: str | None = None
         """"headers" or "body" while a request is partly received, else None."""
+        _head_bytes = 0
+        """Bytes of the current request's head (or of what came since the last one) so far."""
+        _header_count = 0
+        _too_large: str | None = None
+        peer = ""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if len(self.connections) > limits.max_connections:
-                log.warning("%d connections open (max_connections): refusing one from %s",
-                            len(self.connections) - 1, self.client)
-                self._refuse(503, "Service Unavailable",
-                             f"the gateway has {limits.max_connections} connections open "
-                             "(max_connections); retry shortly", retry=True)
+            self.peer = self.client[0] if self.client else ""
+            refusal = slots.admit(self)
+            if refusal is not None:
+                log.warning("refusing a connection from %s: %s", self.peer, refusal)
+                self._refuse(503, "Service Unavailable", refusal, retry=True)
                 return
             self._arm(limits.header_timeout, "headers")  # a new connection owes a request
 
         def connection_lost(self, exc: Exception | None) -> None:
+            slots.remove(self)
             self._disarm()
             super().connection_lost(exc)
 
+        # ---- the slot table's view of this connection
+
+        def serving(self) -> bool:
+            return self.cycle is not None and not self.cycle.response_complete
+
+        def reclaim(self) -> None:
+            log.info("closing a connection from %s to give its slot to another client "
+                     "(max_connections)", self.peer)
+            if self.serving() or self._reading is None:
+                self.transport.close()  # idle: nothing is owed to anyone
+            else:
+                self._refuse(503, "Service Unavailable", "connection closed for another client "
+                             "(max_connections, max_client_share); retry shortly", retry=True)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and not self.serving() and self._reading is None:
+                slots.rest(self)
+
+        # ---- reading requests
+
         def data_received(self, data: bytes) -> None:
-            super().data_received(data)
+            if self._reading != "body" and self._head_bytes + len(data) > head_limit:
+                self._head_data(data)
+            else:
+                if self._reading != "body":
+                    self._head_bytes += len(data)
+                self._parse(data)
             # A request that arrived whole armed nothing (the common case costs no timer);
             # one cut between packets gets its deadline from its first partial packet, and
             # later bytes do not move it.
@@ -82,13 +136,64 @@ def guarded_protocol(limits: ClientLimits) -> type[HttpToolsProtocol]:
                     else limits.body_timeout
                 self._arm(seconds, self._reading)
 
+        def _head_data(self, data: bytes) -> None:
+            """Data that would take the head past its limit: the parser gets the part that
+            fits; when the head ends within it, the rest is read as usual."""
+            room = head_limit - self._head_bytes
+            self._head_bytes = head_limit
+            if room > 0:
+                self._parse(data[:room])
+            if self.transport.is_closing():
+                return
+            if self._head_bytes < head_limit:  # the head was complete within `room`
+                self.data_received(data[room:])
+                return
+            self._too_large = (f"request line and headers are over {head_limit} bytes "
+                               "(max_header_bytes)")
+            self._refuse_head()
+
+        def _parse(self, data: bytes) -> None:
+            """uvicorn's `data_received`, telling a head over a limit from a malformed one."""
+            self._unset_keepalive_if_required()
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:  # as uvicorn does (the gateway takes none)
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
+            except httptools.HttpParserError:
+                if self._too_large is not None:
+                    self._refuse_head()
+                else:
+                    self.logger.warning("Invalid HTTP request received.")
+                    self.send_400_response("Invalid HTTP request received.")
+
+        def _refuse_head(self) -> None:
+            log.info("closing a connection from %s: %s", self.peer, self._too_large)
+            if self.serving():  # a pipelined request: the one being answered is cut too
+                self.transport.close()
+            else:
+                self._refuse(431, "Request Header Fields Too Large", self._too_large or "")
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._reading = "headers"
+            self._header_count = 0
+            slots.wake(self)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._header_count += 1
+            if self._header_count > limits.max_headers:
+                self._too_large = (f"more than {limits.max_headers} header fields "
+                                   "(max_headers)")
+                raise _HeadTooLarge(self._too_large)
+            super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
             self._disarm()
             self._reading = "body"
+            self._head_bytes = 0
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:

@@ -9,8 +9,8 @@ connection takes a slot from someone else:
    longest-idle kept-alive connection, else any of its connections with no request being
    served (one that has sent nothing yet or is sending its headers); when the newcomer's own
    address is over its share, the newcomer is the one refused;
-2. else from the connection that has been idle the longest after serving a request
-   (kept-alive, between requests): closing it costs its client a reconnect, nothing more;
+2. else from the connection idle the longest: kept alive between requests, or open without
+   having sent a byte; closing it costs its client a reconnect, nothing more;
 3. else the newcomer is answered 503.
 
 A connection serving a request, or streaming a response, is never taken.
@@ -80,7 +80,7 @@ class SlotTable:
         self.count -= 1
 
     def rest(self, slot: Slot) -> None:
-        """`slot` answered its requests and waits for another (kept alive)."""
+        """`slot` waits for a request (new, or kept alive after answering its requests)."""
         if slot in self._by_peer.get(slot.peer, ()):
             self._idle.pop(slot, None)
             self._idle[slot] = None  # to the end: the most recently idle

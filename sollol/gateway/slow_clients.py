@@ -35,6 +35,11 @@ from sollol.gateway.conn_slots import SlotTable
 
 log = logging.getLogger("sollol.gateway")
 
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 4 * 1024 * 1024
+"""After a 431, what the client still sends is read and dropped for this long, up to this many
+bytes, so that it can read the answer (a close with unread bytes resets the connection)."""
+
 
 @attrs.frozen
 class ClientLimits:
@@ -82,6 +87,8 @@ def guarded_protocol(limits: ClientLimits) -> type[HttpToolsProtocol]:
         """Bytes of the current request's head (or of what came since the last one) so far."""
         _header_count = 0
         _too_large: str | None = None
+        _draining: int | None = None
+        """Bytes still to read and drop after a refusal (None: reading requests)."""
         peer = ""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -93,6 +100,7 @@ def guarded_protocol(limits: ClientLimits) -> type[HttpToolsProtocol]:
                 self._refuse(503, "Service Unavailable", refusal, retry=True)
                 return
             self._arm(limits.header_timeout, "headers")  # a new connection owes a request
+            slots.rest(self)  # and, until it sends one, may give way to another
 
         def connection_lost(self, exc: Exception | None) -> None:
             slots.remove(self)
@@ -121,6 +129,11 @@ def guarded_protocol(limits: ClientLimits) -> type[HttpToolsProtocol]:
         # ---- reading requests
 
         def data_received(self, data: bytes) -> None:
+            if self._draining is not None:
+                self._draining -= len(data)
+                if self._draining < 0:
+                    self.transport.close()
+                return
             if self._reading != "body" and self._head_bytes + len(data) > head_limit:
                 self._head_data(data)
             else:
@@ -143,8 +156,8 @@ def guarded_protocol(limits: ClientLimits) -> type[HttpToolsProtocol]:
             self._head_bytes = head_limit
             if room > 0:
                 self._parse(data[:room])
-            if self.transport.is_closing():
-                return
+            if self.transport.is_closing() or self._draining is not None:
+                return  # refused within `room` (malformed, or too many fields)
             if self._head_bytes < head_limit:  # the head was complete within `room`
                 self.data_received(data[room:])
                 return
@@ -173,8 +186,18 @@ def guarded_protocol(limits: ClientLimits) -> type[HttpToolsProtocol]:
             log.info("closing a connection from %s: %s", self.peer, self._too_large)
             if self.serving():  # a pipelined request: the one being answered is cut too
                 self.transport.close()
-            else:
-                self._refuse(431, "Request Header Fields Too Large", self._too_large or "")
+                return
+            self.transport.write(_reply(431, "Request Header Fields Too Large",
+                                        self._too_large or ""))
+            # Closing with the client's bytes unread would reset the connection, and the
+            # client would lose the answer: read and drop what it still sends, for a moment.
+            self._disarm()
+            self._reading = None
+            self._draining = LINGER_BYTES
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self._deadline = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+            slots.rest(self)  # its slot is the first to give
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

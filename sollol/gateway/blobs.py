@@ -142,7 +142,7 @@ class BlobSpool:
         handle, temp = tempfile.mkstemp(dir=self._dir, prefix=".upload-")
         hasher = hashlib.sha256()
         size = 0
-        next_look = _FREE_SPACE_EVERY
+        next_look = 0  # the first bytes, then every _FREE_SPACE_EVERY
         try:
             while True:
                 message = await receive()

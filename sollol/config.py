@@ -22,7 +22,7 @@ import platformdirs
 import tomli_w
 
 from sollol.core import access
-from sollol.core.units import at_least, non_negative, port_number, positive
+from sollol.core.units import at_least, non_negative, port_number, positive, share
 from sollol.errors import ConfigError
 
 Kind = Literal["bool", "int", "float", "str", "list", "table"]
@@ -104,12 +104,6 @@ def _seconds(value: float) -> float:
     return value
 
 
-def _share(value: float) -> float:
-    if not 0 < value <= 1:
-        raise ValueError("a share above 0 and at most 1.0")
-    return value
-
-
 def _patterns(values: list[Any]) -> list[str]:
     if not all(isinstance(v, str) and v.strip() and not any(c.isspace() for c in v.strip())
                for v in values):
@@ -160,40 +154,24 @@ CORE_SETTINGS: tuple[Setting, ...] = (
             "Seconds a client has to send a request's whole body once its headers are in; "
             "then 408 and closed.", check=positive),
     Setting("max_connections", "int", 1000,
-            "Client connections the gateway keeps open at once; at the limit a new one takes "
-            "the slot of an idle kept-alive connection or of a client over max_client_share, "
-            "else it is answered 503 and closed.", check=positive),
-    Setting("max_client_share", "float", 0.5,
-            "Share of max_connections one client address may keep once the slots run out; its "
-            "connections beyond are closed to let others in (1.0: no limit).",
-            check=_share),
-    Setting("max_header_bytes", "int", 64 * 1024,
-            "Largest request head (request line and headers) a client may send; one byte more "
-            "is answered 431 and the connection closed.", check=at_least(1024)),
-    Setting("max_headers", "int", 100,
-            "Most header fields in one request; more are answered 431 and the connection "
-            "closed.", check=at_least(8)),
-    Setting("max_event_streams", "int", 16,
-            "Dashboard event streams (/sollol/stream) open at once; one more is answered 503.",
-            check=at_least(1)),
+            "Client connections open at once; at the limit an idle one or one of a client "
+            "over max_client_share gives way, else 503.", check=positive),
+    Setting("max_client_share", "float", 0.5, "Share of slots one address keeps.", check=share),
+    Setting("max_header_bytes", "int", 64 * 1024, "Largest request head (then 431).",
+            check=at_least(1024)),
+    Setting("max_headers", "int", 100, "Most header fields (then 431).", check=at_least(8)),
+    Setting("max_event_streams", "int", 16, "Dashboard event streams at once.", check=at_least(1)),
     Setting("blob_dir", "str", None,
             "Folder where blobs uploaded for /api/create wait until a create sends them to the "
             "nodes (unset: a folder in SOLLOL's user cache folder).", optional=True),
     Setting("max_blob_bytes", "int", 256 * 1024**3,
             "Largest blob a client may upload through the gateway (/api/blobs).",
             check=positive),
-    Setting("blob_quota_bytes", "int", 512 * 1024**3,
-            "Most bytes the blob spool (blob_dir) may hold at once, uploads in progress "
-            "included; an upload that would pass it is refused with 507.", check=positive),
-    Setting("blob_min_free_bytes", "int", 1024**3,
-            "Free space an upload must leave on the spool's disk; one that would leave less is "
-            "refused with 507.", check=non_negative),
-    Setting("blob_idle_timeout", "float", 3600.0,
-            "Seconds a finished upload waits in the spool for a create that uses it; then it "
-            "is removed.", check=positive),
-    Setting("blob_keep_after_create", "float", 60.0,
-            "Seconds an upload stays in the spool after a create that used it succeeded (the "
-            "nodes hold it then); at most blob_idle_timeout.", check=non_negative),
+    Setting("blob_quota_bytes", "int", 512 * 1024**3, "Most bytes spooled (then 507).",
+            check=positive),
+    Setting("blob_min_free_bytes", "int", 1024**3, "Disk space uploads leave.", check=non_negative),
+    Setting("blob_idle_timeout", "float", 3600.0, "Seconds unused uploads stay.", check=positive),
+    Setting("blob_keep_after_create", "float", 60.0, "Kept after a create, s.", check=non_negative),
     Setting("gguf_dirs", "list", [],
             "Folders of GGUF files that requests may name (by file name, or a path inside "
             "them); no other file on the gateway machine can be named.", check=_folder_list),

@@ -88,6 +88,13 @@ def non_negative(value: float) -> float:
     return value
 
 
+def share(value: float) -> float:
+    """A share of a whole: above 0, at most 1."""
+    if not 0 < value <= 1:
+        raise ValueError("a share above 0 and at most 1.0")
+    return value
+
+
 def at_least(low: int) -> Callable[[int], int]:
     """A check for integers of at least `low`."""
 

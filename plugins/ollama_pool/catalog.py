@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -12,6 +14,7 @@ import httpx
 from sollol.core.names import canonical, is_path, stem
 from sollol.models import ModelInfo
 
+from . import node_capabilities
 from .node import Node, model_names
 from .node_discovery import OPENAI, base_url
 
@@ -37,12 +40,27 @@ def _openai_entry(model_id: str, meta: dict[str, Any], node: Node, loaded: bool,
                "quantization_level": str(found.get("quantization_level") or "")}
     name = stem(model_id) if is_path(model_id) else model_id
     since = node.up_since or time.time()
+    digest = str(found.get("digest") or "") or node_capabilities.blob_digest(model_id)
     entry = {"name": name, "model": name, "modified_at": _iso(since),
-             "size": int(meta.get("size") or 0), "digest": "", "details": details}
+             "size": int(meta.get("size") or 0),
+             "digest": digest or identity_digest(name, meta), "details": details}
     if loaded:
         # llama-server keeps its model until it exits: it never expires
         entry.update(expires_at=NEVER, size_vram=int(meta.get("size") or 0))
     return entry
+
+
+IDENTITY = ("n_params", "n_vocab", "n_embd", "n_ctx_train", "size", "ftype", "vocab_type")
+"""What `/v1/models` says of a model file that no node's settings change (not `n_ctx`)."""
+
+
+def identity_digest(name: str, meta: dict[str, Any]) -> str:
+    """A digest for a model whose file's content digest is not known: SHA-256 of its name and
+    the facts of its file (`IDENTITY`), the same on every node that serves it under that name;
+    two models differ in name or in file."""
+    facts = {key: meta[key] for key in IDENTITY if key in meta}
+    text = json.dumps({"name": name, "file": facts}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def parameter_size(count: int) -> str:
@@ -68,9 +86,21 @@ def _collect(nodes: Iterable[Node], key: str) -> list[dict[str, Any]]:
             entries = list(report.extra.get(key) or [])
         for entry in entries:
             name = entry.get("name") or entry.get("model")
-            if name and canonical(name) not in seen:
+            if not name:
+                continue
+            known = seen.get(canonical(name))
+            if known is None:
                 seen[canonical(name)] = dict(entry)
+            else:  # a detail one node could not tell (its GGUF unreadable there) another may
+                _fill(known, entry)
     return list(seen.values())
+
+
+def _fill(known: dict[str, Any], other: dict[str, Any]) -> None:
+    details, more = known.get("details"), other.get("details")
+    if isinstance(details, dict) and isinstance(more, dict):
+        known["details"] = {**details, **{k: v for k, v in more.items()
+                                          if v and not details.get(k)}}
 
 
 def tags(nodes: Iterable[Node]) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -22,6 +23,7 @@ from sollol.core import capabilities as caps
 
 from .node_http import NodeClient, Reply
 
+_BLOB = re.compile(r"sha256[-:]([0-9a-f]{64})")
 SHOW_CACHE_SIZE = 4096
 _show_cache: OrderedDict[tuple[str, str, str], frozenset[str]] = OrderedDict()
 _family_cache: OrderedDict[tuple[str, str, str], str | None] = OrderedDict()
@@ -61,10 +63,20 @@ def _details(props: dict[str, Any]) -> dict[str, str]:
         out["quantization_level"] = props["model_ftype"]
     path = props.get("model_path")
     if isinstance(path, str) and path:
+        digest = blob_digest(path)
+        if digest:
+            out["digest"] = digest
         family = _family(path)
         if family:
             out["family"] = family
     return out
+
+
+def blob_digest(path: str) -> str | None:
+    """The content digest an Ollama store's blob path names (`.../blobs/sha256-<64 hex>`),
+    or None for any other file name."""
+    match = _BLOB.fullmatch(path.replace("\\", "/").rsplit("/", 1)[-1])
+    return match.group(1) if match else None
 
 
 def _family(path: str) -> str | None:

@@ -9,10 +9,12 @@ Backends report what they can do (llama-server's `/props`, Ollama's `/api/show`
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from sollol.core.names import spellings
 from sollol.dialects.jsonin import from_node
+from sollol.models import RouteState
 
 COMPLETION = "completion"
 CHAT = "chat"
@@ -118,3 +120,39 @@ def describe(capabilities: frozenset[str]) -> str:
     words = [WORDS.get(c, c) for c in ALL if c in capabilities]
     words += sorted(c for c in capabilities if c not in WORDS)
     return " and ".join(words) if words else "nothing"
+
+
+OLLAMA_ORDER = (COMPLETION, TOOLS, "insert", VISION, EMBEDDING, "thinking")
+"""Ollama's capability words in the order its `/api/show` lists them."""
+
+
+def ollama_words(found: frozenset[str], server: str) -> frozenset[str]:
+    """One backend's capabilities in Ollama's words: "chat" has none (a "completion" model
+    chats); an Ollama node's "completion" model embeds, but Ollama calls a model "embedding"
+    only when embeddings are what it is for, so that word stays as the node said it."""
+    words = set(found) - {CHAT}
+    if server == "ollama" and COMPLETION in found:
+        words.discard(EMBEDDING)
+    return frozenset(words)
+
+
+def cluster_words(states: Iterable[RouteState], model: str) -> list[str] | None:
+    """What the healthy backends that hold `model` can do with it, merged, in Ollama's words
+    and order (`/api/show` `capabilities`); None when none of them says."""
+    names = spellings(model)
+    words: set[str] = set()
+    known = False
+    for state in states:
+        for backend in state.backends:
+            if not (backend.healthy and names & backend.models):
+                continue
+            found = next((backend.capabilities[n] for n in sorted(names)
+                          if n in backend.capabilities), backend.capabilities.get(""))
+            if found is None:
+                continue
+            lacks = frozenset().union(*(backend.lacks.get(n, frozenset()) for n in {"", *names}))
+            known = True
+            words |= ollama_words(found - lacks, backend.server)
+    if not known:
+        return None
+    return [w for w in OLLAMA_ORDER if w in words] + sorted(words - set(OLLAMA_ORDER))

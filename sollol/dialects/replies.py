@@ -239,8 +239,9 @@ def load_reply(op: str, model: str, unload: bool = False) -> dict[str, Any]:
     return {**out, "done": True, "done_reason": "unload" if unload else "load"}
 
 
-def show_from_info(info: Any) -> dict[str, Any]:
-    """An Ollama `/api/show` reply built from GGUF metadata (for backends with no `/api/show`)."""
+def show_from_info(info: Any, capabilities: list[str] | None = None) -> dict[str, Any]:
+    """An Ollama `/api/show` reply built from GGUF metadata (for backends with no `/api/show`),
+    with the `capabilities` the cluster knows for the model (else just "completion")."""
     arch = getattr(info, "architecture", None) or ""
     params = getattr(info, "parameter_count", None)
     details = {"parent_model": "", "format": "gguf", "family": arch,
@@ -256,7 +257,27 @@ def show_from_info(info: Any) -> dict[str, Any]:
         if value is not None and arch:
             model_info[f"{arch}.{key}"] = value
     return {"modelfile": "", "parameters": "", "template": "", "details": details,
-            "model_info": model_info, "capabilities": ["completion"], "modified_at": iso_now()}
+            "model_info": model_info, "capabilities": capabilities or ["completion"],
+            "modified_at": iso_now()}
+
+
+def show_with_capabilities(raw: bytes, capabilities: list[str] | None) -> bytes:
+    """A node's own `/api/show` reply with its `capabilities` joined by what the cluster knows
+    of the model on its other nodes (unchanged when the cluster knows nothing more)."""
+    if not capabilities:
+        return raw
+    try:
+        data = from_node(raw)
+    except ValueError:
+        return raw
+    if not isinstance(data, dict):
+        return raw
+    own = data.get("capabilities")
+    own = [str(w) for w in own] if isinstance(own, list) else []
+    merged = capabilities + [w for w in own if w not in capabilities]
+    if merged == own:
+        return raw
+    return json.dumps({**data, "capabilities": merged}).encode()
 
 
 def _human_count(count: int) -> str:

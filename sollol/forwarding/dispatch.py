@@ -22,7 +22,12 @@ from sollol.core.aliases import Alias
 from sollol.core.scope import scoped_targets, visible_names, visible_show
 from sollol.core.units import keep_alive_seconds
 from sollol.dialects.error_shapes import error_body
-from sollol.dialects.replies import error_message, load_reply, show_from_info
+from sollol.dialects.replies import (
+    error_message,
+    load_reply,
+    show_from_info,
+    show_with_capabilities,
+)
 from sollol.dialects.translate import (
     JSON_TYPE,
     STREAM_TYPES,
@@ -225,6 +230,8 @@ class Dispatcher:
                                    first=first)
             raw = await response.read()
             body = convert_reply(call, upstream, raw, request.elapsed())
+            if call.op == "show":
+                body = show_with_capabilities(body, self._capabilities(call))
             request.prompt_tokens = prompt_tokens_in(raw, lease.api)
             request.finish(Outcome(True, 200, tokens=tokens_in(raw, lease.api),
                                    seconds=request.elapsed()))
@@ -292,11 +299,18 @@ class Dispatcher:
         metadata) and Ollama's load request (the server has its model loaded already)."""
         call = request.call
         if call.op == "show":
-            data = show_from_info(await self.cluster.model_info(call.request.model))
+            data = show_from_info(await self.cluster.model_info(call.request.model),
+                                  self._capabilities(call))
         else:
             data = load_reply(call.op, call.request.model)
         request.finish(Outcome(True, 200))
         return Reply(200, JSON_TYPE, route, json.dumps(data).encode())
+
+
+    def _capabilities(self, call: Call) -> list[str] | None:
+        """What the cluster's nodes that hold the model can do with it, in Ollama's words."""
+        return capabilities.cluster_words(self.cluster.route_states().values(),
+                                          call.request.model)
 
 
 def _keep_alive(call: Call) -> float | None:

@@ -11,6 +11,7 @@ from urllib.parse import parse_qs
 
 from sollol import __version__
 from sollol.core.aliases import aliases
+from sollol.core.capabilities import cluster_words
 from sollol.core.names import canonical, is_path
 from sollol.core.router import POOL
 from sollol.core.scope import visible_entries
@@ -56,7 +57,16 @@ def _visible(cluster: ClusterRuntime, scope: dict[str, Any],
 
 
 async def tags(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:
-    return {"models": _visible(cluster, scope, await _gather(cluster, "list_models"))}
+    """`GET /api/tags`: each model with what the nodes that hold it can do (`capabilities`,
+    as `/api/show` reports them)."""
+    entries = _visible(cluster, scope, await _gather(cluster, "list_models"))
+    states = cluster.route_states().values()
+    out = []
+    for entry in entries:
+        found = cluster_words(states, str(entry.get("alias_of") or entry.get("name")
+                                          or entry.get("model")))
+        out.append({**entry, "capabilities": found} if found else entry)
+    return {"models": out}
 
 
 async def ps(cluster: ClusterRuntime, scope: dict[str, Any]) -> Any:

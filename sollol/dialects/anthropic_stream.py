@@ -15,7 +15,7 @@ from sollol.dialects.error_shapes import anthropic_error
 from sollol.dialects.lines import parse_object
 from sollol.dialects.passthrough import Passthrough
 from sollol.dialects.replies import new_id
-from sollol.dialects.streams import FromOllama
+from sollol.dialects.streams import FromOllama, as_mapping
 
 
 def event(name: str, data: dict[str, Any]) -> bytes:
@@ -65,11 +65,37 @@ class AnthropicPassthrough(Passthrough):
         held, self.held = self.held, b""
         return held
 
+    def _lines(self, head: bytes) -> None:
+        """Anthropic's counts: `input_tokens` in `message_start`, `output_tokens` in the
+        `message_delta` before `message_stop` (which carries none)."""
+        if b'"usage"' not in head:
+            return
+        for line in head.split(b"\n"):
+            if not line.startswith(b"data:") or b'"usage"' not in line:
+                continue
+            data = parse_object(line.removeprefix(b"data:"))
+            kind = data.get("type") if data else None
+            if kind == "message_start":
+                found = as_mapping(as_mapping(data.get("message")).get("usage"))
+            elif kind == "message_delta":
+                found = as_mapping(data.get("usage"))
+            else:
+                continue
+            if _count(found.get("input_tokens")) is not None:
+                self.prompt_tokens = found["input_tokens"]
+            if kind == "message_delta" and _count(found.get("output_tokens")) is not None:
+                self.tokens = found["output_tokens"]
+
     @property
     def at_boundary(self) -> bool:
         # while the start is held nothing has reached the client: an error event cutting the
         # stream now is its first line (the held partial line is dropped with the stream)
         return not self.checked or super().at_boundary
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
+        else None
 
 
 def _first_event(data: bytes) -> bytes | None:
@@ -126,6 +152,7 @@ class NdjsonToAnthropic(FromOllama):
             out += self._close()
             counts = usage(data)
             self.tokens = counts["output_tokens"] or None
+            self.prompt_tokens = counts["input_tokens"] or None
             out += event("message_delta", {
                 "type": "message_delta",
                 "delta": {"stop_reason": stop_reason(data, self.saw_tools),

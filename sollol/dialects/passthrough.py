@@ -25,7 +25,12 @@ class Passthrough:
         head = self.buffer.push(chunk)
         if head:
             self.last = _last_two(self.last, head)
+            self._lines(head)
         return chunk
+
+    def _lines(self, head: bytes) -> None:
+        """Complete lines as they pass (a dialect whose counts come before its last lines
+        reads them here)."""
 
     def finish(self) -> bytes:
         return b""
@@ -70,9 +75,10 @@ class Passthrough:
             return False
         kind = as_text(data.get("type"))  # never unhashable: a set lookup follows
         if kind in SSE_ENDS:
-            usage = end_usage(data)
-            self.tokens = usage.get("output_tokens")
-            self.prompt_tokens = usage.get("input_tokens")
+            usage = end_usage(data)  # (Anthropic's `message_stop` has none: see `_lines`)
+            if usage:
+                self.tokens = usage.get("output_tokens")
+                self.prompt_tokens = usage.get("input_tokens")
             return True
         if kind == "error":
             self.error = error_text(data.get("error"))

@@ -83,6 +83,7 @@ class NdjsonToResponses(FromOllama):
             out += self._close()
             final = self._response(data, "completed")
             self.tokens = data["eval_count"] or None
+            self.prompt_tokens = data["prompt_eval_count"] or None
             # `response.completed` also when the status is "incomplete" (a token limit), as
             # Ollama and llama-server send it: the official client's stream helper waits for it
             out += self._emit("response.completed", response=final)
@@ -167,6 +168,7 @@ class CompleteResponsesEvents(Translator):
         if isinstance(kind, str) and kind in RESPONSES_ENDS:
             self.complete = True
             self.tokens = end_usage(data).get("output_tokens")
+            self.prompt_tokens = end_usage(data).get("input_tokens")
         elif kind == "error":
             self.complete = True
             self.error = str(data.get("message") or data.get("error"))

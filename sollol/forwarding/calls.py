@@ -14,6 +14,29 @@ Op = Literal["chat", "generate", "completions", "embed", "embeddings", "show", "
              "responses"]
 """`messages`: Anthropic's `/v1/messages`; `responses`: OpenAI's `/v1/responses`."""
 
+PATHS: dict[tuple[Api, Op], str] = {
+    ("ollama", "generate"): "/api/generate",
+    ("ollama", "chat"): "/api/chat",
+    ("ollama", "embed"): "/api/embed",
+    ("ollama", "embeddings"): "/api/embeddings",
+    ("ollama", "show"): "/api/show",
+    ("openai", "chat"): "/v1/chat/completions",
+    ("openai", "completions"): "/v1/completions",
+    ("openai", "embed"): "/v1/embeddings",
+    ("openai", "responses"): "/v1/responses",
+    ("anthropic", "messages"): "/v1/messages",
+}
+"""Every endpoint whose requests are routed to a backend: (dialect, operation) -> the path the
+gateway serves it at (its route table is built from this), and by which a request is named in
+the access log, the dashboard and `RouteEvent.endpoint` (`endpoint_name`)."""
+
+
+def endpoint_name(api: Api, op: Op) -> str:
+    """A routed request's endpoint as events name it: its path less `/api/` or `/v1/`
+    ("chat" for Ollama's `/api/chat`, "chat/completions" for OpenAI's, "show", "messages")."""
+    path = PATHS.get((api, op))
+    return path.split("/", 2)[2] if path else op
+
 
 @attrs.frozen
 class Call:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import attrs
 
-from sollol.forwarding.calls import Call
+from sollol.forwarding.calls import Call, endpoint_name
 from sollol.models import RouteDecision, RouteEvent
 from sollol.routes import Lease, Outcome
 
@@ -112,7 +112,8 @@ class InFlight:
         decision = self.decision
         request = self.call.request
         self.record(RouteEvent(
-            model=request.model, endpoint=request.endpoint, api=self.call.api,
+            model=request.model, endpoint=endpoint_name(self.call.api, self.call.op),
+            api=self.call.api,
             route=decision.route if decision else "", policy=decision.policy if decision else "",
             reason=decision.reason if decision else (outcome.error or ""), backend=self.backend,
             status=outcome.status, ok=outcome.status < 400,

@@ -10,7 +10,7 @@ from typing import Literal
 
 import attrs
 
-from sollol.forwarding.calls import Op
+from sollol.forwarding.calls import PATHS, Op
 from sollol.gateway import info, monitor
 from sollol.models import Api
 
@@ -44,16 +44,7 @@ def _info_api(path: str) -> Api:
 
 ROUTES: tuple[Route, ...] = (
     Route("/", ("GET", "HEAD"), "ollama", "root"),
-    _dispatched("/api/generate", "ollama", "generate"),
-    _dispatched("/api/chat", "ollama", "chat"),
-    _dispatched("/api/embed", "ollama", "embed"),
-    _dispatched("/api/embeddings", "ollama", "embeddings"),
-    _dispatched("/api/show", "ollama", "show"),
-    _dispatched("/v1/chat/completions", "openai", "chat"),
-    _dispatched("/v1/completions", "openai", "completions"),
-    _dispatched("/v1/embeddings", "openai", "embed"),
-    _dispatched("/v1/responses", "openai", "responses"),
-    _dispatched("/v1/messages", "anthropic", "messages"),
+    *(_dispatched(path, api, op) for (api, op), path in PATHS.items()),
     Route("/api/pull", ("POST",), "ollama", "manage"),
     Route("/api/push", ("POST",), "ollama", "manage"),
     Route("/api/create", ("POST",), "ollama", "manage"),

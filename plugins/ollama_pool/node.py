@@ -267,7 +267,8 @@ class Node:
             "request_seconds": self.request_seconds, "served": self.served,
             "failed": self.failed, "version": report.version if report else None,
             "probe_latency_s": report.latency_s if report else None,
-            "server": self.server,
+            "server": self.server, "up_since": self.up_since if live else None,
+            "unserved": list(report.extra.get("unserved") or ()) if live else [],
             "capabilities": {name: sorted(found) for name, found in self.capabilities.items()
                              if name == "" or name in (report.models if report else ())},
             "lacks": {name: sorted(found) for name, found in self.lacks.items()},

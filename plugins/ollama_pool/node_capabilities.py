@@ -1,10 +1,12 @@
 """What a pool node can do, from what it reports (asked by the health probe when a node's model
 list changes, see node_probe.Prober).
 
-- llama-server: `/props` (chat template, its tool support, vision modality); embeddings by
-  asking `/v1/embeddings` with an empty body, which costs no compute: a server without
-  `--embeddings` answers 501, one whose pooling cannot give OpenAI embeddings a 400 naming the
-  pooling type, one that can a 400 about the missing input.
+- llama-server: `/props` (chat template, its tool support, vision modality, and whether it
+  serves `/slots` and `/metrics`: `endpoint_slots`, `endpoint_metrics`); embeddings by asking
+  `/v1/embeddings` for a one-character input, which costs a token or two of compute once: a
+  server without `--embeddings` answers 501, one whose pooling cannot give OpenAI embeddings a
+  400 naming the pooling type, one that can answers 200 (an empty body would be a 400 in the
+  node's log, on every server).
 - Ollama: `/api/show` `capabilities` per model, cached by digest (a model's capabilities change
   only when the model does).
 """
@@ -19,6 +21,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from sollol.core import capabilities as caps
 
 from .node_http import NodeClient, Reply
@@ -30,17 +34,35 @@ _family_cache: OrderedDict[tuple[str, str, str], str | None] = OrderedDict()
 _lock = threading.Lock()
 
 
-async def openai_server(client: NodeClient,
-                        ) -> tuple[str, frozenset[str] | None, dict[str, str]]:
-    """(server kind in words, capabilities or None when the server does not tell, model
-    details: `family` and `quantization_level` where llama-server's `/props` and the GGUF
-    header, when the file is readable here, say)."""
+@attrs.frozen
+class OpenAIServer:
+    """What an OpenAI-compatible server says of itself."""
+
+    server: str
+    """Its kind in words."""
+    capabilities: frozenset[str] | None
+    """None when the server does not tell (then learned from its answers)."""
+    details: dict[str, str]
+    """`family`, `quantization_level` and `digest` where llama-server's `/props` (and the GGUF
+    header, when the file is readable here) say."""
+    unserved: frozenset[str] = frozenset()
+    """Paths it said it does not serve (`/slots`, `/metrics`): never asked for this model."""
+
+
+_ENDPOINT_FLAGS = {"endpoint_slots": "/slots", "endpoint_metrics": "/metrics"}
+
+
+async def openai_server(client: NodeClient) -> OpenAIServer:
+    """What the server is and can do, from `/props` and one embedding request."""
     props = _json(await client.get("/props"))
     found: set[str] | None = None
     server = "openai-compatible server"
     details: dict[str, str] = {}
+    unserved: frozenset[str] = frozenset()
     if isinstance(props, dict) and ("model_path" in props or "build_info" in props):
         server = "llama-server"
+        unserved = frozenset(path for flag, path in _ENDPOINT_FLAGS.items()
+                             if props.get(flag) is False)
         details = await asyncio.to_thread(_details, props)  # may read a GGUF header
         # tools too: llama-server takes tool definitions with any chat template (a template
         # without native support gets its generic tool-call format)
@@ -50,11 +72,11 @@ async def openai_server(client: NodeClient,
         modalities = props.get("modalities")
         if isinstance(modalities, dict) and modalities.get("vision"):
             found.add(caps.VISION)
-    if found is None:
-        return server, None, details  # another server: learned from its answers
+    if found is None:  # another server: learned from its answers
+        return OpenAIServer(server, None, details)
     if await _embeds(client):
         found.add(caps.EMBEDDING)
-    return server, frozenset(found), details
+    return OpenAIServer(server, frozenset(found), details, unserved)
 
 
 def _details(props: dict[str, Any]) -> dict[str, str]:
@@ -105,7 +127,7 @@ def _family(path: str) -> str | None:
 
 
 async def _embeds(client: NodeClient) -> bool:
-    reply = await client.post("/v1/embeddings", b"{}")
+    reply = await client.post("/v1/embeddings", b'{"input": "a"}')
     if reply.status in (404, 405):
         return False
     return caps.unsupported(reply.status, reply.body,

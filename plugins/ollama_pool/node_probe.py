@@ -7,10 +7,14 @@ llama-server's `/slots` (its parallel slots) when it is enabled.
 
 A probe costs its few GETs and nothing more: a `Prober` keeps one session whose connections are
 reused probe after probe, and takes a first look (Ollama's version; what a node can do:
-`/api/show`, `/props`, an empty `/v1/embeddings`) only when the node is new, came back from being
-down, or every `RELEARN_SECONDS` (a restart between two probes); what it can do is also asked
-again when its model list changed. Probes are coroutines on the event loop: a hung node holds
-its own probe, never another's. A probe never raises for network trouble: it reports it.
+`/api/show`, `/props`, a one-token `/v1/embeddings`) once per model load: when the node is new,
+came back from being down, or its models changed (Ollama: names and digests; OpenAI-compatible:
+ids and what `/v1/models` says of each, so a restart with another context size counts). What a
+node said it does not serve (`/slots` disabled, answered 404/501) is not asked again for that
+load. After the first probe, a healthy node with the same models is asked only the cheap
+liveness and state requests: Ollama `/api/tags` and `/api/ps`; OpenAI-compatible `/health`,
+`/v1/models` and, where served, `/slots`. Probes are coroutines on the event loop: a hung node
+holds its own probe, never another's. A probe never raises for network trouble: it reports it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import json
 import socket
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -32,8 +37,9 @@ from . import node_capabilities
 from .node_discovery import OLLAMA, OPENAI, base_url
 from .node_http import NodeClient, new_session
 
-RELEARN_SECONDS = 600.0
-"""What a node can do is asked again at least this often even when its models stay the same."""
+NOT_SERVED = frozenset({404, 405, 501})
+"""Statuses by which a node says it does not serve a path (llama-server: 501 for a disabled
+endpoint)."""
 
 
 @attrs.frozen
@@ -43,6 +49,8 @@ class Lesson:
     models: tuple[Any, ...]
     learn: Callable[[], Awaitable[dict[str, Any]]]
     version: str = ""
+    unserved: frozenset[str] = frozenset()
+    """Paths the node answered this probe it does not serve."""
 
 
 class _NotThisApi(Exception):
@@ -54,11 +62,15 @@ class Learned:
     """What a node can do, and the model list it was learned for."""
 
     models: tuple[Any, ...]
-    at: float
     extra: dict[str, Any]
-    """The report fields it gives: `capabilities`, `server`, `details`."""
+    """The report fields it gives: `capabilities`, `server`, `details`, `unserved`."""
     version: str = ""
-    """Ollama's version (it changes only with a restart, which `RELEARN_SECONDS` bounds)."""
+    """Ollama's version (it changes only with a restart, which a probe sees as the node down)."""
+
+    @property
+    def unserved(self) -> frozenset[str]:
+        """Paths the node said it does not serve (not asked again for these models)."""
+        return frozenset(self.extra.get("unserved") or ())
 
 
 @attrs.define(eq=False)
@@ -144,24 +156,27 @@ class Prober:
         return attrs.evolve(report, extra={**report.extra, **learned}) if learned else report
 
     def recall(self, node: str) -> Learned | None:
-        """What was learned of `node`, unless it is time to look again."""
-        known = self._learned.get(node)
-        if known is None or time.monotonic() - known.at >= RELEARN_SECONDS:
-            return None
-        return known
+        """What was learned of `node` since it was last seen down."""
+        return self._learned.get(node)
 
     async def _learn(self, node: str, lesson: Lesson, timeout: float) -> dict[str, Any]:
         """What `node` can do: remembered while its models stay the same, else asked. A failed
         look is not a sick node: nothing is reported, and the next probe asks again."""
         known = self.recall(node)
         if known is not None and known.models == lesson.models:
+            if lesson.unserved - known.unserved:  # a path it stopped serving, said just now
+                known = attrs.evolve(known, extra={
+                    **known.extra, "unserved": sorted(known.unserved | lesson.unserved)})
+                self._learned[node] = known
             return known.extra
         try:
             async with asyncio.timeout(timeout):
                 extra = await lesson.learn()
         except (TimeoutError, aiohttp.ClientError, ValueError):
             return {}
-        self._learned[node] = Learned(lesson.models, time.monotonic(), extra, lesson.version)
+        unserved = frozenset(extra.get("unserved") or ()) | lesson.unserved
+        extra = {**extra, "unserved": sorted(unserved)}
+        self._learned[node] = Learned(lesson.models, extra, lesson.version)
         return extra
 
     def retain(self, nodes: Collection[str]) -> None:
@@ -275,21 +290,31 @@ async def _openai(client: NodeClient, backend: Backend, started: float,
     ids = tuple(str(m["id"]) for m in data if isinstance(m, dict) and "id" in m)
     meta = {str(m["id"]): m.get("meta") or {} for m in data if isinstance(m, dict) and "id" in m}
     extra: dict[str, Any] = {"api": OPENAI, "meta": meta}
-    slots = await client.get("/slots")
-    listed = slots.json() if slots.status == 200 else None
-    if isinstance(listed, list):
-        busy = [s for s in listed if isinstance(s, dict) and s.get("is_processing")]
-        extra.update(slots=len(listed), slots_busy=len(busy))
+    # the model load: its ids and what the server says of each (a restart with other settings
+    # that shows no downtime between two probes still changes `n_ctx` and the like)
+    load = tuple((name, json.dumps(meta[name], sort_keys=True, default=str)) for name in ids)
+    known = prober.recall(backend.id)
+    unserved: set[str] = set()
+    if known is None or known.models != load or "/slots" not in known.unserved:
+        slots = await client.get("/slots")
+        if slots.status in NOT_SERVED:
+            unserved.add("/slots")
+        listed = slots.json() if slots.status == 200 else None
+        if isinstance(listed, list):
+            busy = [s for s in listed if isinstance(s, dict) and s.get("is_processing")]
+            extra.update(slots=len(listed), slots_busy=len(busy))
 
     async def learn() -> dict[str, Any]:
-        server, found, details = await node_capabilities.openai_server(client)
-        learned: dict[str, Any] = {"server": server, "details": details}
-        if found is not None:
-            learned["capabilities"] = {"": found}
+        said = await node_capabilities.openai_server(client)
+        learned: dict[str, Any] = {"server": said.server, "details": said.details,
+                                   "unserved": sorted(said.unserved)}
+        if said.capabilities is not None:
+            learned["capabilities"] = {"": said.capabilities}
         return learned
 
     return HealthReport(backend.id, healthy=True, latency_s=latency, detail="ok",
-                        models=ids, loaded_models=ids, extra=extra), Lesson(ids, learn)
+                        models=ids, loaded_models=ids, extra=extra), \
+        Lesson(load, learn, unserved=frozenset(unserved))
 
 
 def _entries(body: Any) -> list[dict[str, Any]]:

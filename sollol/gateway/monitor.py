@@ -105,7 +105,8 @@ class Monitor:
             self.scraper = BackendMetrics(interval=interval,
                                           timeout=float(config["connect_timeout"]))
             self.scraper.start(lambda: scraping.targets(self.cluster),
-                               lambda: scraping.credentials(self.cluster))
+                               lambda: scraping.credentials(self.cluster),
+                               lambda: scraping.loads(self.cluster))
 
     async def stop(self) -> None:
         self.closing.set()

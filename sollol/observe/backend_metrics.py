@@ -3,8 +3,9 @@
 llama-server answers `/metrics` only when started with `--metrics` (else 501); SOLLOL's own
 coordinators always are. Throughput is the change in `llamacpp:tokens_predicted_total` over the
 change in `llamacpp:tokens_predicted_seconds_total` between two scrapes: tokens per second of
-decoding, measured by the server itself. A backend that does not serve metrics is asked again
-only every `RETRY_UNSUPPORTED` rounds.
+decoding, measured by the server itself. A backend that answers 404 or 501 (no metrics) is
+not asked again until its model load changes (another model list, or back from being down:
+`loads`): one request per load, whose answer the overview shows.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from sollol.core.runtime import ClusterRuntime
 
 log = logging.getLogger("sollol.observe")
-RETRY_UNSUPPORTED = 12
 MAX_BYTES = 1 << 20
 """A metrics page larger than this is not llama-server's (it is a few KiB): ignore it."""
 _WANTED = {
@@ -44,13 +44,14 @@ class Scrape:
     """What one backend's `/metrics` said last time, and the throughput derived from it."""
 
     url: str
+    load: str = ""
+    """The backend's model load it was made for: a new load is asked afresh."""
     supported: bool | None = None
     error: str | None = None
     at: float | None = None
     values: dict[str, float] = attrs.field(factory=dict)
     tokens_per_second: float | None = None
     prompt_tokens_per_second: float | None = None
-    skip: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"url": self.url, "supported": self.supported, "error": self.error, "at": self.at,
@@ -96,9 +97,10 @@ class BackendMetrics:
     _task: asyncio.Task[None] | None = None
 
     def start(self, targets: Callable[[], dict[str, str]],
-              headers: Callable[[], dict[str, dict[str, str]]] | None = None) -> None:
+              headers: Callable[[], dict[str, dict[str, str]]] | None = None,
+              loads: Callable[[], dict[str, str]] | None = None) -> None:
         if self.interval > 0 and self._task is None:
-            self._task = asyncio.create_task(self._loop(targets, headers),
+            self._task = asyncio.create_task(self._loop(targets, headers, loads),
                                              name="sollol-backend-metrics")
 
     async def stop(self) -> None:
@@ -109,30 +111,34 @@ class BackendMetrics:
             self._task = None
 
     async def _loop(self, targets: Callable[[], dict[str, str]],
-                    headers: Callable[[], dict[str, dict[str, str]]] | None = None) -> None:
+                    headers: Callable[[], dict[str, dict[str, str]]] | None = None,
+                    loads: Callable[[], dict[str, str]] | None = None) -> None:
         async with httpx.AsyncClient(timeout=self.timeout, trust_env=False) as client:
             while True:
                 try:
-                    await self.scrape(client, targets(), headers() if headers else None)
+                    await self.scrape(client, targets(), headers() if headers else None,
+                                      loads() if loads else None)
                 except Exception:  # one bad round must not end the loop
                     log.exception("scraping backend metrics failed")
                 await asyncio.sleep(self.interval)
 
     async def scrape(self, client: httpx.AsyncClient, targets: dict[str, str],
-                     headers: dict[str, dict[str, str]] | None = None) -> None:
+                     headers: dict[str, dict[str, str]] | None = None,
+                     loads: dict[str, str] | None = None) -> None:
         """One round over `targets` (backend id -> server root URL), concurrently; `headers`
-        (backend id -> headers) carries a node's own key."""
-        headers = headers or {}
+        (backend id -> headers) carries a node's own key, `loads` (backend id -> a key of its
+        model load) says when a backend without metrics is worth asking again."""
+        headers, loads = headers or {}, loads or {}
         for gone in set(self.scrapes) - set(targets):
             del self.scrapes[gone]
         due = []
         for backend, url in targets.items():
             scrape = self.scrapes.get(backend)
-            if scrape is None or scrape.url != url:
-                scrape = self.scrapes[backend] = Scrape(url)
-            if scrape.skip > 0:
-                scrape.skip -= 1
-                continue
+            load = loads.get(backend, "")
+            if scrape is None or scrape.url != url or scrape.load != load:
+                scrape = self.scrapes[backend] = Scrape(url, load)
+            if scrape.supported is False:
+                continue  # it said it has none: not asked again for this load
             due.append((backend, scrape))
         await asyncio.gather(*(self._one(client, s, headers.get(b)) for b, s in due))
 
@@ -144,7 +150,7 @@ class BackendMetrics:
             scrape.error = f"{type(exc).__name__}: {exc}"[:200]
             return
         if response.status_code in (404, 501):  # llama-server without --metrics, or not one
-            scrape.supported, scrape.skip = False, RETRY_UNSUPPORTED
+            scrape.supported = False
             scrape.error = f"GET /metrics: HTTP {response.status_code}"
             return
         if response.status_code != 200 or len(response.content) > MAX_BYTES:
@@ -156,7 +162,7 @@ class BackendMetrics:
             scrape.error = f"unreadable metrics: {exc}"[:200]
             return
         if "tokens_predicted_total" not in values:
-            scrape.supported, scrape.skip = False, RETRY_UNSUPPORTED
+            scrape.supported = False
             scrape.error = "no llama.cpp metrics on /metrics"
             return
         old = scrape.values
@@ -204,4 +210,17 @@ def targets(cluster: ClusterRuntime) -> dict[str, str]:
         for coord in snapshot.get("coordinators") or ():
             if coord.get("state") == "ready" and coord.get("url"):
                 found[str(coord["id"])] = str(coord["url"])
+    return found
+
+
+def loads(cluster: ClusterRuntime) -> dict[str, str]:
+    """Backend id -> a key of its model load: pool nodes' models and when they came up,
+    coordinators' model and start (a backend without metrics is asked again when it changes)."""
+    found: dict[str, str] = {}
+    for provider in cluster.routes.values():
+        snapshot = provider.snapshot()
+        for node in snapshot.get("nodes") or ():
+            found[str(node.get("id"))] = f"{node.get('models')}@{node.get('up_since')}"
+        for coord in snapshot.get("coordinators") or ():
+            found[str(coord.get("id"))] = f"{coord.get('model')}@{coord.get('started_at')}"
     return found

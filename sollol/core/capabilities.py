@@ -46,7 +46,7 @@ def needs(op: str, body: Mapping[str, Any]) -> frozenset[str]:
     """The capabilities a request for `op` with this body needs from the backend."""
     if op in ("embed", "embeddings"):
         return frozenset({EMBEDDING})
-    if op == "show":
+    if op in ("show", "count_tokens"):  # any node holding the model can answer these
         return frozenset()
     found = {COMPLETION}
     if op in CHAT_OPS:

@@ -40,6 +40,7 @@ NATIVE: dict[tuple[Api, str], dict[Api, str]] = {
     **{("openai", op): {"openai": path} for op, path in OPENAI_PATHS.items()},
     # llama-server (pool nodes and sharding coordinators) answers Anthropic's Messages API
     ("anthropic", "messages"): {"openai": "/v1/messages"},
+    ("anthropic", "count_tokens"): {"openai": "/v1/messages/count_tokens"},
 }
 """Client endpoint -> the node dialects that serve it natively, at which path (pass-through)."""
 NODE_KINDS: dict[Api, str] = {"ollama": "an Ollama node",
@@ -59,7 +60,7 @@ def falls_back(call: Call, plan: Plan, status: int) -> bool:
     """True when a node refused a natively planned Messages or Responses call as an unknown
     endpoint (vLLM, older llama-server): send it again translated to a chat completion."""
     return (status in NOT_SERVED and not plan.translated and plan.backend_api == "openai"
-            and call.op in ("messages", "responses"))
+            and call.op in ("messages", "responses", "count_tokens"))
 
 
 @attrs.frozen
@@ -94,9 +95,10 @@ def plan(call: Call, backend_api: Api, native: bool = True) -> Plan:
             raise RequestError(f"{call.op} requests cannot be sent to {NODE_KINDS[backend_api]}")
         path, chat = ollama_to_openai("chat", body)
         return Plan(backend_api, path, json.dumps(chat).encode(), translated=True)
-    if call.op == "show" or is_load_request(call):
-        # OpenAI servers have no /api/show and no "just load the model" request: the gateway
-        # answers these itself (from metadata; a loaded server has nothing to load).
+    if call.op in ("show", "count_tokens") or is_load_request(call):
+        # OpenAI servers have no /api/show and no "just load the model" request, Ollama no
+        # token count: the gateway answers these itself (from metadata; a loaded server has
+        # nothing to load; sollol.forwarding.token_count).
         return Plan(backend_api, None, b"", translated=True)
     if backend_api == "openai":
         path, body = ollama_to_openai(call.op, dict(call.body))

@@ -11,8 +11,9 @@ from sollol.core.access import AccessKey
 from sollol.models import Api, RouteRequest
 
 Op = Literal["chat", "generate", "completions", "embed", "embeddings", "show", "messages",
-             "responses"]
-"""`messages`: Anthropic's `/v1/messages`; `responses`: OpenAI's `/v1/responses`."""
+             "responses", "count_tokens"]
+"""`messages`: Anthropic's `/v1/messages`; `responses`: OpenAI's `/v1/responses`;
+`count_tokens`: Anthropic's `/v1/messages/count_tokens`."""
 
 PATHS: dict[tuple[Api, Op], str] = {
     ("ollama", "generate"): "/api/generate",
@@ -25,6 +26,7 @@ PATHS: dict[tuple[Api, Op], str] = {
     ("openai", "embed"): "/v1/embeddings",
     ("openai", "responses"): "/v1/responses",
     ("anthropic", "messages"): "/v1/messages",
+    ("anthropic", "count_tokens"): "/v1/messages/count_tokens",
 }
 """Every endpoint whose requests are routed to a backend: (dialect, operation) -> the path the
 gateway serves it at (its route table is built from this), and by which a request is named in

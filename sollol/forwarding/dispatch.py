@@ -42,6 +42,7 @@ from sollol.dialects.translate import (
     tokens_in,
 )
 from sollol.errors import BackendError, ModelNotFound, NoRouteAvailable, Overloaded, SollolError
+from sollol.forwarding import token_count
 from sollol.forwarding.calls import Call, Op
 from sollol.forwarding.inflight import InFlight
 from sollol.forwarding.reply import NETWORK_ERRORS as _NETWORK_ERRORS
@@ -199,7 +200,7 @@ class Dispatcher:
         route = _route_headers(decision, lease)
         upstream = plan(call, lease.api)
         if upstream.path is None:
-            return await self._answer_locally(request, route)
+            return await self._answer_locally(request, route, deadline)
         response: UpstreamResponse | None = None
         handed_off = False
         try:
@@ -211,6 +212,8 @@ class Dispatcher:
                 await response.read()
                 response.release()
                 upstream = plan(call, lease.api, native=False)
+                if upstream.path is None:
+                    return await self._answer_locally(request, route, deadline)
                 response = await self.pool.post(_root(lease.base_url), upstream.path,
                                                 upstream.payload, deadline, auth)
             if response.status >= 400:
@@ -232,6 +235,8 @@ class Dispatcher:
             body = convert_reply(call, upstream, raw, request.elapsed())
             if call.op == "show":
                 body = show_with_capabilities(body, self._capabilities(call))
+            elif call.op == "count_tokens":
+                body = token_count.by_node(body)
             request.prompt_tokens = prompt_tokens_in(raw, lease.api)
             request.finish(Outcome(True, 200, tokens=tokens_in(raw, lease.api),
                                    seconds=request.elapsed()))
@@ -294,11 +299,18 @@ class Dispatcher:
         body = json.dumps(load_reply(call.op, call.request.model, unload=True)).encode()
         return Reply(200, JSON_TYPE, route, body)
 
-    async def _answer_locally(self, request: InFlight, route: dict[str, str]) -> Reply:
-        """What an OpenAI-compatible backend has no endpoint for: `/api/show` (from the model's
-        metadata) and Ollama's load request (the server has its model loaded already)."""
-        call = request.call
-        if call.op == "show":
+    async def _answer_locally(self, request: InFlight, route: dict[str, str],
+                              deadline: float) -> Reply:
+        """What a backend has no endpoint for: `/api/show` on an OpenAI-compatible one (from the
+        model's metadata), Ollama's load request (the server has its model loaded already), a
+        token count (the node's template and tokenizer where it has them, else estimated)."""
+        call, lease = request.call, request.lease
+        assert lease is not None
+        if call.op == "count_tokens":
+            data = await token_count.count_here(self.pool, _root(lease.base_url),
+                                                _authorization(lease), call, lease.api,
+                                                deadline)
+        elif call.op == "show":
             data = show_from_info(await self.cluster.model_info(call.request.model),
                                   self._capabilities(call))
         else:

@@ -55,6 +55,9 @@ _SCHEMAS: dict[tuple[Api, Op], dict[str, Any]] = {
                                 "tool_choice": dict, "thinking": dict, "temperature": _NUMBER,
                                 "top_p": _NUMBER, "top_k": int, "stop_sequences": list,
                                 "metadata": dict, "output_config": dict},
+    ("anthropic", "count_tokens"): {"model": str, "messages": list, "system": _TEXT_OR_LIST,
+                                    "tools": list, "tool_choice": dict, "thinking": dict,
+                                    "output_config": dict},
 }
 _FIELDS = {where: frozenset(schema) | {"name"} for where, schema in _SCHEMAS.items()}
 """Top-level fields read per operation: no key may spell one in another case (jsonkeys.py)."""
@@ -64,10 +67,12 @@ _REQUIRED: dict[tuple[Api, Op], tuple[str, ...]] = {
     ("openai", "embed"): ("input",),
     ("openai", "responses"): ("input",),
     ("anthropic", "messages"): ("max_tokens", "messages"),
+    ("anthropic", "count_tokens"): ("messages",),
 }
 _ENDPOINTS: dict[Op, Endpoint] = {"chat": "chat", "generate": "generate", "completions": "generate",
                                   "embed": "embed", "embeddings": "embed", "show": "chat",
-                                  "messages": "chat", "responses": "chat"}
+                                  "messages": "chat", "responses": "chat",
+                                  "count_tokens": "chat"}
 _STREAM_DEFAULT = {("ollama", "chat"): True, ("ollama", "generate"): True}
 
 
@@ -88,7 +93,7 @@ def validate(api: Api, op: Op, raw: bytes) -> Call:
     for name in _REQUIRED.get((api, op), ()):
         if body.get(name) is None:
             raise RequestError(f"field {name!r} is required")
-    if op in ("chat", "messages"):
+    if op in ("chat", "messages", "count_tokens"):
         _check_messages(body.get("messages") or [], api)
     _check_formats(api, body, schema)
     if api == "ollama" and isinstance(body.get("options"), dict):

@@ -29,6 +29,8 @@ class CountingProxy:
     """Where requests go; may be changed while it runs (the node "loads another model")."""
     host: str = "127.0.0.1"
     port: int = 0
+    hide: frozenset[str] = frozenset()
+    """Paths answered 404 without reaching the node (a server that lacks those endpoints)."""
     _counts: Counter[str] = attrs.field(factory=Counter)
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
@@ -95,6 +97,9 @@ class CountingProxy:
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         with self._lock:
             self._counts[f"{request.method} {request.path}"] += 1
+        if request.path in self.hide:
+            return web.json_response({"error": {"code": 404, "message": "File Not Found",
+                                                "type": "not_found_error"}}, status=404)
         if self._session is None:
             self._session = aiohttp.ClientSession(auto_decompress=False, trust_env=False)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}

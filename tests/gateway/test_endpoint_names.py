@@ -27,6 +27,7 @@ BODIES = {
     "/v1/embeddings": {"input": "hi"},
     "/v1/responses": {"input": "hi"},
     "/v1/messages": {"max_tokens": 8, "messages": MSG},
+    "/v1/messages/count_tokens": {"messages": MSG},
 }
 """A minimal request for each routed path (a new one fails the first test until added)."""
 

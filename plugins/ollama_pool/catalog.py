@@ -128,9 +128,10 @@ async def model_info(nodes: Iterable[Node], model: str, *, timeout: float) -> Mo
             continue
         if node.api == OPENAI:
             meta = (node.report.extra.get("meta") or {}) if node.report else {}
+            found = (node.report.extra.get("details") or {}) if node.report else {}
             for name in model_names(model):
                 if name in meta:
-                    return _from_openai_meta(model, meta[name], node.id)
+                    return _from_openai_meta(model, meta[name], node.id, found)
             continue
         try:
             async with httpx.AsyncClient(base_url=base_url(node.backend), timeout=timeout,
@@ -165,11 +166,16 @@ def from_show(model: str, body: dict[str, Any], file_size: int | None, node_id: 
     )
 
 
-def _from_openai_meta(model: str, meta: dict[str, Any], node_id: str) -> ModelInfo:
+def _from_openai_meta(model: str, meta: dict[str, Any], node_id: str,
+                      details: dict[str, Any]) -> ModelInfo:
+    """ModelInfo from `/v1/models` `meta`, with the family and quantization llama-server's
+    `/props` (and the GGUF header, where readable) gave."""
     def number(key: str) -> int | None:
         value = meta.get(key)
         return value if isinstance(value, int) else None
 
     return ModelInfo(name=model, file_size=number("size"), parameter_count=number("n_params"),
                      context_length=number("n_ctx_train"), embedding_length=number("n_embd"),
+                     architecture=str(details.get("family") or "") or None,
+                     quantization=str(details.get("quantization_level") or "") or None,
                      source=f"/v1/models on pool node {node_id}")

@@ -60,6 +60,9 @@ def test_llama_server_capabilities_and_digests(llama_server, tiny_model, ollama_
     again = {m.model: m.digest for m in client.list().models}
     assert again == digests
     assert listed["tiny"].details.quantization_level == "F16"
+    # /api/show's details agree with the listing's (from /props and the GGUF header)
+    assert shown.details.quantization_level == "F16"
+    assert shown.details.family == listed["tiny"].details.family == "llama"
 
 
 def test_ollama_and_llama_server_nodes_merge(emulator, llama_server, tiny_model, pool_gateway):

@@ -3,10 +3,11 @@ list changes, see node_probe.Prober).
 
 - llama-server: `/props` (chat template, its tool support, vision modality, and whether it
   serves `/slots` and `/metrics`: `endpoint_slots`, `endpoint_metrics`); embeddings by asking
-  `/v1/embeddings` for a one-character input, which costs a token or two of compute once: a
-  server without `--embeddings` answers 501, one whose pooling cannot give OpenAI embeddings a
-  400 naming the pooling type, one that can answers 200 (an empty body would be a 400 in the
-  node's log, on every server).
+  `/v1/embeddings` with an empty body once per model load: a server without `--embeddings`
+  answers 501, one whose pooling cannot give OpenAI embeddings a 400 naming the pooling type, one
+  that can a 400 about the missing input. All three come at once, before any slot is taken: a
+  real input would wait behind a busy server's generations (a one-slot server streaming a long
+  reply would hold the lesson past the probe's timeout).
 - Ollama: `/api/show` `capabilities` per model, cached by digest (a model's capabilities change
   only when the model does).
 """
@@ -127,7 +128,7 @@ def _family(path: str) -> str | None:
 
 
 async def _embeds(client: NodeClient) -> bool:
-    reply = await client.post("/v1/embeddings", b'{"input": "a"}')
+    reply = await client.post("/v1/embeddings", b"{}")
     if reply.status in (404, 405):
         return False
     return caps.unsupported(reply.status, reply.body,

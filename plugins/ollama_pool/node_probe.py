@@ -7,13 +7,15 @@ llama-server's `/slots` (its parallel slots) when it is enabled.
 
 A probe costs its few GETs and nothing more: a `Prober` keeps one session whose connections are
 reused probe after probe, and takes a first look (Ollama's version; what a node can do:
-`/api/show`, `/props`, a one-token `/v1/embeddings`) once per model load: when the node is new,
+`/api/show`, `/props`, an empty `/v1/embeddings`) once per model load: when the node is new,
 came back from being down, or its models changed (Ollama: names and digests; OpenAI-compatible:
 ids and what `/v1/models` says of each, so a restart with another context size counts). What a
 node said it does not serve (`/slots` disabled, answered 404/501) is not asked again for that
 load. After the first probe, a healthy node with the same models is asked only the cheap
 liveness and state requests: Ollama `/api/tags` and `/api/ps`; OpenAI-compatible `/health`,
-`/v1/models` and, where served, `/slots`. Probes are coroutines on the event loop: a hung node
+`/v1/models` and, where served, `/slots`. A lesson that fails (a busy node answering past the
+probe's timeout) is tried again at the next probe, then after `RETRY_FIRST` seconds, doubling up
+to `RETRY_MAX`: not on every probe. Probes are coroutines on the event loop: a hung node
 holds its own probe, never another's. A probe never raises for network trouble: it reports it.
 """
 
@@ -37,6 +39,10 @@ from . import node_capabilities
 from .node_discovery import OLLAMA, OPENAI, base_url
 from .node_http import NodeClient, new_session
 
+RETRY_FIRST = 5.0
+RETRY_MAX = 300.0
+"""Seconds before a lesson that failed twice running is tried again: the first pause, doubling
+with each failure, and the longest."""
 NOT_SERVED = frozenset({404, 405, 501})
 """Statuses by which a node says it does not serve a path (llama-server: 501 for a disabled
 endpoint)."""
@@ -87,6 +93,8 @@ class Prober:
     _learned: dict[str, Learned] = attrs.field(factory=dict)
     _dialect: dict[str, str] = attrs.field(factory=dict)
     """For nodes whose dialect is detected: the one that answered last (tried first)."""
+    _failed: dict[str, tuple[tuple[Any, ...], float, int]] = attrs.field(factory=dict)
+    """Nodes whose last lesson failed: (its models, when to try again, failures running)."""
 
     async def check(self, backend: Backend, timeout: float) -> HealthReport:
         """Probe one node in its dialect (trying both when its address asked for detection),
@@ -99,6 +107,7 @@ class Prober:
         report = await self._check(backend, order, timeout)
         if not report.healthy:
             self._learned.pop(backend.id, None)  # back later, it may have other options
+            self._failed.pop(backend.id, None)
         return report
 
     async def _client(self, backend: Backend) -> NodeClient:
@@ -161,7 +170,8 @@ class Prober:
 
     async def _learn(self, node: str, lesson: Lesson, timeout: float) -> dict[str, Any]:
         """What `node` can do: remembered while its models stay the same, else asked. A failed
-        look is not a sick node: nothing is reported, and the next probe asks again."""
+        look is not a sick node: nothing is reported; the next probe asks again, later ones
+        only after a pause that doubles while it keeps failing."""
         known = self.recall(node)
         if known is not None and known.models == lesson.models:
             if lesson.unserved - known.unserved:  # a path it stopped serving, said just now
@@ -169,11 +179,19 @@ class Prober:
                     **known.extra, "unserved": sorted(known.unserved | lesson.unserved)})
                 self._learned[node] = known
             return known.extra
+        failed = self._failed.get(node)
+        now = time.monotonic()
+        if failed is not None and failed[0] == lesson.models and now < failed[1]:
+            return {}  # it failed just now: not asked again on every probe
         try:
             async with asyncio.timeout(timeout):
                 extra = await lesson.learn()
         except (TimeoutError, aiohttp.ClientError, ValueError):
+            count = failed[2] + 1 if failed and failed[0] == lesson.models else 1
+            pause = 0.0 if count == 1 else min(RETRY_FIRST * 2 ** (count - 2), RETRY_MAX)
+            self._failed[node] = (lesson.models, time.monotonic() + pause, count)
             return {}
+        self._failed.pop(node, None)
         unserved = frozenset(extra.get("unserved") or ()) | lesson.unserved
         extra = {**extra, "unserved": sorted(unserved)}
         self._learned[node] = Learned(lesson.models, extra, lesson.version)
@@ -181,14 +199,15 @@ class Prober:
 
     def retain(self, nodes: Collection[str]) -> None:
         """Forget nodes not in `nodes` (a container of node ids)."""
-        for table in (self._learned, self._dialect):
+        for table in (self._learned, self._dialect, self._failed):
             if len(table) > len(nodes):
                 for gone in [n for n in table if n not in nodes]:
                     del table[gone]
 
     def sizes(self) -> dict[str, int]:
         """Entries per table (what the soak test checks for growth)."""
-        return {"learned": len(self._learned), "dialect": len(self._dialect)}
+        return {"learned": len(self._learned), "dialect": len(self._dialect),
+                "failed": len(self._failed)}
 
     async def close(self) -> None:
         if self._session is not None:

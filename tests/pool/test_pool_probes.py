@@ -9,6 +9,7 @@ import json
 import time
 
 from aiohttp import web
+from sollol_plugins.ollama_pool import node_probe
 from sollol_plugins.ollama_pool.node_probe import Prober
 
 from sollol.core.router import POOL
@@ -32,6 +33,7 @@ class LlamaServerLike:
         self.models = ["tiny"]
         self.health = 200
         self.props_delay = 0.0
+        self.props_asked = 0
         self.runner: web.AppRunner | None = None
         self.port = 0
 
@@ -67,6 +69,7 @@ class LlamaServerLike:
         return self._json(request, [{"id": 0, "is_processing": False}])
 
     async def _props(self, request: web.Request) -> web.Response:
+        self.props_asked += 1
         await asyncio.sleep(self.props_delay)
         return self._json(request, {"model_path": "/nowhere/tiny.gguf", "chat_template": "x"})
 
@@ -95,9 +98,9 @@ async def test_capabilities_are_asked_when_the_models_change_or_the_node_comes_b
         node.health = 200
         assert (await prober.check(backend, 5.0)).healthy
         assert node.seen["/props"] == 3
-        assert prober.sizes() == {"learned": 1, "dialect": 0}
+        assert prober.sizes() == {"learned": 1, "dialect": 0, "failed": 0}
         prober.retain(set())  # the node left the pool
-        assert prober.sizes() == {"learned": 0, "dialect": 0}
+        assert prober.sizes() == {"learned": 0, "dialect": 0, "failed": 0}
     finally:
         await prober.close()
         await node.stop()
@@ -116,6 +119,28 @@ async def test_a_slow_capabilities_answer_is_not_a_sick_node():
         report = await prober.check(backend, 0.5)
         assert report.healthy and report.extra["capabilities"] == {"": {"completion", "tools",
                                                                          "chat"}}
+    finally:
+        await prober.close()
+        await node.stop()
+
+
+async def test_a_lesson_that_keeps_failing_is_not_asked_on_every_probe(monkeypatch):
+    """A busy node answering `/props` past the probe's timeout (issue 26): asked at the next
+    probe once more, then only after `RETRY_FIRST` seconds, doubling."""
+    monkeypatch.setattr(node_probe, "RETRY_FIRST", 600.0)  # no wall clock in the test
+    node = LlamaServerLike()
+    node.props_delay = 5.0
+    await node.start()
+    prober = Prober()
+    backend = Backend(f"127.0.0.1:{node.port}", "openai", f"127.0.0.1:{node.port}")
+    try:
+        for _ in range(10):
+            report = await prober.check(backend, 1.0)
+            assert report.healthy and "capabilities" not in report.extra
+        assert node.props_asked == 2 and node.seen["/health"] == 10
+        assert prober.sizes()["failed"] == 1
+        prober.retain(set())
+        assert prober.sizes()["failed"] == 0
     finally:
         await prober.close()
         await node.stop()

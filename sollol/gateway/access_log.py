@@ -6,11 +6,11 @@ events dashboards and metrics see (also requests refused before routing).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import IO, TYPE_CHECKING, Any
 
+from sollol.core.logtext import escape, json_line
 from sollol.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -51,9 +51,12 @@ class AccessLog:
         if event.error:
             fields["error"] = event.error
         if self.fmt == "json":
-            return json.dumps(fields, ensure_ascii=False)
+            return json_line(fields)
         tokens = "-" if event.tokens is None else str(event.tokens)
-        error = f' error="{event.error}"' if event.error else ""
-        return (f"{fields['time']} {event.status} {event.api}/{event.endpoint} "
-                f"model={event.model} route={event.route or '-'} node={event.backend or '-'} "
-                f"{fields['latency_ms']}ms tokens={tokens} attempts={event.attempts}{error}")
+        # every string a client or a node chose is escaped: one request is one line
+        error = escape(event.error).replace('"', '\\"') if event.error else ""
+        error = f' error="{error}"' if error else ""
+        return (f"{fields['time']} {event.status} {escape(event.api)}/{escape(event.endpoint)} "
+                f"model={escape(event.model)} route={escape(event.route or '-')} "
+                f"node={escape(event.backend or '-')} {fields['latency_ms']}ms tokens={tokens} "
+                f"attempts={event.attempts}{error}")

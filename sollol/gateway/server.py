@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from sollol.core.access import BIND_FIX, open_bind
+from sollol.core.logtext import OneLineFormatter
 from sollol.errors import SollolError
 from sollol.gateway.app import Gateway
 from sollol.gateway.slow_clients import ClientLimits, guarded_protocol
@@ -105,7 +106,7 @@ def _log_to_stderr(level: int) -> None:
     logger = logging.getLogger("sollol")
     if not logger.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        handler.setFormatter(OneLineFormatter("%(levelname)s:     %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(level)
         logger.propagate = False

@@ -212,8 +212,9 @@ CORE_SETTINGS: tuple[Setting, ...] = (
             "address and this machine's name (`*.example.com` globs; `*`: any).",
             check=_patterns),
     Setting("allowed_origins", "list", [],
-            "Browser origins allowed to call the gateway besides loopback pages "
-            "(`https://app.example.com`, globs; `*`: any).", check=_patterns),
+            "Browser origins allowed to call the gateway besides its own dashboard; pages "
+            "on other loopback ports are other sites (`https://app.example.com`, globs; "
+            "`*`: any).", check=_patterns),
 
     Setting("model_aliases", "table", {},
             "Public model names: name = \"model\" or {model, route, nodes}.",

@@ -55,12 +55,14 @@ def gateway_url(config_file: Path | None, url: str | None = None) -> str:
 def gateway_client(url: str, *, timeout: float | None = 60.0,
                    transport: httpx.BaseTransport | None = None) -> httpx.Client:
     """An httpx.Client for our own gateway at `url`: paths are relative to it, requests carry
-    the CLI's key ($SOLLOL_KEY, else the saved one: `sollol.cli.credentials`), and no proxy
-    from the environment ever answers for it (`trust_env=False`)."""
+    the CLI's key ($SOLLOL_KEY, else the saved one: `sollol.cli.credentials`) and the header
+    that tells the gateway no web page sent them (requests that change the cluster need it or a
+    JSON body), and no proxy from the environment ever answers for it (`trust_env=False`)."""
     import httpx
 
     sent = cli_key()
-    return httpx.Client(base_url=url.rstrip("/"), headers=gateway_headers(sent and sent.key),
+    headers = {**gateway_headers(sent and sent.key), "X-Requested-With": "sollol"}
+    return httpx.Client(base_url=url.rstrip("/"), headers=headers,
                         timeout=timeout, trust_env=False, transport=transport)
 
 

@@ -1,5 +1,6 @@
 """Who may call the gateway: the request's `Host` (DNS rebinding), its `Origin` (other web
-sites in the user's browser), and its access key with the key's scope; CORS for allowed origins.
+sites in the user's browser), what a request that changes the cluster carries (cross-site request
+forgery), and its access key with the key's scope; CORS for allowed origins.
 
 Everything is decided from sets built once, with small caches of header values already seen:
 this runs before every request (docs/performance.md).
@@ -13,7 +14,6 @@ import logging
 import socket
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import attrs
 
@@ -44,6 +44,11 @@ _CACHE_LIMIT = 512
 _TOKEN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_, ")
 BROWSER_PATHS = ("/dashboard", "/sollol/", "/metrics")
 """Paths people open in a browser: their 401 asks for HTTP Basic, so the browser prompts."""
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+JSON_TYPE = b"application/json"
+CSRF_HEADER = b"x-requested-with"
+"""A header no HTML form and no simple `fetch` can send (setting it needs a CORS preflight):
+the CLI sends it on every request, beside a JSON `Content-Type` where there is a body."""
 NO_KEY_HINT = ("send one as 'Authorization: Bearer KEY' or 'x-api-key: KEY'; an admin makes "
                "keys with `sollol keys create NAME`")
 
@@ -93,8 +98,8 @@ class _Patterns:
     def __init__(self, patterns: Iterable[str]) -> None:
         patterns = [p.lower() for p in patterns]
         self.any = "*" in patterns
-        self.exact = {p for p in patterns if not any(c in p for c in "*?[")}
-        self.globs = [p for p in patterns if p not in self.exact and p != "*"]
+        self.exact = set(patterns)  # also `https://[::1]:5000`, which fnmatch reads as a class
+        self.globs = [p for p in patterns if any(c in p for c in "*?[") and p != "*"]
 
     def match(self, value: str) -> bool:
         return (self.any or value in self.exact
@@ -136,7 +141,8 @@ class Guard:
 
     def admit(self, path: str, method: str, headers: Headers) -> Admitted:
         """Check one request; raise Forbidden (Host, Origin, scope) or Unauthorized (key)."""
-        host = origin = auth = api_key = None
+        host = origin = auth = api_key = content_type = None
+        unforgeable = False
         for name, value in headers:
             if name == b"host":
                 host = value
@@ -148,10 +154,19 @@ class Guard:
                 auth = value
             elif name == b"x-api-key":
                 api_key = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == CSRF_HEADER:
+                unforgeable = True
         if origin is not None and origin not in self._origins_seen:
             self._check_origin(origin, host)
+        forgeable = (method not in SAFE_METHODS and not unforgeable
+                     and not _is_json(content_type)
+                     and (path in ADMIN_PATHS or path.startswith(ADMIN_PREFIXES)))
         if (not self.keys or method == "OPTIONS"  # a preflight never carries a key
                 or (path in self._public and method in ("GET", "HEAD"))):
+            if forgeable:
+                _refuse_forgeable(method, path)
             return OPEN if origin is None else Admitted(None, origin)
         key = None
         for candidate in presented(auth, api_key):
@@ -167,6 +182,8 @@ class Guard:
         if key.limited and (path in CLUSTER_PATHS or path.startswith(CLUSTER_PREFIXES)):
             raise Forbidden(f"key {key.name!r} is limited to some models; {method} {path} "
                             "shows or changes the whole cluster and needs a key for every model")
+        if forgeable:
+            _refuse_forgeable(method, path)
         return self._admitted[key.name] if origin is None else Admitted(key, origin)
 
     def _check_host(self, value: bytes) -> None:
@@ -181,7 +198,7 @@ class Guard:
         origin = value.decode("latin-1").strip().lower().rstrip("/")
         if _same_origin(origin, host):
             return  # a page the gateway served itself (the dashboard); not cached: Host varies
-        if not (self._origins.match(origin) or _is_loopback_origin(origin)):
+        if not self._origins.match(origin):  # a page on another loopback port is another site
             raise Forbidden(f"requests from web pages at {origin[:100]!r} are refused; to let "
                             "that site call the gateway, add it to allowed_origins")
         _remember(self._origins_seen, value)
@@ -202,14 +219,18 @@ def _same_origin(origin: str, host: bytes | None) -> bool:
     return scheme in ("http", "https") and netloc == host.decode("latin-1").strip().lower()
 
 
-def _is_loopback_origin(origin: str) -> bool:
-    try:
-        parts = urlsplit(origin)
-        host = parts.hostname
-        parts.port  # noqa: B018 -- raises ValueError for a malformed port
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and host is not None and _is_loopback_name(host)
+def _refuse_forgeable(method: str, path: str) -> None:
+    raise Forbidden(f"{method} {path} changes the cluster: send it with 'Content-Type: "
+                    "application/json' or an 'X-Requested-With' header (a defence against "
+                    "cross-site request forgery: any web page can make a browser send other "
+                    "requests)")
+
+
+def _is_json(content_type: bytes | None) -> bool:
+    """Whether a `Content-Type` is JSON, which no form and no simple `fetch` can send (its media
+    type is compared as browsers parse it: up to the first `;`, trimmed, any case)."""
+    return (content_type is not None
+            and content_type.split(b";", 1)[0].strip(b" \t").lower() == JSON_TYPE)
 
 
 # ---- CORS

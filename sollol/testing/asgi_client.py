@@ -81,8 +81,10 @@ class AsgiGateway:
 
     def request(self, method: str, path: str, body: bytes | None = None, query: str = "",
                 headers: dict[str, str] | None = None) -> httpx.Response:
-        """One request; the reply body is read whole (streams too)."""
+        """One request, labelled JSON as Ollama's and OpenAI's clients label every request
+        (`headers` may say otherwise); the reply body is read whole (streams too)."""
         url = path + (f"?{query}" if query else "")
+        headers = {"Content-Type": "application/json", **(headers or {})}
 
         async def send() -> httpx.Response:
             request = self.client.build_request(method, url, content=body, headers=headers)

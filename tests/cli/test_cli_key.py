@@ -79,7 +79,8 @@ def test_an_inference_key_is_told_it_needs_an_admin_key(keyed_gateway) -> None:
     assert "now send" not in made.output
     # the gateway reads keys on reload: reload it with the admin key
     url, admin = keyed_gateway
-    reply = httpx.post(url + "/sollol/reload", headers={"Authorization": f"Bearer {admin}"})
+    reply = httpx.post(url + "/sollol/reload", headers={"Authorization": f"Bearer {admin}",
+                                                        "X-Requested-With": "test"})
     assert reply.status_code == 200, reply.text
     result = sollol("status", env={"SOLLOL_KEY": made.stdout.strip()})
     assert result.exit_code == 1

@@ -23,6 +23,8 @@ from sollol.models import RouteRequest
 from sollol.routes import Outcome
 from sollol.testing.emulator import EmulatedModel
 
+SENT_BY_A_PROGRAM = {"X-Requested-With": "test"}  # what the CLI sends; no web page can
+
 cli = build_cli()
 OK = Outcome(True, 200, tokens=10, seconds=0.1)
 FAST = {"health_interval": 0.2, "pool_health_timeout": 0.5}
@@ -112,9 +114,10 @@ def test_admin_errors_are_4xx_json_and_cli_messages(emulator, pool_gateway):
     assert bad.status_code == 400 and "unknown scheme" in bad.json()["error"]
     empty = httpx.post(gw.url + "/sollol/nodes", json={})
     assert empty.status_code == 400 and "address" in empty.json()["error"]
-    broken = httpx.post(gw.url + "/sollol/nodes", content=b"{nope")
+    broken = httpx.post(gw.url + "/sollol/nodes", content=b"{nope",
+                        headers={"Content-Type": "application/json"})
     assert broken.status_code == 400 and "invalid JSON" in broken.json()["error"]
-    unknown = httpx.delete(gw.url + "/sollol/nodes/10.9.9.9:1")
+    unknown = httpx.delete(gw.url + "/sollol/nodes/10.9.9.9:1", headers=SENT_BY_A_PROGRAM)
     assert unknown.status_code == 404 and a.address in unknown.json()["error"]
     no_sharding = httpx.post(gw.url + "/sollol/rpc", json={"address": "127.0.0.1:1"})
     assert no_sharding.status_code == 503 and "sharding" in no_sharding.json()["error"]
@@ -131,7 +134,8 @@ def test_admin_errors_are_4xx_json_and_cli_messages(emulator, pool_gateway):
 def test_a_removed_node_fails_the_requests_pinned_to_it(emulator, pool_gateway):
     a, b = emulator(models=["m"]), emulator(models=["m", "only-a"])
     gw = pool_gateway(a.address, b.address, **FAST)
-    assert httpx.delete(gw.url + f"/sollol/nodes/{b.address}").status_code == 200
+    assert httpx.delete(gw.url + f"/sollol/nodes/{b.address}",
+                        headers=SENT_BY_A_PROGRAM).status_code == 200
     reply = httpx.post(gw.url + "/api/generate", json={"model": "only-a", "prompt": "x",
                                                         "stream": False})
     assert reply.status_code == 404  # no remaining node holds it

@@ -13,6 +13,10 @@ import pytest
 
 from sollol.testing.emulator import EmulatedModel
 
+AS_OLLAMA = {"Content-Type": "application/json"}
+"""What Ollama's clients send on every request, blob uploads included (the gateway refuses a
+change without it or `X-Requested-With`: cross-site request forgery)."""
+
 
 @pytest.fixture
 def two_nodes(emulator, pool_gateway):
@@ -54,10 +58,12 @@ def test_create_from_a_local_gguf_sends_the_blob_where_it_is_missing(
 def test_blob_uploads_are_verified(two_nodes) -> None:
     _first, _second, gw = two_nodes
     wrong = "sha256:" + "0" * 64
-    reply = httpx.post(f"{gw.url}/api/blobs/{wrong}", content=b"not those bytes")
+    reply = httpx.post(f"{gw.url}/api/blobs/{wrong}", content=b"not those bytes",
+                       headers=AS_OLLAMA)
     assert reply.status_code == 400 and "digest mismatch" in reply.json()["error"]
     assert httpx.head(f"{gw.url}/api/blobs/{wrong}").status_code == 404
-    bad = httpx.post(f"{gw.url}/api/blobs/sha256:..%2F..%2Fetc", content=b"x")
+    bad = httpx.post(f"{gw.url}/api/blobs/sha256:..%2F..%2Fetc", content=b"x",
+                     headers=AS_OLLAMA)
     assert bad.status_code == 400 and "invalid digest" in bad.json()["error"]
     assert httpx.get(f"{gw.url}/api/blobs/{wrong}").status_code == 405
 
@@ -112,16 +118,19 @@ def test_blob_uploads_are_bounded_and_kept_out_of_tmp(emulator, pool_gateway, tm
     gw = pool_gateway(node.address, blob_dir=str(spool), max_blob_bytes=1000)
     data = b"x" * 600
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    assert httpx.post(f"{gw.url}/api/blobs/{digest}", content=data).status_code == 201
+    assert httpx.post(f"{gw.url}/api/blobs/{digest}", content=data,
+                      headers=AS_OLLAMA).status_code == 201
     (run,) = spool.iterdir()  # this gateway run's own folder
     assert (run / digest.replace(":", "-")).read_bytes() == data
-    big = httpx.post(f"{gw.url}/api/blobs/sha256:{'1' * 64}", content=b"y" * 1001)
+    big = httpx.post(f"{gw.url}/api/blobs/sha256:{'1' * 64}", content=b"y" * 1001,
+                     headers=AS_OLLAMA)
     assert big.status_code == 413 and "max_blob_bytes" in big.json()["error"]
 
     def chunked():  # no Content-Length: the limit is enforced while the bytes arrive
         yield b"z" * 700
         yield b"z" * 700
-    cut = httpx.post(f"{gw.url}/api/blobs/sha256:{'2' * 64}", content=chunked())
+    cut = httpx.post(f"{gw.url}/api/blobs/sha256:{'2' * 64}", content=chunked(),
+                     headers=AS_OLLAMA)
     assert cut.status_code == 413
     assert sorted(p.name for p in run.iterdir()) == [digest.replace(":", "-")]
     gw.stop()

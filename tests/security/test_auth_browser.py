@@ -129,7 +129,10 @@ def test_the_same_page_gets_through_where_every_origin_is_allowed(browser, site,
     gateway = pool_gateway(node.address, allowed_origins=["*"])
     result = attack(browser, f"http://{ATTACKER}:{site}/", gateway.url)
     done = effects(node)
-    assert all(done.values()), (done, result)
+    # generation, and a create sent as JSON, get through: the browser delivers the requests.
+    # Management sent as a form type is still refused (tests/security/test_csrf_browser.py).
+    assert done["/api/generate"] and done["/api/create"], (done, result)
+    assert done["/api/pull"] == done["/api/copy"] == done["/api/delete"] == 0, (done, result)
     assert '"models"' in result["read"]  # CORS for `*`: the page even reads the reply
 
 

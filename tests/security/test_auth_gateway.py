@@ -192,7 +192,7 @@ def test_a_reload_applies_new_and_revoked_keys(emulator, isolated_config):
         assert httpx.get(gw.url + "/api/tags", headers=bearer(old)).status_code == 200
         write_file(isolated_config, {**base, "api_keys": [
             {"name": "ops", "hash": hash_key(ADMIN), "admin": True}, {"name": "new", "key": new}]})
-        report = httpx.post(gw.url + "/sollol/reload", headers=bearer(ADMIN)).json()
+        report = httpx.post(gw.url + "/sollol/reload", json={}, headers=bearer(ADMIN)).json()
         assert "api_keys" in report["changed"] and "api_keys" not in report["restart_needed"]
         assert httpx.get(gw.url + "/api/tags", headers=bearer(old)).status_code == 401
         assert httpx.get(gw.url + "/api/tags", headers=bearer(new)).status_code == 200

@@ -22,6 +22,7 @@ import platformdirs
 import tomli_w
 
 from sollol.core import access
+from sollol.core.registries import check_registries
 from sollol.core.units import at_least, non_negative, port_number, positive, share
 from sollol.errors import ConfigError
 
@@ -215,6 +216,10 @@ CORE_SETTINGS: tuple[Setting, ...] = (
             "Browser origins allowed to call the gateway besides its own dashboard; pages "
             "on other loopback ports are other sites (`https://app.example.com`, globs; "
             "`*`: any).", check=_patterns),
+    Setting("allowed_registries", "list", [],
+            "Registries a pull, push or create may name besides Ollama's registry.ollama.ai "
+            "(`host[:port]`; `http://host[:port]` also allows plain HTTP and `insecure`).",
+            check=check_registries),
 
     Setting("model_aliases", "table", {},
             "Public model names: name = \"model\" or {model, route, nodes}.",

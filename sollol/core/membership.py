@@ -27,6 +27,7 @@ LIVE_CORE_KEYS = frozenset({
     "api_keys", "allowed_hosts", "allowed_origins", "metrics_public",
     # read from the runtime's current config on every request or round
     "discovery_interval", "model_aliases", "model_fallbacks", "gguf_dirs", "request_timeout",
+    "allowed_registries",
 })
 """Core keys a reload applies at once; the routes name their own (`reconfigure`)."""
 RESTART_CORE_KEYS = frozenset({

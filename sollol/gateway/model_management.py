@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from sollol.core.registries import Registries
 from sollol.dialects.jsonin import parse_json_object
 from sollol.errors import NoRouteAvailable, RequestError
 from sollol.gateway import manage_scope
@@ -91,6 +92,7 @@ async def _manage(cluster: ClusterRuntime, scope: Scope, path: str, body: dict[s
         operation = path.removeprefix("/api/")
         route = _route(cluster, operation)
         model = _text(body, "model", "name")
+        Registries(cluster.config["allowed_registries"]).check_request(operation, model, body)
         stream = body.pop("stream", True) is not False
         insecure = bool(body.get("insecure"))
         if operation == "pull":

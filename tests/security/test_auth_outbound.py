@@ -158,7 +158,7 @@ def test_a_reload_rotates_a_nodes_key(scripted_node, isolated_config):
         assert httpx.post(gw.url + "/v1/chat/completions", json=CHAT).status_code >= 400
         write_file(isolated_config, {"ollama_nodes": [
             {"url": f"openai://{where}", "api_key": "second-key-0123456789"}]})
-        report = httpx.post(gw.url + "/sollol/reload").json()
+        report = httpx.post(gw.url + "/sollol/reload", json={}).json()
         assert report["ok"] and "ollama_nodes" in report["changed"]
         assert httpx.post(gw.url + "/v1/chat/completions", json=CHAT).status_code == 200
 

@@ -2,24 +2,26 @@
 list changes, see node_probe.Prober).
 
 - llama-server: `/props` (chat template, its tool support, vision modality, and whether it
-  serves `/slots` and `/metrics`: `endpoint_slots`, `endpoint_metrics`); embeddings by asking
-  `/v1/embeddings` with an empty body once per model load: a server without `--embeddings`
-  answers 501, one whose pooling cannot give OpenAI embeddings a 400 naming the pooling type, one
-  that can a 400 about the missing input. All three come at once, before any slot is taken: a
-  real input would wait behind a busy server's generations (a one-slot server streaming a long
-  reply would hold the lesson past the probe's timeout).
+  serves `/slots` and `/metrics`: `endpoint_slots`, `endpoint_metrics`; the family from the
+  operator's own copy of its model, found by the file's name: a path a node names is never
+  opened, it may be a FIFO, a device or a huge file); embeddings by asking `/v1/embeddings` with
+  an empty body once per model load: a server without `--embeddings` answers 501, one whose
+  pooling cannot give OpenAI embeddings a 400 naming the pooling type, one that can a 400 about
+  the missing input. All three come at once, before any slot is taken: a real input would wait
+  behind a busy server's generations (a one-slot server streaming a long reply would hold the
+  lesson past the probe's timeout).
 - Ollama: `/api/show` `capabilities` per model, cached by digest (a model's capabilities change
   only when the model does).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import threading
 from collections import OrderedDict
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 import attrs
@@ -31,8 +33,12 @@ from .node_http import NodeClient, Reply
 _BLOB = re.compile(r"sha256[-:]([0-9a-f]{64})")
 SHOW_CACHE_SIZE = 4096
 _show_cache: OrderedDict[tuple[str, str, str], frozenset[str]] = OrderedDict()
-_family_cache: OrderedDict[tuple[str, str, str], str | None] = OrderedDict()
 _lock = threading.Lock()
+
+
+FamilyOf = Callable[[str], Awaitable[str | None]]
+"""The architecture of the GGUF that a model *name* resolves to among the operator's own files
+(`gguf_dirs`, Ollama's store), or None."""
 
 
 @attrs.frozen
@@ -44,8 +50,8 @@ class OpenAIServer:
     capabilities: frozenset[str] | None
     """None when the server does not tell (then learned from its answers)."""
     details: dict[str, str]
-    """`family`, `quantization_level` and `digest` where llama-server's `/props` (and the GGUF
-    header, when the file is readable here) say."""
+    """`family`, `quantization_level` and `digest` where llama-server's `/props` says (the
+    family from the operator's own copy of the file it names, never the path itself)."""
     unserved: frozenset[str] = frozenset()
     """Paths it said it does not serve (`/slots`, `/metrics`): never asked for this model."""
 
@@ -53,7 +59,7 @@ class OpenAIServer:
 _ENDPOINT_FLAGS = {"endpoint_slots": "/slots", "endpoint_metrics": "/metrics"}
 
 
-async def openai_server(client: NodeClient) -> OpenAIServer:
+async def openai_server(client: NodeClient, family_of: FamilyOf | None = None) -> OpenAIServer:
     """What the server is and can do, from `/props` and one embedding request."""
     props = _json(await client.get("/props"))
     found: set[str] | None = None
@@ -64,7 +70,7 @@ async def openai_server(client: NodeClient) -> OpenAIServer:
         server = "llama-server"
         unserved = frozenset(path for flag, path in _ENDPOINT_FLAGS.items()
                              if props.get(flag) is False)
-        details = await asyncio.to_thread(_details, props)  # may read a GGUF header
+        details = await _details(props, family_of)
         # tools too: llama-server takes tool definitions with any chat template (a template
         # without native support gets its generic tool-call format)
         found = {caps.COMPLETION, caps.TOOLS}
@@ -80,16 +86,19 @@ async def openai_server(client: NodeClient) -> OpenAIServer:
     return OpenAIServer(server, frozenset(found), details, unserved)
 
 
-def _details(props: dict[str, Any]) -> dict[str, str]:
+async def _details(props: dict[str, Any], family_of: FamilyOf | None) -> dict[str, str]:
     out: dict[str, str] = {}
     if isinstance(props.get("model_ftype"), str):
         out["quantization_level"] = props["model_ftype"]
     path = props.get("model_path")
     if isinstance(path, str) and path:
-        digest = blob_digest(path)
+        digest = blob_digest(path)  # a string parse of the name, never a file open
         if digest:
             out["digest"] = digest
-        family = _family(path)
+    if isinstance(path, str) and path and family_of is not None:
+        # only the file's name, a string: never the path itself (another machine's, or a FIFO)
+        name = PureWindowsPath(PurePosixPath(path).name).name.removesuffix(".gguf")
+        family = await family_of(name) if name and name not in (".", "..") else None
         if family:
             out["family"] = family
     return out
@@ -100,31 +109,6 @@ def blob_digest(path: str) -> str | None:
     or None for any other file name."""
     match = _BLOB.fullmatch(path.replace("\\", "/").rsplit("/", 1)[-1])
     return match.group(1) if match else None
-
-
-def _family(path: str) -> str | None:
-    """The GGUF's architecture when the node's model file is readable here (same machine)."""
-    from sollol.core.gguf_info import read_model_info
-    from sollol.errors import ModelFileError
-
-    file = Path(path)
-    try:
-        stat = file.stat()
-    except OSError:
-        return None
-    key = (path, "", f"{stat.st_size}:{stat.st_mtime_ns}")
-    with _lock:
-        if key in _family_cache:
-            return _family_cache[key]
-    try:
-        family = read_model_info(file, file.name).architecture
-    except (ModelFileError, OSError, ValueError):
-        family = None
-    with _lock:
-        _family_cache[key] = family
-        while len(_family_cache) > SHOW_CACHE_SIZE:
-            _family_cache.popitem(last=False)
-    return family
 
 
 async def _embeds(client: NodeClient) -> bool:

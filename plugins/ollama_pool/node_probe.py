@@ -89,6 +89,8 @@ class Prober:
 
     interval: float = 5.0
     """The probe interval (idle connections are kept past the next probe)."""
+    family_of: node_capabilities.FamilyOf | None = None
+    """A model name's architecture from the operator's own GGUF files (never a node's path)."""
     _session: aiohttp.ClientSession | None = None
     _learned: dict[str, Learned] = attrs.field(factory=dict)
     _dialect: dict[str, str] = attrs.field(factory=dict)
@@ -324,7 +326,7 @@ async def _openai(client: NodeClient, backend: Backend, started: float,
             extra.update(slots=len(listed), slots_busy=len(busy))
 
     async def learn() -> dict[str, Any]:
-        said = await node_capabilities.openai_server(client)
+        said = await node_capabilities.openai_server(client, prober.family_of)
         learned: dict[str, Any] = {"server": said.server, "details": said.details,
                                    "unserved": sorted(said.unserved)}
         if said.capabilities is not None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from sollol.errors import SollolError
 from sollol.models import Backend, HealthReport, ModelInfo, RouteRequest, RouteState
 from sollol.routes import POOL, Lease, Placement
 
@@ -68,7 +69,7 @@ class PoolRoute:
                                    probe=self.probe, changed=self._members_changed)
         self.scheduler = PoolScheduler(self.members, self.settings, probe_soon=self._probe_soon)
         self.management = ModelManager(self.members.nodes, self.settings, refresh=self.probe)
-        self._prober = Prober(self.settings.health_interval)
+        self._prober = Prober(self.settings.health_interval, family_of=self._family_of)
 
     @property
     def nodes(self) -> dict[str, Node]:
@@ -117,6 +118,14 @@ class PoolRoute:
         changed = [node for node, report in zip(nodes, reports, strict=True)
                    if self.scheduler.apply(node, report, now)]
         self.scheduler.wake(changed)
+
+    async def _family_of(self, name: str) -> str | None:
+        """The architecture of the GGUF `name` resolves to among the operator's own files."""
+        try:
+            info = await self.cluster.model_info(name)
+        except (OSError, ValueError, SollolError):
+            return None
+        return info.architecture if info is not None else None
 
     async def _check(self, node: Node) -> HealthReport:
         """Our kinds: the shared prober, on this loop. Another plugin's kind that the pool

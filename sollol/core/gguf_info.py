@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import mmap
+import os
+import stat
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -139,7 +141,11 @@ class _Cursor:
 def read_header(path: Path) -> GGUFHeader:
     """Parse the metadata and tensor table of a GGUF file; raise ModelFileError if it is not one."""
     try:
-        with path.open("rb") as handle:
+        # never blocks: a FIFO or a device opens at once (O_NONBLOCK) and is refused unread
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ModelFileError(f"{path} is not a regular file")
             if handle.read(4) != MAGIC:
                 raise ModelFileError(f"{path} is not a GGUF file (no GGUF magic)")
             with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:

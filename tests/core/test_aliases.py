@@ -113,7 +113,9 @@ def test_listings_match_reality(llama_server, tiny_model, emulator, pool_gateway
     assert not any("/" in n for n in names)
     ids = [m["id"] for m in httpx.get(gw.url + "/v1/models").json()["data"]]
     assert len(ids) == 2
-    gw2 = pool_gateway(f"openai://{url[7:]}", **FAST)
+    # the family comes from the operator's own copy of the file, found by its name: the
+    # gateway never opens the path a node names (tests/security/test_hostile_node_paths.py)
+    gw2 = pool_gateway(f"openai://{url[7:]}", gguf_dirs=[str(tiny_model.parent)], **FAST)
     (entry,) = httpx.get(gw2.url + "/api/tags").json()["models"]
     assert entry["name"] == "tiny"
     assert entry["details"]["family"] == "llama"

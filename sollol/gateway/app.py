@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from sollol.core.redact import LogRedaction
 from sollol.dialects.error_shapes import (
     error_body,
     error_code,
@@ -35,6 +36,7 @@ from sollol.gateway.asgi import (
     Scope,
     Send,
     read_body,
+    redacting,
     route_headers,
     send_body,
     send_json,
@@ -74,6 +76,8 @@ class Gateway:
         """Routed requests being served right now (queued ones included)."""
         self.monitor = Monitor(cluster, running=lambda: self.in_progress)
         self.guard = Guard(cluster.config, bind_host or cluster.config["gateway_host"])
+        self._log_filter = LogRedaction(cluster.redactor)
+        """Redacts node secrets from SOLLOL's log lines while the gateway runs."""
         self.insecure = insecure
         self.collector = TunedCollector()
 
@@ -83,6 +87,8 @@ class Gateway:
             await self.cluster.start()
         self.dispatcher = Dispatcher.create(self.cluster)
         await self.monitor.start()
+        for handler in {*logging.getLogger("sollol").handlers, *logging.getLogger().handlers}:
+            handler.addFilter(self._log_filter)
         if self.reload_on_sighup:  # `sollol run` only: a signal handler needs the main thread
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._sighup)
         if self.tune_gc:  # a process that only serves the gateway (sollol.gateway.collector)
@@ -102,6 +108,8 @@ class Gateway:
             task.cancel()
         self.collector.stop()
         await self.monitor.stop()
+        for handler in {*logging.getLogger("sollol").handlers, *logging.getLogger().handlers}:
+            handler.removeFilter(self._log_filter)
         if self.dispatcher is not None:
             await self.dispatcher.close()
             self.dispatcher = None
@@ -160,6 +168,9 @@ class Gateway:
             send = with_cors(send, admitted.origin)
         if admitted.key is not None:
             scope["sollol.key"] = admitted.key  # info and manage filter models by its globs
+        # node secrets a node echoed never reach the client: in errors, management, /sollol/*
+        send = redacting(send, self.cluster.redactor,
+                         errors_only=route is not None and route.kind in ("dispatch", "root"))
         try:
             if route is None:
                 await self._error(send, api, 404, f"no such endpoint: {method} {path}")

@@ -25,6 +25,34 @@ _OPTIONAL = frozenset({b"x-sollol-fallback", b"x-sollol-requested-model"})
 """Sent only when set: a fallback model served the request that asked for another."""
 
 
+def redacting(send: Send, redactor: Callable[[], Any], errors_only: bool) -> Send:
+    """`send`, its body redacted by `redactor()` (a `sollol.core.redact.Redactor`, made only
+    when needed): every response, or with `errors_only` those with a 4xx/5xx status."""
+    active: Any = None
+    start: dict[str, Any] | None = None  # held until the body says how long it is now
+
+    async def redacted_send(message: dict[str, Any]) -> None:
+        nonlocal active, start
+        if message["type"] == "http.response.start":
+            if not errors_only or message["status"] >= 400:
+                active = redactor() or None
+            if active is not None:
+                start = message
+                return
+        elif active is not None:
+            message = {**message, "body": active.data(message.get("body", b""))}
+            if start is not None:
+                whole = not message.get("more_body", False)
+                headers = [(n, v) for n, v in start.get("headers", ()) if n != b"content-length"]
+                if whole:
+                    headers.append((b"content-length", str(len(message["body"])).encode()))
+                await send({**start, "headers": headers})
+                start = None
+        await send(message)
+
+    return redacted_send
+
+
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The whole request body; PayloadTooLarge as soon as it is known to exceed `limit` bytes."""
     for name, value in scope["headers"]:

@@ -20,6 +20,7 @@ import attrs
 from sollol.core.access import AccessKey, KeyRing, open_bind, presented
 from sollol.errors import Forbidden, Unauthorized
 from sollol.gateway.route_table import ROUTES
+from sollol.gateway.route_table import find as find_route
 
 if TYPE_CHECKING:
     from sollol.config import Config
@@ -161,8 +162,7 @@ class Guard:
         if origin is not None and origin not in self._origins_seen:
             self._check_origin(origin, host)
         forgeable = (method not in SAFE_METHODS and not unforgeable
-                     and not _is_json(content_type)
-                     and (path in ADMIN_PATHS or path.startswith(ADMIN_PREFIXES)))
+                     and not _is_json(content_type) and _changes(path, method))
         if (not self.keys or method == "OPTIONS"  # a preflight never carries a key
                 or (path in self._public and method in ("GET", "HEAD"))):
             if forgeable:
@@ -217,6 +217,12 @@ def _same_origin(origin: str, host: bytes | None) -> bool:
         return False
     scheme, _, netloc = origin.partition("://")
     return scheme in ("http", "https") and netloc == host.decode("latin-1").strip().lower()
+
+
+def _changes(path: str, method: str) -> bool:
+    """Whether `method path` is served and changes the cluster (a 405 or 404 changes nothing)."""
+    route = find_route(path, method)
+    return route is not None and route.kind in _ADMIN_KINDS and method in route.methods
 
 
 def _refuse_forgeable(method: str, path: str) -> None:

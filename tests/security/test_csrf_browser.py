@@ -205,3 +205,36 @@ def test_an_allowed_origin_still_cannot_change_anything_with_a_form(browser, att
         context.close()
     finally:
         gateway.stop()
+
+
+FORM_TYPES = [None, b"text/plain", b"application/x-www-form-urlencoded",
+              b"multipart/form-data; boundary=x", b"text/plain; charset=application/json",
+              b"application/jsonx", b"text/plain, application/json"]
+
+
+def test_every_changing_route_needs_what_a_form_cannot_send():
+    """Every route of the route table that changes the cluster, now and as it grows: refused
+    with each body type a form or a simple fetch can send, admitted with JSON or the header;
+    inference routes are unaffected."""
+    from sollol.config import load_config
+    from sollol.errors import Forbidden
+    from sollol.gateway.guard import Guard
+    from sollol.gateway.route_table import ROUTES
+
+    guard = Guard(load_config(overrides={"api_keys": []}), "127.0.0.1")
+    changing = [(r, m) for r in ROUTES for m in r.methods if m not in ("GET", "HEAD")
+                and r.kind in ("manage", "blobs", "admin")]
+    assert len(changing) >= 11  # pull push create copy delete blobs nodes(2) rpc(2) reload
+    for route, method in changing:
+        path = route.path + ("x" if route.prefix else "")
+        for kind in FORM_TYPES:
+            headers = [(b"host", b"127.0.0.1")] + ([(b"content-type", kind)] if kind else [])
+            with pytest.raises(Forbidden, match="cross-site request forgery"):
+                guard.admit(path, method, headers)
+        for allowed in ([(b"content-type", b"application/json")],
+                        [(b"content-type", b"Application/JSON ; charset=utf-8")],
+                        [(b"x-requested-with", b"sollol")]):
+            guard.admit(path, method, [(b"host", b"127.0.0.1"), *allowed])
+    for route in ROUTES:
+        if route.kind == "dispatch":
+            guard.admit(route.path, "POST", [(b"content-type", b"text/plain")])

@@ -20,7 +20,6 @@ import attrs
 from sollol.core.access import AccessKey, KeyRing, open_bind, presented
 from sollol.errors import Forbidden, Unauthorized
 from sollol.gateway.route_table import ROUTES
-from sollol.gateway.route_table import find as find_route
 
 if TYPE_CHECKING:
     from sollol.config import Config
@@ -46,6 +45,16 @@ _TOKEN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456
 BROWSER_PATHS = ("/dashboard", "/sollol/", "/metrics")
 """Paths people open in a browser: their 401 asks for HTTP Basic, so the browser prompts."""
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_CHANGING: dict[str, frozenset[str]] = {}
+for _route in ROUTES:
+    if _route.kind in _ADMIN_KINDS and not _route.prefix:
+        _CHANGING[_route.path] = _CHANGING.get(_route.path, frozenset()) | (
+            frozenset(_route.methods) - SAFE_METHODS)
+_CHANGING = {path: methods for path, methods in _CHANGING.items() if methods}
+_CHANGING_PREFIXES = tuple((r.path, frozenset(r.methods) - SAFE_METHODS) for r in ROUTES
+                           if r.kind in _ADMIN_KINDS and r.prefix)
+_CHANGING_STARTS = tuple(prefix for prefix, _ in _CHANGING_PREFIXES)
+"""Routes that change the cluster, by path: the methods that do."""
 JSON_TYPE = b"application/json"
 CSRF_HEADER = b"x-requested-with"
 """A header no HTML form and no simple `fetch` can send (setting it needs a CORS preflight):
@@ -142,8 +151,7 @@ class Guard:
 
     def admit(self, path: str, method: str, headers: Headers) -> Admitted:
         """Check one request; raise Forbidden (Host, Origin, scope) or Unauthorized (key)."""
-        host = origin = auth = api_key = content_type = None
-        unforgeable = False
+        host = origin = auth = api_key = None
         for name, value in headers:
             if name == b"host":
                 host = value
@@ -155,14 +163,11 @@ class Guard:
                 auth = value
             elif name == b"x-api-key":
                 api_key = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == CSRF_HEADER:
-                unforgeable = True
         if origin is not None and origin not in self._origins_seen:
             self._check_origin(origin, host)
-        forgeable = (method not in SAFE_METHODS and not unforgeable
-                     and not _is_json(content_type) and _changes(path, method))
+        forgeable = (method not in SAFE_METHODS
+                     and (path in _CHANGING or path.startswith(_CHANGING_STARTS))
+                     and _changes(path, method) and not _unforgeable(headers))
         if (not self.keys or method == "OPTIONS"  # a preflight never carries a key
                 or (path in self._public and method in ("GET", "HEAD"))):
             if forgeable:
@@ -221,8 +226,15 @@ def _same_origin(origin: str, host: bytes | None) -> bool:
 
 def _changes(path: str, method: str) -> bool:
     """Whether `method path` is served and changes the cluster (a 405 or 404 changes nothing)."""
-    route = find_route(path, method)
-    return route is not None and route.kind in _ADMIN_KINDS and method in route.methods
+    methods = _CHANGING.get(path)
+    if methods is not None:
+        return method in methods
+    if not path.startswith(_CHANGING_STARTS):  # the common case, answered in C
+        return False
+    for prefix, methods in _CHANGING_PREFIXES:
+        if path.startswith(prefix) and method in methods:
+            return True
+    return False
 
 
 def _refuse_forgeable(method: str, path: str) -> None:
@@ -230,6 +242,18 @@ def _refuse_forgeable(method: str, path: str) -> None:
                     "application/json' or an 'X-Requested-With' header (a defence against "
                     "cross-site request forgery: any web page can make a browser send other "
                     "requests)")
+
+
+def _unforgeable(headers: Headers) -> bool:
+    """Whether a request carries what no form and no simple `fetch` can send: a JSON body type
+    (every `Content-Type` header must be JSON) or the `X-Requested-With` header."""
+    json_body = None
+    for name, value in headers:
+        if name == CSRF_HEADER:
+            return True
+        if name == b"content-type":
+            json_body = _is_json(value) and json_body is not False
+    return bool(json_body)
 
 
 def _is_json(content_type: bytes | None) -> bool:

@@ -19,6 +19,7 @@ import attrs
 
 from sollol.core import capabilities
 from sollol.core.aliases import Alias
+from sollol.core.redact import Redactor, secret_texts
 from sollol.core.scope import scoped_targets, visible_names, visible_show
 from sollol.core.units import keep_alive_seconds
 from sollol.dialects.error_shapes import error_body
@@ -237,6 +238,7 @@ class Dispatcher:
                 body = show_with_capabilities(body, self._capabilities(call))
             elif call.op == "count_tokens":
                 body = token_count.by_node(body)
+            body = _redacted(lease, body)
             request.prompt_tokens = prompt_tokens_in(raw, lease.api)
             request.finish(Outcome(True, 200, tokens=tokens_in(raw, lease.api),
                                    seconds=request.elapsed()))
@@ -339,6 +341,13 @@ def _authorization(lease: Lease) -> bytes:
     """The backend's own `Authorization` value (a node key from the config), or b""."""
     credentials = lease.backend.credentials
     return credentials.reveal().encode("latin-1") if credentials else b""
+
+
+def _redacted(lease: Lease, body: bytes) -> bytes:
+    """`body` without the backend's own key (a node may quote it even in a 200 reply)."""
+    if not lease.backend.credentials:
+        return body
+    return Redactor.of(secret_texts(lease.backend.credentials)).data(body)
 
 
 def _root(base_url: str) -> str:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import attrs
 
+from sollol.core.redact import Redactor, secret_texts
 from sollol.dialects.error_shapes import stream_error
 from sollol.dialects.translate import Stream
 from sollol.errors import BackendError, SollolError
@@ -43,6 +44,13 @@ class StreamReply(Reply):
     _started: float = attrs.field(factory=time.perf_counter, kw_only=True)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        lease = self._request.lease
+        secrets = Redactor.of(secret_texts(lease.backend.credentials if lease else None))
+        async for chunk in self._chunks():
+            # a node with a key may quote it in an error line: the client never sees it
+            yield secrets.data(chunk) if secrets else chunk
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
         stream, api = self._stream, self._request.call.api
         try:
             first = stream.feed(self._first)

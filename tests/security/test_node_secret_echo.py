@@ -24,7 +24,8 @@ BEARER_KEY = "sk-bearer-0123456789abcdef"
 BASIC_USER, BASIC_PASSWORD = "ops", "basic-pass-0123456789"
 DOWN_KEY = "sk-down-node-9876543210"
 BASIC_TOKEN = base64.b64encode(f"{BASIC_USER}:{BASIC_PASSWORD}".encode()).decode()
-SECRETS = (BEARER_KEY, BASIC_PASSWORD, BASIC_TOKEN, DOWN_KEY,
+STREAM_KEY = "sk-stream-node-5555555555"
+SECRETS = (BEARER_KEY, BASIC_PASSWORD, BASIC_TOKEN, DOWN_KEY, STREAM_KEY,
            f"{BASIC_USER}:{BASIC_PASSWORD}")
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -74,9 +75,10 @@ def test_a_node_echoing_its_key_never_hands_it_to_anyone(hostile_node, isolated_
     bearer = hostile_node(echo_script(echo, models=["bearer-m"]))
     basic = hostile_node(echo_script(echo, models=["basic-m"]))
     down = hostile_node(lambda request, writer: _refusing(request, writer))
+    streamer = hostile_node(_streaming)
     nodes = [f"{BEARER_KEY}@{bearer.url[7:]}",
              f"openai://{BASIC_USER}:{BASIC_PASSWORD}@{basic.url[7:]}",
-             f"{DOWN_KEY}@{down.url[7:]}"]
+             f"{DOWN_KEY}@{down.url[7:]}", f"{STREAM_KEY}@{streamer.url[7:]}"]
     cluster = ClusterRuntime.from_config(overrides={
         "ollama_nodes": nodes, "model_sharding_enabled": False, "health_interval": 0.3})
     logs = {fmt: io.StringIO() for fmt in ("text", "json")}
@@ -86,7 +88,7 @@ def test_a_node_echoing_its_key_never_hands_it_to_anyone(hostile_node, isolated_
     caplog.set_level(logging.DEBUG)
     with GatewayThread(cluster) as gw, httpx.Client(base_url=gw.url, timeout=60) as client:
         for method, path, body in [*requests_for("bearer-m"), *requests_for("basic-m"),
-                                   *MANAGEMENT]:
+                                   *requests_for("stream-m"), *MANAGEMENT]:
             reply = client.request(method, path, json=body)
             seen.append(f"{method} {path} {reply.status_code} {reply.headers} {reply.text}")
             assert not leaks(seen[-1]), seen[-1]
@@ -107,6 +109,25 @@ def test_a_node_echoing_its_key_never_hands_it_to_anyone(hostile_node, isolated_
     assert json.loads(logs["json"].getvalue().splitlines()[0])["status"] == 401
     assert any(authorization(r) == f"Bearer {BEARER_KEY}" for r in bearer.requests)
     assert any(authorization(r) == f"Basic {BASIC_TOKEN}" for r in basic.requests)
+
+
+async def _streaming(request, writer) -> bool:
+    """An Ollama node that starts every answer, then fails it quoting its key (mid-stream)."""
+    from sollol.testing.echo_node import probe_answers
+    from sollol.testing.hostile_node import chunked, response
+
+    probes = probe_answers(["stream-m"])
+    if request.method == "GET":
+        writer.write(response(json.dumps(probes.get(request.path, {})).encode()))
+    else:
+        body = request.json() or {}
+        start = {"model": "stream-m", "created_at": "2026-01-01T00:00:00Z", "done": False,
+                 "message": {"role": "assistant", "content": "Hel"}, "response": "Hel"}
+        error = {"error": f"upstream said: Incorrect API key provided: {authorization(request)}"}
+        lines = [start, error] if body.get("stream", True) else [error]
+        writer.write(chunked(b"".join(json.dumps(x).encode() + b"\n" for x in lines)))
+    await writer.drain()
+    return True
 
 
 async def _refusing(request, writer) -> bool:

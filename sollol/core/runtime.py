@@ -23,7 +23,7 @@ from sollol.core.names import canonical_model, closest
 from sollol.core.placement import Placement, from_state
 from sollol.core.plugin_manager import SollolPluginManager, collect_named
 from sollol.core.policy_chain import build_policy
-from sollol.core.redact import Redactor, routes_redactor
+from sollol.core.redact import routes_redactor
 from sollol.core.router import POOL, SHARDING, choose_route
 from sollol.errors import ConfigError, ModelNotFound, NoRouteAvailable, NotSupported, PluginError
 from sollol.models import (
@@ -327,15 +327,11 @@ class ClusterRuntime:
         except ModelNotFound as exc:
             raise await self._not_found(exc, request.model, visible) from None
 
-    def redactor(self) -> Redactor:
-        """Every node secret the routes hold now: what leaves the gateway is redacted of them."""
-        return routes_redactor(self.routes.values())
-
     def record(self, event: RouteEvent) -> None:
         """Log a finished request and tell `sollol_request_routed` implementations (a node's
         error text redacted of node secrets first: it reaches logs and dashboards)."""
         if event.error:
-            event = self.redactor().event(event)
+            event = routes_redactor(self.routes.values()).event(event)
         self.events.append(event)
         try:
             self.pm.hook.sollol_request_routed(event=event, cluster=self)

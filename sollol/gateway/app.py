@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from sollol.core.redact import LogRedaction
+from sollol.core.redact import LogRedaction, Redactor, routes_redactor
 from sollol.dialects.error_shapes import (
     error_body,
     error_code,
@@ -76,10 +76,14 @@ class Gateway:
         """Routed requests being served right now (queued ones included)."""
         self.monitor = Monitor(cluster, running=lambda: self.in_progress)
         self.guard = Guard(cluster.config, bind_host or cluster.config["gateway_host"])
-        self._log_filter = LogRedaction(cluster.redactor)
+        self._log_filter = LogRedaction(self._redactor)
         """Redacts node secrets from SOLLOL's log lines while the gateway runs."""
         self.insecure = insecure
         self.collector = TunedCollector()
+
+    def _redactor(self) -> Redactor:
+        """Every node secret the cluster's routes hold now (sollol/core/redact.py)."""
+        return routes_redactor(self.cluster.routes.values())
 
     async def startup(self) -> None:
         """Start the cluster (unless someone else owns it) and the upstream connection pool."""
@@ -169,7 +173,7 @@ class Gateway:
         if admitted.key is not None:
             scope["sollol.key"] = admitted.key  # info and manage filter models by its globs
         # node secrets a node echoed never reach the client: in errors, management, /sollol/*
-        send = redacting(send, self.cluster.redactor,
+        send = redacting(send, self._redactor,
                          errors_only=route is not None and route.kind in ("dispatch", "root"))
         try:
             if route is None:

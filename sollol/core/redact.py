@@ -6,7 +6,8 @@ SOLLOL's own log. One `Redactor`, built from every secret the cluster holds (eac
 `credentials`, in every form a node could echo: the header value, the bare key, a Basic token and
 its decoded password), replaces them with `***` at each of those outputs: error and management
 responses and `/sollol/*` (the gateway's `send`), route events (`ClusterRuntime.record`), and log
-lines (a filter on SOLLOL's log handlers).
+lines (a filter on SOLLOL's log handlers); a keyed node's own 200 replies and streams are
+redacted of its key by the dispatcher (nodes without a key cost nothing there).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sollol_plugins.cluster_join import running
 from sollol_plugins.cluster_join.loop_thread import LoopThread
-from sollol_plugins.cluster_join.tunnel import TlsIdentity, TunnelServer, pool_service
+from sollol_plugins.cluster_join.tunnel import RPC_SERVICE, TlsIdentity, TunnelServer, pool_service
 
 from sollol.core.processes import free_port
 
@@ -93,6 +93,14 @@ def test_a_joined_pool_node_serves_through_its_tunnel_and_leaves_live(
                                               "messages": [{"role": "user", "content": "hi"}]})
         assert chat.status_code == 200, chat.text
         assert chat.headers["x-sollol-backend"] == "w1"
+        listed = sollol("nodes", "--gateway", gateway.url)
+        assert listed.returncode == 0 and any(
+            line.split()[:1] == ["w1"] and "healthy" in line and "5.0G/24.0G free" in line
+            for line in listed.stdout.splitlines()), listed.stdout
+        status = sollol("status", "--json", "--gateway", gateway.url)
+        assert status.returncode == 0, status.stderr
+        shown = {n["id"]: n for n in json.loads(status.stdout)["nodes"]}
+        assert shown["w1"]["member"] == "w1"
         (member,) = client.get("/sollol/cluster/members").json()["members"]
         assert member["name"] == "w1" and member["state"] == "member"
         assert member["backends"] == {pool_service(0): joined["address"]}
@@ -186,3 +194,40 @@ def test_failures_per_address_are_limited_and_a_flood_stays_bounded(
     assert client.get("/sollol/cluster/members").json()["members"] == []
     honest = worker(gateway.url, "w5", source="127.2.0.1")
     assert honest.join(token).status_code == 200  # the flood did not lock others out
+
+
+@pytest.mark.llamacpp
+def test_a_joined_rpc_server_is_probed_through_its_tunnel(
+    join_gateway: Callable[..., Any], admin: Callable[..., Any], worker: Any,
+    rpc_servers: Callable[..., Any], llama_binaries: Any, loop: LoopThread,
+    poll: Callable[..., Any], tmp_path: Path,
+) -> None:
+    ((address, _proc),) = rpc_servers(1)
+    rpc_port = int(address.rsplit(":", 1)[1])
+    gateway = join_gateway(model_sharding_enabled=True, rpc_discover_loopback=False,
+                           rpc_state_dir=str(tmp_path / "sharding"), health_interval=0.5,
+                           llama_cpp_dir=str(llama_binaries.llama_server.parent))
+    client = admin(gateway)
+    token = client.post("/sollol/cluster/tokens", json={}).json()["token"]
+    machine = worker(gateway.url, "w6")
+    port = free_port()
+    assert machine.join(token, services={"rpc": {"port": rpc_port}},
+                        tunnel_port=port).status_code == 200
+    server = serve_tunnel(loop, machine, tmp_path / "w6", port, {RPC_SERVICE: rpc_port})
+    try:
+        def joined() -> dict[str, Any] | None:
+            shards = client.get("/sollol/routes/sharding").json()["backends"]
+            found = [s for s in shards if s.get("member") == "w6" and s["healthy"]]
+            return found[0] if found else None
+
+        shard = poll(joined, "the joined rpc-server healthy through its tunnel")
+        assert shard["id"] == "rpc:w6" and shard["address"] != address
+        assert shard["memory_total"] and shard["version"]  # llama.cpp's RPC answers, tunnelled
+        status = sollol("status", "--json", "--gateway", gateway.url)
+        servers = json.loads(status.stdout)["rpc_servers"]
+        assert [s["member"] for s in servers] == ["w6"]
+        assert machine.message("leave").status_code == 200
+        shards = client.get("/sollol/routes/sharding").json()["backends"]
+        assert not [s for s in shards if s.get("member") == "w6"]
+    finally:
+        loop.run(server.stop())

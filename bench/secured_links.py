@@ -81,9 +81,9 @@ class SecuredShards:
         port = self.port
         for host in self.shards.hosts:
             cert, key, _pin = self.members[host.name]
-            rpc = host.start("rpc-secured", [self.binary, "-H", "127.0.0.1", "-p", str(port),
-                                             "-t", "1"])
-            tunnel = host.start("tunnel", [
+            rpc = host.start(f"rpc-secured-{self.rounds}", [
+                self.binary, "-H", "127.0.0.1", "-p", str(port), "-t", "1"])
+            tunnel = host.start(f"tunnel-{self.rounds}", [
                 sys.executable, __file__, "worker", str(cert), str(key), str(ca.ca_cert_path),
                 ca.gateway_fingerprint, host.address, str(TUNNEL_PORT), str(port)])
             self.procs.append(rpc)
@@ -93,7 +93,8 @@ class SecuredShards:
         links = [{"host": h.address, "port": TUNNEL_PORT, "pin": self.members[h.name][2]}
                  for h in self.shards.hosts]
         profile = str(self.work / f"gateway-tunnels-{self.rounds}.prof") if self.profile else ""
-        gateway = self.shards.net.processes.start("gateway-tunnels", [
+        # a name per round: each process gets a log of its own (the ports are read from it)
+        gateway = self.shards.net.processes.start(f"gateway-tunnels-{self.rounds}", [
             sys.executable, __file__, "gateway", str(ca.gateway_cert_path),
             str(ca.gateway_key_path), str(ca.ca_cert_path), json.dumps(links), profile])
         self.tunnels.append(gateway)
@@ -103,9 +104,9 @@ class SecuredShards:
                 raise RuntimeError(f"gateway tunnels did not start: {gateway.log_text()}")
             time.sleep(0.05)
         line = next(x for x in gateway.log_text().splitlines() if x.startswith("ports "))
+        # printed once every endpoint listens; no probe: a connection to an endpoint is a
+        # connection to the rpc-server behind it, which serves one client at a time
         self.addresses = [f"127.0.0.1:{p}" for p in json.loads(line.removeprefix("ports "))]
-        for address in self.addresses:
-            wait_port("127.0.0.1", int(address.rsplit(":", 1)[1]), process=gateway, timeout=30)
 
     def tunnel_cpu(self) -> float:
         """CPU seconds the tunnel processes (both ends) used so far."""

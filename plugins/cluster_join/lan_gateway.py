@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,20 +20,15 @@ import click
 
 from sollol.cli import config_option, handle_errors
 from sollol.cli.gateway_client import call, gateway_option, gateway_url
-from sollol.config import Setting
-
-from .lan import Announcer, WorkerBrowser, announce_gateway, lan_addresses
+from sollol.models import GatewayEndpoint, HttpReply, HttpRequest
 
 if TYPE_CHECKING:
     from sollol.config import Config
 
+    from .lan import Announcer, WorkerBrowser
+
 log = logging.getLogger("sollol.cluster.lan")
 
-ANNOUNCE = Setting(
-    "cluster_announce", "bool", True,
-    "Announce the gateway on the LAN by mDNS/DNS-SD (_sollol._tcp: port, version, CA pin; no "
-    "secret) so `sollol join --token T` finds it without a URL, and list workers announcing "
-    "themselves (`sollol cluster discovered`). false: no multicast traffic at all.")
 DISCOVERED_PATH = "/sollol/cluster/discovered"
 
 
@@ -46,10 +41,13 @@ class GatewayLan:
     pin: str
     announcer: Announcer | None = None
     browser: WorkerBrowser | None = None
+    _starting: asyncio.Future[GatewayLan] | None = None
 
     @classmethod
     def for_config(cls, config: Config, pin: str) -> GatewayLan | None:
         """None when announcing is off or the gateway is bound to loopback only."""
+        from .lan import lan_addresses  # zeroconf is imported only where it is used
+
         host = str(config["gateway_host"]).strip("[]")
         if not config["cluster_announce"] or not lan_addresses(host):
             return None
@@ -58,6 +56,8 @@ class GatewayLan:
     def start(self) -> GatewayLan:
         """Blocking (the mDNS conflict probe takes about a second): run it in a thread. A
         failure (no multicast on this network) is logged, never fatal to the gateway."""
+        from .lan import WorkerBrowser, announce_gateway, lan_addresses
+
         try:
             self.browser = WorkerBrowser(lan_addresses(self.host)).start()
             self.announcer = announce_gateway(self.host, self.port, self.pin)
@@ -67,8 +67,9 @@ class GatewayLan:
             self.stop()
         return self
 
-    async def start_async(self) -> GatewayLan:
-        return await asyncio.to_thread(self.start)
+    def begin(self) -> None:
+        """Start in a worker thread, from the gateway's event loop, without waiting."""
+        self._starting = asyncio.get_running_loop().run_in_executor(None, self.start)
 
     def stop(self) -> None:
         announcer, browser, self.announcer, self.browser = self.announcer, self.browser, None, None
@@ -78,6 +79,10 @@ class GatewayLan:
                     part.stop()
 
     async def stop_async(self) -> None:
+        """Wait for a start still under way, then stop (goodbye sent) in a worker thread."""
+        if self._starting is not None:
+            with contextlib.suppress(Exception):
+                await self._starting
         await asyncio.to_thread(self.stop)
 
     def discovered(self, members: Iterable[str]) -> list[dict[str, Any]]:
@@ -91,6 +96,17 @@ def discovered_reply(lan: GatewayLan | None, members: Iterable[str]) -> dict[str
     """The body of `GET /sollol/cluster/discovered`."""
     return {"announcing": lan is not None and lan.browser is not None,
             "discovered": [] if lan is None else lan.discovered(members)}
+
+
+def lan_endpoints(lan: Callable[[], GatewayLan | None],
+                  members: Callable[[], Iterable[str]]) -> list[GatewayEndpoint]:
+    """`GET /sollol/cluster/discovered` (admin: not public, so the gateway's guard asks for an
+    admin key like every /sollol/ path)."""
+
+    async def discovered(request: HttpRequest) -> HttpReply:
+        return HttpReply(200, discovered_reply(lan(), members()))
+
+    return [GatewayEndpoint(DISCOVERED_PATH, ("GET",), discovered)]
 
 
 @click.command("discovered")

@@ -8,6 +8,7 @@ Not collected by a plain `pytest` run (the name does not start with `test_`).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,8 +17,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from sollol.core.processes import wait_http
 from sollol.testing.netns import Host, Network, require_isolated
 
 AGENT = Path(__file__).with_name("lan_agent.py")
@@ -103,6 +106,64 @@ def test_workers_announcing_show_up_at_the_gateway_and_leave(net: Network) -> No
         w2.stop()
     finally:
         browser.stop()
+
+
+def _gateway(net: Network, host: Host, name: str, **settings: str) -> tuple[Any, str, Path]:
+    """A real `sollol run` on `host` (every interface), with the cluster_join plugin."""
+    state = net.log_dir / f"{name}-state"
+    env = {**os.environ, "SOLLOL_CONFIG": str(net.log_dir / f"{name}.toml"),
+           "SOLLOL_CLUSTER_STATE_DIR": str(state), "SOLLOL_TASK_DISTRIBUTION_ENABLED": "false",
+           **{f"SOLLOL_{k.upper()}": v for k, v in settings.items()}}
+    # --insecure: no access keys on a test network no one else can reach
+    proc = host.start(name, [sys.executable, "-m", "sollol", "run", "--host", "0.0.0.0",
+                             "--port", "11435", "--grace", "1", "--insecure"], env=env)
+    url = f"http://{host.address}:11435"
+    wait_http(url + "/sollol/state", process=proc, timeout=60)
+    return proc, url, state
+
+
+def test_a_real_gateway_announces_itself_and_lists_the_workers_that_announce(
+        net: Network) -> None:
+    from sollol_plugins.cluster_join.ca import ca_pin
+
+    gw = net.hosts["gw"]
+    gateway, url, state = _gateway(net, gw, "gateway")
+    quiet, quiet_url, _ = _gateway(net, net.hosts["w3"], "quiet-gateway",
+                                   cluster_announce="false")
+    worker = None
+    try:
+        pin = ca_pin((state / "ca.pem").read_bytes())
+        found = _until(lambda: json.loads(_python(net.hosts["w1"], (
+            "import json, attrs; from sollol_plugins.cluster_join import lan; "
+            "print(json.dumps([attrs.asdict(g) for g in lan.find_gateways(2.0)]))"))), 20,
+            "the gateway's announcement")
+        # the quiet gateway (cluster_announce = false) is not among them
+        assert [(g["url"], g["pin"]) for g in found] == [(url, pin)]
+        worker = _agent(net.hosts["w2"], "announce-w2b", "worker", "gpu-box", "50053")
+
+        def listed() -> list[dict[str, Any]]:
+            reply = httpx.get(url + "/sollol/cluster/discovered", timeout=10, trust_env=False)
+            assert reply.status_code == 200, reply.text
+            body = reply.json()
+            assert body["announcing"] is True
+            return body["discovered"]
+
+        rows = _until(listed, 15, "gpu-box in /sollol/cluster/discovered")
+        assert [(r["name"], r["address"], r["port"]) for r in rows] == [
+            ("gpu-box", net.hosts["w2"].address, 50053)]
+        shown = subprocess.run([sys.executable, "-m", "sollol", "cluster", "discovered",
+                                "--gateway", url], capture_output=True, text=True, timeout=60,
+                               check=False, env={**os.environ, "SOLLOL_CONFIG": "/dev/null"})
+        assert shown.returncode == 0, shown.stderr
+        assert "gpu-box" in shown.stdout and f"{net.hosts['w2'].address}:50053" in shown.stdout
+        off = httpx.get(quiet_url + "/sollol/cluster/discovered", timeout=10,
+                        trust_env=False).json()
+        assert off == {"announcing": False, "discovered": []}
+    finally:
+        if worker is not None:
+            worker.stop()
+        quiet.stop()
+        gateway.stop()
 
 
 def test_nothing_leaves_the_outer_namespace(net: Network) -> None:

@@ -140,6 +140,11 @@ class TokenStore:
             raise BadToken(f"join token {token_id!r} is {state}")
         return bytes.fromhex(record.secret_hash)
 
+    def key_of(self, token_id: str) -> bytes | None:
+        """The HMAC key of a token in any state (to answer a machine approved later)."""
+        record = self._records.get(token_id)
+        return None if record is None else bytes.fromhex(record.secret_hash)
+
     def count_use(self, token_id: str) -> None:
         """Count one successful join with a token."""
         record = self._records[token_id]
@@ -156,3 +161,18 @@ def write_private(path: Path, data: bytes) -> None:
         handle.write(data)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or text such as `90`, `30m`, `24h`, `7d`; ValueError otherwise."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    match = _DURATION.match(value.strip().lower()) if isinstance(value, str) else None
+    if match is None or float(match.group(1)) <= 0:
+        msg = f"expected a duration such as 30m, 24h or 7d, got {value!r}"
+        raise ValueError(msg)
+    return float(match.group(1)) * _UNITS[match.group(2)]

@@ -129,8 +129,12 @@ class Guard:
 
     # ---- the checks
 
-    def admit(self, path: str, method: str, headers: Headers) -> Admitted:
-        """Check one request; raise Forbidden (Host, Origin, scope) or Unauthorized (key)."""
+    def admit(self, path: str, method: str, headers: Headers, public: bool = False) -> Admitted:
+        """Check one request; raise Forbidden (Host, Origin, scope) or Unauthorized (key).
+
+        `public`: a plugin endpoint that authenticates its callers itself (no key needed; the
+        Host and Origin checks still apply).
+        """
         host = origin = auth = api_key = None
         for name, value in headers:
             if name == b"host":
@@ -145,7 +149,7 @@ class Guard:
                 api_key = value
         if origin is not None and origin not in self._origins_seen:
             self._check_origin(origin, host)
-        if (not self.keys or method == "OPTIONS"  # a preflight never carries a key
+        if (not self.keys or method == "OPTIONS" or public  # a preflight never carries a key
                 or (path in self._public and method in ("GET", "HEAD"))):
             return OPEN if origin is None else Admitted(None, origin)
         key = None

@@ -4,15 +4,24 @@ An endpoint lives as long as its member is known with the same certificate: a me
 timed out and comes back keeps its local addresses (so the routes see the same backends), its
 endpoints are only re-pointed when its address changed. A new certificate, a leave or a removal
 closes them.
+
+The endpoints run on an event loop of their own (`LoopThread`): shard traffic is many small
+round trips and must never wait behind the gateway's HTTP work, and the tunnel is written for
+asyncio's own transports (the gateway's loop may be uvloop).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
+from .loop_thread import LoopThread
 from .members import Member
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from .tunnel import TlsIdentity, TunnelEndpoint
@@ -34,6 +43,13 @@ class MemberLinks:
     link_timeout: float | None = None
     _endpoints: dict[str, dict[str, TunnelEndpoint]] = attrs.field(factory=dict)
     _pins: dict[str, str] = attrs.field(factory=dict)
+    _thread: LoopThread | None = None
+
+    async def _on_tunnel_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._thread is None:
+            self._thread = LoopThread("sollol-join-tunnels").start()
+        future = asyncio.run_coroutine_threadsafe(coro, self._thread.loop)
+        return await asyncio.wrap_future(future)
 
     async def ensure(self, member: Member) -> dict[str, str]:
         """Endpoints for every service of `member`; returns {service: local address}."""
@@ -46,16 +62,16 @@ class MemberLinks:
         mine = self._endpoints.setdefault(member.name, {})
         wanted = wanted_services(member.services)
         for service in [s for s in mine if s not in wanted]:
-            await mine.pop(service).stop()
+            await self._on_tunnel_loop(mine.pop(service).stop())
         for service in wanted:
             endpoint = mine.get(service)
             if endpoint is None:
                 extra = {} if self.link_timeout is None else {"link_timeout": self.link_timeout}
                 endpoint = TunnelEndpoint(self.identity, member.host, member.tunnel_port,
                                           service, member.pin, **extra)
-                mine[service] = await endpoint.start()
+                mine[service] = await self._on_tunnel_loop(endpoint.start())
             else:  # read when the next connection opens
-                endpoint.remote_host, endpoint.remote_port = member.host, member.tunnel_port
+                await self._on_tunnel_loop(_repoint(endpoint, member.host, member.tunnel_port))
         return {service: endpoint.address for service, endpoint in mine.items()}
 
     def addresses(self, name: str) -> dict[str, str]:
@@ -65,8 +81,15 @@ class MemberLinks:
         """Close a member's endpoints (its open connections end)."""
         self._pins.pop(name, None)
         for endpoint in self._endpoints.pop(name, {}).values():
-            await endpoint.stop()
+            await self._on_tunnel_loop(endpoint.stop())
 
     async def close(self) -> None:
         for name in list(self._endpoints):
             await self.drop(name)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.stop)
+            self._thread = None
+
+
+async def _repoint(endpoint: TunnelEndpoint, host: str, port: int) -> None:
+    endpoint.remote_host, endpoint.remote_port = host, port

@@ -185,6 +185,7 @@ class JoinService:
         self.store.members[member.name] = member
         self._save()
         await self.links.ensure(member)
+        self._report_memory(member)
         await self._resync()
 
     async def approve(self, name: str) -> dict[str, Any]:

@@ -1,0 +1,188 @@
+"""Joined machines in a real gateway: live in /sollol/nodes through their tunnel, gone when they
+leave or go silent, back with a signed heartbeat; approvals; the per-address failure limit."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sollol_plugins.cluster_join import running
+from sollol_plugins.cluster_join.loop_thread import LoopThread
+from sollol_plugins.cluster_join.tunnel import TlsIdentity, TunnelServer, pool_service
+
+from sollol.core.processes import free_port
+
+GIB = 1 << 30
+
+
+def sollol(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sollol", *args], capture_output=True,
+                          text=True, env=dict(os.environ), timeout=120)
+
+
+def nodes(client: httpx.Client) -> dict[str, dict[str, Any]]:
+    return {n["id"]: n for n in client.get("/sollol/nodes").json()["nodes"]}
+
+
+def post_from(source: str, port: int, path: str, body: dict[str, Any]) -> int:
+    """POST JSON to the gateway on 127.0.0.1 from another loopback address; the status."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30,
+                                            source_address=(source, 0))
+    try:
+        connection.request("POST", path, json.dumps(body),
+                           {"content-type": "application/json"})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def loop() -> Iterator[LoopThread]:
+    with LoopThread("test-worker-tunnel") as thread:
+        yield thread
+
+
+def serve_tunnel(loop: LoopThread, machine: Any, folder: Path, port: int,
+                 services: dict[str, int]) -> TunnelServer:
+    """The worker's end of the tunnel, with the certificate the gateway issued it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "member.key").write_bytes(machine.key)
+    (folder / "member.pem").write_text(machine.certificate)
+    (folder / "ca.pem").write_text(machine.answer["ca_certificate"])
+    identity = TlsIdentity(folder / "member.pem", folder / "member.key", folder / "ca.pem")
+    server = TunnelServer(identity, machine.answer["gateway_fingerprint"], services,
+                          host="127.0.0.1", port=port)
+    return loop.run(server.start())
+
+
+def test_a_joined_pool_node_serves_through_its_tunnel_and_leaves_live(
+    join_gateway: Callable[..., Any], admin: Callable[..., Any], worker: Any,
+    emulator: Callable[..., Any], loop: LoopThread, poll: Callable[..., Any], tmp_path: Path,
+) -> None:
+    node = emulator(models=["tiny:1b"])
+    gateway = join_gateway(health_interval=0.5)
+    client = admin(gateway)
+    token = client.post("/sollol/cluster/tokens", json={"note": "rack 1"}).json()["token"]
+    machine = worker(gateway.url, "w1")
+    port = free_port()
+    reply = machine.join(token, services={"pool": [{"kind": "ollama", "port": node.port}]},
+                         tunnel_port=port)
+    assert reply.status_code == 200 and reply.json()["status"] == "member"
+    server = serve_tunnel(loop, machine, tmp_path / "w1", port, {pool_service(0): node.port})
+    try:
+        joined = poll(lambda: nodes(client).get("w1", {}).get("health") == "healthy"
+                      and nodes(client)["w1"], "w1 healthy through its tunnel")
+        assert joined["member"] == "w1" and joined["source"] == "join"
+        assert joined["address"].startswith("127.0.0.1:")
+        assert joined["address"] != node.address  # the gateway's tunnel endpoint, not the node
+        assert joined["memory_total"] == 24 * GIB and joined["memory_free"] == 20 * GIB
+        beat = machine.message("heartbeat", {"devices": [
+            {"name": "CUDA0", "backend": "cuda", "memory_total": 24 * GIB,
+             "memory_free": 5 * GIB}]})
+        assert beat.status_code == 200
+        assert nodes(client)["w1"]["memory_free"] == 5 * GIB  # the live number, not declared
+        chat = client.post("/api/chat", json={"model": "tiny:1b", "stream": False,
+                                              "messages": [{"role": "user", "content": "hi"}]})
+        assert chat.status_code == 200, chat.text
+        assert chat.headers["x-sollol-backend"] == "w1"
+        (member,) = client.get("/sollol/cluster/members").json()["members"]
+        assert member["name"] == "w1" and member["state"] == "member"
+        assert member["backends"] == {pool_service(0): joined["address"]}
+        assert machine.message("leave").status_code == 200
+        assert "w1" not in nodes(client)  # gone at once, not at the next discovery round
+        assert client.get("/sollol/cluster/members").json()["members"] == []
+    finally:
+        loop.run(server.stop())
+
+
+def test_a_silent_member_times_out_and_a_signed_heartbeat_brings_it_back(
+    join_gateway: Callable[..., Any], admin: Callable[..., Any], worker: Any,
+    poll: Callable[..., Any],
+) -> None:
+    gateway = join_gateway(member_timeout=1.0)
+    client = admin(gateway)
+    token = client.post("/sollol/cluster/tokens", json={}).json()["token"]
+    machine = worker(gateway.url, "w2")
+    services = {"pool": [{"kind": "ollama", "port": 11434}]}
+    assert machine.join(token, services=services).status_code == 200
+    assert "w2" in nodes(client)
+    poll(lambda: "w2" not in nodes(client), "the silent member to leave /sollol/nodes")
+    (member,) = client.get("/sollol/cluster/members").json()["members"]
+    assert member["state"] == "offline"
+    assert machine.message("heartbeat", {"services": services}).status_code == 200
+    assert "w2" in nodes(client)  # re-admitted by its certificate, no token
+    assert client.get("/sollol/cluster/members").json()["members"][0]["state"] == "member"
+
+
+def test_approve_policy_keeps_a_machine_pending_until_an_admin_approves(
+    join_gateway: Callable[..., Any], worker: Any, admin: Callable[..., Any],
+) -> None:
+    gateway = join_gateway(join_policy="approve")
+    client = admin(gateway)
+    created = sollol("cluster", "token", "create", "--note", "lab", "--gateway", gateway.url)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("sollol-join-") and "sollol join" in created.stderr
+    machine = worker(gateway.url, "w3")
+    services = {"pool": [{"kind": "ollama", "port": 11434}]}
+    reply = machine.join(token, services=services)
+    assert reply.status_code == 202 and reply.json()["status"] == "pending"
+    assert "certificate" not in reply.json()
+    assert machine.message("status").status_code == 202
+    assert "w3" not in nodes(client)
+    assert client.get("/sollol/cluster/members").json()["members"] == []
+    pending = sollol("cluster", "pending", "--gateway", gateway.url)
+    assert pending.returncode == 0 and pending.stdout.startswith("w3 ")
+    approved = sollol("cluster", "approve", "w3", "--gateway", gateway.url)
+    assert approved.returncode == 0, approved.stderr
+    status = machine.message("status")
+    assert status.status_code == 200 and status.json()["status"] == "member"
+    machine.take(token, status.json())  # the answer proves the token's gateway sent it
+    assert machine.certificate is not None
+    assert "w3" in nodes(client) and nodes(client)["w3"]["member"] == "w3"
+    listed = sollol("cluster", "members", "--gateway", gateway.url)
+    assert listed.returncode == 0 and listed.stdout.startswith("w3 ") and "member" in listed.stdout
+    tokens = sollol("cluster", "token", "list", "--gateway", gateway.url)
+    token_id = token.split(".")[0].removeprefix("sollol-join-")
+    assert token_id in tokens.stdout and "uses 1" in tokens.stdout and token not in tokens.stdout
+    assert sollol("cluster", "token", "revoke", token_id, "--gateway", gateway.url).returncode == 0
+    assert worker(gateway.url, "w4").join(token).status_code == 401
+    removed = sollol("cluster", "remove", "w3", "--gateway", gateway.url)
+    assert removed.returncode == 0 and "w3" not in nodes(client)
+    unknown = sollol("cluster", "approve", "nobody", "--gateway", gateway.url)
+    assert unknown.returncode == 1 and "not waiting for approval" in unknown.stderr
+
+
+def test_failures_per_address_are_limited_and_a_flood_stays_bounded(
+    join_gateway: Callable[..., Any], worker: Any, admin: Callable[..., Any],
+) -> None:
+    gateway = join_gateway(join_failure_limit=5)
+    client = admin(gateway)
+    token = client.post("/sollol/cluster/tokens", json={}).json()["token"]
+    service = running.of_cluster(gateway.gateway.cluster)
+    assert service is not None
+    service.limiter.max_addresses = 100  # the bound (1024 by default), small enough to fill
+    bad = {"token_id": "0badc0de", "nonce": "bm9uY2U=", "proof": "eA=="}
+    attacker = worker(gateway.url, "x")
+    for _ in range(5):
+        assert attacker.post_join(bad).status_code == 401
+    limited = attacker.post_join(bad)
+    assert limited.status_code == 429 and "too many failed attempts" in limited.json()["error"]
+    with attacker.client() as http:  # that address gets nothing now, not even a nonce
+        assert http.get("/sollol/cluster/challenge").status_code == 429
+    for i in range(300):  # hundreds of machines failing, each from an address of its own
+        source = f"127.1.{i // 250}.{i % 250 + 1}"
+        assert post_from(source, gateway.port, "/sollol/cluster/join", bad) == 401
+    assert len(service.limiter) == 100
+    assert len(service.nonces) <= service.nonces.limit
+    assert client.get("/sollol/cluster/members").json()["members"] == []
+    honest = worker(gateway.url, "w5", source="127.2.0.1")
+    assert honest.join(token).status_code == 200  # the flood did not lock others out

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -85,7 +86,11 @@ def _role(role: str, folder: Path, port: int) -> None:
             print(endpoint.port, flush=True)
         await asyncio.Event().wait()
 
-    asyncio.run(main())
+    if os.environ.get("TUNNEL_UVLOOP"):
+        import uvloop
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
 
 
 def _connect(port: int, mode: bytes, size: int) -> socket.socket:

@@ -32,6 +32,7 @@ def sollol_gateway_endpoints(register: Callable[[GatewayEndpoint], None],
                              cluster: ClusterRuntime) -> None:
     from . import running
     from .endpoints import endpoints
+    from .lan_gateway import GatewayLan, lan_endpoints
     from .service import JoinService
 
     folder = state_dir(cluster.config)
@@ -39,6 +40,13 @@ def sollol_gateway_endpoints(register: Callable[[GatewayEndpoint], None],
     running.register(service)
     service.start()
     for endpoint in endpoints(service):
+        register(endpoint)
+    # announce the gateway and watch for announcing workers (off on loopback or when
+    # cluster_announce is false); started in a thread, never blocking the event loop
+    service.lan = GatewayLan.for_config(cluster.config, service.ca.pin)
+    if service.lan is not None:
+        service.lan.begin()
+    for endpoint in lan_endpoints(lambda: service.lan, lambda: list(service.store.members)):
         register(endpoint)
 
 
@@ -63,5 +71,7 @@ def sollol_discover_backends(config: Config) -> Iterable[Backend] | None:
 @hookimpl
 def sollol_register_commands(cli: click.Group) -> None:
     from .cli import cluster
+    from .lan_gateway import discovered
 
+    cluster.add_command(discovered)
     cli.add_command(cluster)

@@ -53,11 +53,12 @@ class Side(asyncio.Protocol):
         self.done = False
         self.lost = False
         self.peer: Side | None = None
+        self.early: list[bytes] = []
+        """What arrived before the other side was connected (sent on when it is)."""
         self._linger: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         tune(transport, self.pipe.link_timeout if self.pipe.remote is self else None)
         if self.pipe.closed:
             transport.abort()
@@ -69,6 +70,11 @@ class Side(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         peer = self.peer
+        if peer is None and not self.pipe.closed:
+            self.early.append(data)
+            if sum(map(len, self.early)) > WRITE_HIGH and self.transport is not None:
+                self.transport.pause_reading()  # resumed when the other side is attached
+            return
         if peer is not None and peer.transport is not None and not peer.transport.is_closing():
             peer.transport.write(data)
         # else: the other end is gone; what this side still sends is dropped
@@ -108,8 +114,9 @@ class Side(asyncio.Protocol):
 class Pipe:
     """Joins `local` (plain TCP on this machine) and `remote` (TLS to the other machine).
 
-    The side that connects first is paused until the other is attached; `on_close` runs once,
-    when both sides are gone.
+    What the side connected first receives is held until the other is attached (pausing and
+    resuming a TLS transport before it has been read from loses data on uvloop); `on_close`
+    runs once, when both sides are gone.
     """
 
     def __init__(self, link_timeout: float | None, linger: float,
@@ -132,10 +139,14 @@ class Pipe:
     def attached(self, side: Side) -> None:
         other = self.remote if side is self.local else self.local
         if other is None or other.transport is None:
-            side.transport.pause_reading()  # type: ignore[union-attr]
-            return
+            return  # what it sends meanwhile waits in `early`
         side.peer, other.peer = other, side
-        other.transport.resume_reading()
+        for first, second in ((side, other), (other, side)):
+            for data in first.early:
+                second.transport.write(data)  # type: ignore[union-attr]
+            if first.early:
+                first.early.clear()
+                first.transport.resume_reading()  # type: ignore[union-attr]
 
     def ended(self, side: Side) -> None:
         first = not side.done

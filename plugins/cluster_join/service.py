@@ -32,6 +32,8 @@ from .tokens import TokenStore
 if TYPE_CHECKING:
     from sollol.core.runtime import ClusterRuntime
 
+    from .lan_gateway import GatewayLan
+
 log = logging.getLogger("sollol.cluster")
 SWEEP_SECONDS = 1.0
 SEQ_SAVE_SECONDS = 10.0
@@ -59,6 +61,8 @@ class JoinService:
     limiter: FailureLimiter = attrs.field(factory=FailureLimiter)
     backends: tuple[Backend, ...] = ()
     """The members' services as backends (read by discovery, from a worker thread)."""
+    lan: GatewayLan | None = None
+    """The LAN announcement and worker browser (lan_gateway.py); None when off."""
     _ca: ClusterCA | None = None
     _links: MemberLinks | None = None
     _sync: asyncio.Lock = attrs.field(factory=asyncio.Lock)
@@ -105,6 +109,8 @@ class JoinService:
             self._save()
         if self._links is not None:
             await self._links.close()
+        if self.lan is not None:
+            await self.lan.stop_async()
 
     # ---- tokens (admin)
 

@@ -44,6 +44,10 @@ SETTINGS = (
     Setting("join_failure_window", "float", 60.0,
             "Seconds over which join_failure_limit counts an address's failures.",
             check=_positive),
+    Setting("cluster_announce", "bool", True,
+            "Announce the gateway on the LAN by mDNS/DNS-SD (_sollol._tcp: port, version, CA pin; "
+            "no secret) so `sollol join --token T` finds it without a URL, and list machines "
+            "announcing themselves (`sollol cluster discovered`). false: no multicast at all."),
 )
 
 

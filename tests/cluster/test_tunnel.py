@@ -101,6 +101,17 @@ async def _stop(*things: Any) -> None:
 
 
 async def test_bytes_round_trip_both_ways_and_ends_close(pki: Pki) -> None:
+    await _round_trip(pki)
+
+
+def test_bytes_round_trip_on_uvloop(pki: Pki) -> None:
+    """The gateway serves on uvloop (sollol/gateway/server.py): its endpoints run there."""
+    import uvloop
+
+    uvloop.run(_round_trip(pki))
+
+
+async def _round_trip(pki: Pki) -> None:
     service = Service(greeting=b"hello from the worker\n")
     server, endpoint = await _tunnel(pki, service)
     try:

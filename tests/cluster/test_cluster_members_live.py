@@ -231,3 +231,69 @@ def test_a_joined_rpc_server_is_probed_through_its_tunnel(
         assert not [s for s in shards if s.get("member") == "w6"]
     finally:
         loop.run(server.stop())
+
+
+def test_memory_fit_places_by_the_free_memory_a_joined_machine_reports(
+    join_gateway: Callable[..., Any], admin: Callable[..., Any], worker: Any,
+    emulator: Callable[..., Any], loop: LoopThread, poll: Callable[..., Any], tmp_path: Path,
+) -> None:
+    from sollol.testing.emulator import EmulatedModel
+
+    node = emulator(models=["m", EmulatedModel("big", loaded=False)], gpu_memory=0)
+    gateway = join_gateway(plugins=["ollama_pool", "policies", "cluster_join"],
+                           routing_policy="memory-fit", task_distribution_enabled=True,
+                           model_sharding_enabled=True, health_interval=0.2)
+    client = admin(gateway)
+    token = client.post("/sollol/cluster/tokens", json={}).json()["token"]
+    machine = worker(gateway.url, "gpu1")
+    port = free_port()
+    roomy = [{"name": "CUDA0", "backend": "cuda", "memory_total": 8 * GIB,
+              "memory_free": 6 * GIB}]
+    assert machine.join(token, services={"pool": [{"kind": "ollama", "port": node.port}]},
+                        tunnel_port=port, devices=roomy).status_code == 200
+    server = serve_tunnel(loop, machine, tmp_path / "gpu1", port, {pool_service(0): node.port})
+    try:
+        poll(lambda: nodes(client).get("gpu1", {}).get("health") == "healthy", "gpu1 healthy")
+        decision = client.get("/sollol/route", params={"model": "big"}).json()
+        assert decision["route"] == "pool", decision
+        assert "node gpu1 has 6.0 GiB free" in decision["reason"]
+        assert decision["numbers"]["pool_nodes"]["gpu1"] == {
+            "free_bytes": 6 * GIB, "total_bytes": 8 * GIB, "vram_used_bytes": 0,
+            "loaded": False, "fits": True}
+        full = [{**roomy[0], "memory_free": GIB // 2}]  # something else took the GPU
+        assert machine.message("heartbeat", {"devices": full}).status_code == 200
+        # what memory-fit reads now: the pool route's state has the new reading
+        state = gateway.gateway.cluster.routes["pool"].state()
+        (joined,) = [b for b in state.backends if b.backend.id == "gpu1"]
+        assert (joined.memory_total, joined.memory_free) == (8 * GIB, GIB // 2)
+        assert nodes(client)["gpu1"]["memory_free"] == GIB // 2
+    finally:
+        loop.run(server.stop())
+
+
+def test_tokens_members_and_seqs_survive_a_gateway_restart(
+    join_gateway: Callable[..., Any], admin: Callable[..., Any], worker: Any,
+) -> None:
+    first = join_gateway()
+    client = admin(first)
+    token = client.post("/sollol/cluster/tokens", json={"note": "kept"}).json()["token"]
+    machine = worker(first.url, "w7")
+    services = {"pool": [{"kind": "ollama", "port": 11434}]}
+    assert machine.join(token, services=services).status_code == 200
+    captured = machine.signed("heartbeat", {"services": services})
+    assert machine.send("heartbeat", *captured).status_code == 200
+    first.stop()
+
+    second = join_gateway()  # the same cluster_state_dir
+    client = admin(second)
+    machine.url = second.url
+    (member,) = client.get("/sollol/cluster/members").json()["members"]
+    assert (member["name"], member["state"]) == ("w7", "offline")  # until it says it is alive
+    assert "w7" not in nodes(client)
+    replay = machine.send("heartbeat", *captured)  # recorded before the restart
+    assert replay.status_code == 401 and "replay" in replay.json()["error"]
+    assert machine.message("heartbeat", {"services": services}).status_code == 200
+    assert "w7" in nodes(client)
+    (listed,) = client.get("/sollol/cluster/tokens").json()["tokens"]
+    assert (listed["note"], listed["uses"], listed["state"]) == ("kept", 1, "active")
+    assert worker(second.url, "w8").join(token).status_code == 200  # the same CA and token

@@ -56,7 +56,7 @@ def endpoints(service: JoinService) -> list[GatewayEndpoint]:
         async def run(request: HttpRequest) -> HttpReply:
             peer = request.client
             try:
-                service.limiter.check(peer)
+                service.check_peer(peer)
                 return await handler(request)
             except JoinRefused as exc:
                 if exc.status != 429:

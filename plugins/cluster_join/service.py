@@ -53,7 +53,6 @@ class JoinService:
 
     cluster: ClusterRuntime
     folder: Path
-    settings: JoinSettings
     tokens: TokenStore
     store: MemberStore
     nonces: NonceStore = attrs.field(factory=NonceStore)
@@ -68,16 +67,26 @@ class JoinService:
     _sync: asyncio.Lock = attrs.field(factory=asyncio.Lock)
     _sweeper: asyncio.Task[None] | None = None
     _seqs_dirty: bool = False
+    _settings: tuple[object, JoinSettings] | None = None
 
     @classmethod
     def open(cls, cluster: ClusterRuntime, folder: Path) -> JoinService:
-        settings = JoinSettings.from_config(cluster.config)
-        service = cls(cluster, folder, settings, TokenStore.load(folder / "tokens.json"),
-                      MemberStore.load(folder / "members.json"),
-                      limiter=FailureLimiter(settings.failure_limit, settings.failure_window))
+        service = cls(cluster, folder, TokenStore.load(folder / "tokens.json"),
+                      MemberStore.load(folder / "members.json"))
         for name, seq in service.store.seqs.items():
             service.seqs.set_last(name, seq)
         return service
+
+    @property
+    def settings(self) -> JoinSettings:
+        """The settings of the cluster's current config (a reload applies them at once)."""
+        config = self.cluster.config
+        if self._settings is None or self._settings[0] is not config:
+            settings = JoinSettings.from_config(config)
+            self._settings = (config, settings)
+            self.limiter.limit, self.limiter.window = (settings.failure_limit,
+                                                       settings.failure_window)
+        return self._settings[1]
 
     @property
     def ca(self) -> ClusterCA:
@@ -111,6 +120,11 @@ class JoinService:
             await self._links.close()
         if self.lan is not None:
             await self.lan.stop_async()
+
+    def check_peer(self, peer: str) -> None:
+        """JoinRefused(429) while `peer` is over the failure limit (of the current config)."""
+        _ = self.settings  # a reloaded config's limits apply first
+        self.limiter.check(peer)
 
     # ---- tokens (admin)
 
@@ -342,10 +356,20 @@ class JoinService:
         return tuple(found)
 
     async def _resync(self) -> None:
-        """Hand the routes the members' backends now (adds and drops them live)."""
-        self.backends = self._make_backends()
+        """Hand the routes the members' backends now (adds and drops them live).
+
+        A backend whose address changed (a machine that joined again got a new certificate, so
+        new tunnel endpoints) leaves first: routes keep a known id's address.
+        """
         async with self._sync:
+            backends = self._make_backends()
+            before = {b.id: b.address for b in self.backends}
+            moved = {b.id for b in backends if before.get(b.id, b.address) != b.address}
             try:
+                if moved:
+                    self.backends = tuple(b for b in backends if b.id not in moved)
+                    await self.cluster.membership.rediscover(prune=True)
+                self.backends = backends
                 await self.cluster.membership.rediscover(prune=True)
             except Exception:
                 log.exception("cluster: re-discovery after a membership change failed")

@@ -297,3 +297,24 @@ def test_tokens_members_and_seqs_survive_a_gateway_restart(
     (listed,) = client.get("/sollol/cluster/tokens").json()["tokens"]
     assert (listed["note"], listed["uses"], listed["state"]) == ("kept", 1, "active")
     assert worker(second.url, "w8").join(token).status_code == 200  # the same CA and token
+
+
+def test_a_machine_joining_again_gets_new_links_and_the_routes_follow(
+    join_gateway: Callable[..., Any], admin: Callable[..., Any], worker: Any,
+) -> None:
+    gateway = join_gateway()
+    client = admin(gateway)
+    token = client.post("/sollol/cluster/tokens", json={}).json()["token"]
+    machine = worker(gateway.url, "w9")
+    services = {"pool": [{"kind": "ollama", "port": 11434}]}
+
+    def links() -> str:
+        (member,) = client.get("/sollol/cluster/members").json()["members"]
+        return member["backends"][pool_service(0)]
+
+    assert machine.join(token, services=services).status_code == 200
+    first_pin, first_link = machine.pin, links()
+    assert nodes(client)["w9"]["address"] == first_link
+    assert machine.join(token, services=services).status_code == 200  # e.g. its state was lost
+    assert machine.pin != first_pin and links() != first_link  # a new certificate, new links
+    assert nodes(client)["w9"]["address"] == links()  # not the closed endpoint

@@ -23,6 +23,7 @@ from sollol.models import GatewayEndpoint, HttpReply, HttpRequest
 
 from .errors import JoinRefused
 from .handshake import SIGNATURE_HEADER
+from .limits import LogBudget
 from .service import JoinService
 from .tokens import parse_duration
 
@@ -50,8 +51,11 @@ def _tail(request: HttpRequest, prefix: str) -> str:
 def endpoints(service: JoinService) -> list[GatewayEndpoint]:
     """Every cluster endpoint, bound to `service`."""
 
+    budget = LogBudget()
+
     def guarded(what: str, handler: Handler) -> Handler:
-        """Per-address failure limit, and a WARNING naming peer and reason for each refusal."""
+        """Per-address failure limit, and a WARNING naming peer and reason for each refusal
+        (at most `budget` lines: a flood says how many it held back)."""
 
         async def run(request: HttpRequest) -> HttpReply:
             peer = request.client
@@ -61,8 +65,12 @@ def endpoints(service: JoinService) -> list[GatewayEndpoint]:
             except JoinRefused as exc:
                 if exc.status != 429:
                     service.limiter.fail(peer)
-                    log.warning("cluster: %s from %s refused (%d): %s", what, peer,
-                                exc.status, exc)
+                    logged, held = budget.take()
+                    if held:
+                        log.warning("cluster: %d more refused requests were not logged", held)
+                    if logged:
+                        log.warning("cluster: %s from %s refused (%d): %s", what, peer,
+                                    exc.status, exc)
                 raise
 
         return run

@@ -106,3 +106,13 @@ def test_nonces_are_single_use_bounded_and_expire() -> None:
     nonces.take(issued[-1], now=1)
     with pytest.raises(JoinRefused):
         nonces.take(12, now=1)
+
+
+def test_the_log_budget_holds_back_a_flood_and_says_how_much() -> None:
+    from sollol_plugins.cluster_join.limits import LogBudget
+
+    budget = LogBudget(lines=3, window=10)
+    taken = [budget.take(now=1) for _ in range(10)]
+    assert [logged for logged, _ in taken] == [True] * 3 + [False] * 7
+    assert budget.take(now=11.5) == (True, 7)  # the next window tells what was held back
+    assert budget.take(now=12) == (True, 0)

@@ -29,6 +29,8 @@ from .tokens import parse_duration
 
 log = logging.getLogger("sollol.cluster")
 BASE = "/sollol/cluster/"
+MAX_BODY = 64 * 1024
+"""Bytes a public cluster request may carry: a join with 64 devices is about 8 KiB."""
 Handler = Callable[[HttpRequest], Awaitable[HttpReply]]
 
 
@@ -76,7 +78,7 @@ def endpoints(service: JoinService) -> list[GatewayEndpoint]:
         return run
 
     async def challenge(request: HttpRequest) -> HttpReply:
-        return HttpReply(200, service.challenge())
+        return HttpReply(200, service.challenge(request.client))
 
     async def join(request: HttpRequest) -> HttpReply:
         status, answer = await service.join(_json(request), request.client)
@@ -140,7 +142,8 @@ def endpoints(service: JoinService) -> list[GatewayEndpoint]:
         return HttpReply(200, await service.remove(_tail(request, BASE + "members/")))
 
     def public(path: str, methods: tuple[str, ...], handler: Handler) -> GatewayEndpoint:
-        return GatewayEndpoint(BASE + path, methods, guarded(path, handler), public=True)
+        return GatewayEndpoint(BASE + path, methods, guarded(path, handler), public=True,
+                               max_body=MAX_BODY)
 
     return [
         public("challenge", ("GET",), challenge),

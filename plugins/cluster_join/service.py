@@ -136,8 +136,8 @@ class JoinService:
 
     # ---- joining
 
-    def challenge(self) -> dict[str, Any]:
-        return {"nonce": self.nonces.issue(), "ttl": self.nonces.ttl}
+    def challenge(self, peer: str) -> dict[str, Any]:
+        return {"nonce": self.nonces.issue(peer), "ttl": self.nonces.ttl}
 
     async def join(self, body: Any, peer: str) -> tuple[int, dict[str, Any]]:
         """A join request: (HTTP status, answer). JoinRefused for a refusal."""

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from .errors import JoinRefused
-from .tokens import write_private
+from .tokens import unreadable, write_private
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 POOL_KINDS = ("ollama", "openai")
@@ -123,7 +123,9 @@ class MemberStore:
     @classmethod
     def load(cls, path: Path) -> MemberStore:
         store = cls(path)
-        if path.exists():
+        if not path.exists():
+            return store
+        try:
             data = json.loads(path.read_text())
             for item in data.get("members", []):
                 member = Member(**item)
@@ -132,6 +134,8 @@ class MemberStore:
                 store.members[member.name] = member
             store.removed = dict(data.get("removed", {}))
             store.seqs = {k: int(v) for k, v in data.get("seqs", {}).items()}
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise unreadable(path, exc) from None
         return store
 
     def save(self) -> None:

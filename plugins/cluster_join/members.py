@@ -95,16 +95,20 @@ class Member:
     """The nonce of its join: the approval answer's proof is bound to it."""
     joined_at: float = attrs.field(factory=time.time)
     devices: list[dict[str, Any]] = attrs.field(factory=list)
-    last_seen: float = attrs.field(default=0.0, metadata={"transient": True})
+    last_seen: float = 0.0
     """time.monotonic() of its last join or heartbeat (not persisted)."""
+    ready: bool = False
+    """It sent a heartbeat since it got its certificate, so its tunnel is up: only then do its
+    services join the routes (their first probe would fail before). Not persisted."""
 
     def record(self) -> dict[str, Any]:
-        return {k: v for k, v in attrs.asdict(self).items() if k != "last_seen"}
+        return {k: v for k, v in attrs.asdict(self).items() if k not in ("last_seen", "ready")}
 
     def public(self) -> dict[str, Any]:
         """For listings: no key, no certificate body."""
         seen = time.monotonic() - self.last_seen if self.last_seen else None
-        return {"name": self.name, "state": self.state, "host": self.host,
+        state = "joining" if self.state == "member" and not self.ready else self.state
+        return {"name": self.name, "state": state, "host": self.host,
                 "tunnel_port": self.tunnel_port, "services": self.services,
                 "pin": self.pin, "token_id": self.token_id, "joined_at": self.joined_at,
                 "seconds_since_heartbeat": seen, "devices": self.devices}

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from sollol.core.live_memory import MemoryReading
 from sollol.models import Backend
 
 from . import handshake
+from .backends import backend_ids, member_backends, memory_reading
 from .ca import ClusterCA, fingerprint
 from .errors import JoinRefused
 from .limits import FailureLimiter
@@ -37,14 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sollol.cluster")
 SWEEP_SECONDS = 1.0
 SEQ_SAVE_SECONDS = 10.0
-
-
-def backend_id(name: str, service: str) -> str:
-    """A member service's backend id: `rpc:NAME`, `NAME` (first pool node), `NAME/pool-N`."""
-    if service == "sollol-rpc":
-        return f"rpc:{name}"
-    index = int(service.rsplit("-", 1)[1])
-    return name if index == 0 else f"{name}/pool-{index}"
 
 
 @attrs.define(eq=False)
@@ -191,11 +183,13 @@ class JoinService:
         return handshake.sign_answer(key, answer, member.join_nonce)
 
     async def _admit(self, member: Member, fresh: bool) -> None:
-        """Make `member` a member: certificate (when `fresh`), tunnel endpoints, routes."""
+        """Make `member` a member: certificate and tunnel endpoints; its services join the
+        routes now when it is not `fresh` (a heartbeat brought it back), else with its first
+        heartbeat (it starts its tunnel once it has the certificate)."""
         if fresh or member.certificate is None:
             member.certificate = self.ca.issue(member.name, member.public_key)
             member.pin = fingerprint(member.certificate)
-        member.state, member.last_seen = "member", time.monotonic()
+        member.state, member.last_seen, member.ready = "member", time.monotonic(), not fresh
         self.store.members[member.name] = member
         self._save()
         await self.links.ensure(member)
@@ -267,6 +261,12 @@ class JoinService:
         if member.state == "offline":
             log.info("cluster: %s is back (signed heartbeat from %s)", member.name, peer)
             await self._admit(member, fresh=False)
+        elif not member.ready:  # its first heartbeat: its tunnel is up, its services go live
+            member.ready = True
+            if changed:
+                self._save()
+            await self.links.ensure(member)
+            await self._resync()
         elif changed:
             self._save()
             await self.links.ensure(member)
@@ -322,38 +322,19 @@ class JoinService:
         return [m.name for m in silent]
 
     def _ids(self, member: Member) -> list[str]:
-        from .links import wanted_services
-
-        return [backend_id(member.name, s) for s in wanted_services(member.services)]
+        return backend_ids(member)
 
     def _report_memory(self, member: Member) -> None:
-        devices = member.devices
-        gpus = [d for d in devices if d["backend"].lower() not in ("cpu", "")] or devices
-        if not gpus:
-            return
-        reading = MemoryReading(sum(d["memory_total"] for d in gpus),
-                                sum(d["memory_free"] for d in gpus),
-                                tuple(d["name"] for d in gpus))
-        for ident in self._ids(member):
-            self.cluster.live_memory.report(ident, reading)
+        reading = memory_reading(member.devices)
+        if reading is not None:
+            for ident in self._ids(member):
+                self.cluster.live_memory.report(ident, reading)
 
     def _make_backends(self) -> tuple[Backend, ...]:
-        found: list[Backend] = []
-        for member in self.store.members.values():
-            if member.state != "member" or self._links is None:
-                continue
-            addresses = self._links.addresses(member.name)
-            pool = member.services.get("pool") or []
-            labels = {"member": member.name, "joined": "true", "source": "join"}
-            for service, address in addresses.items():
-                if service == "sollol-rpc":
-                    found.append(Backend(backend_id(member.name, service), "rpc", address,
-                                         labels=labels))
-                else:
-                    index = int(service.rsplit("-", 1)[1])
-                    found.append(Backend(backend_id(member.name, service), pool[index]["kind"],
-                                         address, labels=labels))
-        return tuple(found)
+        if self._links is None:
+            return ()
+        live = [m for m in self.store.members.values() if m.state == "member" and m.ready]
+        return tuple(b for m in live for b in member_backends(m, self._links.addresses(m.name)))
 
     async def _resync(self) -> None:
         """Hand the routes the members' backends now (adds and drops them live).

@@ -76,8 +76,11 @@ def test_a_joined_pool_node_serves_through_its_tunnel_and_leaves_live(
     reply = machine.join(token, services={"pool": [{"kind": "ollama", "port": node.port}]},
                          tunnel_port=port)
     assert reply.status_code == 200 and reply.json()["status"] == "member"
+    assert "w1" not in nodes(client)  # not before its tunnel is up: its first heartbeat says so
+    assert client.get("/sollol/cluster/members").json()["members"][0]["state"] == "joining"
     server = serve_tunnel(loop, machine, tmp_path / "w1", port, {pool_service(0): node.port})
     try:
+        assert machine.message("heartbeat").status_code == 200
         joined = poll(lambda: nodes(client).get("w1", {}).get("health") == "healthy"
                       and nodes(client)["w1"], "w1 healthy through its tunnel")
         assert joined["member"] == "w1" and joined["source"] == "join"
@@ -121,6 +124,7 @@ def test_a_silent_member_times_out_and_a_signed_heartbeat_brings_it_back(
     machine = worker(gateway.url, "w2")
     services = {"pool": [{"kind": "ollama", "port": 11434}]}
     assert machine.join(token, services=services).status_code == 200
+    assert machine.message("heartbeat").status_code == 200
     assert "w2" in nodes(client)
     poll(lambda: "w2" not in nodes(client), "the silent member to leave /sollol/nodes")
     (member,) = client.get("/sollol/cluster/members").json()["members"]
@@ -155,6 +159,7 @@ def test_approve_policy_keeps_a_machine_pending_until_an_admin_approves(
     assert status.status_code == 200 and status.json()["status"] == "member"
     machine.take(token, status.json())  # the answer proves the token's gateway sent it
     assert machine.certificate is not None
+    assert machine.message("heartbeat").status_code == 200
     assert "w3" in nodes(client) and nodes(client)["w3"]["member"] == "w3"
     listed = sollol("cluster", "members", "--gateway", gateway.url)
     assert listed.returncode == 0 and listed.stdout.startswith("w3 ") and "member" in listed.stdout
@@ -215,6 +220,7 @@ def test_a_joined_rpc_server_is_probed_through_its_tunnel(
                         tunnel_port=port).status_code == 200
     server = serve_tunnel(loop, machine, tmp_path / "w6", port, {RPC_SERVICE: rpc_port})
     try:
+        assert machine.message("heartbeat").status_code == 200
         def joined() -> dict[str, Any] | None:
             shards = client.get("/sollol/routes/sharding").json()["backends"]
             found = [s for s in shards if s.get("member") == "w6" and s["healthy"]]
@@ -253,6 +259,7 @@ def test_memory_fit_places_by_the_free_memory_a_joined_machine_reports(
                         tunnel_port=port, devices=roomy).status_code == 200
     server = serve_tunnel(loop, machine, tmp_path / "gpu1", port, {pool_service(0): node.port})
     try:
+        assert machine.message("heartbeat").status_code == 200
         poll(lambda: nodes(client).get("gpu1", {}).get("health") == "healthy", "gpu1 healthy")
         decision = client.get("/sollol/route", params={"model": "big"}).json()
         assert decision["route"] == "pool", decision
@@ -313,8 +320,11 @@ def test_a_machine_joining_again_gets_new_links_and_the_routes_follow(
         return member["backends"][pool_service(0)]
 
     assert machine.join(token, services=services).status_code == 200
+    assert machine.message("heartbeat").status_code == 200
     first_pin, first_link = machine.pin, links()
     assert nodes(client)["w9"]["address"] == first_link
     assert machine.join(token, services=services).status_code == 200  # e.g. its state was lost
     assert machine.pin != first_pin and links() != first_link  # a new certificate, new links
+    assert "w9" not in nodes(client)  # the old links left; the new ones wait for its tunnel
+    assert machine.message("heartbeat").status_code == 200
     assert nodes(client)["w9"]["address"] == links()  # not the closed endpoint

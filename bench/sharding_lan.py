@@ -13,7 +13,10 @@ default route, so nothing leaves the machine. For each link rate it prints, side
   (first rate only);
 - generation tokens/s sharded vs one llama-server on the gateway machine (first rate only);
 - two models placed on disjoint shard sets at once vs both spread over every shard in turn
-  (`--pair-preset`, first rate only).
+  (`--pair-preset`, first rate only);
+- secured links (`--secured N`, first rate only): first load and tokens/s through `sollol join`'s
+  mutual-TLS tunnels vs plain TCP rpc-servers, N rounds alternating (bench/secured_links.py);
+  `--only-secured` skips everything else, `--profile` says where the tunnel's time goes.
 
 The 7B-shaped Q4_0 model (~3.6 GiB) is generated once into the user cache dir (~80 s). Takes
 about 15 minutes with the default preset and two rates. Stops every process it starts.
@@ -229,6 +232,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for index, rate in enumerate(args.rates.split(",")):
             log(f"links at {rate}")
             shards.limit(rate)
+            if index == 0 and args.secured:
+                results["secured"] = {rate: await secured(args, shards, binaries, model, work)}
+            if args.only_secured:
+                break
             shards.start()
             hand = await by_hand(binaries.llama_server, model, shards.addresses,
                                  work / "logs" / f"by-hand-{index}")
@@ -238,7 +245,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                         tokens=args.tokens if index == 0 else 0)
             per_shard = ours["weights_bytes"]
             bps = bits_per_second(rate)
-            entry = {"by_hand_s": round(hand, 1), "sollol_s": ours["ready_s"],
+            entry: dict[str, Any] = {"by_hand_s": round(hand, 1), "sollol_s": ours["ready_s"],
                      "wire_limit_sequential_s": round(sum(per_shard.values()) * 8 / bps, 1),
                      "wire_limit_parallel_s": round(max(per_shard.values()) * 8 / bps, 1)}
             if index == 0:
@@ -277,9 +284,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+async def secured(args: argparse.Namespace, shards: Shards, binaries: Any, model: Path,
+                  work: Path) -> dict[str, Any]:
+    import secured_links
+
+    tunnels = secured_links.SecuredShards(shards, binaries.rpc_server, work, PORT,
+                                          profile=args.profile)
+    try:
+        return await secured_links.compare(
+            shards, tunnels, model, work, binaries_dir=binaries.llama_server.parent,
+            tokens=args.tokens, rounds=args.secured, through_sollol=through_sollol, log=log)
+    finally:
+        tunnels.stop()
+        shards.stop()
+
+
 def ratios(results: dict[str, Any]) -> str:
+    import secured_links
+
     lines = [f"sharding over 3 rpc-servers behind tbf links, {results['preset']} "
              f"({results['model_bytes'] / 1024**3:.2f} GiB):"]
+    for rate, result in results.get("secured", {}).items():
+        lines.extend(secured_links.lines(result, rate))
     for rate, r in results["rates"].items():
         lines.append(f"  {rate}: ready by hand {r['by_hand_s']} s, through SOLLOL "
                      f"{r['sollol_s']} s ({r['sollol_s'] / r['by_hand_s']:.2f}x); wire limit "
@@ -314,6 +340,12 @@ def main() -> None:
     parser.add_argument("--rates", default="1gbit,2500mbit")
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--secured", type=int, default=0, metavar="N",
+                        help="rounds of secured links vs plain TCP, alternating (0: skip)")
+    parser.add_argument("--only-secured", action="store_true",
+                        help="measure only the secured-links comparison")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the gateway's tunnel process (cProfile) in that comparison")
     args = parser.parse_args()
     if not isolated():
         if os.geteuid() != 0:

@@ -15,6 +15,7 @@ import pluggy
 from sollol.models import (
     Backend,
     BackendKind,
+    GatewayEndpoint,
     HealthReport,
     ResolvedModel,
     RouteEvent,
@@ -117,6 +118,17 @@ def sollol_register_routes(
 @hookspec
 def sollol_register_commands(cli: click.Group) -> None:
     """Add click commands or groups to the `sollol` CLI. Called once, in `main()`."""
+
+
+@hookspec
+def sollol_gateway_endpoints(
+    register: Callable[[GatewayEndpoint], None], cluster: ClusterRuntime
+) -> None:
+    """Register HTTP endpoints the gateway serves for this plugin (paths under `/sollol/`).
+
+    Called once per gateway start, inside its event loop, after the cluster started. A path
+    that another plugin or the gateway itself serves is an error.
+    """
 
 
 @hookspec

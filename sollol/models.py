@@ -344,3 +344,45 @@ def check_host(host: str, address: str) -> str:
     hint = _typo_hint(address)
     msg = f"{address!r}: {host!r} is not a host name or IP address{hint}"
     raise ValueError(msg)
+
+
+@attrs.frozen
+class HttpRequest:
+    """A request to a plugin's gateway endpoint (`sollol_gateway_endpoints`), body read whole."""
+
+    method: str
+    path: str
+    body: bytes
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_dict)
+    """Header names in lower case; a repeated header keeps its last value."""
+    client: str = ""
+    """The peer's address as the gateway's socket sees it (no proxy headers are trusted)."""
+    query: str = ""
+
+
+@attrs.frozen
+class HttpReply:
+    """A plugin endpoint's answer: a JSON body (any JSON-serialisable value) and a status."""
+
+    status: int
+    body: Any
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_dict)
+
+
+@attrs.frozen
+class GatewayEndpoint:
+    """An HTTP endpoint a plugin serves on the gateway's port, under `/sollol/`.
+
+    `public` endpoints need no access key (the handler authenticates the caller itself, as a
+    join token or a signature does); the others need an admin key, like every `/sollol/` path.
+    With `prefix`, the endpoint serves every path under `path` (which then ends with `/`).
+    """
+
+    path: str
+    methods: tuple[str, ...] = attrs.field(converter=tuple)
+    handler: Any = attrs.field(eq=False)
+    """`async handler(HttpRequest) -> HttpReply`; a SollolError raised becomes its HTTP error."""
+    public: bool = False
+    prefix: bool = False
+    max_body: int | None = None
+    """Bytes of body this endpoint takes at most (a 413 beyond); None: `max_body_bytes`."""

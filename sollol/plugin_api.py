@@ -32,7 +32,8 @@ PUBLIC: Mapping[str, tuple[str, ...]] = {
     "sollol.models": ("Api", "Endpoint", "Backend", "BackendKind", "HealthReport",
                       "ResolvedModel", "ModelInfo", "RouteRequest", "BackendState", "RouteState",
                       "RouteDecision", "RouteEvent", "ShardOffer", "ShardPlacement",
-                      "split_host_port", "join_host_port", "check_host", "check_node_address"),
+                      "split_host_port", "join_host_port", "check_host", "check_node_address",
+                      "GatewayEndpoint", "HttpRequest", "HttpReply"),
     "sollol.routes": ("POOL", "SHARDING", "Outcome", "Lease", "RouteProvider", "Placement",
                       "Membership", "ModelManagement", "KeepAlive", "Policy"),
     "sollol.config": ("Setting", "Config", "core_setting"),
@@ -42,6 +43,8 @@ PUBLIC: Mapping[str, tuple[str, ...]] = {
                       "NotSupported", "BackendError"),
     # the running cluster every route and lifecycle hook is given
     "sollol.core.runtime": ("ClusterRuntime",),
+    # memory machines report themselves (`ClusterRuntime.live_memory`), for placement
+    "sollol.core.live_memory": ("LiveMemory", "MemoryReading"),
     # what a backend plugin shares with the core, so both agree
     "sollol.core.capabilities": ("COMPLETION", "CHAT", "EMBEDDING", "VISION", "TOOLS", "ALL",
                                  "describe", "unsupported"),

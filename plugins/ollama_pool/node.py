@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -14,6 +14,9 @@ from sollol.models import Backend, BackendState, HealthReport
 from sollol.routes import Outcome
 
 from .pool_settings import PoolSettings
+
+if TYPE_CHECKING:
+    from sollol.core.live_memory import LiveMemory
 
 SPEED_WEIGHT = 0.3
 """Weight of the newest sample in the moving averages (about the last 5 requests count)."""
@@ -91,6 +94,8 @@ class Node:
     """Per model spelling ("" for the node's one model), from the probe."""
     lacks: dict[str, frozenset[str]] = attrs.field(factory=dict)
     """Capabilities the node answered it lacks, per model ("" when it serves one model)."""
+    live: LiveMemory | None = attrs.field(default=None, repr=False)
+    """Memory the node's machine reports itself (a joined worker's heartbeats), by node id."""
     _capabilities_from: object = attrs.field(default=None, init=False, repr=False)
     """The probe's `capabilities` that `capabilities` was spelled out from."""
 
@@ -157,11 +162,19 @@ class Node:
         used = self.report.extra.get("vram_used") if self.report else None
         return used if isinstance(used, int) else None
 
+    def memory(self) -> tuple[int | None, int | None]:
+        """(total, free): the declared memory (`pool_node_memory`) less what its loaded models
+        hold on the GPU; else what its machine last reported (sollol/core/live_memory.py)."""
+        if self.memory_total is not None:
+            return self.memory_total, max(0, self.memory_total - (self.vram_used() or 0))
+        reading = self.live.get(self.id) if self.live is not None else None
+        if reading is not None:
+            return reading.total, reading.free
+        return None, None
+
     def memory_free(self) -> int | None:
-        """The declared memory (`pool_node_memory`) less what its loaded models hold on the GPU."""
-        if self.memory_total is None:
-            return None
-        return max(0, self.memory_total - (self.vram_used() or 0))
+        """Free memory for placement (see `memory`), or None when unknown."""
+        return self.memory()[1]
 
     def apply(self, report: HealthReport, now: float, settings: PoolSettings) -> None:
         """Take a probe's result; a good probe readmits an ejected node, a bad one backs off."""
@@ -235,7 +248,7 @@ class Node:
     def state(self, now: float) -> BackendState:
         return BackendState(
             backend=self.backend, healthy=self.available(now), models=self.models,
-            loaded=self.loaded, memory_total=self.memory_total, memory_free=self.memory_free(),
+            loaded=self.loaded, memory_total=self.memory()[0], memory_free=self.memory_free(),
             in_flight=self.in_flight, detail=self.detail, capacity=self.cap,
             capabilities=self.capabilities, lacks=self.lacks, server=self.server,
             vram_used=self.vram_used(),
@@ -261,7 +274,8 @@ class Node:
             "models": sorted(report.models) if report else [],
             "loaded": sorted(live.loaded_models) if live else [],
             "running": _running(live),
-            "memory_total": self.memory_total, "memory_free": self.memory_free(),
+            "memory_total": self.memory()[0], "memory_free": self.memory_free(),
+            "member": self.backend.labels.get("member"),
             "vram_used": self.vram_used() if live else None,
             "tokens_per_second": 1 / self.sec_per_token if live and self.sec_per_token else None,
             "request_seconds": self.request_seconds, "served": self.served,

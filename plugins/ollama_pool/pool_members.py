@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -19,6 +19,9 @@ from sollol.models import Backend
 from .node import Node
 from .node_discovery import base_url, parse_node
 from .pool_settings import PoolSettings
+
+if TYPE_CHECKING:
+    from sollol.core.live_memory import LiveMemory
 
 ADMIN = "admin"
 
@@ -42,6 +45,8 @@ class PoolMembers:
     """Nodes an operator added: re-discovery and config reloads keep them."""
     removed: set[str] = attrs.field(factory=set)
     """Nodes an operator removed: re-discovery does not bring them back."""
+    live: LiveMemory | None = None
+    """Memory machines report themselves (the cluster's `live_memory`), for nodes' totals."""
 
     @property
     def kinds(self) -> list[str]:
@@ -77,14 +82,15 @@ class PoolMembers:
                 node.limit = settings.concurrency
 
     def _node(self, backend: Backend) -> Node:
-        """The node for `backend`: the draining one if it comes back before it drained."""
+        """The node for `backend`: the draining one if it comes back (at the same address)
+        before it drained."""
         node = self.draining.pop(backend.id, None)
-        if node is not None:
+        if node is not None and node.backend.address == backend.address:
             return node
         memory = self.settings.memory
         declared = memory.get(backend.id, memory.get(backend.address))
         return Node(backend, self.settings.concurrency, declared,
-                    api=self.dialects().get(backend.kind, backend.kind))
+                    api=self.dialects().get(backend.kind, backend.kind), live=self.live)
 
     async def join(self, backends: Collection[Backend]) -> list[str]:
         """Add nodes (probed once before they take requests); returns the ids added."""

@@ -66,7 +66,8 @@ class PoolRoute:
         self.settings = PoolSettings.from_config(self.cluster.config)
         # the member table tells the scheduler of joins and leaves; both read the same nodes
         self.members = PoolMembers(self.settings, lambda: pool_dialects(self.cluster),
-                                   probe=self.probe, changed=self._members_changed)
+                                   probe=self.probe, changed=self._members_changed,
+                                   live=getattr(self.cluster, "live_memory", None))
         self.scheduler = PoolScheduler(self.members, self.settings, probe_soon=self._probe_soon)
         self.management = ModelManager(self.members.nodes, self.settings, refresh=self.probe)
         self._prober = Prober(self.settings.health_interval, family_of=self._family_of)

@@ -17,6 +17,7 @@ import attrs
 from sollol.config import Config, Setting
 from sollol.core.aliases import Alias, aliases
 from sollol.core.events import EventLog
+from sollol.core.live_memory import LiveMemory
 from sollol.core.loading import load as load
 from sollol.core.membership import LiveMembership
 from sollol.core.names import canonical_model, closest
@@ -60,6 +61,8 @@ class ClusterRuntime:
     started: bool = False
     reloader: Callable[[], Config] | None = None
     """Re-reads the config (file, env, the same overrides) for a reload; None: cannot reload."""
+    live_memory: LiveMemory = attrs.field(factory=LiveMemory)
+    """Device memory machines report themselves, by backend id (sollol/core/live_memory.py)."""
     _discovery: asyncio.Task[None] | None = None
     _model_info: OrderedDict[str, tuple[tuple[Any, ...], ModelInfo | None]] = attrs.field(
         factory=OrderedDict)

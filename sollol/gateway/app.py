@@ -27,7 +27,7 @@ from sollol.forwarding.calls import Op
 from sollol.forwarding.dispatch import Dispatcher, StreamReply
 from sollol.forwarding.validate import validate
 from sollol.gateway import admin_api as admin
-from sollol.gateway import info
+from sollol.gateway import info, plugin_endpoints
 from sollol.gateway import model_management as manage
 from sollol.gateway import route_table as routes
 from sollol.gateway.asgi import (
@@ -80,6 +80,8 @@ class Gateway:
         """Redacts node secrets from SOLLOL's log lines while the gateway runs."""
         self.insecure = insecure
         self.collector = TunedCollector()
+        self.endpoints = plugin_endpoints.PluginEndpoints()
+        """Plugins' endpoints (`sollol_gateway_endpoints`), collected at startup."""
 
     def _redactor(self) -> Redactor:
         """Every node secret the cluster's routes hold now (sollol/core/redact.py)."""
@@ -89,6 +91,12 @@ class Gateway:
         """Start the cluster (unless someone else owns it) and the upstream connection pool."""
         if self.manage_cluster and not self.cluster.started:
             await self.cluster.start()
+        try:
+            self.endpoints = plugin_endpoints.PluginEndpoints.collect(self.cluster)
+        except BaseException:
+            if self.manage_cluster:  # the gateway will not serve: stop what started for it
+                await self.cluster.stop()
+            raise
         self.dispatcher = Dispatcher.create(self.cluster)
         await self.monitor.start()
         for handler in {*logging.getLogger("sollol").handlers, *logging.getLogger().handlers}:
@@ -149,11 +157,14 @@ class Gateway:
         path, method = scope["path"], scope["method"]
         route = routes.find(path, method)
         api = route.api if route is not None else routes.dialect(path)
+        plugin = self.endpoints.find(path) if route is None else None
         guard = self.guard
         if guard.config is not self.cluster.config:  # reloaded: keys, hosts, origins may change
             guard = self.guard = guard.for_config(self.cluster.config, self.insecure)
         try:
-            admitted = guard.admit(path, method, scope["headers"])
+            admitted = guard.admit(path, method, scope["headers"],
+                                   public=plugin is not None and plugin.public,
+                                   plugin_admin=plugin is not None and not plugin.public)
         except (Unauthorized, Forbidden) as exc:
             # No CORS headers on a refusal: the page that sent it must not read the answer.
             challenge = None
@@ -176,7 +187,13 @@ class Gateway:
         send = redacting(send, self._redactor,
                          errors_only=route is not None and route.kind in ("dispatch", "root"))
         try:
-            if route is None:
+            if route is None and plugin is not None:
+                if method not in plugin.methods:
+                    await self._error(send, api, 405, f"{path} takes "
+                                      f"{' or '.join(plugin.methods)}, not {method}")
+                else:
+                    await plugin_endpoints.handle(plugin, scope, receive, send, self.max_body)
+            elif route is None:
                 await self._error(send, api, 404, f"no such endpoint: {method} {path}")
             elif method not in route.methods:
                 await self._error(send, api, 405,

@@ -149,8 +149,14 @@ class Guard:
 
     # ---- the checks
 
-    def admit(self, path: str, method: str, headers: Headers) -> Admitted:
-        """Check one request; raise Forbidden (Host, Origin, scope) or Unauthorized (key)."""
+    def admit(self, path: str, method: str, headers: Headers, public: bool = False,
+              plugin_admin: bool = False) -> Admitted:
+        """Check one request; raise Forbidden (Host, Origin, scope) or Unauthorized (key).
+
+        `public`: a plugin endpoint that authenticates its callers itself (no key needed; the
+        Host and Origin checks still apply). `plugin_admin`: a plugin's admin endpoint, which
+        changes the cluster on any method but GET/HEAD (the forgery rule applies to it).
+        """
         host = origin = auth = api_key = None
         for name, value in headers:
             if name == b"host":
@@ -166,9 +172,10 @@ class Guard:
         if origin is not None and origin not in self._origins_seen:
             self._check_origin(origin, host)
         forgeable = (method not in SAFE_METHODS
-                     and (path in _CHANGING or path.startswith(_CHANGING_STARTS))
-                     and _changes(path, method) and not _unforgeable(headers))
-        if (not self.keys or method == "OPTIONS"  # a preflight never carries a key
+                     and (plugin_admin or ((path in _CHANGING or path.startswith(_CHANGING_STARTS))
+                                           and _changes(path, method)))
+                     and not _unforgeable(headers))
+        if (not self.keys or method == "OPTIONS" or public  # a preflight never carries a key
                 or (path in self._public and method in ("GET", "HEAD"))):
             if forgeable:
                 _refuse_forgeable(method, path)

@@ -61,12 +61,20 @@ def test_public_and_admin_plugin_endpoints(sollol_gateway: Callable[..., Any]) -
         assert client.delete("/sollol/echo/items/a").status_code == 401  # admin: a key needed
         user = client.delete("/sollol/echo/items/a", headers={"Authorization": f"Bearer {USER}"})
         assert user.status_code == 403 and "admin key" in user.json()["error"]
-        root = client.delete("/sollol/echo/items/a", headers={"Authorization": f"Bearer {ADMIN}"})
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        for form in ({}, {"Content-Type": "text/plain"}):  # what a page can make a browser send
+            forged = client.delete("/sollol/echo/items/a", headers={**admin, **form})
+            assert forged.status_code == 403 and "forgery" in forged.json()["error"]
+        root = client.delete("/sollol/echo/items/a",
+                             headers={**admin, "X-Requested-With": "sollol"})
         assert root.status_code == 201 and root.json() == {"item": "a"}
+        posted = client.post("/sollol/echo/open", content=b"x",  # public: its own proofs
+                             headers={"Content-Type": "text/plain"})
+        assert posted.status_code == 200
         assert client.get("/sollol/echo/other").status_code == 401  # not served, still guarded
         rebound = client.get("/sollol/echo/open", headers={"Host": "evil.example"})
         assert rebound.status_code == 403  # the Host check applies to public endpoints too
-    assert len(plugin.seen) == 2
+    assert len(plugin.seen) == 3
 
 
 @pytest.mark.parametrize("paths", [("/sollol/nodes", "/sollol/echo/x/"),

@@ -23,7 +23,16 @@ import tomli_w
 
 from sollol.core import access
 from sollol.core.registries import check_registries
-from sollol.core.units import at_least, non_negative, port_number, positive, share
+from sollol.core.units import (
+    at_least,
+    folder_list,
+    name_patterns,
+    non_negative,
+    port_number,
+    positive,
+    seconds,
+    share,
+)
 from sollol.errors import ConfigError
 
 Kind = Literal["bool", "int", "float", "str", "list", "table"]
@@ -99,19 +108,6 @@ class Config:
         return Config(values=values, sources=sources, path=self.path)
 
 
-def _seconds(value: float) -> float:
-    if not value >= 0:  # NaN is not
-        raise ValueError("a number of seconds, 0 or more")
-    return value
-
-
-def _patterns(values: list[Any]) -> list[str]:
-    if not all(isinstance(v, str) and v.strip() and not any(c.isspace() for c in v.strip())
-               for v in values):
-        raise ValueError("a list of names or globs without spaces")
-    return [v.strip().lower().rstrip("/") for v in values]
-
-
 def _aliases(value: Any) -> Any:
     from sollol.core.aliases import check_aliases
 
@@ -122,13 +118,6 @@ def _fallbacks(value: Any) -> Any:
     from sollol.core.aliases import check_fallbacks
 
     return check_fallbacks(value)
-
-
-def _folder_list(values: list[Any]) -> list[str]:
-    for value in values:
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError("a list of folder paths")
-    return [v.strip() for v in values]
 
 
 CORE_SETTINGS: tuple[Setting, ...] = (
@@ -175,7 +164,7 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("blob_keep_after_create", "float", 60.0, "Kept after a create, s.", check=non_negative),
     Setting("gguf_dirs", "list", [],
             "Folders of GGUF files that requests may name (by file name, or a path inside "
-            "them); no other file on the gateway machine can be named.", check=_folder_list),
+            "them); no other file on the gateway machine can be named.", check=folder_list),
     Setting("max_reply_bytes", "int", 64 * 1024 * 1024,
             "Largest whole (non-streamed) reply accepted from a node; a larger one is an error "
             "naming the node.", check=positive),
@@ -191,7 +180,7 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("discovery_interval", "float", 60.0,
             "Seconds between re-runs of backend discovery while the gateway serves (subnet "
             "scans, loopback rpc-servers, every plugin's discovery); 0 turns it off.",
-            check=_seconds),
+            check=seconds),
     Setting("llama_cpp_dir", "str", None, "Folder holding llama-server and ggml-rpc-server.",
             optional=True),
     Setting("metrics_enabled", "bool", True,
@@ -204,18 +193,18 @@ CORE_SETTINGS: tuple[Setting, ...] = (
             "(otherwise it needs an admin key, like the dashboard)."),
     Setting("backend_metrics_interval", "float", 5.0,
             "Seconds between reads of llama-server backends' own /metrics (0: never).",
-            check=_seconds),
+            check=seconds),
     Setting("api_keys", "list", [],
             "Access keys the gateway requires (`sollol keys create`): plain keys or tables "
             "{name, hash|key, admin, models}.", check=access.normalise, redact=access.redact),
     Setting("allowed_hosts", "list", [],
             "Host names the gateway answers to besides loopback, IP addresses, its bind "
             "address and this machine's name (`*.example.com` globs; `*`: any).",
-            check=_patterns),
+            check=name_patterns),
     Setting("allowed_origins", "list", [],
             "Browser origins allowed to call the gateway besides its own dashboard; pages "
             "on other loopback ports are other sites (`https://app.example.com`, globs; "
-            "`*`: any).", check=_patterns),
+            "`*`: any).", check=name_patterns),
     Setting("allowed_registries", "list", [],
             "Registries a pull, push or create may name besides Ollama's registry.ollama.ai "
             "(`host[:port]`; `http://host[:port]` also allows plain HTTP and `insecure`).",

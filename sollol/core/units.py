@@ -166,3 +166,26 @@ def keep_alive_seconds(value: object) -> float | None:
     if math.isnan(seconds):
         raise ValueError(f"keep_alive: invalid duration {value!r}")
     return math.inf if seconds < 0 else seconds
+
+
+def seconds(value: float) -> float:
+    """A number of seconds, 0 or more (a setting's check)."""
+    if not value >= 0:  # NaN is not
+        raise ValueError("a number of seconds, 0 or more")
+    return value
+
+
+def name_patterns(values: list[Any]) -> list[str]:
+    """Model names or globs, lower-cased, without spaces (a setting's check)."""
+    if not all(isinstance(v, str) and v.strip() and not any(c.isspace() for c in v.strip())
+               for v in values):
+        raise ValueError("a list of names or globs without spaces")
+    return [v.strip().lower().rstrip("/") for v in values]
+
+
+def folder_list(values: list[Any]) -> list[str]:
+    """Folder paths, stripped (a setting's check)."""
+    for value in values:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("a list of folder paths")
+    return [v.strip() for v in values]

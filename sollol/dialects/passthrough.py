@@ -60,6 +60,24 @@ class Passthrough:
         self.prompt_tokens = data.get("prompt_eval_count")
         return bool(data.get("done"))
 
+    @property
+    def finish_seen(self) -> bool:
+        """An OpenAI chat or completions stream has sent its finishing chunk (a choice with a
+        `finish_reason`, possibly followed by the usage chunk): its answer is whole even if
+        `[DONE]` never reaches the client."""
+        if not self.sse:
+            return False
+        for line in reversed(self.last):
+            data = parse_object(line.removeprefix(b"data:"))
+            choices = data.get("choices") if data else None
+            if not isinstance(choices, list):
+                return False
+            if any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
+                return True
+            if choices:  # a content chunk: the answer goes on
+                return False
+        return False
+
     def _sse_complete(self, lines: list[bytes]) -> bool:
         """OpenAI streams end with `[DONE]`; Anthropic's with `message_stop`, Responses with
         `response.completed` (or `.incomplete`, `.failed`); an `error` event ends any of them."""

@@ -13,6 +13,7 @@ import attrs
 
 from sollol.core.redact import Redactor, secret_texts
 from sollol.dialects.error_shapes import stream_error
+from sollol.dialects.passthrough import Passthrough
 from sollol.dialects.translate import Stream
 from sollol.errors import BackendError, SollolError
 from sollol.forwarding.inflight import InFlight
@@ -42,6 +43,9 @@ class StreamReply(Reply):
     _stream: Stream = attrs.field(kw_only=True)
     _first: bytes = attrs.field(kw_only=True)
     _started: float = attrs.field(factory=time.perf_counter, kw_only=True)
+    _delivered: bool = attrs.field(default=False, kw_only=True)
+    """The client has been sent the stream's terminal event (the consumer asked for more after
+    it): the reply is a success, whether or not the client waits for the response's end."""
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         lease = self._request.lease
@@ -59,11 +63,13 @@ class StreamReply(Reply):
             return
         if first:
             yield first
+            self._delivered = answered(stream)
         try:
             while chunk := await self._response.next_chunk():
                 out = stream.feed(chunk)
                 if out:
                     yield out
+                    self._delivered = self._delivered or answered(stream)
         except (*NETWORK_ERRORS, BackendError) as exc:
             yield self._cut(stream, exc)
             return
@@ -71,8 +77,7 @@ class StreamReply(Reply):
         if tail:
             yield tail
         if stream.complete:
-            self._end(Outcome(stream.error is None, 200, stream.error, tokens=stream.tokens,
-                              seconds=self._elapsed(), first_byte_sent=True))
+            self._succeed()
             return
         message = self._request.explained(
             f"stream cut: backend {self._request.backend} closed the stream before it was "
@@ -81,12 +86,23 @@ class StreamReply(Reply):
         yield stream_error(api, message, at_line_start=stream.at_boundary)
 
     async def aclose(self, reason: str = "client disconnected") -> None:
-        """Stop the stream (cancelling the upstream request) if it has not ended yet."""
+        """Stop the stream (cancelling the upstream request) if it has not ended yet.
+
+        A client that leaves after its terminal event (Codex closes the connection a
+        millisecond after `response.completed`) got its whole answer: a success, not a 499.
+        """
         if self._request.finished:
             self._response.release()
         else:
             self._response.close()  # closing the socket is how the backend learns to stop
+        if self._delivered:
+            self._succeed()
         self._end(Outcome(False, 499, reason, seconds=self._elapsed(), first_byte_sent=True))
+
+    def _succeed(self) -> None:
+        stream = self._stream
+        self._end(Outcome(stream.error is None, 200, stream.error, tokens=stream.tokens,
+                          seconds=self._elapsed(), first_byte_sent=True))
 
     def _cut(self, stream: Stream, exc: BaseException) -> bytes:
         """End the stream on a failure: the outcome, and the error object for the client."""
@@ -115,6 +131,15 @@ class StreamReply(Reply):
             request.prompt_tokens = self._stream.prompt_tokens
             request.finish(outcome)
 
+
+
+def answered(stream: Stream) -> bool:
+    """True once the stream's terminal event has been emitted: the end event of its dialect
+    (`[DONE]`, `response.completed`, `message_stop`, `done: true`) or, in an OpenAI stream
+    passed through, a chunk with a `finish_reason` (clients may stop reading there)."""
+    if stream.complete:
+        return True
+    return isinstance(stream, Passthrough) and stream.finish_seen
 
 
 def describe_error(exc: BaseException) -> str:

@@ -23,7 +23,7 @@ from sollol.dialects.responses import (
     response_object,
     responses_logprobs,
 )
-from sollol.dialects.streams import RESPONSES_ENDS, FromOllama, Translator, end_usage
+from sollol.dialects.streams import RESPONSES_ENDS, FromOllama, Translator, as_text, end_usage
 
 
 def _event(data: dict[str, Any]) -> bytes:
@@ -142,16 +142,30 @@ class NdjsonToResponses(FromOllama):
         return out + self._emit("response.output_item.done", output_index=index, item=item)
 
 
+RESPONSE_STATUS = {"response.created": "in_progress", "response.in_progress": "in_progress",
+                   "response.queued": "queued", "response.completed": "completed",
+                   "response.incomplete": "incomplete", "response.failed": "failed"}
+"""The events that carry the whole `response` object, and the status it has by default."""
+TEXT_EVENTS = frozenset({"response.output_text.delta", "response.output_text.done"})
+
+
 class CompleteResponsesEvents(Translator):
     """A native Responses stream, with `sequence_number`, `output_index` and `content_index`
     added where the server left them out (llama-server does; the official client's stream
-    helper indexes by them). Events that carry them pass unchanged."""
+    helper indexes by them), and every `response` object made whole: llama-server's
+    `response.created` has no `output`, which the OpenAI JS library's stream helper iterates.
+    Fields a server sent pass unchanged."""
 
-    def __init__(self) -> None:
+    def __init__(self, body: dict[str, Any] | None = None, model: str = "") -> None:
         super().__init__()
+        self.body, self.model = body or {}, model
         self.name = b""
         self.sequence = 0
         self.items: dict[str, int] = {}  # item id -> output index
+        self.done: dict[int, dict[str, Any]] = {}  # output index -> finished item
+        self.parts: set[tuple[str, int]] = set()  # (item id, content index) announced
+        self.id = new_id("resp")
+        self.created = int(time.time())
 
     def _line(self, line: bytes) -> bytes:
         if line.startswith(b"event:"):
@@ -163,6 +177,7 @@ class CompleteResponsesEvents(Translator):
         data = parse_object(line[5:].strip())
         if data is None:
             return (name + b"\n" if name else b"") + line + b"\n\n"
+        before = b"".join(_event(e) for e in self._missing(data))
         self._fill(data)
         kind = data.get("type")
         if isinstance(kind, str) and kind in RESPONSES_ENDS:
@@ -173,11 +188,15 @@ class CompleteResponsesEvents(Translator):
             self.complete = True
             self.error = str(data.get("message") or data.get("error"))
         head = name or f"event: {kind}".encode()
-        return head + b"\ndata: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
+        return before + head + b"\ndata: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
 
     def _fill(self, data: dict[str, Any]) -> None:
         data.setdefault("sequence_number", self.sequence)
         self.sequence += 1
+        kind = data.get("type")
+        if isinstance(kind, str) and kind in RESPONSE_STATUS:
+            self._whole_response(data, kind)
+            return
         item = data.get("item")
         item_id = item.get("id") if isinstance(item, dict) else data.get("item_id")
         if not isinstance(item_id, str) or not str(data.get("type", "")).startswith("response."):
@@ -187,5 +206,53 @@ class CompleteResponsesEvents(Translator):
         data.setdefault("output_index", self.items.get(item_id, len(self.items)))
         if "part" in data or "delta" in data or data["type"].endswith("text.done"):
             data.setdefault("content_index", 0)
+        if data["type"] == "response.content_part.added" and isinstance(data["content_index"], int):
+            self.parts.add((item_id, data["content_index"]))
         if data["type"] == "response.output_text.delta":
             data.setdefault("logprobs", [])
+        index = data["output_index"]
+        if data["type"] == "response.output_item.done" and isinstance(index, int):
+            self.done[index] = item
+
+    def _missing(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """The events a text delta needs before it and the node did not send: the item's
+        `output_item.added` and `content_part.added` (the stream helpers index into them)."""
+        item_id = data.get("item_id")
+        if as_text(data.get("type")) not in TEXT_EVENTS or not isinstance(item_id, str):
+            return []
+        out: list[dict[str, Any]] = []
+        if item_id not in self.items:
+            self.items[item_id] = len(self.items)
+            out.append({"type": "response.output_item.added", "output_index": len(self.items) - 1,
+                        "item": {"id": item_id, "type": "message", "role": "assistant",
+                                 "status": "in_progress", "content": []}})
+        content = data.get("content_index", 0)
+        if isinstance(content, int) and (item_id, content) not in self.parts:
+            self.parts.add((item_id, content))
+            out.append({"type": "response.content_part.added", "item_id": item_id,
+                        "output_index": self.items[item_id], "content_index": content,
+                        "part": {"type": "output_text", "text": "", "annotations": [],
+                                 "logprobs": []}})
+        for event in out:
+            event["sequence_number"] = self.sequence
+            self.sequence += 1
+        return out
+
+    def _whole_response(self, data: dict[str, Any], kind: str) -> None:
+        """Fill the `response` of a created/in_progress/completed event with what a whole
+        response object has (its output: the items finished so far)."""
+        response = data.get("response")
+        if not isinstance(response, dict):
+            response = data["response"] = {}
+        if isinstance(response.get("id"), str):
+            self.id = response["id"]
+        if not isinstance(response.get("output"), list):
+            response["output"] = [self.done[i] for i in sorted(self.done)]
+        status = response.get("status")
+        whole = response_object(self.body, self.model, response["output"], None,
+                                status if isinstance(status, str) else RESPONSE_STATUS[kind],
+                                self.id, self.created)
+        for key, value in whole.items():
+            if response.get(key) is None and value is not None:
+                response[key] = value
+            response.setdefault(key, value)

@@ -158,7 +158,7 @@ def new_stream(call: Call, plan: Plan) -> Stream:
     """The object that turns upstream stream bytes into the client's stream format."""
     if not plan.translated:
         if call.op == "responses":
-            return CompleteResponsesEvents()
+            return CompleteResponsesEvents(dict(call.body), call.request.model)
         if call.op == "messages":
             return AnthropicPassthrough(call.request.model)
         return HiddenUsage() if plan.hidden_usage else Passthrough(sse=call.api != "ollama")

@@ -274,9 +274,12 @@ def test_native_responses_events_get_the_indexes_the_client_needs() -> None:
            b'{"usage":{"output_tokens":1}}}\n\n')
     fixer = CompleteResponsesEvents()
     events = _sse_events(_run(fixer, _chunks(raw, [17, 80, 81, 200])))
-    assert [e["sequence_number"] for e in events] == [0, 1, 2, 3]
-    assert events[1]["output_index"] == 0 and events[2]["output_index"] == 0
-    assert events[2]["content_index"] == 0 and events[2]["logprobs"] == []
+    # the content part the delta writes into is announced first (the stream helpers need it)
+    assert [e["type"] for e in events][2:4] == ["response.content_part.added",
+                                                "response.output_text.delta"]
+    assert [e["sequence_number"] for e in events] == [0, 1, 2, 3, 4]
+    assert events[1]["output_index"] == 0 and events[3]["output_index"] == 0
+    assert events[3]["content_index"] == 0 and events[3]["logprobs"] == []
     assert fixer.complete and fixer.tokens == 1
 
 

@@ -216,6 +216,10 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("model_fallbacks", "table", {},
             "Models to try, in order, when a model is unavailable or overloaded.",
             check=_fallbacks),
+    Setting("local_ctx_size", "int", 16384,
+            "Tokens of context each request gets on the servers `sollol run --local` and "
+            "`sollol demo` start (prompt and answer; coding agents need 16384).",
+            check=at_least(256)),
 )
 
 

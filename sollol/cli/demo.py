@@ -47,6 +47,7 @@ def demo(keep: bool, count: int, port: int | None, config_file: Path | None) -> 
 
 
 def _run(keep: bool, count: int, port: int | None, config_file: Path | None) -> int:
+    from sollol.config import CORE_SETTINGS, load_config
     from sollol.local import LocalCluster, ensure_binaries
     from sollol.local.report import BuildPrinter
 
@@ -54,7 +55,10 @@ def _run(keep: bool, count: int, port: int | None, config_file: Path | None) -> 
     _step(1, "llama.cpp binaries")
     binaries = ensure_binaries(BuildPrinter(), config_file=config_file)
     click.echo(f"  {binaries.llama_server}\n  {binaries.rpc_server}  (from {binaries.source})")
-    local = LocalCluster(binaries=binaries, say=lambda text: click.echo(f"  {text}"))
+    settings = [s for s in CORE_SETTINGS if s.name == "local_ctx_size"]
+    ctx_size = load_config(settings, path=config_file, ignore_unknown=True)["local_ctx_size"]
+    local = LocalCluster(binaries=binaries, ctx_size=ctx_size,
+                         say=lambda text: click.echo(f"  {text}"))
     _step(2, "models and servers")
     with local:
         failed = _with_cluster(local, keep, count, port, config_file)

@@ -62,6 +62,10 @@ def local_models() -> str:
 @click.option("--local", "local_size", type=click.IntRange(1, 16), default=None, metavar="N",
               help="Serve a local cluster started for this run: N pool nodes and N "
                    "rpc-servers on loopback, with generated models (see `sollol demo`).")
+@click.option("--ctx-size", "ctx_size", type=click.IntRange(min=256), default=None,
+              metavar="TOKENS",
+              help="With --local: tokens of context each request gets on its nodes "
+                   "(default: local_ctx_size, 16384; Claude Code and Codex need 16384).")
 @click.option("--insecure", is_flag=True,
               help="Serve beyond loopback without access keys (warned at every start).")
 @click.option("--access-log", "access_log", type=click.Choice(FORMATS), default=None,
@@ -70,7 +74,7 @@ def local_models() -> str:
 @config_option
 @handle_errors
 def run(plugins: tuple[str, ...], host: str | None, port: int | None, grace: float,
-        local_size: int | None, insecure: bool, access_log: str | None,
+        local_size: int | None, ctx_size: int | None, insecure: bool, access_log: str | None,
         config_file: Path | None) -> None:
     """Serve the Ollama- and OpenAI-compatible gateway (Ctrl-C or SIGTERM stops it).
 
@@ -87,6 +91,11 @@ def run(plugins: tuple[str, ...], host: str | None, port: int | None, grace: flo
         overrides["gateway_host"] = host
     if port is not None:
         overrides["gateway_port"] = port
+    if ctx_size is not None:
+        if local_size is None:
+            raise UsageFailure("--ctx-size sets the context of the nodes --local starts: give "
+                               "--local N too (start your own nodes with llama-server -c)")
+        overrides["local_ctx_size"] = ctx_size
     # Before anything starts or binds: the core keys alone say whether this bind is safe.
     core = load_config(CORE_SETTINGS, path=config_file, overrides=overrides, ignore_unknown=True)
     problem = open_bind(core["gateway_host"], core["api_keys"])
@@ -98,7 +107,7 @@ def run(plugins: tuple[str, ...], host: str | None, port: int | None, grace: flo
     if local_size is not None:  # stopped when the command ends, after the gateway
         from sollol.local.serve import start_local
 
-        overrides.update(start_local(local_size))
+        overrides.update(start_local(local_size, core["local_ctx_size"]))
     config, pm = load_for_cli(config_file, overrides)
     bind_host, bind_port = config["gateway_host"], config["gateway_port"]
     if problem:

@@ -43,7 +43,7 @@ from sollol.dialects.translate import (
     tokens_in,
 )
 from sollol.errors import BackendError, ModelNotFound, NoRouteAvailable, Overloaded, SollolError
-from sollol.forwarding import token_count
+from sollol.forwarding import context_limit, token_count
 from sollol.forwarding.calls import Call, Op
 from sollol.forwarding.inflight import InFlight
 from sollol.forwarding.reply import NETWORK_ERRORS as _NETWORK_ERRORS
@@ -267,6 +267,12 @@ class Dispatcher:
         if lacking is not None:
             return self._unsupported(request, status, raw, lacking, route)
         message = f"{lease.backend.id}: HTTP {status}: {error_message(raw)}"
+        figures = context_limit.too_long(status, raw)
+        if figures is not None:  # the user can fix this one: say how
+            message = f"{message}; {context_limit.HOW_TO_RAISE}"
+            request.finish(Outcome(False, status, message, seconds=request.elapsed()))
+            body = error_body(call.api, status, message, context_limit.CODE, figures or None)
+            return Reply(status, JSON_TYPE, route, body)
         if status >= 500:
             message = request.explained(message)
             request.failed_attempt(Outcome(False, status, message, seconds=request.elapsed()),

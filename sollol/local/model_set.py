@@ -17,8 +17,11 @@ import attrs
 from sollol.testing.ollama_store import OllamaStoreBuilder, split_name
 from sollol.testing.tiny_models import TinyModelSpec, make_tiny_model
 
-SMALL = TinyModelSpec(layers=8, dim=128, seed=1, name="sollol-demo-small")  # ~1.9M params, 4 MB
-LARGE = TinyModelSpec(layers=16, dim=256, seed=2, name="sollol-demo-large")  # ~13.5M params, 27 MB
+# (a recorded context as long as the nodes may be given: clients read it from /api/show)
+SMALL = TinyModelSpec(layers=8, dim=128, context=131072, seed=1,
+                      name="sollol-demo-small")  # ~1.9M params, 4 MB
+LARGE = TinyModelSpec(layers=16, dim=256, context=131072, seed=2,
+                      name="sollol-demo-large")  # ~13.5M params, 27 MB
 THRESHOLD = 5_000_000
 """Parameter count between the two models: below it the pool serves, at or above it sharding."""
 MARKER = "models.json"

@@ -7,8 +7,9 @@ from typing import Any
 import click
 
 
-def start_local(size: int) -> dict[str, Any]:
-    """Start N pool nodes and N rpc-servers; return the config overrides that use them.
+def start_local(size: int, ctx_size: int) -> dict[str, Any]:
+    """Start N pool nodes and N rpc-servers, each request getting `ctx_size` tokens of
+    context; return the config overrides that use them.
 
     The cluster is a resource of the current click context: it is stopped when the command
     ends, however it ends (the gateway stops its own coordinators first).
@@ -18,7 +19,7 @@ def start_local(size: int) -> dict[str, Any]:
     def say(text: str) -> None:
         click.echo(f"local cluster: {text}", err=True)
 
-    local = LocalCluster(pool_nodes=size, shards=size,
+    local = LocalCluster(pool_nodes=size, shards=size, ctx_size=ctx_size,
                          binaries=ensure_binaries(report.BuildPrinter(err=True)), say=say)
     try:
         click.get_current_context().with_resource(local)
@@ -27,5 +28,6 @@ def start_local(size: int) -> dict[str, Any]:
     assert local.models is not None
     for line in report.servers(local):
         say(line.strip())
-    say(f"models: {local.models.small.name} (pool), {local.models.large.name} (sharded)")
+    say(f"models: {local.models.small.name} (pool), {local.models.large.name} (sharded); "
+        f"context: {ctx_size} tokens per request (--ctx-size)")
     return local.overrides()

@@ -28,11 +28,16 @@ HOST = "127.0.0.1"
 POLICY = "size-threshold"
 STARTUP_TIMEOUT = 180.0
 """Seconds a server may take to answer; generous, as the machine may be busy compiling."""
-NODE_CONTEXT = 2048
 NODE_SLOTS = 2
 """Parallel slots per pool node (llama-server --parallel); the pool's concurrency matches it."""
+MIN_CONTEXT = 256
 EMBEDDING_ARGS = ["--embeddings", "--pooling", "mean"]
 Say = Callable[[str], None]
+
+
+def _default_ctx_size() -> int:
+    setting = next(s for s in CORE_SETTINGS if s.name == "local_ctx_size")
+    return int(setting.default)
 
 
 def default_root() -> Path:
@@ -80,6 +85,10 @@ class LocalCluster:
     shards: int = 2
     root: Path = attrs.field(factory=default_root)
     threads: int = 1
+    ctx_size: int = attrs.field(factory=lambda: _default_ctx_size())
+    """Tokens of context each request gets: every pool node holds this per slot (llama-server
+    `-c` is the total, split among its `--parallel` slots), the sharded model's coordinator
+    this much (`rpc_ctx_size`)."""
     say: Say | None = None
     build_progress: ProgressCallback | None = None
     binaries: Binaries | None = None
@@ -93,6 +102,8 @@ class LocalCluster:
     def __attrs_post_init__(self) -> None:
         if self.pool_nodes < 1 or self.shards < 1:
             raise ValueError("a local cluster needs at least one pool node and one rpc-server")
+        if self.ctx_size < MIN_CONTEXT:
+            raise ValueError(f"a local cluster needs a context of {MIN_CONTEXT} tokens or more")
 
     @property
     def pool(self) -> list[LocalServer]:
@@ -137,7 +148,8 @@ class LocalCluster:
             proc = self._group.start(f"llama-server-{port}", [
                 self.binaries.llama_server, "-m", small.path, "--alias", small.name,
                 "--host", HOST, "--port", str(port), "-t", str(self.threads),
-                "-c", str(NODE_CONTEXT), "--parallel", str(NODE_SLOTS), *embeds])
+                "-c", str(self.ctx_size * NODE_SLOTS), "--parallel", str(NODE_SLOTS),
+                *embeds])
             self.servers.append(LocalServer("pool node", f"{HOST}:{port}", proc))
         self._say(f"starting {self.shards} rpc-server(s) and {self.pool_nodes} pool node(s) "
                   f"(logs in {self.run_dir})")
@@ -180,7 +192,7 @@ class LocalCluster:
             "ollama_models_dir": str(self.models.store),
             "pool_node_concurrency": NODE_SLOTS,
             "rpc_state_dir": str(self.run_dir / "sharding"),
-            "rpc_ctx_size": NODE_CONTEXT,
+            "rpc_ctx_size": self.ctx_size,
             # Loopback rpc-servers report all of this machine's RAM as free: declare what each
             # may give, as an operator of CPU shards would, so the large model needs all of them.
             "rpc_backend_memory": {s.address: self.shard_memory() for s in self.rpc},
@@ -197,7 +209,7 @@ class LocalCluster:
 
         assert self.models is not None
         info = read_model_info(self.models.large.path)
-        needed = (info.file_size or 0) + (info.kv_bytes_per_token or 0) * NODE_CONTEXT
+        needed = (info.file_size or 0) + (info.kv_bytes_per_token or 0) * self.ctx_size
         count = max(1, len(self.rpc))
         return needed * (2 * count + 1) // (2 * count * count)  # (n-1) of these < needed <= n
 

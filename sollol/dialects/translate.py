@@ -10,6 +10,7 @@ import attrs
 
 from sollol.dialects.anthropic import anthropic_to_ollama, ollama_reply_to_anthropic
 from sollol.dialects.anthropic_stream import AnthropicPassthrough, NdjsonToAnthropic
+from sollol.dialects.chat_passthrough import ChatPassthrough
 from sollol.dialects.error_shapes import error_body
 from sollol.dialects.jsonin import from_node
 from sollol.dialects.ollama_stream import SseToNdjson
@@ -161,6 +162,8 @@ def new_stream(call: Call, plan: Plan) -> Stream:
             return CompleteResponsesEvents(dict(call.body), call.request.model)
         if call.op == "messages":
             return AnthropicPassthrough(call.request.model)
+        if call.api == "openai" and call.op == "chat":
+            return ChatPassthrough(hide_usage=plan.hidden_usage)
         return HiddenUsage() if plan.hidden_usage else Passthrough(sse=call.api != "ollama")
     model = call.request.model
     if call.op in ("messages", "responses"):

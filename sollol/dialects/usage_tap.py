@@ -46,12 +46,17 @@ class HiddenUsage(Passthrough):
         head = self.lines.push(chunk)
         if head is None:
             return b""
-        kept = [line for line in head.split(b"\n") if self._keep(line)]
+        kept = [out for line in head.split(b"\n") if (out := self._line(line)) is not None]
         return super().feed(b"".join(line + b"\n" for line in kept)) if kept else b""
 
     def finish(self) -> bytes:
         rest = self.lines.take()  # a last line the server did not end with a newline
-        return super().feed(rest) if rest and self._keep(rest) else b""
+        out = self._line(rest) if rest else None
+        return super().feed(out) if out else b""
+
+    def _line(self, line: bytes) -> bytes | None:
+        """What the client gets for one line (None: nothing)."""
+        return line if self._keep(line) else None
 
     def _keep(self, line: bytes) -> bool:
         if self.dropped and not line.strip():

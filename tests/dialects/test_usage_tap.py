@@ -63,3 +63,24 @@ def test_a_gateway_counts_an_openai_stream_and_the_client_gets_what_it_asked(
         assert time.monotonic() < deadline, recent
         time.sleep(0.05)
     assert [r["tokens"] for r in recent[-2:]] == [5, 5]
+
+
+def test_a_chat_stream_without_the_assistant_role_gets_it_on_its_first_chunk() -> None:
+    """llama-server drops the role chunk when its first token is half a UTF-8 character."""
+    from sollol.dialects.chat_passthrough import ChatPassthrough
+
+    content = b'data: {"choices":[{"index":0,"delta":{"content":"\\ufffd und"}}]}\n\n'
+    usage = b'data: {"choices":[],"usage":{"completion_tokens":2,"prompt_tokens":3}}\n\n'
+    raw = content + content + usage + b"data: [DONE]\n\n"
+    for hide in (True, False):
+        stream = ChatPassthrough(hide_usage=hide)
+        out = b"".join(stream.feed(raw[i:i + 9]) for i in range(0, len(raw), 9)) + stream.finish()
+        chunks = [json.loads(line[6:]) for line in out.split(b"\n")
+                  if line.startswith(b"data: {")]
+        assert chunks[0]["choices"][0]["delta"] == {"content": "\ufffd und", "role": "assistant"}
+        assert chunks[1]["choices"][0]["delta"] == {"content": "\ufffd und"}  # only the first
+        assert (len(chunks) == 2) is hide and out.endswith(b"data: [DONE]\n\n")
+        assert stream.complete and stream.tokens == 2
+    roled = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":null}}]}\n\n'
+    stream = ChatPassthrough(hide_usage=False)
+    assert stream.feed(roled) == roled  # a stream with its role passes untouched

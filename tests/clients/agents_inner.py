@@ -78,6 +78,26 @@ def agent_gateway(processes: Any, llama_binaries: Any, tmp_path: Path) -> Any:
         thread.stop()
 
 
+@pytest.fixture
+def keyless_gateway(agent_gateway: Any) -> Any:
+    """A second gateway over the same node with no keys (a loopback default): Codex's `--oss`
+    mode sends none."""
+    from sollol.core.runtime import ClusterRuntime
+    from sollol.gateway import GatewayThread
+
+    thread, _ = agent_gateway
+    nodes = thread.gateway.cluster.config["ollama_nodes"]
+    keyless = GatewayThread(ClusterRuntime.from_config(overrides={
+        "ollama_nodes": nodes, "model_sharding_enabled": False})).start()
+    host, port = keyless.url.removeprefix("http://").rsplit(":", 1)
+    proxy = RecordingProxy((host, int(port))).start()
+    try:
+        yield keyless, proxy
+    finally:
+        proxy.stop()
+        keyless.stop()
+
+
 def agent_env(home: Path, **extra: str) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
     return {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8", **QUIET, **extra}
@@ -184,3 +204,33 @@ def test_codex_exec(agent_gateway: Any, tmp_path: Path) -> None:
     # Codex hangs up right after response.completed: still a success (issue 26.2)
     responses_events = [e for e in events if e["api"] == "openai"]
     assert responses_events and all(e["status"] == 200 and e["ok"] for e in responses_events)
+
+
+def test_codex_exec_oss_mode(keyless_gateway: Any, tmp_path: Path) -> None:
+    """`codex exec --oss --local-provider ollama`, its Ollama base URL set to the gateway."""
+    gateway, proxy = keyless_gateway
+    codex_home = tmp_path / "codex"
+    codex_home.mkdir()
+    (codex_home / "config.toml").write_text("check_for_update_on_startup = false\n"
+                                            "[analytics]\nenabled = false\n")
+    env = agent_env(tmp_path / "home", CODEX_HOME=str(codex_home),
+                    CODEX_OSS_BASE_URL=proxy.url + "/v1")
+    done = run_agent([str(NODE_MODULES / ".bin" / "codex"), "exec", "--oss", "--local-provider",
+                      "ollama", "-m", MODEL, "--skip-git-repo-check", "--json", "say hi"],
+                     env, tmp_path)
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    kinds = [line["type"] for line in lines]
+    replies = seen(proxy)
+    events = gateway_events(gateway.url)
+    version = json.loads((npm_package("@openai/codex") / "package.json").read_text())["version"]
+    report("codex --oss", {"version": version, "exit": done.returncode, "events": kinds,
+                           "requests": [(r.request, r.status) for r in replies],
+                           "gateway": [(e["endpoint"], e["status"], e["prompt_tokens"],
+                                        e["tokens"]) for e in events]})
+    assert done.returncode == 0 and "turn.completed" in kinds, (done.stdout, done.stderr)
+    check_replies(replies)
+    turns = [r for r in replies if r.request.startswith("POST /v1/responses")]
+    assert turns and all(r.status == 200 for r in turns)
+    for reply in turns:
+        check_stream(reply, "response.created", "response.completed")
+    assert all(e["status"] == 200 and e["ok"] for e in events), events

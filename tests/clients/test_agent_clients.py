@@ -1,5 +1,5 @@
-"""Claude Code (`claude -p`) and the Codex CLI (`codex exec`) against the gateway, inside a network
-namespace with loopback alone (agents_inner.py holds the tests; this runs them there)."""
+"""Claude Code (`claude -p`) and the Codex CLI (`codex exec`, also `--oss`) against the gateway,
+in a network namespace with loopback alone (agents_inner.py holds the tests; this runs them)."""
 
 from __future__ import annotations
 
@@ -41,4 +41,4 @@ def test_coding_agents_in_their_own_network_namespace(tmp_path: Path, capsys) ->
             print(f"  {row['client']} {row['version']}: exit {row['exit']}; "
                   f"requests {row['requests']}; gateway {row['gateway']}")
     assert result.returncode == 0, result.stdout[-12000:]
-    assert {row["client"] for row in rows} == {"claude-code", "codex"}
+    assert {row["client"] for row in rows} == {"claude-code", "codex", "codex --oss"}

@@ -32,7 +32,7 @@ def models() -> None:
 @click.option("--ff", type=click.IntRange(min=1), help="Feed-forward size.")
 @click.option("--vocab-size", type=click.IntRange(min=1), help="Pad the vocabulary to this size.")
 @click.option("--ctx-size", "--context", "context", type=click.IntRange(min=1),
-              help="Context length to record (what llama-server uses without -c; preset's "
+              help="Context length to record (llama-server's default -c and its cap; preset's "
                    "default 2048; coding agents need 16384).")
 @click.option("--dtype", type=click.Choice(["f32", "f16", "q8_0", "q4_0"]))
 @click.option("--seed", type=int)

@@ -66,3 +66,17 @@ def test_a_small_context_cluster_refuses_a_long_prompt_saying_how_to_raise_it(
     assert openai_error["code"] == "context_length_exceeded"
     figures = openai_error["numbers"]
     assert figures["n_ctx"] == 512 and figures["n_prompt_tokens"] > 512
+
+
+def test_make_tiny_records_the_context_size(tmp_path: Path) -> None:
+    """llama-server caps each slot at the context a model records: make-tiny takes one."""
+    from click.testing import CliRunner
+
+    from sollol.cli import build_cli
+    from sollol.core.gguf_info import read_model_info
+
+    path = tmp_path / "long.gguf"
+    args = ["models", "make-tiny", str(path), "--ctx-size", "32768"]
+    result = CliRunner().invoke(build_cli(), args)
+    assert result.exit_code == 0, result.output
+    assert read_model_info(path).context_length == 32768

@@ -162,7 +162,10 @@ def keep_alive_seconds(value: object) -> float | None:
                 raise ValueError(f"keep_alive: invalid duration {value!r}") from None
             seconds = sign * sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
     else:
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past float's range: as long as it gets, either way
+            seconds = -math.inf if value < 0 else math.inf
     if math.isnan(seconds):
         raise ValueError(f"keep_alive: invalid duration {value!r}")
     return math.inf if seconds < 0 else seconds

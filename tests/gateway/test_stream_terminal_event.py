@@ -77,10 +77,10 @@ def node_stream(path: str) -> list[bytes]:
     return [json.dumps(o).encode() + b"\n" for o in OLLAMA]  # /api/chat
 
 
-def lingering(linger: float, *, before_end: bool = False):
+def lingering(linger: float, *, before_end: bool = False, before_done: bool = False):
     """A node that streams its answer, then holds the response open for `linger` seconds
     before the last chunk (what a busy node, or a proxy in between, may do); `before_end`:
-    it pauses before its terminal event instead."""
+    it pauses before its terminal event instead; `before_done`: before the last event."""
     async def script(request: RawRequest, writer: asyncio.StreamWriter) -> bool:
         sse = request.path.startswith("/v1/")
         kind = b"text/event-stream" if sse else b"application/x-ndjson"
@@ -88,7 +88,7 @@ def lingering(linger: float, *, before_end: bool = False):
                      + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
         pieces = [b"%x\r\n%s\r\n" % (len(p), p) for p in node_stream(request.path)]
         pieces.append(b"0\r\n\r\n")
-        cut = 1 if before_end else len(pieces) - 1
+        cut = 1 if before_end else len(pieces) - (2 if before_done else 1)
         writer.write(b"".join(pieces[:cut]))
         await writer.drain()
         await asyncio.sleep(linger)
@@ -172,3 +172,23 @@ def test_client_leaving_before_the_terminal_event_is_still_a_499(hostile_node, g
     assert TERMINAL[dialect].replace(b" ", b"") not in got.replace(b" ", b"")
     [event] = recorded(gw.url, 1)
     assert (event["status"], event["ok"], event["error"]) == (499, False, "client disconnected")
+
+
+def test_openai_client_leaving_after_the_finish_chunk_is_a_success(hostile_node, gateway):
+    """An OpenAI client may stop reading at the chunk with a `finish_reason`, before `[DONE]`."""
+    node = hostile_node(lingering(linger=5.0, before_done=True))
+    gw = gateway([StaticRoute("pool", [Upstream("n", node.url, "openai", ("m",))])])
+    host, port = gw.url.removeprefix("http://").split(":")
+    payload = json.dumps({"model": "m", **CLIENTS["openai"][1]}).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+                     .encode() + payload)
+        got = b""
+        while b'"finish_reason": "stop"' not in got.replace(b'":"', b'": "'):
+            data = sock.recv(65536)
+            assert data, got
+            got += data
+    assert b"[DONE]" not in got
+    [event] = recorded(gw.url, 1)
+    assert (event["status"], event["ok"], event["tokens"]) == (200, True, 1), event

@@ -98,11 +98,13 @@ def join_gateway(pool_gateway: Callable[..., Any], tmp_path: Path) -> Callable[.
 
 @pytest.fixture
 def admin(join_gateway: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
-    """`admin(gateway)`: an httpx client for a gateway's admin endpoints (no keys on loopback)."""
+    """`admin(gateway)`: an httpx client for a gateway's admin endpoints (no keys on loopback),
+    sending `X-Requested-With` as the CLI does (the forgery rule refuses changes without it)."""
     clients: list[httpx.Client] = []
 
     def make(gateway: Any) -> httpx.Client:
-        client = httpx.Client(base_url=gateway.url, timeout=30, trust_env=False)
+        client = httpx.Client(base_url=gateway.url, timeout=30, trust_env=False,
+                              headers={"X-Requested-With": "sollol-tests"})
         clients.append(client)
         return client
 

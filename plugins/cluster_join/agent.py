@@ -120,8 +120,12 @@ class Agent:
         await self._calls.close()
 
     async def _pause(self, seconds: float) -> None:
+        """Wait `seconds`; CancelledError once stopping (asyncio.wait_for may swallow the
+        cancellation that arrives with the event, and a loop would then spin)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
+        if self.stopping.is_set():
+            raise asyncio.CancelledError
 
     # ---- what it serves
 

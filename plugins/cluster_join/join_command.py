@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import socket
 from pathlib import Path
@@ -12,7 +11,6 @@ import click
 from sollol.cli import config_option, handle_errors, load_for_cli
 
 from .errors import BadToken
-from .machine import binary_listing, detect_pool_nodes, parse_pool_node
 from .tokens import JoinToken
 
 TOKEN_ENV = "SOLLOL_JOIN_TOKEN"
@@ -88,6 +86,7 @@ def join(url: str | None, token: str | None, name: str, listen_text: str, rpc: b
         parsed = JoinToken.parse(token)
     except BadToken as exc:
         raise click.UsageError(str(exc)) from None
+    from .machine import binary_listing, detect_pool_nodes, parse_pool_node
     from .members import NAME
 
     if not NAME.match(name):
@@ -119,6 +118,8 @@ def join(url: str | None, token: str | None, name: str, listen_text: str, rpc: b
     options = JoinOptions(url, parsed, name, host, port, rpc, 0, devices, threads, nodes,
                           state_dir or default_state_dir(), config_file)
     report = DeviceReport(binary_listing(rpc_binary) if rpc_binary else None)
+    import asyncio
+
     try:
         asyncio.run(Agent(options, _say, report).run())
     except Stop as exc:

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 
 import attrs
@@ -70,6 +70,10 @@ class FoundGateway:
     pin: str
     version: str
     name: str
+
+    def __iter__(self) -> Iterator[str]:
+        """Unpacks as `url, pin` (the shape `sollol join` reads)."""
+        return iter((self.url, self.pin))
 
 
 @attrs.frozen

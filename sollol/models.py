@@ -384,3 +384,5 @@ class GatewayEndpoint:
     """`async handler(HttpRequest) -> HttpReply`; a SollolError raised becomes its HTTP error."""
     public: bool = False
     prefix: bool = False
+    max_body: int | None = None
+    """Bytes of body this endpoint takes at most (a 413 beyond); None: `max_body_bytes`."""

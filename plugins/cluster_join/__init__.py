@@ -43,8 +43,9 @@ def sollol_gateway_endpoints(register: Callable[[GatewayEndpoint], None],
         register(endpoint)
     # announce the gateway and watch for announcing workers (off on loopback or when
     # cluster_announce is false); started in a thread, never blocking the event loop
-    service.lan = GatewayLan.for_config(cluster.config, service.ca.pin)
-    if service.lan is not None:
+    service.lan = GatewayLan.for_config(cluster.config, "")
+    if service.lan is not None:  # the CA is made only when it is announced (or first needed)
+        service.lan.pin = service.ca.pin
         service.lan.begin()
     for endpoint in lan_endpoints(lambda: service.lan, lambda: list(service.store.members)):
         register(endpoint)

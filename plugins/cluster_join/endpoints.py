@@ -23,11 +23,14 @@ from sollol.models import GatewayEndpoint, HttpReply, HttpRequest
 
 from .errors import JoinRefused
 from .handshake import SIGNATURE_HEADER
+from .limits import LogBudget
 from .service import JoinService
 from .tokens import parse_duration
 
 log = logging.getLogger("sollol.cluster")
 BASE = "/sollol/cluster/"
+MAX_BODY = 64 * 1024
+"""Bytes a public cluster request may carry: a join with 64 devices is about 8 KiB."""
 Handler = Callable[[HttpRequest], Awaitable[HttpReply]]
 
 
@@ -50,25 +53,32 @@ def _tail(request: HttpRequest, prefix: str) -> str:
 def endpoints(service: JoinService) -> list[GatewayEndpoint]:
     """Every cluster endpoint, bound to `service`."""
 
+    budget = LogBudget()
+
     def guarded(what: str, handler: Handler) -> Handler:
-        """Per-address failure limit, and a WARNING naming peer and reason for each refusal."""
+        """Per-address failure limit, and a WARNING naming peer and reason for each refusal
+        (at most `budget` lines: a flood says how many it held back)."""
 
         async def run(request: HttpRequest) -> HttpReply:
             peer = request.client
             try:
-                service.limiter.check(peer)
+                service.check_peer(peer)
                 return await handler(request)
             except JoinRefused as exc:
                 if exc.status != 429:
                     service.limiter.fail(peer)
-                    log.warning("cluster: %s from %s refused (%d): %s", what, peer,
-                                exc.status, exc)
+                    logged, held = budget.take()
+                    if held:
+                        log.warning("cluster: %d more refused requests were not logged", held)
+                    if logged:
+                        log.warning("cluster: %s from %s refused (%d): %s", what, peer,
+                                    exc.status, exc)
                 raise
 
         return run
 
     async def challenge(request: HttpRequest) -> HttpReply:
-        return HttpReply(200, service.challenge())
+        return HttpReply(200, service.challenge(request.client))
 
     async def join(request: HttpRequest) -> HttpReply:
         status, answer = await service.join(_json(request), request.client)
@@ -132,7 +142,8 @@ def endpoints(service: JoinService) -> list[GatewayEndpoint]:
         return HttpReply(200, await service.remove(_tail(request, BASE + "members/")))
 
     def public(path: str, methods: tuple[str, ...], handler: Handler) -> GatewayEndpoint:
-        return GatewayEndpoint(BASE + path, methods, guarded(path, handler), public=True)
+        return GatewayEndpoint(BASE + path, methods, guarded(path, handler), public=True,
+                               max_body=MAX_BODY)
 
     return [
         public("challenge", ("GET",), challenge),

@@ -8,7 +8,6 @@ discovered` list the announcing machines that are not members.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
@@ -23,6 +22,8 @@ from sollol.cli.gateway_client import call, gateway_option, gateway_url
 from sollol.models import GatewayEndpoint, HttpReply, HttpRequest
 
 if TYPE_CHECKING:
+    import asyncio  # imported where used: `sollol --help` must not load asyncio (startup test)
+
     from sollol.config import Config
 
     from .lan import Announcer, WorkerBrowser
@@ -69,6 +70,8 @@ class GatewayLan:
 
     def begin(self) -> None:
         """Start in a worker thread, from the gateway's event loop, without waiting."""
+        import asyncio
+
         self._starting = asyncio.get_running_loop().run_in_executor(None, self.start)
 
     def stop(self) -> None:
@@ -83,6 +86,8 @@ class GatewayLan:
         if self._starting is not None:
             with contextlib.suppress(Exception):
                 await self._starting
+        import asyncio
+
         await asyncio.to_thread(self.stop)
 
     def discovered(self, members: Iterable[str]) -> list[dict[str, Any]]:

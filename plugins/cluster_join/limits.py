@@ -49,3 +49,27 @@ class FailureLimiter:
 
     def __len__(self) -> int:
         return len(self._failures)
+
+
+@attrs.define
+class LogBudget:
+    """At most `lines` log lines per `window` seconds; how many were held back is told once the
+    next window opens (a flood of refusals must not flood the journal)."""
+
+    lines: int = 20
+    window: float = 10.0
+    _start: float = 0.0
+    _used: int = 0
+    _held: int = 0
+
+    def take(self, now: float | None = None) -> tuple[bool, int]:
+        """(may this line be logged, how many lines were held back before it)."""
+        now = time.monotonic() if now is None else now
+        held = 0
+        if now - self._start >= self.window:
+            self._start, self._used, held, self._held = now, 0, self._held, 0
+        if self._used < self.lines:
+            self._used += 1
+            return True, held
+        self._held += 1
+        return False, held

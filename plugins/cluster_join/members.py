@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from .errors import JoinRefused
-from .tokens import write_private
+from .tokens import unreadable, write_private
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 POOL_KINDS = ("ollama", "openai")
@@ -95,16 +95,20 @@ class Member:
     """The nonce of its join: the approval answer's proof is bound to it."""
     joined_at: float = attrs.field(factory=time.time)
     devices: list[dict[str, Any]] = attrs.field(factory=list)
-    last_seen: float = attrs.field(default=0.0, metadata={"transient": True})
+    last_seen: float = 0.0
     """time.monotonic() of its last join or heartbeat (not persisted)."""
+    ready: bool = False
+    """It sent a heartbeat since it got its certificate, so its tunnel is up: only then do its
+    services join the routes (their first probe would fail before). Not persisted."""
 
     def record(self) -> dict[str, Any]:
-        return {k: v for k, v in attrs.asdict(self).items() if k != "last_seen"}
+        return {k: v for k, v in attrs.asdict(self).items() if k not in ("last_seen", "ready")}
 
     def public(self) -> dict[str, Any]:
         """For listings: no key, no certificate body."""
         seen = time.monotonic() - self.last_seen if self.last_seen else None
-        return {"name": self.name, "state": self.state, "host": self.host,
+        state = "joining" if self.state == "member" and not self.ready else self.state
+        return {"name": self.name, "state": state, "host": self.host,
                 "tunnel_port": self.tunnel_port, "services": self.services,
                 "pin": self.pin, "token_id": self.token_id, "joined_at": self.joined_at,
                 "seconds_since_heartbeat": seen, "devices": self.devices}
@@ -123,7 +127,9 @@ class MemberStore:
     @classmethod
     def load(cls, path: Path) -> MemberStore:
         store = cls(path)
-        if path.exists():
+        if not path.exists():
+            return store
+        try:
             data = json.loads(path.read_text())
             for item in data.get("members", []):
                 member = Member(**item)
@@ -132,6 +138,8 @@ class MemberStore:
                 store.members[member.name] = member
             store.removed = dict(data.get("removed", {}))
             store.seqs = {k: int(v) for k, v in data.get("seqs", {}).items()}
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise unreadable(path, exc) from None
         return store
 
     def save(self) -> None:

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from sollol.core.live_memory import MemoryReading
 from sollol.models import Backend
 
 from . import handshake
+from .backends import backend_ids, member_backends, memory_reading
 from .ca import ClusterCA, fingerprint
 from .errors import JoinRefused
 from .limits import FailureLimiter
@@ -39,21 +39,12 @@ SWEEP_SECONDS = 1.0
 SEQ_SAVE_SECONDS = 10.0
 
 
-def backend_id(name: str, service: str) -> str:
-    """A member service's backend id: `rpc:NAME`, `NAME` (first pool node), `NAME/pool-N`."""
-    if service == "sollol-rpc":
-        return f"rpc:{name}"
-    index = int(service.rsplit("-", 1)[1])
-    return name if index == 0 else f"{name}/pool-{index}"
-
-
 @attrs.define(eq=False)
 class JoinService:
     """Everything the cluster endpoints do, on the gateway's event loop."""
 
     cluster: ClusterRuntime
     folder: Path
-    settings: JoinSettings
     tokens: TokenStore
     store: MemberStore
     nonces: NonceStore = attrs.field(factory=NonceStore)
@@ -68,16 +59,26 @@ class JoinService:
     _sync: asyncio.Lock = attrs.field(factory=asyncio.Lock)
     _sweeper: asyncio.Task[None] | None = None
     _seqs_dirty: bool = False
+    _settings: tuple[object, JoinSettings] | None = None
 
     @classmethod
     def open(cls, cluster: ClusterRuntime, folder: Path) -> JoinService:
-        settings = JoinSettings.from_config(cluster.config)
-        service = cls(cluster, folder, settings, TokenStore.load(folder / "tokens.json"),
-                      MemberStore.load(folder / "members.json"),
-                      limiter=FailureLimiter(settings.failure_limit, settings.failure_window))
+        service = cls(cluster, folder, TokenStore.load(folder / "tokens.json"),
+                      MemberStore.load(folder / "members.json"))
         for name, seq in service.store.seqs.items():
             service.seqs.set_last(name, seq)
         return service
+
+    @property
+    def settings(self) -> JoinSettings:
+        """The settings of the cluster's current config (a reload applies them at once)."""
+        config = self.cluster.config
+        if self._settings is None or self._settings[0] is not config:
+            settings = JoinSettings.from_config(config)
+            self._settings = (config, settings)
+            self.limiter.limit, self.limiter.window = (settings.failure_limit,
+                                                       settings.failure_window)
+        return self._settings[1]
 
     @property
     def ca(self) -> ClusterCA:
@@ -112,6 +113,11 @@ class JoinService:
         if self.lan is not None:
             await self.lan.stop_async()
 
+    def check_peer(self, peer: str) -> None:
+        """JoinRefused(429) while `peer` is over the failure limit (of the current config)."""
+        _ = self.settings  # a reloaded config's limits apply first
+        self.limiter.check(peer)
+
     # ---- tokens (admin)
 
     def create_token(self, note: str = "", expires_in: float | None = None) -> str:
@@ -122,8 +128,8 @@ class JoinService:
 
     # ---- joining
 
-    def challenge(self) -> dict[str, Any]:
-        return {"nonce": self.nonces.issue(), "ttl": self.nonces.ttl}
+    def challenge(self, peer: str) -> dict[str, Any]:
+        return {"nonce": self.nonces.issue(peer), "ttl": self.nonces.ttl}
 
     async def join(self, body: Any, peer: str) -> tuple[int, dict[str, Any]]:
         """A join request: (HTTP status, answer). JoinRefused for a refusal."""
@@ -177,11 +183,13 @@ class JoinService:
         return handshake.sign_answer(key, answer, member.join_nonce)
 
     async def _admit(self, member: Member, fresh: bool) -> None:
-        """Make `member` a member: certificate (when `fresh`), tunnel endpoints, routes."""
+        """Make `member` a member: certificate and tunnel endpoints; its services join the
+        routes now when it is not `fresh` (a heartbeat brought it back), else with its first
+        heartbeat (it starts its tunnel once it has the certificate)."""
         if fresh or member.certificate is None:
             member.certificate = self.ca.issue(member.name, member.public_key)
             member.pin = fingerprint(member.certificate)
-        member.state, member.last_seen = "member", time.monotonic()
+        member.state, member.last_seen, member.ready = "member", time.monotonic(), not fresh
         self.store.members[member.name] = member
         self._save()
         await self.links.ensure(member)
@@ -253,6 +261,12 @@ class JoinService:
         if member.state == "offline":
             log.info("cluster: %s is back (signed heartbeat from %s)", member.name, peer)
             await self._admit(member, fresh=False)
+        elif not member.ready:  # its first heartbeat: its tunnel is up, its services go live
+            member.ready = True
+            if changed:
+                self._save()
+            await self.links.ensure(member)
+            await self._resync()
         elif changed:
             self._save()
             await self.links.ensure(member)
@@ -308,44 +322,35 @@ class JoinService:
         return [m.name for m in silent]
 
     def _ids(self, member: Member) -> list[str]:
-        from .links import wanted_services
-
-        return [backend_id(member.name, s) for s in wanted_services(member.services)]
+        return backend_ids(member)
 
     def _report_memory(self, member: Member) -> None:
-        devices = member.devices
-        gpus = [d for d in devices if d["backend"].lower() not in ("cpu", "")] or devices
-        if not gpus:
-            return
-        reading = MemoryReading(sum(d["memory_total"] for d in gpus),
-                                sum(d["memory_free"] for d in gpus),
-                                tuple(d["name"] for d in gpus))
-        for ident in self._ids(member):
-            self.cluster.live_memory.report(ident, reading)
+        reading = memory_reading(member.devices)
+        if reading is not None:
+            for ident in self._ids(member):
+                self.cluster.live_memory.report(ident, reading)
 
     def _make_backends(self) -> tuple[Backend, ...]:
-        found: list[Backend] = []
-        for member in self.store.members.values():
-            if member.state != "member" or self._links is None:
-                continue
-            addresses = self._links.addresses(member.name)
-            pool = member.services.get("pool") or []
-            labels = {"member": member.name, "joined": "true", "source": "join"}
-            for service, address in addresses.items():
-                if service == "sollol-rpc":
-                    found.append(Backend(backend_id(member.name, service), "rpc", address,
-                                         labels=labels))
-                else:
-                    index = int(service.rsplit("-", 1)[1])
-                    found.append(Backend(backend_id(member.name, service), pool[index]["kind"],
-                                         address, labels=labels))
-        return tuple(found)
+        if self._links is None:
+            return ()
+        live = [m for m in self.store.members.values() if m.state == "member" and m.ready]
+        return tuple(b for m in live for b in member_backends(m, self._links.addresses(m.name)))
 
     async def _resync(self) -> None:
-        """Hand the routes the members' backends now (adds and drops them live)."""
-        self.backends = self._make_backends()
+        """Hand the routes the members' backends now (adds and drops them live).
+
+        A backend whose address changed (a machine that joined again got a new certificate, so
+        new tunnel endpoints) leaves first: routes keep a known id's address.
+        """
         async with self._sync:
+            backends = self._make_backends()
+            before = {b.id: b.address for b in self.backends}
+            moved = {b.id for b in backends if before.get(b.id, b.address) != b.address}
             try:
+                if moved:
+                    self.backends = tuple(b for b in backends if b.id not in moved)
+                    await self.cluster.membership.rediscover(prune=True)
+                self.backends = backends
                 await self.cluster.membership.rediscover(prune=True)
             except Exception:
                 log.exception("cluster: re-discovery after a membership change failed")

@@ -19,6 +19,8 @@ from typing import Any
 
 import attrs
 
+from sollol.errors import PluginError
+
 from .errors import BadToken
 
 PREFIX = "sollol-join-"
@@ -96,9 +98,12 @@ class TokenStore:
         """Read the store; a missing file is an empty store."""
         store = cls(path)
         if path.exists():
-            for item in json.loads(path.read_text()):
-                record = TokenRecord(**item)
-                store._records[record.token_id] = record
+            try:
+                for item in json.loads(path.read_text()):
+                    record = TokenRecord(**item)
+                    store._records[record.token_id] = record
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise unreadable(path, exc) from None
         return store
 
     def _save(self) -> None:
@@ -150,6 +155,13 @@ class TokenStore:
         record = self._records[token_id]
         self._records[token_id] = attrs.evolve(record, uses=record.uses + 1)
         self._save()
+
+
+def unreadable(path: Path, exc: Exception) -> PluginError:
+    """The error for a cluster state file that is not what the gateway wrote."""
+    return PluginError(f"the cluster state file {path} is unreadable ({exc}); restore it from a "
+                       "backup, or move it away (tokens.json: make new tokens; members.json: "
+                       "machines join again)")
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -81,6 +81,7 @@ class Shard:
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.backend.id, "address": self.address, "healthy": self.healthy,
+            "member": self.backend.labels.get("member"),
             "detail": self.detail, "version": format_version(self.version),
             "incompatible": self.incompatible, "attached_to": self.owner,
             "checked_at": self.checked_at,

@@ -84,7 +84,7 @@ def _row(node: dict[str, Any]) -> list[str]:
     until = node.get("ejected_until")
     speed = node.get("tokens_per_second")
     # Ollama says what its loaded models hold on the GPU (/api/ps size_vram), never its total:
-    # free memory needs the total declared in pool_node_memory
+    # free memory needs the total declared in pool_node_memory (or a joined machine reports it)
     vram = node.get("vram_used")
     on_gpu = f"{vram / 2**30:.1f}G on GPU" if isinstance(vram, int) else ""
     memory = on_gpu or "-"

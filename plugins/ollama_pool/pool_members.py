@@ -82,9 +82,10 @@ class PoolMembers:
                 node.limit = settings.concurrency
 
     def _node(self, backend: Backend) -> Node:
-        """The node for `backend`: the draining one if it comes back before it drained."""
+        """The node for `backend`: the draining one if it comes back (at the same address)
+        before it drained."""
         node = self.draining.pop(backend.id, None)
-        if node is not None:
+        if node is not None and node.backend.address == backend.address:
             return node
         memory = self.settings.memory
         declared = memory.get(backend.id, memory.get(backend.address))

@@ -66,7 +66,8 @@ class PluginEndpoints:
 async def handle(endpoint: GatewayEndpoint, scope: Scope, receive: Receive, send: Send,
                  max_body: int) -> None:
     """Serve one request with a plugin's endpoint (its methods were checked by the caller)."""
-    body = await read_body(scope, receive, max_body)
+    limit = max_body if endpoint.max_body is None else min(max_body, endpoint.max_body)
+    body = await read_body(scope, receive, limit)
     headers = {name.decode("latin-1").lower(): value.decode("latin-1")
                for name, value in scope["headers"]}
     client = scope.get("client") or ("", 0)

@@ -94,7 +94,10 @@ def rpc_table(servers: list[dict[str, Any]]) -> Table:
             memory = (f"{format_bytes(server.get('memory_free'))} / "
                       f"{format_bytes(server['memory_total'])}")
         devices = ", ".join(str(d.get("name")) for d in server.get("devices") or []) or "-"
-        table.add_row(server.get("address", "?"), Text(health, style=HEALTH_STYLE[health]),
+        where = server.get("address", "?")
+        if server.get("member"):  # a machine joined with `sollol join`: its name, then the link
+            where = f"{server['member']} ({where})"
+        table.add_row(where, Text(health, style=HEALTH_STYLE[health]),
                       server.get("version") or "?", devices, memory,
                       server.get("coordinator") or server.get("incompatible") or "-")
     return table

@@ -92,17 +92,41 @@ def test_seq_guard_refuses_replays() -> None:
 
 def test_nonces_are_single_use_bounded_and_expire() -> None:
     nonces = NonceStore(ttl=30, limit=3)
-    first = nonces.issue(now=0)
+    first = nonces.issue("a", now=0)
     nonces.take(first, now=1)
     with pytest.raises(JoinRefused, match="already used"):
         nonces.take(first, now=1)
-    late = nonces.issue(now=0)
+    late = nonces.issue("a", now=0)
     with pytest.raises(JoinRefused, match="expired"):
         nonces.take(late, now=31)
-    issued = [nonces.issue(now=0) for _ in range(10)]
+    issued = [nonces.issue(f"peer{i}", now=40) for i in range(10)]
     assert len(nonces) == 3
     with pytest.raises(JoinRefused):
-        nonces.take(issued[0], now=1)
-    nonces.take(issued[-1], now=1)
+        nonces.take(issued[0], now=41)
+    nonces.take(issued[-1], now=41)
     with pytest.raises(JoinRefused):
-        nonces.take(12, now=1)
+        nonces.take(12, now=41)
+
+
+def test_one_address_holds_a_few_open_nonces_at_most() -> None:
+    nonces = NonceStore(ttl=30, per_peer=2)
+    held = [nonces.issue("10.0.0.9", now=0), nonces.issue("10.0.0.9", now=0)]
+    with pytest.raises(JoinRefused, match="unused challenges") as info:
+        nonces.issue("10.0.0.9", now=1)
+    assert info.value.status == 429
+    other = nonces.issue("10.0.0.7", now=1)  # other machines are not held up
+    nonces.take(held[0], now=2)
+    nonces.issue("10.0.0.9", now=2)  # one used: room for one more
+    nonces.take(other, now=3)
+    assert nonces.issue("10.0.0.9", now=33) and nonces.issue("10.0.0.9", now=33)  # expired
+    assert len(nonces) == 2
+
+
+def test_the_log_budget_holds_back_a_flood_and_says_how_much() -> None:
+    from sollol_plugins.cluster_join.limits import LogBudget
+
+    budget = LogBudget(lines=3, window=10)
+    taken = [budget.take(now=1) for _ in range(10)]
+    assert [logged for logged, _ in taken] == [True] * 3 + [False] * 7
+    assert budget.take(now=11.5) == (True, 7)  # the next window tells what was held back
+    assert budget.take(now=12) == (True, 0)

@@ -84,6 +84,8 @@ def test_signed_message_replays_and_foreign_keys_are_refused(
     older = machine.signed("leave", {"seq": 1})
     reply = machine.send("leave", *older)
     assert reply.status_code == 401 and "not newer" in reply.json()["error"]
+    huge = machine.send("heartbeat", b"x" * (65 * 1024), signature)
+    assert huge.status_code == 413  # public endpoints take small bodies only
     forged = machine.signed("leave", key=generate_key_pem())  # another machine's key
     reply = machine.send("leave", *forged)
     assert reply.status_code == 401 and "does not match" in reply.json()["error"]

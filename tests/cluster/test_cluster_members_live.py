@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sollol_plugins.cluster_join import running
 from sollol_plugins.cluster_join.loop_thread import LoopThread
-from sollol_plugins.cluster_join.tunnel import TlsIdentity, TunnelServer, pool_service
+from sollol_plugins.cluster_join.tunnel import RPC_SERVICE, TlsIdentity, TunnelServer, pool_service
 
 from sollol.core.processes import free_port
 
@@ -76,8 +76,11 @@ def test_a_joined_pool_node_serves_through_its_tunnel_and_leaves_live(
     reply = machine.join(token, services={"pool": [{"kind": "ollama", "port": node.port}]},
                          tunnel_port=port)
     assert reply.status_code == 200 and reply.json()["status"] == "member"
+    assert "w1" not in nodes(client)  # not before its tunnel is up: its first heartbeat says so
+    assert client.get("/sollol/cluster/members").json()["members"][0]["state"] == "joining"
     server = serve_tunnel(loop, machine, tmp_path / "w1", port, {pool_service(0): node.port})
     try:
+        assert machine.message("heartbeat").status_code == 200
         joined = poll(lambda: nodes(client).get("w1", {}).get("health") == "healthy"
                       and nodes(client)["w1"], "w1 healthy through its tunnel")
         assert joined["member"] == "w1" and joined["source"] == "join"
@@ -93,6 +96,14 @@ def test_a_joined_pool_node_serves_through_its_tunnel_and_leaves_live(
                                               "messages": [{"role": "user", "content": "hi"}]})
         assert chat.status_code == 200, chat.text
         assert chat.headers["x-sollol-backend"] == "w1"
+        listed = sollol("nodes", "--gateway", gateway.url)
+        assert listed.returncode == 0 and any(
+            line.split()[:1] == ["w1"] and "healthy" in line and "5.0G/24.0G free" in line
+            for line in listed.stdout.splitlines()), listed.stdout
+        status = sollol("status", "--json", "--gateway", gateway.url)
+        assert status.returncode == 0, status.stderr
+        shown = {n["id"]: n for n in json.loads(status.stdout)["nodes"]}
+        assert shown["w1"]["member"] == "w1"
         (member,) = client.get("/sollol/cluster/members").json()["members"]
         assert member["name"] == "w1" and member["state"] == "member"
         assert member["backends"] == {pool_service(0): joined["address"]}
@@ -113,6 +124,7 @@ def test_a_silent_member_times_out_and_a_signed_heartbeat_brings_it_back(
     machine = worker(gateway.url, "w2")
     services = {"pool": [{"kind": "ollama", "port": 11434}]}
     assert machine.join(token, services=services).status_code == 200
+    assert machine.message("heartbeat").status_code == 200
     assert "w2" in nodes(client)
     poll(lambda: "w2" not in nodes(client), "the silent member to leave /sollol/nodes")
     (member,) = client.get("/sollol/cluster/members").json()["members"]
@@ -147,6 +159,7 @@ def test_approve_policy_keeps_a_machine_pending_until_an_admin_approves(
     assert status.status_code == 200 and status.json()["status"] == "member"
     machine.take(token, status.json())  # the answer proves the token's gateway sent it
     assert machine.certificate is not None
+    assert machine.message("heartbeat").status_code == 200
     assert "w3" in nodes(client) and nodes(client)["w3"]["member"] == "w3"
     listed = sollol("cluster", "members", "--gateway", gateway.url)
     assert listed.returncode == 0 and listed.stdout.startswith("w3 ") and "member" in listed.stdout
@@ -186,3 +199,132 @@ def test_failures_per_address_are_limited_and_a_flood_stays_bounded(
     assert client.get("/sollol/cluster/members").json()["members"] == []
     honest = worker(gateway.url, "w5", source="127.2.0.1")
     assert honest.join(token).status_code == 200  # the flood did not lock others out
+
+
+@pytest.mark.llamacpp
+def test_a_joined_rpc_server_is_probed_through_its_tunnel(
+    join_gateway: Callable[..., Any], admin: Callable[..., Any], worker: Any,
+    rpc_servers: Callable[..., Any], llama_binaries: Any, loop: LoopThread,
+    poll: Callable[..., Any], tmp_path: Path,
+) -> None:
+    ((address, _proc),) = rpc_servers(1)
+    rpc_port = int(address.rsplit(":", 1)[1])
+    gateway = join_gateway(model_sharding_enabled=True, rpc_discover_loopback=False,
+                           rpc_state_dir=str(tmp_path / "sharding"), health_interval=0.5,
+                           llama_cpp_dir=str(llama_binaries.llama_server.parent))
+    client = admin(gateway)
+    token = client.post("/sollol/cluster/tokens", json={}).json()["token"]
+    machine = worker(gateway.url, "w6")
+    port = free_port()
+    assert machine.join(token, services={"rpc": {"port": rpc_port}},
+                        tunnel_port=port).status_code == 200
+    server = serve_tunnel(loop, machine, tmp_path / "w6", port, {RPC_SERVICE: rpc_port})
+    try:
+        assert machine.message("heartbeat").status_code == 200
+        def joined() -> dict[str, Any] | None:
+            shards = client.get("/sollol/routes/sharding").json()["backends"]
+            found = [s for s in shards if s.get("member") == "w6" and s["healthy"]]
+            return found[0] if found else None
+
+        shard = poll(joined, "the joined rpc-server healthy through its tunnel")
+        assert shard["id"] == "rpc:w6" and shard["address"] != address
+        assert shard["memory_total"] and shard["version"]  # llama.cpp's RPC answers, tunnelled
+        status = sollol("status", "--json", "--gateway", gateway.url)
+        servers = json.loads(status.stdout)["rpc_servers"]
+        assert [s["member"] for s in servers] == ["w6"]
+        assert machine.message("leave").status_code == 200
+        shards = client.get("/sollol/routes/sharding").json()["backends"]
+        assert not [s for s in shards if s.get("member") == "w6"]
+    finally:
+        loop.run(server.stop())
+
+
+def test_memory_fit_places_by_the_free_memory_a_joined_machine_reports(
+    join_gateway: Callable[..., Any], admin: Callable[..., Any], worker: Any,
+    emulator: Callable[..., Any], loop: LoopThread, poll: Callable[..., Any], tmp_path: Path,
+) -> None:
+    from sollol.testing.emulator import EmulatedModel
+
+    node = emulator(models=["m", EmulatedModel("big", loaded=False)], gpu_memory=0)
+    gateway = join_gateway(plugins=["ollama_pool", "policies", "cluster_join"],
+                           routing_policy="memory-fit", task_distribution_enabled=True,
+                           model_sharding_enabled=True, health_interval=0.2)
+    client = admin(gateway)
+    token = client.post("/sollol/cluster/tokens", json={}).json()["token"]
+    machine = worker(gateway.url, "gpu1")
+    port = free_port()
+    roomy = [{"name": "CUDA0", "backend": "cuda", "memory_total": 8 * GIB,
+              "memory_free": 6 * GIB}]
+    assert machine.join(token, services={"pool": [{"kind": "ollama", "port": node.port}]},
+                        tunnel_port=port, devices=roomy).status_code == 200
+    server = serve_tunnel(loop, machine, tmp_path / "gpu1", port, {pool_service(0): node.port})
+    try:
+        assert machine.message("heartbeat").status_code == 200
+        poll(lambda: nodes(client).get("gpu1", {}).get("health") == "healthy", "gpu1 healthy")
+        decision = client.get("/sollol/route", params={"model": "big"}).json()
+        assert decision["route"] == "pool", decision
+        assert "node gpu1 has 6.0 GiB free" in decision["reason"]
+        assert decision["numbers"]["pool_nodes"]["gpu1"] == {
+            "free_bytes": 6 * GIB, "total_bytes": 8 * GIB, "vram_used_bytes": 0,
+            "loaded": False, "fits": True}
+        full = [{**roomy[0], "memory_free": GIB // 2}]  # something else took the GPU
+        assert machine.message("heartbeat", {"devices": full}).status_code == 200
+        # what memory-fit reads now: the pool route's state has the new reading
+        state = gateway.gateway.cluster.routes["pool"].state()
+        (joined,) = [b for b in state.backends if b.backend.id == "gpu1"]
+        assert (joined.memory_total, joined.memory_free) == (8 * GIB, GIB // 2)
+        assert nodes(client)["gpu1"]["memory_free"] == GIB // 2
+    finally:
+        loop.run(server.stop())
+
+
+def test_tokens_members_and_seqs_survive_a_gateway_restart(
+    join_gateway: Callable[..., Any], admin: Callable[..., Any], worker: Any,
+) -> None:
+    first = join_gateway()
+    client = admin(first)
+    token = client.post("/sollol/cluster/tokens", json={"note": "kept"}).json()["token"]
+    machine = worker(first.url, "w7")
+    services = {"pool": [{"kind": "ollama", "port": 11434}]}
+    assert machine.join(token, services=services).status_code == 200
+    captured = machine.signed("heartbeat", {"services": services})
+    assert machine.send("heartbeat", *captured).status_code == 200
+    first.stop()
+
+    second = join_gateway()  # the same cluster_state_dir
+    client = admin(second)
+    machine.url = second.url
+    (member,) = client.get("/sollol/cluster/members").json()["members"]
+    assert (member["name"], member["state"]) == ("w7", "offline")  # until it says it is alive
+    assert "w7" not in nodes(client)
+    replay = machine.send("heartbeat", *captured)  # recorded before the restart
+    assert replay.status_code == 401 and "replay" in replay.json()["error"]
+    assert machine.message("heartbeat", {"services": services}).status_code == 200
+    assert "w7" in nodes(client)
+    (listed,) = client.get("/sollol/cluster/tokens").json()["tokens"]
+    assert (listed["note"], listed["uses"], listed["state"]) == ("kept", 1, "active")
+    assert worker(second.url, "w8").join(token).status_code == 200  # the same CA and token
+
+
+def test_a_machine_joining_again_gets_new_links_and_the_routes_follow(
+    join_gateway: Callable[..., Any], admin: Callable[..., Any], worker: Any,
+) -> None:
+    gateway = join_gateway()
+    client = admin(gateway)
+    token = client.post("/sollol/cluster/tokens", json={}).json()["token"]
+    machine = worker(gateway.url, "w9")
+    services = {"pool": [{"kind": "ollama", "port": 11434}]}
+
+    def links() -> str:
+        (member,) = client.get("/sollol/cluster/members").json()["members"]
+        return member["backends"][pool_service(0)]
+
+    assert machine.join(token, services=services).status_code == 200
+    assert machine.message("heartbeat").status_code == 200
+    first_pin, first_link = machine.pin, links()
+    assert nodes(client)["w9"]["address"] == first_link
+    assert machine.join(token, services=services).status_code == 200  # e.g. its state was lost
+    assert machine.pin != first_pin and links() != first_link  # a new certificate, new links
+    assert "w9" not in nodes(client)  # the old links left; the new ones wait for its tunnel
+    assert machine.message("heartbeat").status_code == 200
+    assert nodes(client)["w9"]["address"] == links()  # not the closed endpoint

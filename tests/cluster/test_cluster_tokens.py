@@ -61,3 +61,16 @@ def test_use_count_persists(tmp_path: Path) -> None:
 def test_malformed_tokens_are_refused_with_the_expected_shape(text: str) -> None:
     with pytest.raises(BadToken, match="expected sollol-join-"):
         JoinToken.parse(text)
+
+
+def test_an_unreadable_state_file_is_a_clear_error(tmp_path: Path) -> None:
+    from sollol_plugins.cluster_join.members import MemberStore
+
+    from sollol.errors import PluginError
+
+    (tmp_path / "tokens.json").write_text("{not json")
+    (tmp_path / "members.json").write_text('{"members": [{"nom": 1}]}')
+    with pytest.raises(PluginError, match=r"tokens.json is unreadable .*make new tokens"):
+        TokenStore.load(tmp_path / "tokens.json")
+    with pytest.raises(PluginError, match=r"members.json is unreadable .*join again"):
+        MemberStore.load(tmp_path / "members.json")

@@ -142,7 +142,8 @@
       const lastError = stats.last_error
         ? [el("div", "err", stats.last_error), el("div", "small", ago(stats.last_error_at))] : "–";
       tr.append(
-        cell("Node", [el("div", "id", n.id), el("div", "small", (n.api || n.kind) + (n.version ? " " + n.version : ""))]),
+        cell("Node", [el("div", "id", n.id), el("div", "small", (n.api || n.kind) + (n.version ? " " + n.version : "")
+                                                         + (n.member ? " · joined" : ""))]),
         cell("Health", health),
         cell("Load", [n.in_flight + " / " + n.limit, meter(n.in_flight / (n.limit || 1))]),
         cell("Models", models.length ? models : "–"),
@@ -169,7 +170,9 @@
       const devices = (s.devices || []).map(d => el("div", "device", d.name + " · " + bytes(d.free) + " free"));
       tr.dataset.devices = (s.devices || []).map(d => d.name).join(",");
       tr.append(
-        cell("Address", el("span", "id", s.address)),
+        // a machine joined with `sollol join`: its name first, then its tunnel endpoint
+        cell("Address", s.member ? [el("div", "id", s.member), el("div", "small", s.address)]
+                                 : el("span", "id", s.address)),
         cell("Health", [pill(health, healthKind(health)), !s.healthy && s.detail ? el("div", "err", s.detail) : null,
                         s.incompatible ? el("div", "err", s.incompatible) : null]),
         cell("Protocol", s.version || "?"),

@@ -72,7 +72,9 @@ def sollol_discover_backends(config: Config) -> Iterable[Backend] | None:
 @hookimpl
 def sollol_register_commands(cli: click.Group) -> None:
     from .cli import cluster
+    from .join_command import join
     from .lan_gateway import discovered
 
     cluster.add_command(discovered)
     cli.add_command(cluster)
+    cli.add_command(join)

@@ -68,6 +68,8 @@ class Agent:
     _calls: GatewayCalls = attrs.field(init=False)
     _cert: str | None = attrs.field(default=None, init=False)
     _fresh_join: bool = attrs.field(default=False, init=False)
+    _announcer: Any = attrs.field(default=None, init=False)
+    """This machine's `_sollol-worker._tcp` announcement (lan.Announcer) while it runs."""
     """Joined with the token and no heartbeat taken since: a refusal now is final."""
 
     def __attrs_post_init__(self) -> None:
@@ -97,6 +99,12 @@ class Agent:
 
     async def _main(self) -> None:
         await self._start_rpc()
+        # announced while it runs, joined or not: the gateway lists machines that are there
+        # but not members (`sollol cluster discovered`); no secret in it
+        from .lan import announce_worker_async
+
+        self._announcer = await announce_worker_async(
+            self.options.name, self.options.listen_port, self.options.listen_host)
         saved = self._state.load(self.options.token)
         if saved is not None and saved.url == self.options.url and \
                 saved.name == self.options.name:
@@ -113,6 +121,10 @@ class Agent:
             with contextlib.suppress(Unreachable, OSError):
                 await self._calls.signed("leave", {"name": self.membership.name}, timeout=3)
                 self.say(f"{self.membership.name} left the cluster")
+        if self._announcer is not None:
+            from .lan import stop_async
+
+            await stop_async(self._announcer)  # the goodbye: off the discovered list at once
         if self.tunnel is not None:
             await self.tunnel.stop()
         if self.rpc is not None:

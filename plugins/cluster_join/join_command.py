@@ -92,6 +92,11 @@ def join(url: str | None, token: str | None, name: str, listen_text: str, rpc: b
     if not NAME.match(name):
         raise click.BadParameter("1-63 letters, digits, '.', '_' or '-'", param_hint="--name")
     host, port = _listen(listen_text)
+    # httpx and asyncio only here, so `sollol --help` stays light (test_startup_imports)
+    import asyncio
+
+    from .machine import binary_listing, detect_pool_nodes, parse_pool_node
+
     try:
         nodes = tuple(parse_pool_node(text) for text in pool_nodes)
     except ValueError as exc:

@@ -17,6 +17,7 @@ the newest first, and drops what it cannot parse.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -24,7 +25,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 
 import attrs
@@ -39,7 +40,8 @@ from zeroconf import (
 
 __all__ = [
     "GATEWAY_TYPE", "WORKER_TYPE", "Announcer", "FoundGateway", "SeenWorker", "WorkerBrowser",
-    "announce_gateway", "announce_worker", "find_gateways", "lan_addresses",
+    "announce_gateway", "announce_worker", "announce_worker_async", "find_gateways",
+    "lan_addresses", "stop_async",
 ]
 
 log = logging.getLogger("sollol.cluster.lan")
@@ -70,6 +72,10 @@ class FoundGateway:
     pin: str
     version: str
     name: str
+
+    def __iter__(self) -> Iterator[str]:
+        """Unpacks as `url, pin` (the shape `sollol join` reads)."""
+        return iter((self.url, self.pin))
 
 
 @attrs.frozen
@@ -181,6 +187,23 @@ def announce_worker(name: str, port: int, host: str = "0.0.0.0") -> Announcer | 
         return None
     return Announcer(WORKER_TYPE, name, addresses, port,
                      {"version": _version(), "name": name}, ttl=RECORD_TTL).start()
+
+
+async def announce_worker_async(name: str, port: int, host: str = "0.0.0.0",
+                                ) -> Announcer | None:
+    """`announce_worker` from an event loop (the conflict probe runs in a thread). A network
+    without multicast is a warning, never a reason for the worker to stop."""
+    try:
+        return await asyncio.to_thread(announce_worker, name, port, host)
+    except OSError as exc:
+        log.warning("not announcing %s on the LAN: %s", name, exc)
+        return None
+
+
+async def stop_async(announcer: Announcer | None) -> None:
+    """Stop an announcement (the goodbye) from an event loop."""
+    if announcer is not None:
+        await asyncio.to_thread(announcer.stop)
 
 
 def _text(info: ServiceInfo, key: str) -> str:

@@ -1,14 +1,16 @@
 """The README's "Use it with your real cluster" walk-through, followed as written, from a clean
-user account: keys, config, doctor, run, a client, status, route, shard status, the dashboard.
+user account: on the gateway keys, sharding on, run, a join token; on each machine `sollol join`;
+then a client, status, members, route, shard status, the dashboard; and the by-hand rpc-server.
 
 The test reads the section's code blocks and runs them, with only the substitutions a test must
-make: the example addresses become two emulated Ollama nodes and two real rpc-servers on
-127.0.0.1 (free ports), `min_parameters` becomes the threshold between the generated models, the
-models live in a generated Ollama store (`ollama_models_dir`, as the README says), and the
-gateway listens on a free port. `sollol llamacpp install` is taken as done: its cache folder under
-the fresh home holds the llama.cpp build the suite uses. Every `sollol` command is the installed
-command in a child process with a fresh HOME and no SOLLOL_*/OLLAMA_*/XDG_* variables, unless the
-README itself tells the user to set one.
+make: the gateway listens on a free port and its URL and the token go into the join line; two
+"machines" on one test machine differ in name, tunnel port and state dir, and one offers an
+emulated Ollama node (`--pool-node`) instead of one on 11434; `min_parameters` becomes the
+threshold between the generated models, which live in a generated Ollama store
+(`ollama_models_dir`, as the README says). `sollol llamacpp install` is taken as done: its cache
+folder under the fresh home holds the llama.cpp build the suite uses. Every `sollol` command is
+the installed command in a child process with a fresh HOME and no SOLLOL_*/OLLAMA_*/XDG_*
+variables, unless the README itself tells the user to set one.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -68,11 +71,21 @@ class Account:
         return done.stdout
 
 
+def _join_line(block: str, url: str, token: str, extra: list[str]) -> list[str]:
+    """The README's `sollol join` line with the gateway's URL and the token put in, plus what
+    two "machines" on one test machine must differ in (name, tunnel port, state dir) and what
+    they offer (a test cannot run Ollama on 11434)."""
+    (line,) = [c for c in commands(block) if c.startswith("sollol join")]
+    assert "http://GATEWAY:11435" in line and "--token TOKEN" in line, line
+    argv = line.replace("http://GATEWAY:11435", url).replace("TOKEN", token).split()
+    return [*SOLLOL, *argv[1:], *extra]
+
+
 def test_the_readme_walk_through_works_as_written(
     tmp_path: Path, emulator, processes, llama_binaries,
 ) -> None:
     section, blocks = walk_through()
-    worker, config_block, gateway_block = blocks[:3]
+    gateway_block, join_block, by_hand_block = blocks[:3]
     user = Account(tmp_path / "home")
     if llama_binaries.source == "cache":  # as `sollol llamacpp install` leaves it
         cache = user.home / ".cache" / "sollol"
@@ -85,53 +98,57 @@ def test_the_readme_walk_through_works_as_written(
     which = user.ok("sollol llamacpp which")
     assert where in which and "llama-server" in which, which
 
-    # the workers: the README's command (the `sollol rpc serve` part of its line, whichever
-    # side of the comment it is on), on loopback ports
-    (serve,) = [part.removeprefix(" or:").strip() for line in worker.splitlines()
-                for part in line.split("#") if "sollol rpc serve" in part]
-    assert serve.startswith("sollol rpc serve --host")
-    rpc = []
-    for index in range(2):
-        port = free_port()
-        argv = [*SOLLOL, *serve.split()[1:-1], "127.0.0.1", "--port", str(port)]
-        rpc.append((f"127.0.0.1:{port}",
-                    processes.start(f"walk-rpc-{index}", argv, env=user.env, cwd=tmp_path)))
-    for address, proc in rpc:
-        wait_port("127.0.0.1", int(address.rsplit(":", 1)[1]), process=proc)
-
-    # the config file, where `sollol config path` says it lives
+    # the test's own settings: the models (a generated Ollama store, as the README says to set
+    # when the store is elsewhere), a free port, and a threshold between the generated models
     models = ensure_models(tmp_path / "models")
-    nodes = [emulator(models=[models.small.name]) for _ in range(2)]
-    path = Path(user.ok("sollol config path").strip())
-    assert path.is_relative_to(user.home)
-    text = config_block
-    for example, real in zip(("10.0.0.5:11434", "10.0.0.6:11434", "10.0.0.7:50052",
-                              "10.0.0.8:50052"),
-                             [n.address for n in nodes] + [a for a, _ in rpc], strict=True):
-        assert example in text
-        text = text.replace(example, real)
-    text = text.replace('min_parameters = "13B"', f"min_parameters = {THRESHOLD}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    port = free_port()
     user.ok(f"sollol config set ollama_models_dir {models.store}")
+    port = free_port()
     user.ok(f"sollol config set gateway_port {port}")
+    user.ok(f"sollol config set policy_settings.size-threshold.min_parameters {THRESHOLD}")
 
-    # keys, doctor, run: the README's block, line by line
-    key = None
-    gateway = None
+    # the gateway machine: the README's block, line by line
+    key = token = gateway = None
+    url = f"http://127.0.0.1:{port}"
+    auth: dict[str, str] = {}
     for line in commands(gateway_block):
         if line.startswith("sollol run"):
             gateway = processes.start("walk-gateway", [*SOLLOL, *line.split()[1:]],
                                       env=user.env, cwd=tmp_path)
+            wait_http(url + "/api/version", process=gateway, headers=auth)
             continue
         out = user.ok(line)
         if line.startswith("sollol keys create"):
             key = out.strip().splitlines()[-1]
-    assert key and gateway is not None
-    url = f"http://127.0.0.1:{port}"
-    auth = {"Authorization": f"Bearer {key}"}
-    wait_http(url + "/api/version", process=gateway, headers=auth)
+            auth = {"Authorization": f"Bearer {key}"}
+        if line.startswith("sollol cluster token create"):
+            token = out.strip().splitlines()[-1]
+    assert key and token and gateway is not None
+    assert token.startswith("sollol-join-"), token
+
+    # every other machine: the README's one command; here two "machines" on loopback, one
+    # offering its rpc-server, one its Ollama node (an emulated one)
+    node = emulator(models=[models.small.name])
+    machines = {
+        "shard-box": ["--no-pool"],
+        "ollama-box": ["--no-rpc", "--pool-node", f"http://{node.address}"],
+    }
+    for name, offers in machines.items():
+        extra = ["--name", name, "--listen", f"127.0.0.1:{free_port()}",
+                 "--state-dir", str(tmp_path / f"join-{name}"), *offers]
+        processes.start(f"walk-join-{name}", _join_line(join_block, url, token, extra),
+                        env=user.env, cwd=tmp_path)
+
+    def joined() -> bool:
+        nodes = httpx.get(url + "/sollol/nodes", headers=auth, timeout=30).json()["nodes"]
+        shards = httpx.get(url + "/sollol/routes/sharding", headers=auth,
+                           timeout=30).json()["backends"]
+        return any(n.get("member") == "ollama-box" and n.get("health") == "healthy"
+                   for n in nodes) and any(b.get("healthy") for b in shards)
+
+    deadline = time.monotonic() + 120
+    while not joined():
+        assert time.monotonic() < deadline, "the joined machines never served"
+        time.sleep(0.2)
 
     # a client, with the key as the README says
     for model, route in ((models.small.name, "pool"), (models.large.name, "sharding")):
@@ -145,7 +162,9 @@ def test_the_readme_walk_through_works_as_written(
     # what the README tells the operator to run next (with what it says to set, if anything)
     told = {"SOLLOL_KEY": key} if "SOLLOL_KEY" in section else {}
     status = user.ok("sollol status", **told)
-    assert all(n.address in status for n in nodes), status
+    assert "ollama-box" in status, status
+    members = user.ok("sollol cluster members", **told)
+    assert "shard-box" in members and "ollama-box" in members, members
     route = user.ok(f"sollol route {models.large.name}", **told)
     assert f"{models.large.name} -> sharding" in route, route
     shards = user.ok("sollol shard status", **told)
@@ -153,3 +172,11 @@ def test_the_readme_walk_through_works_as_written(
     assert "source: gateway" in shards, shards  # the gateway's live view, not pid files
     page = httpx.get(url + "/dashboard", auth=("admin", key))
     assert page.status_code == 200 and "<html" in page.text.lower()
+
+    # the machines you run yourself: the README's rpc-server line starts one that answers
+    (serve,) = [c for c in commands(by_hand_block) if c.startswith("sollol rpc serve")]
+    assert serve.startswith("sollol rpc serve --host")
+    rpc_port = free_port()
+    argv = [*SOLLOL, *serve.split()[1:-1], "127.0.0.1", "--port", str(rpc_port)]
+    rpc = processes.start("walk-rpc", argv, env=user.env, cwd=tmp_path)
+    wait_port("127.0.0.1", rpc_port, process=rpc)

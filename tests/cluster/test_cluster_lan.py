@@ -57,3 +57,10 @@ def test_the_browser_keeps_a_bounded_newest_first_set() -> None:
     browser._changed(answers, lan.WORKER_TYPE, f"ghost.{lan.WORKER_TYPE}",
                      ServiceStateChange.Added)
     assert "ghost" not in {w.name for w in browser.workers()}
+
+
+def test_a_found_gateway_unpacks_as_url_and_pin() -> None:
+    found = lan.FoundGateway(url="http://10.0.0.2:11435", pin="ab" * 16, version="3.1",
+                             name="sollol gateway on gw._sollol._tcp.local.")
+    url, pin = found
+    assert (url, pin) == ("http://10.0.0.2:11435", "ab" * 16)

@@ -10,6 +10,7 @@ It prints "ready" once announcing or browsing; SIGTERM sends the goodbye and exi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -38,14 +39,17 @@ def main(argv: list[str]) -> int:
         return 0
     if mode == "gateway":
         announcer = lan.announce_gateway("0.0.0.0", int(args[0]), args[1])
-    else:
-        announcer = lan.announce_worker(args[0], int(args[1]))
+    else:  # as `sollol join` does it, from its event loop
+        announcer = asyncio.run(lan.announce_worker_async(args[0], int(args[1])))
     if announcer is None:
         print("nothing to announce on", flush=True)
         return 1
     print("ready", announcer.name, flush=True)
     stop.wait()
-    announcer.stop()
+    if mode == "gateway":
+        announcer.stop()
+    else:
+        asyncio.run(lan.stop_async(announcer))
     return 0
 
 

@@ -166,6 +166,35 @@ def test_a_real_gateway_announces_itself_and_lists_the_workers_that_announce(
         gateway.stop()
 
 
+def test_a_running_sollol_join_announces_itself_until_it_stops(net: Network) -> None:
+    """`sollol join` announces the machine while it runs, joined or not: here its gateway is
+    not there yet (it keeps trying), and another gateway on the LAN lists it as discovered.
+    (That a stopped announcer's goodbye takes it off the list at once is shown with the same
+    lan.py calls in test_workers_announcing_show_up_at_the_gateway_and_leave.)"""
+    gateway, url, _ = _gateway(net, net.hosts["gw"], "gateway-2")
+    w1 = net.hosts["w1"]
+    absent = "sollol-join-0123abcd." + "A" * 43 + "." + PIN
+    worker = w1.start("join-elsewhere", [
+        sys.executable, "-m", "sollol", "join", "http://10.77.0.250:11435", "--token", absent,
+        "--name", "rack-7", "--listen", f"{w1.address}:50099", "--no-pool",
+        "--state-dir", str(net.log_dir / "state-rack-7")],
+        env={**os.environ, "SOLLOL_CONFIG": str(net.log_dir / "worker.toml")})
+
+    def listed() -> list[dict[str, Any]]:
+        return httpx.get(url + "/sollol/cluster/discovered", timeout=10,
+                         trust_env=False).json()["discovered"]
+
+    try:
+        rows = _until(lambda: [r for r in listed() if r["name"] == "rack-7"], 60,
+                      "rack-7 in the gateway's discovered list")
+        assert (rows[0]["address"], rows[0]["port"]) == (w1.address, 50099)
+        worker.popen.send_signal(signal.SIGTERM)
+        assert worker.popen.wait(30) == 0
+    finally:
+        worker.stop()
+        gateway.stop()
+
+
 def test_nothing_leaves_the_outer_namespace(net: Network) -> None:
     # the announcements go out on the hosts' eth0 only, to the bridge in the test's own outer
     # namespace: that namespace has no link but the bridge, its veths and loopback, and no

@@ -121,8 +121,9 @@ class Joined:
         return self.gateway.log_text()
 
     def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        reply = httpx.request(method, self.url + path, json=body, headers=self.auth,
-                              timeout=30, trust_env=False)
+        reply = httpx.request(method, self.url + path, json=body, timeout=30, trust_env=False,
+                              # as the CLI sends it: changes need what no web form can send
+                              headers={**self.auth, "X-Requested-With": "sollol-tests"})
         assert reply.status_code < 300, (method, path, reply.status_code, reply.text)
         return reply.json()
 

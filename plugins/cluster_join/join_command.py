@@ -86,7 +86,6 @@ def join(url: str | None, token: str | None, name: str, listen_text: str, rpc: b
         parsed = JoinToken.parse(token)
     except BadToken as exc:
         raise click.UsageError(str(exc)) from None
-    from .machine import binary_listing, detect_pool_nodes, parse_pool_node
     from .members import NAME
 
     if not NAME.match(name):
@@ -123,8 +122,6 @@ def join(url: str | None, token: str | None, name: str, listen_text: str, rpc: b
     options = JoinOptions(url, parsed, name, host, port, rpc, 0, devices, threads, nodes,
                           state_dir or default_state_dir(), config_file)
     report = DeviceReport(binary_listing(rpc_binary) if rpc_binary else None)
-    import asyncio
-
     try:
         asyncio.run(Agent(options, _say, report).run())
     except Stop as exc:

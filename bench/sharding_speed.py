@@ -99,9 +99,9 @@ def cold_table(r: dict[str, Any]) -> list[str]:
         f"{r['wire_limit_sequential_s']} s",
         f"  of the filled load: fill {r['fill_s']} s (its wire limit {r['fill_wire_limit_s']} s, "
         f"all shards at once), then the coordinator's load {r['load_after_fill_s']} s; the "
+        f"gateway filled {sum(r['fill_bytes_per_shard'].values()) / 2**30:.2f} GiB, then the "
         f"coordinator sent {sum(r['coordinator_bytes_per_shard'].values()) / 2**30:.2f} GiB "
-        f"(plain: all {sum(r['fill_bytes_per_shard'].values()) / 2**30:.2f} GiB filled + the "
-        "tensors under 10 MiB)",
+        "(the tensors under 10 MiB, one shard after another)",
     ]
 
 

@@ -258,8 +258,8 @@ def seed_command(models: tuple[str, ...], cache: Path | None, layers: str | None
                  config_file: Path | None) -> None:
     """Fill this machine's rpc-server tensor cache from MODELS it has (Ollama store names or
     GGUF paths): a coordinator's first load then sends hashes instead of weights."""
-    from .fill import parse_layers
     from .seed import rpc_cache_dir
+    from .tensors import parse_layers
 
     try:
         chosen = parse_layers(layers) if layers is not None else None

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import attrs
 
-HASH_THRESHOLD = 10 * 1024 * 1024
-"""llama.cpp's threshold: smaller tensors are always sent, never looked up in the cache."""
+from .tensors import HASH_THRESHOLD, big_tensors
+
+__all__ = ["HASH_THRESHOLD", "SeedReport", "fnv1a_64", "rpc_cache_dir", "seed"]
 
 
 @attrs.frozen
@@ -65,8 +66,6 @@ def seed(gguf: Path, cache: Path, say: Callable[[str], None] | None = None,
     rpc-server reading the cache meanwhile never sees half a tensor.
     """
     from gguf import GGUFReader
-
-    from .fill import big_tensors
 
     started = time.monotonic()
     cache.mkdir(parents=True, exist_ok=True)

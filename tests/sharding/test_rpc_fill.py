@@ -172,3 +172,32 @@ def test_seeding_with_a_known_placement_writes_only_that_shards_layers(
                           "--layers", "3-1"], capture_output=True, text=True,
                          env=dict(os.environ))
     assert bad.returncode == 2 and "use e.g. 0-10" in bad.stderr
+
+
+@pytest.mark.llamacpp
+async def test_a_wrong_guess_costs_cache_misses_not_the_load(
+    processes, llama_binaries, sharding_route, three_layer_model: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fill puts every layer on the wrong shard: each shard's cache holds the other's
+    tensors, the coordinator sends its weights itself, and the model answers."""
+    from test_sharding_route import chat
+
+    right = fill.layer_devices
+    monkeypatch.setattr(fill, "layer_devices", lambda *a: [
+        None if d is None else 1 - d for d in right(*a)])
+    shards = start_shards(processes, llama_binaries, tmp_path, [True, True])
+    route = await sharding_route([a for a, _, _ in shards], rpc_placement="all",
+                                 rpc_fill_caches=True, rpc_state_dir=str(tmp_path / "state"))
+    lease = await route.acquire(RouteRequest(model=str(three_layer_model)))
+    try:
+        coord = route.supervisor.coordinators[str(three_layer_model)]
+        delivered = delivered_per_shard(coord, shards)
+        assert await chat(lease.base_url, 4)
+        state = route.snapshot()["coordinators"][0]["cache_fill"]
+    finally:
+        lease.release(Outcome(ok=True))
+    assert {s["state"] for s in state.values()} == {"done"}
+    assert all(s["sent_bytes"] > 0 for s in state.values())  # both got (wrong) tensors
+    for address, _port, _cache in shards:  # ... so the coordinator sent the weights itself
+        assert delivered[address] > coord.report.share(address).weights_mib * 2**20 * 0.9

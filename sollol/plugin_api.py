@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-VERSION = "3.0"
+VERSION = "3.1"
 """The plugin API's version (see the module docstring for when to bump which part)."""
 
 RECORD = Path(__file__).with_name("plugin_api.json")

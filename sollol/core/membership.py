@@ -42,6 +42,8 @@ RESTART_CORE_KEYS = frozenset({
     "metrics_max_models", "backend_metrics_interval", "llama_cpp_dir",
     # the routes' own probes read it (they name it from reconfigure when they follow it)
     "health_interval",
+    # the local cluster's nodes are started with their context size (`sollol run --local`)
+    "local_ctx_size",
 })
 """Core keys that take a restart unless a route's `reconfigure` says it follows them. Every core
 setting is in exactly one of the two sets (tests/core/test_membership.py checks it), so a new

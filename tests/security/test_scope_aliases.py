@@ -28,6 +28,7 @@ BODIES = {
     ("openai", "embed"): {"input": "hi"},
     ("openai", "responses"): {"input": "hi"},
     ("anthropic", "messages"): {"max_tokens": 16, "messages": MSG},
+    ("anthropic", "count_tokens"): {"messages": MSG},
 }
 """A valid body for every dispatched operation (a new endpoint fails here until it has one)."""
 DISPATCH = [pytest.param(r, id=r.path) for r in ROUTES if r.kind == "dispatch"]
@@ -68,6 +69,8 @@ def test_no_dialect_reaches_a_hidden_model_through_an_alias_or_a_fallback(scoped
     assert control.status_code == 200, control.text
     if route.op == "show":
         assert "secret" in control.text  # the emulator's modelfile names its model
+    elif route.op == "count_tokens":  # an Ollama node has no tokenizer endpoint: estimated
+        assert control.json()["input_tokens"] > 0 and control.json()["exact"] is False
     else:
         assert scoped.served()["secret:7b"] == before + 1
 

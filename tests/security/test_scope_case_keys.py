@@ -151,6 +151,7 @@ BASES = {
     "/v1/chat/completions": {"messages": MSG}, "/v1/completions": {"prompt": "hi"},
     "/v1/embeddings": {"input": "hi"}, "/v1/responses": {"input": "hi"},
     "/v1/messages": {"max_tokens": 16, "messages": MSG},
+    "/v1/messages/count_tokens": {"messages": MSG},
     "/api/pull": {"stream": False}, "/api/push": {"stream": False},
     "/api/create": {"from": "tiny:1b", "stream": False},
     "/api/copy": {"destination": "tiny-copy"}, "/api/delete": {},

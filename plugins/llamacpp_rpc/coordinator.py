@@ -17,7 +17,7 @@ import httpx
 
 from sollol.models import Backend, ResolvedModel
 
-from . import layers, procs
+from . import layers, pipeline, procs
 from .plan import Plan
 
 STARTING, READY, FAILED, STOPPED = "starting", "ready", "failed", "stopped"
@@ -70,6 +70,14 @@ class Coordinator:
     """rpc-servers that were down when it was placed: when one returns, an idle coordinator
     moves back to the placement it would have had (see Scheduler.rebalance_locked)."""
     log_offset: int = 0
+    pipeline: str = ""
+    """llama.cpp's pipeline parallelism: "on" or "off: why" (from its log, once it is up)."""
+    slots: int = 1
+    """Requests it runs at once (llama-server --parallel; `rpc_parallel`)."""
+    queued: int = 0
+    """Requests waiting now for one of its slots."""
+    refused: int = 0
+    """Requests refused (429) because its slots and the queue were full."""
     links_armed: set[str] = attrs.field(factory=set)
     """Inodes of its sockets to rpc-servers whose dead-peer detection is on (see `links`)."""
     ready: asyncio.Future[None] = attrs.field(factory=lambda: asyncio.get_running_loop()
@@ -90,7 +98,7 @@ class Coordinator:
                        labels={"model": self.model, "rpc": ",".join(self.plan.addresses)})
 
     def argv(self, llama_server: Path, ctx_size: int, extra: list[str],
-             verbose: bool = False) -> list[str]:
+             verbose: bool = False, draft_max: int = 8) -> list[str]:
         args = [str(llama_server), "-m", str(self.resolved.path),
                 "--rpc", ",".join(self.plan.addresses),
                 # 99: every layer on the rpc-servers (-ngl 0 would keep them all here)
@@ -101,12 +109,17 @@ class Coordinator:
                 "--metrics",  # its own throughput figures, read by the dashboard and status
                 # buffer sizes per rpc-server are info (4); per-layer lines are debug (-v)
                 "-v" if verbose else "-lv", *([] if verbose else ["4"])]
+        # one context of ctx_size per slot, sequences batched together as they come
+        args += ["--parallel", str(self.slots), "--cont-batching"]
         if ctx_size:
-            args += ["-c", str(ctx_size)]
+            args += ["-c", str(ctx_size * self.slots)]
+        if self.plan.draft:  # on the gateway machine's CPU, never on the rpc-servers
+            args += ["--model-draft", self.plan.draft, "--device-draft", "none",
+                     "--gpu-layers-draft", "0", "--spec-draft-n-max", str(draft_max)]
         return args + list(extra)
 
     def start(self, llama_server: Path, ctx_size: int, extra: list[str],
-              verbose: bool = False) -> None:
+              verbose: bool = False, draft_max: int = 8) -> None:
         """Spawn the process (from the event loop's thread: see `procs.spawn`)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         procs.bound_log(self.log_path, LOG_MAX_BYTES)  # the runs before this one
@@ -114,7 +127,8 @@ class Coordinator:
             out.write(f"\n==== sollol: starting coordinator #{self.generation} for {self.model} "
                       f"on {', '.join(self.plan.addresses)} at {time.ctime()} ====\n")
         self.log_offset = self.log_path.stat().st_size
-        self.proc = procs.spawn(self.argv(llama_server, ctx_size, extra, verbose), self.log_path)
+        self.proc = procs.spawn(self.argv(llama_server, ctx_size, extra, verbose, draft_max),
+                                self.log_path)
 
     def bound_log(self) -> None:
         """Keep this run's log under LOG_MAX_BYTES (llama-server logs every request)."""
@@ -209,7 +223,9 @@ class Coordinator:
             if _LOADED.search(self.log_text()):
                 break
             await asyncio.sleep(0.05)
-        self.report = layers.parse(self.log_text().splitlines(), self.plan.addresses)
+        text = self.log_text()
+        self.report = layers.parse(text.splitlines(), self.plan.addresses)
+        self.pipeline = pipeline.from_log(text, self.plan.pipeline_off)
         self.ready_at = time.time()
 
     def as_dict(self) -> dict[str, Any]:
@@ -220,8 +236,14 @@ class Coordinator:
             "tensor_split": self.plan.tensor_split,
             "upload": self.upload,
             "placement": {"reason": self.plan.reason, "numbers": self.plan.numbers,
-                          "devices": {b.address: len(b.free) for b in self.plan.backends}},
+                          "devices": {b.address: len(b.free) for b in self.plan.backends},
+                          "draft": self.plan.draft or None},
+            "pipeline": self.pipeline or None,
+            "pipeline_expected": ("off: " + self.plan.pipeline_off) if self.plan.pipeline_off
+            else pipeline.ON,
             "in_flight": self.in_flight,
+            "slots": {"total": self.slots, "busy": min(self.in_flight, self.slots),
+                      "queued": self.queued, "refused": self.refused},
             "served": self.served, "started_at": self.started_at,
             "load_seconds": round(self.ready_at - self.started_at, 2) if self.ready_at else None,
             "idle_seconds": round(time.monotonic() - self.last_used, 1),

@@ -89,6 +89,12 @@ def render(data: dict[str, Any]) -> str:
         placement = (c.get("placement") or {}).get("reason")
         if placement:
             out.append(f"  placement: {placement}")
+        if c.get("pipeline") or c.get("pipeline_expected"):
+            out.append(f"  pipeline parallelism: "
+                       f"{c.get('pipeline') or 'expected ' + c['pipeline_expected']}")
+        if slots := c.get("slots"):
+            out.append(f"  slots: {slots['busy']}/{slots['total']} busy, {slots['queued']} "
+                       f"queued, {slots['refused']} refused (429)")
         report = c.get("layers")
         if not report:
             out.append("  layer distribution: not known yet")
@@ -103,6 +109,9 @@ def render(data: dict[str, Any]) -> str:
                        f"[{share.get('layer_range') or '-'}]  weights "
                        f"{share.get('weights_mib', 0):.1f} MiB  "
                        f"KV {share.get('kv_mib', 0):.1f} MiB")
+    if sched := data.get("scheduler"):
+        out.append(f"scheduler: {sched['waiting']}/{sched['queue_size']} waiting, "
+                   f"{sched['slots_per_coordinator']} slot(s) per coordinator")
     for model, why in (data.get("unservable") or {}).items():
         out.append(f"unservable {model}: {why.get('reason')}")
     for warning in data.get("warnings", [])[-5:]:

@@ -183,11 +183,12 @@ class Supervisor:
         self.starts[model] = self.starts.pop(model, 0) + 1
         trim(self.starts)
         coord = Coordinator(model=model, resolved=resolved, plan=plan, port=procs.free_port(),
-                            log_path=self.log_path(model), generation=self._generation)
+                            log_path=self.log_path(model), generation=self._generation,
+                            slots=self.options.parallel)
         self.shards.hold(plan.addresses, coord.id)
         try:
             coord.start(self.llama_server, self.options.ctx_size, list(self.options.extra_args),
-                        self.options.verbose_log)
+                        self.options.verbose_log, self.options.draft_max)
         except OSError as exc:
             self.shards.release(plan.addresses)
             raise NoRouteAvailable(f"sharding: cannot start llama-server: {exc}") from None

@@ -114,7 +114,8 @@ class Coordinator:
         if ctx_size:
             args += ["-c", str(ctx_size * self.slots)]
         if self.plan.draft:  # on the gateway machine's CPU, never on the rpc-servers
-            args += ["--model-draft", self.plan.draft, "--device-draft", "none",
+            args += ["--model-draft", self.plan.draft, "--spec-type", "draft-simple",
+                     "--device-draft", "none",
                      "--gpu-layers-draft", "0", "--spec-draft-n-max", str(draft_max)]
         return args + list(extra)
 

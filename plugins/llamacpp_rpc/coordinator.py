@@ -72,8 +72,9 @@ class Coordinator:
     log_offset: int = 0
     pipeline: str = ""
     """llama.cpp's pipeline parallelism: "on" or "off: why" (from its log, once it is up)."""
-    slots: int = 1
-    """Requests it runs at once (llama-server --parallel; `rpc_parallel`)."""
+    slots: int = 0
+    """Requests it runs at once (llama-server --parallel; `rpc_parallel`); 0: llama-server's
+    own choice, and no limit here."""
     queued: int = 0
     """Requests waiting now for one of its slots."""
     refused: int = 0
@@ -110,9 +111,10 @@ class Coordinator:
                 # buffer sizes per rpc-server are info (4); per-layer lines are debug (-v)
                 "-v" if verbose else "-lv", *([] if verbose else ["4"])]
         # one context of ctx_size per slot, sequences batched together as they come
-        args += ["--parallel", str(self.slots), "--cont-batching"]
+        if self.slots:
+            args += ["--parallel", str(self.slots), "--cont-batching"]
         if ctx_size:
-            args += ["-c", str(ctx_size * self.slots)]
+            args += ["-c", str(ctx_size * max(1, self.slots))]
         if self.plan.draft:  # on the gateway machine's CPU, never on the rpc-servers
             args += ["--model-draft", self.plan.draft, "--spec-type", "draft-simple",
                      "--device-draft", "none",
@@ -243,7 +245,8 @@ class Coordinator:
             "pipeline_expected": ("off: " + self.plan.pipeline_off) if self.plan.pipeline_off
             else pipeline.ON,
             "in_flight": self.in_flight,
-            "slots": {"total": self.slots, "busy": min(self.in_flight, self.slots),
+            "slots": {"total": self.slots or None,
+                      "busy": min(self.in_flight, self.slots or self.in_flight),
                       "queued": self.queued, "refused": self.refused},
             "served": self.served, "started_at": self.started_at,
             "load_seconds": round(self.ready_at - self.started_at, 2) if self.ready_at else None,

@@ -42,8 +42,9 @@ class Options:
     """Bytes of the gateway machine's memory its coordinators may keep layers in."""
     link_timeout: float = 0.0
     """Seconds without an answer on a link to an rpc-server before the kernel drops it (0: off)."""
-    parallel: int = 1
-    """Slots per coordinator (llama-server --parallel): requests it runs at once."""
+    parallel: int = 0
+    """Slots per coordinator (llama-server --parallel): requests it runs at once (0: its own
+    choice, and the route sends it every request at once)."""
     drafts: dict[str, str] = attrs.field(factory=dict)
     """Sharded model (canonical name) -> its draft model (a name or a GGUF path)."""
     draft_max: int = 8
@@ -63,7 +64,7 @@ class Options:
         """(bytes the rpc-servers must hold, layers kept on the gateway machine): whole layers
         fit into `local_memory` stay here (llama-server's own memory), the rest is sharded."""
         kv = info.kv_bytes_per_token if info else None
-        needed = needed_bytes(size, kv, self.ctx_size * self.parallel)  # a context per slot
+        needed = needed_bytes(size, kv, self.ctx_size * max(1, self.parallel))  # a context per slot
         layers = info.layer_count if info else None
         if not self.local_memory or not layers:
             return needed, 0

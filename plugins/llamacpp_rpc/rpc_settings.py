@@ -107,10 +107,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rpc_ctx_size", "int", 4096,
             "Context length of each of a coordinator's slots (0: the model's own, shared by "
             "the slots).", check=at_least(0)),
-    Setting("rpc_parallel", "int", 1,
+    Setting("rpc_parallel", "int", 0,
             "Sequences a coordinator runs at once (llama-server --parallel, continuous "
             "batching, rpc_ctx_size of context each): the route sends it this many requests at "
-            "once and queues the rest (rpc_queue_size, then 429).", check=at_least(1)),
+            "once and queues the rest (rpc_queue_size, then 429). 0: llama-server's own choice "
+            "(its slots share rpc_ctx_size) and no limit in the route.", check=at_least(0)),
     Setting("rpc_draft_models", "table", {},
             "Speculative decoding: a draft model per sharded model (e.g. {\"big:70b\" = "
             "\"small:1b\"}, names or GGUF paths). The draft runs in the coordinator on the "

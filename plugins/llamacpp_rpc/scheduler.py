@@ -124,7 +124,7 @@ class Scheduler:
                     raise NoRouteAvailable(f"sharding {model!r}: {exc}") from None
                 if coord.state != READY or not coord.alive():
                     continue  # stopped or died since it came up: the next look handles it
-                if coord.in_flight >= coord.slots:  # every slot busy: wait for one
+                if coord.slots and coord.in_flight >= coord.slots:  # all busy: wait for one
                     if not queued:
                         if self.waiting >= self.options.queue_size:
                             coord.refused += 1
@@ -344,8 +344,9 @@ class Scheduler:
         said in its reason."""
         off = pipeline.predict(plan.devices, plan.local_layers, plan.layer_count,
                                self.options.extra_args)
-        reason = plan.reason + (f"; pipeline parallelism off: {off}" if off else
-                                "; pipeline parallelism on (every layer on the rpc-servers)")
+        # what the settings cost (the device count is the placement's own business)
+        costs = pipeline.predict(2, plan.local_layers, plan.layer_count, self.options.extra_args)
+        reason = plan.reason + (f"; this costs pipeline parallelism: {costs}" if costs else "")
         draft_path = ""
         if name := self.options.draft_for(model):
             draft, _info = await self.resolve(name)

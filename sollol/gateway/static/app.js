@@ -230,7 +230,7 @@
       const tps = c.throughput && c.throughput.tokens_per_second;
       fact("tok/s", tps ? number(tps) + " (server)" : (c.stats && c.stats.tokens_per_second ? number(c.stats.tokens_per_second) : "–"));
       if (c.load_seconds) fact("loaded in", c.load_seconds + " s");
-      if (c.slots) fact("slots", c.slots.busy + "/" + c.slots.total + " busy · " + c.slots.queued + " queued · " + c.slots.refused + " refused");
+      if (c.slots) fact("slots", c.slots.busy + "/" + (c.slots.total || "auto") + " busy · " + c.slots.queued + " queued · " + c.slots.refused + " refused");
       card.append(head, facts);
       const pipe = c.pipeline || (c.pipeline_expected ? "expected " + c.pipeline_expected : "");
       if (pipe) card.append(el("div", "small pipeline", "pipeline parallelism: " + pipe));

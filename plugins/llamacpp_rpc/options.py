@@ -42,6 +42,8 @@ class Options:
     """Bytes of the gateway machine's memory its coordinators may keep layers in."""
     link_timeout: float = 0.0
     """Seconds without an answer on a link to an rpc-server before the kernel drops it (0: off)."""
+    fill_caches: bool = False
+    """Fill the rpc-servers' tensor caches from here, in parallel, before a coordinator loads."""
 
     @property
     def embeds(self) -> bool:
@@ -80,6 +82,7 @@ def options_from(config: Any) -> Options:
         placement=config["rpc_placement"], when_busy=config["rpc_when_busy"],
         local_memory=parse_bytes(config["rpc_local_memory"]),
         link_timeout=config["rpc_link_timeout"],
+        fill_caches=config["rpc_fill_caches"],
     )
 
 

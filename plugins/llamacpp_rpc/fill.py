@@ -140,14 +140,13 @@ def _fill_one(address: str, tensors: list[Any], run: FillRun, timeout: float,
         return
     try:
         buffer, base = conn.alloc(max(int(t.n_bytes) for t in tensors))
-        try:
-            _send_all(conn, buffer, base, tensors, run, progress)
-        finally:
-            conn.free(buffer)
+        _send_all(conn, buffer, base, tensors, run, progress)
+        conn.free(buffer)
+        conn.close()
     except WireError as exc:
         progress.state = f"failed: {exc}"
+        conn.close(reset=True)  # the server frees the buffer when the connection ends
     finally:
-        conn.close()
         progress.seconds = round(time.monotonic() - started, 2)
 
 

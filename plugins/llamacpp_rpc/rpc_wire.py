@@ -51,10 +51,14 @@ class Connection:
         self.version = (reply[0], reply[1], reply[2])
         if self.version[0] != 7 or (client_version and not compatible(self.version,
                                                                       client_version)):
-            self.close()
+            self.close(reset=True)
             raise WireError(f"rpc-server speaks RPC protocol {format_version(self.version)}")
 
-    def close(self) -> None:
+    def close(self, reset: bool = False) -> None:
+        """`reset` after a broken-off command: RST, so the server never answers into a closed
+        socket (it would die of SIGPIPE)."""
+        if reset:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
 
     def call(self, cmd: int, payload: bytes, size: int | None) -> bytes:

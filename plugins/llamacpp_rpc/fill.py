@@ -87,25 +87,52 @@ def assign(gguf: Path, addresses: Sequence[str], devices: Sequence[int],
     from gguf import GGUFReader
 
     reader = GGUFReader(gguf)
-    arch = _field(reader, "general.architecture")
-    layers = int(_field(reader, f"{arch}.block_count"))
+    layers = block_count(reader)
     owner = [a for a, n in zip(addresses, devices, strict=True) for _ in range(n)]
     where = layer_devices(layers, shares, gpu_layers)
-    names = {t.name for t in reader.tensors}
     out: dict[str, list[Any]] = {a: [] for a in addresses}
+    for tensor, il in big_tensors(reader):
+        device = None if il is None else where[min(il, layers)]
+        if device is not None:
+            out[owner[device]].append(tensor)
+    return out
+
+
+def block_count(reader: Any) -> int:
+    """The model's repeating layers (its output layer is layer number block_count)."""
+    return int(_field(reader, f"{_field(reader, 'general.architecture')}.block_count"))
+
+
+def big_tensors(reader: Any) -> list[tuple[Any, int | None]]:
+    """The tensors over the cache threshold, each with its layer (block_count: the output
+    layer; None: the input layer, which stays on the coordinator)."""
+    layers = block_count(reader)
+    names = {t.name for t in reader.tensors}
+    out: list[tuple[Any, int | None]] = []
     for tensor in reader.tensors:
         if int(tensor.n_bytes) <= HASH_THRESHOLD:
             continue
         if m := _BLOCK.match(tensor.name):
-            il = int(m.group(1))
+            out.append((tensor, int(m.group(1))))
         elif tensor.name.startswith("token_embd") and "output.weight" in names:
-            continue  # the input layer stays on the coordinator
-        else:
-            il = layers  # the output layer (and a tied output's copy of token_embd)
-        device = where[min(il, layers)]
-        if device is not None:
-            out[owner[device]].append(tensor)
+            out.append((tensor, None))
+        else:  # the output layer (and a tied output's copy of token_embd)
+            out.append((tensor, layers))
     return out
+
+
+def parse_layers(text: str) -> set[int]:
+    """`0-10,32` -> {0..10, 32}: layer numbers as llama.cpp logs them (the output layer is
+    the block count); ValueError on anything else."""
+    chosen: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low, _, high = part.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()) or int(high or low) < int(low):
+            raise ValueError(f"layer range {part!r}: use e.g. 0-10 or 0-10,32")
+        chosen.update(range(int(low), int(high or low) + 1))
+    if not chosen:
+        raise ValueError("no layers named")
+    return chosen
 
 
 def fill(gguf: Path, addresses: Sequence[str], devices: Sequence[int], shares: Sequence[float],

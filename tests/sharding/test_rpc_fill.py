@@ -134,3 +134,29 @@ async def test_a_load_succeeds_when_the_fill_breaks_off_or_a_shard_keeps_no_cach
     for address, _port, _cache in shards:  # the coordinator sent the weights itself
         assert delivered[address] > coord.report.share(address).weights_mib * 2**20 * 0.9
     assert any("filling the rpc-server caches" in w for w in route.supervisor.warnings)
+
+
+@pytest.mark.llamacpp
+def test_seeding_with_a_known_placement_writes_only_that_shards_layers(
+    three_layer_model: Path, tmp_path: Path,
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from gguf import GGUFReader
+
+    done = subprocess.run([sys.executable, "-m", "sollol", "rpc", "seed", str(three_layer_model),
+                           "--layers", "2-3", "--cache", str(tmp_path / "cache"), "--json"],
+                          capture_output=True, text=True, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    (report,) = json.loads(done.stdout)
+    layer2 = [t for t in GGUFReader(three_layer_model).tensors if t.name.startswith("blk.2.")
+              and int(t.n_bytes) > HASH_THRESHOLD]
+    assert report["tensors"] == report["written"] == len(layer2) == 3
+    assert sorted(p.name for p in (tmp_path / "cache" / "rpc").iterdir()) == sorted(
+        f"{fnv1a_64(t.data.tobytes()):016x}" for t in layer2)
+    bad = subprocess.run([sys.executable, "-m", "sollol", "rpc", "seed", str(three_layer_model),
+                          "--layers", "3-1"], capture_output=True, text=True,
+                         env=dict(os.environ))
+    assert bad.returncode == 2 and "use e.g. 0-10" in bad.stderr

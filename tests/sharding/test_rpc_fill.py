@@ -63,6 +63,7 @@ async def test_a_filled_load_sends_hashes_and_each_shard_holds_only_its_tensors(
     processes, llama_binaries, sharding_route, three_layer_model: Path, tmp_path: Path,
 ) -> None:
     from gguf import GGUFReader
+    from sollol_plugins.llamacpp_rpc.shard_status import render
     from test_sharding_route import chat
 
     shards = start_shards(processes, llama_binaries, tmp_path, [True, True])
@@ -74,9 +75,13 @@ async def test_a_filled_load_sends_hashes_and_each_shard_holds_only_its_tensors(
         coord = route.supervisor.coordinators[str(three_layer_model)]
         delivered = delivered_per_shard(coord, shards)
         reply = await chat(lease.base_url, 4)
-        state = route.snapshot()["coordinators"][0]["cache_fill"]
+        snapshot = route.snapshot()
+        state = snapshot["coordinators"][0]["cache_fill"]
     finally:
         lease.release(Outcome(ok=True))
+    shown = render(snapshot)  # `sollol shard status`
+    assert all(f"{a} {state[a]['tensors']}/{state[a]['tensors']} tensors" in shown
+               for a, _, _ in shards) and "cache fill: " in shown
     big = [t for t in GGUFReader(three_layer_model).tensors if int(t.n_bytes) > HASH_THRESHOLD]
     for address, _port, cache in shards:
         layers = set(coord.report.share(address).layers)

@@ -74,8 +74,17 @@ async def cold(bench: Bench) -> dict[str, Any]:
     per_shard = plain["weights_bytes"]
     bps = bits_per_second(bench.args.rate)
     shards.stop()
+    fills = filled["coordinator"]["cache_fill"] or {}
+    fill_s = max((f["seconds"] for f in fills.values()), default=0.0)
     return {"by_hand_s": round(hand, 1), "sollol_plain_s": plain["ready_s"],
             "sollol_filled_s": filled["ready_s"],
+            "fill_s": fill_s, "load_after_fill_s": round(filled["ready_s"] - fill_s, 1),
+            "fill_bytes_per_shard": {a: f["sent_bytes"] for a, f in fills.items()},
+            "fill_states": {a: f["state"] for a, f in fills.items()},
+            "coordinator_bytes_per_shard": {
+                a: u["bytes"] for a, u in filled["coordinator"]["upload"].items()},
+            "fill_wire_limit_s": round(max((f["bytes"] for f in fills.values()), default=0)
+                                       * 8 / bps, 1),
             "wire_limit_parallel_s": round(max(per_shard.values()) * 8 / bps, 1),
             "wire_limit_sequential_s": round(sum(per_shard.values()) * 8 / bps, 1),
             "filled_vs_by_hand": round(filled["ready_s"] / hand, 2)}
@@ -88,6 +97,11 @@ def cold_table(r: dict[str, Any]) -> list[str]:
         f"{r['sollol_filled_s']:13}  {r['wire_limit_parallel_s']:19}",
         f"  filled / by hand: {r['filled_vs_by_hand']}x (goal <= 0.4x); sequential wire limit "
         f"{r['wire_limit_sequential_s']} s",
+        f"  of the filled load: fill {r['fill_s']} s (its wire limit {r['fill_wire_limit_s']} s, "
+        f"all shards at once), then the coordinator's load {r['load_after_fill_s']} s; the "
+        f"coordinator sent {sum(r['coordinator_bytes_per_shard'].values()) / 2**30:.2f} GiB "
+        f"(plain: all {sum(r['fill_bytes_per_shard'].values()) / 2**30:.2f} GiB filled + the "
+        "tensors under 10 MiB)",
     ]
 
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import fill
 
@@ -24,16 +24,28 @@ LOG_EVERY = 2.0
 
 
 async def fill_caches(coord: Coordinator, client_version: tuple[int, int, int] | None,
-                      warn: Callable[[str], None]) -> None:
-    """Fill `coord`'s shards (all at once); progress in `coord.fill`; never raises."""
+                      warn: Callable[[str], None], filled: set[tuple[Any, ...]]) -> None:
+    """Fill `coord`'s shards (all at once); progress in `coord.fill`; never raises.
+
+    `filled` remembers (shard, model file, split) this gateway filled completely, so a restart
+    of the model on the same shards does not read and hash the model again.
+    """
     plan = coord.plan
     coord.fill = run = fill.FillRun()
     shares = [float(s) for s in plan.tensor_split.split(",")]
     devices = [len(b.free) for b in plan.backends]
     started = time.monotonic()
+    try:
+        stat = coord.resolved.path.stat()
+    except OSError as exc:
+        warn(f"not filling the rpc-server caches for {coord.model!r}: {exc}")
+        return
+    key = {a: (a, str(coord.resolved.path), stat.st_size, stat.st_mtime_ns, plan.tensor_split,
+               plan.gpu_layers) for a in plan.addresses}
     job = asyncio.ensure_future(asyncio.to_thread(
         fill.fill, coord.resolved.path, plan.addresses, devices, shares, plan.gpu_layers,
-        run=run, client_version=client_version))
+        run=run, client_version=client_version,
+        skip={a for a in plan.addresses if key[a] in filled}))
     try:
         while not job.done():
             await asyncio.wait([job], timeout=LOG_EVERY)
@@ -46,7 +58,8 @@ async def fill_caches(coord: Coordinator, client_version: tuple[int, int, int] |
         warn(f"filling the rpc-server caches for {coord.model!r} failed ({exc}); "
              "loading without")
         return
-    failed = [f"{a}: {s.state}" for a, s in run.shards.items() if s.state != "done"]
+    filled.update(key[a] for a, s in run.shards.items() if s.state == "done")
+    failed = [f"{a}: {s.state}" for a, s in run.shards.items() if not s.state.startswith("done")]
     if failed:
         warn(f"filling the rpc-server caches for {coord.model!r}: " + "; ".join(failed))
     log.info("filled rpc-server caches for %s in %.1fs: %s", coord.model,

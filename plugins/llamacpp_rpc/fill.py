@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -137,17 +137,22 @@ def parse_layers(text: str) -> set[int]:
 
 def fill(gguf: Path, addresses: Sequence[str], devices: Sequence[int], shares: Sequence[float],
          gpu_layers: int = 99, *, run: FillRun | None = None, timeout: float = 60.0,
-         client_version: tuple[int, int, int] | None = None) -> FillRun:
-    """Fill every rpc-server's cache with its own tensors, all at once; never raises for a
-    shard (its ShardFill says what went wrong)."""
+         client_version: tuple[int, int, int] | None = None,
+         skip: Collection[str] = ()) -> FillRun:
+    """Fill every rpc-server's cache with its own tensors, all at once (but those in `skip`:
+    filled earlier); never raises for a shard (its ShardFill says what went wrong)."""
     run = run or FillRun()
     plan = assign(gguf, addresses, devices, shares, gpu_layers)
     for address in addresses:
         run.shards[address] = ShardFill(address, len(plan[address]),
                                         sum(int(t.n_bytes) for t in plan[address]))
+        if address in skip:
+            run.shards[address].done = len(plan[address])
+            run.shards[address].state = "done: filled earlier by this gateway"
     with ThreadPoolExecutor(max_workers=max(1, len(addresses))) as pool:
         for address in addresses:
-            pool.submit(_fill_one, address, plan[address], run, timeout, client_version)
+            if address not in skip:
+                pool.submit(_fill_one, address, plan[address], run, timeout, client_version)
     return run
 
 

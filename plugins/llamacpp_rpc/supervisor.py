@@ -64,6 +64,8 @@ class Supervisor:
     """Why the links to rpc-servers cannot be watched here (see `links`), or None."""
     replacer: Replacer | None = None
     """The scheduler, once `bind` gave it: restarts and wake-ups go through it."""
+    filled: set[tuple[Any, ...]] = attrs.field(factory=set)
+    """(shard, model file, split) whose caches this gateway filled (see cache_fill)."""
     _generation: int = 0
     _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set)
     _watcher: asyncio.Task[None] | None = None
@@ -197,9 +199,8 @@ class Supervisor:
         return coord
 
     async def _fill_then_start(self, coord: Coordinator) -> None:
-        """rpc_fill_caches: fill each shard's cache in parallel, then start as usual. A failed
-        fill costs only cache misses: it is logged and the load goes on."""
-        await fill_caches(coord, self.shards.client_version, self.warn)
+        """rpc_fill_caches: fill the shards' caches at once, then start (failures: warnings)."""
+        await fill_caches(coord, self.shards.client_version, self.warn, self.filled)
         if coord.state != STARTING:
             return  # stopped while it filled
         try:

@@ -98,6 +98,13 @@ async def test_a_filled_load_sends_hashes_and_each_shard_holds_only_its_tensors(
         assert delivered[address] < weights - 0.9 * sum(int(t.n_bytes) for t in own)
     assert sum(delivered.values()) < three_layer_model.stat().st_size - 0.9 * FF * 3
     assert reply
+    # a restart on the same shards does not read and hash the model again
+    assert await route.supervisor.unload(str(three_layer_model), "test")
+    lease = await route.acquire(RouteRequest(model=str(three_layer_model)))
+    lease.release(Outcome(ok=True))
+    again = route.snapshot()["coordinators"][0]["cache_fill"]
+    assert {s["state"] for s in again.values()} == {"done: filled earlier by this gateway"}
+    assert all(s["sent_bytes"] == 0 for s in again.values())
 
 
 @pytest.mark.llamacpp

@@ -148,7 +148,8 @@ async def through_sollol(model: Path, addresses: list[str], state: Path, *, bina
         await route.stop()
     weights = {b["address"]: b["weights_mib"] * 1024**2
                for b in coordinator["layers"]["backends"]}
-    return {"ready_s": round(ready, 1), "tokens_per_s": speed, "weights_bytes": weights}
+    return {"ready_s": round(ready, 1), "tokens_per_s": speed, "weights_bytes": weights,
+            "coordinator": coordinator}
 
 
 async def generate(base_url: str, tokens: int) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import re
 import signal
 import subprocess
@@ -15,11 +17,15 @@ from typing import Any
 import attrs
 import httpx
 
+from sollol.errors import NoRouteAvailable
 from sollol.models import Backend, ResolvedModel
 
 from . import layers, pipeline, procs
+from .fill import FillRun
+from .options import slug
 from .plan import Plan
 
+log = logging.getLogger("sollol.sharding")
 STARTING, READY, FAILED, STOPPED = "starting", "ready", "failed", "stopped"
 LOG_MAX_BYTES = 16 * 1024 * 1024
 """A model's coordinator log is kept under this (and one previous part, `<model>.log.1`)."""
@@ -58,6 +64,8 @@ class Coordinator:
     served: int = 0
     report: layers.LayerReport | None = None
     upload: dict[str, dict[str, int]] = attrs.field(factory=dict)
+    fill: FillRun | None = None
+    """The gateway's fill of its rpc-servers' caches before it started (`rpc_fill_caches`)."""
     """Bytes each rpc-server has received while the model loads (from the kernel's counters)."""
     error: str | None = None
     draining: str | None = None
@@ -132,6 +140,28 @@ class Coordinator:
         self.log_offset = self.log_path.stat().st_size
         self.proc = procs.spawn(self.argv(llama_server, ctx_size, extra, verbose, draft_max),
                                 self.log_path)
+
+    def launch(self, llama_server: Path, options: Any, pid_dir: Path) -> None:
+        """Start it with the supervisor's options and record its pid file; NoRouteAvailable
+        when the process cannot be started."""
+        self.slots = options.parallel
+        try:
+            self.start(llama_server, options.ctx_size, list(options.extra_args),
+                       options.verbose_log, options.draft_max)
+        except OSError as exc:
+            raise NoRouteAvailable(f"sharding: cannot start llama-server: {exc}") from None
+        procs.write_pid_file(pid_dir, self.proc,
+                             {"model": self.model, "backends": self.plan.addresses,
+                              "port": self.port, "log": str(self.log_path)})
+        log.info("starting coordinator for %s on %s (tensor split %s, pid %s)", self.model,
+                 ", ".join(self.plan.addresses), self.plan.tensor_split, self.proc.pid)
+
+    def save_report(self, folder: Path) -> None:
+        """Keep the layer report on disk too, so `sollol shard status` works without a gateway."""
+        with contextlib.suppress(OSError):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{slug(self.model)}.json").write_text(
+                json.dumps(self.as_dict(), indent=2, default=str))
 
     def bound_log(self) -> None:
         """Keep this run's log under LOG_MAX_BYTES (llama-server logs every request)."""
@@ -238,6 +268,7 @@ class Coordinator:
             "gguf": str(self.resolved.path), "backends": self.plan.addresses,
             "tensor_split": self.plan.tensor_split,
             "upload": self.upload,
+            "cache_fill": self.fill.as_dict() if self.fill else None,
             "placement": {"reason": self.plan.reason, "numbers": self.plan.numbers,
                           "devices": {b.address: len(b.free) for b in self.plan.backends},
                           "draft": self.plan.draft or None},

@@ -54,6 +54,8 @@ class Options:
         """The draft model configured for `model` (any spelling of its name), or None."""
         key = canonical_model(model)
         return next((d for m, d in self.drafts.items() if canonical_model(m) == key), None)
+    fill_caches: bool = False
+    """Fill the rpc-servers' tensor caches from here, in parallel, before a coordinator loads."""
 
     @property
     def embeds(self) -> bool:
@@ -93,6 +95,7 @@ def options_from(config: Any) -> Options:
         local_memory=parse_bytes(config["rpc_local_memory"]),
         link_timeout=config["rpc_link_timeout"], parallel=config["rpc_parallel"],
         drafts=dict(config["rpc_draft_models"]), draft_max=config["rpc_draft_max"],
+        fill_caches=config["rpc_fill_caches"],
     )
 
 

@@ -247,26 +247,35 @@ def serve(host: str, port: int, threads: int | None, cache: Path | None,
 @click.option("--cache", "cache", type=click.Path(file_okay=False, path_type=Path),
               help="The folder given to `sollol rpc serve --cache` (default: llama.cpp's cache, "
                    "$LLAMA_CACHE).")
+@click.option("--layers", metavar="RANGES",
+              help="Only the layers this shard will hold, as llama.cpp numbers them (e.g. "
+                   "0-10, or 22-32 where 32 is a 32-layer model's output layer; `sollol shard "
+                   "status` shows each shard's range). Default: every tensor over 10 MiB.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @config_option
 @handle_errors
-def seed_command(models: tuple[str, ...], cache: Path | None, as_json: bool,
+def seed_command(models: tuple[str, ...], cache: Path | None, layers: str | None, as_json: bool,
                  config_file: Path | None) -> None:
     """Fill this machine's rpc-server tensor cache from MODELS it has (Ollama store names or
     GGUF paths): a coordinator's first load then sends hashes instead of weights."""
+    from .fill import parse_layers
     from .seed import rpc_cache_dir
 
+    try:
+        chosen = parse_layers(layers) if layers is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--layers") from None
     config, pm = load_for_cli(config_file)
     env = dict(os.environ)
     if cache is not None:
         env["LLAMA_CACHE"] = str(cache.resolve())
-    reports = _seed_models(config, pm, models, rpc_cache_dir(env), quiet=as_json)
+    reports = _seed_models(config, pm, models, rpc_cache_dir(env), quiet=as_json, layers=chosen)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in reports], indent=2))
 
 
 def _seed_models(config: Any, pm: Any, models: tuple[str, ...], folder: Path,
-                 quiet: bool = False) -> list[Any]:
+                 quiet: bool = False, layers: set[int] | None = None) -> list[Any]:
     from sollol.errors import ModelNotFound
 
     from .seed import seed
@@ -280,7 +289,7 @@ def _seed_models(config: Any, pm: Any, models: tuple[str, ...], folder: Path,
             raise ModelNotFound(f"model {model!r} not found on this machine (an Ollama store "
                                 "name or a path to a GGUF file)")
         say = None if quiet else (lambda text: click.echo(text, err=True))
-        report = seed(resolved.path, folder, say)
+        report = seed(resolved.path, folder, say, layers)
         reports.append(report)
         if not quiet:
             click.echo(f"{model}: {report.written} tensor(s) written "

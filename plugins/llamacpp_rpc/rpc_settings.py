@@ -121,6 +121,9 @@ SETTINGS: tuple[Setting, ...] = (
             check=at_least(1)),
     Setting("rpc_coordinator_args", "list", [],
             "Extra llama-server arguments, e.g. [\"--no-repack\", \"-t\", \"2\"].", check=_args),
+    Setting("rpc_fill_caches", "bool", False,
+            "Before a coordinator loads, send each rpc-server started with -c the tensors over "
+            "10 MiB it will hold, all shards at once; the load then sends hashes for them."),
     Setting("rpc_verbose_log", "bool", False,
             "Start coordinators with -v: exact per-layer placement in the layer report, but "
             "~20 log lines per generated token."),

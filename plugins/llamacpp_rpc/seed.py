@@ -55,18 +55,23 @@ def rpc_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     return base / "llama.cpp" / "rpc"
 
 
-def seed(gguf: Path, cache: Path, say: Callable[[str], None] | None = None) -> SeedReport:
-    """Write every weight tensor over the threshold to `cache/<fnv1a64 as 16 hex digits>`.
+def seed(gguf: Path, cache: Path, say: Callable[[str], None] | None = None,
+         layers: set[int] | None = None) -> SeedReport:
+    """Write every weight tensor over the threshold to `cache/<fnv1a64 as 16 hex digits>`, or
+    only those of `layers` (numbered as llama.cpp logs them: the output layer is the block
+    count; the input layer never leaves the coordinator) when the shard's placement is known.
 
     Files already there with the right size are kept; new ones are written atomically, so an
     rpc-server reading the cache meanwhile never sees half a tensor.
     """
     from gguf import GGUFReader
 
+    from .fill import big_tensors
+
     started = time.monotonic()
     cache.mkdir(parents=True, exist_ok=True)
     reader = GGUFReader(gguf)
-    big = [t for t in reader.tensors if int(t.n_bytes) > HASH_THRESHOLD]
+    big = [t for t, il in big_tensors(reader) if layers is None or il in layers]
     written = present = size = 0
     for index, tensor in enumerate(big, 1):
         data = tensor.data.tobytes()

@@ -86,6 +86,11 @@ def render(data: dict[str, Any]) -> str:
             out.append("  loading: " + ", ".join(
                 f"{address} {u['bytes'] / GIB:.2f}/{u['expected_bytes'] / GIB:.2f} GiB"
                 for address, u in c["upload"].items()))
+        if c.get("cache_fill"):
+            out.append("  cache fill: " + ", ".join(
+                f"{address} {f['done']}/{f['tensors']} tensors "
+                f"{f['sent_bytes'] / GIB:.2f}/{f['bytes'] / GIB:.2f} GiB sent, {f['state']}"
+                for address, f in c["cache_fill"].items()))
         placement = (c.get("placement") or {}).get("reason")
         if placement:
             out.append(f"  placement: {placement}")

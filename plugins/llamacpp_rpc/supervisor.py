@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +22,7 @@ from sollol.errors import BinaryNotFound, NoRouteAvailable
 from sollol.models import ResolvedModel
 
 from . import links, procs, sockets
+from .cache_fill import fill_caches
 from .coordinator import FAILED, READY, STARTING, STOPPED, Coordinator, CoordinatorFailed
 from .options import Options, slug, trim
 from .plan import Plan
@@ -64,6 +64,8 @@ class Supervisor:
     """Why the links to rpc-servers cannot be watched here (see `links`), or None."""
     replacer: Replacer | None = None
     """The scheduler, once `bind` gave it: restarts and wake-ups go through it."""
+    filled: set[tuple[Any, ...]] = attrs.field(factory=set)
+    """(shard, model file, split) whose caches this gateway filled (see cache_fill)."""
     _generation: int = 0
     _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set)
     _watcher: asyncio.Task[None] | None = None
@@ -183,23 +185,31 @@ class Supervisor:
         self.starts[model] = self.starts.pop(model, 0) + 1
         trim(self.starts)
         coord = Coordinator(model=model, resolved=resolved, plan=plan, port=procs.free_port(),
-                            log_path=self.log_path(model), generation=self._generation,
-                            slots=self.options.parallel)
+                            log_path=self.log_path(model), generation=self._generation)
         self.shards.hold(plan.addresses, coord.id)
-        try:
-            coord.start(self.llama_server, self.options.ctx_size, list(self.options.extra_args),
-                        self.options.verbose_log, self.options.draft_max)
-        except OSError as exc:
-            self.shards.release(plan.addresses)
-            raise NoRouteAvailable(f"sharding: cannot start llama-server: {exc}") from None
-        procs.write_pid_file(self.pid_dir, coord.proc,
-                             {"model": model, "backends": plan.addresses, "port": coord.port,
-                              "log": str(coord.log_path)})
+        if not self.options.fill_caches:
+            try:
+                coord.launch(self.llama_server, self.options, self.pid_dir)
+            except NoRouteAvailable:
+                self.shards.release(plan.addresses)
+                raise
         self.coordinators[model] = coord
-        log.info("starting coordinator for %s on %s (tensor split %s, pid %s)", model,
-                 ", ".join(plan.addresses), plan.tensor_split, coord.proc.pid)
-        self.background(self._bring_up(coord))
+        self.background(self._fill_then_start(coord) if self.options.fill_caches
+                        else self._bring_up(coord))
         return coord
+
+    async def _fill_then_start(self, coord: Coordinator) -> None:
+        """rpc_fill_caches: fill the shards' caches at once, then start (failures: warnings)."""
+        await fill_caches(coord, self.shards.client_version, self.warn, self.filled)
+        if coord.state != STARTING:
+            return  # stopped while it filled
+        try:
+            coord.launch(self.llama_server, self.options, self.pid_dir)
+        except NoRouteAvailable as exc:
+            async with self.lock:
+                await self.fail_locked(coord, str(exc))
+            return
+        await self._bring_up(coord)
 
     async def _bring_up(self, coord: Coordinator) -> None:
         try:
@@ -213,7 +223,7 @@ class Supervisor:
         coord.state = READY
         log.info("coordinator for %s ready in %.1fs", coord.model,
                  (coord.ready_at or time.time()) - coord.started_at)
-        self._save_report(coord)
+        coord.save_report(self.options.state_dir / "reports")
         if not coord.ready.done():
             coord.ready.set_result(None)
 
@@ -228,6 +238,8 @@ class Supervisor:
             if coord.state == STARTING and coord.proc is not None and coord.alive():
                 delivered = await asyncio.to_thread(sockets.bytes_delivered, coord.proc.pid)
                 coord.note_upload(delivered, sockets.resolve)
+            if coord.state == STARTING and coord.proc is None:
+                continue  # filling the rpc-servers' caches (rpc_fill_caches)
             if coord.state in (STARTING, READY) and not coord.alive():
                 async with self.lock:
                     if coord.state in (STARTING, READY):
@@ -365,6 +377,8 @@ class Supervisor:
     async def stop_locked(self, coord: Coordinator, why: str) -> None:
         log.info("stopping coordinator for %s: %s", coord.model, why)
         coord.state = STOPPED
+        if coord.fill is not None:
+            coord.fill.cancel()
         if coord.proc is not None:
             await asyncio.to_thread(procs.terminate, coord.proc)
         self._forget(coord)
@@ -383,11 +397,3 @@ class Supervisor:
     def _freed(self) -> None:
         if self.replacer is not None:
             self.replacer.wake()
-
-    def _save_report(self, coord: Coordinator) -> None:
-        """Keep the layer report on disk too, so `sollol shard status` works without a gateway."""
-        folder = self.options.state_dir / "reports"
-        with contextlib.suppress(OSError):
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"{slug(coord.model)}.json").write_text(
-                json.dumps(coord.as_dict(), indent=2, default=str))

@@ -1,0 +1,170 @@
+"""Sharded models at full speed, side by side in one run (issue 24), over 1 Gbit/s links.
+
+    sudo python bench/sharding_speed.py [--preset 7b-q4_0] [--rate 1gbit] [--sections cold]
+                                        [--out FILE]
+
+Root only: three rpc-servers in network namespaces behind `tbf` links, set up by
+`bench/sharding_lan.py` (imported, not copied); the whole run happens inside a namespace with no
+default route. Each section adds its figures to one JSON result and one table:
+
+- cold: ready time of a first load onto shards that never saw the model: `llama-server --rpc` by
+  hand; SOLLOL plain; SOLLOL with gateway-filled caches (`rpc_fill_caches`, rpc-servers with
+  `-c` and empty caches); the parallel wire limit (the largest shard's bytes / link rate: every
+  link busy at once).
+
+Stops every process it starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sharding_lan import (  # bench/ is not a package: its folder is on sys.path
+    Shards,
+    bits_per_second,
+    by_hand,
+    log,
+    model_file,
+    through_sollol,
+)
+
+from sollol.llamacpp import find_binaries
+from sollol.testing.netns import Network, isolated, run_isolated
+
+
+class Bench:
+    """What every section gets: the shards, the model, the binaries and a work folder."""
+
+    def __init__(self, shards: Shards, model: Path, binaries: Any, work: Path,
+                 args: argparse.Namespace) -> None:
+        self.shards, self.model, self.binaries, self.work, self.args = (
+            shards, model, binaries, work, args)
+
+    @property
+    def binaries_dir(self) -> Path:
+        return self.binaries.llama_server.parent
+
+
+async def cold(bench: Bench) -> dict[str, Any]:
+    """First load onto shards that never saw the model, three ways, and the wire limit."""
+    shards, model = bench.shards, bench.model
+    log("cold load: by hand")
+    shards.start()
+    hand = await by_hand(bench.binaries.llama_server, model, shards.addresses,
+                         bench.work / "logs" / "by-hand")
+    log("cold load: SOLLOL plain")
+    shards.start()
+    plain = await through_sollol(model, shards.addresses, bench.work / "state-plain",
+                                 binaries_dir=bench.binaries_dir)
+    log("cold load: SOLLOL with gateway-filled caches (empty -c caches)")
+    shards.start(cache="filled")
+    filled = await through_sollol(model, shards.addresses, bench.work / "state-filled",
+                                  binaries_dir=bench.binaries_dir, rpc_fill_caches=True)
+    per_shard = plain["weights_bytes"]
+    bps = bits_per_second(bench.args.rate)
+    shards.stop()
+    fills = filled["coordinator"]["cache_fill"] or {}
+    fill_s = max((f["seconds"] for f in fills.values()), default=0.0)
+    return {"by_hand_s": round(hand, 1), "sollol_plain_s": plain["ready_s"],
+            "sollol_filled_s": filled["ready_s"],
+            "fill_s": fill_s, "load_after_fill_s": round(filled["ready_s"] - fill_s, 1),
+            "fill_bytes_per_shard": {a: f["sent_bytes"] for a, f in fills.items()},
+            "fill_states": {a: f["state"] for a, f in fills.items()},
+            "coordinator_bytes_per_shard": {
+                a: u["bytes"] for a, u in filled["coordinator"]["upload"].items()},
+            "fill_wire_limit_s": round(max((f["bytes"] for f in fills.values()), default=0)
+                                       * 8 / bps, 1),
+            "wire_limit_parallel_s": round(max(per_shard.values()) * 8 / bps, 1),
+            "wire_limit_sequential_s": round(sum(per_shard.values()) * 8 / bps, 1),
+            "filled_vs_by_hand": round(filled["ready_s"] / hand, 2)}
+
+
+def cold_table(r: dict[str, Any]) -> list[str]:
+    return [
+        "cold load (ready, s)      by hand  SOLLOL plain  SOLLOL filled  parallel wire limit",
+        f"                          {r['by_hand_s']:7}  {r['sollol_plain_s']:12}  "
+        f"{r['sollol_filled_s']:13}  {r['wire_limit_parallel_s']:19}",
+        f"  filled / by hand: {r['filled_vs_by_hand']}x (goal <= 0.4x); sequential wire limit "
+        f"{r['wire_limit_sequential_s']} s",
+        f"  of the filled load: fill {r['fill_s']} s (its wire limit {r['fill_wire_limit_s']} s, "
+        f"all shards at once), then the coordinator's load {r['load_after_fill_s']} s; the "
+        f"coordinator sent {sum(r['coordinator_bytes_per_shard'].values()) / 2**30:.2f} GiB "
+        f"(plain: all {sum(r['fill_bytes_per_shard'].values()) / 2**30:.2f} GiB filled + the "
+        "tensors under 10 MiB)",
+    ]
+
+
+Section = tuple[Callable[[Bench], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]],
+                                                                        list[str]]]
+SECTIONS: dict[str, Section] = {"cold": (cold, cold_table)}
+"""Name -> (measure, table lines). Other sections register here."""
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    binaries = find_binaries()
+    model = model_file(args.preset)
+    results: dict[str, Any] = {"preset": args.preset, "model_bytes": model.stat().st_size,
+                               "rate": args.rate, "machine": f"{os.cpu_count()} cores",
+                               "date": time.strftime("%F %H:%M UTC", time.gmtime()),
+                               "command": " ".join(sys.argv)}
+    with tempfile.TemporaryDirectory(prefix="sollol-speed-") as tmp, \
+            Network(log_dir=Path(tmp) / "logs") as net:
+        work = Path(tmp)
+        shards = Shards(net, binaries.rpc_server, work)
+        shards.limit(args.rate)
+        bench = Bench(shards, model, binaries, work, args)
+        try:
+            for name in args.sections.split(","):
+                measure, _ = SECTIONS[name]
+                results[name] = await measure(bench)
+        finally:
+            shards.stop()
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [f"{results['preset']} ({results['model_bytes'] / 2**30:.2f} GiB) over three "
+             f"{results['rate']} shards, {results['date']}, {results['machine']}"]
+    for name, (_, lines_of) in SECTIONS.items():
+        if name in results:
+            lines += lines_of(results[name])
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="7b-q4_0")
+    parser.add_argument("--rate", default="1gbit")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated, of: {', '.join(SECTIONS)}")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    unknown = set(args.sections.split(",")) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    if not isolated():
+        if os.geteuid() != 0:
+            raise SystemExit("bench/sharding_speed.py needs root (network namespaces)")
+        done = run_isolated([sys.executable, *sys.argv], capture=False)
+        raise SystemExit(done.returncode)
+    results = asyncio.run(run(args))
+    text = json.dumps(results, indent=2)
+    print(text)
+    print(table(results), file=sys.stderr)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -146,3 +146,42 @@ async def test_a_draft_with_the_same_vocabulary_drafts_on_the_gateway(
     (shown,) = route.snapshot()["coordinators"]
     assert shown["placement"]["draft"] == str(draft)
     assert "draft model" in shown["placement"]["reason"]
+
+
+def test_past_the_slots_and_the_queue_the_gateway_answers_429_json(
+    rpc_servers, sharding_gateway, tiny_model: Path, isolated_config: Path,
+) -> None:
+    """One slot, no queue: while a streamed request holds the slot, the next gets 429 with a
+    JSON error naming the settings; `sollol shard status` and /sollol/state show the numbers."""
+    from click.testing import CliRunner
+
+    from sollol.cli import build_cli
+
+    # a context long enough that the held request is still generating (~1,000 tokens/s here)
+    # when the second one comes; closing its stream ends it
+    gateway = sharding_gateway([a for a, _ in rpc_servers(2)], rpc_parallel=1,
+                               rpc_queue_size=0, rpc_ctx_size=32768)
+    body = {"model": str(tiny_model), "prompt": "the shard layer", "stream": True,
+            "options": {"num_predict": 30000, "temperature": 0}}
+    with httpx.Client(timeout=120, trust_env=False) as client:
+        warm = client.post(gateway.url + "/api/generate", json={
+            **body, "stream": False, "options": {"num_predict": 1}})
+        assert warm.status_code == 200  # the coordinator is up
+        with client.stream("POST", gateway.url + "/api/generate", json=body) as held:
+            assert held.status_code == 200
+            lines = held.iter_lines()
+            while '"response":""' in next(lines).replace(" ", ""):
+                pass  # until it generates: the slot is taken
+            refused = client.post(gateway.url + "/api/generate", json={**body, "stream": False})
+            state = client.get(gateway.url + "/sollol/state").json()
+            isolated_config.parent.mkdir(parents=True, exist_ok=True)
+            isolated_config.write_text('plugins = ["llamacpp_rpc"]\n')
+            status = CliRunner().invoke(build_cli(), ["shard", "status", "--url", gateway.url])
+    assert refused.status_code == 429 and refused.headers.get("retry-after")
+    assert "rpc_parallel" in refused.json()["error"]
+    assert "rpc_queue_size" in refused.json()["error"]
+    (coord,) = state["routes"]["sharding"]["coordinators"]
+    assert coord["slots"] == {"total": 1, "busy": 1, "queued": 0, "refused": 1}
+    assert coord["pipeline"] == "off: 1 RPC device(s) (it needs two or more)"  # fewest: one
+    assert "slots: 1/1 busy, 0 queued, 1 refused (429)" in status.output
+    assert "pipeline parallelism: off: 1 RPC device(s)" in status.output

@@ -185,3 +185,24 @@ def test_past_the_slots_and_the_queue_the_gateway_answers_429_json(
     assert coord["pipeline"] == "off: 1 RPC device(s) (it needs two or more)"  # fewest: one
     assert "slots: 1/1 busy, 0 queued, 1 refused (429)" in status.output
     assert "pipeline parallelism: off: 1 RPC device(s)" in status.output
+
+
+def test_what_turns_pipeline_parallelism_off_is_named() -> None:
+    from sollol_plugins.llamacpp_rpc.pipeline import from_log, predict
+
+    assert predict(3, 0, 32, ()) == ""
+    assert predict(1, 0, 32, ()) == "1 RPC device(s) (it needs two or more)"
+    assert predict(3, 0, 32, ["-ot", "ffn=CPU"]) == \
+        "tensor overrides in rpc_coordinator_args (-ot)"
+    assert predict(3, 0, 32, ["-nkvo"]) == "KV cache not offloaded (-nkvo in rpc_coordinator_args)"
+    assert predict(3, 0, 32, ["--split-mode=row"]) == \
+        "split mode 'row' (rpc_coordinator_args; it needs 'layer')"
+    assert predict(3, 0, 32, ["-ngl", "20"]) == \
+        "not every layer offloaded (-ngl 20 in rpc_coordinator_args)"
+    assert predict(3, 0, 32, ["-ngl", "99"]) == ""
+    assert predict(3, 4, 32, ()) == "4 layer(s) kept on the gateway machine (rpc_local_memory)"
+    assert from_log("llama_context: pipeline parallelism enabled", "") == "on"
+    assert from_log("llama_context: pipeline parallelism enabled\nsched_reserve: compute buffer "
+                    "allocation failed, retrying without pipeline parallelism", "") == \
+        "off: its compute buffers did not fit, llama.cpp retried without it"
+    assert from_log("", "x").startswith("off: x")

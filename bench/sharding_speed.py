@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import speed_sections
 from sharding_lan import (  # bench/ is not a package: its folder is on sys.path
     Shards,
     bits_per_second,
@@ -108,6 +109,9 @@ def cold_table(r: dict[str, Any]) -> list[str]:
 Section = tuple[Callable[[Bench], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]],
                                                                         list[str]]]
 SECTIONS: dict[str, Section] = {"cold": (cold, cold_table)}
+SECTIONS.update({"pipeline": (speed_sections.pipeline, speed_sections.pipeline_table),
+                 "concurrent": (speed_sections.concurrent, speed_sections.concurrent_table),
+                 "draft": (speed_sections.draft, speed_sections.draft_table)})
 """Name -> (measure, table lines). Other sections register here."""
 
 
@@ -149,6 +153,12 @@ def main() -> None:
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated, of: {', '.join(SECTIONS)}")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--prompt-tokens", type=int, default=512,
+                        help="pipeline: prompt length (512 = 4 micro-batches of -ub 128)")
+    parser.add_argument("--shard-cpu", type=float, default=0.5,
+                        help="pipeline: cores each shard host may use (cgroup v1 quota)")
+    parser.add_argument("--tokens", type=int, default=32,
+                        help="concurrent, draft: tokens generated per request")
     args = parser.parse_args()
     unknown = set(args.sections.split(",")) - set(SECTIONS)
     if unknown:

@@ -20,7 +20,7 @@ import httpx
 from sollol.errors import NoRouteAvailable
 from sollol.models import Backend, ResolvedModel
 
-from . import layers, procs
+from . import layers, pipeline, procs
 from .fill import FillRun
 from .options import slug
 from .plan import Plan
@@ -78,6 +78,15 @@ class Coordinator:
     """rpc-servers that were down when it was placed: when one returns, an idle coordinator
     moves back to the placement it would have had (see Scheduler.rebalance_locked)."""
     log_offset: int = 0
+    pipeline: str = ""
+    """llama.cpp's pipeline parallelism: "on" or "off: why" (from its log, once it is up)."""
+    slots: int = 0
+    """Requests it runs at once (llama-server --parallel; `rpc_parallel`); 0: llama-server's
+    own choice, and no limit here."""
+    queued: int = 0
+    """Requests waiting now for one of its slots."""
+    refused: int = 0
+    """Requests refused (429) because its slots and the queue were full."""
     links_armed: set[str] = attrs.field(factory=set)
     """Inodes of its sockets to rpc-servers whose dead-peer detection is on (see `links`)."""
     ready: asyncio.Future[None] = attrs.field(factory=lambda: asyncio.get_running_loop()
@@ -98,7 +107,7 @@ class Coordinator:
                        labels={"model": self.model, "rpc": ",".join(self.plan.addresses)})
 
     def argv(self, llama_server: Path, ctx_size: int, extra: list[str],
-             verbose: bool = False) -> list[str]:
+             verbose: bool = False, draft_max: int = 8) -> list[str]:
         args = [str(llama_server), "-m", str(self.resolved.path),
                 "--rpc", ",".join(self.plan.addresses),
                 # 99: every layer on the rpc-servers (-ngl 0 would keep them all here)
@@ -109,12 +118,19 @@ class Coordinator:
                 "--metrics",  # its own throughput figures, read by the dashboard and status
                 # buffer sizes per rpc-server are info (4); per-layer lines are debug (-v)
                 "-v" if verbose else "-lv", *([] if verbose else ["4"])]
+        # one context of ctx_size per slot, sequences batched together as they come
+        if self.slots:
+            args += ["--parallel", str(self.slots), "--cont-batching"]
         if ctx_size:
-            args += ["-c", str(ctx_size)]
+            args += ["-c", str(ctx_size * max(1, self.slots))]
+        if self.plan.draft:  # on the gateway machine's CPU, never on the rpc-servers
+            args += ["--model-draft", self.plan.draft, "--spec-type", "draft-simple",
+                     "--device-draft", "none",
+                     "--gpu-layers-draft", "0", "--spec-draft-n-max", str(draft_max)]
         return args + list(extra)
 
     def start(self, llama_server: Path, ctx_size: int, extra: list[str],
-              verbose: bool = False) -> None:
+              verbose: bool = False, draft_max: int = 8) -> None:
         """Spawn the process (from the event loop's thread: see `procs.spawn`)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         procs.bound_log(self.log_path, LOG_MAX_BYTES)  # the runs before this one
@@ -122,14 +138,16 @@ class Coordinator:
             out.write(f"\n==== sollol: starting coordinator #{self.generation} for {self.model} "
                       f"on {', '.join(self.plan.addresses)} at {time.ctime()} ====\n")
         self.log_offset = self.log_path.stat().st_size
-        self.proc = procs.spawn(self.argv(llama_server, ctx_size, extra, verbose), self.log_path)
+        self.proc = procs.spawn(self.argv(llama_server, ctx_size, extra, verbose, draft_max),
+                                self.log_path)
 
     def launch(self, llama_server: Path, options: Any, pid_dir: Path) -> None:
         """Start it with the supervisor's options and record its pid file; NoRouteAvailable
         when the process cannot be started."""
+        self.slots = options.parallel
         try:
             self.start(llama_server, options.ctx_size, list(options.extra_args),
-                       options.verbose_log)
+                       options.verbose_log, options.draft_max)
         except OSError as exc:
             raise NoRouteAvailable(f"sharding: cannot start llama-server: {exc}") from None
         procs.write_pid_file(pid_dir, self.proc,
@@ -238,7 +256,9 @@ class Coordinator:
             if _LOADED.search(self.log_text()):
                 break
             await asyncio.sleep(0.05)
-        self.report = layers.parse(self.log_text().splitlines(), self.plan.addresses)
+        text = self.log_text()
+        self.report = layers.parse(text.splitlines(), self.plan.addresses)
+        self.pipeline = pipeline.from_log(text, self.plan.pipeline_off)
         self.ready_at = time.time()
 
     def as_dict(self) -> dict[str, Any]:
@@ -250,8 +270,15 @@ class Coordinator:
             "upload": self.upload,
             "cache_fill": self.fill.as_dict() if self.fill else None,
             "placement": {"reason": self.plan.reason, "numbers": self.plan.numbers,
-                          "devices": {b.address: len(b.free) for b in self.plan.backends}},
+                          "devices": {b.address: len(b.free) for b in self.plan.backends},
+                          "draft": self.plan.draft or None},
+            "pipeline": self.pipeline or None,
+            "pipeline_expected": ("off: " + self.plan.pipeline_off) if self.plan.pipeline_off
+            else pipeline.ON,
             "in_flight": self.in_flight,
+            "slots": {"total": self.slots or None,
+                      "busy": min(self.in_flight, self.slots or self.in_flight),
+                      "queued": self.queued, "refused": self.refused},
             "served": self.served, "started_at": self.started_at,
             "load_seconds": round(self.ready_at - self.started_at, 2) if self.ready_at else None,
             "idle_seconds": round(time.monotonic() - self.last_used, 1),

@@ -42,8 +42,20 @@ class Options:
     """Bytes of the gateway machine's memory its coordinators may keep layers in."""
     link_timeout: float = 0.0
     """Seconds without an answer on a link to an rpc-server before the kernel drops it (0: off)."""
+    parallel: int = 0
+    """Slots per coordinator (llama-server --parallel): requests it runs at once (0: its own
+    choice, and the route sends it every request at once)."""
+    drafts: dict[str, str] = attrs.field(factory=dict)
+    """Sharded model (canonical name) -> its draft model (a name or a GGUF path)."""
+    draft_max: int = 8
+    """Most tokens a draft proposes per verification pass."""
     fill_caches: bool = False
     """Fill the rpc-servers' tensor caches from here, in parallel, before a coordinator loads."""
+
+    def draft_for(self, model: str) -> str | None:
+        """The draft model configured for `model` (any spelling of its name), or None."""
+        key = canonical_model(model)
+        return next((d for m, d in self.drafts.items() if canonical_model(m) == key), None)
 
     @property
     def embeds(self) -> bool:
@@ -54,7 +66,7 @@ class Options:
         """(bytes the rpc-servers must hold, layers kept on the gateway machine): whole layers
         fit into `local_memory` stay here (llama-server's own memory), the rest is sharded."""
         kv = info.kv_bytes_per_token if info else None
-        needed = needed_bytes(size, kv, self.ctx_size)
+        needed = needed_bytes(size, kv, self.ctx_size * max(1, self.parallel))  # a context per slot
         layers = info.layer_count if info else None
         if not self.local_memory or not layers:
             return needed, 0
@@ -81,7 +93,8 @@ def options_from(config: Any) -> Options:
         state_dir=state_dir(config), verbose_log=config["rpc_verbose_log"],
         placement=config["rpc_placement"], when_busy=config["rpc_when_busy"],
         local_memory=parse_bytes(config["rpc_local_memory"]),
-        link_timeout=config["rpc_link_timeout"],
+        link_timeout=config["rpc_link_timeout"], parallel=config["rpc_parallel"],
+        drafts=dict(config["rpc_draft_models"]), draft_max=config["rpc_draft_max"],
         fill_caches=config["rpc_fill_caches"],
     )
 

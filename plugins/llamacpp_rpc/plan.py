@@ -52,6 +52,10 @@ class Plan:
     local_layers: int = 0
     """Layers kept in the gateway machine's own memory (`rpc_local_memory`)."""
     layer_count: int | None = None
+    pipeline_off: str = ""
+    """Why llama.cpp will keep pipeline parallelism off here (predicted), or "" (on)."""
+    draft: str = ""
+    """GGUF path of the draft model for speculative decoding, run on the gateway, or ""."""
 
     @property
     def gpu_layers(self) -> int:
@@ -59,6 +63,10 @@ class Plan:
         if not self.local_layers or self.layer_count is None:
             return 99  # all of them
         return self.layer_count + 1 - self.local_layers
+
+    @property
+    def devices(self) -> int:
+        return sum(len(b.free) for b in self.backends)
 
     @property
     def addresses(self) -> list[str]:

@@ -40,6 +40,12 @@ def _memory_table(value: dict[str, Any]) -> dict[str, int]:
         raise ValueError(f"a table of rpc-server address -> memory size ({exc})") from None
 
 
+def _drafts(value: dict[str, Any]) -> dict[str, str]:
+    if not all(isinstance(v, str) and v for v in value.values()):
+        raise ValueError("a table of sharded model -> draft model name or GGUF path")
+    return {str(k): v for k, v in value.items()}
+
+
 def _size(value: str) -> str:
     parse_bytes(value)  # raises ValueError("...") naming the expected form
     return value
@@ -95,11 +101,24 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a request waits for busy rpc-servers to free up before it is refused.",
             check=positive),
     Setting("rpc_queue_size", "int", 64,
-            "Requests that may wait for busy rpc-servers at once (rpc_when_busy = \"wait\"); "
+            "Requests that may wait at once for busy rpc-servers (rpc_when_busy = \"wait\") or "
+            "for a free slot of their model's coordinator (rpc_parallel); "
             "beyond it clients get 429 with Retry-After at once.", check=at_least(0)),
     Setting("rpc_ctx_size", "int", 4096,
-            "Context length each coordinator is started with (0: the model's own).",
-            check=at_least(0)),
+            "Context length of each of a coordinator's slots (0: the model's own, shared by "
+            "the slots).", check=at_least(0)),
+    Setting("rpc_parallel", "int", 0,
+            "Sequences a coordinator runs at once (llama-server --parallel, continuous "
+            "batching, rpc_ctx_size of context each): the route sends it this many requests at "
+            "once and queues the rest (rpc_queue_size, then 429). 0: llama-server's own choice "
+            "(its slots share rpc_ctx_size) and no limit in the route.", check=at_least(0)),
+    Setting("rpc_draft_models", "table", {},
+            "Speculative decoding: a draft model per sharded model (e.g. {\"big:70b\" = "
+            "\"small:1b\"}, names or GGUF paths). The draft runs in the coordinator on the "
+            "gateway machine and must share the model's vocabulary.", check=_drafts),
+    Setting("rpc_draft_max", "int", 8,
+            "Most tokens the draft model proposes per verification pass of the sharded model.",
+            check=at_least(1)),
     Setting("rpc_coordinator_args", "list", [],
             "Extra llama-server arguments, e.g. [\"--no-repack\", \"-t\", \"2\"].", check=_args),
     Setting("rpc_fill_caches", "bool", False,

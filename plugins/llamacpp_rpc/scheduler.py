@@ -23,6 +23,8 @@ import attrs
 from sollol.errors import ModelNotFound, NoRouteAvailable, Overloaded
 from sollol.models import ModelInfo, ResolvedModel, ShardOffer, ShardPlacement
 
+from . import draft as drafts
+from . import pipeline
 from .coordinator import FAILED, READY, STARTING, STOPPED, Coordinator, CoordinatorFailed
 from .options import Options, trim
 from .plan import DoesNotFit, Plan, make_plan, place
@@ -86,6 +88,7 @@ class Scheduler:
     async def _checkout(self, model: str) -> Coordinator:
         deadline = time.monotonic() + self.options.wait_timeout
         queued = False
+        slot_wait: Coordinator | None = None  # the coordinator whose slot it waits for
         try:
             while True:
                 changed = self._changed
@@ -121,12 +124,36 @@ class Scheduler:
                     raise NoRouteAvailable(f"sharding {model!r}: {exc}") from None
                 if coord.state != READY or not coord.alive():
                     continue  # stopped or died since it came up: the next look handles it
+                if coord.slots and coord.in_flight >= coord.slots:  # all busy: wait for one
+                    if not queued:
+                        if self.waiting >= self.options.queue_size:
+                            coord.refused += 1
+                            raise Overloaded(
+                                f"sharding: all {coord.slots} slot(s) of {model[:100]!r}'s "
+                                f"coordinator are busy (rpc_parallel) and {self.waiting} "
+                                "request(s) already wait (rpc_queue_size)", retry_after=1.0)
+                        self.waiting += 1
+                        queued = True
+                    if slot_wait is not coord:
+                        if slot_wait is not None:
+                            slot_wait.queued -= 1
+                        slot_wait = coord
+                        coord.queued += 1
+                    if time.monotonic() > deadline:
+                        coord.refused += 1
+                        raise Overloaded(f"sharding: waited {self.options.wait_timeout:g}s for "
+                                         f"a free slot of {model!r}'s coordinator (all "
+                                         f"{coord.slots} busy, rpc_parallel)", retry_after=5.0)
+                    await self._until_woken(changed, deadline)
+                    continue
                 coord.in_flight += 1
                 coord.last_used = time.monotonic()
                 return coord
         finally:
             if queued:
                 self.waiting -= 1
+            if slot_wait is not None:
+                slot_wait.queued -= 1
 
     async def _current(self, model: str) -> Coordinator | None:
         """The model's coordinator, started if needed; None while every rpc-server is busy."""
@@ -150,8 +177,7 @@ class Scheduler:
         if coord.in_flight == 0 and coord.state == READY and (
                 coord.draining or self.options.mode == "ephemeral" or coord.keep_alive == 0):
             self.supervisor.background(self.supervisor.stop_if_idle(coord))
-        if coord.in_flight == 0:
-            self.wake()  # an idle coordinator may be evicted for a waiting request
+        self.wake()  # a slot came free (and an idle coordinator may be evicted)
 
     def preload(self, model: str) -> None:
         """Start `model`'s coordinator in the background, so its first request finds it warm."""
@@ -268,6 +294,7 @@ class Scheduler:
                                 layer_count=info.layer_count if info else None,
                                 reason=f"{plan.reason}; {local_layers} layer(s) stay in the "
                                        "gateway machine's memory (rpc_local_memory)")
+        plan = await self._speedups(model, resolved, plan)
         coord = self.supervisor.spawn_locked(model, resolved, plan)
         coord.down_at_start = down
         return coord
@@ -311,6 +338,29 @@ class Scheduler:
         if replacement is not None:
             log.info("restarting %s on %s", model, ", ".join(replacement.plan.addresses))
         return None
+
+    async def _speedups(self, model: str, resolved: ResolvedModel, plan: Plan) -> Plan:
+        """The plan with its draft model (checked) and whether pipeline parallelism stays on,
+        said in its reason."""
+        off = pipeline.predict(plan.devices, plan.local_layers, plan.layer_count,
+                               self.options.extra_args)
+        # what the settings cost (the device count is the placement's own business)
+        costs = pipeline.predict(2, plan.local_layers, plan.layer_count, self.options.extra_args)
+        reason = plan.reason + (f"; this costs pipeline parallelism: {costs}" if costs else "")
+        draft_path = ""
+        if name := self.options.draft_for(model):
+            draft, _info = await self.resolve(name)
+            if draft is None:
+                raise NoRouteAvailable(f"sharding {model!r}: its draft model {name!r} "
+                                       "(rpc_draft_models) resolves to no GGUF file")
+            why = await asyncio.to_thread(drafts.mismatch, resolved.path, draft.path)
+            if why:
+                raise NoRouteAvailable(f"sharding {model!r}: draft model {name!r} "
+                                       f"(rpc_draft_models) does not share its vocabulary: {why}")
+            draft_path = str(draft.path)
+            reason += (f"; draft model {name!r} ({draft.size / 2**20:.1f} MiB) on the gateway "
+                       f"machine proposes up to {self.options.draft_max} tokens per pass")
+        return attrs.evolve(plan, pipeline_off=off, draft=draft_path, reason=reason)
 
     def _active(self) -> list[Coordinator]:
         return [c for c in self.supervisor.coordinators.values()

@@ -94,6 +94,13 @@ def render(data: dict[str, Any]) -> str:
         placement = (c.get("placement") or {}).get("reason")
         if placement:
             out.append(f"  placement: {placement}")
+        if c.get("pipeline") or c.get("pipeline_expected"):
+            out.append(f"  pipeline parallelism: "
+                       f"{c.get('pipeline') or 'expected ' + c['pipeline_expected']}")
+        if slots := c.get("slots"):
+            total = slots["total"] or "llama-server's own"
+            out.append(f"  slots: {slots['busy']}/{total} busy, {slots['queued']} "
+                       f"queued, {slots['refused']} refused (429)")
         report = c.get("layers")
         if not report:
             out.append("  layer distribution: not known yet")
@@ -108,6 +115,10 @@ def render(data: dict[str, Any]) -> str:
                        f"[{share.get('layer_range') or '-'}]  weights "
                        f"{share.get('weights_mib', 0):.1f} MiB  "
                        f"KV {share.get('kv_mib', 0):.1f} MiB")
+    if sched := data.get("scheduler"):
+        per = sched["slots_per_coordinator"] or "llama-server's own"
+        out.append(f"scheduler: {sched['waiting']}/{sched['queue_size']} waiting, "
+                   f"{per} slot(s) per coordinator")
     for model, why in (data.get("unservable") or {}).items():
         out.append(f"unservable {model}: {why.get('reason')}")
     for warning in data.get("warnings", [])[-5:]:

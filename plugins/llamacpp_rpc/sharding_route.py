@@ -292,6 +292,8 @@ class ShardingRoute:
                              for c in supervisor.coordinators.values()],
             "coordinator_starts": dict(supervisor.starts),
             "unservable": dict(self.scheduler.unservable),
+            "scheduler": {"waiting": self.scheduler.waiting, "queue_size": options.queue_size,
+                          "slots_per_coordinator": options.parallel or None},
             "warnings": list(supervisor.warnings),
             "state_dir": str(options.state_dir),
         })

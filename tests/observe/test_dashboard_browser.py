@@ -154,6 +154,9 @@ def test_dashboard_shows_the_cluster_live(
                                timeout=WAIT_MS)
         assert "device 0" in page.inner_text(f'#rpc tr[data-rpc="{shards[1]}"]')
         assert f"{named} (CPU)" in page.inner_text(card)
+        # llama.cpp's pipeline parallelism (every layer on two rpc-servers: on) and the slots
+        assert "pipeline parallelism: on" in page.inner_text(f"{card} .pipeline")
+        assert "slots 0/auto busy · 0 queued · 0 refused" in page.inner_text(card)
         # `sollol status` tells the same story in the terminal, bars included
         from click.testing import CliRunner
 

@@ -233,7 +233,11 @@
       const tps = c.throughput && c.throughput.tokens_per_second;
       fact("tok/s", tps ? number(tps) + " (server)" : (c.stats && c.stats.tokens_per_second ? number(c.stats.tokens_per_second) : "–"));
       if (c.load_seconds) fact("loaded in", c.load_seconds + " s");
+      if (c.slots) fact("slots", c.slots.busy + "/" + (c.slots.total || "auto") + " busy · " + c.slots.queued + " queued · " + c.slots.refused + " refused");
       card.append(head, facts);
+      const pipe = c.pipeline || (c.pipeline_expected ? "expected " + c.pipeline_expected : "");
+      if (pipe) card.append(el("div", "small pipeline", "pipeline parallelism: " + pipe));
+      if (c.placement && c.placement.draft) card.append(el("div", "small", "draft model: " + c.placement.draft));
       if (c.state === "starting" && c.progress) card.append(el("div", "progress", c.progress));
       if (c.draining) card.append(el("div", "progress", "draining: " + c.draining));
       if (c.error) card.append(el("div", "err", c.error));

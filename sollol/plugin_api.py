@@ -68,7 +68,7 @@ PUBLIC: Mapping[str, tuple[str, ...]] = {
                                   "item"),
     "sollol.cli.service": ("emit_unit", "program_needs", "refuse_unreadable"),
     "sollol.cli.unit_access": ("Need",),
-    "sollol.cli.systemd": ("exec_line", "environment_line"),
+    "sollol.cli.systemd": ("exec_line", "environment_line", "worker_sandbox", "GPU_DEVICES"),
 }
 """Modules and names plugins may import; anything else in `sollol` may change at any time."""
 

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import attrs
 
-from sollol.cli.systemd import environment_line, exec_line
+from sollol.cli.systemd import environment_line, exec_line, worker_sandbox
 
 STATE_NAME = "sollol-join"
 TOKEN_VARIABLE = "SOLLOL_JOIN_TOKEN"
-GPU_DEVICES = ("char-drm", "char-kfd", "char-nvidia-frontend", "char-nvidia-uvm",
-               "char-nvidia-caps", "char-nvidiactl")
 
 
 @attrs.frozen
@@ -70,30 +68,9 @@ def render(unit: JoinUnit) -> str:
         "Restart=on-failure",
         "RestartSec=5",
     ]
-    if not unit.user_unit:
-        lines += [f"User={unit.run_as}"] if unit.run_as else ["DynamicUser=yes"]
-        lines += ["CapabilityBoundingSet=", "AmbientCapabilities=", "ProtectKernelModules=yes",
-                  "ProtectKernelLogs=yes", "ProtectClock=yes", "ProtectHostname=yes"]
+    # not ProcSubset=pid: the heartbeat reads /proc/meminfo
+    lines += worker_sandbox(unit.user_unit, unit.run_as, proc_subset=False)
     lines += [
-        "NoNewPrivileges=yes",
-        "ProtectSystem=strict",
-        "ProtectHome=read-only",
-        "PrivateTmp=yes",
-        "ProtectKernelTunables=yes",
-        "ProtectControlGroups=yes",
-        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
-        "RestrictNamespaces=yes",
-        "RestrictRealtime=yes",
-        "RestrictSUIDSGID=yes",
-        "LockPersonality=yes",
-        "SystemCallArchitectures=native",
-        "SystemCallFilter=@system-service",
-        "SystemCallFilter=~@privileged",
-        "SystemCallErrorNumber=EPERM",
-        "ProtectProc=invisible",  # not ProcSubset=pid: the heartbeat reads /proc/meminfo
-        "UMask=0077",
-        "DevicePolicy=closed",
-        *(f"DeviceAllow={device} rw" for device in GPU_DEVICES),
         "",
         "[Install]",
         "WantedBy=" + ("default.target" if unit.user_unit else "multi-user.target"),

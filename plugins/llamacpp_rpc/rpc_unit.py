@@ -17,15 +17,11 @@ from pathlib import Path
 
 import attrs
 
-from sollol.cli.systemd import environment_line, exec_line
+from sollol.cli.systemd import GPU_DEVICES, environment_line, exec_line, worker_sandbox
 
 __all__ = ["GPU_DEVICES", "ServiceSpec", "exec_line", "parse_allow", "render"]
 
 CACHE_NAME = "sollol-rpc"
-GPU_DEVICES = ("char-drm", "char-kfd", "char-nvidia-frontend", "char-nvidia-uvm",
-               "char-nvidia-caps", "char-nvidiactl")
-"""Device classes (from /proc/devices) of GPUs: DRM (Vulkan, AMD, Intel), ROCm's KFD, NVIDIA.
-A class this machine does not have is skipped by systemd."""
 
 
 def parse_allow(text: str) -> tuple[str, ...]:
@@ -99,34 +95,8 @@ def render(spec: ServiceSpec) -> str:
         "Restart=on-failure",
         "RestartSec=2",
     ]
-    if not spec.user_unit:
-        lines += [f"User={spec.run_as}"] if spec.run_as else ["DynamicUser=yes"]
-        lines += ["CapabilityBoundingSet=", "AmbientCapabilities=", "ProtectKernelModules=yes",
-                  "ProtectKernelLogs=yes", "ProtectClock=yes", "ProtectHostname=yes"]
+    lines += worker_sandbox(spec.user_unit, spec.run_as)
     lines += [
-        "NoNewPrivileges=yes",
-        "ProtectSystem=strict",
-        "ProtectHome=read-only",
-        "PrivateTmp=yes",
-        "ProtectKernelTunables=yes",
-        "ProtectControlGroups=yes",
-        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
-        "RestrictNamespaces=yes",
-        "RestrictRealtime=yes",
-        "RestrictSUIDSGID=yes",
-        "LockPersonality=yes",
-        "SystemCallArchitectures=native",
-        # what a network service needs, minus privileged calls; a refused call fails with
-        # EPERM instead of killing the server (a GPU driver may probe something unusual)
-        "SystemCallFilter=@system-service",
-        "SystemCallFilter=~@privileged",
-        "SystemCallErrorNumber=EPERM",
-        "ProtectProc=invisible",
-        "ProcSubset=pid",
-        "UMask=0077",
-        # PrivateDevices would hide the GPU: a closed device list that lets the GPUs through
-        "DevicePolicy=closed",
-        *(f"DeviceAllow={device} rw" for device in GPU_DEVICES),
         *_ip_lines(spec),
         "",
         "[Install]",

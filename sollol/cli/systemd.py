@@ -76,3 +76,46 @@ def write_unit(text: str, name: str, user_unit: bool,
     scope = "--user " if user_unit else ""
     return target, (f"systemctl {scope}daemon-reload && "
                     f"systemctl {scope}enable --now {target.stem}")
+
+
+GPU_DEVICES = ("char-drm", "char-kfd", "char-nvidia-frontend", "char-nvidia-uvm",
+               "char-nvidia-caps", "char-nvidiactl")
+"""Device classes (from /proc/devices) of GPUs: DRM (Vulkan, AMD, Intel), ROCm's KFD, NVIDIA.
+A class this machine does not have is skipped by systemd."""
+
+
+def worker_sandbox(user_unit: bool, run_as: str | None, *, proc_subset: bool = True) -> list[str]:
+    """The `[Service]` hardening of a unit that runs a network worker with the GPUs in reach
+    (`sollol rpc install-service`, `sollol join --install-service`): no privileges, a read-only
+    system, a system-call filter that fails refused calls with EPERM instead of killing the
+    worker (a GPU driver may probe something unusual), and a closed device list that lets the
+    GPUs through (PrivateDevices would hide them). `proc_subset=False` keeps /proc/meminfo
+    readable (a worker that reports its free memory)."""
+    lines: list[str] = []
+    if not user_unit:
+        lines += [f"User={run_as}"] if run_as else ["DynamicUser=yes"]
+        lines += ["CapabilityBoundingSet=", "AmbientCapabilities=", "ProtectKernelModules=yes",
+                  "ProtectKernelLogs=yes", "ProtectClock=yes", "ProtectHostname=yes"]
+    return [
+        *lines,
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=read-only",
+        "PrivateTmp=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectControlGroups=yes",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "RestrictNamespaces=yes",
+        "RestrictRealtime=yes",
+        "RestrictSUIDSGID=yes",
+        "LockPersonality=yes",
+        "SystemCallArchitectures=native",
+        "SystemCallFilter=@system-service",
+        "SystemCallFilter=~@privileged",
+        "SystemCallErrorNumber=EPERM",
+        "ProtectProc=invisible",
+        *(["ProcSubset=pid"] if proc_subset else []),
+        "UMask=0077",
+        "DevicePolicy=closed",
+        *(f"DeviceAllow={device} rw" for device in GPU_DEVICES),
+    ]

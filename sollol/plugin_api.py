@@ -69,6 +69,7 @@ PUBLIC: Mapping[str, tuple[str, ...]] = {
     "sollol.cli.service": ("emit_unit", "program_needs", "refuse_unreadable"),
     "sollol.cli.unit_access": ("Need",),
     "sollol.cli.systemd": ("exec_line", "environment_line", "worker_sandbox", "GPU_DEVICES"),
+    "sollol.client.loop_thread": ("LoopThread",),
 }
 """Modules and names plugins may import; anything else in `sollol` may change at any time."""
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from .loop_thread import LoopThread
+from sollol.client.loop_thread import LoopThread
+
 from .members import Member
 
 T = TypeVar("T")
@@ -47,7 +48,7 @@ class MemberLinks:
 
     async def _on_tunnel_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._thread is None:
-            self._thread = LoopThread("sollol-join-tunnels").start()
+            self._thread = LoopThread("sollol-join-tunnels")
         future = asyncio.run_coroutine_threadsafe(coro, self._thread.loop)
         return await asyncio.wrap_future(future)
 

@@ -12,7 +12,9 @@ T = TypeVar("T")
 
 
 class LoopThread:
-    """Runs coroutines on a private loop; `stop()` cancels leftovers and closes the loop."""
+    """Runs coroutines on a private loop; `stop()` cancels leftovers and closes the loop.
+
+    `with LoopThread("name") as loop: loop.run(coro)` stops it on the way out."""
 
     def __init__(self, name: str = "sollol-loop") -> None:
         self.loop = asyncio.new_event_loop()
@@ -59,3 +61,9 @@ class LoopThread:
         self._thread.join(10)
         if not self._thread.is_alive():
             self.loop.close()
+
+    def __enter__(self) -> LoopThread:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

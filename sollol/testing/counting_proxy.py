@@ -9,13 +9,14 @@ What a test needs to see what a gateway asks of a node (probes, scrapes) without
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import Counter
 
 import aiohttp
 import attrs
 from aiohttp import web
+
+from sollol.client.loop_thread import LoopThread
 
 _HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "host",
                   "content-encoding"})
@@ -33,8 +34,7 @@ class CountingProxy:
     """Paths answered 404 without reaching the node (a server that lacks those endpoints)."""
     _counts: Counter[str] = attrs.field(factory=Counter)
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
-    _loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = None
+    _loop_thread: LoopThread | None = None
     _runner: web.AppRunner | None = None
     _session: aiohttp.ClientSession | None = None
 
@@ -52,22 +52,15 @@ class CountingProxy:
             self._counts.clear()
 
     def start(self) -> CountingProxy:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True,
-                                        name="counting-proxy")
-        self._thread.start()
-        if not ready.wait(30):
-            raise TimeoutError("counting proxy did not start")
+        self._loop_thread = LoopThread("counting-proxy")
+        self._loop_thread.run(self._serve())
         return self
 
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._close(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        self._loop = self._thread = None
+        thread, self._loop_thread = self._loop_thread, None
+        if thread is not None:
+            thread.run(self._close())
+            thread.stop()
 
     def __enter__(self) -> CountingProxy:
         return self.start()
@@ -81,18 +74,14 @@ class CountingProxy:
         if self._session is not None:
             await self._session.close()
 
-    def _run(self, ready: threading.Event) -> None:
-        self._loop = asyncio.new_event_loop()
+    async def _serve(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._forward)
         self._runner = web.AppRunner(app, handle_signals=False)
-        self._loop.run_until_complete(self._runner.setup())
+        await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
-        self._loop.run_until_complete(site.start())
+        await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        ready.set()
-        self._loop.run_forever()
-        self._loop.close()
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         with self._lock:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from typing import Any
 
 import attrs
+
+from sollol.client.loop_thread import LoopThread
 
 
 @attrs.define(eq=False)
@@ -22,35 +23,26 @@ class RecordingProxy:
     target: tuple[str, int]
     port: int = 0
     exchanges: list[list[bytearray]] = attrs.field(factory=list)
-    _loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = None
+    _loop_thread: LoopThread | None = None
+    _server: asyncio.Server | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> RecordingProxy:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
-        self._thread.start()
-        if not ready.wait(30):
-            raise TimeoutError("recording proxy did not start")
+        self._loop_thread = LoopThread("recording-proxy")
+        self._server = self._loop_thread.run(
+            asyncio.start_server(self._accept, "127.0.0.1", self.port))
+        self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(30)
-
-    def _run(self, ready: threading.Event) -> None:
-        self._loop = asyncio.new_event_loop()
-        server = self._loop.run_until_complete(
-            asyncio.start_server(self._accept, "127.0.0.1", self.port))
-        self.port = server.sockets[0].getsockname()[1]
-        ready.set()
-        self._loop.run_forever()
-        server.close()
-        self._loop.close()
+        thread, server, self._loop_thread = self._loop_thread, self._server, None
+        if thread is not None:
+            if server is not None:
+                thread.run(_close(server))  # on its own loop: asyncio is not thread-safe
+            thread.stop()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         record = [bytearray(), bytearray()]
@@ -161,3 +153,7 @@ def _sse(body: bytes) -> list[dict[str, Any]]:
             data = text
         events.append({"event": name, "data": data})
     return events
+
+
+async def _close(server: asyncio.Server) -> None:
+    server.close()

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 from sollol_plugins.cluster_join import running
-from sollol_plugins.cluster_join.loop_thread import LoopThread
 from sollol_plugins.cluster_join.tunnel import RPC_SERVICE, TlsIdentity, TunnelServer, pool_service
 
+from sollol.client.loop_thread import LoopThread
 from sollol.core.processes import free_port
 
 GIB = 1 << 30

@@ -14,7 +14,6 @@ import attrs
 import httpx
 import pytest
 from sollol_plugins.cluster_join.ca import ClusterCA, generate_key_pem, public_key_pem
-from sollol_plugins.cluster_join.loop_thread import LoopThread
 from sollol_plugins.cluster_join.tunnel import (
     RPC_SERVICE,
     TlsIdentity,
@@ -22,6 +21,8 @@ from sollol_plugins.cluster_join.tunnel import (
     TunnelServer,
     pool_service,
 )
+
+from sollol.client.loop_thread import LoopThread
 
 
 @attrs.frozen

@@ -1,10 +1,13 @@
 """A gateway with model-limited keys over an emulated Ollama node that holds a model they may
-not use, for the scope suites (test_scope_*.py): one per module, stopped at its end."""
+not use, for the scope suites (test_scope_*.py): one per module, stopped at its end. And the
+browser suites' attacker: a page about cats on another loopback port."""
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import attrs
@@ -94,3 +97,28 @@ def scoped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScopedCluster]:
                 gateway.stop()
             node.stop()
 
+
+@pytest.fixture
+def cats_site() -> Iterator[int]:
+    """An attacker's web server on loopback (a page about cats): its port."""
+    class Cats(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html><body>cats</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Cats)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()  # its port is free again
+        thread.join(10)

@@ -68,33 +68,10 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def site() -> Iterator[int]:
+def site(cats_site: int) -> int:
     """The attacker's web server (a page about cats), on loopback, named ATTACKER in the
     browser; its port."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Cats(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b"<html><body>cats</body></html>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Cats)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    return cats_site
 
 
 def attack(browser: Any, page_url: str, target: str) -> dict[str, Any]:

@@ -9,9 +9,7 @@ node, so the browser really delivers the attacks with the credentials."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -103,29 +101,9 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def attacker() -> Iterator[str]:
+def attacker(cats_site: int) -> str:
     """A page about cats on another loopback port: its URL."""
-    class Cats(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b"<html><body>cats</body></html>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Cats)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    return f"http://127.0.0.1:{cats_site}"
 
 
 @pytest.fixture

@@ -85,7 +85,30 @@ class TlsIdentity:
 
 
 @attrs.define
-class TunnelServer:
+class _Listener:
+    """A listening socket with its piped connections and the tasks serving them: both ends."""
+
+    _server: asyncio.Server | None = attrs.field(default=None, init=False)
+    _pipes: set[Pipe] = attrs.field(factory=set, init=False)
+    _tasks: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        """Stop listening and cut every piped connection."""
+        if self._server is not None:
+            self._server.close()
+        await _stop(self._tasks, self._pipes)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+
+@attrs.define
+class TunnelServer(_Listener):
     """The worker's end: TLS on `host:port`, service by ALPN, piped to loopback ports."""
 
     identity: TlsIdentity
@@ -97,9 +120,6 @@ class TunnelServer:
     port: int = 50053
     link_timeout: float = LINK_TIMEOUT
     max_connections: int = 256
-    _server: asyncio.Server | None = attrs.field(default=None, init=False)
-    _pipes: set[Pipe] = attrs.field(factory=set, init=False)
-    _tasks: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -145,23 +165,9 @@ class TunnelServer:
             log.warning("tunnel: service on 127.0.0.1:%d unreachable: %s", port, exc)
             pipe.close()
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def stop(self) -> None:
-        """Stop listening and cut every piped connection."""
-        if self._server is not None:
-            self._server.close()
-        await _stop(self._tasks, self._pipes)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-
 
 @attrs.define
-class TunnelEndpoint:
+class TunnelEndpoint(_Listener):
     """The gateway's end for one service of one member: plain TCP on 127.0.0.1, TLS out."""
 
     identity: TlsIdentity
@@ -172,10 +178,7 @@ class TunnelEndpoint:
     """Fingerprint of the member's certificate: the worker must present exactly it."""
     link_timeout: float = LINK_TIMEOUT
     host: str = "127.0.0.1"
-    _server: asyncio.Server | None = attrs.field(default=None, init=False)
     _context: ssl.SSLContext | None = attrs.field(default=None, init=False)
-    _pipes: set[Pipe] = attrs.field(factory=set, init=False)
-    _tasks: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
 
     @property
     def port(self) -> int:
@@ -196,9 +199,7 @@ class TunnelEndpoint:
     def _accepted(self) -> Side:
         pipe = Pipe(self.link_timeout, LINGER, self._pipes.discard)
         self._pipes.add(pipe)
-        task = asyncio.get_running_loop().create_task(self._connect_remote(pipe))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._connect_remote(pipe))
         return pipe.side(remote=False)
 
     async def _connect_remote(self, pipe: Pipe) -> None:
@@ -224,15 +225,6 @@ class TunnelEndpoint:
         log.warning("tunnel to %s:%d (%s) refused: the worker's certificate is not the "
                     "member's (impersonation?)", self.remote_host, self.remote_port, self.service)
         return False
-
-    async def stop(self) -> None:
-        """Stop listening and cut every piped connection."""
-        if self._server is not None:
-            self._server.close()
-        await _stop(self._tasks, self._pipes)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
 
 
 async def _stop(tasks: set[asyncio.Task[None]], pipes: set[Pipe]) -> None:

@@ -24,13 +24,11 @@ from pathlib import Path
 from gateway_overhead import WORKLOADS, run_wrk, start_emulators, wrk_script
 
 from sollol.core.processes import ProcessGroup, free_port, wait_http
+from sollol.testing.gauges import rss_bytes
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    return rss_bytes(pid) / 2**20
 
 
 def start(group: ProcessGroup, tmp: Path, nodes: list[str], name: str,

@@ -29,21 +29,31 @@ class Gauges:
         return attrs.asdict(self)
 
 
-def rss_kib(pid: int | str = "self") -> int:
+def _status_kib(pid: int | str, field: str) -> int | None:
+    """A `kB` field of /proc/PID/status (`VmRSS:`, `VmHWM:`), or None when it has none."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1])
-    return 0
+    return None
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    return _status_kib(pid, "VmRSS:") or 0
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size in bytes; LookupError when the process has none (a zombie), so a
+    memory bound is never checked against a process that is gone."""
+    kib = _status_kib(pid, "VmRSS:")
+    if kib is None:
+        raise LookupError(f"no VmRSS for process {pid}")
+    return kib * 1024
 
 
 def peak_rss_kib(pid: int | str = "self") -> int:
     """The process's resident set high-water mark (VmHWM)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
+    return _status_kib(pid, "VmHWM:") or 0
 
 
 def cpu_seconds(pid: int | str = "self") -> float:

@@ -28,6 +28,7 @@ import pytest
 from join_hosts import Joined, start_cluster  # tests/netns is on sys.path (no __init__.py)
 
 from sollol.testing.faultload import append_report
+from sollol.testing.gauges import rss_bytes
 from sollol.testing.netns import Host, Network, require_isolated
 
 REPORT = os.environ.get("NETNS_JOIN_REPORT")
@@ -214,13 +215,6 @@ def test_a_restarted_gateway_gets_its_workers_back(cluster: Joined) -> None:
     assert _chat(c, "m").status_code == 200
 
 
-def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 def _flood_with_a_client(c: Joined, count: int, client_too: bool = True,
                          ) -> tuple[dict[str, int], list[tuple[int, float]]]:
     """`count` bad joins from the attacker (32 at a time) while a keyed client keeps asking the
@@ -241,7 +235,7 @@ def _flood_with_a_client(c: Joined, count: int, client_too: bool = True,
 
 def test_a_join_flood_does_not_hurt_a_keyed_client_and_stays_bounded(cluster: Joined) -> None:
     c = cluster
-    start = _rss(c.gateway.pid)
+    start = rss_bytes(c.gateway.pid)
     counts, results = _flood_with_a_client(c, 600)
     for status, _ in results:
         assert status == 200, results
@@ -249,14 +243,14 @@ def test_a_join_flood_does_not_hurt_a_keyed_client_and_stays_bounded(cluster: Jo
     assert counts.get("429", 0) > 0  # the per-address limit answers the flood
     # bounded: a second flood, twice as large, grows the gateway's memory no more than the same
     # time without a flood does (members' heartbeats and probes go on meanwhile)
-    before = _rss(c.gateway.pid)
+    before = rss_bytes(c.gateway.pid)
     started = time.monotonic()
     more, _ = _flood_with_a_client(c, 1200, client_too=False)
     took = time.monotonic() - started
-    after = _rss(c.gateway.pid)
+    after = rss_bytes(c.gateway.pid)
     assert sum(more.values()) >= 1200, more
     time.sleep(took)  # the control: as long again, no flood
-    idle = _rss(c.gateway.pid)
+    idle = rss_bytes(c.gateway.pid)
     c.figures.append({
         "case": "join flood (one attacker address, 32 at a time)", "bad_joins": counts,
         "client_requests": len(results), "client_ok": len(results),

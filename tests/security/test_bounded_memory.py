@@ -11,25 +11,17 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import httpx
 
 from sollol.core.processes import free_port, wait_http
+from sollol.testing.gauges import rss_bytes
 
 HUGE = 2 * 1024 * 1024  # characters in one model name
 WARMUP_ROUNDS = 10
 WARMUP_EVENTS = 1200  # past the event log's 1000: its growth is done before measuring
 ROUNDS = 80
 GROWTH_LIMIT = 24 * 1024 * 1024  # keeping 12 of the 160+ huge names would already pass it
-
-
-def rss(pid: int) -> int:
-    """Resident set size of a process, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
 
 
 def fill_events(client: httpx.Client, url: str, count: int) -> None:
@@ -79,9 +71,9 @@ def test_memory_stays_flat_under_huge_and_unknown_model_names(processes, isolate
         assert ok.status_code == 200
         flood(client, url, 0, WARMUP_ROUNDS)
         fill_events(client, url, WARMUP_EVENTS)
-        before = rss(proc.pid)
+        before = rss_bytes(proc.pid)
         flood(client, url, WARMUP_ROUNDS, ROUNDS)
-        after = rss(proc.pid)
+        after = rss_bytes(proc.pid)
         events = client.get(url + "/sollol/events", params={"limit": 5000}).json()["events"]
     print(f"gateway RSS after warm-up {before / 2**20:.1f} MiB, after {ROUNDS} more rounds "
           f"{after / 2**20:.1f} MiB")

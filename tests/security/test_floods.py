@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import attrs
 import httpx
@@ -28,6 +27,7 @@ import pytest
 from sollol.config import write_file
 from sollol.core.access import hash_key, new_key
 from sollol.core.processes import free_port, wait_http
+from sollol.testing.gauges import rss_bytes
 
 KEY = new_key()
 ATTACKER = "127.0.0.2"
@@ -39,13 +39,6 @@ HEAD_LIMIT = 16 * 1024
 FLOOD_BYTES = 96 * 1024 * 1024  # the issue's attack sent 99 MiB
 PER_CONNECTION = 16 * 1024 * 1024  # (an unbounded gateway would take all of it)
 MEMORY_LIMIT = 32 * 1024 * 1024  # the issue measured +1,112 MiB
-
-
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
 
 
 @attrs.frozen
@@ -169,11 +162,11 @@ class HeaderFlood:
 def test_a_header_flood_neither_grows_memory_nor_slows_a_keyed_client(target) -> None:
     gw = target(max_header_bytes=HEAD_LIMIT, max_headers=100)
     baseline = keyed_client(gw)
-    before = rss(gw.pid)
+    before = rss_bytes(gw.pid)
     flood = HeaderFlood(gw)
     with Background(flood.run):
         loaded = keyed_client(gw)
-    after = rss(gw.pid)
+    after = rss_bytes(gw.pid)
     print(f"header flood: {flood.sent / 2**20:.0f} MiB on {flood.refused} connections; "
           f"gateway RSS {before / 2**20:.1f} -> {after / 2**20:.1f} MiB; keyed client median "
           f"{baseline[0] * 1000:.1f} -> {loaded[0] * 1000:.1f} ms")

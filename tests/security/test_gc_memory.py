@@ -22,17 +22,12 @@ import sys
 
 CHILD = r"""
 import asyncio, gc, json, sys, weakref
-from pathlib import Path
 
 from sollol.core.runtime import ClusterRuntime
 from sollol.gateway.app import Gateway
+from sollol.testing.gauges import rss_bytes
 
 BATCHES, CYCLES, PAYLOAD = 6, 400, 64 * 1024  # 25 MiB a batch
-
-def rss():
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
 
 class Node:
     pass
@@ -42,7 +37,7 @@ async def main():
     await gateway.startup()
     tuned = {"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count()}
     freed = []
-    before = rss()
+    before = rss_bytes()
     for batch in range(BATCHES):  # promoted garbage, batch after batch, as a long run makes it
         nodes = []
         for _ in range(CYCLES):
@@ -56,7 +51,7 @@ async def main():
         while len(freed) < CYCLES * (batch + 1) and waited < float(sys.argv[1]):
             await asyncio.sleep(0.1)
             waited += 0.1
-    grown = rss() - before
+    grown = rss_bytes() - before
     await gateway.shutdown()
     print(json.dumps({"freed": len(freed), "cycles": BATCHES * CYCLES, "grown": grown,
                       "batch": CYCLES * PAYLOAD,

@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-VERSION = "3.1"
+VERSION = "3.2"
 """The plugin API's version (see the module docstring for when to bump which part)."""
 
 RECORD = Path(__file__).with_name("plugin_api.json")
@@ -56,6 +56,8 @@ PUBLIC: Mapping[str, tuple[str, ...]] = {
     "sollol.core.secret": ("Secret", "REDACTED", "bearer", "split_userinfo", "redact_url",
                            "scrub"),
     "sollol.core.gguf_info": ("read_model_info",),
+    # strings from nodes and clients, made safe for a log line or a terminal
+    "sollol.core.logtext": ("escape", "terminal_text", "escape_lines", "escape_strings"),
     # running local servers
     "sollol.core.processes": ("free_port", "die_with_parent", "terminate"),
     "sollol.llamacpp": ("Binaries", "find_binaries", "for_serving", "Device",
@@ -65,7 +67,7 @@ PUBLIC: Mapping[str, tuple[str, ...]] = {
                    "operator_gguf"),
     "sollol.cli.gateway_client": ("gateway_option", "gateway_url", "gateway_address",
                                   "gateway_client", "gateway_headers", "refusal_hint", "call",
-                                  "item"),
+                                  "item", "read_json", "reply_text"),
     "sollol.cli.service": ("emit_unit", "program_needs", "refuse_unreadable"),
     "sollol.cli.unit_access": ("Need",),
     "sollol.cli.systemd": ("exec_line", "environment_line", "worker_sandbox", "GPU_DEVICES"),

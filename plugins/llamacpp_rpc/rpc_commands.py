@@ -6,7 +6,6 @@ import ipaddress
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ from sollol.cli.gateway_client import (
     gateway_option,
     gateway_url,
     item,
+    read_json,
     refusal_hint,
 )
 
@@ -82,7 +82,7 @@ def _from_gateway(url: str) -> dict[str, Any] | None:
                                    f"{status}){refusal_hint(status)}; --local reads this "
                                    "machine's pid files instead")
     try:
-        data = response.json()
+        data = read_json(response)
     except ValueError:
         data = None
     if response.status_code != 200 or not isinstance(data, dict):
@@ -109,6 +109,7 @@ def logs(model: str, follow: bool, lines: int, url: str | None, local: bool,
     cluster keeps them in its run folder, not the config's state dir); without one, the
     config's `rpc_state_dir` is read.
     """
+    from .log_tail import print_log
     from .options import slug, state_dir
 
     config, _pm = load_for_cli(config_file)
@@ -121,18 +122,7 @@ def logs(model: str, follow: bool, lines: int, url: str | None, local: bool,
         known = sorted(p.stem.rsplit("-", 1)[0] for p in path.parent.glob("*.log"))
         hint = f" (logs exist for: {', '.join(known)})" if known else ""
         raise click.ClickException(f"no coordinator log for {model!r} at {path}{hint}")
-    with path.open("rb") as handle:
-        text = handle.read().decode(errors="replace")
-        click.echo("\n".join(text.splitlines()[-lines:]) if lines else "", nl=bool(lines))
-        while follow:
-            chunk = handle.read()
-            if chunk:
-                click.echo(chunk.decode(errors="replace"), nl=False)
-            else:
-                try:
-                    time.sleep(0.25)
-                except KeyboardInterrupt:
-                    return
+    print_log(path, lines, follow)
 
 
 @click.group()

@@ -19,8 +19,11 @@ from sollol.cli.gateway_client import (
     gateway_option,
     gateway_url,
     item,
+    read_json,
     refusal_hint,
+    reply_text,
 )
+from sollol.core.logtext import escape_strings
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -68,7 +71,7 @@ def _gateway_nodes(url: str) -> dict[str, Any] | None:
     if reply.status_code != 200:
         return None
     try:
-        data = reply.json()
+        data = read_json(reply)
     except ValueError:  # something else listens there, not a SOLLOL gateway
         return None
     return data if isinstance(data, dict) else None
@@ -301,18 +304,18 @@ def _pull_through(url: str, model: str, node_names: tuple[str, ...], insecure: b
             if reply.status_code != 200:
                 reply.read()
                 try:
-                    error = reply.json().get("error")
+                    error = read_json(reply).get("error")
                 except (ValueError, AttributeError):
                     error = None
                 if error is None and not required:
                     return None  # something else listens there
                 raise click.ClickException(f"pull {model} through {url}: "
-                                           f"{error or reply.text[:200]}"
+                                           f"{error or reply_text(reply)}"
                                            f"{refusal_hint(reply.status_code)}")
             for line in reply.iter_lines():
                 if not line.strip():
                     continue
-                event = json.loads(line)
+                event = escape_strings(json.loads(line))
                 if "node" in event:
                     bars.update(event)
                 last = event

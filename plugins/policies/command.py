@@ -114,7 +114,7 @@ def ask_gateway(
     """
     import httpx
 
-    from sollol.cli.gateway_client import gateway_client
+    from sollol.cli.gateway_client import gateway_client, read_json
 
     params: dict[str, Any] = {"model": model}
     if context is not None:
@@ -127,7 +127,7 @@ def ask_gateway(
     except httpx.HTTPError as exc:
         raise SollolError(f"cannot reach the gateway at {url}: {exc}") from None
     try:
-        body = response.json()
+        body = read_json(response)
     except ValueError:
         body = None
     if response.status_code in (401, 403):

@@ -18,7 +18,7 @@ import attrs
 import httpx
 
 from sollol.cli.credentials import describe
-from sollol.cli.gateway_client import gateway_address, gateway_client
+from sollol.cli.gateway_client import gateway_address, gateway_client, read_json
 from sollol.config import Config
 from sollol.core.access import open_bind
 from sollol.core.plugin_manager import collect_named
@@ -104,7 +104,7 @@ class RunningGateway:
         if reply.status_code in (401, 403):
             return cls(url, reply.status_code) if ours or reply.status_code == 403 else cls(url)
         try:
-            data = reply.json()
+            data = read_json(reply)
         except ValueError:
             return cls(url)
         if reply.status_code == 404 and isinstance(data, dict) and "error" in data:

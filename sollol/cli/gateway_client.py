@@ -15,6 +15,7 @@ import click
 from sollol.cli.common import load_for_cli
 from sollol.cli.credentials import cli_key, describe
 from sollol.core.access import gateway_headers
+from sollol.core.logtext import escape_strings, terminal_text
 from sollol.models import join_host_port
 
 if TYPE_CHECKING:
@@ -30,7 +31,9 @@ __all__ = [
     "gateway_option",
     "gateway_url",
     "item",
+    "read_json",
     "refusal_hint",
+    "reply_text",
 ]
 
 WILDCARDS = ("0.0.0.0", "::", "")
@@ -66,6 +69,19 @@ def gateway_client(url: str, *, timeout: float | None = 60.0,
                         timeout=timeout, trust_env=False, transport=transport)
 
 
+def read_json(reply: httpx.Response) -> Any:
+    """The reply's JSON with every string in it escaped for a terminal (ValueError when it is
+    not JSON). Node ids, model names, errors and devices come from machines the user does not
+    control: an ANSI escape in one must not drive the user's terminal. Every command that shows
+    what a gateway sent reads it through here (tests/cli/test_hostile_gateway.py)."""
+    return escape_strings(reply.json())
+
+
+def reply_text(reply: httpx.Response, limit: int = 200) -> str:
+    """The start of a reply's body, for an error message, escaped for a terminal."""
+    return terminal_text(reply.text[:limit])
+
+
 def refusal_hint(status: int) -> str:
     """` (which key was sent, and the fix)` for a 401/403 reply; empty for any other status."""
     return f" ({describe(status)})" if status in (401, 403) else ""
@@ -82,7 +98,7 @@ def call(url: str, method: str, path: str, body: dict[str, Any] | None = None) -
         raise click.ClickException(f"no gateway answers at {url} ({exc}); start one with "
                                    "`sollol run` or name it with --gateway") from None
     try:
-        data = reply.json()
+        data = read_json(reply)
     except ValueError:
         data = None
     if not isinstance(data, dict):
@@ -91,7 +107,7 @@ def call(url: str, method: str, path: str, body: dict[str, Any] | None = None) -
     if reply.status_code >= 400:
         error = data.get("error")
         message = error.get("message") if isinstance(error, dict) else error
-        raise click.ClickException(f"gateway {url}: {message or reply.text}"
+        raise click.ClickException(f"gateway {url}: {message or reply_text(reply)}"
                                    f"{refusal_hint(reply.status_code)}")
     return data
 

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from sollol.cli.common import config_option, handle_errors
-from sollol.cli.gateway_client import gateway_client, gateway_url, refusal_hint
+from sollol.cli.gateway_client import gateway_client, gateway_url, read_json, refusal_hint
 
 
 class NoGateway(click.ClickException):
@@ -29,7 +29,7 @@ def fetch(url: str, timeout: float = 5.0) -> dict[str, Any]:
                "`sollol run`, or name it with --gateway URL")
         raise NoGateway(msg) from None
     try:
-        data = reply.json()
+        data = read_json(reply)
     except ValueError:
         raise NoGateway(f"{url} answered, but it is not a SOLLOL gateway "
                         f"(HTTP {reply.status_code}, not JSON)") from None

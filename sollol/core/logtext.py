@@ -1,9 +1,10 @@
-"""Client and node strings made safe for a text log line: one event is one line.
+"""Client and node strings made safe for a text log line or a terminal: one event is one line.
 
 A node's error may echo a client's string (llama-server does for a bad `response_format`), and a
 model name is whatever the client sent: with a newline either would forge a second log line,
 with an ANSI escape it would drive the reader's terminal. Every text log field goes through
-`escape`; SOLLOL's own log handler formats with `OneLineFormatter`.
+`escape`; SOLLOL's own log handler formats with `OneLineFormatter`. The CLI reads a gateway's
+JSON through `escape_strings` (`sollol.cli.gateway_client.read_json`) for the same reasons.
 """
 
 from __future__ import annotations
@@ -33,6 +34,34 @@ def _escaped(match: re.Match[str]) -> str:
 def escape(text: str) -> str:
     """`text` with every control character, line break and backslash written as an escape."""
     return _UNSAFE.sub(_escaped, text)
+
+
+# On a terminal the backslash is harmless and ambiguity does not matter; a path or an id read
+# back from a gateway keeps its backslashes, so the CLI can send it back unchanged.
+_TERMINAL_UNSAFE = re.compile(_UNSAFE.pattern.replace("\\\\", ""))
+
+
+def terminal_text(text: str) -> str:
+    """`text` with every control character and line break written as an escape."""
+    return _TERMINAL_UNSAFE.sub(_escaped, text)
+
+
+def escape_lines(text: str) -> str:
+    """`text` for a terminal, line by line: its newlines stay, every other control is escaped."""
+    return "\n".join(terminal_text(line) for line in text.split("\n"))
+
+
+def escape_strings(value: Any) -> Any:
+    """`value` (decoded JSON) with every string in it, keys included, passed through
+    `terminal_text`: what a gateway or node sends is safe to print however a view shows it."""
+    if isinstance(value, str):
+        return terminal_text(value)
+    if isinstance(value, dict):
+        return {terminal_text(k) if isinstance(k, str) else k: escape_strings(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [escape_strings(v) for v in value]
+    return value
 
 
 # What `json.dumps(ensure_ascii=False)` leaves raw although a reader may split or act on it; in

@@ -73,7 +73,7 @@ def nodes_table(nodes: list[dict[str, Any]]) -> Table:
             for m in node.get("running") or []) or "-"
         stats = node.get("stats") or {}
         problem = stats.get("last_error") if health == "healthy" else node.get("detail")
-        table.add_row(
+        _add_row(table,
             node.get("id", "?"), node.get("api") or node.get("kind", "?"),
             Text(health, style=HEALTH_STYLE.get(health, "")),
             f"{node.get('in_flight', 0)}/{node.get('limit', '?')}", loaded,
@@ -97,7 +97,7 @@ def rpc_table(servers: list[dict[str, Any]]) -> Table:
         where = server.get("address", "?")
         if server.get("member"):  # a machine joined with `sollol join`: its name, then the link
             where = f"{server['member']} ({where})"
-        table.add_row(where, Text(health, style=HEALTH_STYLE[health]),
+        _add_row(table, where, Text(health, style=HEALTH_STYLE[health]),
                       server.get("version") or "?", devices, memory,
                       server.get("coordinator") or server.get("incompatible") or "-")
     return table
@@ -119,7 +119,7 @@ def coordinators_table(coordinators: list[dict[str, Any]]) -> Table:
         if coord.get("error"):
             label.append(f"\n{coord['error'][:120]}", style="red")
         restarts = max(int(coord.get("starts") or 1) - 1, 0)
-        table.add_row(coord.get("model", "?"), label, layer_bars(coord),
+        _add_row(table, coord.get("model", "?"), label, layer_bars(coord),
                       duration(time.time() - coord["started_at"]) if coord.get("started_at")
                       else "-", str(restarts), speed(coord))
     return table
@@ -157,7 +157,7 @@ def requests_table(rows: list[dict[str, Any]]) -> Table:
         _column(table, column)
     for row in reversed(rows):
         status = row.get("status", 0)
-        table.add_row(
+        _add_row(table,
             time.strftime("%H:%M:%S", time.localtime(row.get("time", 0))), row.get("model", ""),
             row.get("route") or "-", row.get("backend") or "-",
             Text(str(status), style="green" if status < 400 else "red"),
@@ -169,6 +169,12 @@ def requests_table(rows: list[dict[str, Any]]) -> Table:
 
 FREE_TEXT = ("last error / detail", "reason", "loaded models", "layers per rpc-server")
 """Columns of prose or lists: in the narrow layout each goes on a line of its own."""
+
+
+def _add_row(table: Table, *cells: Any) -> None:
+    """A row whose plain strings are shown as they are: a node id or a model name such as
+    `[red]x` is text, not rich markup (controls are escaped when the CLI reads the JSON)."""
+    table.add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in cells))
 
 
 def _column(table: Table, name: str) -> None:

@@ -53,6 +53,8 @@ class JoinOptions:
     pool_nodes: tuple[PoolNode, ...] = ()
     state_dir: Path = Path()
     config_file: Path | None = None
+    announce: bool = True
+    """Announce this machine on the LAN (mDNS `_sollol-worker._tcp`) while it runs."""
 
 
 @attrs.define
@@ -68,9 +70,9 @@ class Agent:
     _calls: GatewayCalls = attrs.field(init=False)
     _cert: str | None = attrs.field(default=None, init=False)
     _fresh_join: bool = attrs.field(default=False, init=False)
+    """Joined with the token and no heartbeat taken since: a refusal now is final."""
     _announcer: Any = attrs.field(default=None, init=False)
     """This machine's `_sollol-worker._tcp` announcement (lan.Announcer) while it runs."""
-    """Joined with the token and no heartbeat taken since: a refusal now is final."""
 
     def __attrs_post_init__(self) -> None:
         self._state = WorkerState(self.options.state_dir)
@@ -101,10 +103,11 @@ class Agent:
         await self._start_rpc()
         # announced while it runs, joined or not: the gateway lists machines that are there
         # but not members (`sollol cluster discovered`); no secret in it
-        from .lan import announce_worker_async
+        if self.options.announce:
+            from .lan import announce_worker_async
 
-        self._announcer = await announce_worker_async(
-            self.options.name, self.options.listen_port, self.options.listen_host)
+            self._announcer = await announce_worker_async(
+                self.options.name, self.options.listen_port, self.options.listen_host)
         saved = self._state.load(self.options.token)
         if saved is not None and saved.url == self.options.url and \
                 saved.name == self.options.name:

@@ -54,6 +54,10 @@ def _say(text: str) -> None:
                    "http://127.0.0.1:11434, openai://127.0.0.1:8080). Default: an Ollama on "
                    "127.0.0.1:11434 and a llama-server on 127.0.0.1:8080 when they answer.")
 @click.option("--no-pool", is_flag=True, help="Offer no pool node (no detection).")
+@click.option("--announce/--no-announce", default=True, show_default=True,
+              help="Announce this machine on the LAN by mDNS (`_sollol-worker._tcp`: its name, "
+                   "version and port, no secret) so gateways list it in `sollol cluster "
+                   "discovered`.")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where this machine's key and certificate live (default: the user data dir).")
 @click.option("--install-service", is_flag=True,
@@ -70,8 +74,9 @@ def _say(text: str) -> None:
 @handle_errors
 def join(url: str | None, token: str | None, name: str, listen_text: str, rpc: bool,
          devices: str | None, threads: int | None, pool_nodes: tuple[str, ...], no_pool: bool,
-         state_dir: Path | None, install_service: bool, user_unit: bool, run_as: str | None,
-         dry_run: bool, output: Path | None, config_file: Path | None) -> None:
+         announce: bool, state_dir: Path | None, install_service: bool, user_unit: bool,
+         run_as: str | None, dry_run: bool, output: Path | None,
+         config_file: Path | None) -> None:
     """Join the SOLLOL cluster whose gateway is at URL (found on the LAN when left out).
 
     Runs this machine's rpc-server on 127.0.0.1 only and carries the gateway's links to it
@@ -109,7 +114,7 @@ def join(url: str | None, token: str | None, name: str, listen_text: str, rpc: b
         from .join_install import install
 
         install(url, token, name, listen_text, rpc, devices, threads, pool_nodes, no_pool,
-                rpc_binary, user_unit, run_as, dry_run, output, config_file)
+                rpc_binary, user_unit, run_as, dry_run, output, config_file, announce=announce)
         return
     if not nodes and not no_pool:
         nodes = tuple(detect_pool_nodes())
@@ -120,7 +125,7 @@ def join(url: str | None, token: str | None, name: str, listen_text: str, rpc: b
     from .worker_state import default_state_dir
 
     options = JoinOptions(url, parsed, name, host, port, rpc, 0, devices, threads, nodes,
-                          state_dir or default_state_dir(), config_file)
+                          state_dir or default_state_dir(), config_file, announce)
     report = DeviceReport(binary_listing(rpc_binary) if rpc_binary else None)
     try:
         asyncio.run(Agent(options, _say, report).run())

@@ -27,7 +27,7 @@ def token_path(user_unit: bool, output: Path | None) -> Path:
 def install(url: str, token: str, name: str, listen: str, rpc: bool, devices: str | None,
             threads: int | None, pool_nodes: tuple[str, ...], no_pool: bool,
             rpc_binary: Path | None, user_unit: bool, run_as: str | None, dry_run: bool,
-            output: Path | None, config_file: Path | None) -> None:
+            output: Path | None, config_file: Path | None, *, announce: bool = True) -> None:
     from sollol.cli.service import emit_unit, program_needs, refuse_unreadable
     from sollol.cli.unit_access import Need
 
@@ -42,6 +42,8 @@ def install(url: str, token: str, name: str, listen: str, rpc: bool, devices: st
         args += ["--pool-node", node]
     if no_pool:
         args.append("--no-pool")
+    if not announce:
+        args.append("--no-announce")
     if config_file is not None:
         args += ["--config", str(config_file.resolve())]
     run_as = None if user_unit else (run_as or os.environ.get("SUDO_USER") or None)

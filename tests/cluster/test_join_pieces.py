@@ -54,6 +54,20 @@ def test_install_service_writes_a_unit_systemd_accepts_and_keeps_the_token_out_o
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+def test_a_unit_keeps_a_worker_off_the_lan_when_asked(
+    tmp_path: Path, isolated_config: Path, llama_binaries: object,
+) -> None:
+    isolated_config.parent.mkdir(parents=True, exist_ok=True)
+    isolated_config.write_text(f'llama_cpp_dir = "{llama_binaries.rpc_server.parent}"\n')
+    quiet, loud = tmp_path / "quiet.service", tmp_path / "loud.service"
+    base = ["join", "http://10.0.0.2:11435", "--token", TOKEN, "--install-service", "--user"]
+    for unit, extra in ((quiet, ["--no-announce"]), (loud, [])):
+        result = CliRunner().invoke(build_cli(), [*base, *extra, "--output", str(unit)])
+        assert result.exit_code == 0, result.output
+    assert " --no-announce" in quiet.read_text()
+    assert "announce" not in loud.read_text()
+
+
 def test_join_refuses_a_malformed_token_and_a_remote_pool_node() -> None:
     runner = CliRunner()
     bad = runner.invoke(build_cli(), ["join", "http://127.0.0.1:1", "--token", "nope"])

@@ -172,8 +172,17 @@ def test_a_running_sollol_join_announces_itself_until_it_stops(net: Network) -> 
     (That a stopped announcer's goodbye takes it off the list at once is shown with the same
     lan.py calls in test_workers_announcing_show_up_at_the_gateway_and_leave.)"""
     gateway, url, _ = _gateway(net, net.hosts["gw"], "gateway-2")
-    w1 = net.hosts["w1"]
+    w1, w2 = net.hosts["w1"], net.hosts["w2"]
     absent = "sollol-join-0123abcd." + "A" * 43 + "." + PIN
+    # started first, with --no-announce: never listed, while the one started after it is
+    quiet = w2.start("join-quietly", [
+        sys.executable, "-m", "sollol", "join", "http://10.77.0.250:11435", "--token", absent,
+        "--name", "quiet-9", "--listen", f"{w2.address}:50099", "--no-pool", "--no-announce",
+        "--state-dir", str(net.log_dir / "state-quiet-9")],
+        env={**os.environ, "SOLLOL_CONFIG": str(net.log_dir / "worker.toml")})
+    # it tries the gateway only after the point where it would have announced itself
+    _until(lambda: "cannot reach the gateway" in quiet.log_text() or not quiet.alive(), 60,
+           "quiet-9 to try its gateway")
     worker = w1.start("join-elsewhere", [
         sys.executable, "-m", "sollol", "join", "http://10.77.0.250:11435", "--token", absent,
         "--name", "rack-7", "--listen", f"{w1.address}:50099", "--no-pool",
@@ -188,10 +197,13 @@ def test_a_running_sollol_join_announces_itself_until_it_stops(net: Network) -> 
         rows = _until(lambda: [r for r in listed() if r["name"] == "rack-7"], 60,
                       "rack-7 in the gateway's discovered list")
         assert (rows[0]["address"], rows[0]["port"]) == (w1.address, 50099)
+        assert quiet.alive(), quiet.log_text()
+        assert [r["name"] for r in listed()] == ["rack-7"]
         worker.popen.send_signal(signal.SIGTERM)
         assert worker.popen.wait(30) == 0
     finally:
         worker.stop()
+        quiet.stop()
         gateway.stop()
 
 

@@ -28,7 +28,7 @@ from . import pipeline
 from .coordinator import FAILED, READY, STARTING, STOPPED, Coordinator, CoordinatorFailed
 from .options import Options, trim
 from .plan import DoesNotFit, Plan, make_plan, place
-from .shards import ShardRegistry
+from .shards import SETTLED_PROBES, ShardRegistry
 from .supervisor import Supervisor
 
 log = logging.getLogger("sollol.sharding")
@@ -301,13 +301,15 @@ class Scheduler:
 
     async def rebalance_locked(self) -> list[str]:
         """Move idle coordinators back where they would have gone: once an rpc-server that was
-        down when one was placed answers again, and the placement it would get now (on its own
-        rpc-servers and the free ones) uses it, it is restarted there. A busy one is judged
-        when idle; each return is judged once. Returns the models moved."""
+        down when one was placed answers again (SETTLED_PROBES probes in a row, so one slow
+        first probe of a restarted server decides nothing), and the placement it would get now
+        (on its own rpc-servers and the free ones) uses it, it is restarted there. A busy one
+        is judged when idle; each return is judged once. Returns the models moved."""
         moved = []
         for coord in list(self.supervisor.coordinators.values()):
-            back = {a for a in coord.down_at_start
-                    if a in self.shards.shards and self.shards.shards[a].usable}
+            back = {a for a in coord.down_at_start if a in self.shards.shards
+                    and self.shards.shards[a].usable
+                    and self.shards.shards[a].answered >= SETTLED_PROBES}
             if not back or coord.state != READY or coord.in_flight or coord.draining:
                 continue
             coord.down_at_start -= back

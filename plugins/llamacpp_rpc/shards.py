@@ -26,6 +26,12 @@ from .rpc_probe import (
 log = logging.getLogger("sollol.sharding")
 
 
+RECENT_PROBES = 5
+"""A link's latency is the smallest round trip of this many recent probes."""
+SETTLED_PROBES = 3
+"""An rpc-server that came back is judged for a move after this many answered probes."""
+
+
 @attrs.define
 class Shard:
     """One rpc-server and what we last learned about it."""
@@ -42,6 +48,12 @@ class Shard:
     owner: str | None = None
     """The coordinator id holding this rpc-server; while set, it is never probed."""
     latency_s: float | None = None
+    """The smallest round trip of its recent probes (a probe that waited for a busy host's CPU
+    says nothing about the link); None until one answered."""
+    answered: int = 0
+    """Probes answered in a row (0 after one failed): a server that just came back is trusted
+    with a move once it has answered SETTLED_PROBES of them."""
+    recent: list[float] = attrs.field(factory=list)
     lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
 
     @property
@@ -131,16 +143,20 @@ class ShardRegistry:
                 result = await asyncio.to_thread(probe, shard.backend.host, shard.backend.port,
                                                  self.timeout)
             except ProtocolMismatch as exc:
+                shard.answered, shard.recent = 0, []
                 self._mark(shard, False, str(exc), exc.version)
                 shard.incompatible = self._incompatibility(exc.version)
                 return
             except ProbeError as exc:
+                shard.answered, shard.recent = 0, []
                 self._mark(shard, False, str(exc), shard.version)
                 return
             shard.devices = result.devices
             if self.names_dir is not None:
                 shard.device_names = rpc_devices.names(self.names_dir, shard.address)
-            shard.latency_s = result.latency_s
+            shard.answered += 1
+            shard.recent = [*shard.recent[-(RECENT_PROBES - 1):], result.latency_s]
+            shard.latency_s = min(shard.recent)
             self._mark(shard, True, f"RPC {result.version_text}, {len(result.devices)} "
                                     f"device(s), probe {result.latency_s * 1000:.1f} ms",
                        result.version)

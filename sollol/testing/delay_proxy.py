@@ -124,6 +124,8 @@ class DelayProxy:
                     break
             await sender
         except OSError:
-            pass
+            # this side was reset: reset the other too, or a server that keeps a connection
+            # open (an rpc-server serves one client at a time) would wait on it for good
+            writer.transport.abort()
         finally:
             sender.cancel()

@@ -199,3 +199,31 @@ async def test_an_incompatible_rpc_server_is_reported_with_both_versions(
     assert shard.incompatible == ("incompatible: rpc-server speaks RPC protocol 6.1.0, the "
                                   "coordinator (llama-server) speaks 7.0.0")
     assert not shard.state().healthy
+
+
+async def test_a_links_latency_is_its_best_recent_probe_and_a_failure_starts_over(
+    rpc_servers,
+) -> None:
+    """One probe that waited (a busy host, a restarted server's first answer) does not make a
+    link look far: placement reads the smallest of the recent round trips. A server that fails
+    a probe starts its count again, so a return is judged only after SETTLED_PROBES answers."""
+    from sollol_plugins.llamacpp_rpc.shards import SETTLED_PROBES
+
+    from sollol.testing.delay_proxy import DelayProxy
+
+    ((address, _proc),) = rpc_servers(1)
+    host, port = address.rsplit(":", 1)
+    with DelayProxy(("127.0.0.1", 0), (host, int(port))) as proxy:
+        registry = ShardRegistry(timeout=5, client_version=(7, 0, 0))
+        registry.update_backends([Backend(id="rpc:x", kind="rpc", address=proxy.address)])
+        (shard,) = registry.shards.values()
+        await registry.probe(shard)
+        quick = shard.latency_s
+        assert quick is not None and quick < 0.1
+        proxy.delay = 0.1  # every chunk held 100 ms each way from now on
+        await registry.probe(shard)
+        assert shard.detail.endswith("ms") and float(shard.detail.split()[-2]) >= 200
+        assert shard.latency_s == quick and shard.answered == 2
+    await registry.probe(shard)  # the proxy is gone: nothing answers there
+    assert not shard.healthy and shard.answered == 0 and shard.recent == []
+    assert SETTLED_PROBES > 1

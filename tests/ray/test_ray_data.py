@@ -1,0 +1,177 @@
+"""Batch jobs on Ray Data through SOLLOL's gateway (`sollol.ray`, docs/ray.md): a real local Ray,
+a real gateway with an access key, emulated pool nodes with injected faults.
+
+Counting at the nodes: a node logs each generation it starts (`request_log`), so every row's
+prompt must be generated exactly once over all nodes, and the inference requests the nodes saw
+must be the rows plus the failures they injected (each one retried by the gateway or the helper).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import ray.data
+
+import sollol.ray
+from sollol.errors import SollolError, Unauthorized
+
+MODEL = "llama3.2:1b"
+KEY = "sollol-ray-batch-key-0123456789"
+OPTIONS = {"options": {"temperature": 0}}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[Any]:
+    """A Ray of its own on this machine (never one a `ray start` elsewhere left running), shut
+    down with its processes when the module ends. Logical CPUs: the map actors take a quarter
+    each, so reading blocks is never starved by them."""
+    temp = tempfile.mkdtemp(prefix="sollol-ray-", dir="/tmp")  # Unix socket paths stay short
+    saved = os.environ.get("RAY_USAGE_STATS_ENABLED")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    try:
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 _temp_dir=temp)
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+        if saved is None:
+            os.environ.pop("RAY_USAGE_STATS_ENABLED", None)
+        else:
+            os.environ["RAY_USAGE_STATS_ENABLED"] = saved
+
+
+def _nodes(emulator: Any, tmp_path: Path, count: int) -> list[Any]:
+    return [emulator(models=[MODEL], response_tokens=4, parallel=8,
+                     request_log=str(tmp_path / f"node{i}.log")) for i in range(count)]
+
+
+def _generated(tmp_path: Path) -> Counter[str]:
+    """How often each prompt was generated, over every node's log (a chat's prompt is its
+    rendered messages: `user: ...`)."""
+    seen: Counter[str] = Counter()
+    for log in tmp_path.glob("node*.log"):
+        for line in log.read_text().splitlines():
+            seen[json.loads(line.split("\t", 1)[1])] += 1
+    return seen
+
+
+def _requests(nodes: Sequence[Any], path: str = "/api/chat") -> int:
+    return sum(node.stats()["requests"].get(path, 0) for node in nodes)
+
+
+def _injected(nodes: Sequence[Any]) -> int:
+    return sum(sum(node.stats()["injected"].values()) for node in nodes)
+
+
+def _prompts(count: int) -> list[dict[str, Any]]:
+    return [{"id": i, "prompt": f"row {i}: say something"} for i in range(count)]
+
+
+def test_a_ray_data_job_answers_every_row_once_in_order(local_ray, emulator, pool_gateway,
+                                                        tmp_path) -> None:
+    rows, faults = 300, 12
+    nodes = _nodes(emulator, tmp_path, 3)
+    nodes[2].set_faults(error_status=500, error_count=faults)
+    gateway = pool_gateway(*(n.address for n in nodes), api_keys=[KEY])
+
+    dataset = sollol.ray.answer(ray.data.from_items(_prompts(rows)), gateway.url, MODEL,
+                                api_key=KEY, actors=2, batch_size=25, fields=OPTIONS)
+    out = dataset.take_all()
+
+    assert [r["id"] for r in out] == list(range(rows))  # every row once, in input order
+    assert all(r["error"] is None and r["response"] for r in out), \
+        [r for r in out if r["error"]][:3]
+    assert {r["route"] for r in out} == {"pool"}
+    assert {r["backend"] for r in out} <= {n.address for n in nodes}
+    assert len({r["backend"] for r in out}) >= 2  # the pool spread the job
+    generated = _generated(tmp_path)
+    assert sorted(generated) == sorted(f"user: {r['prompt']}" for r in out)  # chat, rendered
+    assert set(generated.values()) == {1}
+    injected = _injected(nodes)  # fewer than `faults` when the pool ejected the node early
+    assert 1 <= injected <= faults
+    assert _requests(nodes) == rows + injected  # each failure retried once, nothing else
+    assert sum(r["attempts"] for r in out) == rows  # the gateway retried, not the helper
+
+
+def test_streamed_rows_retried_by_the_helper_and_bad_rows_recorded(local_ray, emulator,
+                                                                   pool_gateway,
+                                                                   tmp_path) -> None:
+    """One node, so the gateway has nowhere to retry: its 5xx reach the helper, which retries
+    the row itself; rows without a usable prompt come back with an error, never dropped."""
+    rows, faults = 60, 5
+    (node,) = _nodes(emulator, tmp_path, 1)
+    node.set_faults(error_status=500, error_count=faults)
+    gateway = pool_gateway(node.address, api_keys=[KEY], pool_eject_seconds=0.2)
+    items = [*_prompts(rows), {"id": rows, "prompt": None}, {"id": rows + 1, "prompt": ""}]
+
+    dataset = sollol.ray.answer(ray.data.from_items(items), gateway.url, MODEL, api_key=KEY,
+                                actors=2, batch_size=16, stream=True, retries=8, backoff=0.05,
+                                fields=OPTIONS)
+    out = dataset.take_all()
+
+    assert [r["id"] for r in out] == list(range(rows + 2))
+    answered, bad = out[:rows], out[rows:]
+    assert all(r["error"] is None and r["response"] and r["route"] == "pool"
+               and r["backend"] == node.address for r in answered)
+    assert sum(r["attempts"] for r in answered) >= rows + faults  # the helper's retries
+    assert set(_generated(tmp_path).values()) == {1} and len(_generated(tmp_path)) == rows
+    assert _requests([node]) == rows + faults == rows + _injected([node])
+    assert bad[0]["error"] == "column 'prompt' is missing" and bad[0]["attempts"] == 0
+    assert bad[1]["error"] == "column 'prompt' is empty" and bad[1]["response"] is None
+
+
+def test_a_row_that_fails_after_its_retries_is_recorded(emulator, pool_gateway,
+                                                        tmp_path) -> None:
+    """The callable class on its own (no Ray needed): per-row errors with their attempts."""
+    (node,) = _nodes(emulator, tmp_path, 1)
+    gateway = pool_gateway(node.address, api_keys=[KEY], pool_eject_seconds=0.2)
+    answers = sollol.ray.Answers(gateway.url, MODEL, api_key=KEY, retries=2, backoff=0.01)
+    try:
+        good = answers({"id": [1, 2], "prompt": ["one", "two"]})
+        assert good["error"] == [None, None] and all(good["response"])
+        assert good["id"] == [1, 2] and good["attempts"] == [1, 1]
+        node.set_faults(error_status=500)  # every request fails from now on
+        failed = answers({"prompt": ["three", 4]})
+        assert failed["attempts"] == [3, 0] and failed["response"] == [None, None]
+        assert failed["error_type"][0] in ("BackendError", "NoRouteAvailable")
+        assert failed["error"][1] == "column 'prompt' must be a string, not int"
+        node.clear_faults()
+        missing = sollol.ray.Answers(gateway.url, "no-such-model", api_key=KEY)
+        try:  # a request error is the row's, at once: not retried
+            lost = missing({"prompt": ["x"]})
+        finally:
+            missing.close()
+        assert lost["error_type"] == ["ModelNotFound"] and lost["attempts"] == [1]
+        with pytest.raises(ValueError, match=r"no column 'prompt' \(columns: text\)"):
+            answers({"text": ["x"]})
+        with pytest.raises(ValueError, match="already has column"):
+            answers({"prompt": ["x"], "response": ["y"]})
+        assert answers({"prompt": []})["response"] == []
+    finally:
+        answers.close()
+    wrong = sollol.ray.Answers(gateway.url, MODEL, api_key="not-the-key-0123456789")
+    try:  # a wrong key is the job's error, not every row's
+        with pytest.raises(Unauthorized):
+            wrong({"prompt": ["x"]})
+    finally:
+        wrong.close()
+
+
+def test_without_ray_the_error_names_the_extra(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # what a plain `pip install sollol` has
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    with pytest.raises(SollolError, match=r"pip install 'sollol\[ray\]'"):
+        sollol.ray.require_ray()

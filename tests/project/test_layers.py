@@ -35,6 +35,9 @@ UPPER = ("gateway", "client", "cli")
 MAX_LINES = 400
 """A product module at this length is a sign to split it by job (STYLE.md)."""
 PYPROJECT = ROOT / "pyproject.toml"
+EXTRAS = {"sollol.ray": "ray"}
+"""Product modules that may import an optional extra's packages (lazily, failing with a message
+that names the extra): module -> the extra in pyproject.toml that brings them."""
 
 Graph = Mapping[str, Set[str]]
 
@@ -316,6 +319,8 @@ def test_product_code_imports_only_declared_dependencies() -> None:
     missing = set()
     for module, path in product_modules().items():
         allowed = testing if module.startswith("sollol.testing.") else runtime
+        if module in EXTRAS:
+            allowed = allowed | distributions(project["optional-dependencies"][EXTRAS[module]])
         for name in third_party(path, module):
             dists = {d.lower().replace("_", "-") for d in providers.get(name, [name])}
             if not dists & allowed:

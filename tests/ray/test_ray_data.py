@@ -175,3 +175,35 @@ def test_without_ray_the_error_names_the_extra(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "ray.data", None)
     with pytest.raises(SollolError, match=r"pip install 'sollol\[ray\]'"):
         sollol.ray.require_ray()
+
+
+def test_rays_own_http_processor_answers_rows_but_not_where(local_ray, emulator, pool_gateway,
+                                                            tmp_path) -> None:
+    """The other way docs/ray.md weighs: Ray's `HttpRequestProcessorConfig` at the gateway's
+    OpenAI endpoint. Every row is answered once, but a row only sees the reply's body: which
+    route and backend served it stays in the response headers, out of its reach."""
+    from ray.data.llm import HttpRequestProcessorConfig, build_processor
+
+    rows = 100
+    nodes = _nodes(emulator, tmp_path, 2)
+    gateway = pool_gateway(*(n.address for n in nodes), api_keys=[KEY])
+    config = HttpRequestProcessorConfig(
+        url=f"{gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+        max_retries=3, base_retry_wait_time_in_s=0.05, batch_size=25, concurrency=2)
+    processor = build_processor(
+        config,
+        preprocess=lambda row: {"id": row["id"], "prompt": row["prompt"], "payload": {
+            "model": MODEL, "temperature": 0,
+            "messages": [{"role": "user", "content": row["prompt"]}]}},
+        postprocess=lambda row: {"id": row["id"], "fields": sorted(row["http_response"]),
+                                 "answer": row["http_response"]["choices"][0]["message"][
+                                     "content"]})
+    dataset = processor(ray.data.from_items(_prompts(rows)))
+    dataset.context.execution_options.preserve_order = True
+    out = dataset.take_all()
+
+    assert [r["id"] for r in out] == list(range(rows))
+    assert all(r["answer"] for r in out)
+    assert set(_generated(tmp_path).values()) == {1} and len(_generated(tmp_path)) == rows
+    assert _requests(nodes) == rows
+    assert not {"route", "backend"} & {f for r in out for f in r["fields"]}

@@ -27,6 +27,7 @@ from sollol.errors import SollolError, Unauthorized
 
 MODEL = "llama3.2:1b"
 KEY = "sollol-ray-batch-key-0123456789"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "ray.md"
 OPTIONS = {"options": {"temperature": 0}}
 
 pytestmark = pytest.mark.slow
@@ -207,3 +208,25 @@ def test_rays_own_http_processor_answers_rows_but_not_where(local_ray, emulator,
     assert set(_generated(tmp_path).values()) == {1} and len(_generated(tmp_path)) == rows
     assert _requests(nodes) == rows
     assert not {"route", "backend"} & {f for r in out for f in r["fields"]}
+
+
+def test_the_docs_example_runs_as_written(emulator, pool_gateway, processes, tmp_path) -> None:
+    """docs/ray.md's first example, run as a script against a gateway with a key; its
+    `ray.init()` starts a Ray of its own (RAY_ADDRESS=local), which ends with the script."""
+    section = DOCS.read_text().split("## Batch jobs on Ray Data", 1)[1]
+    script = tmp_path / "example.py"
+    script.write_text(section.split("```python\n", 1)[1].split("```", 1)[0])
+    nodes = _nodes(emulator, tmp_path, 2)
+    gateway = pool_gateway(*(n.address for n in nodes), api_keys=[KEY])
+    temp = tempfile.mkdtemp(prefix="sollol-ray-", dir="/tmp")
+    env = {**os.environ, "SOLLOL_GATEWAY": gateway.url, "SOLLOL_KEY": KEY,
+           "RAY_ADDRESS": "local", "RAY_TMPDIR": temp, "RAY_USAGE_STATS_ENABLED": "0"}
+    try:
+        proc = processes.start("ray-docs-example", [sys.executable, str(script)], env=env)
+        assert proc.popen.wait(300) == 0, proc.log_text()[-3000:]
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    output = proc.log_text()
+    assert "answered 200 rows, 0 failed" in output, output[-3000:]
+    assert any(line.startswith("0 pool 127.0.0.1:") for line in output.splitlines()), output
+    assert _requests(nodes) == 200 and len(_generated(tmp_path)) == 200

@@ -103,8 +103,12 @@ class Answers:
         self._cluster = Cluster(gateway=gateway, api_key=api_key, timeout=timeout)
         self._cluster.start()
 
-    def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
-        """The batch with OUTPUTS added, row for row (a column batch: name -> values)."""
+    def __call__(self, batch: Any) -> dict[str, Any]:
+        """The batch with OUTPUTS added, row for row, as columns (name -> values).
+
+        Takes any of Ray Data's batch formats: columns of numpy arrays (the default), a pandas
+        DataFrame or a pyarrow Table."""
+        batch = _columns(batch)
         if self.column not in batch:
             msg = (f"the batch has no column {self.column!r} (columns: "
                    f"{', '.join(map(str, batch)) or 'none'}): pass column= to sollol.ray")
@@ -180,6 +184,18 @@ class Answers:
         return Response(task.op, task.model, data, route=route.get("route", ""),
                         backend=route.get("backend", ""), policy=route.get("policy", ""),
                         reason=route.get("reason", ""), fallback=route.get("fallback", ""))
+
+
+def _columns(batch: Any) -> Mapping[str, Sequence[Any]]:
+    """A batch as columns: a pyarrow Table (`to_pydict`), a pandas DataFrame, or a mapping."""
+    if hasattr(batch, "to_pydict"):
+        return batch.to_pydict()
+    if hasattr(batch, "columns") and hasattr(batch, "iloc"):
+        return {str(name): batch[name].tolist() for name in batch.columns}
+    if isinstance(batch, Mapping):
+        return batch
+    raise TypeError(f"sollol.ray takes a batch of columns (numpy, pandas or pyarrow), not "
+                    f"{type(batch).__name__}")
 
 
 def answer(dataset: Dataset, gateway: str, model: str, *, actors: int = 2,

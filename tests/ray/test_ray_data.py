@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas
+import pyarrow
 import pytest
 import ray
 import ray.data
@@ -161,6 +163,12 @@ def test_a_row_that_fails_after_its_retries_is_recorded(emulator, pool_gateway,
         with pytest.raises(ValueError, match="already has column"):
             answers({"prompt": ["x"], "response": ["y"]})
         assert answers({"prompt": []})["response"] == []
+        for batch in (pandas.DataFrame({"id": [7], "prompt": ["five"]}),
+                      pyarrow.table({"id": [7], "prompt": ["five"]})):
+            other = answers(batch)  # Ray Data's other batch formats
+            assert other["id"] == [7] and other["error"] == [None] and other["response"][0]
+        with pytest.raises(TypeError, match="batch of columns"):
+            answers(["five"])
     finally:
         answers.close()
     wrong = sollol.ray.Answers(gateway.url, MODEL, api_key="not-the-key-0123456789")

@@ -13,6 +13,7 @@ See docs/ray.md#batch-jobs-on-ray-data.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from types import ModuleType
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from sollol.client.facade import Cluster
-from sollol.client.tasks import Response, Task
+from sollol.client.tasks import Op, Response, Task
 from sollol.errors import (
     BackendError,
     Forbidden,
@@ -82,7 +83,7 @@ class Answers:
     """
 
     def __init__(self, gateway: str, model: str, *, api_key: str | None = None,
-                 column: str = "prompt", op: str = "chat", system: str | None = None,
+                 column: str = "prompt", op: Op = "chat", system: str | None = None,
                  retries: int = 3, backoff: float = 0.5, stream: bool = False,
                  in_flight: int = 8, timeout: float = 300.0,
                  fields: Mapping[str, Any] | None = None) -> None:
@@ -147,7 +148,8 @@ class Answers:
 
     async def _answer(self, prompt: Any) -> Outcome:
         if not isinstance(prompt, str) or not prompt.strip():
-            problem = ("is missing" if prompt is None else "is empty" if isinstance(prompt, str)
+            missing = prompt is None or (isinstance(prompt, float) and math.isnan(prompt))
+            problem = ("is missing" if missing else "is empty" if isinstance(prompt, str)
                        else f"must be a string, not {type(prompt).__name__}")
             return Outcome(None, 0, f"column {self.column!r} {problem}", "RequestError")
         task = (Task.chat(self.model, prompt, system=self.system, **self.fields)

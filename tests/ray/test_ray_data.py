@@ -163,10 +163,11 @@ def test_a_row_that_fails_after_its_retries_is_recorded(emulator, pool_gateway,
         with pytest.raises(ValueError, match="already has column"):
             answers({"prompt": ["x"], "response": ["y"]})
         assert answers({"prompt": []})["response"] == []
-        for batch in (pandas.DataFrame({"id": [7], "prompt": ["five"]}),
-                      pyarrow.table({"id": [7], "prompt": ["five"]})):
-            other = answers(batch)  # Ray Data's other batch formats
-            assert other["id"] == [7] and other["error"] == [None] and other["response"][0]
+        for batch in (pandas.DataFrame({"id": [7, 8], "prompt": ["five", None]}),
+                      pyarrow.table({"id": [7, 8], "prompt": ["five", None]})):
+            other = answers(batch)  # Ray Data's other batch formats (pandas: NaN for None)
+            assert other["id"] == [7, 8] and other["response"][0]
+            assert other["error"] == [None, "column 'prompt' is missing"]
         with pytest.raises(TypeError, match="batch of columns"):
             answers(["five"])
     finally:

@@ -1,7 +1,7 @@
 """Sharded models at full speed, side by side in one run (issue 24), over 1 Gbit/s links.
 
-    sudo python bench/sharding_speed.py [--preset 7b-q4_0] [--rate 1gbit] [--sections cold]
-                                        [--out FILE]
+    sudo python bench/sharding_speed.py [--preset 7b-q4_0] [--rate 1gbit]
+                                        [--sections cold,pipeline,concurrent,draft] [--out FILE]
 
 Root only: three rpc-servers in network namespaces behind `tbf` links, set up by
 `bench/sharding_lan.py` (imported, not copied); the whole run happens inside a namespace with no
@@ -11,8 +11,11 @@ default route. Each section adds its figures to one JSON result and one table:
   hand; SOLLOL plain; SOLLOL with gateway-filled caches (`rpc_fill_caches`, rpc-servers with
   `-c` and empty caches); the parallel wire limit (the largest shard's bytes / link rate: every
   link busy at once).
+- pipeline, concurrent, draft: bench/speed_sections.py.
 
-Stops every process it starts.
+The table at the end has every section's figures and the load average before and after each
+section (the machine may be shared). About 15 minutes for pipeline,concurrent,draft with the
+7B-shaped model on a 2-core machine. Stops every process it starts.
 """
 
 from __future__ import annotations
@@ -121,7 +124,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"preset": args.preset, "model_bytes": model.stat().st_size,
                                "rate": args.rate, "machine": f"{os.cpu_count()} cores",
                                "date": time.strftime("%F %H:%M UTC", time.gmtime()),
-                               "command": " ".join(sys.argv)}
+                               "command": " ".join(sys.argv),
+                               "load_average": {"start": speed_sections.load_average()}}
     with tempfile.TemporaryDirectory(prefix="sollol-speed-") as tmp, \
             Network(log_dir=Path(tmp) / "logs") as net:
         work = Path(tmp)
@@ -131,18 +135,29 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             for name in args.sections.split(","):
                 measure, _ = SECTIONS[name]
+                before, started = speed_sections.load_average(), time.perf_counter()
                 results[name] = await measure(bench)
+                results[name]["_run"] = {"load_average": [before, speed_sections.load_average()],
+                                         "seconds": round(time.perf_counter() - started)}
         finally:
             shards.stop()
+    results["load_average"]["end"] = speed_sections.load_average()
     return results
 
 
 def table(results: dict[str, Any]) -> str:
+    """Every section's figures, one block each, with the load average around it."""
+    load = results["load_average"]
     lines = [f"{results['preset']} ({results['model_bytes'] / 2**30:.2f} GiB) over three "
-             f"{results['rate']} shards, {results['date']}, {results['machine']}"]
+             f"{results['rate']} shards, {results['date']}, {results['machine']}, load average "
+             f"{load['start']} at start, {load.get('end')} at end", results["command"]]
     for name, (_, lines_of) in SECTIONS.items():
         if name in results:
-            lines += lines_of(results[name])
+            figures = {k: v for k, v in results[name].items() if k != "_run"}
+            run = results[name].get("_run", {})
+            lines.append(f"[{name}] {run.get('seconds')} s, load average "
+                         f"{' -> '.join(map(str, run.get('load_average', [])))}")
+            lines += ["  " + line for line in lines_of(figures)]
     return "\n".join(lines)
 
 
@@ -153,13 +168,18 @@ def main() -> None:
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated, of: {', '.join(SECTIONS)}")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--prompt-tokens", type=int, default=512,
-                        help="pipeline: prompt length (512 = 4 micro-batches of -ub 128)")
+    parser.add_argument("--ubatch", type=int,
+                        help="pipeline: micro-batch size -ub (default 128; 32 for 7b-q4_0)")
+    parser.add_argument("--prompt-tokens", type=int,
+                        help="pipeline: prompt length (default 4 micro-batches with BOS)")
     parser.add_argument("--shard-cpu", type=float, default=0.5,
                         help="pipeline: cores each shard host may use (cgroup v1 quota)")
-    parser.add_argument("--tokens", type=int, default=32,
-                        help="concurrent, draft: tokens generated per request")
+    parser.add_argument("--tokens", type=int,
+                        help="concurrent: tokens per request (default 32; 16 for 7b-q4_0)")
+    parser.add_argument("--draft-tokens", type=int,
+                        help="draft: tokens generated (default 32; 16 for 7b-q4_0)")
     args = parser.parse_args()
+    speed_sections.fill_defaults(args)
     unknown = set(args.sections.split(",")) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")

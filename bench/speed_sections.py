@@ -2,8 +2,9 @@
 speculative decoding (issue 24). Each takes the Bench (shards, model, binaries, work folder) and
 returns its figures; `*_table` turns them into lines.
 
-- pipeline: prefill tokens/s of a long prompt (`--prompt-tokens`, default 4 micro-batches of
-  `-ub 128`) with llama.cpp's pipeline parallelism on, then off, on the same shards. "Off" adds a
+- pipeline: prefill tokens/s of a long prompt (`--prompt-tokens`, default exactly 4 micro-batches
+  of `--ubatch`, BOS included) with llama.cpp's pipeline parallelism on, then off, on the same
+  shards. "Off" adds a
   tensor override that matches no tensor (`-ot ^sollol_no_such_tensor$=CPU`): llama.cpp turns
   pipeline parallelism off whenever an override is given, and nothing else changes. Each shard's
   rpc-server runs in its own cgroup v1 CPU group (`--shard-cpu` of a core), so the three shards
@@ -14,6 +15,10 @@ returns its figures; `*_table` turns them into lines.
   (acceptance near 0: the cost of drafting), and with the model itself as its draft on the
   gateway (greedy decoding, so every drafted token is accepted: the upper bound). The acceptance
   each run reached is read from llama-server's `timings` (draft_n_accepted / draft_n).
+
+The shards keep a tensor cache (`-c`) for the whole run: the first load sends the weights, every
+later coordinator load sends hashes, so six loads of the 7B-shaped model do not cost six times
+its wire time; the figures are measured after each load and do not depend on it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,31 @@ from sollol.testing.tiny_models import PRESETS, make_tiny_model
 
 CGROUP = Path("/sys/fs/cgroup/cpu")
 NO_PIPELINE = ["-ot", "^sollol_no_such_tensor$=CPU"]
+CACHE = "speed"
+"""The shards' tensor cache for these sections (Shards.start(cache=...))."""
+MICRO_BATCHES = 4
+
+DEFAULTS: dict[str, dict[str, int]] = {
+    # a 7B prefill runs at a few tokens/s on half-core shards: 4 x 32 tokens, not 4 x 128;
+    # the self draft runs the whole 7B on the gateway's CPU per drafted token
+    "7b-q4_0": {"ubatch": 32, "tokens": 16, "draft_tokens": 16},
+}
+FALLBACK = {"ubatch": 128, "tokens": 32, "draft_tokens": 32}
+
+
+def fill_defaults(args: Any) -> None:
+    """Knobs left unset on the command line take the preset's defaults; the prompt is exactly
+    MICRO_BATCHES micro-batches with its BOS token."""
+    defaults = {**FALLBACK, **DEFAULTS.get(args.preset, {})}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.prompt_tokens is None:
+        args.prompt_tokens = MICRO_BATCHES * args.ubatch - 1
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 1)
 
 
 @contextlib.contextmanager
@@ -67,12 +97,14 @@ def throttled(groups: list[Path]) -> dict[str, float]:
 
 
 async def _complete(url: str, prompt: str, tokens: int, **more: Any) -> dict[str, Any]:
+    """One greedy completion of exactly `tokens` tokens; `_started`/`_ended` are its span."""
+    started = time.perf_counter()
     async with httpx.AsyncClient(timeout=3600, trust_env=False) as client:
         reply = await client.post(url + "/v1/completions", json={
             "prompt": prompt, "max_tokens": tokens, "temperature": 0, "cache_prompt": False,
             "ignore_eos": True, **more})
     reply.raise_for_status()
-    return reply.json()
+    return {**reply.json(), "_started": started, "_ended": time.perf_counter()}
 
 
 async def _with_coordinator(bench: Any, state: str, measure: Any, **keys: Any) -> Any:
@@ -107,37 +139,44 @@ async def pipeline(bench: Any) -> dict[str, Any]:
     """Prefill tokens/s of a long prompt, pipeline parallelism on vs off, CPU-limited shards."""
     args = bench.args
     prompt = " ".join(["shard"] * args.prompt_tokens)
-    out: dict[str, Any] = {"prompt_tokens": args.prompt_tokens, "ubatch": 128,
+    out: dict[str, Any] = {"prompt_tokens": args.prompt_tokens, "ubatch": args.ubatch,
                            "shard_cpu": args.shard_cpu}
     for name, extra in (("on", []), ("off", NO_PIPELINE)):
         log(f"pipeline {name}: prefill of {args.prompt_tokens} tokens")
-        bench.shards.start()
+        bench.shards.start(cache=CACHE)
         with cpu_limited(bench, args.shard_cpu) as groups:
             async def measure(url: str, coord: dict[str, Any]) -> dict[str, Any]:
                 reply = await _complete(url, prompt, 1)
-                return {"state": coord["pipeline"], "prompt_n": reply["timings"]["prompt_n"],
-                        "prefill_tps": round(reply["timings"]["prompt_per_second"], 2)}
+                t = reply["timings"]
+                return {"state": coord["pipeline"], "prompt_n": t["prompt_n"],
+                        "micro_batches": -(-t["prompt_n"] // args.ubatch),
+                        "prefill_s": round(t["prompt_ms"] / 1000, 1),
+                        "prefill_tps": round(t["prompt_per_second"], 2)}
 
             out[name] = await _with_coordinator(
                 bench, f"state-pipe-{name}", measure,
                 rpc_ctx_size=args.prompt_tokens + 256,
-                rpc_coordinator_args=["-ub", "128", "-b", "2048", *extra])
+                rpc_coordinator_args=["-ub", str(args.ubatch), "-b", "2048", *extra])
             out[name]["throttled_s"] = throttled(groups)
     out["on_vs_off"] = round(out["on"]["prefill_tps"] / out["off"]["prefill_tps"], 2)
     return out
 
 
 def pipeline_table(r: dict[str, Any]) -> list[str]:
-    return [f"prefill of {r['on']['prompt_n']} tokens (-ub {r['ubatch']}, shards at "
-            f"{r['shard_cpu']} core each), tokens/s:  pipeline on {r['on']['prefill_tps']}  "
-            f"off {r['off']['prefill_tps']}  (on/off {r['on_vs_off']}x; states reported: "
-            f"{r['on']['state']!r} / {r['off']['state']!r})"]
+    on, off = r["on"], r["off"]
+    return [f"prefill tokens/s, {on['prompt_n']} tokens = {on['micro_batches']} x -ub "
+            f"{r['ubatch']}, shards at {r['shard_cpu']} core each:",
+            f"  pipeline on {on['prefill_tps']} ({on['prefill_s']} s)  off "
+            f"{off['prefill_tps']} ({off['prefill_s']} s)  on/off {r['on_vs_off']}x",
+            f"  states reported: {on['state']!r} / {off['state']!r}; CPU throttled per shard "
+            f"(s): on {list(on['throttled_s'].values())} off "
+            f"{list(off['throttled_s'].values())}"]
 
 
 async def concurrent(bench: Any) -> dict[str, Any]:
     """Aggregate generated tokens/s at 1, 2, 4 and 8 requests at once on one coordinator."""
     tokens = bench.args.tokens
-    bench.shards.start()
+    bench.shards.start(cache=CACHE)
 
     async def measure(url: str, coord: dict[str, Any]) -> dict[str, Any]:
         runs = {}
@@ -148,8 +187,12 @@ async def concurrent(bench: Any) -> dict[str, Any]:
                                                        tokens) for i in range(count)))
             wall = time.perf_counter() - started
             made = sum(r["usage"]["completion_tokens"] for r in replies)
+            # the overlap: how much of the wall time every request was running at once
+            spans = [(r["_started"], r["_ended"]) for r in replies]
+            overlap = max(0.0, min(e for _, e in spans) - max(s for s, _ in spans))
             runs[str(count)] = {"tokens": made, "seconds": round(wall, 1),
-                                "tokens_per_s": round(made / wall, 2)}
+                                "tokens_per_s": round(made / wall, 2),
+                                "all_running_s": round(overlap, 1)}
         return runs
 
     try:
@@ -160,13 +203,18 @@ async def concurrent(bench: Any) -> dict[str, Any]:
 
 
 def concurrent_table(r: dict[str, Any]) -> list[str]:
-    cells = "  ".join(f"{n}: {v['tokens_per_s']}" for n, v in r.items())
-    return [f"generated tokens/s, all requests together, by requests at once:  {cells}"]
+    runs = {n: v for n, v in r.items() if n.isdigit()}
+    cells = "  ".join(f"{n}: {v['tokens_per_s']}" for n, v in runs.items())
+    ran = "  ".join(f"{n}: {v['all_running_s']}/{v['seconds']} s" for n, v in runs.items())
+    first = next(iter(runs.values()))
+    return [f"generated tokens/s, all requests together ({first['tokens']} tokens each), by "
+            f"requests at once:  {cells}",
+            f"  all requests running at once / wall:  {ran}"]
 
 
 async def draft(bench: Any) -> dict[str, Any]:
     """Tokens/s without a draft, with a same-vocabulary random draft and with the model itself."""
-    tokens, model = bench.args.tokens, bench.model
+    tokens, model = bench.args.draft_tokens, bench.model
     spec = PRESETS[bench.args.preset]
     # beside the model: a draft must resolve like any model (gguf_dirs)
     tiny = make_tiny_model(model.parent / f"draft-random-{bench.args.preset}.gguf", layers=2,
@@ -175,12 +223,13 @@ async def draft(bench: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, drafted in (("none", None), ("random_same_vocab", tiny), ("self", model)):
         log(f"draft: {name}")
-        bench.shards.start()
+        bench.shards.start(cache=CACHE)
 
         async def measure(url: str, coord: dict[str, Any]) -> dict[str, Any]:
             reply = await _complete(url, "tell me about the shard layer", tokens)
             t = reply["timings"]
-            return {"tokens_per_s": round(t["predicted_per_second"], 2),
+            return {"tokens": t["predicted_n"],
+                    "tokens_per_s": round(t["predicted_per_second"], 2),
                     "draft_n": t.get("draft_n", 0), "accepted": t.get("draft_n_accepted", 0)}
 
         keys = {"rpc_draft_models": {str(model): str(drafted)}} if drafted else {}
@@ -195,5 +244,6 @@ async def draft(bench: Any) -> dict[str, Any]:
 def draft_table(r: dict[str, Any]) -> list[str]:
     def acc(v: dict[str, Any]) -> str:
         return f"{v['accepted']}/{v['draft_n']} accepted" if v["draft_n"] else "no draft"
-    return ["generated tokens/s with a draft:  " + "  ".join(
-        f"{n} {v['tokens_per_s']} ({acc(v)})" for n, v in r.items())]
+    runs = {n: v for n, v in r.items() if isinstance(v, dict) and "tokens_per_s" in v}
+    return [f"generated tokens/s ({r['none']['tokens']} tokens), by draft:  " + "  ".join(
+        f"{n} {v['tokens_per_s']} ({acc(v)})" for n, v in runs.items())]

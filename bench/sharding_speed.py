@@ -14,8 +14,8 @@ default route. Each section adds its figures to one JSON result and one table:
 - pipeline, concurrent, draft: bench/speed_sections.py.
 
 The table at the end has every section's figures and the load average before and after each
-section (the machine may be shared). About 15 minutes for pipeline,concurrent,draft with the
-7B-shaped model on a 2-core machine. Stops every process it starts.
+section (the machine may be shared). About 11 minutes for pipeline,concurrent,draft with the
+7B-shaped model on a busy 2-core machine, 2.5 more for cold. Stops every process it starts.
 """
 
 from __future__ import annotations

@@ -4,17 +4,17 @@ returns its figures; `*_table` turns them into lines.
 
 - pipeline: prefill tokens/s of a long prompt (`--prompt-tokens`, default exactly 4 micro-batches
   of `--ubatch`, BOS included) with llama.cpp's pipeline parallelism on, then off, on the same
-  shards. "Off" adds a
-  tensor override that matches no tensor (`-ot ^sollol_no_such_tensor$=CPU`): llama.cpp turns
-  pipeline parallelism off whenever an override is given, and nothing else changes. Each shard's
-  rpc-server runs in its own cgroup v1 CPU group (`--shard-cpu` of a core), so the three shards
-  behave like separate machines instead of sharing two cores.
+  shards. "Off" adds a tensor override that matches no tensor (`-ot ^sollol_no_such_tensor$=CPU`):
+  llama.cpp turns pipeline parallelism off whenever an override is given, and nothing else
+  changes. Each shard's rpc-server runs in its own cgroup v1 CPU group (`--shard-cpu` of a
+  core), so the three shards behave like separate machines instead of sharing two cores.
 - concurrent: aggregate generated tokens/s at 1, 2, 4 and 8 requests at once on one coordinator
   started with `rpc_parallel = 8`.
 - draft: generated tokens/s without a draft, with a random-weight draft of the same vocabulary
   (acceptance near 0: the cost of drafting), and with the model itself as its draft on the
-  gateway (greedy decoding, so every drafted token is accepted: the upper bound). The acceptance
-  each run reached is read from llama-server's `timings` (draft_n_accepted / draft_n).
+  gateway (greedy decoding, so every drafted token is accepted but for near-ties: the upper
+  bound). The acceptance each run reached is read from llama-server's `timings`
+  (draft_n_accepted / draft_n).
 
 The shards keep a tensor cache (`-c`) for the whole run: the first load sends the weights, every
 later coordinator load sends hashes, so six loads of the 7B-shaped model do not cost six times

@@ -267,3 +267,23 @@ def test_with_access_keys_the_page_needs_an_admin_key(chromium, emulator, pool_g
                                        timeout=WAIT_MS)
         finally:
             context.close()
+
+
+def test_a_coordinator_card_says_why_pipeline_parallelism_is_off_and_names_its_draft(
+    page, rpc_servers, sharding_gateway, tiny_model: Path, tmp_path: Path,
+) -> None:
+    """The other half of the pipeline report (the first test shows "on"): placed on the fewest
+    shards, one, the coordinator runs without it and the card says why; its draft is named."""
+    from sollol.testing.tiny_models import make_tiny_model
+
+    draft = make_tiny_model(tmp_path / "draft.gguf", layers=2, seed=7)
+    gateway = sharding_gateway([a for a, _ in rpc_servers(2)],
+                               rpc_draft_models={str(tiny_model): str(draft)})
+    reply = generate(gateway.url, str(tiny_model))
+    assert reply.status_code == 200, reply.text
+    page.goto(gateway.url + "/dashboard")
+    card = '#coordinators .coord[data-state="ready"]'
+    page.wait_for_selector(card, timeout=WAIT_MS)
+    assert page.inner_text(f"{card} .pipeline") == \
+        "pipeline parallelism: off: 1 RPC device(s) (it needs two or more)"
+    assert f"draft model: {draft}" in page.inner_text(card)

@@ -1,0 +1,185 @@
+"""The Ray plugin on a real local Ray cluster (a head and a worker, separate raylets on
+127.0.0.2 and 127.0.0.3): rpc-servers as actors, sharded requests over them, members leaving
+with their actor or node, a node that joins later, and nothing left behind."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from sollol.cli import build_cli
+from sollol.testing.ray_cluster import RayCluster, descendants
+
+pytestmark = [pytest.mark.llamacpp, pytest.mark.slow]
+MESSAGES = [{"role": "user", "content": "hello over ray"}]
+
+
+def ray_status(url: str) -> dict[str, Any]:
+    return httpx.get(url + "/sollol/ray", timeout=10).json()
+
+
+def wait_members(url: str, check: Any, timeout: float = 120) -> list[dict[str, Any]]:
+    """Poll the gateway's Ray report until `check(running members)` holds; those members."""
+    deadline = time.monotonic() + timeout
+    while True:
+        report = ray_status(url)
+        running = [m for m in report["members"] if m["state"] == "running"]
+        if check(running):
+            return running
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Ray members never matched: {report}")
+        time.sleep(0.1)  # the watch has no event the test can wait on
+
+
+def chat(url: str, model: str) -> str:
+    response = httpx.post(url + "/v1/chat/completions", timeout=180, json={
+        "model": model, "messages": MESSAGES, "max_tokens": 8, "temperature": 0})
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["message"]["content"]
+
+
+def sharding(url: str) -> dict[str, Any]:
+    return httpx.get(url + "/sollol/routes/sharding", timeout=10).json()
+
+
+def rpc_backends(url: str) -> set[str]:
+    return {b["address"] for b in sharding(url)["backends"]}
+
+
+def coordinator_addresses(url: str) -> list[str]:
+    (coordinator,) = [c for c in sharding(url)["coordinators"] if c.get("alive", True)]
+    return [b["address"] for b in coordinator["layers"]["backends"]]
+
+
+def rpc_server_pids(cluster: RayCluster) -> set[int]:
+    """Every ggml-rpc-server running under any node of the Ray cluster."""
+    found = set()
+    for node in cluster.nodes:
+        for pid in descendants(node.process.pid):
+            try:
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            if comm.startswith("ggml-rpc"):
+                found.add(pid)
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_rpc_servers_on_two_ray_nodes_serve_a_sharded_model_and_an_actor_that_dies_leaves(
+        ray_cluster: RayCluster, ray_gateway, tiny_model: Path) -> None:
+    import ray
+
+    gateway = ray_gateway(rpc_placement="all")
+    members = wait_members(gateway.url, lambda ms: len(ms) == 2)
+    ips = sorted(m["ip"] for m in members)
+    assert ips == ["127.0.0.2", "127.0.0.3"]  # one per Ray node, on the node's own address
+    addresses = {m["address"] for m in members}
+    assert all(m["address"].startswith(m["ip"] + ":") for m in members)
+    assert rpc_backends(gateway.url) == addresses
+    assert all(m["devices"] for m in members)  # what the rpc-server reported
+
+    model = str(tiny_model)
+    assert chat(gateway.url, model)
+    assert sorted(coordinator_addresses(gateway.url)) == sorted(addresses)
+
+    result = CliRunner().invoke(build_cli(), ["ray", "status", "--gateway", gateway.url])
+    assert result.exit_code == 0, result.output
+    assert "connected; 2 alive node(s)" in result.output
+    for address in addresses:
+        assert address in result.output
+
+    # ray.kill one actor (the gateway's driver runs in this process: its actors are visible)
+    victim = next(m for m in members if m["ip"] == "127.0.0.3")
+    names = [name for name in _actor_names(ray) if name.endswith(victim["id"].split("-", 1)[1])]
+    assert len(names) == 1, names
+    ray.kill(ray.get_actor(names[0], namespace="sollol"), no_restart=True)
+    _wait_gone(victim["pid"])  # its rpc-server died with the actor (PR_SET_PDEATHSIG)
+    deadline = time.monotonic() + 60
+    while victim["address"] in rpc_backends(gateway.url):
+        assert time.monotonic() < deadline, "the killed actor's rpc-server never left"
+        time.sleep(0.05)
+    # the coordinator restarts without it and serves; a fresh actor rejoins for that node
+    assert chat(gateway.url, model)
+    assert victim["address"] not in coordinator_addresses(gateway.url)
+    again = wait_members(gateway.url, lambda ms: len(ms) == 2
+                         and victim["address"] not in {m["address"] for m in ms})
+    assert sorted(m["ip"] for m in again) == ["127.0.0.2", "127.0.0.3"]
+
+    pids = {m["pid"] for m in again}
+    assert pids <= rpc_server_pids(ray_cluster)
+    gateway.stop()
+    for pid in pids:
+        _wait_gone(pid)
+    assert not rpc_server_pids(ray_cluster)  # no ggml-rpc-server left on any node
+    assert not _actor_names(None, ray_cluster.address)  # and no actor of ours
+
+
+def test_a_dead_raylet_takes_its_member_out_and_a_node_added_later_joins(
+        ray_cluster: RayCluster, ray_gateway, tiny_model: Path) -> None:
+    extra = ray_cluster.add_node()  # a third raylet, on 127.0.0.4
+    gateway = ray_gateway(rpc_placement="all")
+    members = wait_members(gateway.url, lambda ms: len(ms) == 3)
+    model = str(tiny_model)
+    assert chat(gateway.url, model)
+    victim = next(m for m in members if m["ip"] == extra.ip)
+
+    extra.kill_raylet()  # the node crashes: its workers (and so its rpc-server) go with it
+    _wait_gone(victim["pid"])
+    deadline = time.monotonic() + 60
+    while victim["address"] in rpc_backends(gateway.url):
+        assert time.monotonic() < deadline, "the dead node's rpc-server never left"
+        time.sleep(0.05)
+    assert chat(gateway.url, model)
+    assert victim["address"] not in coordinator_addresses(gateway.url)
+    ray_cluster.remove_node(extra)  # raises if any process of that node is left
+    assert not extra.leftovers()
+
+    later = ray_cluster.add_node()  # Ray gains a node: an actor starts there and it joins
+    joined = wait_members(gateway.url, lambda ms: later.ip in {m["ip"] for m in ms})
+    newcomer = next(m for m in joined if m["ip"] == later.ip)
+    deadline = time.monotonic() + 60
+    while newcomer["address"] not in rpc_backends(gateway.url):
+        assert time.monotonic() < deadline, "the new node's rpc-server never joined"
+        time.sleep(0.05)
+    gateway.stop()
+    _wait_gone(newcomer["pid"])
+    assert not rpc_server_pids(ray_cluster)
+    ray_cluster.remove_node(later)
+
+
+def _actor_names(ray: Any, address: str | None = None) -> list[str]:
+    """Names of the live actors in the `sollol` namespace (a fresh driver when `address`)."""
+    import subprocess
+    import sys
+
+    if address is None:
+        from ray.util import list_named_actors
+
+        return [a["name"] for a in list_named_actors(all_namespaces=True)
+                if a["namespace"] == "sollol"]
+    code = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR', "
+            "log_to_driver=False); from ray.util import list_named_actors; "
+            "print('\\n'.join(a['name'] for a in list_named_actors(all_namespaces=True) "
+            "if a['namespace'] == 'sollol'))")
+    out = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def _wait_gone(pid: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        assert time.monotonic() < deadline, f"process {pid} still runs"
+        time.sleep(0.05)  # no event for another process's end

@@ -35,9 +35,10 @@ UPPER = ("gateway", "client", "cli")
 MAX_LINES = 400
 """A product module at this length is a sign to split it by job (STYLE.md)."""
 PYPROJECT = ROOT / "pyproject.toml"
-EXTRAS = {"sollol.ray": "ray"}
-"""Product modules that may import an optional extra's packages (lazily, failing with a message
-that names the extra): module -> the extra in pyproject.toml that brings them."""
+EXTRAS = {"sollol.ray": "ray", "sollol_plugins.ray_cluster": "ray"}
+"""Product modules (and packages, with what is below them) that may import an optional extra's
+packages (lazily, failing with a message that names the extra): name -> the extra in
+pyproject.toml that brings them."""
 
 Graph = Mapping[str, Set[str]]
 
@@ -315,12 +316,14 @@ def test_product_code_imports_only_declared_dependencies() -> None:
     project = tomllib.loads(PYPROJECT.read_text())["project"]
     runtime = distributions(project["dependencies"])
     testing = runtime | distributions(project["optional-dependencies"]["test"])
+    extras = {name: runtime | distributions(project["optional-dependencies"][extra])
+              for name, extra in EXTRAS.items()}
     providers = importlib.metadata.packages_distributions()
     missing = set()
     for module, path in product_modules().items():
         allowed = testing if module.startswith("sollol.testing.") else runtime
-        if module in EXTRAS:
-            allowed = allowed | distributions(project["optional-dependencies"][EXTRAS[module]])
+        allowed = next((a for name, a in extras.items()
+                        if module == name or module.startswith(name + ".")), allowed)
         for name in third_party(path, module):
             dists = {d.lower().replace("_", "-") for d in providers.get(name, [name])}
             if not dists & allowed:

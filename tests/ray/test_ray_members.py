@@ -145,6 +145,7 @@ def test_a_dead_raylet_takes_its_member_out_and_a_node_added_later_joins(
     assert victim["address"] not in coordinator_addresses(gateway.url)
     ray_cluster.remove_node(extra)  # raises if any process of that node is left
     assert not extra.leftovers()
+    assert all(node.process.alive() for node in ray_cluster.nodes)  # exactly that node's
 
     later = ray_cluster.add_node()  # Ray gains a node: an actor starts there and it joins
     joined = wait_members(gateway.url, lambda ms: later.ip in {m["ip"] for m in ms})
@@ -183,3 +184,41 @@ def _wait_gone(pid: int, timeout: float = 60) -> None:
     while pid_alive(pid):
         assert time.monotonic() < deadline, f"process {pid} still runs"
         time.sleep(0.05)  # no event for another process's end
+
+
+def test_a_pool_model_runs_as_a_llama_server_actor_and_serves_through_the_pool(
+        ray_cluster: RayCluster, ray_env: None, tiny_model: Path, llama_binaries) -> None:
+    from sollol.core.plugin_manager import get_plugin_manager
+    from sollol.core.runtime import ClusterRuntime, load
+    from sollol.gateway import GatewayThread
+
+    plugins = ["ollama_pool", "ray"]
+    config, _pm = load(overrides={
+        "plugins": plugins, "model_sharding_enabled": False, "ray_address": ray_cluster.address,
+        "ray_rpc_per": "none", "ray_pool_models": {"tiny-ray": str(tiny_model)},
+        "ray_watch_interval": 0.3, "llama_cpp_dir": str(llama_binaries.llama_server.parent)})
+    with GatewayThread(ClusterRuntime(config=config, pm=get_plugin_manager(plugins))) as gw:
+        (member,) = wait_members(gw.url, lambda ms: len(ms) == 1)
+        assert member["id"] == "ray-tiny-ray" and member["kind"] == "pool"
+        assert member["ip"] in {node.ip for node in ray_cluster.nodes}
+        assert chat(gw.url, "tiny-ray")
+        nodes = httpx.get(gw.url + "/sollol/routes/pool", timeout=10).json()["nodes"]
+        assert member["address"] in {n["address"] for n in nodes}
+    _wait_gone(member["pid"])  # the llama-server ended with the gateway's actor
+
+
+def test_per_gpu_a_node_gets_one_rpc_server_per_gpu_ray_lists_and_a_cpu_node_none(
+        ray_cluster: RayCluster, ray_gateway) -> None:
+    gpu_node = ray_cluster.add_node(num_gpus=2)  # Ray's GPU resource, as `ray start` declares it
+    try:
+        gateway = ray_gateway(ray_rpc_per="gpu", ray_rpc_cpus=0.5)
+        members = wait_members(gateway.url, lambda ms: len(ms) == 2)
+        assert {m["ip"] for m in members} == {gpu_node.ip}
+        assert sorted(m["id"].rsplit("-", 1)[1] for m in members) == ["g0", "g1"]
+        assert rpc_backends(gateway.url) == {m["address"] for m in members}
+        gateway.stop()
+        for member in members:
+            _wait_gone(member["pid"])
+    finally:
+        ray_cluster.remove_node(gpu_node)
+    assert all(node.process.alive() for node in ray_cluster.nodes)  # the others run on

@@ -9,6 +9,17 @@ import attrs
 from sollol.config import Setting
 from sollol.core.units import non_negative, positive
 
+
+def _models(value: dict[str, Any]) -> dict[str, Any]:
+    """`{name: path}` with names and paths as non-empty strings."""
+    for name, path in value.items():
+        if not (isinstance(name, str) and name.strip() and isinstance(path, str)
+                and path.strip()):
+            raise ValueError("a table of model names to GGUF paths on the Ray nodes "
+                             "({name = \"/shared/x.gguf\"})")
+    return value
+
+
 SETTINGS = (
     Setting("ray_address", "str", "",
             "Address of a Ray cluster's GCS (`HOST:6379`, or `auto` for the one on this "
@@ -26,7 +37,7 @@ SETTINGS = (
     Setting("ray_pool_models", "table", {},
             "Pool nodes run by Ray: `{name = \"/shared/models/x.gguf\"}`; each model gets one "
             "llama-server actor (`--alias name`) placed by Ray, on a path every Ray node can "
-            "read, and joins the pool as an OpenAI-compatible node."),
+            "read, and joins the pool as an OpenAI-compatible node.", check=_models),
     Setting("ray_pool_cpus", "float", 1.0,
             "CPUs Ray reserves for each llama-server actor of `ray_pool_models` (its threads: "
             "this, rounded down, at least 1).", check=non_negative),

@@ -52,6 +52,8 @@ def test_keys_are_checked() -> None:
         load(overrides={"plugins": ["ray"], "ray_rpc_per": "rack"})
     with pytest.raises(ConfigError, match="ray_watch_interval"):
         load(overrides={"plugins": ["ray"], "ray_watch_interval": 0})
+    with pytest.raises(ConfigError, match="ray_pool_models"):
+        load(overrides={"plugins": ["ray"], "ray_pool_models": {"tiny": 3}})
     config, _pm = load(overrides={"plugins": ["ray"]})
     assert config["ray_address"] == "" and config["ray_rpc_per"] == "node"
 

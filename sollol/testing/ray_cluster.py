@@ -2,7 +2,8 @@
 
 Each node is `ray start --block` in a session of its own, with its own `--node-ip-address`
 (127.0.0.2, 127.0.0.3, ...: Linux answers the whole 127.0.0.0/8 on `lo`), its own temp folder
-and explicit free ports, so it never meets another Ray on the machine. Stopping a node kills
+(short, under the system's: Ray's socket paths must fit in 107 bytes; removed at stop) and
+explicit free ports, so it never meets another Ray on the machine. Stopping a node kills
 exactly the processes it started: its session's group and every descendant (Ray's workers set up
 sessions of their own), found by walking /proc before the kill, then waited for.
 
@@ -17,6 +18,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -141,6 +143,8 @@ class RayCluster:
     root: Path
     group: ProcessGroup
     num_cpus: int = 1
+    temp: Path = attrs.field(factory=lambda: Path(tempfile.mkdtemp(prefix="sollol-ray-")))
+    """Ray's temp folders (sockets, session logs), one per node."""
     nodes: list[RayNode] = attrs.field(factory=list)
     gcs_port: int = 0
     _next_ip: int = 2
@@ -173,7 +177,7 @@ class RayCluster:
             raise RuntimeError("the `ray` command is missing: pip install 'sollol[ray]'")
         ip = f"127.0.0.{self._next_ip}"
         self._next_ip += 1
-        temp = self.root / ip
+        temp = self.temp / ip.rsplit(".", 1)[1]
         temp.mkdir(parents=True, exist_ok=True)
         head = not self.nodes
         argv = [command, "start", "--block", "--node-ip-address", ip,
@@ -230,6 +234,8 @@ class RayCluster:
             except RuntimeError as exc:
                 errors.append(str(exc))
         self.group.stop_all()
+        if not errors:
+            shutil.rmtree(self.temp, ignore_errors=True)
         if errors:
             raise RuntimeError("; ".join(errors))
 

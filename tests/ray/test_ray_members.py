@@ -65,7 +65,7 @@ def rpc_server_pids(cluster: RayCluster) -> set[int]:
                 comm = Path(f"/proc/{pid}/comm").read_text().strip()
             except OSError:
                 continue
-            if comm.startswith("ggml-rpc"):
+            if comm.startswith("ggml-rpc") and pid_alive(pid):
                 found.add(pid)
     return found
 

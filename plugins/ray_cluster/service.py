@@ -74,8 +74,8 @@ class RayMembers:
     gateway: str = attrs.field(factory=lambda: uuid.uuid4().hex[:8])
     backends: tuple[Backend, ...] = ()
     members: dict[str, Member] = attrs.field(factory=dict)
-    failures: dict[str, tuple[float, float, str]] = attrs.field(factory=dict)
-    """slot key -> (retry at, pause, error) for actors that failed to start."""
+    failures: dict[Slot, tuple[float, float, str]] = attrs.field(factory=dict)
+    """slot -> (retry at, pause, error) for actors that failed to start."""
     nodes: list[dict[str, Any]] = attrs.field(factory=list)
     error: str | None = None
     connected: bool = False
@@ -158,8 +158,11 @@ class RayMembers:
                                                  > self.settings.start_timeout):
                 self._failed(member, f"no answer within {self.settings.start_timeout:.0f} s")
         now = time.monotonic()
+        with self._lock:  # a slot no longer wanted (its node left) has nothing to retry
+            self.failures = {k: v for k, v in self.failures.items() if k.key in slots}
+            failures = dict(self.failures)
         for key, slot in slots.items():
-            retry = self.failures.get(key)
+            retry = failures.get(slot)
             if key not in self.members and (retry is None or now >= retry[0]):
                 self._launch(slot)
         return changed
@@ -179,7 +182,8 @@ class RayMembers:
                 return False
             member.info, member.state, member.since = result, "running", time.monotonic()
             member.ref = member.actor.watch.remote()
-            self.failures.pop(member.slot.key, None)
+            with self._lock:
+                self.failures.pop(member.slot, None)
             log.info("ray: %s started at %s on node %s", member.slot.backend_id,
                      result["address"], result["ip"])
             return True
@@ -197,8 +201,9 @@ class RayMembers:
         return False
 
     def _failed(self, member: Member, error: str) -> None:
-        pause = min(MAX_PAUSE, 2 * self.failures.get(member.slot.key, (0, 2.5, ""))[1])
-        self.failures[member.slot.key] = (time.monotonic() + pause, pause, error)
+        with self._lock:
+            pause = min(MAX_PAUSE, 2 * self.failures.get(member.slot, (0, 2.5, ""))[1])
+            self.failures[member.slot] = (time.monotonic() + pause, pause, error)
         self._drop(member, error)
         log.warning("ray: %s could not start (again in %.0f s): %s", member.slot.backend_id,
                     pause, error)
@@ -277,9 +282,11 @@ class RayMembers:
         with self._lock:
             members = [m.public() for m in self.members.values()]
             nodes = list(self.nodes)
+            failures = dict(self.failures)
         now = time.monotonic()
-        failed = [{"id": key, "error": error, "retry_in": round(max(0.0, at - now), 1)}
-                  for key, (at, _pause, error) in self.failures.items()]
+        failed = [{"id": slot.backend_id, "error": error, "pause": pause,
+                   "retry_in": round(max(0.0, at - now), 1)}
+                  for slot, (at, pause, error) in failures.items()]
         return {"address": self.settings.address, "namespace": NAMESPACE,
                 "connected": self.connected, "error": self.error,
                 "rpc_per": self.settings.rpc_per, "nodes": nodes,
@@ -291,6 +298,10 @@ def _threads(cpus: float) -> int:
 
 
 def _short(exc: BaseException) -> str:
+    """One line: the actor's own exception when Ray wraps it (RayTaskError.cause)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 

@@ -222,3 +222,26 @@ def test_per_gpu_a_node_gets_one_rpc_server_per_gpu_ray_lists_and_a_cpu_node_non
     finally:
         ray_cluster.remove_node(gpu_node)
     assert all(node.process.alive() for node in ray_cluster.nodes)  # the others run on
+
+
+def test_an_actor_that_cannot_start_is_reported_and_tried_again_later(
+        ray_cluster: RayCluster, ray_gateway, tmp_path: Path) -> None:
+    empty = tmp_path / "no-llama-cpp"
+    empty.mkdir()
+    gateway = ray_gateway(llama_cpp_dir=str(empty))  # no binaries on any node
+    deadline = time.monotonic() + 120
+    while len((report := ray_status(gateway.url))["failures"]) < 2:
+        assert time.monotonic() < deadline, report
+        time.sleep(0.1)
+    assert not [m for m in report["members"] if m["state"] == "running"]
+    assert all(str(empty) in f["error"] and f["retry_in"] > 0 for f in report["failures"])
+    assert not rpc_backends(gateway.url)
+    result = CliRunner().invoke(build_cli(), ["ray", "status", "--gateway", gateway.url])
+    assert result.exit_code == 0 and "failed    retry in" in result.output, result.output
+    # tried again after its pause, which then doubles
+    while True:
+        report = ray_status(gateway.url)
+        if report["failures"] and all(f["pause"] >= 10 for f in report["failures"]):
+            break
+        assert time.monotonic() < deadline, report
+        time.sleep(0.1)

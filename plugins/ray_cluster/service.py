@@ -34,6 +34,8 @@ log = logging.getLogger("sollol.ray")
 NAMESPACE = "sollol"
 INSTALL_HINT = "the Ray plugin needs Ray on this machine: pip install 'sollol[ray]'"
 MAX_PAUSE = 60.0
+QUICK_EXIT = 10.0
+"""Seconds: a server that ends sooner after it started counts as a failed start (a pause)."""
 STOP_WAIT = 15.0
 
 
@@ -188,7 +190,10 @@ class RayMembers:
                      result["address"], result["ip"])
             return True
         why = error or f"its server exited with status {result}"
-        return self._drop(member, why)
+        changed = self._drop(member, why)
+        if time.monotonic() - member.since < QUICK_EXIT:  # a crash loop waits, like a failure
+            self._note_failure(member.slot, why)
+        return changed
 
     def _drop(self, member: Member, why: str) -> bool:
         with self._lock:
@@ -201,12 +206,17 @@ class RayMembers:
         return False
 
     def _failed(self, member: Member, error: str) -> None:
-        with self._lock:
-            pause = min(MAX_PAUSE, 2 * self.failures.get(member.slot, (0, 2.5, ""))[1])
-            self.failures[member.slot] = (time.monotonic() + pause, pause, error)
         self._drop(member, error)
+        pause = self._note_failure(member.slot, error)
         log.warning("ray: %s could not start (again in %.0f s): %s", member.slot.backend_id,
                     pause, error)
+
+    def _note_failure(self, slot: Slot, error: str) -> float:
+        """Start `slot` again only after a pause that doubles (5 s up to MAX_PAUSE)."""
+        with self._lock:
+            pause = min(MAX_PAUSE, 2 * self.failures.get(slot, (0, 2.5, ""))[1])
+            self.failures[slot] = (time.monotonic() + pause, pause, error)
+        return pause
 
     def _launch(self, slot: Slot) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

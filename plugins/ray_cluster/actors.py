@@ -52,12 +52,25 @@ def _wait_listening(popen: subprocess.Popen[bytes], host: str, port: int, timeou
     raise RuntimeError(f"the server did not listen on {host}:{port} within {timeout:.0f} s")
 
 
+def _log_path() -> Path:
+    """A log file beside the Ray worker's own (in the Ray session's logs folder, which Ray
+    keeps and removes with the session); a temp file when the worker's output is no file."""
+    name = f"sollol-server-{os.getpid()}.log"
+    try:
+        worker_out = Path(os.readlink("/proc/self/fd/1"))
+    except OSError:
+        worker_out = None
+    if worker_out is not None and worker_out.is_file():
+        return worker_out.parent / name
+    return Path(tempfile.gettempdir()) / name
+
+
 class _ServerActor:
     """One server process on this node; the subclasses say which."""
 
     def __init__(self) -> None:
         self.popen: subprocess.Popen[bytes] | None = None
-        self.log = Path(tempfile.mkstemp(prefix="sollol-ray-", suffix=".log")[1])
+        self.log = _log_path()
 
     def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
         with self.log.open("ab") as out:

@@ -113,7 +113,7 @@ class RpcServerActor(_ServerActor):
         _wait_listening(popen, ip, port, timeout, self.log)
         return {"address": f"{ip}:{port}", "ip": ip, "pid": popen.pid,
                 "node_id": ray.get_runtime_context().get_node_id(),
-                "binary": str(binaries.rpc_server),
+                "binary": str(binaries.rpc_server), "log": str(self.log),
                 "devices": [d.as_dict() for d in served]}
 
 
@@ -144,4 +144,4 @@ class LlamaServerActor(_ServerActor):
             time.sleep(0.1)  # /health has no push
         return {"address": f"{ip}:{port}", "ip": ip, "pid": popen.pid, "model": name,
                 "node_id": ray.get_runtime_context().get_node_id(),
-                "binary": str(binaries.llama_server)}
+                "binary": str(binaries.llama_server), "log": str(self.log)}

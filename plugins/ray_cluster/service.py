@@ -63,7 +63,8 @@ class Member:
     def public(self) -> dict[str, Any]:
         return {"id": self.slot.backend_id, "kind": self.slot.kind, "state": self.state,
                 "node_id": self.info.get("node_id", self.slot.node_id), "model": self.slot.model,
-                **{k: self.info[k] for k in ("address", "ip", "pid", "devices") if k in self.info},
+                **{k: self.info[k] for k in ("address", "ip", "pid", "devices", "log")
+                   if k in self.info},
                 "for_seconds": round(time.monotonic() - self.since, 1)}
 
 

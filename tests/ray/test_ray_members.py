@@ -89,6 +89,7 @@ def test_rpc_servers_on_two_ray_nodes_serve_a_sharded_model_and_an_actor_that_di
     assert all(m["address"].startswith(m["ip"] + ":") for m in members)
     assert rpc_backends(gateway.url) == addresses
     assert all(m["devices"] for m in members)  # what the rpc-server reported
+    assert all(f"/{m['ip'].rsplit('.', 1)[1]}/session_" in m["log"] for m in members)
 
     model = str(tiny_model)
     assert chat(gateway.url, model)

@@ -246,3 +246,35 @@ def test_an_actor_that_cannot_start_is_reported_and_tried_again_later(
             break
         assert time.monotonic() < deadline, report
         time.sleep(0.1)
+
+
+def test_a_gateway_killed_outright_leaves_no_actor_and_no_rpc_server(
+        ray_cluster: RayCluster, ray_env: None, llama_binaries, processes) -> None:
+    import os
+    import signal
+    import sys
+
+    from sollol.core.processes import free_port
+
+    port = free_port()
+    env = {**os.environ, "SOLLOL_RAY_ADDRESS": ray_cluster.address,
+           "SOLLOL_RAY_WATCH_INTERVAL": "0.3", "SOLLOL_MODEL_SHARDING_ENABLED": "true",
+           "SOLLOL_TASK_DISTRIBUTION_ENABLED": "false",
+           "SOLLOL_LLAMA_CPP_DIR": str(llama_binaries.llama_server.parent)}
+    gateway = processes.start("sollol-run", [sys.executable, "-m", "sollol", "run", "--port",
+                                             str(port)], env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            members = wait_members(url, lambda ms: len(ms) == 2)
+            break
+        except httpx.HTTPError:  # not listening yet
+            assert gateway.alive() and time.monotonic() < deadline, gateway.log_text()[-3000:]
+            time.sleep(0.2)
+    os.killpg(gateway.pid, signal.SIGKILL)  # no shutdown hook runs: Ray must end its actors
+    gateway.popen.wait()
+    for member in members:
+        _wait_gone(member["pid"])  # the owner is gone: Ray killed its (non-detached) actors
+    assert not rpc_server_pids(ray_cluster)
+    assert not _actor_names(None, ray_cluster.address)

@@ -159,6 +159,8 @@ COMMANDS: dict[str, list[str] | str] = {
     "cluster token revoke": ["no-such-token"],
     "cluster approve": ["no-such-machine"],
     "cluster remove": ["no-such-machine"],
+    "ray status": [],
+    "ray status --json": ["--json"],
     "batch": "writes the model's replies, JSON-encoded, to a file (tests/cli/test_batch_*)",
 }
 VIEWS = ("status", "nodes", "route", "shard status", "cluster token list")

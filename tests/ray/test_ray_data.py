@@ -1,4 +1,4 @@
-"""Batch jobs on Ray Data through SOLLOL's gateway (`sollol.ray`, docs/ray.md): a real local Ray,
+"""Batch jobs on Ray Data through SOLLOL's gateway (`sollol.ray`, docs/ray.md): a real Ray cluster,
 a real gateway with an access key, emulated pool nodes with injected faults.
 
 Counting at the nodes: a node logs each generation it starts (`request_log`), so every row's
@@ -26,6 +26,7 @@ import ray.data
 
 import sollol.ray
 from sollol.errors import SollolError, Unauthorized
+from sollol.testing.ray_cluster import RAY_ENV, RayCluster
 
 MODEL = "llama3.2:1b"
 KEY = "sollol-ray-batch-key-0123456789"
@@ -36,24 +37,22 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[Any]:
-    """A Ray of its own on this machine (never one a `ray start` elsewhere left running), shut
-    down with its processes when the module ends. Logical CPUs: the map actors take a quarter
-    each, so reading blocks is never starved by them."""
-    temp = tempfile.mkdtemp(prefix="sollol-ray-", dir="/tmp")  # Unix socket paths stay short
-    saved = os.environ.get("RAY_USAGE_STATS_ENABLED")
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    try:
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 _temp_dir=temp)
-        yield ray
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
-        if saved is None:
-            os.environ.pop("RAY_USAGE_STATS_ENABLED", None)
-        else:
-            os.environ["RAY_USAGE_STATS_ENABLED"] = saved
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Ray cluster of two raylets (sollol.testing.ray_cluster, as the plugin's tests use),
+    this process its driver; stopped with every process it started when the module ends. Two
+    logical CPUs a node: the map actors take a quarter each, so reading blocks never starves."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in RAY_ENV.items():
+            patch.setenv(key, value)
+        cluster = RayCluster.start(tmp_path_factory.mktemp("ray-data"), workers=1, num_cpus=2)
+        try:
+            ray.init(address=cluster.address, namespace="sollol-ray-data", log_to_driver=False,
+                     logging_level="ERROR")
+            yield ray
+        finally:
+            ray.shutdown()
+            cluster.stop()
+    assert not cluster.leftovers()
 
 
 def _nodes(emulator: Any, tmp_path: Path, count: int) -> list[Any]:

@@ -45,7 +45,9 @@ def test_a_stopped_cluster_leaves_no_process_and_frees_its_gcs_port(
             def pid(self) -> int:
                 return os.getpid()
 
-        worker = ray.get(Pid.options(resources={"node:127.0.0.3": 0.01}).remote().pid.remote())
+        # the handle is kept: an actor whose last handle is dropped is cancelled before it runs
+        actor = Pid.options(resources={"node:127.0.0.3": 0.01}).remote()
+        worker = ray.get(actor.pid.remote())
         pids = set(cluster.all_processes())
         ray.shutdown()
         assert worker in pids  # the actor's worker is one of the node's processes

@@ -346,9 +346,11 @@ class Scheduler:
         said in its reason."""
         off = pipeline.predict(plan.devices, plan.local_layers, plan.layer_count,
                                self.options.extra_args)
-        # what the settings cost (the device count is the placement's own business)
+        # what the settings cost, then what the placement's device count does
         costs = pipeline.predict(2, plan.local_layers, plan.layer_count, self.options.extra_args)
         reason = plan.reason + (f"; this costs pipeline parallelism: {costs}" if costs else "")
+        if plan.devices < 2:
+            reason += "; on one RPC device, so without pipeline parallelism (it needs two)"
         draft_path = ""
         if name := self.options.draft_for(model):
             draft, _info = await self.resolve(name)

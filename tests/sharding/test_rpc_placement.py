@@ -253,7 +253,9 @@ async def test_a_plugin_can_choose_the_shards(
         lease.release(Outcome(ok=True))
         coord = route.supervisor.coordinators[str(tiny_model)]
         assert coord.plan.addresses == [addresses[0]]
-        assert coord.as_dict()["placement"]["reason"] == "pinned to the first shard by a plugin"
+        assert coord.as_dict()["placement"]["reason"] == (
+            "pinned to the first shard by a plugin; on one RPC device, so without pipeline "
+            "parallelism (it needs two)")
         assert plugin.calls and plugin.calls[0][0] == str(tiny_model)
     finally:
         await route.stop()

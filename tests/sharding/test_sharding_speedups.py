@@ -42,6 +42,20 @@ async def test_every_layer_on_shards_reports_pipeline_on(
     assert "pipeline parallelism: on" in render(dict(route.snapshot()))
 
 
+async def test_a_placement_on_one_device_says_it_costs_pipeline_parallelism(
+    rpc_servers, sharding_route, tiny_model: Path,
+) -> None:
+    route = await sharding_route([a for a, _ in rpc_servers(2)])  # "fewest": one is enough
+    lease = await route.acquire(RouteRequest(model=str(tiny_model)))
+    lease.release(Outcome(ok=True))
+    coord = route.supervisor.coordinators[str(tiny_model)]
+    assert coord.plan.devices == 1
+    (shown,) = route.snapshot()["coordinators"]
+    assert shown["pipeline"] == "off: 1 RPC device(s) (it needs two or more)"
+    assert shown["placement"]["reason"].endswith(
+        "; on one RPC device, so without pipeline parallelism (it needs two)")
+
+
 async def test_layers_kept_on_the_gateway_report_pipeline_off_with_why(
     rpc_servers, sharding_route, tiny_model: Path,
 ) -> None:

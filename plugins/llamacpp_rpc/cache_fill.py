@@ -24,11 +24,13 @@ LOG_EVERY = 2.0
 
 
 async def fill_caches(coord: Coordinator, client_version: tuple[int, int, int] | None,
-                      warn: Callable[[str], None], filled: set[tuple[Any, ...]]) -> None:
+                      warn: Callable[[str], None],
+                      filled: dict[tuple[Any, ...], frozenset[int]]) -> None:
     """Fill `coord`'s shards (all at once); progress in `coord.fill`; never raises.
 
-    `filled` remembers (shard, model file, split) this gateway filled completely, so a restart
-    of the model on the same shards does not read and hash the model again.
+    `filled` remembers (shard, model file, split) this gateway filled completely, with the
+    hashes it put there, so a restart of the model on the same shards does not read and hash
+    the model again.
     """
     plan = coord.plan
     coord.fill = run = fill.FillRun()
@@ -58,7 +60,11 @@ async def fill_caches(coord: Coordinator, client_version: tuple[int, int, int] |
         warn(f"filling the rpc-server caches for {coord.model!r} failed ({exc}); "
              "loading without")
         return
-    filled.update(key[a] for a, s in run.shards.items() if s.state == "done")
+    filled.update({key[a]: frozenset(s.hashes) for a, s in run.shards.items()
+                   if s.state == "done"})
+    for address, shard in run.shards.items():
+        if key[address] in filled:
+            shard.hashes = set(filled[key[address]])
     failed = [f"{a}: {s.state}" for a, s in run.shards.items() if not s.state.startswith("done")]
     if failed:
         warn(f"filling the rpc-server caches for {coord.model!r}: " + "; ".join(failed))

@@ -20,10 +20,11 @@ import httpx
 from sollol.errors import NoRouteAvailable
 from sollol.models import Backend, ResolvedModel
 
-from . import layers, pipeline, procs
+from . import layers, pipeline, procs, sockets
 from .fill import FillRun
 from .options import slug
 from .plan import Plan
+from .relay_set import RelaySet
 
 log = logging.getLogger("sollol.sharding")
 STARTING, READY, FAILED, STOPPED = "starting", "ready", "failed", "stopped"
@@ -32,6 +33,7 @@ LOG_MAX_BYTES = 16 * 1024 * 1024
 _LOADED = re.compile(r"llama_server: model loaded|main: model loaded")
 _REASONS = (
     (re.compile(r"Failed to connect to (\S+)"), "could not connect to rpc-server {0}"),
+    (re.compile(r"RPC handshake failed for (\S+)"), "could not connect to rpc-server {0}"),
     (re.compile(r"Remote RPC server crashed or returned malformed response"),
      "an rpc-server crashed or dropped the connection"),
     (re.compile(r"RPC server version mismatch: (\S+)"),
@@ -89,6 +91,8 @@ class Coordinator:
     """Requests refused (429) because its slots and the queue were full."""
     links_armed: set[str] = attrs.field(factory=set)
     """Inodes of its sockets to rpc-servers whose dead-peer detection is on (see `links`)."""
+    relays: RelaySet | None = None
+    """Its write-behind relays (`rpc_load_relay`), or None: it connects to the rpc-servers."""
     ready: asyncio.Future[None] = attrs.field(factory=lambda: asyncio.get_running_loop()
                                               .create_future())
 
@@ -109,7 +113,8 @@ class Coordinator:
     def argv(self, llama_server: Path, ctx_size: int, extra: list[str],
              verbose: bool = False, draft_max: int = 8) -> list[str]:
         args = [str(llama_server), "-m", str(self.resolved.path),
-                "--rpc", ",".join(self.plan.addresses),
+                "--rpc", ",".join(self.relays.addresses() if self.relays
+                                  else self.plan.addresses),
                 # 99: every layer on the rpc-servers (-ngl 0 would keep them all here)
                 "-ngl", str(self.plan.gpu_layers),
                 "--tensor-split", self.plan.tensor_split,
@@ -146,9 +151,14 @@ class Coordinator:
         when the process cannot be started."""
         self.slots = options.parallel
         try:
+            if options.load_relay:
+                known = {a: s.hashes for a, s in self.fill.shards.items()} if self.fill else {}
+                self.relays = RelaySet.start(self.plan.addresses, self.id, options.link_timeout,
+                                             known)
             self.start(llama_server, options.ctx_size, list(options.extra_args),
                        options.verbose_log, options.draft_max)
         except OSError as exc:
+            self.stop_relays()
             raise NoRouteAvailable(f"sharding: cannot start llama-server: {exc}") from None
         procs.write_pid_file(pid_dir, self.proc,
                              {"model": self.model, "backends": self.plan.addresses,
@@ -168,6 +178,30 @@ class Coordinator:
         if procs.bound_log(self.log_path, LOG_MAX_BYTES):
             self.log_offset = 0
 
+    def stop_relays(self) -> None:
+        """Stop its relays, if any (after the process: it sees its links reset otherwise)."""
+        if self.relays is not None:
+            self.relays.stop()
+
+    async def lost_links(self) -> list[str]:
+        """rpc-servers it is no longer connected to (no traffic: /proc, or its relays)."""
+        if self.relays is not None:
+            return self.relays.lost()
+        if self.proc is None:
+            return []
+        peers = await asyncio.to_thread(sockets.established_peers, self.proc.pid)
+        return [a for a in self.plan.addresses
+                if peers is not None and not (sockets.resolve(a) & peers)]
+
+    async def track_upload(self) -> None:
+        """While it loads: bytes each rpc-server has received (the kernel's or relays' counts)."""
+        if self.relays is not None:
+            self.note_upload({(a, 0): n for a, n in self.relays.delivered().items()},
+                             lambda a: {(a, 0)})
+        elif self.proc is not None and self.alive():
+            self.note_upload(await asyncio.to_thread(sockets.bytes_delivered, self.proc.pid),
+                             sockets.resolve)
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -176,9 +210,10 @@ class Coordinator:
         try:
             with self.log_path.open("rb") as handle:
                 handle.seek(self.log_offset)
-                return handle.read().decode(errors="replace")
+                text = handle.read().decode(errors="replace")
         except OSError:
             return ""
+        return self.relays.unrelay(text) if self.relays else text
 
     def log_tail(self, lines: int = 12, limit: int = 8192) -> list[str]:
         """The last lines of this run's log (reads at most `limit` bytes from its end)."""
@@ -190,6 +225,8 @@ class Coordinator:
                 text = handle.read().decode(errors="replace")
         except OSError:
             return []
+        if self.relays:
+            text = self.relays.unrelay(text)
         kept = text.splitlines()[1:] if start > self.log_offset else text.splitlines()
         return [line[:300] for line in kept if line.strip()][-lines:]
 
@@ -284,7 +321,8 @@ class Coordinator:
             "idle_seconds": round(time.monotonic() - self.last_used, 1),
             "keep_alive": self.keep_alive,
             "progress": self.progress() if self.state == STARTING else None,
-            "links_watched": len(self.links_armed),
+            "links_watched": self.relays.armed() if self.relays else len(self.links_armed),
+            "relay": self.relays.as_dict() if self.relays else None,
             "error": self.error, "draining": self.draining, "log": str(self.log_path),
             "layers": self.report.as_dict() if self.report else None,
         }

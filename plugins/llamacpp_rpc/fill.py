@@ -40,9 +40,11 @@ class ShardFill:
     state: str = "waiting"
     """waiting, filling, done, skipped (why) or failed (why)."""
     seconds: float = 0.0
+    hashes: set[int] = attrs.field(factory=set)
+    """Hashes of the tensors now in its cache (the write-behind relay forwards those)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        return attrs.asdict(self, filter=lambda a, _v: a.name != "hashes")
 
 
 @attrs.define
@@ -158,6 +160,7 @@ def _send_all(conn: Connection, buffer: int, base: int, tensors: list[Any], run:
                 progress.state = "skipped: the rpc-server keeps no cache (start it with -c)"
                 return
             verified = True
+        progress.hashes.add(digest)
         progress.done += 1
     progress.state = "done"
 

@@ -51,6 +51,8 @@ class Options:
     """Most tokens a draft proposes per verification pass."""
     fill_caches: bool = False
     """Fill the rpc-servers' tensor caches from here, in parallel, before a coordinator loads."""
+    load_relay: bool = False
+    """Put a write-behind relay between each coordinator and each of its rpc-servers."""
 
     def draft_for(self, model: str) -> str | None:
         """The draft model configured for `model` (any spelling of its name), or None."""
@@ -95,7 +97,7 @@ def options_from(config: Any) -> Options:
         local_memory=parse_bytes(config["rpc_local_memory"]),
         link_timeout=config["rpc_link_timeout"], parallel=config["rpc_parallel"],
         drafts=dict(config["rpc_draft_models"]), draft_max=config["rpc_draft_max"],
-        fill_caches=config["rpc_fill_caches"],
+        fill_caches=config["rpc_fill_caches"], load_relay=config["rpc_load_relay"],
     )
 
 

@@ -124,6 +124,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rpc_fill_caches", "bool", False,
             "Before a coordinator loads, send each rpc-server started with -c the tensors over "
             "10 MiB it will hold, all shards at once; the load then sends hashes for them."),
+    Setting("rpc_load_relay", "bool", False,
+            "Put a write-behind relay on the gateway between each coordinator and each "
+            "rpc-server: a load sends every shard its weights at the same time instead of one "
+            "shard after another (spooled in memory, then in a temporary file)."),
     Setting("rpc_verbose_log", "bool", False,
             "Start coordinators with -v: exact per-layer placement in the layer report, but "
             "~20 log lines per generated token."),

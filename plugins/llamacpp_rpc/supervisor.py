@@ -21,7 +21,7 @@ import attrs
 from sollol.errors import BinaryNotFound, NoRouteAvailable
 from sollol.models import ResolvedModel
 
-from . import links, procs, sockets
+from . import links, procs
 from .cache_fill import fill_caches
 from .coordinator import FAILED, READY, STARTING, STOPPED, Coordinator, CoordinatorFailed
 from .options import Options, slug, trim
@@ -64,8 +64,8 @@ class Supervisor:
     """Why the links to rpc-servers cannot be watched here (see `links`), or None."""
     replacer: Replacer | None = None
     """The scheduler, once `bind` gave it: restarts and wake-ups go through it."""
-    filled: set[tuple[Any, ...]] = attrs.field(factory=set)
-    """(shard, model file, split) whose caches this gateway filled (see cache_fill)."""
+    filled: dict[tuple[Any, ...], frozenset[int]] = attrs.field(factory=dict)
+    """(shard, model file, split) whose caches this gateway filled -> the tensors' hashes."""
     _generation: int = 0
     _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set)
     _watcher: asyncio.Task[None] | None = None
@@ -235,9 +235,8 @@ class Supervisor:
             if coord.state in (STARTING, READY) and coord.alive():
                 await self._watch_links(coord)
                 coord.bound_log()
-            if coord.state == STARTING and coord.proc is not None and coord.alive():
-                delivered = await asyncio.to_thread(sockets.bytes_delivered, coord.proc.pid)
-                coord.note_upload(delivered, sockets.resolve)
+            if coord.state == STARTING and coord.proc is not None:
+                await coord.track_upload()
             if coord.state == STARTING and coord.proc is None:
                 continue  # filling the rpc-servers' caches (rpc_fill_caches)
             if coord.state in (STARTING, READY) and not coord.alive():
@@ -247,15 +246,12 @@ class Supervisor:
                 continue
             if coord.state != READY:
                 continue
-            if coord.proc is not None:
-                peers = await asyncio.to_thread(sockets.established_peers, coord.proc.pid)
-                lost = [a for a in coord.plan.addresses
-                        if peers is not None and not (sockets.resolve(a) & peers)]
-                if lost and coord.alive():
-                    async with self.lock:
-                        if coord.state == READY:
-                            await self._cut_off_locked(coord, lost)
-                    continue
+            lost = await coord.lost_links()
+            if lost and coord.alive():
+                async with self.lock:
+                    if coord.state == READY:
+                        await self._cut_off_locked(coord, lost)
+                continue
             idle = time.monotonic() - coord.last_used
             if coord.in_flight == 0 and idle > self.idle_limit(coord):
                 async with self.lock:
@@ -279,7 +275,8 @@ class Supervisor:
     async def _watch_links(self, coord: Coordinator) -> None:
         """Let the kernel drop a dead link to one of its rpc-servers (new connections only)."""
         timeout = self.options.link_timeout
-        if not timeout or self.links_unavailable is not None or coord.proc is None:
+        if not timeout or self.links_unavailable is not None or coord.proc is None or (
+                coord.relays is not None):  # a relay arms the sockets it owns itself
             return
         done = frozenset(coord.links_armed)
         try:
@@ -304,6 +301,7 @@ class Supervisor:
             # e.g. past the startup timeout it still runs, attached to its rpc-servers: stop it
             # before they are released (and probed, or handed to another coordinator)
             await asyncio.to_thread(procs.terminate, coord.proc)
+        await asyncio.to_thread(coord.stop_relays)
         self._forget(coord)
         dead, unservable = await self._after_failure(coord, reason)
         if dead:
@@ -381,6 +379,7 @@ class Supervisor:
             coord.fill.cancel()
         if coord.proc is not None:
             await asyncio.to_thread(procs.terminate, coord.proc)
+        await asyncio.to_thread(coord.stop_relays)
         self._forget(coord)
         if not coord.ready.done():
             coord.ready.set_exception(CoordinatorFailed(f"stopped: {why}"))

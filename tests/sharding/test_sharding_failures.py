@@ -39,11 +39,13 @@ async def wait_for(predicate, timeout: float = 60.0) -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.parametrize("relay", [False, True], ids=["direct", "relayed"])
 async def test_killing_a_shard_mid_request_fails_it_and_restarts_on_survivors(
-    rpc_servers, sharding_route, tiny_model: Path,
+    rpc_servers, sharding_route, tiny_model: Path, relay: bool,
 ) -> None:
     servers = rpc_servers(3)
-    route = await sharding_route([a for a, _ in servers], rpc_placement="all")
+    route = await sharding_route([a for a, _ in servers], rpc_placement="all",
+                                 rpc_load_relay=relay)
     model = str(tiny_model)
     lease = await route.acquire(RouteRequest(model=model))
     first = route.supervisor.coordinators[model]
@@ -84,11 +86,13 @@ async def test_killing_a_shard_mid_request_fails_it_and_restarts_on_survivors(
     assert not down["healthy"]
 
 
+@pytest.mark.parametrize("relay", [False, True], ids=["direct", "relayed"])
 async def test_a_shard_killed_while_idle_is_noticed_without_probing_it(
-    rpc_servers, sharding_route, tiny_model: Path,
+    rpc_servers, sharding_route, tiny_model: Path, relay: bool,
 ) -> None:
     servers = rpc_servers(2)
-    route = await sharding_route([a for a, _ in servers], rpc_placement="all")
+    route = await sharding_route([a for a, _ in servers], rpc_placement="all",
+                                 rpc_load_relay=relay)
     model = str(tiny_model)
     lease = await route.acquire(RouteRequest(model=model))
     await chat(lease.base_url, 4)

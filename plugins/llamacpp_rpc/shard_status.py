@@ -86,6 +86,13 @@ def render(data: dict[str, Any]) -> str:
             out.append("  loading: " + ", ".join(
                 f"{address} {u['bytes'] / GIB:.2f}/{u['expected_bytes'] / GIB:.2f} GiB"
                 for address, u in c["upload"].items()))
+        if c.get("relay"):
+            out.append("  relay: " + ", ".join(
+                f"{address} {r['accepted_bytes'] / GIB:.2f} GiB taken, "
+                f"{r['delivered_bytes'] / GIB:.2f} sent, {r['backlog_bytes'] / GIB:.2f} waiting, "
+                f"{r['hash_local']} hash(es) answered here"
+                + ("" if r["connected"] or not r.get("lost") else f", lost: {r['lost']}")
+                for address, r in c["relay"].items()))
         if c.get("cache_fill"):
             out.append("  cache fill: " + ", ".join(
                 f"{address} {f['done']}/{f['tensors']} tensors "

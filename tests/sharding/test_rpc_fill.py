@@ -54,13 +54,17 @@ def start_shards(processes, llama_binaries, tmp_path: Path, caches: list[bool]):
 def delivered_per_shard(coord, shards) -> dict[str, int]:
     from sollol_plugins.llamacpp_rpc import sockets
 
+    if coord.relays is not None:  # the coordinator's own sockets reach its relays only
+        return coord.relays.delivered()
     peers = sockets.bytes_delivered(coord.proc.pid)
     return {a: sum(n for (_ip, p), n in peers.items() if p == port) for a, port, _ in shards}
 
 
 @pytest.mark.llamacpp
+@pytest.mark.parametrize("relay", [False, True], ids=["direct", "relayed"])
 async def test_a_filled_load_sends_hashes_and_each_shard_holds_only_its_tensors(
     processes, llama_binaries, sharding_route, three_layer_model: Path, tmp_path: Path,
+    relay: bool,
 ) -> None:
     from gguf import GGUFReader
     from sollol_plugins.llamacpp_rpc.shard_status import render
@@ -69,7 +73,7 @@ async def test_a_filled_load_sends_hashes_and_each_shard_holds_only_its_tensors(
     shards = start_shards(processes, llama_binaries, tmp_path, [True, True])
     route = await sharding_route([a for a, _, _ in shards], rpc_placement="all",
                                  rpc_fill_caches=True, rpc_verbose_log=True,
-                                 rpc_state_dir=str(tmp_path / "state"))
+                                 rpc_state_dir=str(tmp_path / "state"), rpc_load_relay=relay)
     lease = await route.acquire(RouteRequest(model=str(three_layer_model)))
     try:
         coord = route.supervisor.coordinators[str(three_layer_model)]
@@ -105,6 +109,10 @@ async def test_a_filled_load_sends_hashes_and_each_shard_holds_only_its_tensors(
     again = route.snapshot()["coordinators"][0]["cache_fill"]
     assert {s["state"] for s in again.values()} == {"done: filled earlier by this gateway"}
     assert all(s["sent_bytes"] == 0 for s in again.values())
+    if relay:  # the relay forwarded the filled tensors' hashes, remembered across the restart
+        counts = [(r["hash_forwarded"], r["hash_local"])
+                  for r in route.snapshot()["coordinators"][0]["relay"].values()]
+        assert all(forwarded > 0 and local == 0 for forwarded, local in counts)
 
 
 @pytest.mark.llamacpp

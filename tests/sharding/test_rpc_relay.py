@@ -174,3 +174,38 @@ async def test_a_relayed_load_writes_behind_a_held_link_and_answers_as_a_direct_
         assert await chat(lease.base_url, 8) == relayed  # greedy: the relay changes nothing
     finally:
         lease.release(Outcome(ok=True))
+
+
+async def test_an_rpc_server_killed_mid_load_behind_a_relay_restarts_on_the_rest(
+    processes, llama_binaries, sharding_route, three_layer_model: Path, tmp_path: Path,
+) -> None:
+    """The relay holds shard 0's backlog (its link held) when that rpc-server dies: the relay
+    closes the coordinator's side, llama-server aborts, and the model starts on shard 1."""
+    shards = start_shards(processes, llama_binaries, tmp_path, [False, False])
+    victim = next(p for p in processes.processes if p.name == "rpc-0")
+    valve = ValveProxy(("127.0.0.1", shards[0][1]), hold_after=2**20)
+    try:
+        addresses = [valve.address, shards[1][0]]
+        route = await sharding_route(addresses, rpc_placement="all", rpc_load_relay=True,
+                                     rpc_state_dir=str(tmp_path / "state"))
+        model = str(three_layer_model)
+        acquiring = asyncio.ensure_future(route.acquire(RouteRequest(model=model)))
+        await wait_for(lambda: model in route.supervisor.coordinators
+                       and route.supervisor.coordinators[model].relays is not None)
+        first = route.supervisor.coordinators[model]
+        held = first.relays.relays[valve.address].stats
+        await wait_for(lambda: held.accepted_bytes > FF)
+        victim.popen.kill()
+        lease = await acquiring
+        try:
+            second = route.supervisor.coordinators[model]
+            assert second is not first and second.plan.addresses == [shards[1][0]]
+            assert await chat(lease.base_url, 4)
+        finally:
+            lease.release(Outcome(ok=True))
+        assert not first.alive() and "rpc-server" in (first.error or "")
+        assert held.lost is not None and not held.connected
+        assert await route.supervisor.unload(model, "test")
+        assert relay_leftovers() == ([], [])
+    finally:
+        valve.close()

@@ -9,8 +9,9 @@ default route. Each section adds its figures to one JSON result and one table:
 
 - cold: ready time of a first load onto shards that never saw the model: `llama-server --rpc` by
   hand; SOLLOL plain; SOLLOL with gateway-filled caches (`rpc_fill_caches`, rpc-servers with
-  `-c` and empty caches); the parallel wire limit (the largest shard's bytes / link rate: every
-  link busy at once).
+  `-c` and empty caches); SOLLOL with the write-behind relay (`rpc_load_relay`), alone and with
+  filled caches; the parallel wire limit (the largest shard's bytes / link rate: every link busy
+  at once).
 - pipeline, concurrent, draft: bench/speed_sections.py.
 
 The table at the end has every section's figures and the load average before and after each
@@ -75,6 +76,15 @@ async def cold(bench: Bench) -> dict[str, Any]:
     shards.start(cache="filled")
     filled = await through_sollol(model, shards.addresses, bench.work / "state-filled",
                                   binaries_dir=bench.binaries_dir, rpc_fill_caches=True)
+    log("cold load: SOLLOL with the write-behind relay")
+    shards.start()
+    relayed = await through_sollol(model, shards.addresses, bench.work / "state-relay",
+                                   binaries_dir=bench.binaries_dir, rpc_load_relay=True)
+    log("cold load: SOLLOL, write-behind relay + gateway-filled caches (empty -c caches)")
+    shards.start(cache="filled")
+    both = await through_sollol(model, shards.addresses, bench.work / "state-relay-filled",
+                                binaries_dir=bench.binaries_dir, rpc_load_relay=True,
+                                rpc_fill_caches=True)
     per_shard = plain["weights_bytes"]
     bps = bits_per_second(bench.args.rate)
     shards.stop()
@@ -91,7 +101,20 @@ async def cold(bench: Bench) -> dict[str, Any]:
                                        * 8 / bps, 1),
             "wire_limit_parallel_s": round(max(per_shard.values()) * 8 / bps, 1),
             "wire_limit_sequential_s": round(sum(per_shard.values()) * 8 / bps, 1),
-            "filled_vs_by_hand": round(filled["ready_s"] / hand, 2)}
+            "filled_vs_by_hand": round(filled["ready_s"] / hand, 2),
+            "sollol_relay_s": relayed["ready_s"],
+            "relay_vs_by_hand": round(relayed["ready_s"] / hand, 2),
+            "relay": _relay_figures(relayed["coordinator"]),
+            "sollol_relay_filled_s": both["ready_s"],
+            "relay_filled_vs_by_hand": round(both["ready_s"] / hand, 2),
+            "relay_filled": _relay_figures(both["coordinator"])}
+
+
+def _relay_figures(coordinator: dict[str, Any]) -> dict[str, Any]:
+    """Per shard: bytes through the relay, the spool's peak, hash requests answered there."""
+    relays = coordinator.get("relay") or {}
+    return {a: {k: r[k] for k in ("delivered_bytes", "backlog_peak", "hash_local",
+                                  "hash_forwarded")} for a, r in relays.items()}
 
 
 def cold_table(r: dict[str, Any]) -> list[str]:
@@ -106,6 +129,12 @@ def cold_table(r: dict[str, Any]) -> list[str]:
         f"gateway filled {sum(r['fill_bytes_per_shard'].values()) / 2**30:.2f} GiB, then the "
         f"coordinator sent {sum(r['coordinator_bytes_per_shard'].values()) / 2**30:.2f} GiB "
         "(the tensors under 10 MiB, one shard after another)",
+        f"  SOLLOL, write-behind relay: {r['sollol_relay_s']} s ({r['relay_vs_by_hand']}x by "
+        f"hand); relay + filled caches: {r['sollol_relay_filled_s']} s "
+        f"({r['relay_filled_vs_by_hand']}x)",
+        *(f"    relay {a}: {v['delivered_bytes'] / 2**30:.2f} GiB sent, spool peak "
+          f"{v['backlog_peak'] / 2**30:.2f} GiB, hashes answered here {v['hash_local']}, "
+          f"forwarded {v['hash_forwarded']}" for a, v in r["relay"].items()),
     ]
 
 

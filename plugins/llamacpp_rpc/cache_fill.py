@@ -65,6 +65,11 @@ async def fill_caches(coord: Coordinator, client_version: tuple[int, int, int] |
     for address, shard in run.shards.items():
         if key[address] in filled:
             shard.hashes = set(filled[key[address]])
+
+    def forget(address: str) -> None:  # the shard lost what we filled: fill it again next time
+        filled.pop(key[address], None)
+
+    coord.on_cache_miss = forget
     failed = [f"{a}: {s.state}" for a, s in run.shards.items() if not s.state.startswith("done")]
     if failed:
         warn(f"filling the rpc-server caches for {coord.model!r}: " + "; ".join(failed))

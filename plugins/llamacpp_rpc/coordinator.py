@@ -93,6 +93,8 @@ class Coordinator:
     """Inodes of its sockets to rpc-servers whose dead-peer detection is on (see `links`)."""
     relays: RelaySet | None = None
     """Its write-behind relays (`rpc_load_relay`), or None: it connects to the rpc-servers."""
+    on_cache_miss: Callable[[str], None] | None = None
+    """Told the address of an rpc-server that lacked a tensor the gateway had filled."""
     ready: asyncio.Future[None] = attrs.field(factory=lambda: asyncio.get_running_loop()
                                               .create_future())
 
@@ -154,7 +156,7 @@ class Coordinator:
             if options.load_relay:
                 known = {a: s.hashes for a, s in self.fill.shards.items()} if self.fill else {}
                 self.relays = RelaySet.start(self.plan.addresses, self.id, options.link_timeout,
-                                             known)
+                                             known, self.on_cache_miss)
             self.start(llama_server, options.ctx_size, list(options.extra_args),
                        options.verbose_log, options.draft_max)
         except OSError as exc:

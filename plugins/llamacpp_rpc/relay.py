@@ -17,8 +17,11 @@ cached" itself; llama-server then sends the data (with cache_flag=1, so an rpc-s
 still saves it). "Not cached" is always a safe answer: it costs a send, never a wrong weight.
 Because the client is strictly sequential, no earlier reply can be pending when the relay answers
 locally: the client read every reply before it wrote this command, so our reply cannot overtake
-one of the server's. Every other command is forwarded in order; replies are copied back as they
-come.
+one of the server's. A hash the gateway put into that shard's cache (`rpc_fill_caches`) is
+answered "cached" at once and still forwarded in order (the rpc-server then loads the tensor from
+its cache); the relay reads and drops the rpc-server's answer, and if it says "not cached" after
+all, it ends the session (the tensor was never set: the load must not go on). Every other command
+is forwarded in order; replies are copied back as they come.
 
 Failures as without a relay: the rpc-server closes or resets -> the client side is closed at once
 (llama-server aborts; the supervisor restarts on the rest); the client closes -> the upstream
@@ -33,7 +36,7 @@ import contextlib
 import socket
 import struct
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +47,7 @@ from .relay_spool import Spool, SpoolClosed
 
 HELLO, SET_TENSOR, SET_TENSOR_HASH = 14, 6, 7
 _HEADER = struct.Struct("<BQ")
-_NOT_CACHED = struct.pack("<QB", 1, 0)
+_NOT_CACHED, _CACHED = struct.pack("<QB", 1, 0), struct.pack("<QB", 1, 1)
 CHUNK = 1024 * 1024
 CONNECT_TIMEOUT = 10.0
 SEND_TIMEOUT = 1
@@ -69,6 +72,11 @@ class RelayStats:
     hash_local: int = 0
     """SET_TENSOR_HASH answered "not cached" here, with a backlog, not forwarded."""
     hash_forwarded: int = 0
+    hash_known: int = 0
+    """SET_TENSOR_HASH of a tensor the gateway put in the cache: answered "cached" here at
+    once, forwarded in order, the rpc-server's answer checked."""
+    cache_misses: int = 0
+    """Of those, how many the rpc-server did not have (the session then ends)."""
     sessions: int = 0
     connected: bool = False
     lost: str | None = None
@@ -88,10 +96,14 @@ class Relay:
 
     upstream: str
     known: Collection[int] = frozenset()
-    """Hashes known to be in the rpc-server's cache (the gateway filled them): forwarded."""
+    """Hashes known to be in the rpc-server's cache (the gateway filled them)."""
     link_timeout: float = 0.0
     spool_folder: Path | None = None
+    on_miss: Callable[[], None] | None = None
+    """Called (from a relay thread) when a tensor in `known` was not in the cache after all."""
     stats: RelayStats = attrs.field(init=False)
+    verified: bool = attrs.field(init=False, default=False)
+    """Whether the rpc-server had the first of the `known` tensors it was asked about."""
     _listener: socket.socket | None = None
     _thread: threading.Thread | None = None
     _session: _Session | None = None
@@ -181,7 +193,9 @@ class _Session:
         self._send_lock = threading.Lock()
         self._end_lock = threading.Lock()
         self._ended = False
-        self._client_gone = False
+        self._unanswered = 0
+        self._checking = False
+        """Hash requests answered "cached" here whose rpc-server answers are still to come."""
 
     def run(self) -> None:
         threads = [threading.Thread(target=self._drain, daemon=True, name="sollol-relay-drain"),
@@ -242,15 +256,34 @@ class _Session:
             self.stats.backlog_peak = max(self.stats.backlog_peak, backlog)
 
     def _answer_here(self, payload: bytearray) -> bool:
+        """Answer a SET_TENSOR_HASH here when that saves waiting for the backlog; True if so.
+        Safe: the client waits for this reply and has read every earlier one (see the top)."""
         (digest,) = struct.unpack_from("<Q", payload, len(payload) - 8)
-        if self.spool.backlog == 0 or digest in self.relay.known:
+        if digest in self.relay.known and not self.relay.verified:
+            # the first one goes through and its answer is read (_replies): a cache emptied
+            # since the fill is noticed here, before anything was answered for it
+            self._checking = True
             self.stats.hash_forwarded += 1
             return False
-        # safe: the client waits for this reply and has read every earlier one (see the top)
-        with self._send_lock:
-            self.client.sendall(_NOT_CACHED)
+        if digest in self.relay.known:
+            # "cached" at once; the command still goes to the rpc-server in order (it loads the
+            # tensor from its cache there), and _replies checks and drops the real answer
+            with self._send_lock:
+                self._unanswered += 1
+            self.spool.write(_HEADER.pack(SET_TENSOR_HASH, len(payload)) + bytes(payload))
+            self._send(_CACHED)
+            self.stats.hash_known += 1
+            return True
+        if self.spool.backlog == 0:
+            self.stats.hash_forwarded += 1
+            return False
+        self._send(_NOT_CACHED)
         self.stats.hash_local += 1
         return True
+
+    def _send(self, data: bytes | memoryview) -> None:
+        with self._send_lock:
+            self.client.sendall(data)
 
     def _stream(self, size: int) -> None:
         buffer = bytearray(min(CHUNK, max(size, 1)))
@@ -282,20 +315,66 @@ class _Session:
             self.stats.backlog_bytes = self.spool.backlog
 
     def _replies(self) -> None:
-        """rpc-server -> client, as the bytes come."""
-        buffer = bytearray(64 * 1024)
+        """rpc-server -> client, reply by reply (`u64 size | payload`). The replies to hash
+        requests answered "cached" here come first: the client sent nothing with a reply since
+        (it had its answer), and the rpc-server answers in order."""
+        header = bytearray(8)
         why = f"rpc-server {self.relay.upstream} closed the connection"
         try:
-            while True:
-                n = self.upstream.recv_into(buffer)
-                if n == 0:
-                    break
+            while _recv_exact(self.upstream, header):
+                (size,) = struct.unpack("<Q", header)
                 with self._send_lock:
-                    self.client.sendall(memoryview(buffer)[:n])
+                    ours = self._unanswered > 0
+                    self._unanswered -= ours
+                if not ours and self._checking:
+                    self._checking = False
+                    answer = bytearray(size)
+                    if not _recv_exact(self.upstream, answer):
+                        break
+                    self._check(answer)
+                    self._send(bytes(header) + bytes(answer))
+                    continue
+                if not ours:
+                    self._send(header)
+                    self._copy(size)
+                    continue
+                result = bytearray(size)
+                if not _recv_exact(self.upstream, result):
+                    break
+                if size != 1 or result[0] != 1:
+                    # the tensor is not in its cache after all: it was never set, so the load
+                    # must not go on (llama-server aborts; it restarts without this knowledge)
+                    self.stats.cache_misses += 1
+                    if self.relay.on_miss is not None:
+                        self.relay.on_miss()
+                    why = (f"rpc-server {self.relay.upstream} lacks a tensor the gateway put "
+                           "in its cache")
+                    break
         except OSError as exc:
             why = f"the link to {self.relay.upstream} failed: {exc}"
         if not self._ended:
             self.end(why)
+
+    def _check(self, answer: bytearray) -> None:
+        """The rpc-server's answer for the first known hash: trust the rest, or forget them."""
+        if answer == b"\x01":
+            self.relay.verified = True
+            return
+        self.relay.known = frozenset()
+        self.stats.cache_misses += 1
+        if self.relay.on_miss is not None:
+            self.relay.on_miss()
+
+    def _copy(self, size: int) -> None:
+        """`size` bytes of a reply, rpc-server -> client, as they come."""
+        buffer = bytearray(min(CHUNK, max(size, 1)))
+        view = memoryview(buffer)
+        while size:
+            n = self.upstream.recv_into(view[:min(size, len(buffer))])
+            if n == 0:
+                raise OSError("connection closed in the middle of a reply")
+            self._send(view[:n])
+            size -= n
 
 
 def _recv_exact(sock: socket.socket, buffer: bytearray) -> bool:

@@ -10,8 +10,9 @@ loopback.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,16 @@ class RelaySet:
     @classmethod
     def start(cls, addresses: Sequence[str], owner: str, link_timeout: float,
               known: Mapping[str, Collection[int]] | None = None,
+              on_miss: Callable[[str], None] | None = None,
               folder: Path | None = None) -> RelaySet:
-        """Start a relay for each of `addresses`; `known`: hashes each one's cache holds."""
+        """Start a relay for each of `addresses`; `known`: hashes each one's cache holds;
+        `on_miss(address)`: one of those was not there after all."""
         made = cls()
         try:
             for address in addresses:
+                miss = None if on_miss is None else functools.partial(on_miss, address)
                 made.relays[address] = Relay(address, frozenset((known or {}).get(address, ())),
-                                             link_timeout, folder).start()
+                                             link_timeout, folder, miss).start()
         except OSError:
             made.stop()
             raise

@@ -114,7 +114,8 @@ def _relay_figures(coordinator: dict[str, Any]) -> dict[str, Any]:
     """Per shard: bytes through the relay, the spool's peak, hash requests answered there."""
     relays = coordinator.get("relay") or {}
     return {a: {k: r[k] for k in ("delivered_bytes", "backlog_peak", "hash_local",
-                                  "hash_forwarded")} for a, r in relays.items()}
+                                  "hash_known", "hash_forwarded", "cache_misses")}
+            for a, r in relays.items()}
 
 
 def cold_table(r: dict[str, Any]) -> list[str]:
@@ -132,9 +133,11 @@ def cold_table(r: dict[str, Any]) -> list[str]:
         f"  SOLLOL, write-behind relay: {r['sollol_relay_s']} s ({r['relay_vs_by_hand']}x by "
         f"hand); relay + filled caches: {r['sollol_relay_filled_s']} s "
         f"({r['relay_filled_vs_by_hand']}x)",
-        *(f"    relay {a}: {v['delivered_bytes'] / 2**30:.2f} GiB sent, spool peak "
-          f"{v['backlog_peak'] / 2**30:.2f} GiB, hashes answered here {v['hash_local']}, "
-          f"forwarded {v['hash_forwarded']}" for a, v in r["relay"].items()),
+        *(f"    {name} {a}: {v['delivered_bytes'] / 2**30:.2f} GiB sent, spool peak "
+          f"{v['backlog_peak'] / 2**30:.2f} GiB, hashes: {v['hash_local']} 'not cached' and "
+          f"{v['hash_known']} 'cached' (filled) answered by the relay, "
+          f"{v['hash_forwarded']} forwarded" for name in ("relay", "relay_filled")
+          for a, v in r[name].items()),
     ]
 
 

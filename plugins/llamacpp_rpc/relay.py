@@ -38,12 +38,12 @@ import struct
 import threading
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
 
 import attrs
 
 from . import links
 from .relay_spool import Spool, SpoolClosed
+from .relay_stats import RelayStats
 
 HELLO, SET_TENSOR, SET_TENSOR_HASH = 14, 6, 7
 _HEADER = struct.Struct("<BQ")
@@ -54,40 +54,6 @@ SEND_TIMEOUT = 1
 """Seconds a send to the rpc-server may block before the drain thread looks up (a whole int)."""
 SPOOL_MAX = 4 * 1024**3
 """Most bytes a link's spool holds before the coordinator waits for the link."""
-
-
-@attrs.define
-class RelayStats:
-    """What one link's relay has done (read by status while the model loads)."""
-
-    upstream: str
-    listen: str = ""
-    accepted_bytes: int = 0
-    """Bytes the coordinator wrote to the relay."""
-    delivered_bytes: int = 0
-    """Bytes the relay handed to the link (the kernel's send buffer, a few MiB, not counted)."""
-    backlog_peak: int = 0
-    """Most bytes waiting in the spool at one time."""
-    set_tensors: int = 0
-    hash_local: int = 0
-    """SET_TENSOR_HASH answered "not cached" here, with a backlog, not forwarded."""
-    hash_forwarded: int = 0
-    hash_known: int = 0
-    """SET_TENSOR_HASH of a tensor the gateway put in the cache: answered "cached" here at
-    once, forwarded in order, the rpc-server's answer checked."""
-    cache_misses: int = 0
-    """Of those, how many the rpc-server did not have (the session then ends)."""
-    sessions: int = 0
-    connected: bool = False
-    lost: str | None = None
-    """Why the rpc-server's side of an open session ended (the coordinator must go), or None."""
-    armed: bool = False
-    """Whether keepalive and TCP_USER_TIMEOUT are on for the current upstream socket."""
-    backlog_bytes: int = 0
-    """Bytes waiting in the spool now."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
 
 
 @attrs.define(eq=False)
@@ -102,8 +68,9 @@ class Relay:
     on_miss: Callable[[], None] | None = None
     """Called (from a relay thread) when a tensor in `known` was not in the cache after all."""
     stats: RelayStats = attrs.field(init=False)
-    verified: bool = attrs.field(init=False, default=False)
-    """Whether the rpc-server had the first of the `known` tensors it was asked about."""
+    server_cache: bool | None = attrs.field(init=False, default=None)
+    """Whether the rpc-server had the first tensor it was asked about, the gateway not having
+    filled it (then its answers are worth waiting for); None until asked."""
     _listener: socket.socket | None = None
     _thread: threading.Thread | None = None
     _session: _Session | None = None
@@ -195,6 +162,7 @@ class _Session:
         self._ended = False
         self._unanswered = 0
         self._checking = False
+        self._first_known = False
         """Hash requests answered "cached" here whose rpc-server answers are still to come."""
 
     def run(self) -> None:
@@ -259,10 +227,10 @@ class _Session:
         """Answer a SET_TENSOR_HASH here when that saves waiting for the backlog; True if so.
         Safe: the client waits for this reply and has read every earlier one (see the top)."""
         (digest,) = struct.unpack_from("<Q", payload, len(payload) - 8)
-        if digest in self.relay.known and not self.relay.verified:
-            # the first one goes through and its answer is read (_replies): a cache emptied
-            # since the fill is noticed here, before anything was answered for it
-            self._checking = True
+        if self.relay.server_cache is None and not self._checking:
+            # the first one goes through and its answer is read (_replies): whether the shard
+            # keeps this model's tensors itself, or lost those the gateway filled, is learnt here
+            self._checking, self._first_known = True, digest in self.relay.known
             self.stats.hash_forwarded += 1
             return False
         if digest in self.relay.known:
@@ -274,7 +242,9 @@ class _Session:
             self._send(_CACHED)
             self.stats.hash_known += 1
             return True
-        if self.spool.backlog == 0:
+        if self.spool.backlog == 0 or self.relay.server_cache:
+            # a shard that had the first tensor without a fill has its own copy (seeded, an
+            # earlier load): its true answers save sending
             self.stats.hash_forwarded += 1
             return False
         self._send(_NOT_CACHED)
@@ -356,9 +326,11 @@ class _Session:
             self.end(why)
 
     def _check(self, answer: bytearray) -> None:
-        """The rpc-server's answer for the first known hash: trust the rest, or forget them."""
-        if answer == b"\x01":
-            self.relay.verified = True
+        """The rpc-server's answer for the first hash: does it keep this model's tensors? If
+        that hash was one the gateway filled and it is missing, forget the filled ones."""
+        cached = answer == b"\x01"
+        self.relay.server_cache = cached and not self._first_known
+        if cached or not self._first_known:
             return
         self.relay.known = frozenset()
         self.stats.cache_misses += 1

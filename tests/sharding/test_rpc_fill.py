@@ -111,6 +111,9 @@ async def test_a_filled_load_sends_hashes_and_each_shard_holds_only_its_tensors(
     assert all(s["sent_bytes"] == 0 for s in again.values())
     if relay:
         await relay_trusts_the_fill_until_a_cache_is_emptied(route, three_layer_model, shards)
+        await route.stop()
+        await relay_asks_a_shard_that_keeps_the_model(sharding_route, three_layer_model, shards,
+                                                      tmp_path)
 
 
 async def relay_trusts_the_fill_until_a_cache_is_emptied(route, model: Path, shards) -> None:
@@ -134,6 +137,28 @@ async def relay_trusts_the_fill_until_a_cache_is_emptied(route, model: Path, sha
         lease.release(Outcome(ok=True))
     assert all(r["cache_misses"] == 1 and r["hash_known"] == 0 for r in stats)
     assert not route.supervisor.filled  # the next start fills again
+
+
+async def relay_asks_a_shard_that_keeps_the_model(sharding_route, model: Path, shards,
+                                                  tmp_path: Path) -> None:
+    """No fill, shards whose own caches hold the model (the last load saved it): the relay
+    learns that from the first hash and forwards every hash; the weights are not sent again."""
+    from test_sharding_route import chat
+
+    route = await sharding_route([a for a, _, _ in shards], rpc_placement="all",
+                                 rpc_load_relay=True, rpc_state_dir=str(tmp_path / "state-2"))
+    lease = await route.acquire(RouteRequest(model=str(model)))
+    try:
+        assert await chat(lease.base_url, 4)
+        coord = route.supervisor.coordinators[str(model)]
+    finally:
+        lease.release(Outcome(ok=True))
+    for address, relay in coord.relays.relays.items():
+        assert relay.server_cache is True
+        assert (relay.stats.hash_local, relay.stats.hash_known) == (0, 0)
+        assert relay.stats.hash_forwarded > 0
+        big = coord.report.share(address).weights_mib * 2**20
+        assert relay.stats.delivered_bytes < big / 2  # hashes, not the feed-forward weights
 
 
 @pytest.mark.llamacpp

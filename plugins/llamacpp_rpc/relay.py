@@ -120,6 +120,8 @@ class Relay:
                     _reset(upstream)
                 continue
             self._session = _Session(self, client, upstream)
+            if self._stopping:  # stop() may have looked before the session existed
+                self._session.end()
             self.stats.sessions += 1
             self.stats.connected, self.stats.lost = True, None
             try:
@@ -161,9 +163,10 @@ class _Session:
         self._end_lock = threading.Lock()
         self._ended = False
         self._unanswered = 0
-        self._checking = False
-        self._first_known = False
         """Hash requests answered "cached" here whose rpc-server answers are still to come."""
+        self._checking = False
+        """The first hash request went to the rpc-server and its answer is awaited."""
+        self._first_known = False
 
     def run(self) -> None:
         threads = [threading.Thread(target=self._drain, daemon=True, name="sollol-relay-drain"),

@@ -111,10 +111,13 @@ async def test_a_shard_killed_while_idle_is_noticed_without_probing_it(
     assert not first.alive()
 
 
+@pytest.mark.parametrize("relay", [False, True], ids=["direct", "relayed"])
 async def test_stopping_the_route_leaves_no_process(
-    rpc_servers, sharding_route, tiny_model: Path,
+    rpc_servers, sharding_route, tiny_model: Path, relay: bool,
 ) -> None:
-    route = await sharding_route([a for a, _ in rpc_servers(1)])
+    import threading
+
+    route = await sharding_route([a for a, _ in rpc_servers(1)], rpc_load_relay=relay)
     lease = await route.acquire(RouteRequest(model=str(tiny_model)))
     lease.release(Outcome(ok=True))
     coord = route.supervisor.coordinators[str(tiny_model)]
@@ -123,6 +126,8 @@ async def test_stopping_the_route_leaves_no_process(
     await route.stop()
     assert coord.proc.poll() is not None
     assert not list(route.supervisor.pid_dir.glob("*.json"))
+    assert (coord.relays is not None) == relay
+    assert not [t for t in threading.enumerate() if t.name.startswith("sollol-relay")]
 
 
 ORPHAN_MAKER = """

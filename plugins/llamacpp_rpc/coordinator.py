@@ -155,8 +155,10 @@ class Coordinator:
         try:
             if options.load_relay:
                 known = {a: s.hashes for a, s in self.fill.shards.items()} if self.fill else {}
+                spool = options.state_dir / "spool"  # on disk: /tmp may be RAM (tmpfs)
+                spool.mkdir(parents=True, exist_ok=True)
                 self.relays = RelaySet.start(self.plan.addresses, self.id, options.link_timeout,
-                                             known, self.on_cache_miss)
+                                             known, self.on_cache_miss, spool)
             self.start(llama_server, options.ctx_size, list(options.extra_args),
                        options.verbose_log, options.draft_max)
         except OSError as exc:

@@ -147,6 +147,9 @@ async def test_a_relayed_load_writes_behind_a_held_link_and_answers_as_a_direct_
         await wait_for(lambda: free.accepted_bytes > FF and held.accepted_bytes > 2 * FF)
         assert valve.forwarded <= HOLD
         assert held.backlog_bytes > 2 * FF - HOLD - 2**24  # (some sits in socket buffers)
+        spool = str(tmp_path / "state" / "spool") + "/sollol-relay-"
+        assert any(os.readlink(f"/proc/self/fd/{fd}").startswith(spool)  # on disk, unlinked
+                   for fd in relay_leftovers()[1])
         # while it loads: per-shard progress, and nobody probes the held rpc-server
         snapshot = route.snapshot()
         assert "relay: " in render(snapshot)

@@ -81,7 +81,7 @@ async def cold(bench: Bench) -> dict[str, Any]:
     relayed = await through_sollol(model, shards.addresses, bench.work / "state-relay",
                                    binaries_dir=bench.binaries_dir, rpc_load_relay=True)
     log("cold load: SOLLOL, write-behind relay + gateway-filled caches (empty -c caches)")
-    shards.start(cache="filled")
+    shards.start(cache="relay-filled")  # caches of their own: the "filled" ones are full now
     both = await through_sollol(model, shards.addresses, bench.work / "state-relay-filled",
                                 binaries_dir=bench.binaries_dir, rpc_load_relay=True,
                                 rpc_fill_caches=True)

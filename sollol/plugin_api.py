@@ -56,6 +56,8 @@ PUBLIC: Mapping[str, tuple[str, ...]] = {
     "sollol.core.secret": ("Secret", "REDACTED", "bearer", "split_userinfo", "redact_url",
                            "scrub"),
     "sollol.core.gguf_info": ("read_model_info",),
+    # a plugin's services per running cluster, found from a config in discovery
+    "sollol.core.services": ("RunningServices", "Service"),
     # strings from nodes and clients, made safe for a log line or a terminal
     "sollol.core.logtext": ("escape", "terminal_text", "escape_lines", "escape_strings"),
     # running local servers

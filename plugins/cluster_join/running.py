@@ -1,38 +1,17 @@
-"""The join service of each gateway running in this process.
+"""The join service of each gateway running in this process (`sollol.core.services`).
 
-Discovery (`sollol_discover_backends`) is handed only a config; the service whose cluster runs
-on that very config object answers (a reload adopts the new config before re-discovering).
 Other processes (the CLI, an embedded cluster) run no service, so they see no members.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING
+
+from sollol.core.services import RunningServices
 
 if TYPE_CHECKING:
     from .service import JoinService
 
-_lock = threading.Lock()
-_services: list[JoinService] = []
-
-
-def register(service: JoinService) -> None:
-    with _lock:
-        _services.append(service)
-
-
-def unregister(service: JoinService) -> None:
-    with _lock:
-        if service in _services:
-            _services.remove(service)
-
-
-def of_config(config: object) -> JoinService | None:
-    with _lock:
-        return next((s for s in _services if s.cluster.config is config), None)
-
-
-def of_cluster(cluster: object) -> JoinService | None:
-    with _lock:
-        return next((s for s in _services if s.cluster is cluster), None)
+SERVICES: RunningServices[JoinService] = RunningServices()
+register, unregister = SERVICES.register, SERVICES.unregister
+of_config, of_cluster = SERVICES.of_config, SERVICES.of_cluster

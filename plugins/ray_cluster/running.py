@@ -1,37 +1,17 @@
-"""The Ray service of each gateway running in this process.
+"""The Ray service of each gateway running in this process (`sollol.core.services`).
 
-Discovery (`sollol_discover_backends`) is handed only a config; the service whose cluster runs
-on that very config object answers. Other processes (the CLI) run no service.
+Other processes (the CLI) run no service.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING
+
+from sollol.core.services import RunningServices
 
 if TYPE_CHECKING:
     from .service import RayMembers
 
-_lock = threading.Lock()
-_services: list[RayMembers] = []
-
-
-def register(service: RayMembers) -> None:
-    with _lock:
-        _services.append(service)
-
-
-def unregister(service: RayMembers) -> None:
-    with _lock:
-        if service in _services:
-            _services.remove(service)
-
-
-def of_config(config: object) -> RayMembers | None:
-    with _lock:
-        return next((s for s in _services if s.cluster.config is config), None)
-
-
-def of_cluster(cluster: object) -> RayMembers | None:
-    with _lock:
-        return next((s for s in _services if s.cluster is cluster), None)
+SERVICES: RunningServices[RayMembers] = RunningServices()
+register, unregister = SERVICES.register, SERVICES.unregister
+of_config, of_cluster = SERVICES.of_config, SERVICES.of_cluster

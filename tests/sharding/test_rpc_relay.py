@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_rpc_fill import start_shards
@@ -111,6 +112,18 @@ async def wait_for(predicate, timeout: float = 120.0) -> None:
         await asyncio.sleep(0.05)
 
 
+async def relayed_load(sharding_route, addresses: list[str], model: str,
+                       tmp_path: Path) -> tuple[Any, Any, Any]:
+    """A route with the relay on over `addresses`, a load of `model` begun on it (the lease's
+    future, not awaited) and its coordinator, once its relays run."""
+    route = await sharding_route(addresses, rpc_placement="all", rpc_load_relay=True,
+                                 rpc_state_dir=str(tmp_path / "state"))
+    acquiring = asyncio.ensure_future(route.acquire(RouteRequest(model=model)))
+    await wait_for(lambda: model in route.supervisor.coordinators
+                   and route.supervisor.coordinators[model].relays is not None)
+    return route, acquiring, route.supervisor.coordinators[model]
+
+
 def relay_leftovers() -> tuple[list[str], list[str]]:
     """Relay threads alive and spool files open in this process."""
     threads = [t.name for t in threading.enumerate() if t.name.startswith("sollol-relay")]
@@ -134,13 +147,8 @@ async def test_a_relayed_load_writes_behind_a_held_link_and_answers_as_a_direct_
     valve = ValveProxy(("127.0.0.1", shards[0][1]), hold_after=HOLD)
     try:
         addresses = [valve.address, shards[1][0]]
-        route = await sharding_route(addresses, rpc_placement="all", rpc_load_relay=True,
-                                     rpc_state_dir=str(tmp_path / "state"))
         model = str(three_layer_model)
-        acquiring = asyncio.ensure_future(route.acquire(RouteRequest(model=model)))
-        await wait_for(lambda: model in route.supervisor.coordinators
-                       and route.supervisor.coordinators[model].relays is not None)
-        coord = route.supervisor.coordinators[model]
+        route, acquiring, coord = await relayed_load(sharding_route, addresses, model, tmp_path)
         held, free = (coord.relays.relays[a].stats for a in addresses)
         # llama.cpp loads one shard's tensors, then the other's (in an order of its own): the
         # load gets through both while the held link has carried nothing of the weights
@@ -193,13 +201,8 @@ async def test_an_rpc_server_killed_mid_load_behind_a_relay_restarts_on_the_rest
     valve = ValveProxy(("127.0.0.1", shards[0][1]), hold_after=HOLD)
     try:
         addresses = [valve.address, shards[1][0]]
-        route = await sharding_route(addresses, rpc_placement="all", rpc_load_relay=True,
-                                     rpc_state_dir=str(tmp_path / "state"))
         model = str(three_layer_model)
-        acquiring = asyncio.ensure_future(route.acquire(RouteRequest(model=model)))
-        await wait_for(lambda: model in route.supervisor.coordinators
-                       and route.supervisor.coordinators[model].relays is not None)
-        first = route.supervisor.coordinators[model]
+        route, acquiring, first = await relayed_load(sharding_route, addresses, model, tmp_path)
         held = first.relays.relays[valve.address].stats
         await wait_for(lambda: held.accepted_bytes > FF)
         victim.popen.kill()

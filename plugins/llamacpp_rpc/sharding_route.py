@@ -51,6 +51,10 @@ NO_EMBEDDINGS = ("the sharding route's llama-server coordinators run without --e
                  "they serve no embeddings (add \"--embeddings\" to rpc_coordinator_args)")
 
 
+NO_SHARDS = "no rpc-servers: "
+"""How the start-up warning begins; it is taken back when rpc-servers arrive."""
+
+
 @attrs.define
 class ShardingRoute:
     """RouteProvider for model sharding (see sollol/routes.py for the contract): the registry of
@@ -77,7 +81,13 @@ class ShardingRoute:
                                    placer=self._place)
         self.supervisor.bind(self.scheduler)  # restarts are placed, releases wake the queue
         self.members = ShardMembers(self.shards, drain=self.supervisor.drain,
-                                    joined=self.scheduler.wake)
+                                    joined=self._joined)
+
+    def _joined(self) -> None:
+        """rpc-servers arrived (config, discovery, `sollol join`, Ray): the warning that there
+        were none is stale, and models waiting for them may start."""
+        self.supervisor.warnings = [w for w in self.supervisor.warnings if NO_SHARDS not in w]
+        self.scheduler.wake()
 
     def _place(self, model: str, needed: int, offers: list[ShardOffer]) -> ShardPlacement:
         """Ask the `sollol_place_shards` hook (this plugin's own strategy is the last resort)."""
@@ -98,8 +108,8 @@ class ShardingRoute:
         backends = await asyncio.to_thread(self.cluster.discover, [KIND])
         self.shards.update_backends(backends)
         if not backends and not self.shards.shards:
-            self.supervisor.warn("no rpc-servers: set rpc_backends (host:port list) or start "
-                                 "one with `sollol rpc serve`")
+            self.supervisor.warn(f"{NO_SHARDS}set rpc_backends (host:port list) or start one "
+                                 "with `sollol rpc serve`")
 
     async def stop(self) -> None:
         await self.supervisor.stop_all()

@@ -55,18 +55,14 @@ def sollol_gateway_endpoints(register: Callable[[GatewayEndpoint], None],
 async def sollol_shutdown(cluster: ClusterRuntime) -> None:
     from . import running
 
-    service = running.of_cluster(cluster)
-    if service is not None:
-        running.unregister(service)
-        await service.stop()
+    await running.SERVICES.stop(cluster)
 
 
 @hookimpl
 def sollol_discover_backends(config: Config) -> Iterable[Backend] | None:
     from . import running
 
-    service = running.of_config(config)
-    return list(service.backends) if service is not None else None
+    return running.SERVICES.backends(config)
 
 
 @hookimpl

@@ -9,13 +9,20 @@ new config before discovering again). Other processes (the CLI) run no service a
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any, Generic, Protocol, TypeVar
+
+from sollol.models import Backend
 
 
 class Service(Protocol):
-    """What a registered service has: the cluster it runs for."""
+    """What a registered service has: the cluster it runs for, the backends it offers now, and
+    a way to stop."""
 
     cluster: Any
+    backends: Sequence[Backend]
+
+    async def stop(self) -> None: ...
 
 
 S = TypeVar("S", bound=Service)
@@ -46,3 +53,16 @@ class RunningServices(Generic[S]):
         """The service running for this cluster, if any."""
         with self._lock:
             return next((s for s in self._services if s.cluster is cluster), None)
+
+    def backends(self, config: object) -> list[Backend] | None:
+        """`sollol_discover_backends`' answer: the backends of the service running on this
+        config, or None where none runs."""
+        service = self.of_config(config)
+        return list(service.backends) if service is not None else None
+
+    async def stop(self, cluster: object) -> None:
+        """`sollol_shutdown`'s work: unregister this cluster's service, then stop it."""
+        service = self.of_cluster(cluster)
+        if service is not None:
+            self.unregister(service)
+            await service.stop()

@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-VERSION = "3.2"
+VERSION = "3.3"
 """The plugin API's version (see the module docstring for when to bump which part)."""
 
 RECORD = Path(__file__).with_name("plugin_api.json")
@@ -61,7 +61,7 @@ PUBLIC: Mapping[str, tuple[str, ...]] = {
     # strings from nodes and clients, made safe for a log line or a terminal
     "sollol.core.logtext": ("escape", "terminal_text", "escape_lines", "escape_strings"),
     # running local servers
-    "sollol.core.processes": ("free_port", "die_with_parent", "terminate"),
+    "sollol.core.processes": ("free_port", "die_with_parent", "server_child", "terminate"),
     "sollol.llamacpp": ("Binaries", "find_binaries", "for_serving", "Device",
                         "rpc_server_devices", "visible_gpus"),
     # plugin commands: options, errors, config, our own gateway, systemd units

@@ -1,8 +1,9 @@
 """The worker's rpc-server: `sollol rpc serve --host 127.0.0.1` as a supervised child.
 
 `sollol rpc serve` picks the best build and devices and drops silent clients; it runs with
-`die_with_parent`, so it (and its ggml-rpc-server) end with the agent even if the agent is
-killed. An unexpected exit is restarted after a pause that grows to `MAX_PAUSE`.
+`server_child` (`die_with_parent`, SIGPIPE ignored), so it (and its ggml-rpc-server) end with
+the agent even if the agent is killed. An unexpected exit is restarted after a pause that grows
+to `MAX_PAUSE`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import attrs
 
-from sollol.core.processes import die_with_parent
+from sollol.core.processes import server_child
 
 MAX_PAUSE = 30.0
 STOP_GRACE = 10.0
@@ -63,7 +64,7 @@ class RpcChild:
     async def _spawn(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
             *self.argv, env=dict(self.env), stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=die_with_parent)
+            preexec_fn=server_child)
         deadline = time.monotonic() + STARTUP
         while True:
             if self._proc.returncode is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -221,7 +222,9 @@ def serve(host: str, port: int, threads: int | None, cache: Path | None,
     names = record(state_dir(config) / "rpc-servers", host, port, serving)
     sys.stdout.flush()
     if not client_timeout:
-        os.execve(argv[0], argv, env)  # same pid: the record stays valid while it runs
+        # same pid: the record stays valid while it runs; SIGPIPE ignored, as server_child does
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        os.execve(argv[0], argv, env)
     from .watch import serve as watched
 
     try:

@@ -14,7 +14,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 
-from sollol.core.processes import die_with_parent
+from sollol.core.processes import server_child
 
 from . import links
 from .sockets import established_sockets
@@ -27,7 +27,7 @@ def serve(argv: Sequence[str], env: Mapping[str, str], timeout: float,
           warn: Callable[[str], None]) -> int:
     """Run `argv` until it exits, watching its client connections; its exit status (128 + the
     signal's number if a signal ended it). SIGINT, SIGTERM and SIGHUP are passed on to it."""
-    child = subprocess.Popen(list(argv), env=dict(env), preexec_fn=die_with_parent)
+    child = subprocess.Popen(list(argv), env=dict(env), preexec_fn=server_child)
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sollol.config import Config
-from sollol.core.processes import die_with_parent, free_port
+from sollol.core.processes import free_port, server_child
 from sollol.llamacpp import find_binaries, rpc_server_devices
 
 
@@ -76,7 +76,7 @@ class _ServerActor:
         with self.log.open("ab") as out:
             self.popen = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=die_with_parent)
+                start_new_session=True, preexec_fn=server_child)
         return self.popen
 
     def watch(self) -> int:

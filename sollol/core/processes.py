@@ -32,6 +32,43 @@ def die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def server_child() -> None:
+    """preexec_fn for a server: `die_with_parent`, and SIGPIPE ignored (kept across exec), so
+    a server whose client dies while it answers gets EPIPE and serves on. ggml-rpc-server sends
+    without MSG_NOSIGNAL: with SIGPIPE's default it dies whenever a coordinator is killed
+    mid-reply (a startup timeout, a cut-off)."""
+    die_with_parent()
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def ignores_sigpipe(pid: int) -> bool:
+    """Whether process `pid` ignores SIGPIPE (its `SigIgn` mask in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGPIPE - 1)))
+    return False
+
+
 def terminate(popen: subprocess.Popen[bytes], timeout: float = 5.0) -> int | None:
     """SIGTERM a child's process group, SIGKILL it if it lingers, and reap it.
 
@@ -102,7 +139,7 @@ class ProcessGroup:
         with log_path.open("ab") as log:
             popen = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, cwd=cwd, start_new_session=True, preexec_fn=die_with_parent,
+                env=env, cwd=cwd, start_new_session=True, preexec_fn=server_child,
             )
         proc = ManagedProcess(name=name, args=argv, log_path=log_path, popen=popen)
         self.processes.append(proc)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import attrs
 
-from sollol.core.processes import ManagedProcess, ProcessGroup, free_port
+from sollol.core.processes import ManagedProcess, ProcessGroup, descendants, free_port
 
 __all__ = ["RAY_ENV", "RayCluster", "RayNode", "descendants", "ray_available"]
 
@@ -53,26 +53,6 @@ def ray_available() -> bool:
 def _ray_command() -> str | None:
     beside = Path(sys.executable).with_name("ray")  # the venv's, even when not on PATH
     return str(beside) if beside.exists() else shutil.which("ray")
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (children, their children, ...), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def _alive(pid: int) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from sollol.core.gguf_info import read_model_info
+from sollol.core.processes import ignores_sigpipe
 from sollol.core.runtime import ClusterRuntime
 from sollol.errors import BinaryNotFound
 from sollol.llamacpp import Binaries
@@ -92,6 +93,8 @@ def test_servers_answer_and_overrides_point_at_them(local_cluster: LocalCluster)
     models = httpx.get(local_cluster.pool[0].url + "/v1/models", timeout=10).json()
     assert [m["id"] for m in models["data"]] == ["sollol-demo-small"]
     assert all(s.process.alive() for s in local_cluster.servers)
+    # a coordinator killed mid-reply must not take an rpc-server with it (SIGPIPE)
+    assert all(ignores_sigpipe(s.process.pid) for s in local_cluster.rpc)
 
 
 @pytest.mark.llamacpp

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import tomli_w
 
-from sollol.core.processes import free_port
+from sollol.core.processes import descendants, free_port
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.slow]
 
@@ -40,23 +40,6 @@ def nodes(url: str) -> dict[str, dict[str, Any]]:
     reply = httpx.get(url + "/sollol/routes/sharding", timeout=10, trust_env=False)
     return {n["id"]: {**n, "health": "healthy" if n["healthy"] else "unhealthy"}
             for n in reply.json()["backends"]}
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (from /proc)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier}
-        found |= frontier
-    return found
 
 
 def alive(pid: int) -> bool:

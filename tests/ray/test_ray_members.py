@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from sollol.cli import build_cli
-from sollol.testing.ray_cluster import RayCluster, descendants
+from sollol.core.processes import descendants, ignores_sigpipe
+from sollol.testing.ray_cluster import RayCluster
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.slow]
 MESSAGES = [{"role": "user", "content": "hello over ray"}]
@@ -90,6 +91,7 @@ def test_rpc_servers_on_two_ray_nodes_serve_a_sharded_model_and_an_actor_that_di
     assert rpc_backends(gateway.url) == addresses
     assert all(m["devices"] for m in members)  # what the rpc-server reported
     assert all(f"/{m['ip'].rsplit('.', 1)[1]}/session_" in m["log"] for m in members)
+    assert all(ignores_sigpipe(m["pid"]) for m in members)  # a killed coordinator kills none
 
     model = str(tiny_model)
     assert chat(gateway.url, model)

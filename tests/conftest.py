@@ -62,6 +62,19 @@ def isolated_config(sollol_isolated_config: Path) -> Path:
     return sollol_isolated_config
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_rpc_server_left_attached() -> Iterator[None]:
+    """After a module (and its module-scoped gateways) no rpc-server address may still be
+    marked attached in this process: a later rpc-server on that port would never be probed."""
+    from sollol_plugins.llamacpp_rpc import attached
+
+    yield
+    left = attached.all_owners()
+    if left:
+        attached.detach(left)  # so the next module starts clean
+        pytest.fail(f"rpc-server addresses left attached: {left}")
+
+
 # ------------------------------------------------------------------------------------ pool
 
 

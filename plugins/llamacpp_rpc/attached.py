@@ -7,8 +7,9 @@ here first, and reports an attached backend's health from its coordinator instea
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 
 _lock = threading.Lock()
 _owners: dict[str, str] = {}
@@ -30,3 +31,23 @@ def owner_of(address: str) -> str | None:
     """The coordinator (as text) attached to `address`, or None."""
     with _lock:
         return _owners.get(address)
+
+
+@contextlib.contextmanager
+def holding(owners: Mapping[str, str]) -> Iterator[None]:
+    """Each address attached to its owner inside the block only, for a look rather than a
+    coordinator's lifetime (left attached, a later rpc-server on the same port would never be
+    probed). An address attached already keeps its owner, before and after."""
+    with _lock:
+        mine = [a for a in owners if a not in _owners]
+        _owners.update({a: owners[a] for a in mine})
+    try:
+        yield
+    finally:
+        detach(mine)
+
+
+def all_owners() -> dict[str, str]:
+    """Every attached address and its owner (what tests check is empty between tests)."""
+    with _lock:
+        return dict(_owners)

@@ -19,9 +19,10 @@ def local_status(config: Any) -> dict[str, Any]:
 
     folder = state_dir(config)
     coordinators = []
+    held: dict[str, str] = {}
     for record in procs.read_pid_files(folder / "coordinators"):
         owner = f"coordinator pid {record['pid']} ({record.get('model', '?')})"
-        attached.attach(record.get("backends", []), owner)  # so nothing below probes them
+        held.update(dict.fromkeys(record.get("backends", []), owner))
         report = folder / "reports" / f"{slug(record.get('model', ''))}.json"
         try:
             saved = json.loads(report.read_text())
@@ -36,19 +37,23 @@ def local_status(config: Any) -> dict[str, Any]:
                              "backends": record.get("backends", []), "state": state,
                              "url": f"http://127.0.0.1:{record.get('port')}",
                              "log": record.get("log")})
-    backends = []
-    for backend in discover(config):
-        report = check(backend, config["rpc_probe_timeout"])
-        names = rpc_devices.names(folder / "rpc-servers", backend.address)
-        devices = [{**d, "name": names[i] if i < len(names) else f"device {i}"}
-                   for i, d in enumerate(report.extra.get("devices", []))]
-        backends.append({"id": backend.id, "address": backend.address, "healthy": report.healthy,
-                         "detail": report.detail, "version": report.version,
-                         "memory_free": report.memory_free, "memory_total": report.memory_total,
-                         "attached_to": report.extra.get("attached"), "devices": devices,
-                         "device_names": list(names)})
+    with attached.holding(held):  # their coordinators' rpc-servers: nothing below probes them
+        backends = [_backend(config, folder, b) for b in discover(config)]
     return rpc_devices.annotate({"source": f"local (pid files in {folder})", "backends": backends,
                                  "coordinators": coordinators, "unservable": {}, "warnings": []})
+
+
+def _backend(config: Any, folder: Any, backend: Any) -> dict[str, Any]:
+    """A free rpc-server as `local_status` shows it: probed (unless attached), its devices."""
+    report = check(backend, config["rpc_probe_timeout"])
+    names = rpc_devices.names(folder / "rpc-servers", backend.address)
+    devices = [{**d, "name": names[i] if i < len(names) else f"device {i}"}
+               for i, d in enumerate(report.extra.get("devices", []))]
+    return {"id": backend.id, "address": backend.address, "healthy": report.healthy,
+            "detail": report.detail, "version": report.version,
+            "memory_free": report.memory_free, "memory_total": report.memory_total,
+            "attached_to": report.extra.get("attached"), "devices": devices,
+            "device_names": list(names)}
 
 
 def render(data: dict[str, Any]) -> str:

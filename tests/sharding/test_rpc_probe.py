@@ -179,6 +179,23 @@ def test_health_hook_never_probes_an_attached_backend(fake_rpc: FakeRpcServer) -
     assert fake_rpc.commands == []
 
 
+def test_holding_attaches_for_the_block_only_and_keeps_a_coordinators_own() -> None:
+    """`sollol shard status --local` marks the pid files' rpc-servers attached while it probes
+    the rest; afterwards none of them may stay marked, and one a coordinator of this process
+    holds stays its coordinator's."""
+    attached.attach(["127.0.0.1:2"], "ours")
+    try:
+        with attached.holding({"127.0.0.1:1": "pid file", "127.0.0.1:2": "pid file"}):
+            assert attached.owner_of("127.0.0.1:1") == "pid file"
+            assert attached.owner_of("127.0.0.1:2") == "ours"
+        assert attached.all_owners() == {"127.0.0.1:2": "ours"}
+        with pytest.raises(RuntimeError), attached.holding({"127.0.0.1:3": "pid file"}):
+            raise RuntimeError("a probe failed")
+        assert attached.owner_of("127.0.0.1:3") is None
+    finally:
+        attached.detach(["127.0.0.1:2"])
+
+
 def test_health_hook_is_firstresult_for_rpc_only(pm) -> None:
     other = Backend(id="x", kind="ollama", address="127.0.0.1:1")
     impls = [i for i in pm.hook.sollol_check_health.get_hookimpls()

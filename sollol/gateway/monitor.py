@@ -106,7 +106,8 @@ class Monitor:
                                           timeout=float(config["connect_timeout"]))
             self.scraper.start(lambda: scraping.targets(self.cluster),
                                lambda: scraping.credentials(self.cluster),
-                               lambda: scraping.loads(self.cluster))
+                               lambda: scraping.loads(self.cluster),
+                               lambda: scraping.said_none(self.cluster))
 
     async def stop(self) -> None:
         self.closing.set()

@@ -5,7 +5,8 @@ coordinators always are. Throughput is the change in `llamacpp:tokens_predicted_
 change in `llamacpp:tokens_predicted_seconds_total` between two scrapes: tokens per second of
 decoding, measured by the server itself. A backend that answers 404 or 501 (no metrics) is
 not asked again until its model load changes (another model list, or back from being down:
-`loads`): one request per load, whose answer the overview shows.
+`loads`): one request per load, whose answer the overview shows. A pool node whose `/props`
+said it serves no `/metrics` is not asked at all (`said_none`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sollol.observe")
 MAX_BYTES = 1 << 20
 """A metrics page larger than this is not llama-server's (it is a few KiB): ignore it."""
+SAID_NONE = "its /props says it serves no /metrics (llama-server started without --metrics)"
 _WANTED = {
     "llamacpp:tokens_predicted": "tokens_predicted_total",
     "llamacpp:tokens_predicted_seconds": "tokens_predicted_seconds_total",
@@ -98,9 +100,10 @@ class BackendMetrics:
 
     def start(self, targets: Callable[[], dict[str, str]],
               headers: Callable[[], dict[str, dict[str, str]]] | None = None,
-              loads: Callable[[], dict[str, str]] | None = None) -> None:
+              loads: Callable[[], dict[str, str]] | None = None,
+              said_none: Callable[[], Collection[str]] | None = None) -> None:
         if self.interval > 0 and self._task is None:
-            self._task = asyncio.create_task(self._loop(targets, headers, loads),
+            self._task = asyncio.create_task(self._loop(targets, headers, loads, said_none),
                                              name="sollol-backend-metrics")
 
     async def stop(self) -> None:
@@ -112,22 +115,26 @@ class BackendMetrics:
 
     async def _loop(self, targets: Callable[[], dict[str, str]],
                     headers: Callable[[], dict[str, dict[str, str]]] | None = None,
-                    loads: Callable[[], dict[str, str]] | None = None) -> None:
+                    loads: Callable[[], dict[str, str]] | None = None,
+                    said_none: Callable[[], Collection[str]] | None = None) -> None:
         async with httpx.AsyncClient(timeout=self.timeout, trust_env=False) as client:
             while True:
                 try:
                     await self.scrape(client, targets(), headers() if headers else None,
-                                      loads() if loads else None)
+                                      loads() if loads else None,
+                                      said_none() if said_none else ())
                 except Exception:  # one bad round must not end the loop
                     log.exception("scraping backend metrics failed")
                 await asyncio.sleep(self.interval)
 
     async def scrape(self, client: httpx.AsyncClient, targets: dict[str, str],
                      headers: dict[str, dict[str, str]] | None = None,
-                     loads: dict[str, str] | None = None) -> None:
+                     loads: dict[str, str] | None = None,
+                     said_none: Collection[str] = ()) -> None:
         """One round over `targets` (backend id -> server root URL), concurrently; `headers`
         (backend id -> headers) carries a node's own key, `loads` (backend id -> a key of its
-        model load) says when a backend without metrics is worth asking again."""
+        model load) says when a backend without metrics is worth asking again; `said_none`:
+        backends that said so themselves, never asked."""
         headers, loads = headers or {}, loads or {}
         for gone in set(self.scrapes) - set(targets):
             del self.scrapes[gone]
@@ -137,6 +144,8 @@ class BackendMetrics:
             load = loads.get(backend, "")
             if scrape is None or scrape.url != url or scrape.load != load:
                 scrape = self.scrapes[backend] = Scrape(url, load)
+            if backend in said_none:
+                scrape.supported, scrape.error = False, SAID_NONE
             if scrape.supported is False:
                 continue  # it said it has none: not asked again for this load
             due.append((backend, scrape))
@@ -211,6 +220,13 @@ def targets(cluster: ClusterRuntime) -> dict[str, str]:
             if coord.get("state") == "ready" and coord.get("url"):
                 found[str(coord["id"])] = str(coord["url"])
     return found
+
+
+def said_none(cluster: ClusterRuntime) -> set[str]:
+    """Pool nodes whose `/props` said they serve no `/metrics` (the pool's `unserved`)."""
+    return {str(node.get("id")) for provider in cluster.routes.values()
+            for node in provider.snapshot().get("nodes") or ()
+            if "/metrics" in (node.get("unserved") or ())}
 
 
 def loads(cluster: ClusterRuntime) -> dict[str, str]:

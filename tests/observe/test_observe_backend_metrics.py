@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sollol.observe.backend_metrics import BackendMetrics, parse
+from sollol.observe.backend_metrics import SAID_NONE, BackendMetrics, parse
 
 LLAMA_PAGE = """# HELP llamacpp:tokens_predicted_total Number of generation tokens processed
 # TYPE llamacpp:tokens_predicted_total counter
@@ -47,12 +47,12 @@ def test_llama_server_throughput_reaches_the_overview(
     while True:  # the scraper reads every 0.3 s: poll the overview until it has read both
         measured = overview_node(gateway.url, ids[0]).get("throughput") or {}
         bare = overview_node(gateway.url, ids[1]).get("throughput") or {}
-        if measured.get("tokens_per_second") and bare.get("supported") is False:
+        if measured.get("tokens_per_second") and bare.get("error") == SAID_NONE:
             break
         assert time.monotonic() < deadline, (measured, bare)
         time.sleep(0.1)
     assert measured["supported"] is True and measured["tokens_predicted_total"] > 0
-    assert "501" in bare["error"]  # llama-server without --metrics says "not supported"
+    assert bare["supported"] is False  # its /props said so: not asked (or once, before)
     assert bare["tokens_per_second"] is None
 
 
@@ -106,3 +106,37 @@ def test_parse_reads_the_figures_by_name() -> None:
     assert values["tokens_predicted_total"] == 7
     assert values["tokens_predicted_seconds_total"] == 0.5
     assert values["requests_processing"] == 1
+
+
+
+def test_a_node_whose_props_said_no_metrics_is_not_scraped() -> None:
+    """`/props` said `endpoint_metrics: false` (the pool's `unserved`): not one request for
+    that load, and the overview says why; the other nodes are scraped as before."""
+    from types import SimpleNamespace
+
+    from sollol.observe.backend_metrics import SAID_NONE, said_none
+
+    nodes = [{"id": "said-no", "api": "openai", "url": "http://a", "unserved": ["/metrics"]},
+             {"id": "no-slots", "api": "openai", "url": "http://b", "unserved": ["/slots"]},
+             {"id": "not-learned-yet", "api": "openai", "url": "http://c"}]
+    cluster = SimpleNamespace(routes={"pool": SimpleNamespace(snapshot=lambda: {"nodes": nodes})})
+    assert said_none(cluster) == {"said-no"}
+    asked: list[str] = []
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.host)
+        return httpx.Response(200, text=LLAMA_PAGE.format(tokens=7, seconds=0.5))
+
+    scraper = BackendMetrics()
+
+    async def rounds() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as client:
+            for _ in range(3):
+                await scraper.scrape(client, {n["id"]: n["url"] for n in nodes},
+                                     said_none=said_none(cluster))
+
+    asyncio.run(rounds())
+    assert sorted(asked) == ["b", "b", "b", "c", "c", "c"]
+    assert scraper.as_dict()["said-no"]["supported"] is False
+    assert scraper.as_dict()["said-no"]["error"] == SAID_NONE
+    assert scraper.as_dict()["no-slots"]["supported"] is True

@@ -226,6 +226,7 @@ class Supervisor:
         coord.save_report(self.options.state_dir / "reports")
         if not coord.ready.done():
             coord.ready.set_result(None)
+        self._freed()  # ready and idle: a request waiting for room may evict it now
 
     # ------------------------------------------------------------------------------ watching
 

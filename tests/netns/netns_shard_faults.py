@@ -173,12 +173,22 @@ def _settled(s: Sharded) -> None:
           timeout=120.0)
 
 
-def _wait(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
+def _wait(what: str, check: Callable[[], Any], timeout: float = 60.0,
+          explain: Callable[[], str] | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while not (value := check()):
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s"
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s" + (
+            f"; {explain()}" if explain else "")
         time.sleep(0.05)
     return value
+
+
+def _route_state(s: Sharded, model: str) -> str:
+    """What the gateway says of `model`'s coordinator, the rpc-servers and its last warnings."""
+    snapshot = s.snapshot()
+    backends = {b["address"]: (b["healthy"], b["detail"]) for b in snapshot["backends"]}
+    return json.dumps({"coordinator": s.coordinator(model), "backends": backends,
+                       "warnings": snapshot["warnings"][-6:]}, default=str)[:4000]
 
 
 def _record(s: Sharded, fault: str, results: list[LoadResult], detect: float | None,
@@ -327,7 +337,8 @@ def _fault_while_loading(s: Sharded, model: str, victim: Host, fault: Callable[[
                 return c
             return None
 
-        seen.update(_wait(f"{model} loading", loading))
+        seen.update(_wait(f"{model} loading", loading,
+                          explain=lambda: _route_state(s, model)))
         fault_wall.append(time.time())
         fault()
 

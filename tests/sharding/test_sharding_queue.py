@@ -96,3 +96,39 @@ async def test_a_release_wakes_a_waiting_request_without_polling(
         assert route.scheduler.waiting == 0
     finally:
         lease.release(Outcome(ok=True))
+
+
+@pytest.mark.llamacpp
+async def test_a_request_waiting_on_a_loading_coordinator_evicts_it_once_it_is_ready(
+    rpc_servers, sharding_route, tmp_path: Path,
+) -> None:
+    """One coordinator allowed, and it is loading (a preload, or a move back to its preferred
+    rpc-servers) when a request for another model arrives: nothing can be evicted yet, so the
+    request waits. The coordinator becoming ready (idle) must wake it; it used to sleep until
+    rpc_wait_timeout and get 429 (seen in the multi-host fault tests)."""
+    from sollol.testing.tiny_models import make_tiny_model
+
+    first = str(make_tiny_model(tmp_path / "first.gguf", layers=8, dim=384, seed=5))  # ~30 MB
+    other = make_tiny_model(tmp_path / "other.gguf", seed=4)
+    route = await sharding_route([a for a, _ in rpc_servers(1)], rpc_max_coordinators=1,
+                                 rpc_wait_timeout=60.0)
+    route.scheduler.preload(first)
+    while first not in route.supervisor.coordinators:
+        await asyncio.sleep(0)
+    loading = route.supervisor.coordinators[first]
+    assert loading.state == "starting"
+    request = asyncio.create_task(route.acquire(RouteRequest(model=str(other))))
+    while not route.scheduler.waiting and not request.done():
+        await asyncio.sleep(0)
+    waited_on = route.scheduler._changed  # what the waiting request sleeps on
+    assert loading.state == "starting", "it loaded before the request came: nothing tested"
+    while loading.state == "starting":
+        await asyncio.sleep(0)
+    assert loading.state in ("ready", "stopped"), loading.error  # loaded (maybe evicted already)
+    assert waited_on.is_set(), "the coordinator is ready and idle, and no one woke the waiter"
+    lease = await request
+    try:
+        assert loading.state == "stopped"  # evicted for the waiting model
+        assert lease.backend.id == route.supervisor.coordinators[str(other)].id
+    finally:
+        lease.release(Outcome(ok=True))

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +20,9 @@ import pytest
 import tomli_w
 from click.testing import CliRunner
 from sollol_plugins.llamacpp_rpc.plan import place
-from sollol_plugins.llamacpp_rpc.rpc_probe import ProbeError, probe
+from sollol_plugins.llamacpp_rpc.rpc_probe import probe
 from sollol_plugins.llamacpp_rpc.shards import ShardRegistry
+from test_rpc_cli import serve_rpc
 
 from sollol.cli import build_cli
 from sollol.core.processes import ProcessGroup, free_port, wait_http, wait_port
@@ -147,19 +146,9 @@ def test_memory_fit_plans_with_the_vulkan_devices_reported_memory(
 
 def serve(processes: ProcessGroup, config: Path, device: str) -> str:
     """`sollol rpc serve --devices DEVICE` as a user runs it; returns its address."""
-    port = free_port()
-    proc = processes.start(f"sollol-rpc-serve-{device}", [
-        sys.executable, "-m", "sollol", "rpc", "serve", "--port", str(port), "--threads", "1",
-        "--devices", device], env={**os.environ, **LAVAPIPE, "SOLLOL_CONFIG": str(config)})
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.alive(), proc.log_text()
-        try:
-            probe("127.0.0.1", port, 2)
-            break
-        except ProbeError:
-            assert time.monotonic() < deadline, proc.log_text()
-            time.sleep(0.2)
+    proc, port, _answer = serve_rpc(processes, config, "--devices", device,
+                                    name=f"sollol-rpc-serve-{device}", env=LAVAPIPE,
+                                    timeout=120)
     assert f"-d {device}" in proc.log_text()
     return f"127.0.0.1:{port}"
 

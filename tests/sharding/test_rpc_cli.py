@@ -13,10 +13,10 @@ import pytest
 import tomli_w
 from click.testing import CliRunner
 from sollol_plugins.llamacpp_rpc.rpc_commands import _warn_if_open
-from sollol_plugins.llamacpp_rpc.rpc_probe import ProbeError, probe
+from sollol_plugins.llamacpp_rpc.rpc_probe import ProbeError, RpcProbe, probe
 
 from sollol.cli import build_cli
-from sollol.core.processes import free_port
+from sollol.core.processes import ManagedProcess, ProcessGroup, free_port
 from sollol.models import RouteRequest
 from sollol.routes import Outcome
 
@@ -64,25 +64,33 @@ def test_wide_bind_warns(capsys: pytest.CaptureFixture[str]) -> None:
     assert "no authentication" in capsys.readouterr().err
 
 
+def serve_rpc(processes: ProcessGroup, config: Path, *options: str, name: str = "sollol-rpc-serve",
+              env: dict[str, str] | None = None,
+              timeout: float = 60) -> tuple[ManagedProcess, int, RpcProbe]:
+    """`sollol rpc serve --port P --threads 1 OPTIONS` as a user runs it (config file `config`),
+    once its rpc-server answers a probe: the process, its port and that probe."""
+    port = free_port()
+    proc = processes.start(name, [
+        sys.executable, "-m", "sollol", "rpc", "serve", "--port", str(port), "--threads", "1",
+        *options], env={**os.environ, **(env or {}), "SOLLOL_CONFIG": str(config)})
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.alive(), proc.log_text()
+        try:
+            return proc, port, probe("127.0.0.1", port, 2)
+        except ProbeError:
+            assert time.monotonic() < deadline, proc.log_text()
+            time.sleep(0.1)
+
+
 def test_rpc_serve_runs_an_rpc_server_with_a_cache(processes, llama_binaries,
                                                    tmp_path: Path) -> None:
-    port = free_port()
     cache = tmp_path / "cache"
     env_config = tmp_path / "serve.toml"
     env_config.write_text(tomli_w.dumps(
         {"llama_cpp_dir": str(llama_binaries.rpc_server.parent), "plugins": ONLY_US}))
-    proc = processes.start("sollol-rpc-serve", [
-        sys.executable, "-m", "sollol", "rpc", "serve", "--port", str(port), "--threads", "1",
-        "--cache", str(cache)], env={**os.environ, "SOLLOL_CONFIG": str(env_config)})
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.alive(), proc.log_text()
-        try:
-            assert probe("127.0.0.1", port, 2).version[0] >= 7
-            break
-        except ProbeError:
-            assert time.monotonic() < deadline, proc.log_text()
-            time.sleep(0.1)
+    proc, _port, answer = serve_rpc(processes, env_config, "--cache", str(cache))
+    assert answer.version[0] >= 7
     assert f"{cache}/rpc" in proc.log_text()  # rpc-server keeps its cache in $LLAMA_CACHE/rpc
 
 

@@ -8,16 +8,13 @@ way SOLLOL does and reads each one's signal mask.
 
 from __future__ import annotations
 
-import os
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import tomli_w
-from sollol_plugins.llamacpp_rpc.rpc_probe import ProbeError, probe
+from test_rpc_cli import serve_rpc
 
-from sollol.core.processes import descendants, free_port, ignores_sigpipe
+from sollol.core.processes import descendants, ignores_sigpipe
 
 
 def rpc_server_pids(root: int) -> list[int]:
@@ -39,19 +36,7 @@ def test_sollol_rpc_serve(processes, llama_binaries, tmp_path: Path, client_time
     config = tmp_path / "serve.toml"
     config.write_text(tomli_w.dumps({"llama_cpp_dir": str(llama_binaries.rpc_server.parent),
                                      "plugins": ["llamacpp_rpc"]}))
-    port = free_port()
-    proc = processes.start("sollol-rpc-serve", [
-        sys.executable, "-m", "sollol", "rpc", "serve", "--port", str(port), "--threads", "1",
-        "--client-timeout", client_timeout], env={**os.environ, "SOLLOL_CONFIG": str(config)})
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.alive(), proc.log_text()
-        try:
-            probe("127.0.0.1", port, 2)
-            break
-        except ProbeError:
-            assert time.monotonic() < deadline, proc.log_text()
-            time.sleep(0.1)
+    proc, _port, _answer = serve_rpc(processes, config, "--client-timeout", client_timeout)
     (pid,) = rpc_server_pids(proc.pid)
     assert (pid == proc.pid) is (client_timeout == "0")
     assert ignores_sigpipe(pid)

@@ -9,21 +9,7 @@ import attrs
 import platformdirs
 
 from sollol.config import Setting
-
-
-def _positive(value: float) -> float:
-    if value <= 0:
-        msg = "a number above 0"
-        raise ValueError(msg)
-    return value
-
-
-def _at_least_one(value: int) -> int:
-    if value < 1:
-        msg = "an integer of at least 1"
-        raise ValueError(msg)
-    return value
-
+from sollol.core.units import at_least, positive
 
 SETTINGS = (
     Setting("join_policy", "str", "auto",
@@ -34,16 +20,16 @@ SETTINGS = (
             "(default: `cluster/` in the user data dir).", optional=True),
     Setting("member_timeout", "float", 15.0,
             "Seconds without a heartbeat after which a joined machine leaves the routes (a "
-            "later signed heartbeat brings it back).", check=_positive),
+            "later signed heartbeat brings it back).", check=positive),
     Setting("heartbeat_interval", "float", 3.0,
             "Seconds between a joined machine's heartbeats (told to it when it joins).",
-            check=_positive),
+            check=positive),
     Setting("join_failure_limit", "int", 10,
             "Failed join or member requests an address may make per join_failure_window "
-            "before it is answered 429.", check=_at_least_one),
+            "before it is answered 429.", check=at_least(1)),
     Setting("join_failure_window", "float", 60.0,
             "Seconds over which join_failure_limit counts an address's failures.",
-            check=_positive),
+            check=positive),
     Setting("cluster_announce", "bool", True,
             "Announce the gateway on the LAN by mDNS/DNS-SD (_sollol._tcp: port, version, CA pin; "
             "no secret) so `sollol join --token T` finds it without a URL, and list machines "

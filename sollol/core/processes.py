@@ -61,6 +61,23 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (exited, waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def command_name(pid: int) -> str:
+    """Process `pid`'s command name (/proc's `comm`, at most 15 characters), or "" if gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def ignores_sigpipe(pid: int) -> bool:
     """Whether process `pid` ignores SIGPIPE (its `SigIgn` mask in /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

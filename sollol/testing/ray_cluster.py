@@ -25,7 +25,14 @@ from pathlib import Path
 
 import attrs
 
-from sollol.core.processes import ManagedProcess, ProcessGroup, descendants, free_port
+from sollol.core.processes import (
+    ManagedProcess,
+    ProcessGroup,
+    command_name,
+    descendants,
+    free_port,
+    running,
+)
 
 __all__ = ["RAY_ENV", "RayCluster", "RayNode", "descendants", "ray_available"]
 
@@ -55,21 +62,6 @@ def _ray_command() -> str | None:
     return str(beside) if beside.exists() else shutil.which("ray")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
 @attrs.define
 class RayNode:
     """One raylet (with the GCS on the head), run by a `ray start --block` of its own."""
@@ -87,7 +79,7 @@ class RayNode:
         return now
 
     def raylet_pid(self) -> int:
-        found = [p for p in self.processes() if _comm(p) == "raylet"]
+        found = [p for p in self.processes() if command_name(p) == "raylet"]
         if not found:
             raise RuntimeError(f"no raylet under the node {self.ip}")
         return found[0]
@@ -113,7 +105,7 @@ class RayNode:
 
     def leftovers(self) -> list[int]:
         """The processes it ever had that still run."""
-        return sorted(p for p in self.seen if _alive(p))
+        return sorted(p for p in self.seen if running(p))
 
 
 @attrs.define

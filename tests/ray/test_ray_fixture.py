@@ -9,22 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from sollol.core.processes import command_name, running
 from sollol.testing.ray_cluster import RAY_ENV, RayCluster
-
-
-def comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (an exited child waits for init to reap it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_a_stopped_cluster_leaves_no_process_and_frees_its_gcs_port(
@@ -51,14 +37,14 @@ def test_a_stopped_cluster_leaves_no_process_and_frees_its_gcs_port(
         pids = set(cluster.all_processes())
         ray.shutdown()
         assert worker in pids  # the actor's worker is one of the node's processes
-        names = {comm(p) for p in pids}
+        names = {command_name(p) for p in pids}
         assert {"raylet", "gcs_server"} <= names
     finally:
         if ray.is_initialized():
             ray.shutdown()
         cluster.stop()
     assert not cluster.leftovers()
-    left = {p: comm(p) for p in pids if running(p)}
+    left = {p: command_name(p) for p in pids if running(p)}
     assert not left, f"processes left: {left}"
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.2", cluster.gcs_port), timeout=1).close()

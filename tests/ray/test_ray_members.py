@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from sollol.cli import build_cli
-from sollol.core.processes import descendants, ignores_sigpipe
+from sollol.core.processes import command_name, descendants, ignores_sigpipe, running
 from sollol.testing.ray_cluster import RayCluster
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.slow]
@@ -61,21 +61,9 @@ def rpc_server_pids(cluster: RayCluster) -> set[int]:
     """Every ggml-rpc-server running under any node of the Ray cluster."""
     found = set()
     for node in cluster.nodes:
-        for pid in descendants(node.process.pid):
-            try:
-                comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            except OSError:
-                continue
-            if comm.startswith("ggml-rpc") and pid_alive(pid):
-                found.add(pid)
+        found |= {pid for pid in descendants(node.process.pid)
+                  if command_name(pid).startswith("ggml-rpc") and running(pid)}
     return found
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_rpc_servers_on_two_ray_nodes_serve_a_sharded_model_and_an_actor_that_dies_leaves(
@@ -109,10 +97,7 @@ def test_rpc_servers_on_two_ray_nodes_serve_a_sharded_model_and_an_actor_that_di
     assert len(names) == 1, names
     ray.kill(ray.get_actor(names[0], namespace="sollol"), no_restart=True)
     _wait_gone(victim["pid"])  # its rpc-server died with the actor (PR_SET_PDEATHSIG)
-    deadline = time.monotonic() + 60
-    while victim["address"] in rpc_backends(gateway.url):
-        assert time.monotonic() < deadline, "the killed actor's rpc-server never left"
-        time.sleep(0.05)
+    _wait_left(gateway.url, victim["address"], "the killed actor's rpc-server")
     # the coordinator restarts without it and serves; a fresh actor rejoins for that node
     assert chat(gateway.url, model)
     assert victim["address"] not in coordinator_addresses(gateway.url)
@@ -140,10 +125,7 @@ def test_a_dead_raylet_takes_its_member_out_and_a_node_added_later_joins(
 
     extra.kill_raylet()  # the node crashes: its workers (and so its rpc-server) go with it
     _wait_gone(victim["pid"])
-    deadline = time.monotonic() + 60
-    while victim["address"] in rpc_backends(gateway.url):
-        assert time.monotonic() < deadline, "the dead node's rpc-server never left"
-        time.sleep(0.05)
+    _wait_left(gateway.url, victim["address"], "the dead node's rpc-server")
     assert chat(gateway.url, model)
     assert victim["address"] not in coordinator_addresses(gateway.url)
     ray_cluster.remove_node(extra)  # raises if any process of that node is left
@@ -182,9 +164,17 @@ def _actor_names(ray: Any, address: str | None = None) -> list[str]:
     return [line for line in out.splitlines() if line.strip()]
 
 
+def _wait_left(url: str, address: str, what: str, timeout: float = 60) -> None:
+    """Until the gateway's sharding route no longer lists `address`."""
+    deadline = time.monotonic() + timeout
+    while address in rpc_backends(url):
+        assert time.monotonic() < deadline, f"{what} never left"
+        time.sleep(0.05)
+
+
 def _wait_gone(pid: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while pid_alive(pid):
+    while running(pid):
         assert time.monotonic() < deadline, f"process {pid} still runs"
         time.sleep(0.05)  # no event for another process's end
 

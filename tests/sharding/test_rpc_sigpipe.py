@@ -14,19 +14,13 @@ import pytest
 import tomli_w
 from test_rpc_cli import serve_rpc
 
-from sollol.core.processes import descendants, ignores_sigpipe
+from sollol.core.processes import command_name, descendants, ignores_sigpipe
 
 
 def rpc_server_pids(root: int) -> list[int]:
     """`root` and the processes below it that run ggml-rpc-server."""
-    found = []
-    for pid in [root, *sorted(descendants(root))]:
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "ggml-rpc-server":
-                found.append(pid)
-        except OSError:
-            continue
-    return found
+    return [pid for pid in [root, *sorted(descendants(root))]
+            if command_name(pid) == "ggml-rpc-server"]
 
 
 @pytest.mark.parametrize("client_timeout", ["20", "0"], ids=["watched", "exec"])

@@ -61,7 +61,8 @@ PUBLIC: Mapping[str, tuple[str, ...]] = {
     # strings from nodes and clients, made safe for a log line or a terminal
     "sollol.core.logtext": ("escape", "terminal_text", "escape_lines", "escape_strings"),
     # running local servers
-    "sollol.core.processes": ("free_port", "die_with_parent", "server_child", "terminate"),
+    "sollol.core.processes": ("free_port", "die_with_parent", "server_child", "terminate",
+                              "ManagedProcess", "wait_port", "wait_http"),
     "sollol.llamacpp": ("Binaries", "find_binaries", "for_serving", "Device",
                         "rpc_server_devices", "visible_gpus"),
     # plugin commands: options, errors, config, our own gateway, systemd units
